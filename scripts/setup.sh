@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Installs everything the build and the tests need on a fresh Debian machine, and skips what is
+# already there, so every README command can call it first. Needs root (apt-get, mounts).
+set -euo pipefail
+
+log() { printf 'setup: %s\n' "$*" >&2; }
+
+# Debian's Rust 1.96 ships a prebuilt `core` for bpfel-unknown-none, which spares us a nightly
+# toolchain and rust-src; LLVM 22 is what bpf-linker links against.
+APT_PACKAGES=(rustc-web cargo-web libstd-rust-web-dev-bpf llvm-22-dev libpolly-22-dev libzstd-dev
+              protobuf-compiler docker-compose)
+BPF_LINKER_VERSION=0.13.0
+
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  log "installing Debian packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+export PATH="$HOME/.cargo/bin:$PATH"
+if ! command -v bpf-linker >/dev/null || ! bpf-linker --version 2>/dev/null | grep -q "$BPF_LINKER_VERSION"; then
+  log "building bpf-linker $BPF_LINKER_VERSION against LLVM 22 (a few minutes, once)"
+  LLVM_PREFIX=/usr/lib/llvm-22 cargo install --locked bpf-linker --version "$BPF_LINKER_VERSION" \
+    --no-default-features --features llvm-22
+fi
+
+# `cargo +system` is Debian's rustc, used only for the BPF crate.
+if ! rustup toolchain list | grep -q '^system'; then
+  log "linking Debian's Rust as the rustup toolchain 'system'"
+  rustup toolchain link system /usr
+fi
+
+# Probes attach through tracefs; pinned maps live in bpffs. Neither is mounted on every boot.
+mountpoint -q /sys/kernel/tracing || mount -t tracefs nodev /sys/kernel/tracing
+mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf
