@@ -1,0 +1,18 @@
+//! BPF programs of otel-sendmmsg: one module per attach family, all feeding one body of pairing
+//! logic in `pairing`, which owns the maps.
+#![no_std]
+#![no_main]
+
+mod pairing;
+mod tracepoint;
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // The verifier rejects any reachable panic path, so this is never executed.
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

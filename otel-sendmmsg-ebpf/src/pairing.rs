@@ -1,0 +1,174 @@
+//! Pairs a `sendmmsg` call's entry, per-message results and exit by thread, whatever hooks
+//! report them, and hands one record per call to user space.
+//!
+//! Everything here is `#[inline(always)]`: each hook becomes one self-contained program (aya
+//! rejects the BTF of BPF-to-BPF calls that bpf-linker emits for shared functions).
+//!
+//! Each thread's call lives in `INFLIGHT` between entry and exit. Only the thread that owns an
+//! entry ever touches it (a thread runs on one CPU at a time), so no atomics are needed.
+
+use core::ptr::write_volatile;
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, generated::bpf_get_current_comm},
+    macros::map,
+    maps::{LruHashMap, PerCpuArray, RingBuf},
+};
+use otel_sendmmsg_common::{CallRecord, Counter, MessageResult, MAX_VLEN, RECORD_VERSION};
+
+/// Calls in flight, by thread id. LRU, so an entry whose exit never comes (the sidecar attached
+/// mid-call) is evicted instead of leaking. User space resizes it at load time.
+#[map]
+static INFLIGHT: LruHashMap<u32, CallRecord> = LruHashMap::with_max_entries(4096, 0);
+
+/// Finished calls for user space. User space resizes it at load time.
+#[map]
+static RECORDS: RingBuf = RingBuf::with_byte_size(4 * 1024 * 1024, 0);
+
+/// Where a new call's record is put together: it is too large for the 512-byte BPF stack.
+#[map]
+static SCRATCH: PerCpuArray<CallRecord> = PerCpuArray::with_max_entries(1, 0);
+
+/// Losses and anomalies, indexed by `Counter`; user space sums the CPUs.
+#[map]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
+
+/// The sidecar's own process id, set at load time, so the sidecar never traces itself.
+#[unsafe(no_mangle)]
+static SELF_TGID: u32 = 0;
+
+/// The arguments of a `sendmmsg` call as its entry hook saw them.
+pub struct CallArgs {
+    pub sockfd: i32,
+    pub msgvec: u64,
+    pub vlen: u32,
+    pub flags: u32,
+}
+
+#[inline(always)]
+fn count(counter: Counter) {
+    if let Some(n) = COUNTERS.get_ptr_mut(counter as u32) {
+        // SAFETY: per-CPU slot; BPF programs are not preempted on their CPU.
+        unsafe { *n += 1 };
+    }
+}
+
+/// Splits `bpf_get_current_pid_tgid` into (tgid, tid).
+#[inline(always)]
+fn current_ids() -> (u32, u32) {
+    let id = bpf_get_current_pid_tgid();
+    ((id >> 32) as u32, id as u32)
+}
+
+/// Entry of a call: remember its arguments and start time for this thread.
+#[inline(always)]
+pub fn on_entry(args: CallArgs) {
+    let (tgid, tid) = current_ids();
+    // SAFETY: a global the loader may overwrite; volatile keeps the compiler from folding it.
+    if tgid == unsafe { core::ptr::read_volatile(&SELF_TGID) } {
+        return;
+    }
+    let Some(rec) = SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: this CPU's scratch slot, valid for the whole program run.
+    let rec = unsafe { &mut *rec };
+    rec.version = RECORD_VERSION;
+    rec.size = core::mem::size_of::<CallRecord>() as u32;
+    rec.pid = tgid;
+    rec.tid = tid;
+    rec.start_ns = unsafe { bpf_ktime_get_ns() };
+    rec.end_ns = 0;
+    rec.msgvec = args.msgvec;
+    rec.ret = 0;
+    rec.sockfd = args.sockfd;
+    rec.vlen = args.vlen;
+    rec.flags = args.flags;
+    // Volatile, so LLVM cannot merge this run of zero stores into a `memset` call, which would
+    // be a BPF-to-BPF call that aya refuses to load (see the module's doc).
+    // SAFETY: plain stores into fields of this CPU's scratch record.
+    unsafe {
+        write_volatile(&mut rec.messages, 0);
+        write_volatile(&mut rec.messages_failed, 0);
+        write_volatile(&mut rec.first_error, 0);
+        write_volatile(&mut rec.first_error_index, 0);
+        write_volatile(&mut rec._pad, 0);
+        write_volatile(&mut rec.bytes, 0);
+        write_volatile(&mut rec.sk, 0);
+    }
+    // Straight into the record: a stack copy would cost a `memset` and a `memcpy`. On failure the
+    // helper zeroes the buffer, which reads as an empty name.
+    // SAFETY: `comm` is 16 writable bytes, TASK_COMM_LEN.
+    unsafe { bpf_get_current_comm(rec.comm.as_mut_ptr().cast(), rec.comm.len() as u32) };
+    // `detail` is left as is: only its first `messages` entries are ever read.
+    if INFLIGHT.insert(tid, &*rec, 0).is_err() {
+        count(Counter::InflightInsertFailed);
+    }
+}
+
+/// One message of the thread's call finished sending: `ret` is bytes sent or a negative errno;
+/// `sk` identifies the socket, so sends the call did not make are not mistaken for its messages.
+#[inline(always)]
+pub fn on_message(sk: u64, ret: i64) {
+    let (_, tid) = current_ids();
+    let Some(rec) = INFLIGHT.get_ptr_mut(tid) else {
+        return; // not inside a traced sendmmsg
+    };
+    // SAFETY: only this thread touches its own entry (see the module's doc).
+    let rec = unsafe { &mut *rec };
+    let index = rec.messages;
+    let limit = if rec.vlen < MAX_VLEN {
+        rec.vlen
+    } else {
+        MAX_VLEN
+    };
+    if index >= limit || (index > 0 && rec.sk != sk) {
+        count(Counter::StrayMessages);
+        return;
+    }
+    if index == 0 {
+        rec.sk = sk;
+    }
+    let now = unsafe { bpf_ktime_get_ns() };
+    if let Some(slot) = rec.detail.get_mut(index as usize) {
+        *slot = MessageResult {
+            ret: ret as i32,
+            _pad: 0,
+            offset_ns: now.wrapping_sub(rec.start_ns),
+        };
+    }
+    rec.messages = index + 1;
+    if ret >= 0 {
+        rec.bytes += ret as u64;
+    } else {
+        if rec.messages_failed == 0 {
+            rec.first_error = ret as i32;
+            rec.first_error_index = index;
+        }
+        rec.messages_failed += 1;
+    }
+}
+
+/// Exit of the thread's call: complete its record and hand it to user space.
+#[inline(always)]
+pub fn on_exit(ret: i64) {
+    let (_, tid) = current_ids();
+    let Some(rec) = INFLIGHT.get_ptr_mut(tid) else {
+        let (tgid, _) = current_ids();
+        if tgid != unsafe { core::ptr::read_volatile(&SELF_TGID) } {
+            count(Counter::ExitWithoutEntry);
+        }
+        return;
+    };
+    // SAFETY: only this thread touches its own entry.
+    let rec = unsafe { &mut *rec };
+    rec.end_ns = unsafe { bpf_ktime_get_ns() };
+    rec.ret = ret;
+    rec.sk = 0; // a kernel address: never leaves the kernel
+                // One copy, map value -> ring buffer; the default flags let the kernel skip the wake-up when
+                // the reader is still busy with earlier records.
+    if RECORDS.output::<CallRecord>(&*rec, 0).is_err() {
+        count(Counter::RingBufferFull);
+    }
+    let _ = INFLIGHT.remove(tid);
+}
