@@ -1,0 +1,101 @@
+//! Builds the BPF crate for `bpfel-unknown-none` and leaves the object in `OUT_DIR`, so a plain
+//! `cargo build` of the sidecar builds everything.
+//!
+//! It runs cargo itself rather than through `aya-build`: aya-build 0.2.0 asks for
+//! `-Z build-std=core` (and so rust-src) whenever `RUSTC_BOOTSTRAP` is set, while Debian's Rust
+//! ships a prebuilt `core` for the BPF target that needs neither (see scripts/setup.sh).
+
+use std::{
+    env,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{bail, Context, Result};
+
+/// The rustup toolchain that `scripts/setup.sh` links to Debian's Rust.
+const BPF_TOOLCHAIN: &str = "system";
+const BPF_TARGET: &str = "bpfel-unknown-none";
+const BPF_PACKAGE: &str = "otel-sendmmsg-ebpf";
+const BPF_BINARY: &str = "otel-sendmmsg";
+
+fn main() -> Result<()> {
+    let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?);
+    let workspace = manifest_dir
+        .parent()
+        .context("the sidecar crate sits in the workspace")?;
+    for input in [
+        "otel-sendmmsg-ebpf/src",
+        "otel-sendmmsg-ebpf/Cargo.toml",
+        "otel-sendmmsg-common/src",
+        "Cargo.lock",
+    ] {
+        println!("cargo:rerun-if-changed={}", workspace.join(input).display());
+    }
+    let out_dir = PathBuf::from(env::var("OUT_DIR")?);
+    let object = build_bpf(workspace, &out_dir.join("bpf-target"))?;
+    std::fs::copy(&object, out_dir.join("otel-sendmmsg.bpf.o"))
+        .with_context(|| format!("copying {}", object.display()))?;
+    Ok(())
+}
+
+fn build_bpf(workspace: &Path, target_dir: &Path) -> Result<PathBuf> {
+    let linker = find_bpf_linker()?;
+    let mut cargo = Command::new("cargo");
+    cargo
+        .current_dir(workspace)
+        .args([
+            "build",
+            "--release",
+            "--package",
+            BPF_PACKAGE,
+            "--target",
+            BPF_TARGET,
+        ])
+        .arg("--target-dir")
+        .arg(target_dir);
+    // The outer cargo's settings are for the host toolchain and target: none may leak in.
+    for var in [
+        "RUSTC",
+        "RUSTC_WRAPPER",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "RUSTFLAGS",
+        "CARGO_BUILD_TARGET",
+        "CARGO_TARGET_DIR",
+    ] {
+        cargo.env_remove(var);
+    }
+    cargo
+        .env("RUSTUP_TOOLCHAIN", BPF_TOOLCHAIN)
+        // aya-ebpf uses feature gates; Debian's stable compiler allows them with this.
+        .env("RUSTC_BOOTSTRAP", "1")
+        // BTF in the object lets aya load it with type information for maps and globals.
+        .env("CARGO_ENCODED_RUSTFLAGS", "-Clink-arg=--btf")
+        .env("CARGO_TARGET_BPFEL_UNKNOWN_NONE_LINKER", &linker);
+    let status = cargo.status().context("running cargo for the BPF crate")?;
+    if !status.success() {
+        bail!(
+            "building the BPF crate failed ({status}); run `scripts/setup.sh` once to install the \
+             BPF toolchain (Debian's Rust, LLVM 22, bpf-linker)"
+        );
+    }
+    Ok(target_dir.join(BPF_TARGET).join("release").join(BPF_BINARY))
+}
+
+/// bpf-linker lives in cargo's bin directory, which the build environment may not have on PATH.
+fn find_bpf_linker() -> Result<PathBuf> {
+    let cargo_home = env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")));
+    let candidates = cargo_home
+        .map(|h| h.join("bin"))
+        .into_iter()
+        .chain(env::split_paths(&env::var_os("PATH").unwrap_or_default()).collect::<Vec<_>>());
+    for dir in candidates {
+        let path = dir.join("bpf-linker");
+        if path.is_file() {
+            return Ok(path);
+        }
+    }
+    bail!("bpf-linker not found; run `scripts/setup.sh` once to install the BPF toolchain")
+}

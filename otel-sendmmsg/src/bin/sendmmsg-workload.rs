@@ -1,0 +1,311 @@
+//! Makes real `sendmmsg(2)` calls for the end-to-end tests and by hand: each scenario sets up its
+//! sockets, makes its calls, and prints one JSON line per call with what user space saw (fd,
+//! msgvec, flags, return value, errno, the kernel's `msg_len`s), so a test can check the spans
+//! the sidecar exported against it.
+//!
+//!     sendmmsg-workload SCENARIO...       scenarios: udp4 udp6 udp4-unconnected unix bad-fd
+//!                                         not-socket bad-msgvec refused-mid-batch vlen-zero
+//!     sendmmsg-workload loop SECONDS VLEN one connected UDP socket, calls back to back;
+//!                                         prints calls/s at the end
+
+use std::{
+    io,
+    mem::{size_of, zeroed},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket},
+    os::{
+        fd::{AsRawFd, RawFd},
+        unix::net::UnixDatagram,
+    },
+    process::ExitCode,
+    time::{Duration, Instant},
+};
+
+/// Bigger than any UDP datagram can be (65,507 bytes of payload over IPv4), so the kernel refuses
+/// that one message with EMSGSIZE while the others of the batch go out.
+const OVERSIZED: usize = 70_000;
+
+/// One call's arguments; the buffers must outlive the call.
+struct Batch {
+    payloads: Vec<Vec<u8>>,
+    iovecs: Vec<libc::iovec>,
+    addrs: Vec<libc::sockaddr_storage>,
+    msgs: Vec<libc::mmsghdr>,
+}
+
+impl Batch {
+    /// `dests[i]` is message i's explicit destination (None: the connected peer).
+    fn new(sizes: &[usize], dests: &[Option<SocketAddr>]) -> Batch {
+        let payloads: Vec<Vec<u8>> = sizes.iter().map(|&n| vec![0xab; n]).collect();
+        let mut b = Batch {
+            payloads,
+            iovecs: Vec::new(),
+            addrs: Vec::new(),
+            msgs: Vec::new(),
+        };
+        b.iovecs = b
+            .payloads
+            .iter_mut()
+            .map(|p| libc::iovec {
+                iov_base: p.as_mut_ptr().cast(),
+                iov_len: p.len(),
+            })
+            .collect();
+        b.addrs = (0..sizes.len())
+            .map(|i| {
+                dests
+                    .get(i)
+                    .copied()
+                    .flatten()
+                    .map(sockaddr)
+                    .unwrap_or_else(|| unsafe { zeroed() })
+            })
+            .collect();
+        for i in 0..sizes.len() {
+            // SAFETY: an all-zero mmsghdr is a valid "no name, no control" message.
+            let mut m: libc::mmsghdr = unsafe { zeroed() };
+            m.msg_hdr.msg_iov = &mut b.iovecs[i];
+            m.msg_hdr.msg_iovlen = 1;
+            if let Some(Some(dest)) = dests.get(i) {
+                m.msg_hdr.msg_name = (&mut b.addrs[i] as *mut libc::sockaddr_storage).cast();
+                m.msg_hdr.msg_namelen = sockaddr_len(dest);
+            }
+            b.msgs.push(m);
+        }
+        b
+    }
+}
+
+fn sockaddr(addr: SocketAddr) -> libc::sockaddr_storage {
+    // SAFETY: sockaddr_storage is large and aligned enough for either family.
+    let mut storage: libc::sockaddr_storage = unsafe { zeroed() };
+    match addr {
+        SocketAddr::V4(a) => {
+            let sin = unsafe { &mut *(&mut storage as *mut _ as *mut libc::sockaddr_in) };
+            sin.sin_family = libc::AF_INET as libc::sa_family_t;
+            sin.sin_port = a.port().to_be();
+            sin.sin_addr.s_addr = u32::from(*a.ip()).to_be();
+        }
+        SocketAddr::V6(a) => {
+            let sin6 = unsafe { &mut *(&mut storage as *mut _ as *mut libc::sockaddr_in6) };
+            sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+            sin6.sin6_port = a.port().to_be();
+            sin6.sin6_addr.s6_addr = a.ip().octets();
+        }
+    }
+    storage
+}
+
+fn sockaddr_len(addr: &SocketAddr) -> libc::socklen_t {
+    (match addr {
+        SocketAddr::V4(_) => size_of::<libc::sockaddr_in>(),
+        SocketAddr::V6(_) => size_of::<libc::sockaddr_in6>(),
+    }) as libc::socklen_t
+}
+
+fn tid() -> i64 {
+    // SAFETY: gettid has no preconditions.
+    unsafe { libc::syscall(libc::SYS_gettid) }
+}
+
+/// Calls sendmmsg with exactly these arguments and prints what happened.
+fn call(
+    scenario: &str,
+    fd: RawFd,
+    msgvec: *mut libc::mmsghdr,
+    vlen: u32,
+    flags: i32,
+    sizes: &[usize],
+    batch: Option<&Batch>,
+) {
+    // SAFETY: msgvec is either a live Batch's messages or a pointer the scenario wants the kernel
+    // to refuse (the kernel checks it; we never dereference it).
+    let ret = unsafe { libc::sendmmsg(fd, msgvec, vlen, flags as _) };
+    let errno = if ret < 0 {
+        io::Error::last_os_error().raw_os_error().unwrap_or(0)
+    } else {
+        0
+    };
+    let msg_len: Vec<String> = batch
+        .map(|b| {
+            b.msgs
+                .iter()
+                .take(ret.max(0) as usize)
+                .map(|m| m.msg_len.to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    let sizes: Vec<String> = sizes.iter().map(|s| s.to_string()).collect();
+    println!(
+        "{{\"scenario\":\"{scenario}\",\"pid\":{},\"tid\":{},\"sockfd\":{fd},\"msgvec\":{},\"vlen\":{vlen},\"flags\":{flags},\"ret\":{ret},\"errno\":{errno},\"sizes\":[{}],\"msg_len\":[{}]}}",
+        std::process::id(),
+        tid(),
+        msgvec as u64,
+        sizes.join(","),
+        msg_len.join(",")
+    );
+}
+
+fn send_batch(
+    scenario: &str,
+    fd: RawFd,
+    sizes: &[usize],
+    dests: &[Option<SocketAddr>],
+    flags: i32,
+) {
+    let mut batch = Batch::new(sizes, dests);
+    let ptr = batch.msgs.as_mut_ptr();
+    call(
+        scenario,
+        fd,
+        ptr,
+        sizes.len() as u32,
+        flags,
+        sizes,
+        Some(&batch),
+    );
+}
+
+/// A receiver on loopback and a socket connected to it.
+fn connected_udp(v6: bool) -> io::Result<(UdpSocket, UdpSocket)> {
+    let any: SocketAddr = if v6 {
+        (Ipv6Addr::LOCALHOST, 0).into()
+    } else {
+        (Ipv4Addr::LOCALHOST, 0).into()
+    };
+    let receiver = UdpSocket::bind(any)?;
+    let sender = UdpSocket::bind(any)?;
+    sender.connect(receiver.local_addr()?)?;
+    Ok((sender, receiver))
+}
+
+fn scenario(name: &str) -> io::Result<()> {
+    let sizes8: Vec<usize> = (100..108).collect();
+    match name {
+        "udp4" | "udp6" => {
+            let (tx, _rx) = connected_udp(name == "udp6")?;
+            send_batch(
+                name,
+                tx.as_raw_fd(),
+                &sizes8,
+                &[],
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            );
+        }
+        "udp4-unconnected" => {
+            let a = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))?;
+            let b = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))?;
+            let tx = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))?;
+            let (a, b) = (Some(a.local_addr()?), Some(b.local_addr()?));
+            // Repeated destinations take a different kernel path (before 6.6) than changing ones.
+            send_batch(
+                name,
+                tx.as_raw_fd(),
+                &[60, 61, 62, 63, 64, 65],
+                &[a, a, b, b, a, b],
+                libc::MSG_DONTWAIT,
+            );
+        }
+        "unix" => {
+            let (tx, _rx) = UnixDatagram::pair()?;
+            send_batch(name, tx.as_raw_fd(), &[10, 20, 30, 40, 50], &[], 0);
+        }
+        "bad-fd" => {
+            // An fd that was open a moment ago and is closed now: certainly not open.
+            let fd = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))?.as_raw_fd();
+            send_batch(name, fd, &[10, 20], &[], 0);
+        }
+        "not-socket" => {
+            let file = std::fs::File::open("/dev/null")?;
+            send_batch(name, file.as_raw_fd(), &[10, 20], &[], 0);
+        }
+        "bad-msgvec" => {
+            let (tx, _rx) = connected_udp(false)?;
+            // A page that is mapped but inaccessible: the kernel's copy from it faults.
+            // SAFETY: a fresh anonymous mapping, never touched by us.
+            let page = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    4096,
+                    libc::PROT_NONE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                    -1,
+                    0,
+                )
+            };
+            if page == libc::MAP_FAILED {
+                return Err(io::Error::last_os_error());
+            }
+            call(name, tx.as_raw_fd(), page.cast(), 4, 0, &[], None);
+        }
+        "refused-mid-batch" => {
+            let (tx, _rx) = connected_udp(false)?;
+            send_batch(name, tx.as_raw_fd(), &[10, 20, OVERSIZED, 30], &[], 0);
+        }
+        "vlen-zero" => {
+            let (tx, _rx) = connected_udp(false)?;
+            let mut batch = Batch::new(&[], &[]);
+            let ptr = batch.msgs.as_mut_ptr();
+            call(name, tx.as_raw_fd(), ptr, 0, 0, &[], Some(&batch));
+        }
+        other => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("unknown scenario {other}"),
+            ))
+        }
+    }
+    Ok(())
+}
+
+/// Back-to-back calls on one connected socket for `seconds`; the receiver is drained by a
+/// second thread so the socket never fills.
+fn run_loop(seconds: f64, vlen: usize) -> io::Result<()> {
+    let (tx, rx) = connected_udp(false)?;
+    rx.set_read_timeout(Some(Duration::from_millis(200)))?;
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        while rx.recv(&mut buf).is_ok() {}
+    });
+    let sizes = vec![64; vlen];
+    let mut batch = Batch::new(&sizes, &[]);
+    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+    let (mut calls, mut messages) = (0u64, 0u64);
+    let started = Instant::now();
+    while Instant::now() < deadline {
+        // SAFETY: the batch's buffers live for the whole loop.
+        let ret =
+            unsafe { libc::sendmmsg(tx.as_raw_fd(), batch.msgs.as_mut_ptr(), vlen as u32, 0) };
+        calls += 1;
+        messages += ret.max(0) as u64;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "{{\"scenario\":\"loop\",\"pid\":{},\"calls\":{calls},\"messages\":{messages},\"seconds\":{secs:.3},\"calls_per_second\":{:.0}}}",
+        std::process::id(),
+        calls as f64 / secs
+    );
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        None => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "usage: sendmmsg-workload SCENARIO... | loop SECONDS VLEN",
+        )),
+        Some("loop") => {
+            let seconds = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(1.0);
+            let vlen = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(8);
+            run_loop(seconds, vlen)
+        }
+        Some(_) => args.iter().try_for_each(|s| scenario(s)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sendmmsg-workload: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,517 @@
+//! Configuration: the project's own `OTEL_SENDMMSG_*` variables (read with envy) and the standard
+//! `OTEL_*` variables the exporter reads, all checked before anything starts, so a typo stops
+//! start-up with the variable's name and what it accepts instead of being silently ignored.
+
+use serde::Deserialize;
+
+pub const PREFIX: &str = "OTEL_SENDMMSG_";
+
+/// The project's own variables as given, each `OTEL_SENDMMSG_<FIELD>`; [`Config::from_vars`]
+/// validates them.
+#[derive(Debug, Default, Deserialize)]
+struct OwnVars {
+    /// Ring-buffer size between kernel and sidecar: bytes, or with a `KiB`/`MiB` suffix; a power
+    /// of two of at least one page. Default [`DEFAULT_RING_BUFFER_BYTES`].
+    ring_buffer_bytes: Option<String>,
+    /// How many threads can be inside `sendmmsg` at once and still be traced. Default
+    /// [`DEFAULT_MAX_INFLIGHT`].
+    max_inflight: Option<String>,
+}
+
+/// Each documented in README.md; every one of them is known here so typos can be caught.
+const OWN_VARIABLES: &[&str] = &["RING_BUFFER_BYTES", "MAX_INFLIGHT"];
+
+/// The standard variables this sidecar honours, checked here and read again by the OTLP exporter
+/// and the SDK's batch processor.
+#[derive(Debug, Default, Deserialize)]
+struct StandardVars {
+    otel_traces_exporter: Option<String>,
+    otel_exporter_otlp_endpoint: Option<String>,
+    otel_exporter_otlp_traces_endpoint: Option<String>,
+    otel_exporter_otlp_protocol: Option<String>,
+    otel_exporter_otlp_traces_protocol: Option<String>,
+    otel_exporter_otlp_timeout: Option<String>,
+    otel_exporter_otlp_traces_timeout: Option<String>,
+    otel_exporter_otlp_headers: Option<String>,
+    otel_exporter_otlp_traces_headers: Option<String>,
+    otel_bsp_schedule_delay: Option<String>,
+    otel_bsp_export_timeout: Option<String>,
+    otel_bsp_max_queue_size: Option<String>,
+    otel_bsp_max_export_batch_size: Option<String>,
+}
+
+/// 4 MiB holds ~3,600 records: about 36 ms of a 100k calls/s burst while the sidecar is busy.
+pub const DEFAULT_RING_BUFFER_BYTES: u32 = 4 << 20;
+/// Threads inside `sendmmsg` at the same moment; each costs one ~1.1 KiB map entry.
+pub const DEFAULT_MAX_INFLIGHT: u32 = 4096;
+const PAGE_SIZE: u64 = 4096;
+const MAX_RING_BUFFER_BYTES: u64 = 1 << 30;
+const MAX_INFLIGHT_LIMIT: u64 = 1 << 20;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    pub ring_buffer_bytes: u32,
+    pub max_inflight: u32,
+    pub output: Output,
+}
+
+/// Where spans go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Output {
+    /// One line per call on stdout: the default when no OTLP endpoint is configured.
+    Console,
+    /// OTLP to a collector; the exporter reads endpoint, headers and timeout from the standard
+    /// variables itself.
+    Otlp {
+        protocol: Protocol,
+        endpoint: String,
+    },
+    /// Trace, count, export nothing (`OTEL_TRACES_EXPORTER=none`).
+    Discard,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    Grpc,
+    HttpProtobuf,
+}
+
+impl Protocol {
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Grpc => "grpc",
+            Protocol::HttpProtobuf => "http/protobuf",
+        }
+    }
+}
+
+/// A variable with a value this sidecar cannot use.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("invalid {variable}={value:?}: expected {accepts}")]
+pub struct ConfigError {
+    pub variable: String,
+    pub value: String,
+    pub accepts: String,
+}
+
+fn invalid(variable: &str, value: &str, accepts: impl Into<String>) -> ConfigError {
+    ConfigError {
+        variable: variable.to_owned(),
+        value: value.to_owned(),
+        accepts: accepts.into(),
+    }
+}
+
+impl Config {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_vars(std::env::vars())
+    }
+
+    /// Reads and validates the given variables (the environment, or a test's).
+    pub fn from_vars(
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let vars: Vec<(String, String)> = vars.into_iter().collect();
+        for (name, value) in &vars {
+            if let Some(field) = name.strip_prefix(PREFIX) {
+                if !OWN_VARIABLES.contains(&field) {
+                    let known: Vec<String> = OWN_VARIABLES
+                        .iter()
+                        .map(|v| format!("{PREFIX}{v}"))
+                        .collect();
+                    return Err(invalid(
+                        name,
+                        value,
+                        format!("no such setting; known: {}", known.join(", ")),
+                    ));
+                }
+            }
+        }
+        // Every field is an optional string, so envy cannot fail on values; the checks below
+        // say what is wrong in terms of the variable.
+        let own: OwnVars = envy::prefixed(PREFIX)
+            .from_iter(vars.clone())
+            .unwrap_or_default();
+        let std_vars: StandardVars = envy::from_iter(vars).unwrap_or_default();
+
+        let ring_buffer_bytes = match &own.ring_buffer_bytes {
+            None => DEFAULT_RING_BUFFER_BYTES,
+            Some(v) => parse_ring_buffer_bytes(v).ok_or_else(|| {
+                invalid("OTEL_SENDMMSG_RING_BUFFER_BYTES", v, ring_buffer_accepts())
+            })?,
+        };
+        let max_inflight = match &own.max_inflight {
+            None => DEFAULT_MAX_INFLIGHT,
+            Some(v) => parse_int(v)
+                .filter(|n| (1..=MAX_INFLIGHT_LIMIT).contains(n))
+                .map(|n| n as u32)
+                .ok_or_else(|| {
+                    invalid(
+                        "OTEL_SENDMMSG_MAX_INFLIGHT",
+                        v,
+                        format!("a whole number from 1 to {MAX_INFLIGHT_LIMIT}"),
+                    )
+                })?,
+        };
+        let output = std_vars.output()?;
+        Ok(Config {
+            ring_buffer_bytes,
+            max_inflight,
+            output,
+        })
+    }
+}
+
+impl StandardVars {
+    fn output(&self) -> Result<Output, ConfigError> {
+        // Signal-specific variables win over the generic ones, as the exporter does it.
+        let endpoint = pick(
+            (
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                &self.otel_exporter_otlp_traces_endpoint,
+            ),
+            (
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                &self.otel_exporter_otlp_endpoint,
+            ),
+        );
+        let protocol = pick(
+            (
+                "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+                &self.otel_exporter_otlp_traces_protocol,
+            ),
+            (
+                "OTEL_EXPORTER_OTLP_PROTOCOL",
+                &self.otel_exporter_otlp_protocol,
+            ),
+        );
+        // Checked whichever output is chosen: a bad value is a mistake worth hearing about.
+        let protocol = match protocol {
+            None => Protocol::HttpProtobuf, // the specification's default
+            Some((name, v)) => match v.to_ascii_lowercase().as_str() {
+                "grpc" => Protocol::Grpc,
+                "http/protobuf" => Protocol::HttpProtobuf,
+                _ => return Err(invalid(name, v, "grpc or http/protobuf")),
+            },
+        };
+        if let Some((name, v)) = endpoint {
+            check_endpoint(v).map_err(|why| invalid(name, v, why))?;
+        }
+        for (name, value) in [
+            (
+                "OTEL_EXPORTER_OTLP_TIMEOUT",
+                &self.otel_exporter_otlp_timeout,
+            ),
+            (
+                "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+                &self.otel_exporter_otlp_traces_timeout,
+            ),
+            ("OTEL_BSP_SCHEDULE_DELAY", &self.otel_bsp_schedule_delay),
+            ("OTEL_BSP_EXPORT_TIMEOUT", &self.otel_bsp_export_timeout),
+        ] {
+            if let Some(v) = value {
+                parse_int(v).ok_or_else(|| invalid(name, v, "a whole number of milliseconds"))?;
+            }
+        }
+        for (name, value) in [
+            ("OTEL_BSP_MAX_QUEUE_SIZE", &self.otel_bsp_max_queue_size),
+            (
+                "OTEL_BSP_MAX_EXPORT_BATCH_SIZE",
+                &self.otel_bsp_max_export_batch_size,
+            ),
+        ] {
+            if let Some(v) = value {
+                parse_int(v)
+                    .filter(|&n| n > 0)
+                    .ok_or_else(|| invalid(name, v, "a whole number above 0"))?;
+            }
+        }
+        for (name, value) in [
+            (
+                "OTEL_EXPORTER_OTLP_HEADERS",
+                &self.otel_exporter_otlp_headers,
+            ),
+            (
+                "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+                &self.otel_exporter_otlp_traces_headers,
+            ),
+        ] {
+            if let Some(v) = value {
+                check_headers(v).map_err(|why| invalid(name, v, why))?;
+            }
+        }
+        let default_endpoint = || match protocol {
+            Protocol::Grpc => "http://localhost:4317".to_owned(),
+            Protocol::HttpProtobuf => "http://localhost:4318".to_owned(),
+        };
+        let otlp = || Output::Otlp {
+            protocol,
+            endpoint: endpoint
+                .map(|(_, v)| v.clone())
+                .unwrap_or_else(default_endpoint),
+        };
+        match self.otel_traces_exporter.as_deref().map(str::trim) {
+            // No exporter named: OTLP only when the user pointed us at a collector.
+            None | Some("") => Ok(if endpoint.is_some() {
+                otlp()
+            } else {
+                Output::Console
+            }),
+            Some("otlp") => Ok(otlp()),
+            Some("console") => Ok(Output::Console),
+            Some("none") => Ok(Output::Discard),
+            Some(v) => Err(invalid("OTEL_TRACES_EXPORTER", v, "otlp, console or none")),
+        }
+    }
+}
+
+/// The first variable of the two that is set and not empty (the specification treats an empty
+/// value as unset).
+fn pick<'a>(
+    first: (&'static str, &'a Option<String>),
+    second: (&'static str, &'a Option<String>),
+) -> Option<(&'static str, &'a String)> {
+    [first, second].into_iter().find_map(|(name, v)| {
+        v.as_ref()
+            .filter(|v| !v.trim().is_empty())
+            .map(|v| (name, v))
+    })
+}
+
+fn parse_int(v: &str) -> Option<u64> {
+    v.trim().parse().ok()
+}
+
+fn ring_buffer_accepts() -> String {
+    format!(
+        "a power of two from {PAGE_SIZE} to {MAX_RING_BUFFER_BYTES} bytes, as bytes or with a KiB or MiB suffix (e.g. 4MiB)"
+    )
+}
+
+fn parse_ring_buffer_bytes(v: &str) -> Option<u32> {
+    let v = v.trim();
+    let (digits, unit) = if let Some(d) = v.strip_suffix("MiB") {
+        (d, 1 << 20)
+    } else if let Some(d) = v.strip_suffix("KiB") {
+        (d, 1 << 10)
+    } else {
+        (v, 1)
+    };
+    let bytes = parse_int(digits)?.checked_mul(unit)?;
+    // The kernel wants a power-of-two multiple of the page size.
+    (bytes.is_power_of_two() && (PAGE_SIZE..=MAX_RING_BUFFER_BYTES).contains(&bytes))
+        .then_some(bytes as u32)
+}
+
+fn check_endpoint(v: &str) -> Result<(), &'static str> {
+    let rest = v
+        .strip_prefix("http://")
+        .or_else(|| v.strip_prefix("https://"))
+        .ok_or("a URL starting with http:// or https://, e.g. http://localhost:4317")?;
+    let authority = rest.split('/').next().unwrap_or("");
+    let host_ok = !authority.is_empty() && !authority.contains(char::is_whitespace);
+    let port_ok = match authority.rsplit_once(':') {
+        // An IPv6 literal without a port ends in `]`.
+        Some((_, port)) if !port.ends_with(']') => port.parse::<u16>().is_ok(),
+        _ => true,
+    };
+    if host_ok && port_ok {
+        Ok(())
+    } else {
+        Err("a URL with a host and an optional port, e.g. http://localhost:4317")
+    }
+}
+
+fn check_headers(v: &str) -> Result<(), &'static str> {
+    let ok = v
+        .split(',')
+        .filter(|p| !p.trim().is_empty())
+        .all(|pair| matches!(pair.split_once('='), Some((key, _)) if !key.trim().is_empty()));
+    if ok {
+        Ok(())
+    } else {
+        Err("comma-separated key=value pairs, e.g. api-key=secret,tenant=a")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        Config::from_vars(vars.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+    }
+
+    #[test]
+    fn defaults_print_to_the_console() {
+        let c = config(&[("PATH", "/bin")]).unwrap();
+        assert_eq!(
+            c,
+            Config {
+                ring_buffer_bytes: DEFAULT_RING_BUFFER_BYTES,
+                max_inflight: DEFAULT_MAX_INFLIGHT,
+                output: Output::Console
+            }
+        );
+    }
+
+    #[test]
+    fn an_endpoint_selects_otlp_with_the_given_protocol() {
+        let c = config(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ])
+        .unwrap();
+        assert_eq!(
+            c.output,
+            Output::Otlp {
+                protocol: Protocol::Grpc,
+                endpoint: "http://collector:4317".into()
+            }
+        );
+        let c = config(&[(
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            "https://c.example/v1/traces",
+        )])
+        .unwrap();
+        assert_eq!(
+            c.output,
+            Output::Otlp {
+                protocol: Protocol::HttpProtobuf,
+                endpoint: "https://c.example/v1/traces".into()
+            }
+        );
+    }
+
+    #[test]
+    fn signal_specific_variables_win() {
+        let c = config(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://generic:4318"),
+            ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://traces:4317"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+            ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "grpc"),
+        ])
+        .unwrap();
+        assert_eq!(
+            c.output,
+            Output::Otlp {
+                protocol: Protocol::Grpc,
+                endpoint: "http://traces:4317".into()
+            }
+        );
+    }
+
+    #[test]
+    fn traces_exporter_overrides_the_choice() {
+        let c = config(&[
+            ("OTEL_TRACES_EXPORTER", "otlp"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ])
+        .unwrap();
+        assert_eq!(
+            c.output,
+            Output::Otlp {
+                protocol: Protocol::Grpc,
+                endpoint: "http://localhost:4317".into()
+            }
+        );
+        let c = config(&[
+            ("OTEL_TRACES_EXPORTER", "console"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"),
+        ])
+        .unwrap();
+        assert_eq!(c.output, Output::Console);
+        assert_eq!(
+            config(&[("OTEL_TRACES_EXPORTER", "none")]).unwrap().output,
+            Output::Discard
+        );
+    }
+
+    #[test]
+    fn ring_buffer_size_accepts_units_and_powers_of_two_only() {
+        let size = |v: &str| {
+            config(&[("OTEL_SENDMMSG_RING_BUFFER_BYTES", v)]).map(|c| c.ring_buffer_bytes)
+        };
+        assert_eq!(size("8MiB"), Ok(8 << 20));
+        assert_eq!(size("64KiB"), Ok(64 << 10));
+        assert_eq!(size("4096"), Ok(4096));
+        for bad in [
+            "3MiB",
+            "2048",
+            "abc",
+            "",
+            "-4096",
+            "2048MiB",
+            "99999999999999999999MiB",
+        ] {
+            let err = size(bad).unwrap_err();
+            assert_eq!(err.variable, "OTEL_SENDMMSG_RING_BUFFER_BYTES", "{bad}");
+            assert!(err.to_string().contains("power of two"), "{err}");
+        }
+    }
+
+    #[test]
+    fn max_inflight_is_bounded() {
+        let inflight =
+            |v: &str| config(&[("OTEL_SENDMMSG_MAX_INFLIGHT", v)]).map(|c| c.max_inflight);
+        assert_eq!(inflight("128"), Ok(128));
+        assert_eq!(
+            inflight("0").unwrap_err().variable,
+            "OTEL_SENDMMSG_MAX_INFLIGHT"
+        );
+        assert!(inflight("2000000").is_err());
+    }
+
+    #[test]
+    fn bad_standard_values_name_the_variable() {
+        let cases: &[(&str, &str)] = &[
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
+            ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "udp"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4317"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:99999"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://"),
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "10s"),
+            ("OTEL_EXPORTER_OTLP_HEADERS", "novalue"),
+            ("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "=x"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "-1"),
+            ("OTEL_BSP_MAX_QUEUE_SIZE", "0"),
+            ("OTEL_TRACES_EXPORTER", "jaeger"),
+        ];
+        for (name, value) in cases {
+            let err = config(&[(name, value)]).unwrap_err();
+            assert_eq!((err.variable.as_str(), err.value.as_str()), (*name, *value));
+            assert!(!err.accepts.is_empty());
+        }
+    }
+
+    #[test]
+    fn good_standard_values_pass() {
+        config(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://[::1]:4317"),
+            ("OTEL_EXPORTER_OTLP_HEADERS", "api-key=s3cr%20t,tenant=a"),
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "5000"),
+            ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "512"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "GRPC"),
+        ])
+        .unwrap();
+        // Empty means unset, as in the specification.
+        assert_eq!(
+            config(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "")])
+                .unwrap()
+                .output,
+            Output::Console
+        );
+    }
+
+    #[test]
+    fn an_unknown_own_variable_is_a_typo_not_a_silent_default() {
+        let err = config(&[("OTEL_SENDMMSG_RING_BUFER_BYTES", "8MiB")]).unwrap_err();
+        assert_eq!(err.variable, "OTEL_SENDMMSG_RING_BUFER_BYTES");
+        assert!(
+            err.accepts.contains("OTEL_SENDMMSG_RING_BUFFER_BYTES"),
+            "{}",
+            err.accepts
+        );
+    }
+}

@@ -1,0 +1,14 @@
+//! otel-sendmmsg: `sendmmsg(2)` calls as OpenTelemetry spans.
+//!
+//! The data path, top-down: kernel hooks ([`probes`]) -> ring buffer -> typed records
+//! ([`records`]) -> spans ([`spans`]) -> exporter ([`export`]); [`run`] wires it together.
+
+pub mod clock;
+pub mod config;
+pub mod export;
+pub mod names;
+pub mod probes;
+pub mod records;
+pub mod run;
+pub mod shutdown;
+pub mod spans;

@@ -1,0 +1,51 @@
+use std::process::ExitCode;
+
+use otel_sendmmsg::{config::Config, run::run, shutdown::shutdown_signal};
+use tracing::error;
+use tracing_subscriber::EnvFilter;
+
+/// Exit codes: 2 for configuration the user must fix, 1 for anything the environment refused.
+const EXIT_CONFIG: u8 = 2;
+const EXIT_ENVIRONMENT: u8 = 1;
+
+fn main() -> ExitCode {
+    init_logging();
+    let config = match Config::from_env() {
+        Ok(c) => c,
+        Err(e) => {
+            error!("{e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            error!("starting the async runtime: {e}");
+            return ExitCode::from(EXIT_ENVIRONMENT);
+        }
+    };
+    let shutdown = async {
+        if let Err(e) = shutdown_signal().await {
+            error!("cannot watch for SIGINT/SIGTERM ({e}); stopping");
+        }
+    };
+    match runtime.block_on(run(config, shutdown)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e:#}");
+            ExitCode::from(EXIT_ENVIRONMENT)
+        }
+    }
+}
+
+/// Logs go to stderr (stdout carries the console spans). The HTTP/gRPC stacks stay at warn so
+/// the exporter's own traffic cannot flood the log.
+fn init_logging() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        EnvFilter::new("info,h2=warn,hyper=warn,hyper_util=warn,tonic=warn,tower=warn,reqwest=warn,opentelemetry=warn,opentelemetry_sdk=warn,opentelemetry_otlp=warn")
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}

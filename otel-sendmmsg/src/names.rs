@@ -1,0 +1,86 @@
+//! Human names for the numbers a syscall deals in: errno values and `MSG_*` flags.
+
+use nix::errno::Errno;
+
+/// The symbolic name of an errno value (`EAGAIN`), or `errno N` for one this libc does not know.
+/// Accepts the value with either sign, as the kernel returns it negated.
+pub fn errno_name(errno: i64) -> String {
+    let n = errno.unsigned_abs();
+    match i32::try_from(n).map(Errno::from_raw) {
+        Ok(Errno::UnknownErrno) | Err(_) => format!("errno {n}"),
+        Ok(e) => format!("{e:?}"),
+    }
+}
+
+/// The `sendmsg` flags, in the order `send(2)` documents them.
+const SEND_FLAGS: &[(i32, &str)] = &[
+    (libc::MSG_CONFIRM, "MSG_CONFIRM"),
+    (libc::MSG_DONTROUTE, "MSG_DONTROUTE"),
+    (libc::MSG_DONTWAIT, "MSG_DONTWAIT"),
+    (libc::MSG_EOR, "MSG_EOR"),
+    (libc::MSG_MORE, "MSG_MORE"),
+    (libc::MSG_NOSIGNAL, "MSG_NOSIGNAL"),
+    (libc::MSG_OOB, "MSG_OOB"),
+    (libc::MSG_FASTOPEN, "MSG_FASTOPEN"),
+    (libc::MSG_ZEROCOPY, "MSG_ZEROCOPY"),
+    (libc::MSG_WAITFORONE, "MSG_WAITFORONE"),
+    (libc::MSG_PEEK, "MSG_PEEK"),
+    (libc::MSG_TRUNC, "MSG_TRUNC"),
+    (libc::MSG_WAITALL, "MSG_WAITALL"),
+    (libc::MSG_ERRQUEUE, "MSG_ERRQUEUE"),
+    (libc::MSG_CMSG_CLOEXEC, "MSG_CMSG_CLOEXEC"),
+];
+
+/// `MSG_DONTWAIT|MSG_NOSIGNAL` for the known bits, any unknown ones as one hex number at the
+/// end; empty for 0.
+pub fn msg_flag_names(flags: u32) -> String {
+    let mut rest = flags;
+    let mut names: Vec<String> = Vec::new();
+    for &(bit, name) in SEND_FLAGS {
+        let bit = bit as u32;
+        if rest & bit != 0 {
+            names.push(name.to_owned());
+            rest &= !bit;
+        }
+    }
+    if rest != 0 {
+        names.push(format!("{rest:#x}"));
+    }
+    names.join("|")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errno_names_accept_either_sign() {
+        assert_eq!(errno_name(-11), "EAGAIN");
+        assert_eq!(errno_name(9), "EBADF");
+        assert_eq!(errno_name(-(libc::EMSGSIZE as i64)), "EMSGSIZE");
+        assert_eq!(errno_name(-(libc::ECONNREFUSED as i64)), "ECONNREFUSED");
+    }
+
+    #[test]
+    fn unknown_errno_keeps_its_number() {
+        assert_eq!(errno_name(-4095), "errno 4095");
+        assert_eq!(
+            errno_name(i64::MIN),
+            format!("errno {}", i64::MIN.unsigned_abs())
+        );
+    }
+
+    #[test]
+    fn flag_names_join_known_bits_and_keep_unknown_ones() {
+        assert_eq!(msg_flag_names(0), "");
+        assert_eq!(msg_flag_names(libc::MSG_DONTWAIT as u32), "MSG_DONTWAIT");
+        assert_eq!(
+            msg_flag_names((libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT) as u32),
+            "MSG_DONTWAIT|MSG_NOSIGNAL"
+        );
+        assert_eq!(
+            msg_flag_names(libc::MSG_DONTWAIT as u32 | 0x0200_0000),
+            "MSG_DONTWAIT|0x2000000"
+        );
+    }
+}

@@ -1,0 +1,293 @@
+//! Ring buffer -> typed records: decodes the bytes the BPF side submits into [`Call`]s, checking
+//! everything a newer or corrupt BPF object could get wrong before trusting it.
+
+use otel_sendmmsg_common::{CallRecord, MessageResult, MAX_VLEN, RECORD_VERSION};
+
+/// One `sendmmsg` call, as the kernel saw it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Call {
+    pub pid: u32,
+    pub tid: u32,
+    /// The thread's name at entry.
+    pub comm: String,
+    /// Entry and exit, `CLOCK_MONOTONIC` ns.
+    pub start_ns: u64,
+    pub end_ns: u64,
+    pub sockfd: i32,
+    pub msgvec: u64,
+    pub vlen: u32,
+    pub flags: u32,
+    /// Messages sent, or the call's negative errno.
+    pub ret: i64,
+    pub messages: MessageTotals,
+    /// Per-message results of the first messages (see `MAX_MESSAGE_DETAIL`).
+    pub detail: Vec<MessageResult>,
+}
+
+/// Counters over every message the per-message hook saw.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MessageTotals {
+    pub seen: u32,
+    pub failed: u32,
+    pub bytes: u64,
+    /// The first failed message: (index, negative errno).
+    pub first_error: Option<(u32, i32)>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("record of {got} bytes, expected {expected}")]
+    SizeMismatch { got: usize, expected: usize },
+    #[error("record layout version {got}, this sidecar reads version {expected}")]
+    Version { got: u32, expected: u32 },
+    #[error("record claims {0} messages, more than the kernel's limit of {MAX_VLEN}")]
+    TooManyMessages(u32),
+    #[error("record claims {failed} failed messages out of {seen}")]
+    FailedExceedsSeen { failed: u32, seen: u32 },
+    #[error("record ends at {end_ns} ns, before it starts at {start_ns} ns")]
+    EndsBeforeStart { start_ns: u64, end_ns: u64 },
+}
+
+/// Decodes one ring-buffer item.
+pub fn decode(bytes: &[u8]) -> Result<Call, DecodeError> {
+    let expected = size_of::<CallRecord>();
+    // The header's first two u32 are the layout version and size, whatever the layout.
+    if bytes.len() >= 4 {
+        let version = u32::from_ne_bytes(bytes[..4].try_into().expect("4 bytes"));
+        if version != RECORD_VERSION {
+            return Err(DecodeError::Version {
+                got: version,
+                expected: RECORD_VERSION,
+            });
+        }
+    }
+    if bytes.len() != expected {
+        return Err(DecodeError::SizeMismatch {
+            got: bytes.len(),
+            expected,
+        });
+    }
+    // SAFETY: the length matches, CallRecord is plain integers (any bit pattern is valid), and
+    // read_unaligned copes with the ring buffer's 8-byte alignment or any other.
+    let rec: CallRecord = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+    if rec.size as usize != expected {
+        return Err(DecodeError::SizeMismatch {
+            got: rec.size as usize,
+            expected,
+        });
+    }
+    if rec.messages > MAX_VLEN {
+        return Err(DecodeError::TooManyMessages(rec.messages));
+    }
+    if rec.messages_failed > rec.messages {
+        return Err(DecodeError::FailedExceedsSeen {
+            failed: rec.messages_failed,
+            seen: rec.messages,
+        });
+    }
+    if rec.end_ns < rec.start_ns {
+        return Err(DecodeError::EndsBeforeStart {
+            start_ns: rec.start_ns,
+            end_ns: rec.end_ns,
+        });
+    }
+    let comm_len = rec
+        .comm
+        .iter()
+        .position(|&b| b == 0)
+        .unwrap_or(rec.comm.len());
+    Ok(Call {
+        pid: rec.pid,
+        tid: rec.tid,
+        comm: String::from_utf8_lossy(&rec.comm[..comm_len]).into_owned(),
+        start_ns: rec.start_ns,
+        end_ns: rec.end_ns,
+        sockfd: rec.sockfd,
+        msgvec: rec.msgvec,
+        vlen: rec.vlen,
+        flags: rec.flags,
+        ret: rec.ret,
+        messages: MessageTotals {
+            seen: rec.messages,
+            failed: rec.messages_failed,
+            bytes: rec.bytes,
+            first_error: (rec.messages_failed > 0)
+                .then_some((rec.first_error_index, rec.first_error)),
+        },
+        detail: rec.detail[..rec.detail_len()].to_vec(),
+    })
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use otel_sendmmsg_common::MAX_MESSAGE_DETAIL;
+
+    use super::*;
+
+    /// A record as the BPF side would write it for a call of `results` messages.
+    pub(crate) fn record(results: &[i32]) -> CallRecord {
+        let mut detail = [MessageResult::default(); MAX_MESSAGE_DETAIL];
+        let mut rec = CallRecord {
+            version: RECORD_VERSION,
+            size: size_of::<CallRecord>() as u32,
+            pid: 4242,
+            tid: 4243,
+            start_ns: 1_000_000,
+            end_ns: 1_250_000,
+            msgvec: 0x7ffd_1234_5678,
+            ret: 0,
+            sockfd: 7,
+            vlen: results.len() as u32,
+            flags: libc::MSG_DONTWAIT as u32,
+            messages: results.len() as u32,
+            messages_failed: 0,
+            first_error: 0,
+            first_error_index: 0,
+            _pad: 0,
+            bytes: 0,
+            sk: 0,
+            comm: *b"publisher\0\0\0\0\0\0\0",
+            detail: [MessageResult::default(); MAX_MESSAGE_DETAIL],
+        };
+        for (i, &ret) in results.iter().enumerate() {
+            if let Some(slot) = detail.get_mut(i) {
+                *slot = MessageResult {
+                    ret,
+                    _pad: 0,
+                    offset_ns: 1_000 * (i as u64 + 1),
+                };
+            }
+            if ret >= 0 {
+                rec.bytes += ret as u64;
+                rec.ret += 1;
+            } else {
+                if rec.messages_failed == 0 {
+                    rec.first_error = ret;
+                    rec.first_error_index = i as u32;
+                }
+                rec.messages_failed += 1;
+            }
+        }
+        rec.detail = detail;
+        rec
+    }
+
+    pub(crate) fn bytes_of(rec: &CallRecord) -> Vec<u8> {
+        // SAFETY: CallRecord is plain integers with explicit padding fields.
+        unsafe {
+            std::slice::from_raw_parts(
+                (rec as *const CallRecord).cast::<u8>(),
+                size_of::<CallRecord>(),
+            )
+        }
+        .to_vec()
+    }
+
+    #[test]
+    fn round_trips_a_partly_failed_call() {
+        let rec = record(&[100, 200, -libc::EMSGSIZE]);
+        let call = decode(&bytes_of(&rec)).unwrap();
+        assert_eq!(call.pid, 4242);
+        assert_eq!(call.tid, 4243);
+        assert_eq!(call.comm, "publisher");
+        assert_eq!(call.ret, 2);
+        assert_eq!(call.sockfd, 7);
+        assert_eq!(call.msgvec, 0x7ffd_1234_5678);
+        assert_eq!(
+            call.messages,
+            MessageTotals {
+                seen: 3,
+                failed: 1,
+                bytes: 300,
+                first_error: Some((2, -libc::EMSGSIZE))
+            }
+        );
+        assert_eq!(call.detail.len(), 3);
+        assert_eq!(call.detail[2].ret, -libc::EMSGSIZE);
+        assert_eq!(call.detail[0].offset_ns, 1_000);
+    }
+
+    #[test]
+    fn detail_stops_at_its_capacity_while_counters_go_on() {
+        let results: Vec<i32> = (0..100).map(|_| 10).collect();
+        let call = decode(&bytes_of(&record(&results))).unwrap();
+        assert_eq!(call.messages.seen, 100);
+        assert_eq!(call.messages.bytes, 1000);
+        assert_eq!(call.detail.len(), MAX_MESSAGE_DETAIL);
+    }
+
+    #[test]
+    fn a_comm_without_nul_uses_all_sixteen_bytes() {
+        let mut rec = record(&[]);
+        rec.comm = *b"0123456789abcdef";
+        assert_eq!(decode(&bytes_of(&rec)).unwrap().comm, "0123456789abcdef");
+    }
+
+    #[test]
+    fn rejects_a_short_or_long_buffer() {
+        let bytes = bytes_of(&record(&[1]));
+        let expected = bytes.len();
+        assert_eq!(
+            decode(&bytes[..expected - 1]),
+            Err(DecodeError::SizeMismatch {
+                got: expected - 1,
+                expected
+            })
+        );
+        let mut long = bytes.clone();
+        long.push(0);
+        assert_eq!(
+            decode(&long),
+            Err(DecodeError::SizeMismatch {
+                got: expected + 1,
+                expected
+            })
+        );
+        assert_eq!(
+            decode(&[]),
+            Err(DecodeError::SizeMismatch { got: 0, expected })
+        );
+    }
+
+    #[test]
+    fn rejects_another_layout_version_before_its_size() {
+        let mut rec = record(&[1]);
+        rec.version = RECORD_VERSION + 1;
+        let bytes = bytes_of(&rec);
+        assert_eq!(
+            decode(&bytes[..8]),
+            Err(DecodeError::Version {
+                got: RECORD_VERSION + 1,
+                expected: RECORD_VERSION
+            })
+        );
+    }
+
+    #[test]
+    fn rejects_inconsistent_counters_and_times() {
+        let mut rec = record(&[1]);
+        rec.size += 8;
+        assert!(matches!(
+            decode(&bytes_of(&rec)),
+            Err(DecodeError::SizeMismatch { .. })
+        ));
+        let mut rec = record(&[1]);
+        rec.messages = MAX_VLEN + 1;
+        assert_eq!(
+            decode(&bytes_of(&rec)),
+            Err(DecodeError::TooManyMessages(MAX_VLEN + 1))
+        );
+        let mut rec = record(&[1]);
+        rec.messages_failed = 2;
+        assert_eq!(
+            decode(&bytes_of(&rec)),
+            Err(DecodeError::FailedExceedsSeen { failed: 2, seen: 1 })
+        );
+        let mut rec = record(&[1]);
+        rec.end_ns = rec.start_ns - 1;
+        assert!(matches!(
+            decode(&bytes_of(&rec)),
+            Err(DecodeError::EndsBeforeStart { .. })
+        ));
+    }
+}

@@ -1,0 +1,232 @@
+//! Record -> span: what one `sendmmsg` call looks like in OpenTelemetry. Pure, so the whole
+//! attribute mapping is unit-tested without a kernel or a collector.
+
+use std::time::{Duration, SystemTime};
+
+use opentelemetry::{
+    trace::{Event, Status},
+    KeyValue,
+};
+
+use crate::{
+    clock::WallClock,
+    names::{errno_name, msg_flag_names},
+    records::Call,
+};
+
+pub const SPAN_NAME: &str = "sendmmsg";
+pub const MESSAGE_EVENT: &str = "message";
+
+/// A finished `sendmmsg` span, ready for any exporter.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SyscallSpan {
+    pub start: SystemTime,
+    pub end: SystemTime,
+    pub attributes: Vec<KeyValue>,
+    /// One per message with detail, in the order the kernel sent them.
+    pub events: Vec<Event>,
+    pub status: Status,
+}
+
+/// Builds the span of one call; `clock` places the kernel's monotonic times on the wall clock.
+pub fn span_for(call: &Call, clock: &WallClock) -> SyscallSpan {
+    let start = clock.to_wall(call.start_ns);
+    let end = clock.to_wall(call.end_ns);
+    let totals = &call.messages;
+
+    let mut attributes = vec![
+        KeyValue::new("sendmmsg.sockfd", i64::from(call.sockfd)),
+        KeyValue::new("sendmmsg.vlen", i64::from(call.vlen)),
+        KeyValue::new("sendmmsg.flags", i64::from(call.flags)),
+        KeyValue::new("sendmmsg.msgvec", format!("{:#x}", call.msgvec)),
+    ];
+    if call.flags != 0 {
+        attributes.push(KeyValue::new(
+            "sendmmsg.flags.names",
+            msg_flag_names(call.flags),
+        ));
+    }
+    if call.ret >= 0 {
+        attributes.push(KeyValue::new("sendmmsg.sent", call.ret));
+    }
+    attributes.extend([
+        KeyValue::new("sendmmsg.bytes", totals.bytes as i64),
+        KeyValue::new("sendmmsg.messages.attempted", i64::from(totals.seen)),
+        KeyValue::new("sendmmsg.messages.failed", i64::from(totals.failed)),
+    ]);
+
+    // The call's own error wins: it is what the caller saw. Otherwise the first failed message,
+    // whose error the kernel does not return when earlier messages went out.
+    let status = if call.ret < 0 {
+        let name = errno_name(call.ret);
+        attributes.push(KeyValue::new("error.type", name.clone()));
+        Status::error(format!("sendmmsg failed: {name}"))
+    } else if let Some((index, errno)) = totals.first_error {
+        let name = errno_name(errno.into());
+        attributes.push(KeyValue::new("error.type", name.clone()));
+        Status::error(format!("message {index} of {} failed: {name}", call.vlen))
+    } else {
+        Status::Unset
+    };
+
+    attributes.extend([
+        KeyValue::new("process.pid", i64::from(call.pid)),
+        KeyValue::new("thread.id", i64::from(call.tid)),
+        KeyValue::new("thread.name", call.comm.clone()),
+    ]);
+
+    let events = call
+        .detail
+        .iter()
+        .enumerate()
+        .map(|(index, message)| {
+            let mut attrs = vec![KeyValue::new("sendmmsg.message.index", index as i64)];
+            if message.ret >= 0 {
+                attrs.push(KeyValue::new(
+                    "sendmmsg.message.bytes",
+                    i64::from(message.ret),
+                ));
+            } else {
+                attrs.push(KeyValue::new("error.type", errno_name(message.ret.into())));
+            }
+            attrs.push(KeyValue::new(
+                "sendmmsg.message.offset_ns",
+                message.offset_ns as i64,
+            ));
+            Event::new(
+                MESSAGE_EVENT,
+                start + Duration::from_nanos(message.offset_ns),
+                attrs,
+                0,
+            )
+        })
+        .collect();
+
+    SyscallSpan {
+        start,
+        end,
+        attributes,
+        events,
+        status,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use opentelemetry::Value;
+    use otel_sendmmsg_common::MessageResult;
+
+    use super::*;
+    use crate::records::{
+        decode,
+        tests::{bytes_of, record},
+    };
+
+    fn attr<'a>(span: &'a SyscallSpan, key: &str) -> Option<&'a Value> {
+        span.attributes
+            .iter()
+            .find(|kv| kv.key.as_str() == key)
+            .map(|kv| &kv.value)
+    }
+
+    fn clock() -> WallClock {
+        WallClock::from_readings(1_700_000_000_000_000_000, 0)
+    }
+
+    #[test]
+    fn a_successful_call_maps_every_argument_and_result() {
+        let call = decode(&bytes_of(&record(&[100, 200]))).unwrap();
+        let span = span_for(&call, &clock());
+        assert_eq!(attr(&span, "sendmmsg.sockfd"), Some(&Value::I64(7)));
+        assert_eq!(attr(&span, "sendmmsg.vlen"), Some(&Value::I64(2)));
+        assert_eq!(
+            attr(&span, "sendmmsg.flags"),
+            Some(&Value::I64(libc::MSG_DONTWAIT as i64))
+        );
+        assert_eq!(
+            attr(&span, "sendmmsg.flags.names"),
+            Some(&Value::from("MSG_DONTWAIT"))
+        );
+        assert_eq!(
+            attr(&span, "sendmmsg.msgvec"),
+            Some(&Value::from("0x7ffd12345678"))
+        );
+        assert_eq!(attr(&span, "sendmmsg.sent"), Some(&Value::I64(2)));
+        assert_eq!(attr(&span, "sendmmsg.bytes"), Some(&Value::I64(300)));
+        assert_eq!(
+            attr(&span, "sendmmsg.messages.failed"),
+            Some(&Value::I64(0))
+        );
+        assert_eq!(attr(&span, "process.pid"), Some(&Value::I64(4242)));
+        assert_eq!(attr(&span, "thread.id"), Some(&Value::I64(4243)));
+        assert_eq!(attr(&span, "thread.name"), Some(&Value::from("publisher")));
+        assert_eq!(attr(&span, "error.type"), None);
+        assert_eq!(span.status, Status::Unset);
+        assert_eq!(
+            span.end.duration_since(span.start).unwrap(),
+            Duration::from_nanos(250_000)
+        );
+    }
+
+    #[test]
+    fn a_failed_message_makes_the_span_an_error_and_its_event_says_why() {
+        let call = decode(&bytes_of(&record(&[100, -libc::EMSGSIZE]))).unwrap();
+        let span = span_for(&call, &clock());
+        assert_eq!(attr(&span, "sendmmsg.sent"), Some(&Value::I64(1)));
+        assert_eq!(
+            attr(&span, "sendmmsg.messages.failed"),
+            Some(&Value::I64(1))
+        );
+        assert_eq!(attr(&span, "error.type"), Some(&Value::from("EMSGSIZE")));
+        assert_eq!(
+            span.status,
+            Status::error("message 1 of 2 failed: EMSGSIZE")
+        );
+        assert_eq!(span.events.len(), 2);
+        let failed = &span.events[1];
+        assert_eq!(failed.name, MESSAGE_EVENT);
+        assert!(failed
+            .attributes
+            .contains(&KeyValue::new("error.type", "EMSGSIZE")));
+        assert!(failed
+            .attributes
+            .contains(&KeyValue::new("sendmmsg.message.index", 1)));
+        assert_eq!(failed.timestamp, span.start + Duration::from_nanos(2_000));
+        assert!(span.events[0]
+            .attributes
+            .contains(&KeyValue::new("sendmmsg.message.bytes", 100)));
+    }
+
+    #[test]
+    fn a_failed_call_has_no_sent_count_and_reports_its_errno() {
+        let mut rec = record(&[]);
+        rec.ret = -(libc::EBADF as i64);
+        rec.flags = 0;
+        let span = span_for(&decode(&bytes_of(&rec)).unwrap(), &clock());
+        assert_eq!(attr(&span, "sendmmsg.sent"), None);
+        assert_eq!(attr(&span, "sendmmsg.flags.names"), None);
+        assert_eq!(attr(&span, "error.type"), Some(&Value::from("EBADF")));
+        assert_eq!(span.status, Status::error("sendmmsg failed: EBADF"));
+        assert!(span.events.is_empty());
+    }
+
+    #[test]
+    fn the_calls_own_error_wins_over_a_messages() {
+        let mut rec = record(&[-libc::EAGAIN]);
+        rec.ret = -(libc::EAGAIN as i64);
+        rec.detail[0] = MessageResult {
+            ret: -libc::EAGAIN,
+            _pad: 0,
+            offset_ns: 10,
+        };
+        let span = span_for(&decode(&bytes_of(&rec)).unwrap(), &clock());
+        assert_eq!(span.status, Status::error("sendmmsg failed: EAGAIN"));
+        assert_eq!(
+            span.attributes
+                .iter()
+                .filter(|kv| kv.key.as_str() == "error.type")
+                .count(),
+            1
+        );
+    }
+}
