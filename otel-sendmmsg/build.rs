@@ -47,6 +47,7 @@ fn build_bpf(workspace: &Path, target_dir: &Path) -> Result<PathBuf> {
         .args([
             "build",
             "--release",
+            "--locked",
             "--package",
             BPF_PACKAGE,
             "--target",

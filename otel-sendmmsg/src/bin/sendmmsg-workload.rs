@@ -5,8 +5,9 @@
 //!
 //!     sendmmsg-workload SCENARIO...       scenarios: udp4 udp6 udp4-unconnected unix bad-fd
 //!                                         not-socket bad-msgvec refused-mid-batch vlen-zero
-//!     sendmmsg-workload loop SECONDS VLEN one connected UDP socket, calls back to back;
-//!                                         prints calls/s at the end
+//!     sendmmsg-workload loop SECONDS VLEN [CALLS_PER_SECOND]
+//!                                         one connected UDP socket, calls back to back (or
+//!                                         paced); prints calls/s at the end
 
 use std::{
     io,
@@ -257,9 +258,9 @@ fn scenario(name: &str) -> io::Result<()> {
     Ok(())
 }
 
-/// Back-to-back calls on one connected socket for `seconds`; the receiver is drained by a
-/// second thread so the socket never fills.
-fn run_loop(seconds: f64, vlen: usize) -> io::Result<()> {
+/// Calls on one connected socket for `seconds`, back to back or paced to `rate` calls/s; the
+/// receiver is drained by a second thread so the socket never fills.
+fn run_loop(seconds: f64, vlen: usize, rate: Option<f64>) -> io::Result<()> {
     let (tx, rx) = connected_udp(false)?;
     rx.set_read_timeout(Some(Duration::from_millis(200)))?;
     std::thread::spawn(move || {
@@ -277,6 +278,10 @@ fn run_loop(seconds: f64, vlen: usize) -> io::Result<()> {
             unsafe { libc::sendmmsg(tx.as_raw_fd(), batch.msgs.as_mut_ptr(), vlen as u32, 0) };
         calls += 1;
         messages += ret.max(0) as u64;
+        if let Some(rate) = rate {
+            let due = started + Duration::from_secs_f64(calls as f64 / rate);
+            std::thread::sleep(due.saturating_duration_since(Instant::now()));
+        }
     }
     let secs = started.elapsed().as_secs_f64();
     println!(
@@ -292,12 +297,13 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         None => Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            "usage: sendmmsg-workload SCENARIO... | loop SECONDS VLEN",
+            "usage: sendmmsg-workload SCENARIO... | loop SECONDS VLEN [CALLS_PER_SECOND]",
         )),
         Some("loop") => {
             let seconds = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(1.0);
             let vlen = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(8);
-            run_loop(seconds, vlen)
+            let rate = args.get(3).and_then(|s| s.parse().ok());
+            run_loop(seconds, vlen, rate)
         }
         Some(_) => args.iter().try_for_each(|s| scenario(s)),
     };

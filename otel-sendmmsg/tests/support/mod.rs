@@ -1,0 +1,382 @@
+//! What the end-to-end tests run against: a real OTLP receiver (gRPC and HTTP/protobuf, built on
+//! the official protocol definitions), the real sidecar binary, and the real workload binary.
+#![allow(dead_code)] // each test binary uses its own part of this
+
+use std::{
+    io::{BufRead, BufReader, Read},
+    net::SocketAddr,
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{mpsc, Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use opentelemetry_proto::tonic::{
+    collector::trace::v1::{
+        trace_service_server::{TraceService, TraceServiceServer},
+        ExportTraceServiceRequest, ExportTraceServiceResponse,
+    },
+    common::v1::{any_value::Value, KeyValue},
+    trace::v1::Span,
+};
+use prost::Message;
+use serde::Deserialize;
+
+pub const SIDECAR: &str = env!("CARGO_BIN_EXE_otel-sendmmsg");
+pub const WORKLOAD: &str = env!("CARGO_BIN_EXE_sendmmsg-workload");
+
+/// End-to-end tests load BPF programs: without root they cannot test anything, and must say so
+/// rather than pass.
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "end-to-end tests load BPF programs and must run as root (see README.md)"
+    );
+}
+
+/// A span as a collector received it, with its resource's attributes.
+#[derive(Clone, Debug)]
+pub struct ReceivedSpan {
+    pub resource: Vec<KeyValue>,
+    pub span: Span,
+}
+
+fn find<'a>(attrs: &'a [KeyValue], key: &str) -> Option<&'a Value> {
+    attrs
+        .iter()
+        .find(|kv| kv.key == key)
+        .and_then(|kv| kv.value.as_ref()?.value.as_ref())
+}
+
+pub fn int_attr(attrs: &[KeyValue], key: &str) -> Option<i64> {
+    match find(attrs, key)? {
+        Value::IntValue(v) => Some(*v),
+        other => panic!("attribute {key} is {other:?}, expected an int"),
+    }
+}
+
+pub fn str_attr<'a>(attrs: &'a [KeyValue], key: &str) -> Option<&'a str> {
+    match find(attrs, key)? {
+        Value::StringValue(v) => Some(v),
+        other => panic!("attribute {key} is {other:?}, expected a string"),
+    }
+}
+
+impl ReceivedSpan {
+    pub fn int(&self, key: &str) -> Option<i64> {
+        int_attr(&self.span.attributes, key)
+    }
+    pub fn str(&self, key: &str) -> Option<&str> {
+        str_attr(&self.span.attributes, key)
+    }
+}
+
+type Store = Arc<Mutex<Vec<ReceivedSpan>>>;
+
+fn store(store: &Store, request: ExportTraceServiceRequest) {
+    let mut spans = store.lock().unwrap();
+    for rs in request.resource_spans {
+        let resource = rs.resource.map(|r| r.attributes).unwrap_or_default();
+        for ss in rs.scope_spans {
+            for span in ss.spans {
+                spans.push(ReceivedSpan {
+                    resource: resource.clone(),
+                    span,
+                });
+            }
+        }
+    }
+}
+
+struct GrpcCollector(Store);
+
+#[tonic::async_trait]
+impl TraceService for GrpcCollector {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        store(&self.0, request.into_inner());
+        Ok(tonic::Response::new(ExportTraceServiceResponse {
+            partial_success: None,
+        }))
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    Grpc,
+    HttpProtobuf,
+}
+
+impl Protocol {
+    pub fn env_value(self) -> &'static str {
+        match self {
+            Protocol::Grpc => "grpc",
+            Protocol::HttpProtobuf => "http/protobuf",
+        }
+    }
+}
+
+/// An OTLP trace receiver on loopback, serving from its own thread and runtime so tests can
+/// block on processes freely.
+pub struct Receiver {
+    pub endpoint: String,
+    spans: Store,
+    _runtime: tokio::runtime::Runtime,
+}
+
+impl Receiver {
+    pub fn start(protocol: Protocol) -> Receiver {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let spans = Store::default();
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let addr: SocketAddr = listener.local_addr().unwrap();
+        let served = spans.clone();
+        match protocol {
+            Protocol::Grpc => {
+                runtime.spawn(async move {
+                    tonic::transport::Server::builder()
+                        .add_service(TraceServiceServer::new(GrpcCollector(served)))
+                        .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener))
+                        .await
+                        .expect("gRPC receiver failed");
+                });
+            }
+            Protocol::HttpProtobuf => {
+                let app = axum::Router::new().route(
+                    "/v1/traces",
+                    axum::routing::post(move |body: axum::body::Bytes| {
+                        let served = served.clone();
+                        async move {
+                            let request = ExportTraceServiceRequest::decode(body)
+                                .expect("a protobuf export request");
+                            store(&served, request);
+                            (
+                                [("content-type", "application/x-protobuf")],
+                                ExportTraceServiceResponse {
+                                    partial_success: None,
+                                }
+                                .encode_to_vec(),
+                            )
+                        }
+                    }),
+                );
+                runtime.spawn(async move {
+                    axum::serve(listener, app)
+                        .await
+                        .expect("HTTP receiver failed")
+                });
+            }
+        }
+        Receiver {
+            endpoint: format!("http://{addr}"),
+            spans,
+            _runtime: runtime,
+        }
+    }
+
+    pub fn spans(&self) -> Vec<ReceivedSpan> {
+        self.spans.lock().unwrap().clone()
+    }
+
+    /// The spans whose `process.pid` is `pid`, in the order the calls started.
+    pub fn spans_of(&self, pid: u32) -> Vec<ReceivedSpan> {
+        let mut spans: Vec<_> = self
+            .spans()
+            .into_iter()
+            .filter(|s| s.int("process.pid") == Some(pid as i64))
+            .collect();
+        spans.sort_by_key(|s| s.span.start_time_unix_nano);
+        spans
+    }
+}
+
+/// The sidecar binary, started and known to be tracing.
+pub struct Sidecar {
+    child: Child,
+    stderr: Arc<Mutex<String>>,
+    stdout: Option<std::process::ChildStdout>,
+}
+
+pub struct Stopped {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+const STOP_TIMEOUT: Duration = Duration::from_secs(60);
+
+impl Sidecar {
+    /// Starts the sidecar with exactly these variables (plus PATH), and waits until it reports
+    /// its probes attached.
+    pub fn start(vars: &[(&str, &str)]) -> Sidecar {
+        let mut child = Command::new(SIDECAR)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .envs(vars.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting the sidecar");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let pipe = child.stderr.take().unwrap();
+        let log = stderr.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                if line.contains("ready: tracing sendmmsg") {
+                    let _ = ready_tx.send(());
+                }
+                let mut log = log.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        let stdout = child.stdout.take();
+        let mut sidecar = Sidecar {
+            child,
+            stderr,
+            stdout,
+        };
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if ready_rx.recv_timeout(Duration::from_millis(100)).is_ok() {
+                return sidecar;
+            }
+            if let Some(status) = sidecar.child.try_wait().unwrap() {
+                panic!(
+                    "the sidecar exited before it was ready ({status}):\n{}",
+                    sidecar.stderr()
+                );
+            }
+            if Instant::now() > deadline {
+                let _ = sidecar.child.kill();
+                panic!(
+                    "the sidecar was not ready within {READY_TIMEOUT:?}:\n{}",
+                    sidecar.stderr()
+                );
+            }
+        }
+    }
+
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// SIGTERM, then waits for it to flush and exit.
+    pub fn stop(mut self) -> Stopped {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let mut stdout = String::new();
+        let reader = self.stdout.take().map(|mut out| {
+            std::thread::spawn(move || {
+                let mut s = String::new();
+                let _ = out.read_to_string(&mut s);
+                s
+            })
+        });
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!(
+                    "the sidecar did not stop within {STOP_TIMEOUT:?} of SIGTERM:\n{}",
+                    self.stderr()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        if let Some(reader) = reader {
+            stdout = reader.join().unwrap();
+        }
+        // Let the stderr thread see EOF.
+        std::thread::sleep(Duration::from_millis(100));
+        Stopped {
+            status,
+            stdout,
+            stderr: self.stderr(),
+        }
+    }
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One call as the workload saw it from user space.
+#[derive(Clone, Debug, Deserialize)]
+pub struct CallReport {
+    pub scenario: String,
+    pub pid: u32,
+    pub tid: u32,
+    pub sockfd: i32,
+    pub msgvec: u64,
+    pub vlen: u32,
+    pub flags: i64,
+    pub ret: i64,
+    pub errno: i32,
+    pub sizes: Vec<usize>,
+    pub msg_len: Vec<usize>,
+}
+
+/// Runs the workload's scenarios in one process and returns its calls in order.
+pub fn run_workload(scenarios: &[&str]) -> Vec<CallReport> {
+    let out = Command::new(WORKLOAD)
+        .args(scenarios)
+        .output()
+        .expect("running the workload");
+    assert!(
+        out.status.success(),
+        "workload failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad workload line {l:?}: {e}")))
+        .collect()
+}
+
+/// Another process calling sendmmsg at a steady pace, to show that other traffic on the machine
+/// does not disturb a workload's exact counts.
+pub struct Noise(Child);
+
+impl Noise {
+    pub fn start() -> Noise {
+        Noise(
+            Command::new(WORKLOAD)
+                .args(["loop", "120", "4", "200"])
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("starting the noise workload"),
+        )
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for Noise {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
