@@ -339,6 +339,13 @@ fn check_headers(v: &str) -> Result<(), &'static str> {
 mod tests {
     use super::*;
 
+    fn otlp(protocol: Protocol, endpoint: &str) -> Output {
+        Output::Otlp {
+            protocol,
+            endpoint: endpoint.into(),
+        }
+    }
+
     fn config(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
         Config::from_vars(vars.iter().map(|(k, v)| (k.to_string(), v.to_string())))
     }
@@ -363,13 +370,7 @@ mod tests {
             ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
         ])
         .unwrap();
-        assert_eq!(
-            c.output,
-            Output::Otlp {
-                protocol: Protocol::Grpc,
-                endpoint: "http://collector:4317".into()
-            }
-        );
+        assert_eq!(c.output, otlp(Protocol::Grpc, "http://collector:4317"));
         let c = config(&[(
             "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
             "https://c.example/v1/traces",
@@ -377,10 +378,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             c.output,
-            Output::Otlp {
-                protocol: Protocol::HttpProtobuf,
-                endpoint: "https://c.example/v1/traces".into()
-            }
+            otlp(Protocol::HttpProtobuf, "https://c.example/v1/traces")
         );
     }
 
@@ -393,13 +391,7 @@ mod tests {
             ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "grpc"),
         ])
         .unwrap();
-        assert_eq!(
-            c.output,
-            Output::Otlp {
-                protocol: Protocol::Grpc,
-                endpoint: "http://traces:4317".into()
-            }
-        );
+        assert_eq!(c.output, otlp(Protocol::Grpc, "http://traces:4317"));
     }
 
     #[test]
@@ -409,13 +401,7 @@ mod tests {
             ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
         ])
         .unwrap();
-        assert_eq!(
-            c.output,
-            Output::Otlp {
-                protocol: Protocol::Grpc,
-                endpoint: "http://localhost:4317".into()
-            }
-        );
+        assert_eq!(c.output, otlp(Protocol::Grpc, "http://localhost:4317"));
         let c = config(&[
             ("OTEL_TRACES_EXPORTER", "console"),
             ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"),

@@ -20,43 +20,31 @@ struct Expected {
     messages: &'static [Result<i64, &'static str>],
 }
 
+/// The udp4 and udp6 scenarios send the same eight messages over a connected socket.
+const fn connected_udp(scenario: &'static str) -> Expected {
+    Expected {
+        scenario,
+        sent: Some(8),
+        bytes: 828,
+        attempted: 8,
+        failed: 0,
+        error: None,
+        messages: &[
+            Ok(100),
+            Ok(101),
+            Ok(102),
+            Ok(103),
+            Ok(104),
+            Ok(105),
+            Ok(106),
+            Ok(107),
+        ],
+    }
+}
+
 const EXPECTED: &[Expected] = &[
-    Expected {
-        scenario: "udp4",
-        sent: Some(8),
-        bytes: 828,
-        attempted: 8,
-        failed: 0,
-        error: None,
-        messages: &[
-            Ok(100),
-            Ok(101),
-            Ok(102),
-            Ok(103),
-            Ok(104),
-            Ok(105),
-            Ok(106),
-            Ok(107),
-        ],
-    },
-    Expected {
-        scenario: "udp6",
-        sent: Some(8),
-        bytes: 828,
-        attempted: 8,
-        failed: 0,
-        error: None,
-        messages: &[
-            Ok(100),
-            Ok(101),
-            Ok(102),
-            Ok(103),
-            Ok(104),
-            Ok(105),
-            Ok(106),
-            Ok(107),
-        ],
-    },
+    connected_udp("udp4"),
+    connected_udp("udp6"),
     Expected {
         scenario: "udp4-unconnected",
         sent: Some(6),
