@@ -305,10 +305,16 @@ fn parse_ring_buffer_bytes(v: &str) -> Option<u32> {
 }
 
 fn check_endpoint(v: &str) -> Result<(), &'static str> {
+    if v.starts_with("https://") {
+        // Refused here rather than failing at every export: no TLS stack is compiled in.
+        return Err(
+            "an http:// URL: this build has no TLS; export to a local or node collector over \
+             http:// and let it forward over TLS",
+        );
+    }
     let rest = v
         .strip_prefix("http://")
-        .or_else(|| v.strip_prefix("https://"))
-        .ok_or("a URL starting with http:// or https://, e.g. http://localhost:4317")?;
+        .ok_or("a URL starting with http://, e.g. http://localhost:4317")?;
     let authority = rest.split('/').next().unwrap_or("");
     let host_ok = !authority.is_empty() && !authority.contains(char::is_whitespace);
     let port_ok = match authority.rsplit_once(':') {
@@ -373,12 +379,12 @@ mod tests {
         assert_eq!(c.output, otlp(Protocol::Grpc, "http://collector:4317"));
         let c = config(&[(
             "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-            "https://c.example/v1/traces",
+            "http://c.example/v1/traces",
         )])
         .unwrap();
         assert_eq!(
             c.output,
-            otlp(Protocol::HttpProtobuf, "https://c.example/v1/traces")
+            otlp(Protocol::HttpProtobuf, "http://c.example/v1/traces")
         );
     }
 
@@ -457,6 +463,7 @@ mod tests {
             ("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4317"),
             ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:99999"),
             ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://collector:4317"),
             ("OTEL_EXPORTER_OTLP_TIMEOUT", "10s"),
             ("OTEL_EXPORTER_OTLP_HEADERS", "novalue"),
             ("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "=x"),
