@@ -21,15 +21,10 @@ const BPF_BINARY: &str = "otel-sendmmsg";
 
 fn main() -> Result<()> {
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?);
-    let workspace = manifest_dir
-        .parent()
-        .context("the sidecar crate sits in the workspace")?;
-    for input in [
-        "otel-sendmmsg-ebpf/src",
-        "otel-sendmmsg-ebpf/Cargo.toml",
-        "otel-sendmmsg-common/src",
-        "Cargo.lock",
-    ] {
+    let workspace = manifest_dir.parent().context("the sidecar crate sits in the workspace")?;
+    for input in
+        ["otel-sendmmsg-ebpf/src", "otel-sendmmsg-ebpf/Cargo.toml", "otel-sendmmsg-common/src", "Cargo.lock"]
+    {
         println!("cargo:rerun-if-changed={}", workspace.join(input).display());
     }
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
@@ -44,15 +39,7 @@ fn build_bpf(workspace: &Path, target_dir: &Path) -> Result<PathBuf> {
     let mut cargo = Command::new("cargo");
     cargo
         .current_dir(workspace)
-        .args([
-            "build",
-            "--release",
-            "--locked",
-            "--package",
-            BPF_PACKAGE,
-            "--target",
-            BPF_TARGET,
-        ])
+        .args(["build", "--release", "--locked", "--package", BPF_PACKAGE, "--target", BPF_TARGET])
         .arg("--target-dir")
         .arg(target_dir);
     // The outer cargo's settings are for the host toolchain and target: none may leak in.

@@ -11,10 +11,7 @@ pub struct WallClock {
 }
 
 fn read(clock: libc::clockid_t) -> i128 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: a valid clock id and a valid out-pointer; these clocks cannot fail on Linux.
     unsafe { libc::clock_gettime(clock, &mut ts) };
     ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
@@ -31,9 +28,7 @@ impl WallClock {
     }
 
     pub fn from_readings(wall_ns: i128, monotonic_ns: i128) -> Self {
-        Self {
-            boot_wall_ns: wall_ns - monotonic_ns,
-        }
+        Self { boot_wall_ns: wall_ns - monotonic_ns }
     }
 
     /// The wall-clock time of a monotonic timestamp (clamped to the epoch).
@@ -50,14 +45,8 @@ mod tests {
     #[test]
     fn maps_monotonic_to_wall_by_a_fixed_offset() {
         let clock = WallClock::from_readings(1_700_000_000_000_000_000, 5_000);
-        assert_eq!(
-            clock.to_wall(5_000),
-            UNIX_EPOCH + Duration::from_nanos(1_700_000_000_000_000_000)
-        );
-        assert_eq!(
-            clock.to_wall(6_500),
-            UNIX_EPOCH + Duration::from_nanos(1_700_000_000_000_001_500)
-        );
+        assert_eq!(clock.to_wall(5_000), UNIX_EPOCH + Duration::from_nanos(1_700_000_000_000_000_000));
+        assert_eq!(clock.to_wall(6_500), UNIX_EPOCH + Duration::from_nanos(1_700_000_000_000_001_500));
     }
 
     #[test]
@@ -67,9 +56,6 @@ mod tests {
         let mapped = clock.to_wall(mono);
         let wall = SystemTime::now();
         let diff = wall.duration_since(mapped).unwrap_or_else(|e| e.duration());
-        assert!(
-            diff < Duration::from_millis(50),
-            "mapped {mapped:?}, wall {wall:?}"
-        );
+        assert!(diff < Duration::from_millis(50), "mapped {mapped:?}, wall {wall:?}");
     }
 }

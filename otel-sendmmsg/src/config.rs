@@ -62,10 +62,7 @@ pub enum Output {
     Console,
     /// OTLP to a collector; the exporter reads endpoint, headers and timeout from the standard
     /// variables itself.
-    Otlp {
-        protocol: Protocol,
-        endpoint: String,
-    },
+    Otlp { protocol: Protocol, endpoint: String },
     /// Trace, count, export nothing (`OTEL_TRACES_EXPORTER=none`).
     Discard,
 }
@@ -95,11 +92,7 @@ pub struct ConfigError {
 }
 
 fn invalid(variable: &str, value: &str, accepts: impl Into<String>) -> ConfigError {
-    ConfigError {
-        variable: variable.to_owned(),
-        value: value.to_owned(),
-        accepts: accepts.into(),
-    }
+    ConfigError { variable: variable.to_owned(), value: value.to_owned(), accepts: accepts.into() }
 }
 
 impl Config {
@@ -109,17 +102,12 @@ impl Config {
     }
 
     /// Reads and validates the given variables (the environment, or a test's).
-    pub fn from_vars(
-        vars: impl IntoIterator<Item = (String, String)>,
-    ) -> Result<Self, ConfigError> {
+    pub fn from_vars(vars: impl IntoIterator<Item = (String, String)>) -> Result<Self, ConfigError> {
         let vars: Vec<(String, String)> = vars.into_iter().collect();
         for (name, value) in &vars {
             if let Some(field) = name.strip_prefix(PREFIX) {
                 if !OWN_VARIABLES.contains(&field) {
-                    let known: Vec<String> = OWN_VARIABLES
-                        .iter()
-                        .map(|v| format!("{PREFIX}{v}"))
-                        .collect();
+                    let known: Vec<String> = OWN_VARIABLES.iter().map(|v| format!("{PREFIX}{v}")).collect();
                     return Err(invalid(
                         name,
                         value,
@@ -130,16 +118,13 @@ impl Config {
         }
         // Every field is an optional string, so envy cannot fail on values; the checks below
         // say what is wrong in terms of the variable.
-        let own: OwnVars = envy::prefixed(PREFIX)
-            .from_iter(vars.clone())
-            .unwrap_or_default();
+        let own: OwnVars = envy::prefixed(PREFIX).from_iter(vars.clone()).unwrap_or_default();
         let std_vars: StandardVars = envy::from_iter(vars).unwrap_or_default();
 
         let ring_buffer_bytes = match &own.ring_buffer_bytes {
             None => DEFAULT_RING_BUFFER_BYTES,
-            Some(v) => parse_ring_buffer_bytes(v).ok_or_else(|| {
-                invalid("OTEL_SENDMMSG_RING_BUFFER_BYTES", v, ring_buffer_accepts())
-            })?,
+            Some(v) => parse_ring_buffer_bytes(v)
+                .ok_or_else(|| invalid("OTEL_SENDMMSG_RING_BUFFER_BYTES", v, ring_buffer_accepts()))?,
         };
         let max_inflight = match &own.max_inflight {
             None => DEFAULT_MAX_INFLIGHT,
@@ -155,11 +140,7 @@ impl Config {
                 })?,
         };
         let output = std_vars.output()?;
-        Ok(Config {
-            ring_buffer_bytes,
-            max_inflight,
-            output,
-        })
+        Ok(Config { ring_buffer_bytes, max_inflight, output })
     }
 }
 
@@ -167,24 +148,12 @@ impl StandardVars {
     fn output(&self) -> Result<Output, ConfigError> {
         // Signal-specific variables win over the generic ones, as the exporter does it.
         let endpoint = pick(
-            (
-                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-                &self.otel_exporter_otlp_traces_endpoint,
-            ),
-            (
-                "OTEL_EXPORTER_OTLP_ENDPOINT",
-                &self.otel_exporter_otlp_endpoint,
-            ),
+            ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", &self.otel_exporter_otlp_traces_endpoint),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &self.otel_exporter_otlp_endpoint),
         );
         let protocol = pick(
-            (
-                "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
-                &self.otel_exporter_otlp_traces_protocol,
-            ),
-            (
-                "OTEL_EXPORTER_OTLP_PROTOCOL",
-                &self.otel_exporter_otlp_protocol,
-            ),
+            ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", &self.otel_exporter_otlp_traces_protocol),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", &self.otel_exporter_otlp_protocol),
         );
         // Checked whichever output is chosen: a bad value is a mistake worth hearing about.
         let protocol = match protocol {
@@ -199,14 +168,8 @@ impl StandardVars {
             check_endpoint(v).map_err(|why| invalid(name, v, why))?;
         }
         for (name, value) in [
-            (
-                "OTEL_EXPORTER_OTLP_TIMEOUT",
-                &self.otel_exporter_otlp_timeout,
-            ),
-            (
-                "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
-                &self.otel_exporter_otlp_traces_timeout,
-            ),
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", &self.otel_exporter_otlp_timeout),
+            ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", &self.otel_exporter_otlp_traces_timeout),
             ("OTEL_BSP_SCHEDULE_DELAY", &self.otel_bsp_schedule_delay),
             ("OTEL_BSP_EXPORT_TIMEOUT", &self.otel_bsp_export_timeout),
         ] {
@@ -216,26 +179,15 @@ impl StandardVars {
         }
         for (name, value) in [
             ("OTEL_BSP_MAX_QUEUE_SIZE", &self.otel_bsp_max_queue_size),
-            (
-                "OTEL_BSP_MAX_EXPORT_BATCH_SIZE",
-                &self.otel_bsp_max_export_batch_size,
-            ),
+            ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", &self.otel_bsp_max_export_batch_size),
         ] {
             if let Some(v) = value {
-                parse_int(v)
-                    .filter(|&n| n > 0)
-                    .ok_or_else(|| invalid(name, v, "a whole number above 0"))?;
+                parse_int(v).filter(|&n| n > 0).ok_or_else(|| invalid(name, v, "a whole number above 0"))?;
             }
         }
         for (name, value) in [
-            (
-                "OTEL_EXPORTER_OTLP_HEADERS",
-                &self.otel_exporter_otlp_headers,
-            ),
-            (
-                "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
-                &self.otel_exporter_otlp_traces_headers,
-            ),
+            ("OTEL_EXPORTER_OTLP_HEADERS", &self.otel_exporter_otlp_headers),
+            ("OTEL_EXPORTER_OTLP_TRACES_HEADERS", &self.otel_exporter_otlp_traces_headers),
         ] {
             if let Some(v) = value {
                 check_headers(v).map_err(|why| invalid(name, v, why))?;
@@ -247,17 +199,11 @@ impl StandardVars {
         };
         let otlp = || Output::Otlp {
             protocol,
-            endpoint: endpoint
-                .map(|(_, v)| v.clone())
-                .unwrap_or_else(default_endpoint),
+            endpoint: endpoint.map(|(_, v)| v.clone()).unwrap_or_else(default_endpoint),
         };
         match self.otel_traces_exporter.as_deref().map(str::trim) {
             // No exporter named: OTLP only when the user pointed us at a collector.
-            None | Some("") => Ok(if endpoint.is_some() {
-                otlp()
-            } else {
-                Output::Console
-            }),
+            None | Some("") => Ok(if endpoint.is_some() { otlp() } else { Output::Console }),
             Some("otlp") => Ok(otlp()),
             Some("console") => Ok(Output::Console),
             Some("none") => Ok(Output::Discard),
@@ -272,11 +218,9 @@ fn pick<'a>(
     first: (&'static str, &'a Option<String>),
     second: (&'static str, &'a Option<String>),
 ) -> Option<(&'static str, &'a String)> {
-    [first, second].into_iter().find_map(|(name, v)| {
-        v.as_ref()
-            .filter(|v| !v.trim().is_empty())
-            .map(|v| (name, v))
-    })
+    [first, second]
+        .into_iter()
+        .find_map(|(name, v)| v.as_ref().filter(|v| !v.trim().is_empty()).map(|v| (name, v)))
 }
 
 fn parse_int(v: &str) -> Option<u64> {
@@ -300,21 +244,16 @@ fn parse_ring_buffer_bytes(v: &str) -> Option<u32> {
     };
     let bytes = parse_int(digits)?.checked_mul(unit)?;
     // The kernel wants a power-of-two multiple of the page size.
-    (bytes.is_power_of_two() && (PAGE_SIZE..=MAX_RING_BUFFER_BYTES).contains(&bytes))
-        .then_some(bytes as u32)
+    (bytes.is_power_of_two() && (PAGE_SIZE..=MAX_RING_BUFFER_BYTES).contains(&bytes)).then_some(bytes as u32)
 }
 
 fn check_endpoint(v: &str) -> Result<(), &'static str> {
     if v.starts_with("https://") {
         // Refused here rather than failing at every export: no TLS stack is compiled in.
-        return Err(
-            "an http:// URL: this build has no TLS; export to a local or node collector over \
-             http:// and let it forward over TLS",
-        );
+        return Err("an http:// URL: this build has no TLS; export to a local or node collector over \
+             http:// and let it forward over TLS");
     }
-    let rest = v
-        .strip_prefix("http://")
-        .ok_or("a URL starting with http://, e.g. http://localhost:4317")?;
+    let rest = v.strip_prefix("http://").ok_or("a URL starting with http://, e.g. http://localhost:4317")?;
     let authority = rest.split('/').next().unwrap_or("");
     let host_ok = !authority.is_empty() && !authority.contains(char::is_whitespace);
     let port_ok = match authority.rsplit_once(':') {
@@ -346,10 +285,7 @@ mod tests {
     use super::*;
 
     fn otlp(protocol: Protocol, endpoint: &str) -> Output {
-        Output::Otlp {
-            protocol,
-            endpoint: endpoint.into(),
-        }
+        Output::Otlp { protocol, endpoint: endpoint.into() }
     }
 
     fn config(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
@@ -377,15 +313,8 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(c.output, otlp(Protocol::Grpc, "http://collector:4317"));
-        let c = config(&[(
-            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-            "http://c.example/v1/traces",
-        )])
-        .unwrap();
-        assert_eq!(
-            c.output,
-            otlp(Protocol::HttpProtobuf, "http://c.example/v1/traces")
-        );
+        let c = config(&[("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://c.example/v1/traces")]).unwrap();
+        assert_eq!(c.output, otlp(Protocol::HttpProtobuf, "http://c.example/v1/traces"));
     }
 
     #[test]
@@ -402,41 +331,22 @@ mod tests {
 
     #[test]
     fn traces_exporter_overrides_the_choice() {
-        let c = config(&[
-            ("OTEL_TRACES_EXPORTER", "otlp"),
-            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
-        ])
-        .unwrap();
+        let c = config(&[("OTEL_TRACES_EXPORTER", "otlp"), ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")]).unwrap();
         assert_eq!(c.output, otlp(Protocol::Grpc, "http://localhost:4317"));
-        let c = config(&[
-            ("OTEL_TRACES_EXPORTER", "console"),
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"),
-        ])
-        .unwrap();
+        let c =
+            config(&[("OTEL_TRACES_EXPORTER", "console"), ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318")])
+                .unwrap();
         assert_eq!(c.output, Output::Console);
-        assert_eq!(
-            config(&[("OTEL_TRACES_EXPORTER", "none")]).unwrap().output,
-            Output::Discard
-        );
+        assert_eq!(config(&[("OTEL_TRACES_EXPORTER", "none")]).unwrap().output, Output::Discard);
     }
 
     #[test]
     fn ring_buffer_size_accepts_units_and_powers_of_two_only() {
-        let size = |v: &str| {
-            config(&[("OTEL_SENDMMSG_RING_BUFFER_BYTES", v)]).map(|c| c.ring_buffer_bytes)
-        };
+        let size = |v: &str| config(&[("OTEL_SENDMMSG_RING_BUFFER_BYTES", v)]).map(|c| c.ring_buffer_bytes);
         assert_eq!(size("8MiB"), Ok(8 << 20));
         assert_eq!(size("64KiB"), Ok(64 << 10));
         assert_eq!(size("4096"), Ok(4096));
-        for bad in [
-            "3MiB",
-            "2048",
-            "abc",
-            "",
-            "-4096",
-            "2048MiB",
-            "99999999999999999999MiB",
-        ] {
+        for bad in ["3MiB", "2048", "abc", "", "-4096", "2048MiB", "99999999999999999999MiB"] {
             let err = size(bad).unwrap_err();
             assert_eq!(err.variable, "OTEL_SENDMMSG_RING_BUFFER_BYTES", "{bad}");
             assert!(err.to_string().contains("power of two"), "{err}");
@@ -445,13 +355,9 @@ mod tests {
 
     #[test]
     fn max_inflight_is_bounded() {
-        let inflight =
-            |v: &str| config(&[("OTEL_SENDMMSG_MAX_INFLIGHT", v)]).map(|c| c.max_inflight);
+        let inflight = |v: &str| config(&[("OTEL_SENDMMSG_MAX_INFLIGHT", v)]).map(|c| c.max_inflight);
         assert_eq!(inflight("128"), Ok(128));
-        assert_eq!(
-            inflight("0").unwrap_err().variable,
-            "OTEL_SENDMMSG_MAX_INFLIGHT"
-        );
+        assert_eq!(inflight("0").unwrap_err().variable, "OTEL_SENDMMSG_MAX_INFLIGHT");
         assert!(inflight("2000000").is_err());
     }
 
@@ -489,22 +395,13 @@ mod tests {
         ])
         .unwrap();
         // Empty means unset, as in the specification.
-        assert_eq!(
-            config(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "")])
-                .unwrap()
-                .output,
-            Output::Console
-        );
+        assert_eq!(config(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "")]).unwrap().output, Output::Console);
     }
 
     #[test]
     fn an_unknown_own_variable_is_a_typo_not_a_silent_default() {
         let err = config(&[("OTEL_SENDMMSG_RING_BUFER_BYTES", "8MiB")]).unwrap_err();
         assert_eq!(err.variable, "OTEL_SENDMMSG_RING_BUFER_BYTES");
-        assert!(
-            err.accepts.contains("OTEL_SENDMMSG_RING_BUFFER_BYTES"),
-            "{}",
-            err.accepts
-        );
+        assert!(err.accepts.contains("OTEL_SENDMMSG_RING_BUFFER_BYTES"), "{}", err.accepts);
     }
 }

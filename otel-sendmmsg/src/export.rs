@@ -24,10 +24,7 @@ const DEFAULT_SERVICE_NAME: &str = "otel-sendmmsg";
 
 pub enum Exporter {
     Console(std::io::Stdout),
-    Otlp {
-        provider: SdkTracerProvider,
-        tracer: SdkTracer,
-    },
+    Otlp { provider: SdkTracerProvider, tracer: SdkTracer },
     Discard,
 }
 
@@ -85,9 +82,7 @@ impl Exporter {
     pub fn shutdown(self) -> Result<()> {
         match self {
             Exporter::Console(out) => out.lock().flush().context("flushing stdout"),
-            Exporter::Otlp { provider, .. } => provider
-                .shutdown()
-                .context("flushing spans to the collector"),
+            Exporter::Otlp { provider, .. } => provider.shutdown().context("flushing spans to the collector"),
             Exporter::Discard => Ok(()),
         }
     }

@@ -64,10 +64,7 @@ mod tests {
     #[test]
     fn unknown_errno_keeps_its_number() {
         assert_eq!(errno_name(-4095), "errno 4095");
-        assert_eq!(
-            errno_name(i64::MIN),
-            format!("errno {}", i64::MIN.unsigned_abs())
-        );
+        assert_eq!(errno_name(i64::MIN), format!("errno {}", i64::MIN.unsigned_abs()));
     }
 
     #[test]
@@ -78,9 +75,6 @@ mod tests {
             msg_flag_names((libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT) as u32),
             "MSG_DONTWAIT|MSG_NOSIGNAL"
         );
-        assert_eq!(
-            msg_flag_names(libc::MSG_DONTWAIT as u32 | 0x0200_0000),
-            "MSG_DONTWAIT|0x2000000"
-        );
+        assert_eq!(msg_flag_names(libc::MSG_DONTWAIT as u32 | 0x0200_0000), "MSG_DONTWAIT|0x2000000");
     }
 }

@@ -16,8 +16,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::Config;
 
-static BPF_OBJECT: &[u8] =
-    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/otel-sendmmsg.bpf.o"));
+static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/otel-sendmmsg.bpf.o"));
 
 /// A hook: BPF program name, tracepoint category and name, and whether tracing works without it.
 struct Hook {
@@ -30,25 +29,10 @@ struct Hook {
 /// In attach order: exit first and entry last, so no call is entered without its exit hook
 /// already in place (it would linger in the in-flight map). Detach goes the other way.
 const HOOKS: [Hook; 3] = [
-    Hook {
-        program: "sendmmsg_exit",
-        category: "syscalls",
-        name: "sys_exit_sendmmsg",
-        required: true,
-    },
+    Hook { program: "sendmmsg_exit", category: "syscalls", name: "sys_exit_sendmmsg", required: true },
     // Since about 6.3; without it spans still carry the call's result, but no per-message detail.
-    Hook {
-        program: "sendmmsg_message",
-        category: "sock",
-        name: "sock_send_length",
-        required: false,
-    },
-    Hook {
-        program: "sendmmsg_enter",
-        category: "syscalls",
-        name: "sys_enter_sendmmsg",
-        required: true,
-    },
+    Hook { program: "sendmmsg_message", category: "sock", name: "sock_send_length", required: false },
+    Hook { program: "sendmmsg_enter", category: "syscalls", name: "sys_enter_sendmmsg", required: true },
 ];
 
 const TRACEFS: &str = "/sys/kernel/tracing";
@@ -70,10 +54,7 @@ impl Probes {
             .map_max_entries("RECORDS", config.ring_buffer_bytes)
             .load(BPF_OBJECT)
             .map_err(|e| privilege_hint(anyhow!(e).context("loading the BPF object")))?;
-        let mut probes = Probes {
-            ebpf,
-            links: Vec::new(),
-        };
+        let mut probes = Probes { ebpf, links: Vec::new() };
         for hook in &HOOKS {
             probes.tracepoint(hook.program)?.load().map_err(|e| {
                 privilege_hint(anyhow!(e).context(format!("loading BPF program {}", hook.program)))
@@ -92,10 +73,7 @@ impl Probes {
 
     /// Hands over the ring buffer the records arrive in; start reading it before [`attach`].
     pub fn take_records(&mut self) -> Result<RingBuf<MapData>> {
-        let map = self
-            .ebpf
-            .take_map("RECORDS")
-            .context("map RECORDS missing from the BPF object")?;
+        let map = self.ebpf.take_map("RECORDS").context("map RECORDS missing from the BPF object")?;
         RingBuf::try_from(map).context("map RECORDS is not a ring buffer")
     }
 
@@ -103,10 +81,7 @@ impl Probes {
     pub fn attach(&mut self) -> Result<Vec<String>> {
         let mut attached = Vec::new();
         for hook in &HOOKS {
-            let event = Path::new(TRACEFS)
-                .join("events")
-                .join(hook.category)
-                .join(hook.name);
+            let event = Path::new(TRACEFS).join("events").join(hook.category).join(hook.name);
             if !hook.required && !event.exists() {
                 warn!(
                     "this kernel has no {}:{} tracepoint (added in Linux 6.3): spans will carry each \
@@ -118,9 +93,7 @@ impl Probes {
             let link = self
                 .tracepoint(hook.program)?
                 .attach(hook.category, hook.name)
-                .with_context(|| {
-                    format!("attaching to tracepoint {}:{}", hook.category, hook.name)
-                })?;
+                .with_context(|| format!("attaching to tracepoint {}:{}", hook.category, hook.name))?;
             self.links.push((hook.program, link));
             attached.push(format!("tracepoint {}:{}", hook.category, hook.name));
         }
@@ -130,10 +103,7 @@ impl Probes {
     /// Detaches every hook, entry first, so calls already inside still reach their exit hook.
     pub fn detach(&mut self) {
         while let Some((program, link)) = self.links.pop() {
-            if let Err(e) = self
-                .tracepoint(program)
-                .and_then(|p| p.detach(link).map_err(Into::into))
-            {
+            if let Err(e) = self.tracepoint(program).and_then(|p| p.detach(link).map_err(Into::into)) {
                 warn!("detaching {program}: {e:#}");
             }
         }
@@ -141,15 +111,9 @@ impl Probes {
 
     /// The BPF side's loss and anomaly counters, summed over CPUs.
     pub fn counters(&self) -> Result<Vec<(Counter, u64)>> {
-        let map = self
-            .ebpf
-            .map("COUNTERS")
-            .context("map COUNTERS missing from the BPF object")?;
+        let map = self.ebpf.map("COUNTERS").context("map COUNTERS missing from the BPF object")?;
         let counters = PerCpuArray::<_, u64>::try_from(map)?;
-        Counter::ALL
-            .iter()
-            .map(|&c| Ok((c, counters.get(&(c as u32), 0)?.iter().sum())))
-            .collect()
+        Counter::ALL.iter().map(|&c| Ok((c, counters.get(&(c as u32), 0)?.iter().sum()))).collect()
     }
 }
 
@@ -159,9 +123,7 @@ fn ensure_tracefs() -> Result<()> {
         return Ok(());
     }
     info!("tracefs is not mounted; mounting it at {TRACEFS}");
-    let status = std::process::Command::new("mount")
-        .args(["-t", "tracefs", "nodev", TRACEFS])
-        .status();
+    let status = std::process::Command::new("mount").args(["-t", "tracefs", "nodev", TRACEFS]).status();
     match status {
         Ok(s) if s.success() => Ok(()),
         _ => bail!(
@@ -173,10 +135,7 @@ fn ensure_tracefs() -> Result<()> {
 
 /// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; later ones ignore it.
 fn raise_memlock_limit() {
-    let unlimited = libc::rlimit {
-        rlim_cur: libc::RLIM_INFINITY,
-        rlim_max: libc::RLIM_INFINITY,
-    };
+    let unlimited = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
     // SAFETY: a valid resource id and pointer.
     if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
         debug!("could not raise RLIMIT_MEMLOCK; loading may fail on kernels before 5.11");
@@ -190,9 +149,7 @@ fn privilege_hint(err: anyhow::Error) -> anyhow::Error {
         || text.contains("EPERM")
         || text.contains("Permission denied")
     {
-        err.context(
-            "the kernel refused to load BPF programs: run as root, or with CAP_BPF and CAP_PERFMON",
-        )
+        err.context("the kernel refused to load BPF programs: run as root, or with CAP_BPF and CAP_PERFMON")
     } else {
         err
     }

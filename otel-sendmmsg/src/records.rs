@@ -55,47 +55,28 @@ pub fn decode(bytes: &[u8]) -> Result<Call, DecodeError> {
     if bytes.len() >= 4 {
         let version = u32::from_ne_bytes(bytes[..4].try_into().expect("4 bytes"));
         if version != RECORD_VERSION {
-            return Err(DecodeError::Version {
-                got: version,
-                expected: RECORD_VERSION,
-            });
+            return Err(DecodeError::Version { got: version, expected: RECORD_VERSION });
         }
     }
     if bytes.len() != expected {
-        return Err(DecodeError::SizeMismatch {
-            got: bytes.len(),
-            expected,
-        });
+        return Err(DecodeError::SizeMismatch { got: bytes.len(), expected });
     }
     // SAFETY: the length matches, CallRecord is plain integers (any bit pattern is valid), and
     // read_unaligned copes with the ring buffer's 8-byte alignment or any other.
     let rec: CallRecord = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
     if rec.size as usize != expected {
-        return Err(DecodeError::SizeMismatch {
-            got: rec.size as usize,
-            expected,
-        });
+        return Err(DecodeError::SizeMismatch { got: rec.size as usize, expected });
     }
     if rec.messages > MAX_VLEN {
         return Err(DecodeError::TooManyMessages(rec.messages));
     }
     if rec.messages_failed > rec.messages {
-        return Err(DecodeError::FailedExceedsSeen {
-            failed: rec.messages_failed,
-            seen: rec.messages,
-        });
+        return Err(DecodeError::FailedExceedsSeen { failed: rec.messages_failed, seen: rec.messages });
     }
     if rec.end_ns < rec.start_ns {
-        return Err(DecodeError::EndsBeforeStart {
-            start_ns: rec.start_ns,
-            end_ns: rec.end_ns,
-        });
+        return Err(DecodeError::EndsBeforeStart { start_ns: rec.start_ns, end_ns: rec.end_ns });
     }
-    let comm_len = rec
-        .comm
-        .iter()
-        .position(|&b| b == 0)
-        .unwrap_or(rec.comm.len());
+    let comm_len = rec.comm.iter().position(|&b| b == 0).unwrap_or(rec.comm.len());
     Ok(Call {
         pid: rec.pid,
         tid: rec.tid,
@@ -111,8 +92,7 @@ pub fn decode(bytes: &[u8]) -> Result<Call, DecodeError> {
             seen: rec.messages,
             failed: rec.messages_failed,
             bytes: rec.bytes,
-            first_error: (rec.messages_failed > 0)
-                .then_some((rec.first_error_index, rec.first_error)),
+            first_error: (rec.messages_failed > 0).then_some((rec.first_error_index, rec.first_error)),
         },
         detail: rec.detail[..rec.detail_len()].to_vec(),
     })
@@ -151,11 +131,7 @@ pub(crate) mod tests {
         };
         for (i, &ret) in results.iter().enumerate() {
             if let Some(slot) = detail.get_mut(i) {
-                *slot = MessageResult {
-                    ret,
-                    _pad: 0,
-                    offset_ns: 1_000 * (i as u64 + 1),
-                };
+                *slot = MessageResult { ret, _pad: 0, offset_ns: 1_000 * (i as u64 + 1) };
             }
             if ret >= 0 {
                 rec.bytes += ret as u64;
@@ -175,10 +151,7 @@ pub(crate) mod tests {
     pub(crate) fn bytes_of(rec: &CallRecord) -> Vec<u8> {
         // SAFETY: CallRecord is plain integers with explicit padding fields.
         unsafe {
-            std::slice::from_raw_parts(
-                (rec as *const CallRecord).cast::<u8>(),
-                size_of::<CallRecord>(),
-            )
+            std::slice::from_raw_parts((rec as *const CallRecord).cast::<u8>(), size_of::<CallRecord>())
         }
         .to_vec()
     }
@@ -195,12 +168,7 @@ pub(crate) mod tests {
         assert_eq!(call.msgvec, 0x7ffd_1234_5678);
         assert_eq!(
             call.messages,
-            MessageTotals {
-                seen: 3,
-                failed: 1,
-                bytes: 300,
-                first_error: Some((2, -libc::EMSGSIZE))
-            }
+            MessageTotals { seen: 3, failed: 1, bytes: 300, first_error: Some((2, -libc::EMSGSIZE)) }
         );
         assert_eq!(call.detail.len(), 3);
         assert_eq!(call.detail[2].ret, -libc::EMSGSIZE);
@@ -229,24 +197,12 @@ pub(crate) mod tests {
         let expected = bytes.len();
         assert_eq!(
             decode(&bytes[..expected - 1]),
-            Err(DecodeError::SizeMismatch {
-                got: expected - 1,
-                expected
-            })
+            Err(DecodeError::SizeMismatch { got: expected - 1, expected })
         );
         let mut long = bytes.clone();
         long.push(0);
-        assert_eq!(
-            decode(&long),
-            Err(DecodeError::SizeMismatch {
-                got: expected + 1,
-                expected
-            })
-        );
-        assert_eq!(
-            decode(&[]),
-            Err(DecodeError::SizeMismatch { got: 0, expected })
-        );
+        assert_eq!(decode(&long), Err(DecodeError::SizeMismatch { got: expected + 1, expected }));
+        assert_eq!(decode(&[]), Err(DecodeError::SizeMismatch { got: 0, expected }));
     }
 
     #[test]
@@ -256,10 +212,7 @@ pub(crate) mod tests {
         let bytes = bytes_of(&rec);
         assert_eq!(
             decode(&bytes[..8]),
-            Err(DecodeError::Version {
-                got: RECORD_VERSION + 1,
-                expected: RECORD_VERSION
-            })
+            Err(DecodeError::Version { got: RECORD_VERSION + 1, expected: RECORD_VERSION })
         );
     }
 
@@ -267,27 +220,15 @@ pub(crate) mod tests {
     fn rejects_inconsistent_counters_and_times() {
         let mut rec = record(&[1]);
         rec.size += 8;
-        assert!(matches!(
-            decode(&bytes_of(&rec)),
-            Err(DecodeError::SizeMismatch { .. })
-        ));
+        assert!(matches!(decode(&bytes_of(&rec)), Err(DecodeError::SizeMismatch { .. })));
         let mut rec = record(&[1]);
         rec.messages = MAX_VLEN + 1;
-        assert_eq!(
-            decode(&bytes_of(&rec)),
-            Err(DecodeError::TooManyMessages(MAX_VLEN + 1))
-        );
+        assert_eq!(decode(&bytes_of(&rec)), Err(DecodeError::TooManyMessages(MAX_VLEN + 1)));
         let mut rec = record(&[1]);
         rec.messages_failed = 2;
-        assert_eq!(
-            decode(&bytes_of(&rec)),
-            Err(DecodeError::FailedExceedsSeen { failed: 2, seen: 1 })
-        );
+        assert_eq!(decode(&bytes_of(&rec)), Err(DecodeError::FailedExceedsSeen { failed: 2, seen: 1 }));
         let mut rec = record(&[1]);
         rec.end_ns = rec.start_ns - 1;
-        assert!(matches!(
-            decode(&bytes_of(&rec)),
-            Err(DecodeError::EndsBeforeStart { .. })
-        ));
+        assert!(matches!(decode(&bytes_of(&rec)), Err(DecodeError::EndsBeforeStart { .. })));
     }
 }

@@ -31,15 +31,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     // Read before attaching, so nothing is reported to a ring buffer nobody watches.
     // SAFETY: the ring buffer owns its fd and keeps it open, unchanged, until it is dropped,
     // which only happens with the AsyncFd that owns it.
-    let mut records =
-        unsafe { AsyncFd::register_with_interest(probes.take_records()?, Interest::READABLE) }
-            .map_err(|e| anyhow::anyhow!("watching the ring buffer: {e}"))?;
+    let mut records = unsafe { AsyncFd::register_with_interest(probes.take_records()?, Interest::READABLE) }
+        .map_err(|e| anyhow::anyhow!("watching the ring buffer: {e}"))?;
     let hooks = probes.attach()?;
-    info!(
-        "ready: tracing sendmmsg through {}; spans go to {}",
-        hooks.join(", "),
-        describe(&config.output)
-    );
+    info!("ready: tracing sendmmsg through {}; spans go to {}", hooks.join(", "), describe(&config.output));
 
     let mut totals = Totals::default();
     tokio::pin!(shutdown);
@@ -73,10 +68,7 @@ fn drain(ring: &mut RingBuf<MapData>, exporter: &mut Exporter, totals: &mut Tota
             Err(e) => {
                 totals.undecodable += 1;
                 if totals.undecodable.is_power_of_two() {
-                    warn!(
-                        "dropped an undecodable record ({e}); {} so far",
-                        totals.undecodable
-                    );
+                    warn!("dropped an undecodable record ({e}); {} so far", totals.undecodable);
                 }
             }
         }

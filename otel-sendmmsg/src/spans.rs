@@ -41,10 +41,7 @@ pub fn span_for(call: &Call, clock: &WallClock) -> SyscallSpan {
         KeyValue::new("sendmmsg.msgvec", format!("{:#x}", call.msgvec)),
     ];
     if call.flags != 0 {
-        attributes.push(KeyValue::new(
-            "sendmmsg.flags.names",
-            msg_flag_names(call.flags),
-        ));
+        attributes.push(KeyValue::new("sendmmsg.flags.names", msg_flag_names(call.flags)));
     }
     if call.ret >= 0 {
         attributes.push(KeyValue::new("sendmmsg.sent", call.ret));
@@ -82,33 +79,16 @@ pub fn span_for(call: &Call, clock: &WallClock) -> SyscallSpan {
         .map(|(index, message)| {
             let mut attrs = vec![KeyValue::new("sendmmsg.message.index", index as i64)];
             if message.ret >= 0 {
-                attrs.push(KeyValue::new(
-                    "sendmmsg.message.bytes",
-                    i64::from(message.ret),
-                ));
+                attrs.push(KeyValue::new("sendmmsg.message.bytes", i64::from(message.ret)));
             } else {
                 attrs.push(KeyValue::new("error.type", errno_name(message.ret.into())));
             }
-            attrs.push(KeyValue::new(
-                "sendmmsg.message.offset_ns",
-                message.offset_ns as i64,
-            ));
-            Event::new(
-                MESSAGE_EVENT,
-                start + Duration::from_nanos(message.offset_ns),
-                attrs,
-                0,
-            )
+            attrs.push(KeyValue::new("sendmmsg.message.offset_ns", message.offset_ns as i64));
+            Event::new(MESSAGE_EVENT, start + Duration::from_nanos(message.offset_ns), attrs, 0)
         })
         .collect();
 
-    SyscallSpan {
-        start,
-        end,
-        attributes,
-        events,
-        status,
-    }
+    SyscallSpan { start, end, attributes, events, status }
 }
 
 #[cfg(test)]
@@ -123,10 +103,7 @@ mod tests {
     };
 
     fn attr<'a>(span: &'a SyscallSpan, key: &str) -> Option<&'a Value> {
-        span.attributes
-            .iter()
-            .find(|kv| kv.key.as_str() == key)
-            .map(|kv| &kv.value)
+        span.attributes.iter().find(|kv| kv.key.as_str() == key).map(|kv| &kv.value)
     }
 
     fn clock() -> WallClock {
@@ -139,33 +116,18 @@ mod tests {
         let span = span_for(&call, &clock());
         assert_eq!(attr(&span, "sendmmsg.sockfd"), Some(&Value::I64(7)));
         assert_eq!(attr(&span, "sendmmsg.vlen"), Some(&Value::I64(2)));
-        assert_eq!(
-            attr(&span, "sendmmsg.flags"),
-            Some(&Value::I64(libc::MSG_DONTWAIT as i64))
-        );
-        assert_eq!(
-            attr(&span, "sendmmsg.flags.names"),
-            Some(&Value::from("MSG_DONTWAIT"))
-        );
-        assert_eq!(
-            attr(&span, "sendmmsg.msgvec"),
-            Some(&Value::from("0x7ffd12345678"))
-        );
+        assert_eq!(attr(&span, "sendmmsg.flags"), Some(&Value::I64(libc::MSG_DONTWAIT as i64)));
+        assert_eq!(attr(&span, "sendmmsg.flags.names"), Some(&Value::from("MSG_DONTWAIT")));
+        assert_eq!(attr(&span, "sendmmsg.msgvec"), Some(&Value::from("0x7ffd12345678")));
         assert_eq!(attr(&span, "sendmmsg.sent"), Some(&Value::I64(2)));
         assert_eq!(attr(&span, "sendmmsg.bytes"), Some(&Value::I64(300)));
-        assert_eq!(
-            attr(&span, "sendmmsg.messages.failed"),
-            Some(&Value::I64(0))
-        );
+        assert_eq!(attr(&span, "sendmmsg.messages.failed"), Some(&Value::I64(0)));
         assert_eq!(attr(&span, "process.pid"), Some(&Value::I64(4242)));
         assert_eq!(attr(&span, "thread.id"), Some(&Value::I64(4243)));
         assert_eq!(attr(&span, "thread.name"), Some(&Value::from("publisher")));
         assert_eq!(attr(&span, "error.type"), None);
         assert_eq!(span.status, Status::Unset);
-        assert_eq!(
-            span.end.duration_since(span.start).unwrap(),
-            Duration::from_nanos(250_000)
-        );
+        assert_eq!(span.end.duration_since(span.start).unwrap(), Duration::from_nanos(250_000));
     }
 
     #[test]
@@ -173,28 +135,16 @@ mod tests {
         let call = decode(&bytes_of(&record(&[100, -libc::EMSGSIZE]))).unwrap();
         let span = span_for(&call, &clock());
         assert_eq!(attr(&span, "sendmmsg.sent"), Some(&Value::I64(1)));
-        assert_eq!(
-            attr(&span, "sendmmsg.messages.failed"),
-            Some(&Value::I64(1))
-        );
+        assert_eq!(attr(&span, "sendmmsg.messages.failed"), Some(&Value::I64(1)));
         assert_eq!(attr(&span, "error.type"), Some(&Value::from("EMSGSIZE")));
-        assert_eq!(
-            span.status,
-            Status::error("message 1 of 2 failed: EMSGSIZE")
-        );
+        assert_eq!(span.status, Status::error("message 1 of 2 failed: EMSGSIZE"));
         assert_eq!(span.events.len(), 2);
         let failed = &span.events[1];
         assert_eq!(failed.name, MESSAGE_EVENT);
-        assert!(failed
-            .attributes
-            .contains(&KeyValue::new("error.type", "EMSGSIZE")));
-        assert!(failed
-            .attributes
-            .contains(&KeyValue::new("sendmmsg.message.index", 1)));
+        assert!(failed.attributes.contains(&KeyValue::new("error.type", "EMSGSIZE")));
+        assert!(failed.attributes.contains(&KeyValue::new("sendmmsg.message.index", 1)));
         assert_eq!(failed.timestamp, span.start + Duration::from_nanos(2_000));
-        assert!(span.events[0]
-            .attributes
-            .contains(&KeyValue::new("sendmmsg.message.bytes", 100)));
+        assert!(span.events[0].attributes.contains(&KeyValue::new("sendmmsg.message.bytes", 100)));
     }
 
     #[test]
@@ -214,19 +164,9 @@ mod tests {
     fn the_calls_own_error_wins_over_a_messages() {
         let mut rec = record(&[-libc::EAGAIN]);
         rec.ret = -(libc::EAGAIN as i64);
-        rec.detail[0] = MessageResult {
-            ret: -libc::EAGAIN,
-            _pad: 0,
-            offset_ns: 10,
-        };
+        rec.detail[0] = MessageResult { ret: -libc::EAGAIN, _pad: 0, offset_ns: 10 };
         let span = span_for(&decode(&bytes_of(&rec)).unwrap(), &clock());
         assert_eq!(span.status, Status::error("sendmmsg failed: EAGAIN"));
-        assert_eq!(
-            span.attributes
-                .iter()
-                .filter(|kv| kv.key.as_str() == "error.type")
-                .count(),
-            1
-        );
+        assert_eq!(span.attributes.iter().filter(|kv| kv.key.as_str() == "error.type").count(), 1);
     }
 }

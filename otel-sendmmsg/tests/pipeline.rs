@@ -29,16 +29,7 @@ const fn connected_udp(scenario: &'static str) -> Expected {
         attempted: 8,
         failed: 0,
         error: None,
-        messages: &[
-            Ok(100),
-            Ok(101),
-            Ok(102),
-            Ok(103),
-            Ok(104),
-            Ok(105),
-            Ok(106),
-            Ok(107),
-        ],
+        messages: &[Ok(100), Ok(101), Ok(102), Ok(103), Ok(104), Ok(105), Ok(106), Ok(107)],
     }
 }
 
@@ -111,10 +102,7 @@ const EXPECTED: &[Expected] = &[
 ];
 
 fn unix_nanos() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64
 }
 
 fn check_span(call: &CallReport, expected: &Expected, got: &ReceivedSpan, window: (u64, u64)) {
@@ -123,18 +111,10 @@ fn check_span(call: &CallReport, expected: &Expected, got: &ReceivedSpan, window
     assert_eq!(span.name, "sendmmsg", "{ctx}");
     assert_eq!(span.kind, SpanKind::Internal as i32, "{ctx}");
     // Arguments, as the workload passed them.
-    assert_eq!(
-        got.int("sendmmsg.sockfd"),
-        Some(call.sockfd as i64),
-        "{ctx}"
-    );
+    assert_eq!(got.int("sendmmsg.sockfd"), Some(call.sockfd as i64), "{ctx}");
     assert_eq!(got.int("sendmmsg.vlen"), Some(call.vlen as i64), "{ctx}");
     assert_eq!(got.int("sendmmsg.flags"), Some(call.flags), "{ctx}");
-    assert_eq!(
-        got.str("sendmmsg.msgvec"),
-        Some(format!("{:#x}", call.msgvec).as_str()),
-        "{ctx}"
-    );
+    assert_eq!(got.str("sendmmsg.msgvec"), Some(format!("{:#x}", call.msgvec).as_str()), "{ctx}");
     let flag_names = match call.flags as i32 {
         0 => None,
         f if f == libc::MSG_DONTWAIT => Some("MSG_DONTWAIT"),
@@ -149,93 +129,37 @@ fn check_span(call: &CallReport, expected: &Expected, got: &ReceivedSpan, window
     assert_eq!(got.str("thread.name"), Some("sendmmsg-worklo"), "{ctx}");
     // Results: the independent expectation, and what user space saw.
     assert_eq!(got.int("sendmmsg.sent"), expected.sent, "{ctx}");
-    assert_eq!(
-        expected.sent.unwrap_or(-1),
-        call.ret,
-        "{ctx}: the workload saw another result"
-    );
+    assert_eq!(expected.sent.unwrap_or(-1), call.ret, "{ctx}: the workload saw another result");
     assert_eq!(got.int("sendmmsg.bytes"), Some(expected.bytes), "{ctx}");
-    assert_eq!(
-        call.msg_len.iter().sum::<usize>() as i64,
-        expected.bytes,
-        "{ctx}: kernel msg_len disagrees"
-    );
-    assert_eq!(
-        got.int("sendmmsg.messages.attempted"),
-        Some(expected.attempted),
-        "{ctx}"
-    );
-    assert_eq!(
-        got.int("sendmmsg.messages.failed"),
-        Some(expected.failed),
-        "{ctx}"
-    );
+    assert_eq!(call.msg_len.iter().sum::<usize>() as i64, expected.bytes, "{ctx}: kernel msg_len disagrees");
+    assert_eq!(got.int("sendmmsg.messages.attempted"), Some(expected.attempted), "{ctx}");
+    assert_eq!(got.int("sendmmsg.messages.failed"), Some(expected.failed), "{ctx}");
     assert_eq!(got.str("error.type"), expected.error, "{ctx}");
-    let status = span
-        .status
-        .as_ref()
-        .map(|s| s.code)
-        .unwrap_or(StatusCode::Unset as i32);
-    let want_status = if expected.error.is_some() {
-        StatusCode::Error
-    } else {
-        StatusCode::Unset
-    };
+    let status = span.status.as_ref().map(|s| s.code).unwrap_or(StatusCode::Unset as i32);
+    let want_status = if expected.error.is_some() { StatusCode::Error } else { StatusCode::Unset };
     assert_eq!(status, want_status as i32, "{ctx}");
     // Time: inside the window the workload ran in, events inside the span.
-    assert!(
-        window.0 <= span.start_time_unix_nano,
-        "{ctx}: starts before the workload ran"
-    );
-    assert!(
-        span.start_time_unix_nano <= span.end_time_unix_nano,
-        "{ctx}"
-    );
-    assert!(
-        span.end_time_unix_nano <= window.1,
-        "{ctx}: ends after the workload finished"
-    );
+    assert!(window.0 <= span.start_time_unix_nano, "{ctx}: starts before the workload ran");
+    assert!(span.start_time_unix_nano <= span.end_time_unix_nano, "{ctx}");
+    assert!(span.end_time_unix_nano <= window.1, "{ctx}: ends after the workload finished");
     // Per message, in order.
     assert_eq!(span.events.len(), expected.messages.len(), "{ctx}");
     for (index, (event, want)) in span.events.iter().zip(expected.messages).enumerate() {
         assert_eq!(event.name, "message", "{ctx}");
-        assert_eq!(
-            int_attr(&event.attributes, "sendmmsg.message.index"),
-            Some(index as i64),
-            "{ctx}"
-        );
+        assert_eq!(int_attr(&event.attributes, "sendmmsg.message.index"), Some(index as i64), "{ctx}");
         match want {
             Ok(bytes) => {
-                assert_eq!(
-                    int_attr(&event.attributes, "sendmmsg.message.bytes"),
-                    Some(*bytes),
-                    "{ctx}"
-                );
+                assert_eq!(int_attr(&event.attributes, "sendmmsg.message.bytes"), Some(*bytes), "{ctx}");
                 assert_eq!(str_attr(&event.attributes, "error.type"), None, "{ctx}");
             }
             Err(errno) => {
-                assert_eq!(
-                    str_attr(&event.attributes, "error.type"),
-                    Some(*errno),
-                    "{ctx}"
-                );
-                assert_eq!(
-                    int_attr(&event.attributes, "sendmmsg.message.bytes"),
-                    None,
-                    "{ctx}"
-                );
+                assert_eq!(str_attr(&event.attributes, "error.type"), Some(*errno), "{ctx}");
+                assert_eq!(int_attr(&event.attributes, "sendmmsg.message.bytes"), None, "{ctx}");
             }
         }
         let offset = int_attr(&event.attributes, "sendmmsg.message.offset_ns").unwrap() as u64;
-        assert_eq!(
-            event.time_unix_nano,
-            span.start_time_unix_nano + offset,
-            "{ctx}"
-        );
-        assert!(
-            event.time_unix_nano <= span.end_time_unix_nano,
-            "{ctx}: event after the span's end"
-        );
+        assert_eq!(event.time_unix_nano, span.start_time_unix_nano + offset, "{ctx}");
+        assert!(event.time_unix_nano <= span.end_time_unix_nano, "{ctx}: event after the span's end");
     }
 }
 
@@ -256,49 +180,25 @@ fn every_scenario_reaches_the_collector_exactly(protocol: Protocol) {
     let before = unix_nanos();
     let calls = run_workload(&scenarios);
     let after = unix_nanos();
-    assert_eq!(
-        calls.len(),
-        EXPECTED.len(),
-        "one call per scenario: {calls:#?}"
-    );
+    assert_eq!(calls.len(), EXPECTED.len(), "one call per scenario: {calls:#?}");
     std::thread::sleep(std::time::Duration::from_millis(300)); // some noise on either side
     let noise_pid = noise.pid();
     drop(noise);
 
     let stopped = sidecar.stop();
-    assert!(
-        stopped.status.success(),
-        "sidecar exited with {}:\n{}",
-        stopped.status,
-        stopped.stderr
-    );
+    assert!(stopped.status.success(), "sidecar exited with {}:\n{}", stopped.status, stopped.stderr);
 
     let pid = calls[0].pid;
     let spans = receiver.spans_of(pid);
-    assert_eq!(
-        spans.len(),
-        calls.len(),
-        "exactly one span per call of pid {pid}:\n{}",
-        stopped.stderr
-    );
+    assert_eq!(spans.len(), calls.len(), "exactly one span per call of pid {pid}:\n{}", stopped.stderr);
     for ((call, expected), span) in calls.iter().zip(EXPECTED).zip(&spans) {
         assert_eq!(call.scenario, expected.scenario);
         check_span(call, expected, span, (before, after));
-        assert_eq!(
-            str_attr(&span.resource, "service.name"),
-            Some("sendmmsg-e2e")
-        );
+        assert_eq!(str_attr(&span.resource, "service.name"), Some("sendmmsg-e2e"));
     }
     // The other process was traced too (so the exact count above is not luck of an idle host).
-    assert!(
-        !receiver.spans_of(noise_pid).is_empty(),
-        "the noise process's calls were not traced"
-    );
-    assert!(
-        stopped.stderr.contains("ring_buffer_full=0"),
-        "{}",
-        stopped.stderr
-    );
+    assert!(!receiver.spans_of(noise_pid).is_empty(), "the noise process's calls were not traced");
+    assert!(stopped.stderr.contains("ring_buffer_full=0"), "{}", stopped.stderr);
 }
 
 #[test]
@@ -319,32 +219,14 @@ fn without_a_collector_each_call_is_one_console_line() {
     let stopped = sidecar.stop();
     assert!(stopped.status.success(), "{}", stopped.stderr);
     let pid = format!("process.pid={}", calls[0].pid);
-    let lines: Vec<&str> = stopped
-        .stdout
-        .lines()
-        .filter(|l| l.split(' ').any(|w| w == pid))
-        .collect();
+    let lines: Vec<&str> = stopped.stdout.lines().filter(|l| l.split(' ').any(|w| w == pid)).collect();
     assert_eq!(lines.len(), 3, "{}", stopped.stdout);
     assert!(
-        lines[0].contains(" OK ")
-            && lines[0].contains(" sendmmsg.sent=8 ")
-            && lines[0].contains(" events=8"),
+        lines[0].contains(" OK ") && lines[0].contains(" sendmmsg.sent=8 ") && lines[0].contains(" events=8"),
         "{}",
         lines[0]
     );
-    assert!(
-        lines[1].contains(" ERROR ") && lines[1].contains(" error.type=EMSGSIZE "),
-        "{}",
-        lines[1]
-    );
-    assert!(
-        lines[2].contains(" ERROR ") && lines[2].contains(" error.type=EBADF "),
-        "{}",
-        lines[2]
-    );
-    assert!(
-        stopped.stderr.contains("spans go to stdout"),
-        "{}",
-        stopped.stderr
-    );
+    assert!(lines[1].contains(" ERROR ") && lines[1].contains(" error.type=EMSGSIZE "), "{}", lines[1]);
+    assert!(lines[2].contains(" ERROR ") && lines[2].contains(" error.type=EBADF "), "{}", lines[2]);
+    assert!(stopped.stderr.contains("spans go to stdout"), "{}", stopped.stderr);
 }

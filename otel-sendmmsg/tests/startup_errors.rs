@@ -12,10 +12,7 @@ fn start_with(var: &str, value: &str) -> (Option<i32>, String) {
         .env(var, value)
         .output()
         .expect("running the sidecar");
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
 #[test]
@@ -23,26 +20,15 @@ fn each_bad_value_exits_2_naming_the_variable_and_what_it_accepts() {
     for (var, value, accepts) in [
         ("OTEL_SENDMMSG_RING_BUFFER_BYTES", "3MiB", "power of two"),
         ("OTEL_SENDMMSG_MAX_INFLIGHT", "lots", "whole number"),
-        (
-            "OTEL_SENDMMSG_RING_BUFER_BYTES",
-            "8MiB",
-            "OTEL_SENDMMSG_RING_BUFFER_BYTES",
-        ),
-        (
-            "OTEL_EXPORTER_OTLP_PROTOCOL",
-            "http/json",
-            "grpc or http/protobuf",
-        ),
+        ("OTEL_SENDMMSG_RING_BUFER_BYTES", "8MiB", "OTEL_SENDMMSG_RING_BUFFER_BYTES"),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json", "grpc or http/protobuf"),
         ("OTEL_EXPORTER_OTLP_ENDPOINT", "localhost:4317", "http://"),
         ("OTEL_EXPORTER_OTLP_TIMEOUT", "10s", "milliseconds"),
         ("OTEL_TRACES_EXPORTER", "zipkin", "otlp, console or none"),
     ] {
         let (code, stderr) = start_with(var, value);
         assert_eq!(code, Some(2), "{var}={value}: {stderr}");
-        assert!(
-            stderr.contains(&format!("{var}=\"{value}\"")),
-            "{var}: {stderr}"
-        );
+        assert!(stderr.contains(&format!("{var}=\"{value}\"")), "{var}: {stderr}");
         assert!(stderr.contains(accepts), "{var}: {stderr}");
         assert!(!stderr.contains("panicked"), "{stderr}");
     }

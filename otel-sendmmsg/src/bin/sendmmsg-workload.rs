@@ -37,29 +37,14 @@ impl Batch {
     /// `dests[i]` is message i's explicit destination (None: the connected peer).
     fn new(sizes: &[usize], dests: &[Option<SocketAddr>]) -> Batch {
         let payloads: Vec<Vec<u8>> = sizes.iter().map(|&n| vec![0xab; n]).collect();
-        let mut b = Batch {
-            payloads,
-            iovecs: Vec::new(),
-            addrs: Vec::new(),
-            msgs: Vec::new(),
-        };
+        let mut b = Batch { payloads, iovecs: Vec::new(), addrs: Vec::new(), msgs: Vec::new() };
         b.iovecs = b
             .payloads
             .iter_mut()
-            .map(|p| libc::iovec {
-                iov_base: p.as_mut_ptr().cast(),
-                iov_len: p.len(),
-            })
+            .map(|p| libc::iovec { iov_base: p.as_mut_ptr().cast(), iov_len: p.len() })
             .collect();
         b.addrs = (0..sizes.len())
-            .map(|i| {
-                dests
-                    .get(i)
-                    .copied()
-                    .flatten()
-                    .map(sockaddr)
-                    .unwrap_or_else(|| unsafe { zeroed() })
-            })
+            .map(|i| dests.get(i).copied().flatten().map(sockaddr).unwrap_or_else(|| unsafe { zeroed() }))
             .collect();
         for i in 0..sizes.len() {
             // SAFETY: an all-zero mmsghdr is a valid "no name, no control" message.
@@ -121,19 +106,9 @@ fn call(
     // SAFETY: msgvec is either a live Batch's messages or a pointer the scenario wants the kernel
     // to refuse (the kernel checks it; we never dereference it).
     let ret = unsafe { libc::sendmmsg(fd, msgvec, vlen, flags as _) };
-    let errno = if ret < 0 {
-        io::Error::last_os_error().raw_os_error().unwrap_or(0)
-    } else {
-        0
-    };
+    let errno = if ret < 0 { io::Error::last_os_error().raw_os_error().unwrap_or(0) } else { 0 };
     let msg_len: Vec<String> = batch
-        .map(|b| {
-            b.msgs
-                .iter()
-                .take(ret.max(0) as usize)
-                .map(|m| m.msg_len.to_string())
-                .collect()
-        })
+        .map(|b| b.msgs.iter().take(ret.max(0) as usize).map(|m| m.msg_len.to_string()).collect())
         .unwrap_or_default();
     let sizes: Vec<String> = sizes.iter().map(|s| s.to_string()).collect();
     println!(
@@ -146,33 +121,15 @@ fn call(
     );
 }
 
-fn send_batch(
-    scenario: &str,
-    fd: RawFd,
-    sizes: &[usize],
-    dests: &[Option<SocketAddr>],
-    flags: i32,
-) {
+fn send_batch(scenario: &str, fd: RawFd, sizes: &[usize], dests: &[Option<SocketAddr>], flags: i32) {
     let mut batch = Batch::new(sizes, dests);
     let ptr = batch.msgs.as_mut_ptr();
-    call(
-        scenario,
-        fd,
-        ptr,
-        sizes.len() as u32,
-        flags,
-        sizes,
-        Some(&batch),
-    );
+    call(scenario, fd, ptr, sizes.len() as u32, flags, sizes, Some(&batch));
 }
 
 /// A receiver on loopback and a socket connected to it.
 fn connected_udp(v6: bool) -> io::Result<(UdpSocket, UdpSocket)> {
-    let any: SocketAddr = if v6 {
-        (Ipv6Addr::LOCALHOST, 0).into()
-    } else {
-        (Ipv4Addr::LOCALHOST, 0).into()
-    };
+    let any: SocketAddr = if v6 { (Ipv6Addr::LOCALHOST, 0).into() } else { (Ipv4Addr::LOCALHOST, 0).into() };
     let receiver = UdpSocket::bind(any)?;
     let sender = UdpSocket::bind(any)?;
     sender.connect(receiver.local_addr()?)?;
@@ -184,13 +141,7 @@ fn scenario(name: &str) -> io::Result<()> {
     match name {
         "udp4" | "udp6" => {
             let (tx, _rx) = connected_udp(name == "udp6")?;
-            send_batch(
-                name,
-                tx.as_raw_fd(),
-                &sizes8,
-                &[],
-                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-            );
+            send_batch(name, tx.as_raw_fd(), &sizes8, &[], libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL);
         }
         "udp4-unconnected" => {
             let a = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))?;
@@ -249,10 +200,7 @@ fn scenario(name: &str) -> io::Result<()> {
             call(name, tx.as_raw_fd(), ptr, 0, 0, &[], Some(&batch));
         }
         other => {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("unknown scenario {other}"),
-            ))
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("unknown scenario {other}")))
         }
     }
     Ok(())
@@ -274,8 +222,7 @@ fn run_loop(seconds: f64, vlen: usize, rate: Option<f64>) -> io::Result<()> {
     let started = Instant::now();
     while Instant::now() < deadline {
         // SAFETY: the batch's buffers live for the whole loop.
-        let ret =
-            unsafe { libc::sendmmsg(tx.as_raw_fd(), batch.msgs.as_mut_ptr(), vlen as u32, 0) };
+        let ret = unsafe { libc::sendmmsg(tx.as_raw_fd(), batch.msgs.as_mut_ptr(), vlen as u32, 0) };
         calls += 1;
         messages += ret.max(0) as u64;
         if let Some(rate) = rate {

@@ -43,10 +43,7 @@ pub struct ReceivedSpan {
 }
 
 fn find<'a>(attrs: &'a [KeyValue], key: &str) -> Option<&'a Value> {
-    attrs
-        .iter()
-        .find(|kv| kv.key == key)
-        .and_then(|kv| kv.value.as_ref()?.value.as_ref())
+    attrs.iter().find(|kv| kv.key == key).and_then(|kv| kv.value.as_ref()?.value.as_ref())
 }
 
 pub fn int_attr(attrs: &[KeyValue], key: &str) -> Option<i64> {
@@ -80,10 +77,7 @@ fn store(store: &Store, request: ExportTraceServiceRequest) {
         let resource = rs.resource.map(|r| r.attributes).unwrap_or_default();
         for ss in rs.scope_spans {
             for span in ss.spans {
-                spans.push(ReceivedSpan {
-                    resource: resource.clone(),
-                    span,
-                });
+                spans.push(ReceivedSpan { resource: resource.clone(), span });
             }
         }
     }
@@ -98,9 +92,7 @@ impl TraceService for GrpcCollector {
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
         store(&self.0, request.into_inner());
-        Ok(tonic::Response::new(ExportTraceServiceResponse {
-            partial_success: None,
-        }))
+        Ok(tonic::Response::new(ExportTraceServiceResponse { partial_success: None }))
     }
 }
 
@@ -129,15 +121,10 @@ pub struct Receiver {
 
 impl Receiver {
     pub fn start(protocol: Protocol) -> Receiver {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
+        let runtime =
+            tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
         let spans = Store::default();
-        let listener = runtime
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .unwrap();
+        let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
         let addr: SocketAddr = listener.local_addr().unwrap();
         let served = spans.clone();
         match protocol {
@@ -156,31 +143,20 @@ impl Receiver {
                     axum::routing::post(move |body: axum::body::Bytes| {
                         let served = served.clone();
                         async move {
-                            let request = ExportTraceServiceRequest::decode(body)
-                                .expect("a protobuf export request");
+                            let request =
+                                ExportTraceServiceRequest::decode(body).expect("a protobuf export request");
                             store(&served, request);
                             (
                                 [("content-type", "application/x-protobuf")],
-                                ExportTraceServiceResponse {
-                                    partial_success: None,
-                                }
-                                .encode_to_vec(),
+                                ExportTraceServiceResponse { partial_success: None }.encode_to_vec(),
                             )
                         }
                     }),
                 );
-                runtime.spawn(async move {
-                    axum::serve(listener, app)
-                        .await
-                        .expect("HTTP receiver failed")
-                });
+                runtime.spawn(async move { axum::serve(listener, app).await.expect("HTTP receiver failed") });
             }
         }
-        Receiver {
-            endpoint: format!("http://{addr}"),
-            spans,
-            _runtime: runtime,
-        }
+        Receiver { endpoint: format!("http://{addr}"), spans, _runtime: runtime }
     }
 
     pub fn spans(&self) -> Vec<ReceivedSpan> {
@@ -189,11 +165,8 @@ impl Receiver {
 
     /// The spans whose `process.pid` is `pid`, in the order the calls started.
     pub fn spans_of(&self, pid: u32) -> Vec<ReceivedSpan> {
-        let mut spans: Vec<_> = self
-            .spans()
-            .into_iter()
-            .filter(|s| s.int("process.pid") == Some(pid as i64))
-            .collect();
+        let mut spans: Vec<_> =
+            self.spans().into_iter().filter(|s| s.int("process.pid") == Some(pid as i64)).collect();
         spans.sort_by_key(|s| s.span.start_time_unix_nano);
         spans
     }
@@ -244,28 +217,18 @@ impl Sidecar {
             }
         });
         let stdout = child.stdout.take();
-        let mut sidecar = Sidecar {
-            child,
-            stderr,
-            stdout,
-        };
+        let mut sidecar = Sidecar { child, stderr, stdout };
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
             if ready_rx.recv_timeout(Duration::from_millis(100)).is_ok() {
                 return sidecar;
             }
             if let Some(status) = sidecar.child.try_wait().unwrap() {
-                panic!(
-                    "the sidecar exited before it was ready ({status}):\n{}",
-                    sidecar.stderr()
-                );
+                panic!("the sidecar exited before it was ready ({status}):\n{}", sidecar.stderr());
             }
             if Instant::now() > deadline {
                 let _ = sidecar.child.kill();
-                panic!(
-                    "the sidecar was not ready within {READY_TIMEOUT:?}:\n{}",
-                    sidecar.stderr()
-                );
+                panic!("the sidecar was not ready within {READY_TIMEOUT:?}:\n{}", sidecar.stderr());
             }
         }
     }
@@ -293,10 +256,7 @@ impl Sidecar {
             }
             if Instant::now() > deadline {
                 let _ = self.child.kill();
-                panic!(
-                    "the sidecar did not stop within {STOP_TIMEOUT:?} of SIGTERM:\n{}",
-                    self.stderr()
-                );
+                panic!("the sidecar did not stop within {STOP_TIMEOUT:?} of SIGTERM:\n{}", self.stderr());
             }
             std::thread::sleep(Duration::from_millis(50));
         };
@@ -305,11 +265,7 @@ impl Sidecar {
         }
         // Let the stderr thread see EOF.
         std::thread::sleep(Duration::from_millis(100));
-        Stopped {
-            status,
-            stdout,
-            stderr: self.stderr(),
-        }
+        Stopped { status, stdout, stderr: self.stderr() }
     }
 }
 
@@ -338,15 +294,8 @@ pub struct CallReport {
 
 /// Runs the workload's scenarios in one process and returns its calls in order.
 pub fn run_workload(scenarios: &[&str]) -> Vec<CallReport> {
-    let out = Command::new(WORKLOAD)
-        .args(scenarios)
-        .output()
-        .expect("running the workload");
-    assert!(
-        out.status.success(),
-        "workload failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = Command::new(WORKLOAD).args(scenarios).output().expect("running the workload");
+    assert!(out.status.success(), "workload failed: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout)
         .unwrap()
         .lines()
