@@ -1,8 +1,11 @@
-//! BPF programs of otel-sendmmsg: one module per attach family, all feeding one body of pairing
-//! logic in `pairing`, which owns the maps.
+//! BPF programs of otel-sendmmsg: one module per attach family (`tracepoint`, `kprobe`,
+//! `fentry`), all feeding one body of pairing logic in `pairing`, which owns the maps. User
+//! space loads only the programs of the hooks it chooses.
 #![no_std]
 #![no_main]
 
+mod fentry;
+mod kprobe;
 mod pairing;
 mod tracepoint;
 

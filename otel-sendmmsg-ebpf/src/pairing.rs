@@ -12,7 +12,7 @@ use core::ptr::write_volatile;
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, generated::bpf_get_current_comm},
     macros::map,
-    maps::{LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
 };
 use otel_sendmmsg_common::{CallRecord, Counter, MessageResult, MAX_VLEN, RECORD_VERSION};
 
@@ -33,9 +33,14 @@ static SCRATCH: PerCpuArray<CallRecord> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
 
-/// The sidecar's own process id, set at load time, so the sidecar never traces itself.
+/// The sidecar's own process id, set at load time, so the sidecar never traces itself...
 #[unsafe(no_mangle)]
 static SELF_TGID: u32 = 0;
+
+/// ...except the one thread whose id user space puts here while it proves the hooks work with
+/// a self-test `sendmmsg` (0: none).
+#[map]
+static SELF_TEST_TID: Array<u32> = Array::with_max_entries(1, 0);
 
 /// The arguments of a `sendmmsg` call as its entry hook saw them.
 pub struct CallArgs {
@@ -60,12 +65,17 @@ fn current_ids() -> (u32, u32) {
     ((id >> 32) as u32, id as u32)
 }
 
+#[inline(always)]
+fn is_self(tgid: u32) -> bool {
+    // SAFETY: a global the loader overwrites; volatile keeps the compiler from folding it.
+    tgid == unsafe { core::ptr::read_volatile(&SELF_TGID) }
+}
+
 /// Entry of a call: remember its arguments and start time for this thread.
 #[inline(always)]
 pub fn on_entry(args: CallArgs) {
     let (tgid, tid) = current_ids();
-    // SAFETY: a global the loader may overwrite; volatile keeps the compiler from folding it.
-    if tgid == unsafe { core::ptr::read_volatile(&SELF_TGID) } {
+    if is_self(tgid) && SELF_TEST_TID.get(0).copied() != Some(tid) {
         return;
     }
     let Some(rec) = SCRATCH.get_ptr_mut(0) else {
@@ -96,8 +106,8 @@ pub fn on_entry(args: CallArgs) {
         write_volatile(&mut rec.bytes, 0);
         write_volatile(&mut rec.sk, 0);
     }
-    // Straight into the record: a stack copy would cost a `memset` and a `memcpy`. On failure the
-    // helper zeroes the buffer, which reads as an empty name.
+    // Straight into the record: a stack copy would cost a `memset` and a `memcpy`. On failure
+    // the helper zeroes the buffer, which reads as an empty name.
     // SAFETY: `comm` is 16 writable bytes, TASK_COMM_LEN.
     unsafe { bpf_get_current_comm(rec.comm.as_mut_ptr().cast(), rec.comm.len() as u32) };
     // `detail` is left as is: only its first `messages` entries are ever read.
@@ -106,10 +116,11 @@ pub fn on_entry(args: CallArgs) {
     }
 }
 
-/// One message of the thread's call finished sending: `ret` is bytes sent or a negative errno;
-/// `sk` identifies the socket, so sends the call did not make are not mistaken for its messages.
+/// One message of the thread's call finished sending: `ret` is bytes sent or a negative errno.
+/// `socket` names the socket the same way for every message of a call (0 when the hook cannot
+/// see it), so sends the call did not make are not mistaken for its messages.
 #[inline(always)]
-pub fn on_message(sk: u64, ret: i64) {
+pub fn on_message(socket: u64, ret: i64) {
     let (_, tid) = current_ids();
     let Some(rec) = INFLIGHT.get_ptr_mut(tid) else {
         return; // not inside a traced sendmmsg
@@ -117,25 +128,17 @@ pub fn on_message(sk: u64, ret: i64) {
     // SAFETY: only this thread touches its own entry (see the module's doc).
     let rec = unsafe { &mut *rec };
     let index = rec.messages;
-    let limit = if rec.vlen < MAX_VLEN {
-        rec.vlen
-    } else {
-        MAX_VLEN
-    };
-    if index >= limit || (index > 0 && rec.sk != sk) {
+    let limit = if rec.vlen < MAX_VLEN { rec.vlen } else { MAX_VLEN };
+    if index >= limit || (index > 0 && rec.sk != socket) {
         count(Counter::StrayMessages);
         return;
     }
     if index == 0 {
-        rec.sk = sk;
+        rec.sk = socket;
     }
     let now = unsafe { bpf_ktime_get_ns() };
     if let Some(slot) = rec.detail.get_mut(index as usize) {
-        *slot = MessageResult {
-            ret: ret as i32,
-            _pad: 0,
-            offset_ns: now.wrapping_sub(rec.start_ns),
-        };
+        *slot = MessageResult { ret: ret as i32, _pad: 0, offset_ns: now.wrapping_sub(rec.start_ns) };
     }
     rec.messages = index + 1;
     if ret >= 0 {
@@ -152,10 +155,9 @@ pub fn on_message(sk: u64, ret: i64) {
 /// Exit of the thread's call: complete its record and hand it to user space.
 #[inline(always)]
 pub fn on_exit(ret: i64) {
-    let (_, tid) = current_ids();
+    let (tgid, tid) = current_ids();
     let Some(rec) = INFLIGHT.get_ptr_mut(tid) else {
-        let (tgid, _) = current_ids();
-        if tgid != unsafe { core::ptr::read_volatile(&SELF_TGID) } {
+        if !is_self(tgid) {
             count(Counter::ExitWithoutEntry);
         }
         return;
@@ -164,9 +166,10 @@ pub fn on_exit(ret: i64) {
     let rec = unsafe { &mut *rec };
     rec.end_ns = unsafe { bpf_ktime_get_ns() };
     rec.ret = ret;
-    rec.sk = 0; // a kernel address: never leaves the kernel
-                // One copy, map value -> ring buffer; the default flags let the kernel skip the wake-up when
-                // the reader is still busy with earlier records.
+    // A kernel address: it never leaves the kernel.
+    rec.sk = 0;
+    // One copy, map value -> ring buffer; the default flags let the kernel skip the wake-up
+    // when the reader is still busy with earlier records.
     if RECORDS.output::<CallRecord>(&*rec, 0).is_err() {
         count(Counter::RingBufferFull);
     }
