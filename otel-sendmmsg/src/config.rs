@@ -4,6 +4,8 @@
 
 use serde::Deserialize;
 
+use crate::probes::hooks::Family;
+
 pub const PREFIX: &str = "OTEL_SENDMMSG_";
 
 /// The project's own variables as given, each `OTEL_SENDMMSG_<FIELD>`; [`Config::from_vars`]
@@ -16,10 +18,12 @@ struct OwnVars {
     /// How many threads can be inside `sendmmsg` at once and still be traced. Default
     /// [`DEFAULT_MAX_INFLIGHT`].
     max_inflight: Option<String>,
+    /// `auto` (default: the cheapest family that works here), `fentry`, `kprobe` or `tracepoint`.
+    attach: Option<String>,
 }
 
 /// Each documented in README.md; every one of them is known here so typos can be caught.
-const OWN_VARIABLES: &[&str] = &["RING_BUFFER_BYTES", "MAX_INFLIGHT"];
+const OWN_VARIABLES: &[&str] = &["RING_BUFFER_BYTES", "MAX_INFLIGHT", "ATTACH"];
 
 /// The standard variables this sidecar honours, checked here and read again by the OTLP exporter
 /// and the SDK's batch processor.
@@ -52,7 +56,17 @@ const MAX_INFLIGHT_LIMIT: u64 = 1 << 20;
 pub struct Config {
     pub ring_buffer_bytes: u32,
     pub max_inflight: u32,
+    pub attach: Attach,
     pub output: Output,
+}
+
+/// Which attach family to use for a call's entry and exit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attach {
+    /// The cheapest family that loads, attaches and passes the self-test here.
+    Auto,
+    /// This family or nothing: start-up fails (exit 2) if the kernel cannot give it.
+    Only(Family),
 }
 
 /// Where spans go.
@@ -139,8 +153,15 @@ impl Config {
                     )
                 })?,
         };
+        let attach =
+            match own.attach.as_deref().map(str::trim) {
+                None | Some("auto") => Attach::Auto,
+                Some(v) => Family::BY_COST.into_iter().find(|f| f.name() == v).map(Attach::Only).ok_or_else(
+                    || invalid("OTEL_SENDMMSG_ATTACH", v, "auto, fentry, kprobe or tracepoint"),
+                )?,
+            };
         let output = std_vars.output()?;
-        Ok(Config { ring_buffer_bytes, max_inflight, output })
+        Ok(Config { ring_buffer_bytes, max_inflight, attach, output })
     }
 }
 
@@ -300,6 +321,7 @@ mod tests {
             Config {
                 ring_buffer_bytes: DEFAULT_RING_BUFFER_BYTES,
                 max_inflight: DEFAULT_MAX_INFLIGHT,
+                attach: Attach::Auto,
                 output: Output::Console
             }
         );
@@ -351,6 +373,20 @@ mod tests {
             assert_eq!(err.variable, "OTEL_SENDMMSG_RING_BUFFER_BYTES", "{bad}");
             assert!(err.to_string().contains("power of two"), "{err}");
         }
+    }
+
+    #[test]
+    fn attach_names_a_family_or_auto() {
+        let attach = |v: &str| config(&[("OTEL_SENDMMSG_ATTACH", v)]).map(|c| c.attach);
+        assert_eq!(attach("auto"), Ok(Attach::Auto));
+        assert_eq!(attach("kprobe"), Ok(Attach::Only(Family::Kprobe)));
+        assert_eq!(attach("fentry"), Ok(Attach::Only(Family::Fentry)));
+        assert_eq!(attach("tracepoint"), Ok(Attach::Only(Family::Tracepoint)));
+        let err = attach("uprobe").unwrap_err();
+        assert_eq!(
+            (err.variable.as_str(), err.accepts.as_str()),
+            ("OTEL_SENDMMSG_ATTACH", "auto, fentry, kprobe or tracepoint")
+        );
     }
 
     #[test]

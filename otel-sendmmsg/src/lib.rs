@@ -10,5 +10,6 @@ pub mod names;
 pub mod probes;
 pub mod records;
 pub mod run;
+pub mod sendmmsg;
 pub mod shutdown;
 pub mod spans;

@@ -1,6 +1,6 @@
 use std::process::ExitCode;
 
-use otel_sendmmsg::{config::Config, run::run, shutdown::shutdown_signal};
+use otel_sendmmsg::{config::Config, probes::choose::FamilyUnavailable, run::run, shutdown::shutdown_signal};
 use tracing::error;
 use tracing_subscriber::EnvFilter;
 
@@ -33,7 +33,12 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!("{e:#}");
-            ExitCode::from(EXIT_ENVIRONMENT)
+            // Asking for a family the kernel cannot give is the user's setting to fix.
+            if e.downcast_ref::<FamilyUnavailable>().is_some() {
+                ExitCode::from(EXIT_CONFIG)
+            } else {
+                ExitCode::from(EXIT_ENVIRONMENT)
+            }
         }
     }
 }

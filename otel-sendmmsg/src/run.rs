@@ -11,39 +11,79 @@ use crate::{
     clock::WallClock,
     config::{Config, Output},
     export::Exporter,
-    probes::Probes,
+    probes::{choose::choose, kernel::Kernel, Probes},
     records::decode,
-    spans::span_for,
+    spans::{span_for, SpanOptions},
 };
 
-/// What went through the pipeline, for the closing summary.
-#[derive(Debug, Default)]
-struct Totals {
+/// Records -> spans -> exporter, with the totals for the closing summary.
+struct Pipeline {
+    exporter: Exporter,
+    options: SpanOptions,
+    clock: WallClock,
     spans: u64,
     undecodable: u64,
+}
+
+impl Pipeline {
+    fn handle(&mut self, item: &[u8]) {
+        match decode(item) {
+            Ok(call) => {
+                self.exporter.export(span_for(&call, &self.clock, self.options));
+                self.spans += 1;
+            }
+            Err(e) => {
+                self.undecodable += 1;
+                if self.undecodable.is_power_of_two() {
+                    warn!("dropped an undecodable record ({e}); {} so far", self.undecodable);
+                }
+            }
+        }
+    }
+
+    fn drain(&mut self, ring: &mut RingBuf<MapData>) {
+        // NTP may step the wall clock: re-read the offset once per wake-up.
+        self.clock = WallClock::now();
+        while let Some(item) = ring.next() {
+            self.handle(&item);
+        }
+    }
 }
 
 /// Traces until `shutdown` resolves, then detaches, drains what the kernel already reported,
 /// and flushes the exporter.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<()> {
-    let mut exporter = Exporter::new(&config.output)?;
-    let mut probes = Probes::load(&config)?;
+    let kernel = Kernel::inspect();
+    let mut probes = Probes::load(&config, &kernel)?;
     // Read before attaching, so nothing is reported to a ring buffer nobody watches.
     // SAFETY: the ring buffer owns its fd and keeps it open, unchanged, until it is dropped,
     // which only happens with the AsyncFd that owns it.
     let mut records = unsafe { AsyncFd::register_with_interest(probes.take_records()?, Interest::READABLE) }
         .map_err(|e| anyhow::anyhow!("watching the ring buffer: {e}"))?;
-    let hooks = probes.attach()?;
-    info!("ready: tracing sendmmsg through {}; spans go to {}", hooks.join(", "), describe(&config.output));
+    let mut pipeline = Pipeline {
+        exporter: Exporter::new(&config.output)?,
+        // Until a per-message hook has proved itself, calls carry no trustworthy message detail.
+        options: SpanOptions { per_message: false },
+        clock: WallClock::now(),
+        spans: 0,
+        undecodable: 0,
+    };
+    let choice =
+        choose(&mut probes, &kernel, config.attach, &mut records, &mut |item| pipeline.handle(item)).await?;
+    pipeline.options.per_message = choice.message.is_some();
+    info!(
+        "ready: tracing sendmmsg through {}; spans go to {}",
+        probes.attached().join(", "),
+        describe(&config.output)
+    );
 
-    let mut totals = Totals::default();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
             ready = records.readable_mut() => {
                 let mut guard = ready.context("waiting on the ring buffer")?;
-                drain(guard.get_inner_mut(), &mut exporter, &mut totals);
+                pipeline.drain(guard.get_inner_mut());
                 guard.clear_ready();
             }
         }
@@ -51,28 +91,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
 
     info!("stopping: detaching probes and flushing spans");
     probes.detach();
-    drain(records.get_mut(), &mut exporter, &mut totals);
-    let flushed = exporter.shutdown();
-    report(&probes, &totals);
-    flushed
-}
-
-fn drain(ring: &mut RingBuf<MapData>, exporter: &mut Exporter, totals: &mut Totals) {
-    let clock = WallClock::now();
-    while let Some(item) = ring.next() {
-        match decode(&item) {
-            Ok(call) => {
-                exporter.export(span_for(&call, &clock));
-                totals.spans += 1;
-            }
-            Err(e) => {
-                totals.undecodable += 1;
-                if totals.undecodable.is_power_of_two() {
-                    warn!("dropped an undecodable record ({e}); {} so far", totals.undecodable);
-                }
-            }
-        }
+    pipeline.drain(records.get_mut());
+    let mut losses = vec![format!("undecodable_records={}", pipeline.undecodable)];
+    match probes.counters() {
+        Ok(counters) => losses.extend(counters.iter().map(|(c, n)| format!("{}={n}", c.name()))),
+        Err(e) => warn!("reading the BPF counters: {e:#}"),
     }
+    let flushed = pipeline.exporter.shutdown();
+    info!("stopped: {} spans; {}", pipeline.spans, losses.join(" "));
+    flushed
 }
 
 fn describe(output: &Output) -> String {
@@ -81,13 +108,4 @@ fn describe(output: &Output) -> String {
         Output::Otlp { protocol, endpoint } => format!("OTLP {} at {endpoint}", protocol.name()),
         Output::Discard => "nowhere (OTEL_TRACES_EXPORTER=none)".to_owned(),
     }
-}
-
-fn report(probes: &Probes, totals: &Totals) {
-    let mut losses = vec![format!("undecodable_records={}", totals.undecodable)];
-    match probes.counters() {
-        Ok(counters) => losses.extend(counters.iter().map(|(c, n)| format!("{}={n}", c.name()))),
-        Err(e) => warn!("reading the BPF counters: {e:#}"),
-    }
-    info!("stopped: {} spans; {}", totals.spans, losses.join(" "));
 }

@@ -28,11 +28,19 @@ pub struct SyscallSpan {
     pub status: Status,
 }
 
+/// What the hooks in use can tell about a call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SpanOptions {
+    /// A per-message hook proved itself at start-up: message counters and events are true.
+    /// Without one they would all read 0, so they are left out.
+    pub per_message: bool,
+}
+
 /// Builds the span of one call; `clock` places the kernel's monotonic times on the wall clock.
-pub fn span_for(call: &Call, clock: &WallClock) -> SyscallSpan {
+pub fn span_for(call: &Call, clock: &WallClock, options: SpanOptions) -> SyscallSpan {
     let start = clock.to_wall(call.start_ns);
     let end = clock.to_wall(call.end_ns);
-    let totals = &call.messages;
+    let totals = options.per_message.then_some(&call.messages);
 
     let mut attributes = vec![
         KeyValue::new("sendmmsg.sockfd", i64::from(call.sockfd)),
@@ -46,11 +54,13 @@ pub fn span_for(call: &Call, clock: &WallClock) -> SyscallSpan {
     if call.ret >= 0 {
         attributes.push(KeyValue::new("sendmmsg.sent", call.ret));
     }
-    attributes.extend([
-        KeyValue::new("sendmmsg.bytes", totals.bytes as i64),
-        KeyValue::new("sendmmsg.messages.attempted", i64::from(totals.seen)),
-        KeyValue::new("sendmmsg.messages.failed", i64::from(totals.failed)),
-    ]);
+    if let Some(totals) = totals {
+        attributes.extend([
+            KeyValue::new("sendmmsg.bytes", totals.bytes as i64),
+            KeyValue::new("sendmmsg.messages.attempted", i64::from(totals.seen)),
+            KeyValue::new("sendmmsg.messages.failed", i64::from(totals.failed)),
+        ]);
+    }
 
     // The call's own error wins: it is what the caller saw. Otherwise the first failed message,
     // whose error the kernel does not return when earlier messages went out.
@@ -58,7 +68,7 @@ pub fn span_for(call: &Call, clock: &WallClock) -> SyscallSpan {
         let name = errno_name(call.ret);
         attributes.push(KeyValue::new("error.type", name.clone()));
         Status::error(format!("sendmmsg failed: {name}"))
-    } else if let Some((index, errno)) = totals.first_error {
+    } else if let Some((index, errno)) = totals.and_then(|t| t.first_error) {
         let name = errno_name(errno.into());
         attributes.push(KeyValue::new("error.type", name.clone()));
         Status::error(format!("message {index} of {} failed: {name}", call.vlen))
@@ -72,8 +82,8 @@ pub fn span_for(call: &Call, clock: &WallClock) -> SyscallSpan {
         KeyValue::new("thread.name", call.comm.clone()),
     ]);
 
-    let events = call
-        .detail
+    let detail = if options.per_message { call.detail.as_slice() } else { &[] };
+    let events = detail
         .iter()
         .enumerate()
         .map(|(index, message)| {
@@ -106,6 +116,8 @@ mod tests {
         span.attributes.iter().find(|kv| kv.key.as_str() == key).map(|kv| &kv.value)
     }
 
+    const PER_MESSAGE: SpanOptions = SpanOptions { per_message: true };
+
     fn clock() -> WallClock {
         WallClock::from_readings(1_700_000_000_000_000_000, 0)
     }
@@ -113,7 +125,7 @@ mod tests {
     #[test]
     fn a_successful_call_maps_every_argument_and_result() {
         let call = decode(&bytes_of(&record(&[100, 200]))).unwrap();
-        let span = span_for(&call, &clock());
+        let span = span_for(&call, &clock(), PER_MESSAGE);
         assert_eq!(attr(&span, "sendmmsg.sockfd"), Some(&Value::I64(7)));
         assert_eq!(attr(&span, "sendmmsg.vlen"), Some(&Value::I64(2)));
         assert_eq!(attr(&span, "sendmmsg.flags"), Some(&Value::I64(libc::MSG_DONTWAIT as i64)));
@@ -133,7 +145,7 @@ mod tests {
     #[test]
     fn a_failed_message_makes_the_span_an_error_and_its_event_says_why() {
         let call = decode(&bytes_of(&record(&[100, -libc::EMSGSIZE]))).unwrap();
-        let span = span_for(&call, &clock());
+        let span = span_for(&call, &clock(), PER_MESSAGE);
         assert_eq!(attr(&span, "sendmmsg.sent"), Some(&Value::I64(1)));
         assert_eq!(attr(&span, "sendmmsg.messages.failed"), Some(&Value::I64(1)));
         assert_eq!(attr(&span, "error.type"), Some(&Value::from("EMSGSIZE")));
@@ -152,7 +164,7 @@ mod tests {
         let mut rec = record(&[]);
         rec.ret = -(libc::EBADF as i64);
         rec.flags = 0;
-        let span = span_for(&decode(&bytes_of(&rec)).unwrap(), &clock());
+        let span = span_for(&decode(&bytes_of(&rec)).unwrap(), &clock(), PER_MESSAGE);
         assert_eq!(attr(&span, "sendmmsg.sent"), None);
         assert_eq!(attr(&span, "sendmmsg.flags.names"), None);
         assert_eq!(attr(&span, "error.type"), Some(&Value::from("EBADF")));
@@ -161,11 +173,24 @@ mod tests {
     }
 
     #[test]
+    fn without_a_per_message_hook_message_fields_are_left_out_not_zero() {
+        let call = decode(&bytes_of(&record(&[100, -libc::EMSGSIZE]))).unwrap();
+        let span = span_for(&call, &clock(), SpanOptions { per_message: false });
+        for key in ["sendmmsg.bytes", "sendmmsg.messages.attempted", "sendmmsg.messages.failed", "error.type"]
+        {
+            assert_eq!(attr(&span, key), None, "{key}");
+        }
+        assert_eq!(attr(&span, "sendmmsg.sent"), Some(&Value::I64(1)));
+        assert!(span.events.is_empty());
+        assert_eq!(span.status, Status::Unset);
+    }
+
+    #[test]
     fn the_calls_own_error_wins_over_a_messages() {
         let mut rec = record(&[-libc::EAGAIN]);
         rec.ret = -(libc::EAGAIN as i64);
         rec.detail[0] = MessageResult { ret: -libc::EAGAIN, _pad: 0, offset_ns: 10 };
-        let span = span_for(&decode(&bytes_of(&rec)).unwrap(), &clock());
+        let span = span_for(&decode(&bytes_of(&rec)).unwrap(), &clock(), PER_MESSAGE);
         assert_eq!(span.status, Status::error("sendmmsg failed: EAGAIN"));
         assert_eq!(span.attributes.iter().filter(|kv| kv.key.as_str() == "error.type").count(), 1);
     }

@@ -3,7 +3,10 @@
 
 mod support;
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::{
+    path::Path,
+    time::{SystemTime, UNIX_EPOCH},
+};
 
 use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, status::StatusCode};
 use support::*;
@@ -229,4 +232,56 @@ fn without_a_collector_each_call_is_one_console_line() {
     assert!(lines[1].contains(" ERROR ") && lines[1].contains(" error.type=EMSGSIZE "), "{}", lines[1]);
     assert!(lines[2].contains(" ERROR ") && lines[2].contains(" error.type=EBADF "), "{}", lines[2]);
     assert!(stopped.stderr.contains("spans go to stdout"), "{}", stopped.stderr);
+}
+
+/// Each family either traces correctly or is refused at start-up with exit code 2 and the
+/// kernel's reason; which, must match what the kernel offers.
+#[test]
+fn each_attach_family_traces_or_is_refused_with_the_reason() {
+    require_root();
+    let kprobes = Path::new("/sys/bus/event_source/devices/kprobe").exists()
+        || Path::new("/sys/kernel/tracing/kprobe_events").exists();
+    let syscall_tracepoints = Path::new("/sys/kernel/tracing/events/syscalls/sys_enter_sendmmsg").exists();
+    for (family, entry_hook, offered) in [
+        ("tracepoint", "tracepoint syscalls:sys_enter_sendmmsg", Some(syscall_tracepoints)),
+        // The test kernels are x86-64.
+        ("kprobe", "kprobe __x64_sys_sendmmsg", Some(kprobes)),
+        // Whether trampolines load is only known by trying (this machine refuses them: EPERM).
+        ("fentry", "fentry __sys_sendmmsg", None),
+    ] {
+        match Sidecar::try_start(&[("OTEL_SENDMMSG_ATTACH", family)]) {
+            Ok(sidecar) => {
+                assert_ne!(
+                    offered,
+                    Some(false),
+                    "{family} started on a kernel without it:\n{}",
+                    sidecar.stderr()
+                );
+                let calls = run_workload(&["udp4"]);
+                let stopped = sidecar.stop();
+                assert!(stopped.status.success(), "{family}: {}", stopped.stderr);
+                let chosen = "entry/exit hooks: ";
+                assert!(
+                    stopped.stderr.contains(chosen) && stopped.stderr.contains(entry_hook),
+                    "{family}: {}",
+                    stopped.stderr
+                );
+                let pid = format!("process.pid={}", calls[0].pid);
+                let lines: Vec<&str> =
+                    stopped.stdout.lines().filter(|l| l.split(' ').any(|w| w == pid)).collect();
+                assert_eq!(lines.len(), 1, "{family}: {}", stopped.stdout);
+                assert!(
+                    lines[0].contains(" sendmmsg.sent=8 ") && lines[0].contains(" events=8"),
+                    "{family}: {}",
+                    lines[0]
+                );
+            }
+            Err((status, stderr)) => {
+                assert_ne!(offered, Some(true), "{family} refused on a kernel that offers it:\n{stderr}");
+                assert_eq!(status.code(), Some(2), "{family}: {stderr}");
+                let refusal = format!("OTEL_SENDMMSG_ATTACH={family}: this kernel cannot give it: ");
+                assert!(stderr.contains(&refusal), "{family}: {stderr}");
+            }
+        }
+    }
 }

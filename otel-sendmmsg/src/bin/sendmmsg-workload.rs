@@ -9,9 +9,9 @@
 //!                                         one connected UDP socket, calls back to back (or
 //!                                         paced); prints calls/s at the end
 
+use otel_sendmmsg::sendmmsg::{gettid, Batch};
 use std::{
     io,
-    mem::{size_of, zeroed},
     net::{Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket},
     os::{
         fd::{AsRawFd, RawFd},
@@ -24,74 +24,6 @@ use std::{
 /// Bigger than any UDP datagram can be (65,507 bytes of payload over IPv4), so the kernel refuses
 /// that one message with EMSGSIZE while the others of the batch go out.
 const OVERSIZED: usize = 70_000;
-
-/// One call's arguments; the buffers must outlive the call.
-struct Batch {
-    payloads: Vec<Vec<u8>>,
-    iovecs: Vec<libc::iovec>,
-    addrs: Vec<libc::sockaddr_storage>,
-    msgs: Vec<libc::mmsghdr>,
-}
-
-impl Batch {
-    /// `dests[i]` is message i's explicit destination (None: the connected peer).
-    fn new(sizes: &[usize], dests: &[Option<SocketAddr>]) -> Batch {
-        let payloads: Vec<Vec<u8>> = sizes.iter().map(|&n| vec![0xab; n]).collect();
-        let mut b = Batch { payloads, iovecs: Vec::new(), addrs: Vec::new(), msgs: Vec::new() };
-        b.iovecs = b
-            .payloads
-            .iter_mut()
-            .map(|p| libc::iovec { iov_base: p.as_mut_ptr().cast(), iov_len: p.len() })
-            .collect();
-        b.addrs = (0..sizes.len())
-            .map(|i| dests.get(i).copied().flatten().map(sockaddr).unwrap_or_else(|| unsafe { zeroed() }))
-            .collect();
-        for i in 0..sizes.len() {
-            // SAFETY: an all-zero mmsghdr is a valid "no name, no control" message.
-            let mut m: libc::mmsghdr = unsafe { zeroed() };
-            m.msg_hdr.msg_iov = &mut b.iovecs[i];
-            m.msg_hdr.msg_iovlen = 1;
-            if let Some(Some(dest)) = dests.get(i) {
-                m.msg_hdr.msg_name = (&mut b.addrs[i] as *mut libc::sockaddr_storage).cast();
-                m.msg_hdr.msg_namelen = sockaddr_len(dest);
-            }
-            b.msgs.push(m);
-        }
-        b
-    }
-}
-
-fn sockaddr(addr: SocketAddr) -> libc::sockaddr_storage {
-    // SAFETY: sockaddr_storage is large and aligned enough for either family.
-    let mut storage: libc::sockaddr_storage = unsafe { zeroed() };
-    match addr {
-        SocketAddr::V4(a) => {
-            let sin = unsafe { &mut *(&mut storage as *mut _ as *mut libc::sockaddr_in) };
-            sin.sin_family = libc::AF_INET as libc::sa_family_t;
-            sin.sin_port = a.port().to_be();
-            sin.sin_addr.s_addr = u32::from(*a.ip()).to_be();
-        }
-        SocketAddr::V6(a) => {
-            let sin6 = unsafe { &mut *(&mut storage as *mut _ as *mut libc::sockaddr_in6) };
-            sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
-            sin6.sin6_port = a.port().to_be();
-            sin6.sin6_addr.s6_addr = a.ip().octets();
-        }
-    }
-    storage
-}
-
-fn sockaddr_len(addr: &SocketAddr) -> libc::socklen_t {
-    (match addr {
-        SocketAddr::V4(_) => size_of::<libc::sockaddr_in>(),
-        SocketAddr::V6(_) => size_of::<libc::sockaddr_in6>(),
-    }) as libc::socklen_t
-}
-
-fn tid() -> i64 {
-    // SAFETY: gettid has no preconditions.
-    unsafe { libc::syscall(libc::SYS_gettid) }
-}
 
 /// Calls sendmmsg with exactly these arguments and prints what happened.
 fn call(
@@ -108,13 +40,13 @@ fn call(
     let ret = unsafe { libc::sendmmsg(fd, msgvec, vlen, flags as _) };
     let errno = if ret < 0 { io::Error::last_os_error().raw_os_error().unwrap_or(0) } else { 0 };
     let msg_len: Vec<String> = batch
-        .map(|b| b.msgs.iter().take(ret.max(0) as usize).map(|m| m.msg_len.to_string()).collect())
+        .map(|b| (0..ret.max(0) as usize).map(|i| b.sent_len(i).to_string()).collect())
         .unwrap_or_default();
     let sizes: Vec<String> = sizes.iter().map(|s| s.to_string()).collect();
     println!(
         "{{\"scenario\":\"{scenario}\",\"pid\":{},\"tid\":{},\"sockfd\":{fd},\"msgvec\":{},\"vlen\":{vlen},\"flags\":{flags},\"ret\":{ret},\"errno\":{errno},\"sizes\":[{}],\"msg_len\":[{}]}}",
         std::process::id(),
-        tid(),
+        gettid(),
         msgvec as u64,
         sizes.join(","),
         msg_len.join(",")
@@ -123,7 +55,7 @@ fn call(
 
 fn send_batch(scenario: &str, fd: RawFd, sizes: &[usize], dests: &[Option<SocketAddr>], flags: i32) {
     let mut batch = Batch::new(sizes, dests);
-    let ptr = batch.msgs.as_mut_ptr();
+    let ptr = batch.msgvec();
     call(scenario, fd, ptr, sizes.len() as u32, flags, sizes, Some(&batch));
 }
 
@@ -196,7 +128,7 @@ fn scenario(name: &str) -> io::Result<()> {
         "vlen-zero" => {
             let (tx, _rx) = connected_udp(false)?;
             let mut batch = Batch::new(&[], &[]);
-            let ptr = batch.msgs.as_mut_ptr();
+            let ptr = batch.msgvec();
             call(name, tx.as_raw_fd(), ptr, 0, 0, &[], Some(&batch));
         }
         other => {
@@ -222,7 +154,7 @@ fn run_loop(seconds: f64, vlen: usize, rate: Option<f64>) -> io::Result<()> {
     let started = Instant::now();
     while Instant::now() < deadline {
         // SAFETY: the batch's buffers live for the whole loop.
-        let ret = unsafe { libc::sendmmsg(tx.as_raw_fd(), batch.msgs.as_mut_ptr(), vlen as u32, 0) };
+        let ret = unsafe { libc::sendmmsg(tx.as_raw_fd(), batch.msgvec(), vlen as u32, 0) };
         calls += 1;
         messages += ret.max(0) as u64;
         if let Some(rate) = rate {

@@ -1,112 +1,192 @@
-//! Loads the BPF programs, attaches them to the kernel's hooks, and detaches them again.
-//!
-//! This is the tracepoint family (`syscalls:sys_{enter,exit}_sendmmsg` and
-//! `sock:sock_send_length`), the one with a stable ABI.
+//! Kernel hooks: loads the BPF object, attaches the programs of the hooks that [`choose`] picks
+//! for the running kernel, and detaches them again.
 
-use std::path::Path;
+pub mod choose;
+pub mod hooks;
+pub mod kernel;
+pub mod selftest;
+
+use std::{any::Any, collections::HashSet, path::Path};
 
 use anyhow::{anyhow, bail, Context, Result};
 use aya::{
-    maps::{MapData, PerCpuArray, RingBuf},
-    programs::{trace_point::TracePointLinkId, TracePoint},
+    maps::{Array, MapData, PerCpuArray, RingBuf},
+    programs::{FEntry, FExit, KProbe, TracePoint},
     Ebpf, EbpfLoader,
 };
 use otel_sendmmsg_common::Counter;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
+use self::{
+    hooks::{program, Family, MessageHook, PROTOCOL_SENDMSG},
+    kernel::{Kernel, TRACEFS},
+};
 use crate::config::Config;
 
 static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/otel-sendmmsg.bpf.o"));
 
-/// A hook: BPF program name, tracepoint category and name, and whether tracing works without it.
-struct Hook {
-    program: &'static str,
-    category: &'static str,
-    name: &'static str,
-    required: bool,
+/// An attached hook; dropping the link detaches it.
+struct Attached {
+    what: String,
+    _link: Box<dyn Any>,
 }
-
-/// In attach order: exit first and entry last, so no call is entered without its exit hook
-/// already in place (it would linger in the in-flight map). Detach goes the other way.
-const HOOKS: [Hook; 3] = [
-    Hook { program: "sendmmsg_exit", category: "syscalls", name: "sys_exit_sendmmsg", required: true },
-    // Since about 6.3; without it spans still carry the call's result, but no per-message detail.
-    Hook { program: "sendmmsg_message", category: "sock", name: "sock_send_length", required: false },
-    Hook { program: "sendmmsg_enter", category: "syscalls", name: "sys_enter_sendmmsg", required: true },
-];
-
-const TRACEFS: &str = "/sys/kernel/tracing";
 
 pub struct Probes {
     ebpf: Ebpf,
-    links: Vec<(&'static str, TracePointLinkId)>,
+    loaded: HashSet<&'static str>,
+    entry_exit: Vec<Attached>,
+    message: Vec<Attached>,
 }
 
 impl Probes {
-    /// Loads the programs into the kernel (not attached yet), sized by `config`.
-    pub fn load(config: &Config) -> Result<Self> {
+    /// Loads the BPF object, sized by `config`; no program is loaded into the kernel yet.
+    pub fn load(config: &Config, kernel: &Kernel) -> Result<Self> {
         ensure_tracefs()?;
         raise_memlock_limit();
         let self_tgid = std::process::id();
+        let wrapper = u32::from(kernel.syscall_symbol.as_ref().is_none_or(|(_, wrapped)| *wrapped));
         let ebpf = EbpfLoader::new()
             .override_global("SELF_TGID", &self_tgid, true)
+            .override_global("SYSCALL_WRAPPER", &wrapper, true)
             .map_max_entries("INFLIGHT", config.max_inflight)
             .map_max_entries("RECORDS", config.ring_buffer_bytes)
             .load(BPF_OBJECT)
             .map_err(|e| privilege_hint(anyhow!(e).context("loading the BPF object")))?;
-        let mut probes = Probes { ebpf, links: Vec::new() };
-        for hook in &HOOKS {
-            probes.tracepoint(hook.program)?.load().map_err(|e| {
-                privilege_hint(anyhow!(e).context(format!("loading BPF program {}", hook.program)))
-            })?;
-        }
-        Ok(probes)
+        Ok(Probes { ebpf, loaded: HashSet::new(), entry_exit: Vec::new(), message: Vec::new() })
     }
 
-    fn tracepoint(&mut self, program: &str) -> Result<&mut TracePoint> {
-        self.ebpf
-            .program_mut(program)
-            .with_context(|| format!("BPF program {program} missing from the object"))?
-            .try_into()
-            .with_context(|| format!("BPF program {program} is not a tracepoint program"))
-    }
-
-    /// Hands over the ring buffer the records arrive in; start reading it before [`attach`].
+    /// Hands over the ring buffer the records arrive in; start reading it before attaching.
     pub fn take_records(&mut self) -> Result<RingBuf<MapData>> {
         let map = self.ebpf.take_map("RECORDS").context("map RECORDS missing from the BPF object")?;
         RingBuf::try_from(map).context("map RECORDS is not a ring buffer")
     }
 
-    /// Attaches every hook; returns the names of those attached.
-    pub fn attach(&mut self) -> Result<Vec<String>> {
-        let mut attached = Vec::new();
-        for hook in &HOOKS {
-            let event = Path::new(TRACEFS).join("events").join(hook.category).join(hook.name);
-            if !hook.required && !event.exists() {
-                warn!(
-                    "this kernel has no {}:{} tracepoint (added in Linux 6.3): spans will carry each \
-                     call's result but no per-message detail",
-                    hook.category, hook.name
-                );
-                continue;
+    /// Attaches a family's entry and exit hooks, exit first, so no call is entered without its
+    /// exit hook in place. The error says why the family is unusable here.
+    pub fn attach_entry_exit(&mut self, family: Family, kernel: &Kernel) -> Result<(), String> {
+        let attached = match family {
+            Family::Tracepoint => {
+                for event in ["sys_enter_sendmmsg", "sys_exit_sendmmsg"] {
+                    if !Kernel::has_tracepoint("syscalls", event) {
+                        return Err(format!(
+                            "tracepoint syscalls:{event} not present (kernel without CONFIG_FTRACE_SYSCALLS?)"
+                        ));
+                    }
+                }
+                vec![
+                    self.attach_tracepoint(program::TP_EXIT, "syscalls", "sys_exit_sendmmsg"),
+                    self.attach_tracepoint(program::TP_ENTER, "syscalls", "sys_enter_sendmmsg"),
+                ]
             }
-            let link = self
-                .tracepoint(hook.program)?
-                .attach(hook.category, hook.name)
-                .with_context(|| format!("attaching to tracepoint {}:{}", hook.category, hook.name))?;
-            self.links.push((hook.program, link));
-            attached.push(format!("tracepoint {}:{}", hook.category, hook.name));
+            Family::Kprobe => {
+                kernel.kprobes.clone()?;
+                let (symbol, _) =
+                    kernel.syscall_symbol.clone().ok_or("no sendmmsg syscall symbol in /proc/kallsyms")?;
+                vec![
+                    self.attach_kprobe(program::KRETPROBE_EXIT, &symbol),
+                    self.attach_kprobe(program::KPROBE_ENTER, &symbol),
+                ]
+            }
+            Family::Fentry => {
+                let btf = kernel.btf.as_ref().map_err(Clone::clone)?;
+                vec![
+                    self.attach_fexit(program::FEXIT_EXIT, "__sys_sendmmsg", btf),
+                    self.attach_fentry(program::FENTRY_ENTER, "__sys_sendmmsg", btf),
+                ]
+            }
+        };
+        // Keep what attached even on failure, so dropping it detaches cleanly.
+        let mut error = None;
+        for a in attached {
+            match a {
+                Ok(a) => self.entry_exit.push(a),
+                Err(e) => error = error.or(Some(e)),
+            }
         }
-        Ok(attached)
+        match error {
+            None => Ok(()),
+            Some(e) => {
+                self.detach_entry_exit();
+                Err(e)
+            }
+        }
     }
 
-    /// Detaches every hook, entry first, so calls already inside still reach their exit hook.
-    pub fn detach(&mut self) {
-        while let Some((program, link)) = self.links.pop() {
-            if let Err(e) = self.tracepoint(program).and_then(|p| p.detach(link).map_err(Into::into)) {
-                warn!("detaching {program}: {e:#}");
+    /// Attaches a per-message hook (all its targets); the error says why it is unusable here.
+    pub fn attach_message(&mut self, hook: MessageHook, kernel: &Kernel) -> Result<(), String> {
+        let targets: Vec<&str> = match hook {
+            MessageHook::KretprobeSockSendmsg => vec!["sock_sendmsg"],
+            _ => PROTOCOL_SENDMSG.iter().copied().filter(|f| kernel.has_symbol(f)).collect(),
+        };
+        let attached: Vec<Result<Attached, String>> = match hook {
+            MessageHook::Tracepoint => {
+                if !Kernel::has_tracepoint("sock", "sock_send_length") {
+                    return Err("tracepoint sock:sock_send_length not present (added in Linux 6.3)".into());
+                }
+                vec![self.attach_tracepoint(program::TP_MESSAGE, "sock", "sock_send_length")]
+            }
+            MessageHook::KretprobeSockSendmsg | MessageHook::KretprobeProtocol => {
+                kernel.kprobes.clone()?;
+                if targets.is_empty() {
+                    return Err("none of its functions is in /proc/kallsyms".into());
+                }
+                if hook == MessageHook::KretprobeSockSendmsg && !kernel.has_symbol("sock_sendmsg") {
+                    return Err("sock_sendmsg is not in /proc/kallsyms".into());
+                }
+                targets.iter().map(|f| self.attach_kprobe(program::KRETPROBE_MESSAGE, f)).collect()
+            }
+            MessageHook::FexitProtocol => {
+                let btf = kernel.btf.as_ref().map_err(Clone::clone)?;
+                program::FEXIT_PROTOCOL
+                    .iter()
+                    .filter(|(_, f)| targets.contains(f))
+                    .map(|(p, f)| self.attach_fexit(p, f, btf))
+                    .collect()
+            }
+        };
+        let mut error = None;
+        for a in attached {
+            match a {
+                Ok(a) => self.message.push(a),
+                Err(e) => error = error.or(Some(e)),
             }
         }
+        match error {
+            None if self.message.is_empty() => Err("nothing to attach to".into()),
+            None => Ok(()),
+            Some(e) => {
+                self.detach_message();
+                Err(e)
+            }
+        }
+    }
+
+    pub fn detach_entry_exit(&mut self) {
+        // Entry first (it was attached last), so calls already inside still reach their exit.
+        while let Some(a) = self.entry_exit.pop() {
+            debug!("detaching {}", a.what);
+        }
+    }
+
+    pub fn detach_message(&mut self) {
+        self.message.clear();
+    }
+
+    /// Detaches every hook, entry first.
+    pub fn detach(&mut self) {
+        self.detach_entry_exit();
+        self.detach_message();
+    }
+
+    /// What is attached now, for the log.
+    pub fn attached(&self) -> Vec<String> {
+        self.entry_exit.iter().chain(&self.message).map(|a| a.what.clone()).collect()
+    }
+
+    /// Lets the BPF side trace the sidecar's own thread `tid` (0: none again).
+    pub fn set_self_test_thread(&mut self, tid: u32) -> Result<()> {
+        let map = self.ebpf.map_mut("SELF_TEST_TID").context("map SELF_TEST_TID missing")?;
+        Array::<_, u32>::try_from(map)?.set(0, tid, 0).context("setting the self-test thread")
     }
 
     /// The BPF side's loss and anomaly counters, summed over CPUs.
@@ -115,9 +195,84 @@ impl Probes {
         let counters = PerCpuArray::<_, u64>::try_from(map)?;
         Counter::ALL.iter().map(|&c| Ok((c, counters.get(&(c as u32), 0)?.iter().sum()))).collect()
     }
+
+    fn program<'a, P>(&'a mut self, name: &str) -> Result<&'a mut P, String>
+    where
+        &'a mut P: TryFrom<&'a mut aya::programs::Program>,
+    {
+        let prog = self.ebpf.program_mut(name).ok_or_else(|| format!("BPF program {name} missing"))?;
+        prog.try_into().map_err(|_| format!("BPF program {name} has another type"))
+    }
+
+    fn attach_tracepoint(
+        &mut self,
+        name: &'static str,
+        category: &str,
+        event: &str,
+    ) -> Result<Attached, String> {
+        let first = self.loaded.insert(name);
+        let prog: &mut TracePoint = self.program(name)?;
+        if first {
+            prog.load().map_err(|e| load_error(name, e))?;
+        }
+        let id = prog.attach(category, event).map_err(|e| format!("attach refused: {e}"))?;
+        let link = prog.take_link(id).map_err(|e| e.to_string())?;
+        Ok(Attached { what: format!("tracepoint {category}:{event}"), _link: Box::new(link) })
+    }
+
+    fn attach_kprobe(&mut self, name: &'static str, function: &str) -> Result<Attached, String> {
+        let first = self.loaded.insert(name);
+        let prog: &mut KProbe = self.program(name)?;
+        if first {
+            prog.load().map_err(|e| load_error(name, e))?;
+        }
+        let kind = if name.contains("kretprobe") { "kretprobe" } else { "kprobe" };
+        let id = prog.attach(function, 0).map_err(|e| format!("attach to {function} refused: {e}"))?;
+        let link = prog.take_link(id).map_err(|e| e.to_string())?;
+        Ok(Attached { what: format!("{kind} {function}"), _link: Box::new(link) })
+    }
+
+    fn attach_fentry(
+        &mut self,
+        name: &'static str,
+        function: &str,
+        btf: &aya::Btf,
+    ) -> Result<Attached, String> {
+        let first = self.loaded.insert(name);
+        let prog: &mut FEntry = self.program(name)?;
+        if first {
+            prog.load(function, btf).map_err(|e| load_error(name, e))?;
+        }
+        let id = prog.attach().map_err(|e| format!("attach refused: {e}"))?;
+        let link = prog.take_link(id).map_err(|e| e.to_string())?;
+        Ok(Attached { what: format!("fentry {function}"), _link: Box::new(link) })
+    }
+
+    fn attach_fexit(
+        &mut self,
+        name: &'static str,
+        function: &str,
+        btf: &aya::Btf,
+    ) -> Result<Attached, String> {
+        let first = self.loaded.insert(name);
+        let prog: &mut FExit = self.program(name)?;
+        if first {
+            prog.load(function, btf).map_err(|e| load_error(name, e))?;
+        }
+        let id = prog.attach().map_err(|e| format!("attach refused: {e}"))?;
+        let link = prog.take_link(id).map_err(|e| e.to_string())?;
+        Ok(Attached { what: format!("fexit {function}"), _link: Box::new(link) })
+    }
 }
 
-/// Tracepoints are found through tracefs, which is not mounted on every boot.
+/// "load refused: <the kernel's reason>", with the verifier log's first line at most.
+fn load_error(program: &str, e: aya::programs::ProgramError) -> String {
+    let text = format!("{:#}", anyhow!(e));
+    let first = text.lines().next().unwrap_or_default();
+    format!("load of {program} refused: {first}")
+}
+
+/// Tracepoints and kprobes are found through tracefs, which is not mounted on every boot.
 fn ensure_tracefs() -> Result<()> {
     if Path::new(TRACEFS).join("events").is_dir() {
         return Ok(());

@@ -192,11 +192,21 @@ impl Sidecar {
     /// Starts the sidecar with exactly these variables (plus PATH), and waits until it reports
     /// its probes attached.
     pub fn start(vars: &[(&str, &str)]) -> Sidecar {
+        Sidecar::try_start(vars).unwrap_or_else(|(status, stderr)| {
+            panic!("the sidecar exited before it was ready ({status}):\n{stderr}")
+        })
+    }
+
+    /// Like [`Sidecar::start`], but a sidecar that exits before it is ready is an answer, not
+    /// a failure: its exit status and log.
+    pub fn try_start(vars: &[(&str, &str)]) -> Result<Sidecar, (ExitStatus, String)> {
         let mut child = Command::new(SIDECAR)
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
+            // The kernel matrix runs these tests once per attach family.
+            .envs(std::env::var("OTEL_SENDMMSG_ATTACH").ok().map(|v| ("OTEL_SENDMMSG_ATTACH", v)))
             .envs(vars.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -221,10 +231,11 @@ impl Sidecar {
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
             if ready_rx.recv_timeout(Duration::from_millis(100)).is_ok() {
-                return sidecar;
+                return Ok(sidecar);
             }
             if let Some(status) = sidecar.child.try_wait().unwrap() {
-                panic!("the sidecar exited before it was ready ({status}):\n{}", sidecar.stderr());
+                std::thread::sleep(Duration::from_millis(100)); // the log's last lines
+                return Err((status, sidecar.stderr()));
             }
             if Instant::now() > deadline {
                 let _ = sidecar.child.kill();
