@@ -4,7 +4,7 @@
 
 use serde::Deserialize;
 
-use crate::probes::hooks::Family;
+use crate::{probes::hooks::Family, spans::MessageDetail};
 
 pub const PREFIX: &str = "OTEL_SENDMMSG_";
 
@@ -20,10 +20,12 @@ struct OwnVars {
     max_inflight: Option<String>,
     /// `auto` (default: the cheapest family that works here), `fentry`, `kprobe` or `tracepoint`.
     attach: Option<String>,
+    /// `events` (default), `spans` or `none`: how each message of a call is shown.
+    message_detail: Option<String>,
 }
 
 /// Each documented in README.md; every one of them is known here so typos can be caught.
-const OWN_VARIABLES: &[&str] = &["RING_BUFFER_BYTES", "MAX_INFLIGHT", "ATTACH"];
+const OWN_VARIABLES: &[&str] = &["RING_BUFFER_BYTES", "MAX_INFLIGHT", "ATTACH", "MESSAGE_DETAIL"];
 
 /// The standard variables this sidecar honours, checked here and read again by the OTLP exporter
 /// and the SDK's batch processor.
@@ -57,6 +59,7 @@ pub struct Config {
     pub ring_buffer_bytes: u32,
     pub max_inflight: u32,
     pub attach: Attach,
+    pub message_detail: MessageDetail,
     pub output: Output,
 }
 
@@ -160,8 +163,14 @@ impl Config {
                     || invalid("OTEL_SENDMMSG_ATTACH", v, "auto, fentry, kprobe or tracepoint"),
                 )?,
             };
+        let message_detail = match own.message_detail.as_deref().map(str::trim) {
+            None | Some("events") => MessageDetail::Events,
+            Some("spans") => MessageDetail::Spans,
+            Some("none") => MessageDetail::None,
+            Some(v) => return Err(invalid("OTEL_SENDMMSG_MESSAGE_DETAIL", v, "events, spans or none")),
+        };
         let output = std_vars.output()?;
-        Ok(Config { ring_buffer_bytes, max_inflight, attach, output })
+        Ok(Config { ring_buffer_bytes, max_inflight, attach, message_detail, output })
     }
 }
 
@@ -322,6 +331,7 @@ mod tests {
                 ring_buffer_bytes: DEFAULT_RING_BUFFER_BYTES,
                 max_inflight: DEFAULT_MAX_INFLIGHT,
                 attach: Attach::Auto,
+                message_detail: MessageDetail::Events,
                 output: Output::Console
             }
         );
@@ -387,6 +397,14 @@ mod tests {
             (err.variable.as_str(), err.accepts.as_str()),
             ("OTEL_SENDMMSG_ATTACH", "auto, fentry, kprobe or tracepoint")
         );
+    }
+
+    #[test]
+    fn message_detail_is_events_spans_or_none() {
+        let detail = |v: &str| config(&[("OTEL_SENDMMSG_MESSAGE_DETAIL", v)]).map(|c| c.message_detail);
+        assert_eq!(detail("spans"), Ok(MessageDetail::Spans));
+        assert_eq!(detail("none"), Ok(MessageDetail::None));
+        assert_eq!(detail("all").unwrap_err().accepts, "events, spans or none");
     }
 
     #[test]

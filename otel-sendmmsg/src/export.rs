@@ -129,6 +129,8 @@ mod tests {
     fn a_console_line_shows_time_duration_status_and_attributes() {
         let start = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         let span = SyscallSpan {
+            pid: 7,
+            children: vec![],
             start,
             end: start + Duration::from_nanos(3_100),
             attributes: vec![

@@ -63,7 +63,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let mut pipeline = Pipeline {
         exporter: Exporter::new(&config.output)?,
         // Until a per-message hook has proved itself, calls carry no trustworthy message detail.
-        options: SpanOptions { per_message: false },
+        options: SpanOptions { per_message: false, detail: config.message_detail },
         clock: WallClock::now(),
         spans: 0,
         undecodable: 0,

@@ -17,23 +17,51 @@ use crate::{
 pub const SPAN_NAME: &str = "sendmmsg";
 pub const MESSAGE_EVENT: &str = "message";
 
+pub const MESSAGE_SPAN_NAME: &str = "sendmmsg.message";
+
 /// A finished `sendmmsg` span, ready for any exporter.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SyscallSpan {
+    /// The calling process, whose resource the span belongs to.
+    pub pid: u32,
     pub start: SystemTime,
     pub end: SystemTime,
     pub attributes: Vec<KeyValue>,
-    /// One per message with detail, in the order the kernel sent them.
+    /// One per message with detail, in the order the kernel sent them ([`MessageDetail::Events`]).
     pub events: Vec<Event>,
+    /// One child span per message with detail, in order ([`MessageDetail::Spans`]).
+    pub children: Vec<MessageSpan>,
     pub status: Status,
 }
 
-/// What the hooks in use can tell about a call.
+/// One message as a child span of its call: from the previous message's end (or the call's
+/// start) to the moment its send returned.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MessageSpan {
+    pub start: SystemTime,
+    pub end: SystemTime,
+    pub attributes: Vec<KeyValue>,
+    pub status: Status,
+}
+
+/// How each message of a call is shown (`OTEL_SENDMMSG_MESSAGE_DETAIL`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MessageDetail {
+    /// Span events on the call's span: cheap, and shown inline by Jaeger.
+    Events,
+    /// Child spans of the call's span, for backends that query spans, not events.
+    Spans,
+    /// Counters only.
+    None,
+}
+
+/// What the hooks in use can tell about a call, and how to show it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SpanOptions {
     /// A per-message hook proved itself at start-up: message counters and events are true.
     /// Without one they would all read 0, so they are left out.
     pub per_message: bool,
+    pub detail: MessageDetail,
 }
 
 /// Builds the span of one call; `clock` places the kernel's monotonic times on the wall clock.
@@ -83,22 +111,33 @@ pub fn span_for(call: &Call, clock: &WallClock, options: SpanOptions) -> Syscall
     ]);
 
     let detail = if options.per_message { call.detail.as_slice() } else { &[] };
-    let events = detail
-        .iter()
-        .enumerate()
-        .map(|(index, message)| {
-            let mut attrs = vec![KeyValue::new("sendmmsg.message.index", index as i64)];
-            if message.ret >= 0 {
-                attrs.push(KeyValue::new("sendmmsg.message.bytes", i64::from(message.ret)));
-            } else {
-                attrs.push(KeyValue::new("error.type", errno_name(message.ret.into())));
+    let messages = detail.iter().enumerate().map(|(index, message)| {
+        let mut attrs = vec![KeyValue::new("sendmmsg.message.index", index as i64)];
+        if message.ret >= 0 {
+            attrs.push(KeyValue::new("sendmmsg.message.bytes", i64::from(message.ret)));
+        } else {
+            attrs.push(KeyValue::new("error.type", errno_name(message.ret.into())));
+        }
+        attrs.push(KeyValue::new("sendmmsg.message.offset_ns", message.offset_ns as i64));
+        (start + Duration::from_nanos(message.offset_ns), message.ret, attrs)
+    });
+    let (mut events, mut children) = (Vec::new(), Vec::new());
+    match options.detail {
+        MessageDetail::Events => {
+            events = messages.map(|(at, _, attrs)| Event::new(MESSAGE_EVENT, at, attrs, 0)).collect();
+        }
+        MessageDetail::Spans => {
+            let mut previous_end = start;
+            for (at, ret, attributes) in messages {
+                let status = if ret < 0 { Status::error(errno_name(ret.into())) } else { Status::Unset };
+                children.push(MessageSpan { start: previous_end, end: at, attributes, status });
+                previous_end = at;
             }
-            attrs.push(KeyValue::new("sendmmsg.message.offset_ns", message.offset_ns as i64));
-            Event::new(MESSAGE_EVENT, start + Duration::from_nanos(message.offset_ns), attrs, 0)
-        })
-        .collect();
+        }
+        MessageDetail::None => {}
+    }
 
-    SyscallSpan { start, end, attributes, events, status }
+    SyscallSpan { pid: call.pid, start, end, attributes, events, children, status }
 }
 
 #[cfg(test)]
@@ -116,7 +155,7 @@ mod tests {
         span.attributes.iter().find(|kv| kv.key.as_str() == key).map(|kv| &kv.value)
     }
 
-    const PER_MESSAGE: SpanOptions = SpanOptions { per_message: true };
+    const PER_MESSAGE: SpanOptions = SpanOptions { per_message: true, detail: MessageDetail::Events };
 
     fn clock() -> WallClock {
         WallClock::from_readings(1_700_000_000_000_000_000, 0)
@@ -175,7 +214,8 @@ mod tests {
     #[test]
     fn without_a_per_message_hook_message_fields_are_left_out_not_zero() {
         let call = decode(&bytes_of(&record(&[100, -libc::EMSGSIZE]))).unwrap();
-        let span = span_for(&call, &clock(), SpanOptions { per_message: false });
+        let span =
+            span_for(&call, &clock(), SpanOptions { per_message: false, detail: MessageDetail::Events });
         for key in ["sendmmsg.bytes", "sendmmsg.messages.attempted", "sendmmsg.messages.failed", "error.type"]
         {
             assert_eq!(attr(&span, key), None, "{key}");
@@ -183,6 +223,24 @@ mod tests {
         assert_eq!(attr(&span, "sendmmsg.sent"), Some(&Value::I64(1)));
         assert!(span.events.is_empty());
         assert_eq!(span.status, Status::Unset);
+    }
+
+    #[test]
+    fn message_detail_as_child_spans_tiles_the_call_in_order() {
+        let call = decode(&bytes_of(&record(&[100, -libc::EMSGSIZE]))).unwrap();
+        let options = SpanOptions { per_message: true, detail: MessageDetail::Spans };
+        let span = span_for(&call, &clock(), options);
+        assert!(span.events.is_empty());
+        assert_eq!(span.children.len(), 2);
+        let (first, second) = (&span.children[0], &span.children[1]);
+        assert_eq!((first.start, first.end), (span.start, span.start + Duration::from_nanos(1_000)));
+        assert_eq!((second.start, second.end), (first.end, span.start + Duration::from_nanos(2_000)));
+        assert_eq!(first.status, Status::Unset);
+        assert_eq!(second.status, Status::error("EMSGSIZE"));
+        assert!(second.attributes.contains(&KeyValue::new("error.type", "EMSGSIZE")));
+        let none = span_for(&call, &clock(), SpanOptions { per_message: true, detail: MessageDetail::None });
+        assert!(none.events.is_empty() && none.children.is_empty());
+        assert_eq!(attr(&none, "sendmmsg.messages.failed"), Some(&Value::I64(1)));
     }
 
     #[test]
