@@ -6,19 +6,48 @@
 
 /// Bumped whenever [`CallRecord`]'s layout changes, so a sidecar never misreads records from a
 /// BPF object of another layout.
-pub const RECORD_VERSION: u32 = 1;
+pub const RECORD_VERSION: u32 = 2;
 
 /// How many messages of one call get their own result and time in a record.
 ///
 /// Batched senders commonly use 32 to 64 messages per call (QUIC stacks and DNS servers batch up
 /// to 64), so 64 covers a whole typical batch; beyond it, the counters still cover every message.
-/// 64 slots keep a record at about 1.1 KiB, so a 4 MiB ring buffer holds ~3,600 calls.
+/// 64 slots keep a record at about 2.7 KiB, so a 4 MiB ring buffer holds ~1,500 calls.
 pub const MAX_MESSAGE_DETAIL: usize = 64;
 
 /// The kernel clamps `vlen` to `UIO_MAXIOV` (1024), so no call has more messages than this.
 pub const MAX_VLEN: u32 = 1024;
 
-/// The result of one message of a call, as the per-message hook saw it.
+/// What became of reading a message's explicit destination (`msg_name`) at entry.
+pub mod name_status {
+    /// No `msg_name`: the message goes to the connected peer.
+    pub const NONE: u8 = 0;
+    /// Read: an IPv4 or IPv6 address and port.
+    pub const READ: u8 = 1;
+    /// The pointer (or the `msgvec` entry holding it) could not be read.
+    pub const UNREADABLE: u8 = 2;
+    /// Read, but of another family (only the family is kept).
+    pub const OTHER_FAMILY: u8 = 3;
+}
+
+/// A message's explicit destination, as the caller gave it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Destination {
+    /// One of [`name_status`].
+    pub status: u8,
+    pub _pad: u8,
+    /// `AF_INET`, `AF_INET6`, ...
+    pub family: u16,
+    /// Network byte order, as in the sockaddr.
+    pub port_be: u16,
+    pub _pad2: u16,
+    /// IPv4 in the first 4 bytes, or IPv6.
+    pub addr: [u8; 16],
+}
+
+/// The result of one message of a call, as the per-message hook saw it, and its destination
+/// as the entry hook read it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct MessageResult {
@@ -27,6 +56,78 @@ pub struct MessageResult {
     pub _pad: u32,
     /// When the message's send returned, in ns since the call's entry.
     pub offset_ns: u64,
+    pub dest: Destination,
+}
+
+/// The socket a call sent on, read from the kernel's `struct sock` at exit.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SocketInfo {
+    /// 0 when unknown: no kernel BTF, not a socket, or the fd was gone.
+    pub family: u16,
+    /// `sk_protocol`: `IPPROTO_UDP`, `IPPROTO_TCP`, ... (0 for unix sockets).
+    pub protocol: u16,
+    /// `SOCK_DGRAM`, `SOCK_STREAM`, ...
+    pub sock_type: u16,
+    /// Host byte order (`skc_num`).
+    pub local_port: u16,
+    /// Network byte order (`skc_dport`); 0 when not connected.
+    pub peer_port_be: u16,
+    pub _pad: [u16; 3],
+    /// IPv4 in the first 4 bytes, or IPv6; all zero when unbound or not connected.
+    pub local_addr: [u8; 16],
+    pub peer_addr: [u8; 16],
+}
+
+/// Byte offsets of the kernel fields the BPF side reads, found in the running kernel's BTF by
+/// user space at load time, so no offset is compiled in for one kernel.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelOffsets {
+    /// 1 when every offset below was found; 0 leaves socket context out.
+    pub valid: u32,
+    pub task_group_leader: u32,
+    pub task_comm: u32,
+    pub task_files: u32,
+    pub files_fdt: u32,
+    pub fdt_max_fds: u32,
+    pub fdt_fd: u32,
+    pub file_private_data: u32,
+    pub socket_type: u32,
+    pub socket_file: u32,
+    pub socket_sk: u32,
+    pub sk_family: u32,
+    pub sk_protocol: u32,
+    pub sk_daddr: u32,
+    pub sk_rcv_saddr: u32,
+    pub sk_dport: u32,
+    pub sk_num: u32,
+    pub sk_v6_daddr: u32,
+    pub sk_v6_rcv_saddr: u32,
+}
+
+/// Which filters are on, and their scalar settings; the sets live in BPF hash maps.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FilterSettings {
+    /// Bits of [`filter`].
+    pub flags: u32,
+    pub _pad: u32,
+    /// Calls shorter than this are dropped at exit (0: none).
+    pub min_duration_ns: u64,
+}
+
+pub mod filter {
+    /// Trace only processes whose pid is in the PIDS map.
+    pub const PIDS: u32 = 1;
+    /// Trace only threads whose process name (`comm` of the thread group leader) is in COMMS.
+    pub const COMMS: u32 = 2;
+    /// Trace only tasks whose cgroup v2 id is in CGROUPS.
+    pub const CGROUPS: u32 = 4;
+    /// Export only calls that failed or had a failed message.
+    pub const ERRORS_ONLY: u32 = 8;
+    /// The filters decided at entry (before any per-call work).
+    pub const AT_ENTRY: u32 = PIDS | COMMS | CGROUPS;
 }
 
 /// One `sendmmsg` call, from entry to exit.
@@ -71,19 +172,21 @@ pub struct CallRecord {
     pub sk: u64,
     /// The thread's `comm` at entry, NUL-padded.
     pub comm: [u8; 16],
-    /// Results of the first `min(messages, MAX_MESSAGE_DETAIL)` messages; the rest is garbage.
+    pub socket: SocketInfo,
+    /// Per message: `ret` and `offset_ns` for the first `min(messages, MAX_MESSAGE_DETAIL)`,
+    /// `dest` for the first `min(vlen, MAX_MESSAGE_DETAIL)`; the rest is garbage.
     pub detail: [MessageResult; MAX_MESSAGE_DETAIL],
 }
 
 impl CallRecord {
     /// How many entries of [`CallRecord::detail`] are valid.
     pub fn detail_len(&self) -> usize {
-        let n = self.messages as usize;
-        if n < MAX_MESSAGE_DETAIL {
-            n
-        } else {
-            MAX_MESSAGE_DETAIL
-        }
+        (self.messages as usize).min(MAX_MESSAGE_DETAIL)
+    }
+
+    /// How many entries of [`CallRecord::detail`] have their destination read.
+    pub fn destinations_len(&self) -> usize {
+        (self.vlen as usize).min(MAX_MESSAGE_DETAIL)
     }
 }
 
@@ -99,15 +202,19 @@ pub enum Counter {
     /// messages (beyond `vlen`, or another socket); it was ignored.
     StrayMessages = 2,
     /// An exit with no entry in flight (the sidecar attached mid-call, or the LRU map evicted it).
+    /// Not counted while entry filters are on: untraced processes' exits look the same.
     ExitWithoutEntry = 3,
+    /// A traced call dropped at exit by the duration or errors-only filter (not a loss).
+    FilteredAtExit = 4,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 4] = [
+    pub const ALL: [Counter; 5] = [
         Counter::RingBufferFull,
         Counter::InflightInsertFailed,
         Counter::StrayMessages,
         Counter::ExitWithoutEntry,
+        Counter::FilteredAtExit,
     ];
     pub const COUNT: u32 = Self::ALL.len() as u32;
 
@@ -117,15 +224,21 @@ impl Counter {
             Counter::InflightInsertFailed => "inflight_insert_failed",
             Counter::StrayMessages => "stray_messages",
             Counter::ExitWithoutEntry => "exit_without_entry",
+            Counter::FilteredAtExit => "filtered_at_exit",
         }
     }
 }
 
 // The layout is part of the kernel/user contract: catch accidental changes at compile time.
-const _: () = assert!(core::mem::size_of::<MessageResult>() == 16);
-const _: () = assert!(core::mem::size_of::<CallRecord>() == 112 + 16 * MAX_MESSAGE_DETAIL);
+const _: () = assert!(core::mem::size_of::<Destination>() == 24);
+const _: () = assert!(core::mem::size_of::<MessageResult>() == 40);
+const _: () = assert!(core::mem::size_of::<SocketInfo>() == 48);
+const _: () = assert!(core::mem::size_of::<CallRecord>() == 160 + 40 * MAX_MESSAGE_DETAIL);
 const _: () = assert!(core::mem::align_of::<CallRecord>() == 8);
-const _: () = assert!(core::mem::offset_of!(CallRecord, detail) == 112);
+const _: () = assert!(core::mem::offset_of!(CallRecord, socket) == 112);
+const _: () = assert!(core::mem::offset_of!(CallRecord, detail) == 160);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 19 * 4);
+const _: () = assert!(core::mem::size_of::<FilterSettings>() == 16);
 
 #[cfg(feature = "user")]
 mod user {
@@ -133,4 +246,6 @@ mod user {
     // that is not an explicit field.
     unsafe impl aya::Pod for super::CallRecord {}
     unsafe impl aya::Pod for super::MessageResult {}
+    unsafe impl aya::Pod for super::KernelOffsets {}
+    unsafe impl aya::Pod for super::FilterSettings {}
 }

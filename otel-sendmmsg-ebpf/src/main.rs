@@ -5,8 +5,11 @@
 #![no_main]
 
 mod fentry;
+mod filters;
 mod kprobe;
+mod msgname;
 mod pairing;
+mod socket;
 mod tracepoint;
 
 #[cfg(not(test))]

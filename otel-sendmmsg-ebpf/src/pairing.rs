@@ -14,7 +14,9 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, LruHashMap, PerCpuArray, RingBuf},
 };
-use otel_sendmmsg_common::{CallRecord, Counter, MessageResult, MAX_VLEN, RECORD_VERSION};
+use otel_sendmmsg_common::{filter, CallRecord, Counter, MAX_VLEN, RECORD_VERSION};
+
+use crate::{filters, msgname, socket};
 
 /// Calls in flight, by thread id. LRU, so an entry whose exit never comes (the sidecar attached
 /// mid-call) is evicted instead of leaking. User space resizes it at load time.
@@ -75,8 +77,16 @@ fn is_self(tgid: u32) -> bool {
 #[inline(always)]
 pub fn on_entry(args: CallArgs) {
     let (tgid, tid) = current_ids();
-    if is_self(tgid) && SELF_TEST_TID.get(0).copied() != Some(tid) {
-        return;
+    if is_self(tgid) {
+        // Only the self-test thread, and past the filters: it proves the hooks, not the filters.
+        if SELF_TEST_TID.get(0).copied() != Some(tid) {
+            return;
+        }
+    } else {
+        let flags = filters::settings().flags;
+        if flags & filter::AT_ENTRY != 0 && !filters::traced_at_entry(tgid, flags) {
+            return;
+        }
     }
     let Some(rec) = SCRATCH.get_ptr_mut(0) else {
         return;
@@ -110,7 +120,9 @@ pub fn on_entry(args: CallArgs) {
     // the helper zeroes the buffer, which reads as an empty name.
     // SAFETY: `comm` is 16 writable bytes, TASK_COMM_LEN.
     unsafe { bpf_get_current_comm(rec.comm.as_mut_ptr().cast(), rec.comm.len() as u32) };
-    // `detail` is left as is: only its first `messages` entries are ever read.
+    // The rest of `detail` is filled by the per-message hook; slots past what the counters say
+    // are never read.
+    msgname::read_destinations(args.msgvec, args.vlen, &mut rec.detail);
     if INFLIGHT.insert(tid, &*rec, 0).is_err() {
         count(Counter::InflightInsertFailed);
     }
@@ -138,7 +150,9 @@ pub fn on_message(socket: u64, ret: i64) {
     }
     let now = unsafe { bpf_ktime_get_ns() };
     if let Some(slot) = rec.detail.get_mut(index as usize) {
-        *slot = MessageResult { ret: ret as i32, _pad: 0, offset_ns: now.wrapping_sub(rec.start_ns) };
+        // Field by field: the entry hook already wrote this slot's destination.
+        slot.ret = ret as i32;
+        slot.offset_ns = now.wrapping_sub(rec.start_ns);
     }
     rec.messages = index + 1;
     if ret >= 0 {
@@ -156,8 +170,10 @@ pub fn on_message(socket: u64, ret: i64) {
 #[inline(always)]
 pub fn on_exit(ret: i64) {
     let (tgid, tid) = current_ids();
+    let settings = filters::settings();
     let Some(rec) = INFLIGHT.get_ptr_mut(tid) else {
-        if !is_self(tgid) {
+        // With entry filters on, every untraced call ends here: not an anomaly.
+        if !is_self(tgid) && settings.flags & filter::AT_ENTRY == 0 {
             count(Counter::ExitWithoutEntry);
         }
         return;
@@ -168,10 +184,15 @@ pub fn on_exit(ret: i64) {
     rec.ret = ret;
     // A kernel address: it never leaves the kernel.
     rec.sk = 0;
-    // One copy, map value -> ring buffer; the default flags let the kernel skip the wake-up
-    // when the reader is still busy with earlier records.
-    if RECORDS.output::<CallRecord>(&*rec, 0).is_err() {
-        count(Counter::RingBufferFull);
+    if !is_self(tgid) && !filters::kept_at_exit(rec, &settings) {
+        count(Counter::FilteredAtExit);
+    } else {
+        let _ = socket::read_socket(rec.sockfd, &mut rec.socket);
+        // One copy, map value -> ring buffer; the default flags let the kernel skip the
+        // wake-up when the reader is still busy with earlier records.
+        if RECORDS.output::<CallRecord>(&*rec, 0).is_err() {
+            count(Counter::RingBufferFull);
+        }
     }
     let _ = INFLIGHT.remove(tid);
 }

@@ -1,0 +1,87 @@
+//! Filters applied in the kernel, so untraced processes cost one check at entry and one map
+//! miss at exit. Set once by user space at load time.
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_cgroup_id, bpf_get_current_task, generated::bpf_get_current_comm},
+    macros::map,
+    maps::HashMap,
+};
+use otel_sendmmsg_common::{filter, CallRecord, FilterSettings};
+
+use crate::socket::{offsets, read};
+
+#[unsafe(no_mangle)]
+static FILTERS: FilterSettings = FilterSettings { flags: 0, _pad: 0, min_duration_ns: 0 };
+
+/// Process ids (thread group ids) to trace.
+#[map]
+static FILTER_PIDS: HashMap<u32, u8> = HashMap::with_max_entries(1024, 0);
+
+/// Process names (the thread group leader's `comm`, NUL-padded) to trace.
+#[map]
+static FILTER_COMMS: HashMap<[u8; 16], u8> = HashMap::with_max_entries(1024, 0);
+
+/// cgroup v2 ids (the cgroup directory's inode number) to trace.
+#[map]
+static FILTER_CGROUPS: HashMap<u64, u8> = HashMap::with_max_entries(4096, 0);
+
+#[inline(always)]
+pub fn settings() -> FilterSettings {
+    // SAFETY: a global the loader overwrites; volatile keeps the compiler from folding it.
+    unsafe { core::ptr::read_volatile(&FILTERS) }
+}
+
+/// Whether the current task's calls are traced: it must match every kind of entry filter that
+/// is on (any value within a kind).
+#[inline(always)]
+pub fn traced_at_entry(tgid: u32, flags: u32) -> bool {
+    if flags & filter::PIDS != 0 && unsafe { FILTER_PIDS.get(&tgid) }.is_none() {
+        return false;
+    }
+    if flags & filter::CGROUPS != 0 {
+        // SAFETY: no preconditions.
+        let cgroup = unsafe { bpf_get_current_cgroup_id() };
+        if unsafe { FILTER_CGROUPS.get(&cgroup) }.is_none() {
+            return false;
+        }
+    }
+    if flags & filter::COMMS != 0 {
+        let Some(comm) = process_name() else {
+            return false;
+        };
+        if unsafe { FILTER_COMMS.get(&comm) }.is_none() {
+            return false;
+        }
+    }
+    true
+}
+
+/// The process's name: its thread group leader's `comm` (a worker thread's own name differs).
+/// Without BTF offsets, the thread's own name is the best there is.
+#[inline(always)]
+fn process_name() -> Option<[u8; 16]> {
+    let off = offsets();
+    if off.valid == 0 {
+        let mut comm = core::mem::MaybeUninit::<[u8; 16]>::uninit();
+        // SAFETY: the helper writes all 16 bytes, or zeroes them on failure; no stack zeroing
+        // first, which would be a `memset` call the loader refuses.
+        unsafe { bpf_get_current_comm(comm.as_mut_ptr().cast(), 16) };
+        return Some(unsafe { comm.assume_init() });
+    }
+    // SAFETY: reading the current task pointer has no preconditions.
+    let task = unsafe { bpf_get_current_task() };
+    let leader: u64 = read(task, off.task_group_leader)?;
+    read(leader, off.task_comm)
+}
+
+/// Whether a finished call is exported, by the filters decided at exit.
+#[inline(always)]
+pub fn kept_at_exit(rec: &CallRecord, settings: &FilterSettings) -> bool {
+    if rec.end_ns.wrapping_sub(rec.start_ns) < settings.min_duration_ns {
+        return false;
+    }
+    if settings.flags & filter::ERRORS_ONLY != 0 && rec.ret >= 0 && rec.messages_failed == 0 {
+        return false;
+    }
+    true
+}

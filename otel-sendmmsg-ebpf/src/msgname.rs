@@ -1,0 +1,75 @@
+//! Each message's explicit destination (`msg_name`), read from the caller's memory at entry.
+//! The caller may pass anything: an unreadable pointer is recorded, never an error.
+
+use aya_ebpf::helpers::bpf_probe_read_user;
+use otel_sendmmsg_common::{name_status, Destination, MessageResult, MAX_MESSAGE_DETAIL};
+
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+
+/// `struct mmsghdr` in the 64-bit user ABI: `struct msghdr` (56 bytes) then `msg_len`, padded.
+const MMSGHDR_SIZE: u64 = 64;
+
+/// The head of `struct msghdr`: `void *msg_name; int msg_namelen;` (+ padding).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct NameHead {
+    name: u64,
+    namelen: u32,
+    _pad: u32,
+}
+
+/// `sockaddr_in6` up to its address; its first 8 bytes are laid out as `sockaddr_in`'s.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct SockaddrHead {
+    family: u16,
+    port_be: u16,
+    v4_or_flowinfo: [u8; 4],
+}
+
+/// Reads the destinations of the first `min(vlen, MAX_MESSAGE_DETAIL)` messages into `detail`.
+#[inline(always)]
+pub fn read_destinations(msgvec: u64, vlen: u32, detail: &mut [MessageResult; MAX_MESSAGE_DETAIL]) {
+    for (i, slot) in detail.iter_mut().enumerate() {
+        if i as u32 >= vlen {
+            break;
+        }
+        slot.dest.status = read_one(msgvec + i as u64 * MMSGHDR_SIZE, &mut slot.dest);
+    }
+}
+
+/// Fills what `dest`'s status says is valid (family and port when read or of another family,
+/// the address when read) and returns that status; nothing else is written, so no zeroing
+/// `memset` is needed.
+#[inline(always)]
+fn read_one(mmsghdr: u64, dest: &mut Destination) -> u8 {
+    // SAFETY: user memory read through the helper, which fails cleanly on a bad address.
+    let Ok(head) = (unsafe { bpf_probe_read_user(mmsghdr as *const NameHead) }) else {
+        return name_status::UNREADABLE;
+    };
+    if head.name == 0 || head.namelen == 0 {
+        return name_status::NONE; // the connected peer
+    }
+    let Ok(sa) = (unsafe { bpf_probe_read_user(head.name as *const SockaddrHead) }) else {
+        return name_status::UNREADABLE;
+    };
+    dest.family = sa.family;
+    dest.port_be = sa.port_be;
+    match sa.family {
+        AF_INET => {
+            // SAFETY: 4 in-bounds bytes of a [u8; 16].
+            unsafe { core::ptr::write_unaligned(dest.addr.as_mut_ptr().cast(), sa.v4_or_flowinfo) };
+            name_status::READ
+        }
+        // sin6_addr follows sin6_flowinfo, at offset 8.
+        AF_INET6 => match unsafe { bpf_probe_read_user((head.name + 8) as *const [u8; 16]) } {
+            Ok(addr) => {
+                dest.addr = addr;
+                name_status::READ
+            }
+            Err(_) => name_status::UNREADABLE,
+        },
+        _ => name_status::OTHER_FAMILY,
+    }
+}
