@@ -2,6 +2,8 @@
 //! `OTEL_*` variables the exporter reads, all checked before anything starts, so a typo stops
 //! start-up with the variable's name and what it accepts instead of being silently ignored.
 
+use std::{path::PathBuf, time::Duration};
+
 use serde::Deserialize;
 
 use crate::{probes::hooks::Family, spans::MessageDetail};
@@ -22,10 +24,30 @@ struct OwnVars {
     attach: Option<String>,
     /// `events` (default), `spans` or `none`: how each message of a call is shown.
     message_detail: Option<String>,
+    /// Comma-separated process ids; only their calls are traced.
+    pids: Option<String>,
+    /// Comma-separated process names (as in /proc/PID/comm, 15 bytes at most).
+    comms: Option<String>,
+    /// Comma-separated cgroup v2 directories, absolute or under /sys/fs/cgroup.
+    cgroups: Option<String>,
+    /// Only calls at least this slow are exported (`50us`, `2ms`, ...).
+    min_duration: Option<String>,
+    /// `true`: only calls that failed or had a failed message are exported.
+    errors_only: Option<String>,
 }
 
 /// Each documented in README.md; every one of them is known here so typos can be caught.
-const OWN_VARIABLES: &[&str] = &["RING_BUFFER_BYTES", "MAX_INFLIGHT", "ATTACH", "MESSAGE_DETAIL"];
+const OWN_VARIABLES: &[&str] = &[
+    "RING_BUFFER_BYTES",
+    "MAX_INFLIGHT",
+    "ATTACH",
+    "MESSAGE_DETAIL",
+    "PIDS",
+    "COMMS",
+    "CGROUPS",
+    "MIN_DURATION",
+    "ERRORS_ONLY",
+];
 
 /// The standard variables this sidecar honours, checked here and read again by the OTLP exporter
 /// and the SDK's batch processor.
@@ -60,8 +82,24 @@ pub struct Config {
     pub max_inflight: u32,
     pub attach: Attach,
     pub message_detail: MessageDetail,
+    pub filters: Filters,
     pub output: Output,
 }
+
+/// Which calls are traced, decided in the kernel. Empty lists filter nothing.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Filters {
+    pub pids: Vec<u32>,
+    pub comms: Vec<String>,
+    /// As given (relative ones are under the cgroup v2 mount); resolved to cgroup ids when
+    /// the probes load.
+    pub cgroups: Vec<PathBuf>,
+    pub min_duration: Duration,
+    pub errors_only: bool,
+}
+
+/// The kernel's `TASK_COMM_LEN` less the terminating NUL.
+const MAX_COMM_BYTES: usize = 15;
 
 /// Which attach family to use for a call's entry and exit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -169,9 +207,55 @@ impl Config {
             Some("none") => MessageDetail::None,
             Some(v) => return Err(invalid("OTEL_SENDMMSG_MESSAGE_DETAIL", v, "events, spans or none")),
         };
+        let filters = own.filters()?;
         let output = std_vars.output()?;
-        Ok(Config { ring_buffer_bytes, max_inflight, attach, message_detail, output })
+        Ok(Config { ring_buffer_bytes, max_inflight, attach, message_detail, filters, output })
     }
+}
+
+impl OwnVars {
+    fn filters(&self) -> Result<Filters, ConfigError> {
+        let mut filters = Filters::default();
+        for item in list(&self.pids) {
+            let pid = item.parse().ok().filter(|&p| p > 0);
+            filters.pids.push(pid.ok_or_else(|| {
+                invalid(
+                    "OTEL_SENDMMSG_PIDS",
+                    self.pids.as_deref().unwrap_or(""),
+                    "comma-separated process ids, e.g. 1234,5678",
+                )
+            })?);
+        }
+        for item in list(&self.comms) {
+            if item.len() > MAX_COMM_BYTES || item.contains('\0') {
+                return Err(invalid(
+                    "OTEL_SENDMMSG_COMMS",
+                    self.comms.as_deref().unwrap_or(""),
+                    "comma-separated process names of at most 15 bytes each, as in /proc/PID/comm",
+                ));
+            }
+            filters.comms.push(item.to_owned());
+        }
+        filters.cgroups.extend(list(&self.cgroups).map(PathBuf::from));
+        if let Some(v) = self.min_duration.as_deref().filter(|v| !v.trim().is_empty()) {
+            filters.min_duration = humantime::parse_duration(v.trim()).map_err(|_| {
+                invalid("OTEL_SENDMMSG_MIN_DURATION", v, "a duration such as 500ns, 50us, 2ms or 1s")
+            })?;
+        }
+        if let Some(v) = &self.errors_only {
+            filters.errors_only = match v.trim().to_ascii_lowercase().as_str() {
+                "true" | "1" => true,
+                "false" | "0" | "" => false,
+                _ => return Err(invalid("OTEL_SENDMMSG_ERRORS_ONLY", v, "true or false")),
+            };
+        }
+        Ok(filters)
+    }
+}
+
+/// The non-empty items of a comma-separated value.
+fn list(value: &Option<String>) -> impl Iterator<Item = &str> {
+    value.as_deref().unwrap_or("").split(',').map(str::trim).filter(|s| !s.is_empty())
 }
 
 impl StandardVars {
@@ -332,6 +416,7 @@ mod tests {
                 max_inflight: DEFAULT_MAX_INFLIGHT,
                 attach: Attach::Auto,
                 message_detail: MessageDetail::Events,
+                filters: Filters::default(),
                 output: Output::Console
             }
         );
@@ -405,6 +490,43 @@ mod tests {
         assert_eq!(detail("spans"), Ok(MessageDetail::Spans));
         assert_eq!(detail("none"), Ok(MessageDetail::None));
         assert_eq!(detail("all").unwrap_err().accepts, "events, spans or none");
+    }
+
+    #[test]
+    fn filters_parse_lists_durations_and_flags() {
+        let c = config(&[
+            ("OTEL_SENDMMSG_PIDS", "12, 34"),
+            ("OTEL_SENDMMSG_COMMS", "unbound,quic-server"),
+            ("OTEL_SENDMMSG_CGROUPS", "system.slice/docker-ab.scope,/sys/fs/cgroup/kubepods"),
+            ("OTEL_SENDMMSG_MIN_DURATION", "50us"),
+            ("OTEL_SENDMMSG_ERRORS_ONLY", "true"),
+        ])
+        .unwrap();
+        assert_eq!(
+            c.filters,
+            Filters {
+                pids: vec![12, 34],
+                comms: vec!["unbound".into(), "quic-server".into()],
+                cgroups: vec!["system.slice/docker-ab.scope".into(), "/sys/fs/cgroup/kubepods".into()],
+                min_duration: Duration::from_micros(50),
+                errors_only: true,
+            }
+        );
+        assert_eq!(config(&[]).unwrap().filters, Filters::default());
+    }
+
+    #[test]
+    fn bad_filter_values_name_the_variable() {
+        for (name, value) in [
+            ("OTEL_SENDMMSG_PIDS", "12,abc"),
+            ("OTEL_SENDMMSG_PIDS", "0"),
+            ("OTEL_SENDMMSG_COMMS", "a-name-longer-than-15"),
+            ("OTEL_SENDMMSG_MIN_DURATION", "fast"),
+            ("OTEL_SENDMMSG_ERRORS_ONLY", "yes please"),
+        ] {
+            let err = config(&[(name, value)]).unwrap_err();
+            assert_eq!((err.variable.as_str(), err.value.as_str()), (name, value));
+        }
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! The data path, top-down: kernel hooks ([`probes`]) -> ring buffer -> typed records
 //! ([`records`]) -> spans ([`spans`]) -> exporter ([`export`]); [`run`] wires it together.
 
+pub mod cgroup;
 pub mod clock;
 pub mod config;
 pub mod export;

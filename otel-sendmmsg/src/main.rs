@@ -1,6 +1,11 @@
 use std::process::ExitCode;
 
-use otel_sendmmsg::{config::Config, probes::choose::FamilyUnavailable, run::run, shutdown::shutdown_signal};
+use otel_sendmmsg::{
+    config::{Config, ConfigError},
+    probes::choose::FamilyUnavailable,
+    run::run,
+    shutdown::shutdown_signal,
+};
 use tracing::error;
 use tracing_subscriber::EnvFilter;
 
@@ -33,8 +38,9 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!("{e:#}");
-            // Asking for a family the kernel cannot give is the user's setting to fix.
-            if e.downcast_ref::<FamilyUnavailable>().is_some() {
+            // Asking for a family the kernel cannot give, or naming a cgroup that does not
+            // exist, is the user's setting to fix.
+            if e.downcast_ref::<FamilyUnavailable>().is_some() || e.downcast_ref::<ConfigError>().is_some() {
                 ExitCode::from(EXIT_CONFIG)
             } else {
                 ExitCode::from(EXIT_ENVIRONMENT)

@@ -1,7 +1,11 @@
 //! Ring buffer -> typed records: decodes the bytes the BPF side submits into [`Call`]s, checking
 //! everything a newer or corrupt BPF object could get wrong before trusting it.
 
-use otel_sendmmsg_common::{CallRecord, MessageResult, MAX_VLEN, RECORD_VERSION};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use otel_sendmmsg_common::{
+    name_status, CallRecord, Destination, MessageResult, SocketInfo, MAX_VLEN, RECORD_VERSION,
+};
 
 /// One `sendmmsg` call, as the kernel saw it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -22,6 +26,69 @@ pub struct Call {
     pub messages: MessageTotals,
     /// Per-message results of the first messages (see `MAX_MESSAGE_DETAIL`).
     pub detail: Vec<MessageResult>,
+    /// The explicit destination of each of the first `min(vlen, MAX_MESSAGE_DETAIL)` messages.
+    pub destinations: Vec<Dest>,
+    /// The socket the call sent on, when the kernel's BTF let the BPF side read it.
+    pub socket: Option<Socket>,
+}
+
+/// A message's `msg_name`, as the caller gave it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dest {
+    /// No `msg_name`: the connected peer.
+    Peer,
+    Addr(SocketAddr),
+    /// The pointer could not be read.
+    Unreadable,
+    /// An address family other than IPv4/IPv6.
+    OtherFamily(u16),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Socket {
+    pub family: u16,
+    pub protocol: u16,
+    pub sock_type: u16,
+    /// Bound address, for IPv4/IPv6 sockets with a local port.
+    pub local: Option<SocketAddr>,
+    /// Connected peer, for IPv4/IPv6 sockets with a peer port.
+    pub peer: Option<SocketAddr>,
+}
+
+fn ip(family: u16, addr: &[u8; 16]) -> Option<IpAddr> {
+    match i32::from(family) {
+        libc::AF_INET => Some(Ipv4Addr::new(addr[0], addr[1], addr[2], addr[3]).into()),
+        libc::AF_INET6 => Some(Ipv6Addr::from(*addr).into()),
+        _ => None,
+    }
+}
+
+fn socket(info: &SocketInfo) -> Option<Socket> {
+    if info.family == 0 {
+        return None;
+    }
+    let addr = |addr: &[u8; 16], port: u16| {
+        ip(info.family, addr).filter(|_| port != 0).map(|ip| SocketAddr::new(ip, port))
+    };
+    Some(Socket {
+        family: info.family,
+        protocol: info.protocol,
+        sock_type: info.sock_type,
+        local: addr(&info.local_addr, info.local_port),
+        peer: addr(&info.peer_addr, u16::from_be(info.peer_port_be)),
+    })
+}
+
+fn dest(d: &Destination) -> Dest {
+    match d.status {
+        name_status::NONE => Dest::Peer,
+        name_status::READ => match ip(d.family, &d.addr) {
+            Some(ip) => Dest::Addr(SocketAddr::new(ip, u16::from_be(d.port_be))),
+            None => Dest::OtherFamily(d.family),
+        },
+        name_status::OTHER_FAMILY => Dest::OtherFamily(d.family),
+        _ => Dest::Unreadable,
+    }
 }
 
 /// Counters over every message the per-message hook saw.
@@ -95,6 +162,8 @@ pub fn decode(bytes: &[u8]) -> Result<Call, DecodeError> {
             first_error: (rec.messages_failed > 0).then_some((rec.first_error_index, rec.first_error)),
         },
         detail: rec.detail[..rec.detail_len()].to_vec(),
+        destinations: rec.detail[..rec.destinations_len()].iter().map(|m| dest(&m.dest)).collect(),
+        socket: socket(&rec.socket),
     })
 }
 
@@ -127,11 +196,12 @@ pub(crate) mod tests {
             bytes: 0,
             sk: 0,
             comm: *b"publisher\0\0\0\0\0\0\0",
+            socket: SocketInfo::default(),
             detail: [MessageResult::default(); MAX_MESSAGE_DETAIL],
         };
         for (i, &ret) in results.iter().enumerate() {
             if let Some(slot) = detail.get_mut(i) {
-                *slot = MessageResult { ret, _pad: 0, offset_ns: 1_000 * (i as u64 + 1) };
+                *slot = MessageResult { ret, offset_ns: 1_000 * (i as u64 + 1), ..Default::default() };
             }
             if ret >= 0 {
                 rec.bytes += ret as u64;
@@ -182,6 +252,50 @@ pub(crate) mod tests {
         assert_eq!(call.messages.seen, 100);
         assert_eq!(call.messages.bytes, 1000);
         assert_eq!(call.detail.len(), MAX_MESSAGE_DETAIL);
+    }
+
+    #[test]
+    fn socket_context_decodes_addresses_in_the_right_byte_order() {
+        let mut rec = record(&[10]);
+        rec.socket = SocketInfo {
+            family: libc::AF_INET as u16,
+            protocol: libc::IPPROTO_UDP as u16,
+            sock_type: libc::SOCK_DGRAM as u16,
+            local_port: 5353,
+            peer_port_be: 53u16.to_be(),
+            local_addr: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            peer_addr: [10, 0, 0, 5, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            ..Default::default()
+        };
+        let socket = decode(&bytes_of(&rec)).unwrap().socket.unwrap();
+        assert_eq!(socket.local, Some("127.0.0.1:5353".parse().unwrap()));
+        assert_eq!(socket.peer, Some("10.0.0.5:53".parse().unwrap()));
+        rec.socket.peer_port_be = 0;
+        assert_eq!(decode(&bytes_of(&rec)).unwrap().socket.unwrap().peer, None, "unconnected");
+        rec.socket.family = 0;
+        assert_eq!(decode(&bytes_of(&rec)).unwrap().socket, None, "unknown");
+    }
+
+    #[test]
+    fn destinations_cover_vlen_not_just_the_messages_sent() {
+        let mut rec = record(&[10]);
+        rec.vlen = 3;
+        rec.detail[0].dest = Destination {
+            status: name_status::READ,
+            family: libc::AF_INET6 as u16,
+            port_be: 443u16.to_be(),
+            addr: Ipv6Addr::LOCALHOST.octets(),
+            ..Default::default()
+        };
+        rec.detail[1].dest = Destination { status: name_status::UNREADABLE, ..Default::default() };
+        rec.detail[2].dest =
+            Destination { status: name_status::OTHER_FAMILY, family: 1, ..Default::default() };
+        let call = decode(&bytes_of(&rec)).unwrap();
+        assert_eq!(
+            call.destinations,
+            vec![Dest::Addr("[::1]:443".parse().unwrap()), Dest::Unreadable, Dest::OtherFamily(1)]
+        );
+        assert_eq!(call.detail.len(), 1);
     }
 
     #[test]

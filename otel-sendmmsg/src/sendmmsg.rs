@@ -58,6 +58,12 @@ impl Batch {
         self.msgs.is_empty()
     }
 
+    /// Points message i's `msg_name` at arbitrary memory, to see how a bad pointer is handled.
+    pub fn set_msg_name(&mut self, i: usize, name: *mut libc::c_void, len: libc::socklen_t) {
+        self.msgs[i].msg_hdr.msg_name = name;
+        self.msgs[i].msg_hdr.msg_namelen = len;
+    }
+
     /// The bytes the kernel reported sent for message i (`msg_len`).
     pub fn sent_len(&self, i: usize) -> u32 {
         self.msgs[i].msg_len

@@ -1,7 +1,10 @@
 //! Record -> span: what one `sendmmsg` call looks like in OpenTelemetry. Pure, so the whole
 //! attribute mapping is unit-tested without a kernel or a collector.
 
-use std::time::{Duration, SystemTime};
+use std::{
+    net::SocketAddr,
+    time::{Duration, SystemTime},
+};
 
 use opentelemetry::{
     trace::{Event, Status},
@@ -11,7 +14,7 @@ use opentelemetry::{
 use crate::{
     clock::WallClock,
     names::{errno_name, msg_flag_names},
-    records::Call,
+    records::{Call, Dest, Socket},
 };
 
 pub const SPAN_NAME: &str = "sendmmsg";
@@ -104,6 +107,12 @@ pub fn span_for(call: &Call, clock: &WallClock, options: SpanOptions) -> Syscall
         Status::Unset
     };
 
+    attributes.extend(network_attributes(call));
+    if let Some(index) = call.destinations.iter().position(|d| *d == Dest::Unreadable) {
+        // The kernel fails that message with EFAULT before sending it, and reports no error
+        // for it when earlier messages went out: this is the only trace of it.
+        attributes.push(KeyValue::new("sendmmsg.msg_name.unreadable_index", index as i64));
+    }
     attributes.extend([
         KeyValue::new("process.pid", i64::from(call.pid)),
         KeyValue::new("thread.id", i64::from(call.tid)),
@@ -119,6 +128,9 @@ pub fn span_for(call: &Call, clock: &WallClock, options: SpanOptions) -> Syscall
             attrs.push(KeyValue::new("error.type", errno_name(message.ret.into())));
         }
         attrs.push(KeyValue::new("sendmmsg.message.offset_ns", message.offset_ns as i64));
+        if let Some(Dest::Addr(to)) = call.destinations.get(index) {
+            attrs.extend(peer(to));
+        }
         (start + Duration::from_nanos(message.offset_ns), message.ret, attrs)
     });
     let (mut events, mut children) = (Vec::new(), Vec::new());
@@ -138,6 +150,59 @@ pub fn span_for(call: &Call, clock: &WallClock, options: SpanOptions) -> Syscall
     }
 
     SyscallSpan { pid: call.pid, start, end, attributes, events, children, status }
+}
+
+/// `network.*` attributes: the transport and addresses of the socket, and as peer either the
+/// connected one or the one explicit destination every message shares.
+fn network_attributes(call: &Call) -> Vec<KeyValue> {
+    let mut attrs = Vec::new();
+    if let Some(socket) = &call.socket {
+        attrs.push(KeyValue::new("network.transport", transport(socket)));
+        match i32::from(socket.family) {
+            libc::AF_INET => attrs.push(KeyValue::new("network.type", "ipv4")),
+            libc::AF_INET6 => attrs.push(KeyValue::new("network.type", "ipv6")),
+            _ => {}
+        }
+        if let Some(local) = socket.local {
+            attrs.push(KeyValue::new("network.local.address", local.ip().to_string()));
+            attrs.push(KeyValue::new("network.local.port", i64::from(local.port())));
+        }
+    }
+    let connected = call.socket.and_then(|s| s.peer);
+    let shared = match call.destinations.split_first() {
+        Some((Dest::Addr(first), rest)) if rest.iter().all(|d| *d == Dest::Addr(*first)) => Some(*first),
+        _ => None,
+    };
+    if let Some(to) = connected.or(shared) {
+        attrs.extend(peer(&to));
+    }
+    attrs
+}
+
+fn peer(to: &SocketAddr) -> [KeyValue; 2] {
+    [
+        KeyValue::new("network.peer.address", to.ip().to_string()),
+        KeyValue::new("network.peer.port", i64::from(to.port())),
+    ]
+}
+
+/// OpenTelemetry's `network.transport` names, from the socket's family, type and protocol.
+fn transport(socket: &Socket) -> String {
+    if i32::from(socket.family) == libc::AF_UNIX {
+        return "unix".into();
+    }
+    match i32::from(socket.protocol) {
+        libc::IPPROTO_UDP | libc::IPPROTO_UDPLITE => "udp".into(),
+        libc::IPPROTO_TCP | libc::IPPROTO_MPTCP => "tcp".into(),
+        libc::IPPROTO_SCTP => "sctp".into(),
+        libc::IPPROTO_ICMP | libc::IPPROTO_ICMPV6 => "icmp".into(),
+        libc::IPPROTO_RAW => "raw".into(),
+        p => match i32::from(socket.sock_type) {
+            libc::SOCK_DGRAM => "udp".into(),
+            libc::SOCK_STREAM => "tcp".into(),
+            _ => format!("protocol {p}"),
+        },
+    }
 }
 
 #[cfg(test)]
@@ -243,11 +308,74 @@ mod tests {
         assert_eq!(attr(&none, "sendmmsg.messages.failed"), Some(&Value::I64(1)));
     }
 
+    fn udp4_socket(peer: Option<&str>) -> Socket {
+        Socket {
+            family: libc::AF_INET as u16,
+            protocol: libc::IPPROTO_UDP as u16,
+            sock_type: libc::SOCK_DGRAM as u16,
+            local: Some("127.0.0.1:5000".parse().unwrap()),
+            peer: peer.map(|p| p.parse().unwrap()),
+        }
+    }
+
+    #[test]
+    fn a_connected_socket_gives_transport_type_and_both_ends() {
+        let mut call = decode(&bytes_of(&record(&[10]))).unwrap();
+        call.socket = Some(udp4_socket(Some("127.0.0.1:53")));
+        let span = span_for(&call, &clock(), PER_MESSAGE);
+        assert_eq!(attr(&span, "network.transport"), Some(&Value::from("udp")));
+        assert_eq!(attr(&span, "network.type"), Some(&Value::from("ipv4")));
+        assert_eq!(attr(&span, "network.local.address"), Some(&Value::from("127.0.0.1")));
+        assert_eq!(attr(&span, "network.local.port"), Some(&Value::I64(5000)));
+        assert_eq!(attr(&span, "network.peer.address"), Some(&Value::from("127.0.0.1")));
+        assert_eq!(attr(&span, "network.peer.port"), Some(&Value::I64(53)));
+    }
+
+    #[test]
+    fn explicit_destinations_go_on_each_event_and_on_the_span_only_when_shared() {
+        let mut call = decode(&bytes_of(&record(&[10, 20]))).unwrap();
+        call.socket = Some(udp4_socket(None));
+        let (a, b): (SocketAddr, SocketAddr) = ("10.0.0.1:53".parse().unwrap(), "[::1]:853".parse().unwrap());
+        call.destinations = vec![Dest::Addr(a), Dest::Addr(b)];
+        let span = span_for(&call, &clock(), PER_MESSAGE);
+        assert_eq!(attr(&span, "network.peer.address"), None, "two destinations: none on the span");
+        assert!(span.events[0].attributes.contains(&KeyValue::new("network.peer.address", "10.0.0.1")));
+        assert!(span.events[1].attributes.contains(&KeyValue::new("network.peer.address", "::1")));
+        assert!(span.events[1].attributes.contains(&KeyValue::new("network.peer.port", 853)));
+        call.destinations = vec![Dest::Addr(a), Dest::Addr(a)];
+        let span = span_for(&call, &clock(), PER_MESSAGE);
+        assert_eq!(attr(&span, "network.peer.address"), Some(&Value::from("10.0.0.1")));
+    }
+
+    #[test]
+    fn an_unreadable_msg_name_is_recorded_not_fatal() {
+        let mut call = decode(&bytes_of(&record(&[10]))).unwrap();
+        call.destinations = vec![Dest::Peer, Dest::Unreadable];
+        let span = span_for(&call, &clock(), PER_MESSAGE);
+        assert_eq!(attr(&span, "sendmmsg.msg_name.unreadable_index"), Some(&Value::I64(1)));
+        assert_eq!(span.events.len(), 1);
+    }
+
+    #[test]
+    fn unix_sockets_are_unix_and_other_protocols_keep_their_number() {
+        let unix = Socket {
+            family: libc::AF_UNIX as u16,
+            protocol: 0,
+            sock_type: libc::SOCK_DGRAM as u16,
+            local: None,
+            peer: None,
+        };
+        assert_eq!(transport(&unix), "unix");
+        let odd =
+            Socket { family: libc::AF_INET as u16, protocol: 253, sock_type: libc::SOCK_RAW as u16, ..unix };
+        assert_eq!(transport(&odd), "protocol 253");
+    }
+
     #[test]
     fn the_calls_own_error_wins_over_a_messages() {
         let mut rec = record(&[-libc::EAGAIN]);
         rec.ret = -(libc::EAGAIN as i64);
-        rec.detail[0] = MessageResult { ret: -libc::EAGAIN, _pad: 0, offset_ns: 10 };
+        rec.detail[0] = MessageResult { ret: -libc::EAGAIN, offset_ns: 10, ..Default::default() };
         let span = span_for(&decode(&bytes_of(&rec)).unwrap(), &clock(), PER_MESSAGE);
         assert_eq!(span.status, Status::error("sendmmsg failed: EAGAIN"));
         assert_eq!(span.attributes.iter().filter(|kv| kv.key.as_str() == "error.type").count(), 1);

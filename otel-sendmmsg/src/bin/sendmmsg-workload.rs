@@ -5,13 +5,14 @@
 //!
 //!     sendmmsg-workload SCENARIO...       scenarios: udp4 udp6 udp4-unconnected unix bad-fd
 //!                                         not-socket bad-msgvec refused-mid-batch vlen-zero
+//!                                         bad-msg-name udp4-in-thread slow-unix
 //!     sendmmsg-workload loop SECONDS VLEN [CALLS_PER_SECOND]
 //!                                         one connected UDP socket, calls back to back (or
 //!                                         paced); prints calls/s at the end
 
 use otel_sendmmsg::sendmmsg::{gettid, Batch};
 use std::{
-    io,
+    io::{self, Read, Write},
     net::{Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket},
     os::{
         fd::{AsRawFd, RawFd},
@@ -25,7 +26,59 @@ use std::{
 /// that one message with EMSGSIZE while the others of the batch go out.
 const OVERSIZED: usize = 70_000;
 
-/// Calls sendmmsg with exactly these arguments and prints what happened.
+/// A socket address as getsockname/getpeername see it ("" for none or a non-IP socket).
+fn address(fd: RawFd, peer: bool) -> String {
+    // SAFETY: sockaddr_storage fits any address; the kernel writes at most `len` bytes.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    let ptr = (&mut storage as *mut libc::sockaddr_storage).cast();
+    let ret = unsafe {
+        if peer {
+            libc::getpeername(fd, ptr, &mut len)
+        } else {
+            libc::getsockname(fd, ptr, &mut len)
+        }
+    };
+    if ret != 0 {
+        return String::new();
+    }
+    let port = |p: u16| u16::from_be(p);
+    match i32::from(storage.ss_family) {
+        libc::AF_INET => {
+            let sin = unsafe { &*(&storage as *const _ as *const libc::sockaddr_in) };
+            let ip = Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
+            SocketAddr::new(ip.into(), port(sin.sin_port)).to_string()
+        }
+        libc::AF_INET6 => {
+            let sin6 = unsafe { &*(&storage as *const _ as *const libc::sockaddr_in6) };
+            SocketAddr::new(Ipv6Addr::from(sin6.sin6_addr.s6_addr).into(), port(sin6.sin6_port)).to_string()
+        }
+        _ => String::new(),
+    }
+}
+
+/// A page that is mapped but inaccessible: the kernel's copies from it fault.
+fn inaccessible_page() -> io::Result<*mut libc::c_void> {
+    // SAFETY: a fresh anonymous mapping, never touched by us.
+    let page = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            4096,
+            libc::PROT_NONE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if page == libc::MAP_FAILED {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(page)
+    }
+}
+
+/// Calls sendmmsg with exactly these arguments and prints what happened, with each message's
+/// destination as given (`dests`: "" for the connected peer).
 fn call(
     scenario: &str,
     fd: RawFd,
@@ -33,6 +86,7 @@ fn call(
     vlen: u32,
     flags: i32,
     sizes: &[usize],
+    dests: &[String],
     batch: Option<&Batch>,
 ) {
     // SAFETY: msgvec is either a live Batch's messages or a pointer the scenario wants the kernel
@@ -43,20 +97,27 @@ fn call(
         .map(|b| (0..ret.max(0) as usize).map(|i| b.sent_len(i).to_string()).collect())
         .unwrap_or_default();
     let sizes: Vec<String> = sizes.iter().map(|s| s.to_string()).collect();
+    let dests: Vec<String> = dests.iter().map(|d| format!("\"{d}\"")).collect();
     println!(
-        "{{\"scenario\":\"{scenario}\",\"pid\":{},\"tid\":{},\"sockfd\":{fd},\"msgvec\":{},\"vlen\":{vlen},\"flags\":{flags},\"ret\":{ret},\"errno\":{errno},\"sizes\":[{}],\"msg_len\":[{}]}}",
+        "{{\"scenario\":\"{scenario}\",\"pid\":{},\"tid\":{},\"sockfd\":{fd},\"msgvec\":{},\"vlen\":{vlen},\"flags\":{flags},\"ret\":{ret},\"errno\":{errno},\"sizes\":[{}],\"msg_len\":[{}],\"local\":\"{}\",\"peer\":\"{}\",\"dests\":[{}]}}",
         std::process::id(),
         gettid(),
         msgvec as u64,
         sizes.join(","),
-        msg_len.join(",")
+        msg_len.join(","),
+        address(fd, false),
+        address(fd, true),
+        dests.join(",")
     );
 }
 
 fn send_batch(scenario: &str, fd: RawFd, sizes: &[usize], dests: &[Option<SocketAddr>], flags: i32) {
     let mut batch = Batch::new(sizes, dests);
     let ptr = batch.msgvec();
-    call(scenario, fd, ptr, sizes.len() as u32, flags, sizes, Some(&batch));
+    let given: Vec<String> = (0..sizes.len())
+        .map(|i| dests.get(i).copied().flatten().map(|d| d.to_string()).unwrap_or_default())
+        .collect();
+    call(scenario, fd, ptr, sizes.len() as u32, flags, sizes, &given, Some(&batch));
 }
 
 /// A receiver on loopback and a socket connected to it.
@@ -104,22 +165,46 @@ fn scenario(name: &str) -> io::Result<()> {
         }
         "bad-msgvec" => {
             let (tx, _rx) = connected_udp(false)?;
-            // A page that is mapped but inaccessible: the kernel's copy from it faults.
-            // SAFETY: a fresh anonymous mapping, never touched by us.
-            let page = unsafe {
-                libc::mmap(
-                    std::ptr::null_mut(),
-                    4096,
-                    libc::PROT_NONE,
-                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                    -1,
-                    0,
-                )
-            };
-            if page == libc::MAP_FAILED {
-                return Err(io::Error::last_os_error());
-            }
-            call(name, tx.as_raw_fd(), page.cast(), 4, 0, &[], None);
+            call(name, tx.as_raw_fd(), inaccessible_page()?.cast(), 4, 0, &[], &[], None);
+        }
+        "bad-msg-name" => {
+            // Message 1's destination pointer faults: the kernel sends message 0, fails 1 with
+            // EFAULT before sending it, and returns 1 without reporting the error.
+            let to = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))?;
+            let tx = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))?;
+            let to = Some(to.local_addr()?);
+            let mut batch = Batch::new(&[30, 31, 32], &[to, to, to]);
+            batch.set_msg_name(1, inaccessible_page()?, std::mem::size_of::<libc::sockaddr_in>() as u32);
+            let dest = to.map(|d| d.to_string()).unwrap_or_default();
+            let ptr = batch.msgvec();
+            let dests = [dest.clone(), "unreadable".into(), dest];
+            call(name, tx.as_raw_fd(), ptr, 3, 0, &[30, 31, 32], &dests, Some(&batch));
+        }
+        "udp4-in-thread" => {
+            // A worker thread with a name of its own, as in most servers.
+            let worker = std::thread::Builder::new().name("sender-thread".into()).spawn(move || {
+                let (tx, _rx) = connected_udp(false)?;
+                send_batch("udp4-in-thread", tx.as_raw_fd(), &(100..108).collect::<Vec<_>>(), &[], 0);
+                io::Result::Ok(())
+            })?;
+            worker.join().map_err(|_| io::Error::other("sender thread panicked"))??;
+        }
+        "slow-unix" => {
+            // A blocking send into a full stream socket: the call lasts until a reader drains it
+            // 100 ms later, so its duration is known to be at least that.
+            let (tx, rx) = std::os::unix::net::UnixStream::pair()?;
+            tx.set_nonblocking(true)?;
+            let chunk = [0u8; 4096];
+            while (&tx).write(&chunk).is_ok() {}
+            tx.set_nonblocking(false)?;
+            let reader = std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(100));
+                rx.set_read_timeout(Some(Duration::from_millis(300))).ok();
+                let mut buf = [0u8; 65536];
+                while (&rx).read(&mut buf).is_ok_and(|n| n > 0) {}
+            });
+            send_batch(name, tx.as_raw_fd(), &[1000], &[], 0);
+            reader.join().map_err(|_| io::Error::other("reader panicked"))?;
         }
         "refused-mid-batch" => {
             let (tx, _rx) = connected_udp(false)?;
@@ -129,7 +214,7 @@ fn scenario(name: &str) -> io::Result<()> {
             let (tx, _rx) = connected_udp(false)?;
             let mut batch = Batch::new(&[], &[]);
             let ptr = batch.msgvec();
-            call(name, tx.as_raw_fd(), ptr, 0, 0, &[], Some(&batch));
+            call(name, tx.as_raw_fd(), ptr, 0, 0, &[], &[], Some(&batch));
         }
         other => {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("unknown scenario {other}")))

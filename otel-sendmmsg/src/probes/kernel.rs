@@ -3,6 +3,9 @@
 use std::{collections::HashSet, path::Path};
 
 use aya::Btf;
+use otel_sendmmsg_common::KernelOffsets;
+
+use super::offsets::{self, VMLINUX_BTF};
 
 pub const TRACEFS: &str = "/sys/kernel/tracing";
 
@@ -16,6 +19,8 @@ pub struct Kernel {
     /// The architecture's `sendmmsg` syscall symbol and whether it is a `pt_regs` wrapper.
     pub syscall_symbol: Option<(String, bool)>,
     pub btf: Result<Btf, String>,
+    /// Field offsets for socket context and process names; Err says why they are unknown.
+    pub offsets: Result<KernelOffsets, String>,
     pub kprobes: Result<(), String>,
 }
 
@@ -32,7 +37,8 @@ impl Kernel {
         let syscall_symbol = syscall_symbol_names()
             .find(|name| symbols.contains(*name))
             .map(|name| (name.to_owned(), name != "__se_sys_sendmmsg" && name != "sys_sendmmsg"));
-        let btf = Btf::from_sys_fs().map_err(|e| format!("no kernel BTF at /sys/kernel/btf/vmlinux ({e})"));
+        let btf = Btf::from_sys_fs().map_err(|e| format!("no kernel BTF at {VMLINUX_BTF} ({e})"));
+        let offsets = offsets::from_btf_file(VMLINUX_BTF);
         // aya attaches kprobes through the kprobe PMU, or kprobe_events on older kernels.
         let kprobes = if Path::new("/sys/bus/event_source/devices/kprobe").exists()
             || Path::new(TRACEFS).join("kprobe_events").exists()
@@ -42,7 +48,7 @@ impl Kernel {
             Err("not available: no kprobe PMU and no kprobe_events (kernel built without CONFIG_KPROBES)"
                 .into())
         };
-        Kernel { symbols, syscall_symbol, btf, kprobes }
+        Kernel { symbols, syscall_symbol, btf, offsets, kprobes }
     }
 
     pub fn has_symbol(&self, name: &str) -> bool {

@@ -4,24 +4,32 @@
 pub mod choose;
 pub mod hooks;
 pub mod kernel;
+pub mod offsets;
 pub mod selftest;
 
-use std::{any::Any, collections::HashSet, path::Path};
+use std::{
+    any::Any,
+    collections::HashSet,
+    path::{Path, PathBuf},
+};
 
 use anyhow::{anyhow, bail, Context, Result};
 use aya::{
-    maps::{Array, MapData, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
     programs::{FEntry, FExit, KProbe, TracePoint},
     Ebpf, EbpfLoader,
 };
-use otel_sendmmsg_common::Counter;
-use tracing::{debug, info};
+use otel_sendmmsg_common::{filter, Counter, FilterSettings, KernelOffsets};
+use tracing::{debug, info, warn};
 
 use self::{
     hooks::{program, Family, MessageHook, PROTOCOL_SENDMSG},
     kernel::{Kernel, TRACEFS},
 };
-use crate::config::Config;
+use crate::{
+    cgroup,
+    config::{Config, ConfigError},
+};
 
 static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/otel-sendmmsg.bpf.o"));
 
@@ -45,13 +53,40 @@ impl Probes {
         raise_memlock_limit();
         let self_tgid = std::process::id();
         let wrapper = u32::from(kernel.syscall_symbol.as_ref().is_none_or(|(_, wrapped)| *wrapped));
-        let ebpf = EbpfLoader::new()
+        let offsets = kernel.offsets.clone().unwrap_or_else(|why| {
+            warn!("{why}: spans will carry no socket context (network.*)");
+            KernelOffsets::default()
+        });
+        let filters = &config.filters;
+        if !filters.comms.is_empty() && offsets.valid == 0 {
+            warn!("without kernel BTF, OTEL_SENDMMSG_COMMS matches thread names, not process names");
+        }
+        let cgroup_ids = cgroup_ids(&filters.cgroups)?;
+        let settings = FilterSettings {
+            flags: [
+                (!filters.pids.is_empty(), filter::PIDS),
+                (!filters.comms.is_empty(), filter::COMMS),
+                (!filters.cgroups.is_empty(), filter::CGROUPS),
+                (filters.errors_only, filter::ERRORS_ONLY),
+            ]
+            .iter()
+            .filter(|(on, _)| *on)
+            .fold(0, |flags, (_, bit)| flags | bit),
+            _pad: 0,
+            min_duration_ns: u64::try_from(filters.min_duration.as_nanos()).unwrap_or(u64::MAX),
+        };
+        let mut ebpf = EbpfLoader::new()
             .override_global("SELF_TGID", &self_tgid, true)
             .override_global("SYSCALL_WRAPPER", &wrapper, true)
+            .override_global("OFFSETS", &offsets, true)
+            .override_global("FILTERS", &settings, true)
             .map_max_entries("INFLIGHT", config.max_inflight)
             .map_max_entries("RECORDS", config.ring_buffer_bytes)
             .load(BPF_OBJECT)
             .map_err(|e| privilege_hint(anyhow!(e).context("loading the BPF object")))?;
+        fill_set(&mut ebpf, "FILTER_PIDS", filters.pids.iter().copied())?;
+        fill_set(&mut ebpf, "FILTER_COMMS", filters.comms.iter().map(|c| comm_key(c)))?;
+        fill_set(&mut ebpf, "FILTER_CGROUPS", cgroup_ids)?;
         Ok(Probes { ebpf, loaded: HashSet::new(), entry_exit: Vec::new(), message: Vec::new() })
     }
 
@@ -263,6 +298,40 @@ impl Probes {
         let link = prog.take_link(id).map_err(|e| e.to_string())?;
         Ok(Attached { what: format!("fexit {function}"), _link: Box::new(link) })
     }
+}
+
+/// Puts every key in the BPF hash map `name` (a set: the value is unused).
+fn fill_set<K: aya::Pod>(ebpf: &mut Ebpf, name: &str, keys: impl IntoIterator<Item = K>) -> Result<()> {
+    let mut set =
+        HashMap::<_, K, u8>::try_from(ebpf.map_mut(name).with_context(|| format!("map {name} missing"))?)?;
+    for key in keys {
+        set.insert(key, 1, 0)
+            .with_context(|| format!("filling the filter map {name} (too many entries?)"))?;
+    }
+    Ok(())
+}
+
+/// A process name as the kernel stores it: NUL-padded to TASK_COMM_LEN.
+fn comm_key(name: &str) -> [u8; 16] {
+    let mut key = [0u8; 16];
+    key[..name.len()].copy_from_slice(name.as_bytes());
+    key
+}
+
+/// The cgroup v2 ids of each configured directory and of every cgroup below it now. A missing
+/// directory is the user's setting to fix.
+fn cgroup_ids(entries: &[PathBuf]) -> Result<Vec<u64>> {
+    let mut ids = Vec::new();
+    for entry in entries {
+        let dir = cgroup::resolve(entry);
+        if !cgroup::is_cgroup(&dir) {
+            let value = entries.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(",");
+            let accepts = format!("existing cgroup v2 directories; {} is not one", dir.display());
+            return Err(ConfigError { variable: "OTEL_SENDMMSG_CGROUPS".into(), value, accepts }.into());
+        }
+        ids.extend(cgroup::ids_below(&dir).with_context(|| format!("listing cgroup {}", dir.display()))?);
+    }
+    Ok(ids)
 }
 
 /// "load refused: <the kernel's reason>", with the verifier log's first line at most.

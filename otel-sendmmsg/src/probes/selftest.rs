@@ -130,7 +130,9 @@ mod tests {
             flags: 0,
             ret: m.sent as i64,
             messages: MessageTotals { seen: results.len() as u32, ..Default::default() },
-            detail: results.iter().map(|&ret| MessageResult { ret, _pad: 0, offset_ns: 0 }).collect(),
+            detail: results.iter().map(|&ret| MessageResult { ret, ..Default::default() }).collect(),
+            destinations: vec![],
+            socket: None,
         }
     }
 

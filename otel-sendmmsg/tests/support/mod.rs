@@ -301,11 +301,21 @@ pub struct CallReport {
     pub errno: i32,
     pub sizes: Vec<usize>,
     pub msg_len: Vec<usize>,
+    /// getsockname / getpeername after the call ("" for none or non-IP).
+    pub local: String,
+    pub peer: String,
+    /// Each message's explicit destination as given ("" for the connected peer).
+    pub dests: Vec<String>,
 }
 
 /// Runs the workload's scenarios in one process and returns its calls in order.
 pub fn run_workload(scenarios: &[&str]) -> Vec<CallReport> {
-    let out = Command::new(WORKLOAD).args(scenarios).output().expect("running the workload");
+    workload_calls(Command::new(WORKLOAD).args(scenarios))
+}
+
+/// Runs a prepared workload command and returns its calls in order.
+pub fn workload_calls(command: &mut Command) -> Vec<CallReport> {
+    let out = command.output().expect("running the workload");
     assert!(out.status.success(), "workload failed: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout)
         .unwrap()

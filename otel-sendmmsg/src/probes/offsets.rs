@@ -1,0 +1,91 @@
+//! Byte offsets of the kernel fields the BPF side reads, from the running kernel's BTF, so the
+//! same BPF object reads sockets correctly on any kernel that describes itself.
+
+use btf::btf::{Btf, Type};
+use otel_sendmmsg_common::KernelOffsets;
+
+pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+/// Reads every offset from the BTF file; Err names what is missing.
+pub fn from_btf_file(path: &str) -> Result<KernelOffsets, String> {
+    let btf = Btf::from_file(path).map_err(|e| format!("cannot read kernel BTF at {path}: {e}"))?;
+    let field = |s: &str, f: &str| member_offset(&btf, s, f);
+    Ok(KernelOffsets {
+        valid: 1,
+        task_group_leader: field("task_struct", "group_leader")?,
+        task_comm: field("task_struct", "comm")?,
+        task_files: field("task_struct", "files")?,
+        files_fdt: field("files_struct", "fdt")?,
+        fdt_max_fds: field("fdtable", "max_fds")?,
+        fdt_fd: field("fdtable", "fd")?,
+        file_private_data: field("file", "private_data")?,
+        socket_type: field("socket", "type")?,
+        socket_file: field("socket", "file")?,
+        socket_sk: field("socket", "sk")?,
+        // struct sock starts with its struct sock_common (__sk_common).
+        sk_family: field("sock_common", "skc_family")?,
+        sk_protocol: field("sock", "sk_protocol")?,
+        sk_daddr: field("sock_common", "skc_daddr")?,
+        sk_rcv_saddr: field("sock_common", "skc_rcv_saddr")?,
+        sk_dport: field("sock_common", "skc_dport")?,
+        sk_num: field("sock_common", "skc_num")?,
+        sk_v6_daddr: field("sock_common", "skc_v6_daddr")?,
+        sk_v6_rcv_saddr: field("sock_common", "skc_v6_rcv_saddr")?,
+    })
+}
+
+/// The byte offset of `field` in `strukt`, looking through anonymous structs and unions.
+fn member_offset(btf: &Btf, strukt: &str, field: &str) -> Result<u32, String> {
+    let ty =
+        btf.get_type_by_name(strukt).map_err(|_| format!("struct {strukt} is not in the kernel's BTF"))?;
+    let (bits, bitfield) = find_member(btf, ty.type_id, field, 0)
+        .ok_or_else(|| format!("struct {strukt} has no field {field} in the kernel's BTF"))?;
+    if bitfield || bits % 8 != 0 {
+        return Err(format!("{strukt}.{field} is a bitfield on this kernel"));
+    }
+    // sock.sk_protocol is why bitfields are refused: kernels before 5.6 packed it into one.
+    Ok(bits / 8)
+}
+
+fn find_member(btf: &Btf, type_id: u32, field: &str, base_bits: u32) -> Option<(u32, bool)> {
+    let ty = btf.get_type_by_id(type_id).ok()?;
+    let (Type::Struct(s) | Type::Union(s)) = &ty.base_type else {
+        return None;
+    };
+    s.members.iter().find_map(|m| {
+        let name = m.name.as_deref().unwrap_or("");
+        if name == field {
+            Some((base_bits + m.offset, m.bits.is_some_and(|b| b != 0)))
+        } else if name.is_empty() {
+            find_member(btf, m.type_id, field, base_bits + m.offset)
+        } else {
+            None
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Read from this machine's kernel; the BTF file is what the sidecar reads in production.
+    #[test]
+    fn every_offset_resolves_on_the_running_kernel() {
+        let off = from_btf_file(VMLINUX_BTF).expect("this kernel has BTF");
+        assert_eq!(off.valid, 1);
+        // struct sock begins with sock_common, whose first member is the address pair.
+        assert_eq!(off.sk_daddr, 0);
+        assert_eq!(off.sk_rcv_saddr, 4);
+        // Ports sit together after the hash; the v6 addresses come after the family.
+        assert_eq!(off.sk_num, off.sk_dport + 2);
+        assert!(off.sk_v6_rcv_saddr == off.sk_v6_daddr + 16 && off.sk_family < off.sk_v6_daddr);
+        assert!(off.sk_protocol > off.sk_v6_rcv_saddr, "sk_protocol lies past sock_common");
+        assert_eq!(off.fdt_max_fds, 0);
+    }
+
+    #[test]
+    fn a_missing_btf_file_says_so() {
+        let err = from_btf_file("/nonexistent/vmlinux").unwrap_err();
+        assert!(err.contains("cannot read kernel BTF at /nonexistent/vmlinux"), "{err}");
+    }
+}
