@@ -6,7 +6,7 @@
 
 /// Bumped whenever [`CallRecord`]'s layout changes, so a sidecar never misreads records from a
 /// BPF object of another layout.
-pub const RECORD_VERSION: u32 = 2;
+pub const RECORD_VERSION: u32 = 3;
 
 /// How many messages of one call get their own result and time in a record.
 ///
@@ -78,6 +78,29 @@ pub struct SocketInfo {
     pub local_addr: [u8; 16],
     pub peer_addr: [u8; 16],
 }
+
+/// A thread's active span, as OpenTelemetry eBPF Instrumentation shares it in its pinned map
+/// `/sys/fs/bpf/otel/traces_ctx_v1` (key: `u64 pid_tgid`); the OpenTelemetry eBPF profiler
+/// reads the same map. Byte order as in the W3C `traceparent`. Aligned to 8 (same size and
+/// offsets as OBI's byte arrays) so BPF copies it with three loads, not a `memmove` call.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TraceContext {
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+}
+
+pub mod record_flags {
+    /// `CallRecord::parent` holds the caller's active span.
+    pub const PARENT: u32 = 1;
+}
+
+/// The W3C trace flag the context marker passes when the span is sampled.
+pub const TRACE_FLAG_SAMPLED: u64 = 1;
+
+/// The name of the no-op function applications call to publish their active span; the sidecar
+/// attaches a uprobe to it wherever it is found.
+pub const CONTEXT_MARKER_SYMBOL: &str = "otel_sendmmsg_set_context";
 
 /// Byte offsets of the kernel fields the BPF side reads, found in the running kernel's BTF by
 /// user space at load time, so no offset is compiled in for one kernel.
@@ -164,7 +187,8 @@ pub struct CallRecord {
     /// The first failed message's negative errno (0 when none failed) and its index.
     pub first_error: i32,
     pub first_error_index: u32,
-    pub _pad: u32,
+    /// Bits of [`record_flags`].
+    pub flags_out: u32,
     /// Bytes sent by all successful messages.
     pub bytes: u64,
     /// Kernel socket address of the first message, to tell the call's messages from stray sends
@@ -173,6 +197,8 @@ pub struct CallRecord {
     /// The thread's `comm` at entry, NUL-padded.
     pub comm: [u8; 16],
     pub socket: SocketInfo,
+    /// The calling thread's active span at entry, when [`record_flags::PARENT`] says so.
+    pub parent: TraceContext,
     /// Per message: `ret` and `offset_ns` for the first `min(messages, MAX_MESSAGE_DETAIL)`,
     /// `dest` for the first `min(vlen, MAX_MESSAGE_DETAIL)`; the rest is garbage.
     pub detail: [MessageResult; MAX_MESSAGE_DETAIL],
@@ -233,10 +259,12 @@ impl Counter {
 const _: () = assert!(core::mem::size_of::<Destination>() == 24);
 const _: () = assert!(core::mem::size_of::<MessageResult>() == 40);
 const _: () = assert!(core::mem::size_of::<SocketInfo>() == 48);
-const _: () = assert!(core::mem::size_of::<CallRecord>() == 160 + 40 * MAX_MESSAGE_DETAIL);
+const _: () = assert!(core::mem::size_of::<TraceContext>() == 24);
+const _: () = assert!(core::mem::size_of::<CallRecord>() == 184 + 40 * MAX_MESSAGE_DETAIL);
 const _: () = assert!(core::mem::align_of::<CallRecord>() == 8);
 const _: () = assert!(core::mem::offset_of!(CallRecord, socket) == 112);
-const _: () = assert!(core::mem::offset_of!(CallRecord, detail) == 160);
+const _: () = assert!(core::mem::offset_of!(CallRecord, parent) == 160);
+const _: () = assert!(core::mem::offset_of!(CallRecord, detail) == 184);
 const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 19 * 4);
 const _: () = assert!(core::mem::size_of::<FilterSettings>() == 16);
 
@@ -248,4 +276,5 @@ mod user {
     unsafe impl aya::Pod for super::MessageResult {}
     unsafe impl aya::Pod for super::KernelOffsets {}
     unsafe impl aya::Pod for super::FilterSettings {}
+    unsafe impl aya::Pod for super::TraceContext {}
 }

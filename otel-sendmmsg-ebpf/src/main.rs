@@ -4,6 +4,7 @@
 #![no_std]
 #![no_main]
 
+mod context;
 mod fentry;
 mod filters;
 mod kprobe;

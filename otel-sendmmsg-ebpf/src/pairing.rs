@@ -14,9 +14,9 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, LruHashMap, PerCpuArray, RingBuf},
 };
-use otel_sendmmsg_common::{filter, CallRecord, Counter, MAX_VLEN, RECORD_VERSION};
+use otel_sendmmsg_common::{filter, record_flags, CallRecord, Counter, MAX_VLEN, RECORD_VERSION};
 
-use crate::{filters, msgname, socket};
+use crate::{context, filters, msgname, socket};
 
 /// Calls in flight, by thread id. LRU, so an entry whose exit never comes (the sidecar attached
 /// mid-call) is evicted instead of leaking. User space resizes it at load time.
@@ -112,7 +112,7 @@ pub fn on_entry(args: CallArgs) {
         write_volatile(&mut rec.messages_failed, 0);
         write_volatile(&mut rec.first_error, 0);
         write_volatile(&mut rec.first_error_index, 0);
-        write_volatile(&mut rec._pad, 0);
+        write_volatile(&mut rec.flags_out, 0);
         write_volatile(&mut rec.bytes, 0);
         write_volatile(&mut rec.sk, 0);
     }
@@ -120,6 +120,9 @@ pub fn on_entry(args: CallArgs) {
     // the helper zeroes the buffer, which reads as an empty name.
     // SAFETY: `comm` is 16 writable bytes, TASK_COMM_LEN.
     unsafe { bpf_get_current_comm(rec.comm.as_mut_ptr().cast(), rec.comm.len() as u32) };
+    if context::copy_current(&mut rec.parent) {
+        rec.flags_out = record_flags::PARENT;
+    }
     // The rest of `detail` is filled by the per-message hook; slots past what the counters say
     // are never read.
     msgname::read_destinations(args.msgvec, args.vlen, &mut rec.detail);

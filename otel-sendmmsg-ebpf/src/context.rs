@@ -1,0 +1,53 @@
+//! The calling thread's active application span, so a `sendmmsg` span can be its child.
+//!
+//! The map is the ecosystem's: OpenTelemetry eBPF Instrumentation pins it as
+//! `/sys/fs/bpf/otel/traces_ctx_v1` and the eBPF profiler reads it; user space opens it there,
+//! or creates and pins it. Applications without OBI fill it through a no-op marker function of
+//! the otel-sendmmsg-context library, to which user space attaches `sendmmsg_context_marker`.
+
+use aya_ebpf::{
+    helpers::bpf_get_current_pid_tgid,
+    macros::{map, uprobe},
+    maps::LruHashMap,
+    programs::ProbeContext,
+};
+use otel_sendmmsg_common::{TraceContext, TRACE_FLAG_SAMPLED};
+
+/// Keyed by `bpf_get_current_pid_tgid()`: one entry per thread.
+#[map]
+static TRACES_CTX: LruHashMap<u64, TraceContext> = LruHashMap::with_max_entries(65536, 0);
+
+/// Copies the current thread's published span into `dst`; false when it has none.
+#[inline(always)]
+pub fn copy_current(dst: &mut TraceContext) -> bool {
+    let Some(src) = TRACES_CTX.get_ptr(bpf_get_current_pid_tgid()) else {
+        return false;
+    };
+    // Word by word: a struct assignment here becomes a `memmove` call (LLVM cannot rule out
+    // that map value and record overlap), which the loader refuses.
+    let (src, dst) = (src.cast::<u64>(), (dst as *mut TraceContext).cast::<u64>());
+    for i in 0..3 {
+        // SAFETY: both are 24-byte, 8-aligned TraceContexts (the map value and a record field).
+        unsafe { core::ptr::write_volatile(dst.add(i), core::ptr::read_volatile(src.add(i))) };
+    }
+    true
+}
+
+/// `void otel_sendmmsg_set_context(uint64_t trace_id_high, uint64_t trace_id_low,
+/// uint64_t span_id, uint64_t flags)`: the thread's active span from now on; an unsampled or
+/// all-zero one clears it (no span, or one that will not be exported, makes no parent).
+#[uprobe]
+pub fn sendmmsg_context_marker(ctx: ProbeContext) -> u32 {
+    let arg = |n| ctx.arg::<u64>(n).unwrap_or(0);
+    let (high, low, span, flags) = (arg(0), arg(1), arg(2), arg(3));
+    let key = bpf_get_current_pid_tgid();
+    if flags & TRACE_FLAG_SAMPLED == 0 || span == 0 || (high | low) == 0 {
+        let _ = TRACES_CTX.remove(&key);
+        return 0;
+    }
+    let mut value = TraceContext { trace_id: [0; 16], span_id: span.to_be_bytes() };
+    value.trace_id[..8].copy_from_slice(&high.to_be_bytes());
+    value.trace_id[8..].copy_from_slice(&low.to_be_bytes());
+    let _ = TRACES_CTX.insert(&key, &value, 0);
+    0
+}
