@@ -4,7 +4,8 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use otel_sendmmsg_common::{
-    name_status, CallRecord, Destination, MessageResult, SocketInfo, MAX_VLEN, RECORD_VERSION,
+    name_status, record_flags, CallRecord, Destination, MessageResult, SocketInfo, TraceContext, MAX_VLEN,
+    RECORD_VERSION,
 };
 
 /// One `sendmmsg` call, as the kernel saw it.
@@ -30,6 +31,8 @@ pub struct Call {
     pub destinations: Vec<Dest>,
     /// The socket the call sent on, when the kernel's BTF let the BPF side read it.
     pub socket: Option<Socket>,
+    /// The calling thread's active application span at entry, when it published one.
+    pub parent: Option<TraceContext>,
 }
 
 /// A message's `msg_name`, as the caller gave it.
@@ -164,6 +167,7 @@ pub fn decode(bytes: &[u8]) -> Result<Call, DecodeError> {
         detail: rec.detail[..rec.detail_len()].to_vec(),
         destinations: rec.detail[..rec.destinations_len()].iter().map(|m| dest(&m.dest)).collect(),
         socket: socket(&rec.socket),
+        parent: (rec.flags_out & record_flags::PARENT != 0).then_some(rec.parent),
     })
 }
 
@@ -192,11 +196,12 @@ pub(crate) mod tests {
             messages_failed: 0,
             first_error: 0,
             first_error_index: 0,
-            _pad: 0,
+            flags_out: 0,
             bytes: 0,
             sk: 0,
             comm: *b"publisher\0\0\0\0\0\0\0",
             socket: SocketInfo::default(),
+            parent: TraceContext::default(),
             detail: [MessageResult::default(); MAX_MESSAGE_DETAIL],
         };
         for (i, &ret) in results.iter().enumerate() {
@@ -296,6 +301,15 @@ pub(crate) mod tests {
             vec![Dest::Addr("[::1]:443".parse().unwrap()), Dest::Unreadable, Dest::OtherFamily(1)]
         );
         assert_eq!(call.detail.len(), 1);
+    }
+
+    #[test]
+    fn a_parent_is_read_only_when_flagged() {
+        let mut rec = record(&[1]);
+        rec.parent = TraceContext { trace_id: [7; 16], span_id: [9; 8] };
+        assert_eq!(decode(&bytes_of(&rec)).unwrap().parent, None);
+        rec.flags_out = record_flags::PARENT;
+        assert_eq!(decode(&bytes_of(&rec)).unwrap().parent, Some(rec.parent));
     }
 
     #[test]

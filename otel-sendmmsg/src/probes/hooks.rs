@@ -86,6 +86,7 @@ pub mod program {
     pub const KRETPROBE_MESSAGE: &str = "sendmmsg_kretprobe_message";
     pub const FENTRY_ENTER: &str = "sendmmsg_fentry_enter";
     pub const FEXIT_EXIT: &str = "sendmmsg_fexit_exit";
+    pub const CONTEXT_MARKER: &str = "sendmmsg_context_marker";
     /// (program, target function), one program per function: fexit binds at load time.
     pub const FEXIT_PROTOCOL: [(&str, &str); 3] = [
         ("sendmmsg_fexit_inet_sendmsg", "inet_sendmsg"),

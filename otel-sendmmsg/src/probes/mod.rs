@@ -4,8 +4,10 @@
 pub mod choose;
 pub mod hooks;
 pub mod kernel;
+pub mod markers;
 pub mod offsets;
 pub mod selftest;
+pub mod shared_context;
 
 use std::{
     any::Any,
@@ -16,15 +18,16 @@ use std::{
 use anyhow::{anyhow, bail, Context, Result};
 use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
-    programs::{FEntry, FExit, KProbe, TracePoint},
+    programs::{uprobe::UProbeScope, FEntry, FExit, KProbe, TracePoint, UProbe},
     Ebpf, EbpfLoader,
 };
-use otel_sendmmsg_common::{filter, Counter, FilterSettings, KernelOffsets};
+use otel_sendmmsg_common::{filter, Counter, FilterSettings, KernelOffsets, CONTEXT_MARKER_SYMBOL};
 use tracing::{debug, info, warn};
 
 use self::{
     hooks::{program, Family, MessageHook, PROTOCOL_SENDMSG},
     kernel::{Kernel, TRACEFS},
+    shared_context::SharedMap,
 };
 use crate::{
     cgroup,
@@ -44,6 +47,7 @@ pub struct Probes {
     loaded: HashSet<&'static str>,
     entry_exit: Vec<Attached>,
     message: Vec<Attached>,
+    markers: Vec<Attached>,
 }
 
 impl Probes {
@@ -75,7 +79,11 @@ impl Probes {
             _pad: 0,
             min_duration_ns: u64::try_from(filters.min_duration.as_nanos()).unwrap_or(u64::MAX),
         };
-        let mut ebpf = EbpfLoader::new()
+        let mut loader = EbpfLoader::new();
+        if let SharedMap::Pinned(path) = shared_context::prepare() {
+            loader.map_pin_path("TRACES_CTX", path);
+        }
+        let mut ebpf = loader
             .override_global("SELF_TGID", &self_tgid, true)
             .override_global("SYSCALL_WRAPPER", &wrapper, true)
             .override_global("OFFSETS", &offsets, true)
@@ -87,7 +95,13 @@ impl Probes {
         fill_set(&mut ebpf, "FILTER_PIDS", filters.pids.iter().copied())?;
         fill_set(&mut ebpf, "FILTER_COMMS", filters.comms.iter().map(|c| comm_key(c)))?;
         fill_set(&mut ebpf, "FILTER_CGROUPS", cgroup_ids)?;
-        Ok(Probes { ebpf, loaded: HashSet::new(), entry_exit: Vec::new(), message: Vec::new() })
+        Ok(Probes {
+            ebpf,
+            loaded: HashSet::new(),
+            entry_exit: Vec::new(),
+            message: Vec::new(),
+            markers: Vec::new(),
+        })
     }
 
     /// Hands over the ring buffer the records arrive in; start reading it before attaching.
@@ -196,6 +210,26 @@ impl Probes {
         }
     }
 
+    /// Attaches the context-marker uprobe to a file that exports the marker, for every process
+    /// that runs it, now or later.
+    pub fn attach_marker(&mut self, file: &Path) -> Result<(), String> {
+        let name = program::CONTEXT_MARKER;
+        let first = self.loaded.insert(name);
+        let prog: &mut UProbe = self.program(name)?;
+        if first {
+            prog.load().map_err(|e| load_error(name, e))?;
+        }
+        let id = prog
+            .attach(CONTEXT_MARKER_SYMBOL, file, UProbeScope::AllProcesses)
+            .map_err(|e| format!("attach to {} refused: {e}", file.display()))?;
+        let link = prog.take_link(id).map_err(|e| e.to_string())?;
+        self.markers.push(Attached {
+            what: format!("uprobe {}:{CONTEXT_MARKER_SYMBOL}", file.display()),
+            _link: Box::new(link),
+        });
+        Ok(())
+    }
+
     pub fn detach_entry_exit(&mut self) {
         // Entry first (it was attached last), so calls already inside still reach their exit.
         while let Some(a) = self.entry_exit.pop() {
@@ -211,6 +245,7 @@ impl Probes {
     pub fn detach(&mut self) {
         self.detach_entry_exit();
         self.detach_message();
+        self.markers.clear();
     }
 
     /// What is attached now, for the log.

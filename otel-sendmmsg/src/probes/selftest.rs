@@ -133,6 +133,7 @@ mod tests {
             detail: results.iter().map(|&ret| MessageResult { ret, ..Default::default() }).collect(),
             destinations: vec![],
             socket: None,
+            parent: None,
         }
     }
 
