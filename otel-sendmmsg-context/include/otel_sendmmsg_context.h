@@ -1,0 +1,44 @@
+/*
+ * otel-sendmmsg context hand-off: publish the calling thread's active span, so the sidecar makes
+ * the sendmmsg(2) calls this thread makes children of it. Link with libotel_sendmmsg_context
+ * (static or shared). The call costs one function call when no sidecar runs.
+ */
+#ifndef OTEL_SENDMMSG_CONTEXT_H
+#define OTEL_SENDMMSG_CONTEXT_H
+
+#include <stdint.h>
+#include <string.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* W3C trace flag: the span is sampled (only sampled spans become parents). */
+#define OTEL_SENDMMSG_SAMPLED 1u
+
+/*
+ * The marker the sidecar's uprobe reads. trace_id_high/low are the 16 trace-id bytes as two
+ * big-endian integers (bytes 0-7, 8-15), span_id the 8 span-id bytes big-endian. All zero, or
+ * flags without OTEL_SENDMMSG_SAMPLED, means "no span" from now on.
+ */
+void otel_sendmmsg_set_context(uint64_t trace_id_high, uint64_t trace_id_low, uint64_t span_id,
+                               uint64_t flags);
+
+static inline uint64_t otel_sendmmsg_be64_(const uint8_t *b) {
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++) v = (v << 8) | b[i];
+    return v;
+}
+
+/* The same from the ids' bytes, as a W3C traceparent carries them. */
+static inline void otel_sendmmsg_publish(const uint8_t trace_id[16], const uint8_t span_id[8], int sampled) {
+    otel_sendmmsg_set_context(otel_sendmmsg_be64_(trace_id), otel_sendmmsg_be64_(trace_id + 8),
+                              otel_sendmmsg_be64_(span_id), sampled ? OTEL_SENDMMSG_SAMPLED : 0);
+}
+
+static inline void otel_sendmmsg_clear(void) { otel_sendmmsg_set_context(0, 0, 0, 0); }
+
+#ifdef __cplusplus
+}
+#endif
+#endif
