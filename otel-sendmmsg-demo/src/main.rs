@@ -51,6 +51,13 @@ fn send_batch(socket: &UdpSocket, payloads: &[Vec<u8>]) -> std::io::Result<usize
     }
 }
 
+/// Prints the thread's kernel id, for tests that give it a context the way OBI would.
+fn announce(thread: &str) {
+    // SAFETY: gettid has no preconditions.
+    let tid = unsafe { libc::syscall(libc::SYS_gettid) };
+    println!("thread {thread} {tid}");
+}
+
 fn publish_batch(socket: &UdpSocket, batch: usize, seq: u64) {
     let tracer = global::tracer("otel-sendmmsg-demo");
     let mut span = tracer.start("publish-batch");
@@ -81,28 +88,38 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let interval = Duration::from_millis(env_or("DEMO_INTERVAL_MS", 500));
     let batch: usize = env_or("DEMO_BATCH", 16);
     let iterations: u64 = env_or("DEMO_ITERATIONS", u64::MAX);
-    if std::env::var("DEMO_WAIT_FOR_STDIN").is_ok_and(|v| v == "1") {
-        println!("waiting");
-        std::io::stdin().lock().lines().next();
-    }
+    let wait = std::env::var("DEMO_WAIT_FOR_STDIN").is_ok_and(|v| v == "1");
 
     let socket = UdpSocket::bind(if target.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" })?;
     socket.connect(target)?;
     let heartbeat_socket = socket.try_clone()?;
+    // Both threads and main wait here, so a test can see the threads' ids before they send.
+    let start = std::sync::Arc::new(std::sync::Barrier::new(3));
     // Spans are started and published on plain threads: a context belongs to a thread, and an
     // async task could move between threads mid-span.
+    let go = start.clone();
     let publisher = std::thread::Builder::new().name("publisher".into()).spawn(move || {
+        announce("publisher");
+        go.wait();
         for seq in 0..iterations {
             publish_batch(&socket, batch, seq);
             std::thread::sleep(interval);
         }
     })?;
+    let go = start.clone();
     let heartbeat = std::thread::Builder::new().name("heartbeat".into()).spawn(move || {
+        announce("heartbeat");
+        go.wait();
         for _ in 0..iterations {
             let _ = send_batch(&heartbeat_socket, &[b"demo.alive:1|g".to_vec()]);
             std::thread::sleep(interval);
         }
     })?;
+    if wait {
+        println!("waiting");
+        std::io::stdin().lock().lines().next();
+    }
+    start.wait();
     publisher.join().map_err(|_| "publisher panicked")?;
     heartbeat.join().map_err(|_| "heartbeat panicked")?;
     provider.shutdown()?;
