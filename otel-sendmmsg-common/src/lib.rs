@@ -135,7 +135,8 @@ pub struct KernelOffsets {
 pub struct FilterSettings {
     /// Bits of [`filter`].
     pub flags: u32,
-    pub _pad: u32,
+    /// With [`filter::SAMPLE`]: a call is traced when a random u32 falls below this.
+    pub sample_below: u32,
     /// Calls shorter than this are dropped at exit (0: none).
     pub min_duration_ns: u64,
 }
@@ -149,8 +150,10 @@ pub mod filter {
     pub const CGROUPS: u32 = 4;
     /// Export only calls that failed or had a failed message.
     pub const ERRORS_ONLY: u32 = 8;
+    /// Trace a random share of calls (head sampling, decided at entry).
+    pub const SAMPLE: u32 = 16;
     /// The filters decided at entry (before any per-call work).
-    pub const AT_ENTRY: u32 = PIDS | COMMS | CGROUPS;
+    pub const AT_ENTRY: u32 = PIDS | COMMS | CGROUPS | SAMPLE;
 }
 
 /// One `sendmmsg` call, from entry to exit.

@@ -2,7 +2,9 @@
 //! miss at exit. Set once by user space at load time.
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_cgroup_id, bpf_get_current_task, generated::bpf_get_current_comm},
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_task, bpf_get_prandom_u32, generated::bpf_get_current_comm,
+    },
     macros::map,
     maps::HashMap,
 };
@@ -11,7 +13,7 @@ use otel_sendmmsg_common::{filter, CallRecord, FilterSettings};
 use crate::socket::{offsets, read};
 
 #[unsafe(no_mangle)]
-static FILTERS: FilterSettings = FilterSettings { flags: 0, _pad: 0, min_duration_ns: 0 };
+static FILTERS: FilterSettings = FilterSettings { flags: 0, sample_below: 0, min_duration_ns: 0 };
 
 /// Process ids (thread group ids) to trace.
 #[map]
@@ -35,6 +37,10 @@ pub fn settings() -> FilterSettings {
 /// is on (any value within a kind).
 #[inline(always)]
 pub fn traced_at_entry(tgid: u32, flags: u32) -> bool {
+    // The cheapest check first: a sampled-out call costs one helper call.
+    if flags & filter::SAMPLE != 0 && unsafe { bpf_get_prandom_u32() } >= settings().sample_below {
+        return false;
+    }
     if flags & filter::PIDS != 0 && unsafe { FILTER_PIDS.get(&tgid) }.is_none() {
         return false;
     }

@@ -34,6 +34,8 @@ struct OwnVars {
     min_duration: Option<String>,
     /// `true`: only calls that failed or had a failed message are exported.
     errors_only: Option<String>,
+    /// Share of calls traced, 0 to 1 (default 1), decided at random in the kernel at entry.
+    sample_ratio: Option<String>,
 }
 
 /// Each documented in README.md; every one of them is known here so typos can be caught.
@@ -47,6 +49,7 @@ const OWN_VARIABLES: &[&str] = &[
     "CGROUPS",
     "MIN_DURATION",
     "ERRORS_ONLY",
+    "SAMPLE_RATIO",
 ];
 
 /// The standard variables this sidecar honours, checked here and read again by the OTLP exporter
@@ -76,7 +79,7 @@ const PAGE_SIZE: u64 = 4096;
 const MAX_RING_BUFFER_BYTES: u64 = 1 << 30;
 const MAX_INFLIGHT_LIMIT: u64 = 1 << 20;
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Config {
     pub ring_buffer_bytes: u32,
     pub max_inflight: u32,
@@ -87,7 +90,7 @@ pub struct Config {
 }
 
 /// Which calls are traced, decided in the kernel. Empty lists filter nothing.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Filters {
     pub pids: Vec<u32>,
     pub comms: Vec<String>,
@@ -96,6 +99,21 @@ pub struct Filters {
     pub cgroups: Vec<PathBuf>,
     pub min_duration: Duration,
     pub errors_only: bool,
+    /// 1.0 traces every call.
+    pub sample_ratio: f64,
+}
+
+impl Default for Filters {
+    fn default() -> Self {
+        Filters {
+            pids: Vec::new(),
+            comms: Vec::new(),
+            cgroups: Vec::new(),
+            min_duration: Duration::ZERO,
+            errors_only: false,
+            sample_ratio: 1.0,
+        }
+    }
 }
 
 /// The kernel's `TASK_COMM_LEN` less the terminating NUL.
@@ -248,6 +266,12 @@ impl OwnVars {
                 "false" | "0" | "" => false,
                 _ => return Err(invalid("OTEL_SENDMMSG_ERRORS_ONLY", v, "true or false")),
             };
+        }
+        if let Some(v) = &self.sample_ratio {
+            filters.sample_ratio =
+                v.trim().parse::<f64>().ok().filter(|r| (0.0..=1.0).contains(r)).ok_or_else(|| {
+                    invalid("OTEL_SENDMMSG_SAMPLE_RATIO", v, "a number from 0 to 1, e.g. 0.1")
+                })?;
         }
         Ok(filters)
     }
@@ -500,6 +524,7 @@ mod tests {
             ("OTEL_SENDMMSG_CGROUPS", "system.slice/docker-ab.scope,/sys/fs/cgroup/kubepods"),
             ("OTEL_SENDMMSG_MIN_DURATION", "50us"),
             ("OTEL_SENDMMSG_ERRORS_ONLY", "true"),
+            ("OTEL_SENDMMSG_SAMPLE_RATIO", "0.25"),
         ])
         .unwrap();
         assert_eq!(
@@ -510,6 +535,7 @@ mod tests {
                 cgroups: vec!["system.slice/docker-ab.scope".into(), "/sys/fs/cgroup/kubepods".into()],
                 min_duration: Duration::from_micros(50),
                 errors_only: true,
+                sample_ratio: 0.25,
             }
         );
         assert_eq!(config(&[]).unwrap().filters, Filters::default());
@@ -523,6 +549,8 @@ mod tests {
             ("OTEL_SENDMMSG_COMMS", "a-name-longer-than-15"),
             ("OTEL_SENDMMSG_MIN_DURATION", "fast"),
             ("OTEL_SENDMMSG_ERRORS_ONLY", "yes please"),
+            ("OTEL_SENDMMSG_SAMPLE_RATIO", "1.5"),
+            ("OTEL_SENDMMSG_SAMPLE_RATIO", "NaN"),
         ] {
             let err = config(&[(name, value)]).unwrap_err();
             assert_eq!((err.variable.as_str(), err.value.as_str()), (name, value));

@@ -6,6 +6,18 @@ use nix::errno::Errno;
 /// Accepts the value with either sign, as the kernel returns it negated.
 pub fn errno_name(errno: i64) -> String {
     let n = errno.unsigned_abs();
+    // The kernel's own restart codes (include/linux/errno.h): a call interrupted by a signal,
+    // or cut short when its thread was killed, exits with one of these.
+    let kernel_internal = match n {
+        512 => Some("ERESTARTSYS"),
+        513 => Some("ERESTARTNOINTR"),
+        514 => Some("ERESTARTNOHAND"),
+        516 => Some("ERESTART_RESTARTBLOCK"),
+        _ => None,
+    };
+    if let Some(name) = kernel_internal {
+        return name.to_owned();
+    }
     match i32::try_from(n).map(Errno::from_raw) {
         Ok(Errno::UnknownErrno) | Err(_) => format!("errno {n}"),
         Ok(e) => format!("{e:?}"),
@@ -59,6 +71,12 @@ mod tests {
         assert_eq!(errno_name(9), "EBADF");
         assert_eq!(errno_name(-(libc::EMSGSIZE as i64)), "EMSGSIZE");
         assert_eq!(errno_name(-(libc::ECONNREFUSED as i64)), "ECONNREFUSED");
+    }
+
+    #[test]
+    fn the_kernels_restart_codes_have_names_too() {
+        assert_eq!(errno_name(-512), "ERESTARTSYS");
+        assert_eq!(errno_name(-516), "ERESTART_RESTARTBLOCK");
     }
 
     #[test]

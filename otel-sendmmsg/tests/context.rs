@@ -221,3 +221,21 @@ fn errors_only_keeps_failed_calls_and_calls_with_a_failed_message() {
     assert_eq!(kept, vec![Some("EBADF"), Some("EMSGSIZE")], "{}", stopped.stderr);
     assert!(filtered_at_exit(&stopped.stderr) >= 2, "{}", stopped.stderr);
 }
+
+#[test]
+fn head_sampling_traces_about_the_given_share_and_zero_traces_none() {
+    require_root();
+    for (ratio, low, high) in [("0.5", 0.4, 0.6), ("0", 0.0, 0.0)] {
+        let (receiver, vars) = collector();
+        let sidecar = start(&vars, &[("OTEL_SENDMMSG_SAMPLE_RATIO", ratio)]);
+        let out = Command::new(WORKLOAD).args(["loop", "2", "4", "1000"]).output().unwrap();
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let stopped = sidecar.stop();
+        assert!(stopped.status.success(), "{}", stopped.stderr);
+        let calls = report["calls"].as_u64().unwrap() as f64;
+        let pid = report["pid"].as_u64().unwrap() as u32;
+        let share = receiver.spans_of(pid).len() as f64 / calls;
+        // 2000 draws at p = 0.5: the bounds are 9 standard deviations out.
+        assert!((low..=high).contains(&share), "ratio {ratio}: {share} of {calls} calls traced");
+    }
+}

@@ -72,11 +72,13 @@ impl Probes {
                 (!filters.comms.is_empty(), filter::COMMS),
                 (!filters.cgroups.is_empty(), filter::CGROUPS),
                 (filters.errors_only, filter::ERRORS_ONLY),
+                (filters.sample_ratio < 1.0, filter::SAMPLE),
             ]
             .iter()
             .filter(|(on, _)| *on)
             .fold(0, |flags, (_, bit)| flags | bit),
-            _pad: 0,
+            // The share of the u32 range below which a random draw traces the call.
+            sample_below: (filters.sample_ratio * f64::from(u32::MAX)) as u32,
             min_duration_ns: u64::try_from(filters.min_duration.as_nanos()).unwrap_or(u64::MAX),
         };
         let mut loader = EbpfLoader::new();
