@@ -94,7 +94,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     pipeline.drain(records.get_mut());
     let mut losses = vec![format!("undecodable_records={}", pipeline.undecodable)];
     match probes.counters() {
-        Ok(counters) => losses.extend(counters.iter().map(|(c, n)| format!("{}={n}", c.name()))),
+        Ok(counters) => losses.extend(counters.iter().map(|(name, n)| format!("{name}={n}"))),
         Err(e) => warn!("reading the BPF counters: {e:#}"),
     }
     let flushed = pipeline.exporter.shutdown();

@@ -93,15 +93,6 @@ fn socket_context_and_destinations_match_what_user_space_saw() {
     assert!(spans[..4].iter().all(|s| s.int("sendmmsg.msg_name.unreadable_index").is_none()));
 }
 
-/// The workload under another executable name, so its process name differs.
-fn renamed_workload(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("otel-sendmmsg-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(name);
-    std::fs::copy(WORKLOAD, &path).unwrap();
-    path
-}
-
 #[test]
 fn a_pid_filter_keeps_that_process_only() {
     require_root();
@@ -187,11 +178,6 @@ fn a_missing_cgroup_is_a_configuration_error() {
     }
 }
 
-fn filtered_at_exit(stderr: &str) -> u64 {
-    let field = stderr.split_whitespace().find_map(|w| w.strip_prefix("filtered_at_exit="));
-    field.and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("no filtered_at_exit in:\n{stderr}"))
-}
-
 #[test]
 fn a_minimum_duration_keeps_only_slow_calls() {
     require_root();
@@ -205,7 +191,7 @@ fn a_minimum_duration_keeps_only_slow_calls() {
     assert_eq!(spans[0].int("sendmmsg.sockfd"), Some(calls[1].sockfd as i64));
     let duration = spans[0].span.end_time_unix_nano - spans[0].span.start_time_unix_nano;
     assert!(duration >= 50_000_000, "kept a call of {duration} ns");
-    assert!(filtered_at_exit(&stopped.stderr) >= 2, "{}", stopped.stderr);
+    assert!(summary_count(&stopped.stderr, "filtered_at_exit") >= 2, "{}", stopped.stderr);
 }
 
 #[test]
@@ -219,7 +205,7 @@ fn errors_only_keeps_failed_calls_and_calls_with_a_failed_message() {
     let spans = receiver.spans_of(calls[0].pid);
     let kept: Vec<Option<&str>> = spans.iter().map(|s| s.str("error.type")).collect();
     assert_eq!(kept, vec![Some("EBADF"), Some("EMSGSIZE")], "{}", stopped.stderr);
-    assert!(filtered_at_exit(&stopped.stderr) >= 2, "{}", stopped.stderr);
+    assert!(summary_count(&stopped.stderr, "filtered_at_exit") >= 2, "{}", stopped.stderr);
 }
 
 #[test]

@@ -5,7 +5,8 @@
 //!
 //!     sendmmsg-workload SCENARIO...       scenarios: udp4 udp6 udp4-unconnected unix bad-fd
 //!                                         not-socket bad-msgvec refused-mid-batch vlen-zero
-//!                                         bad-msg-name udp4-in-thread slow-unix
+//!                                         bad-msg-name udp4-in-thread slow-unix null-msgvec
+//!                                         vlen-over-limit killed-mid-call threads-N
 //!     sendmmsg-workload loop SECONDS VLEN [CALLS_PER_SECOND]
 //!                                         one connected UDP socket, calls back to back (or
 //!                                         paced); prints calls/s at the end
@@ -215,6 +216,52 @@ fn scenario(name: &str) -> io::Result<()> {
             let mut batch = Batch::new(&[], &[]);
             let ptr = batch.msgvec();
             call(name, tx.as_raw_fd(), ptr, 0, 0, &[], &[], Some(&batch));
+        }
+        "null-msgvec" => {
+            let (tx, _rx) = connected_udp(false)?;
+            call(name, tx.as_raw_fd(), std::ptr::null_mut(), 4, 0, &[], &[], None);
+        }
+        "vlen-over-limit" => {
+            // The kernel clamps vlen to UIO_MAXIOV (1024) and sends that many.
+            let (tx, _rx) = connected_udp(false)?;
+            send_batch(name, tx.as_raw_fd(), &[8; 1100], &[], libc::MSG_DONTWAIT);
+        }
+        "killed-mid-call" => {
+            // A thread blocks in sendmmsg on a full stream socket nobody reads; the process
+            // then exits, killing it inside the call. Nothing is printed for that call.
+            let (tx, rx) = std::os::unix::net::UnixStream::pair()?;
+            tx.set_nonblocking(true)?;
+            while (&tx).write(&[0u8; 4096]).is_ok() {}
+            tx.set_nonblocking(false)?;
+            std::thread::spawn(move || {
+                let mut batch = Batch::new(&[4096], &[]);
+                let _ = batch.send(tx.as_raw_fd(), 0);
+            });
+            std::thread::sleep(Duration::from_millis(200));
+            println!("{{\"scenario\":\"{name}\",\"pid\":{}}}", std::process::id());
+            // The reader stays open: closing it first would wake the sender with ECONNRESET.
+            std::mem::forget(rx);
+            // SAFETY: ends the process now, with the sender thread still blocked in its call.
+            unsafe { libc::_exit(0) };
+        }
+        threads if threads.starts_with("threads-") => {
+            // N threads, one udp4 call each, all at once.
+            let n: usize = threads["threads-".len()..].parse().map_err(|_| io::Error::other("threads-N"))?;
+            let start = std::sync::Arc::new(std::sync::Barrier::new(n));
+            let workers: Vec<_> = (0..n)
+                .map(|_| {
+                    let start = start.clone();
+                    std::thread::spawn(move || {
+                        let (tx, _rx) = connected_udp(false)?;
+                        start.wait();
+                        send_batch("threads", tx.as_raw_fd(), &[16, 16], &[], 0);
+                        io::Result::Ok(())
+                    })
+                })
+                .collect();
+            for w in workers {
+                w.join().map_err(|_| io::Error::other("thread panicked"))??;
+            }
         }
         other => {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("unknown scenario {other}")))

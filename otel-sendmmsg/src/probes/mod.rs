@@ -21,7 +21,9 @@ use aya::{
     programs::{uprobe::UProbeScope, FEntry, FExit, KProbe, TracePoint, UProbe},
     Ebpf, EbpfLoader,
 };
-use otel_sendmmsg_common::{filter, Counter, FilterSettings, KernelOffsets, CONTEXT_MARKER_SYMBOL};
+use otel_sendmmsg_common::{
+    filter, CallRecord, Counter, FilterSettings, KernelOffsets, CONTEXT_MARKER_SYMBOL,
+};
 use tracing::{debug, info, warn};
 
 use self::{
@@ -261,11 +263,19 @@ impl Probes {
         Array::<_, u32>::try_from(map)?.set(0, tid, 0).context("setting the self-test thread")
     }
 
-    /// The BPF side's loss and anomaly counters, summed over CPUs.
-    pub fn counters(&self) -> Result<Vec<(Counter, u64)>> {
+    /// The BPF side's loss and anomaly counters, summed over CPUs, and the calls still in
+    /// flight (after detaching, anything left there would be a leak).
+    pub fn counters(&self) -> Result<Vec<(&'static str, u64)>> {
         let map = self.ebpf.map("COUNTERS").context("map COUNTERS missing from the BPF object")?;
         let counters = PerCpuArray::<_, u64>::try_from(map)?;
-        Counter::ALL.iter().map(|&c| Ok((c, counters.get(&(c as u32), 0)?.iter().sum()))).collect()
+        let mut out: Vec<(&'static str, u64)> = Counter::ALL
+            .iter()
+            .map(|&c| Ok((c.name(), counters.get(&(c as u32), 0)?.iter().sum())))
+            .collect::<Result<_>>()?;
+        let inflight = self.ebpf.map("INFLIGHT").context("map INFLIGHT missing from the BPF object")?;
+        let inflight = HashMap::<_, u32, CallRecord>::try_from(inflight)?;
+        out.push(("inflight", inflight.keys().count() as u64));
+        Ok(out)
     }
 
     fn program<'a, P>(&'a mut self, name: &str) -> Result<&'a mut P, String>

@@ -350,3 +350,26 @@ impl Drop for Noise {
         let _ = self.0.wait();
     }
 }
+
+/// The workload under another executable name, so its process name differs.
+pub fn renamed_workload(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("otel-sendmmsg-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::copy(WORKLOAD, &path).unwrap();
+    path
+}
+
+/// A `key=N` field of the sidecar's closing summary line.
+pub fn summary_count(stderr: &str, key: &str) -> u64 {
+    let line = stderr
+        .lines()
+        .rev()
+        .find(|l| l.contains("stopped: "))
+        .unwrap_or_else(|| panic!("no summary in:\n{stderr}"));
+    let prefix = format!("{key}=");
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(prefix.as_str()))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no {key} in: {line}"))
+}
