@@ -1,6 +1,6 @@
 //! Wires the data path together and runs it until the shutdown future resolves.
 
-use std::future::Future;
+use std::{future::Future, path::Path, time::Duration};
 
 use anyhow::{Context, Result};
 use aya::maps::{MapData, RingBuf};
@@ -11,10 +11,16 @@ use crate::{
     clock::WallClock,
     config::{Config, Output},
     export::Exporter,
-    probes::{choose::choose, kernel::Kernel, Probes},
+    probes::{choose::choose, kernel::Kernel, markers::Discovery, Probes},
     records::decode,
     spans::{span_for, SpanOptions},
 };
+
+/// How often new processes are looked at for the context marker: a process started from a file
+/// already found is covered at once; a new file within this long.
+const RESCAN_PROCESSES: Duration = Duration::from_secs(1);
+/// The longest a record waits in the ring buffer when too few are pending to wake us.
+pub const DRAIN_INTERVAL: Duration = Duration::from_millis(20);
 
 /// Records -> spans -> exporter, with the totals for the closing summary.
 struct Pipeline {
@@ -77,6 +83,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         describe(&config.output)
     );
 
+    let mut discovery = Discovery::default();
+    let mut rescan = tokio::time::interval(RESCAN_PROCESSES);
+    // The BPF side wakes us only once WAKEUP_BYTES are pending; this bounds the latency of the
+    // records below that.
+    let mut drain = tokio::time::interval(DRAIN_INTERVAL);
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -86,6 +97,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                 pipeline.drain(guard.get_inner_mut());
                 guard.clear_ready();
             }
+            _ = drain.tick() => pipeline.drain(records.get_mut()),
+            _ = rescan.tick() => attach_markers(&mut discovery, &mut probes),
         }
     }
 
@@ -100,6 +113,16 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let flushed = pipeline.exporter.shutdown();
     info!("stopped: {} spans; {}", pipeline.spans, losses.join(" "));
     flushed
+}
+
+/// Attaches the context-marker uprobe to binaries found since the last scan.
+fn attach_markers(discovery: &mut Discovery, probes: &mut Probes) {
+    for file in discovery.scan(Path::new("/proc")) {
+        match probes.attach_marker(&file) {
+            Ok(()) => info!("context marker: attached to {}", file.display()),
+            Err(e) => warn!("context marker: not attached to {}: {e}", file.display()),
+        }
+    }
 }
 
 fn describe(output: &Output) -> String {

@@ -92,6 +92,8 @@ impl Probes {
             .override_global("SYSCALL_WRAPPER", &wrapper, true)
             .override_global("OFFSETS", &offsets, true)
             .override_global("FILTERS", &settings, true)
+            // Wake the reader once an eighth of the ring is pending; its timer drains the rest.
+            .override_global("WAKEUP_BYTES", &u64::from(config.ring_buffer_bytes / 8), true)
             .map_max_entries("INFLIGHT", config.max_inflight)
             .map_max_entries("RECORDS", config.ring_buffer_bytes)
             .load(BPF_OBJECT)
