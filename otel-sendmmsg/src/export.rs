@@ -3,10 +3,13 @@
 
 use std::io::Write;
 
-use anyhow::{Context, Result};
+use anyhow::{Context as _, Result};
 use opentelemetry::{
-    trace::{Span as _, SpanBuilder, SpanKind, Status, TracerProvider as _},
-    Value,
+    trace::{
+        Span as _, SpanBuilder, SpanContext, SpanId, SpanKind, Status, TraceContextExt as _, TraceFlags,
+        TraceId, TraceState, TracerProvider as _,
+    },
+    Context, Value,
 };
 use opentelemetry_otlp::SpanExporter;
 use opentelemetry_sdk::{
@@ -65,12 +68,23 @@ impl Exporter {
                 let _ = writeln!(out.lock(), "{}", console_line(&span));
             }
             Exporter::Otlp { tracer, .. } => {
+                // The app's span, as a remote parent: the syscall span joins its trace.
+                let parent = match span.parent {
+                    Some(p) => Context::new().with_remote_span_context(SpanContext::new(
+                        TraceId::from_bytes(p.trace_id),
+                        SpanId::from_bytes(p.span_id),
+                        TraceFlags::SAMPLED,
+                        true,
+                        TraceState::default(),
+                    )),
+                    None => Context::new(),
+                };
                 let mut otel_span = SpanBuilder::from_name(SPAN_NAME)
                     .with_kind(SpanKind::Internal)
                     .with_start_time(span.start)
                     .with_attributes(span.attributes)
                     .with_events(span.events)
-                    .start(tracer);
+                    .start_with_context(tracer, &parent);
                 otel_span.set_status(span.status);
                 otel_span.end_with_timestamp(span.end);
             }
@@ -130,6 +144,7 @@ mod tests {
         let start = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         let span = SyscallSpan {
             pid: 7,
+            parent: None,
             children: vec![],
             start,
             end: start + Duration::from_nanos(3_100),

@@ -10,6 +10,7 @@ use opentelemetry::{
     trace::{Event, Status},
     KeyValue,
 };
+use otel_sendmmsg_common::TraceContext;
 
 use crate::{
     clock::WallClock,
@@ -27,6 +28,8 @@ pub const MESSAGE_SPAN_NAME: &str = "sendmmsg.message";
 pub struct SyscallSpan {
     /// The calling process, whose resource the span belongs to.
     pub pid: u32,
+    /// The application span active on the calling thread: this span's parent, and its trace.
+    pub parent: Option<TraceContext>,
     pub start: SystemTime,
     pub end: SystemTime,
     pub attributes: Vec<KeyValue>,
@@ -149,7 +152,7 @@ pub fn span_for(call: &Call, clock: &WallClock, options: SpanOptions) -> Syscall
         MessageDetail::None => {}
     }
 
-    SyscallSpan { pid: call.pid, start, end, attributes, events, children, status }
+    SyscallSpan { pid: call.pid, parent: call.parent, start, end, attributes, events, children, status }
 }
 
 /// `network.*` attributes: the transport and addresses of the socket, and as peer either the
