@@ -39,11 +39,13 @@ struct Demo {
     child: Child,
     stdin: ChildStdin,
     tids: HashMap<String, u32>,
+    binary: std::path::PathBuf,
 }
 
 impl Demo {
     fn start(endpoint: &str, sink: &UdpSocket) -> Demo {
-        let mut child = Command::new(demo_binary())
+        let binary = demo_binary();
+        let mut child = Command::new(&binary)
             .env_clear()
             .env("OTEL_SERVICE_NAME", "my-app")
             .env("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
@@ -75,7 +77,7 @@ impl Demo {
             }
             waiting |= line == "waiting";
         }
-        Demo { child, stdin, tids }
+        Demo { child, stdin, tids, binary }
     }
 
     fn pid(&self) -> u32 {
@@ -90,11 +92,13 @@ impl Demo {
     }
 }
 
-/// Waits until the sidecar has attached the marker uprobe to the demo binary.
-fn wait_for_marker(sidecar: &Sidecar) {
+/// Waits until the sidecar has attached the marker uprobe to this very binary (seen through
+/// whichever process ran it first; other copies of the demo elsewhere do not count).
+fn wait_for_marker(sidecar: &Sidecar, binary: &std::path::Path) {
+    let suffix = format!("/root{}", binary.display());
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !sidecar.stderr().lines().any(|l| l.contains("context marker") && l.contains("otel-sendmmsg-demo"))
-    {
+    let attached = |l: &str| l.contains("context marker: attached to /proc/") && l.ends_with(&suffix);
+    while !sidecar.stderr().lines().any(attached) {
         assert!(Instant::now() < deadline, "the sidecar never attached to the demo:\n{}", sidecar.stderr());
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -127,7 +131,7 @@ fn run_demo(before_go: impl FnOnce(&Demo)) -> Outcome {
     ]);
     let demo = Demo::start(&receiver.endpoint, &sink);
     let pid = demo.pid();
-    wait_for_marker(&sidecar);
+    wait_for_marker(&sidecar, &demo.binary);
     before_go(&demo);
     demo.run();
     let stopped = sidecar.stop();
@@ -203,4 +207,64 @@ fn a_context_written_to_the_shared_map_as_obi_does_becomes_the_parent() {
     for span in outcome.of_thread("publisher") {
         assert!(app_spans.contains(&&span.span.parent_span_id), "the publisher's context did not leak away");
     }
+}
+
+/// The C header's path: a C program linked with the static library publishes a span for one
+/// batch and clears it for the next.
+#[test]
+fn a_c_program_publishes_its_span_through_the_header() {
+    require_root();
+    let workspace = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned();
+    let profile_dir = std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().to_owned();
+    let status = Command::new(env!("CARGO"))
+        .args(["build", "--locked", "--package", "otel-sendmmsg-context"])
+        .args(profile_dir.ends_with("release").then_some("--release"))
+        .status()
+        .unwrap();
+    assert!(status.success(), "building the context library");
+    let binary = std::env::temp_dir().join(format!("otel-sendmmsg-c-publisher-{}", std::process::id()));
+    let context = workspace.join("otel-sendmmsg-context");
+    let cc = Command::new("cc")
+        .arg("-O2")
+        .arg(context.join("examples/publish.c"))
+        .arg("-I")
+        .arg(context.join("include"))
+        .arg(profile_dir.join("libotel_sendmmsg_context.a"))
+        .args(["-lpthread", "-ldl", "-lm", "-o"])
+        .arg(&binary)
+        .status()
+        .expect("running cc");
+    assert!(cc.success(), "compiling the C example");
+
+    let receiver = Receiver::start(Protocol::Grpc);
+    let sink = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let sidecar = Sidecar::start(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint.as_str()),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+    ]);
+    let mut child = Command::new(&binary)
+        .args(["wait", &sink.local_addr().unwrap().port().to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines().map_while(Result::ok);
+    let pid: u32 = lines.next().unwrap().strip_prefix("pid ").unwrap().parse().unwrap();
+    assert_eq!(lines.next().as_deref(), Some("waiting"));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !sidecar.stderr().contains(&format!("context marker: attached to /proc/{pid}/root")) {
+        assert!(Instant::now() < deadline, "never attached to the C program:\n{}", sidecar.stderr());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    writeln!(child.stdin.take().unwrap(), "go").unwrap();
+    assert!(child.wait().unwrap().success());
+    let stopped = sidecar.stop();
+    let _ = std::fs::remove_file(&binary);
+    let spans = receiver.spans_of(pid);
+    assert_eq!(spans.len(), 2, "{}", stopped.stderr);
+    assert_eq!(hex(&spans[0].span.trace_id), "0af7651916cd43dd8448eb211c80319c");
+    assert_eq!(hex(&spans[0].span.parent_span_id), "b7ad6b7169203331");
+    assert!(spans[1].span.parent_span_id.is_empty(), "cleared: a root span");
+    assert_ne!(spans[1].span.trace_id, spans[0].span.trace_id);
 }
