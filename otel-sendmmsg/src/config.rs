@@ -36,6 +36,8 @@ struct OwnVars {
     errors_only: Option<String>,
     /// Share of calls traced, 0 to 1 (default 1), decided at random in the kernel at entry.
     sample_ratio: Option<String>,
+    /// How often growing loss counters are logged while running (default 60s).
+    loss_report_interval: Option<String>,
 }
 
 /// Each documented in README.md; every one of them is known here so typos can be caught.
@@ -50,6 +52,7 @@ const OWN_VARIABLES: &[&str] = &[
     "MIN_DURATION",
     "ERRORS_ONLY",
     "SAMPLE_RATIO",
+    "LOSS_REPORT_INTERVAL",
 ];
 
 /// The standard variables this sidecar honours, checked here and read again by the OTLP exporter
@@ -86,6 +89,7 @@ pub struct Config {
     pub attach: Attach,
     pub message_detail: MessageDetail,
     pub filters: Filters,
+    pub loss_report_interval: Duration,
     pub output: Output,
 }
 
@@ -226,8 +230,22 @@ impl Config {
             Some(v) => return Err(invalid("OTEL_SENDMMSG_MESSAGE_DETAIL", v, "events, spans or none")),
         };
         let filters = own.filters()?;
+        let loss_report_interval = match own.loss_report_interval.as_deref().map(str::trim) {
+            None | Some("") => Duration::from_secs(60),
+            Some(v) => humantime::parse_duration(v).ok().filter(|d| !d.is_zero()).ok_or_else(|| {
+                invalid("OTEL_SENDMMSG_LOSS_REPORT_INTERVAL", v, "a duration above zero, e.g. 60s or 5m")
+            })?,
+        };
         let output = std_vars.output()?;
-        Ok(Config { ring_buffer_bytes, max_inflight, attach, message_detail, filters, output })
+        Ok(Config {
+            ring_buffer_bytes,
+            max_inflight,
+            attach,
+            message_detail,
+            filters,
+            loss_report_interval,
+            output,
+        })
     }
 }
 
@@ -441,6 +459,7 @@ mod tests {
                 attach: Attach::Auto,
                 message_detail: MessageDetail::Events,
                 filters: Filters::default(),
+                loss_report_interval: Duration::from_secs(60),
                 output: Output::Console
             }
         );
@@ -551,6 +570,8 @@ mod tests {
             ("OTEL_SENDMMSG_ERRORS_ONLY", "yes please"),
             ("OTEL_SENDMMSG_SAMPLE_RATIO", "1.5"),
             ("OTEL_SENDMMSG_SAMPLE_RATIO", "NaN"),
+            ("OTEL_SENDMMSG_LOSS_REPORT_INTERVAL", "0s"),
+            ("OTEL_SENDMMSG_LOSS_REPORT_INTERVAL", "soon"),
         ] {
             let err = config(&[(name, value)]).unwrap_err();
             assert_eq!((err.variable.as_str(), err.value.as_str()), (name, value));

@@ -83,6 +83,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         describe(&config.output)
     );
 
+    let mut losses = LossLog::default();
+    let mut report = tokio::time::interval(config.loss_report_interval);
     let mut discovery = Discovery::default();
     let mut rescan = tokio::time::interval(RESCAN_PROCESSES);
     // The BPF side wakes us only once WAKEUP_BYTES are pending; this bounds the latency of the
@@ -99,6 +101,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             }
             _ = drain.tick() => pipeline.drain(records.get_mut()),
             _ = rescan.tick() => attach_markers(&mut discovery, &mut probes),
+            _ = report.tick() => losses.report_growth(&probes, pipeline.undecodable),
         }
     }
 
@@ -114,6 +117,36 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     info!("stopped: {} spans; {}", pipeline.spans, losses.join(" "));
     flushed
 }
+
+/// The loss counters as last logged, so only growth is reported.
+#[derive(Default)]
+struct LossLog {
+    last: Vec<(&'static str, u64)>,
+}
+
+impl LossLog {
+    /// Warns about every counter of a real loss that grew since the last report.
+    fn report_growth(&mut self, probes: &Probes, undecodable: u64) {
+        let Ok(mut now) = probes.counters() else {
+            return;
+        };
+        now.push(("undecodable_records", undecodable));
+        let grown: Vec<String> = now
+            .iter()
+            .filter(|(name, _)| LOSSES.contains(name))
+            .filter(|(name, n)| *n > self.last.iter().find(|(l, _)| l == name).map_or(0, |(_, v)| *v))
+            .map(|(name, n)| format!("{name}={n}"))
+            .collect();
+        if !grown.is_empty() {
+            warn!("losses so far (see README, What can go wrong): {}", grown.join(" "));
+        }
+        self.last = now;
+    }
+}
+
+/// The counters that mean a call's span was lost or damaged (the others are informational).
+const LOSSES: &[&str] =
+    &["ring_buffer_full", "inflight_insert_failed", "exit_without_entry", "undecodable_records"];
 
 /// Attaches the context-marker uprobe to binaries found since the last scan.
 fn attach_markers(discovery: &mut Discovery, probes: &mut Probes) {

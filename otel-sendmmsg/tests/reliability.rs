@@ -83,7 +83,11 @@ fn a_full_ring_buffer_counts_exactly_the_calls_it_lost() {
     // Two records fit (the self-test needs that); only this process is traced.
     let sidecar = grpc_sidecar(
         &receiver,
-        &[("OTEL_SENDMMSG_RING_BUFFER_BYTES", "8KiB"), ("OTEL_SENDMMSG_COMMS", "ring-flood")],
+        &[
+            ("OTEL_SENDMMSG_RING_BUFFER_BYTES", "8KiB"),
+            ("OTEL_SENDMMSG_COMMS", "ring-flood"),
+            ("OTEL_SENDMMSG_LOSS_REPORT_INTERVAL", "500ms"),
+        ],
     );
     let out = Command::new(&flood).args(["loop", "2", "1"]).output().unwrap();
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -94,4 +98,8 @@ fn a_full_ring_buffer_counts_exactly_the_calls_it_lost() {
     let lost = summary_count(&stopped.stderr, "ring_buffer_full");
     assert!(lost > 0, "the ring buffer never filled: {calls} calls, {received} spans");
     assert_eq!(received + lost, calls, "{}", stopped.stderr);
+    // Said while it happened, not only at the end.
+    let reported =
+        stopped.stderr.lines().filter(|l| l.contains("losses so far") && l.contains("ring_buffer_full="));
+    assert!(reported.count() >= 1, "{}", stopped.stderr);
 }
