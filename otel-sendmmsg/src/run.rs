@@ -77,6 +77,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let choice =
         choose(&mut probes, &kernel, config.attach, &mut records, &mut |item| pipeline.handle(item)).await?;
     pipeline.options.per_message = choice.message.is_some();
+    // The kernel's BTF, parsed twice to load and place the hooks, is tens of MiB no longer
+    // needed; hand it, and the allocator's freed pages, back.
+    drop(kernel);
+    release_freed_memory();
     info!(
         "ready: tracing sendmmsg through {}; spans go to {}",
         probes.attached().join(", "),
@@ -147,6 +151,15 @@ impl LossLog {
 /// The counters that mean a call's span was lost or damaged (the others are informational).
 const LOSSES: &[&str] =
     &["ring_buffer_full", "inflight_insert_failed", "exit_without_entry", "undecodable_records"];
+
+/// Returns the allocator's free pages to the system (glibc keeps them otherwise).
+fn release_freed_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: no preconditions; it only releases memory malloc no longer uses.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
 
 /// Attaches the context-marker uprobe to binaries found since the last scan.
 fn attach_markers(discovery: &mut Discovery, probes: &mut Probes) {

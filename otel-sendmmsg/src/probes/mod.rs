@@ -84,6 +84,8 @@ impl Probes {
             min_duration_ns: u64::try_from(filters.min_duration.as_nanos()).unwrap_or(u64::MAX),
         };
         let mut loader = EbpfLoader::new();
+        // The kernel's BTF is already parsed: the loader would parse its own copy otherwise.
+        loader.btf(kernel.btf.as_ref().ok());
         if let SharedMap::Pinned(path) = shared_context::prepare() {
             loader.map_pin_path("TRACES_CTX", path);
         }
