@@ -6,7 +6,7 @@
 
 /// Bumped whenever [`CallRecord`]'s layout changes, so a sidecar never misreads records from a
 /// BPF object of another layout.
-pub const RECORD_VERSION: u32 = 3;
+pub const RECORD_VERSION: u32 = 4;
 
 /// How many messages of one call get their own result and time in a record.
 ///
@@ -166,7 +166,8 @@ pub mod filter {
 pub struct CallRecord {
     /// [`RECORD_VERSION`] of the BPF object that wrote this record.
     pub version: u32,
-    /// `size_of::<CallRecord>()` as the BPF object saw it.
+    /// `size_of::<CallRecord>()` as the BPF object saw it (the layout, not the bytes sent:
+    /// see [`CallRecord::wire_len`]).
     pub size: u32,
     /// Thread group id (the process id user space sees).
     pub pid: u32,
@@ -217,6 +218,16 @@ impl CallRecord {
     pub fn destinations_len(&self) -> usize {
         (self.vlen as usize).min(MAX_MESSAGE_DETAIL)
     }
+
+    /// The bytes of a record on the ring buffer: the header and the detail slots the call can
+    /// have used, `min(vlen, MAX_MESSAGE_DETAIL)` (an 8-message call takes ~500 bytes, not the
+    /// whole 2.7 KiB).
+    #[inline(always)]
+    pub fn wire_len(&self) -> usize {
+        let slots =
+            if (self.vlen as usize) < MAX_MESSAGE_DETAIL { self.vlen as usize } else { MAX_MESSAGE_DETAIL };
+        DETAIL_OFFSET + slots * core::mem::size_of::<MessageResult>()
+    }
 }
 
 /// Indexes of the BPF side's loss and anomaly counters (a per-CPU array of `u64`).
@@ -257,6 +268,9 @@ impl Counter {
         }
     }
 }
+
+/// Where the detail slots start; everything before is the fixed header.
+pub const DETAIL_OFFSET: usize = core::mem::offset_of!(CallRecord, detail);
 
 // The layout is part of the kernel/user contract: catch accidental changes at compile time.
 const _: () = assert!(core::mem::size_of::<Destination>() == 24);

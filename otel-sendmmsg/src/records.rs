@@ -4,8 +4,8 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use otel_sendmmsg_common::{
-    name_status, record_flags, CallRecord, Destination, MessageResult, SocketInfo, TraceContext, MAX_VLEN,
-    RECORD_VERSION,
+    name_status, record_flags, CallRecord, Destination, MessageResult, SocketInfo, TraceContext,
+    DETAIL_OFFSET, MAX_VLEN, RECORD_VERSION,
 };
 
 /// One `sendmmsg` call, as the kernel saw it.
@@ -120,7 +120,6 @@ pub enum DecodeError {
 
 /// Decodes one ring-buffer item.
 pub fn decode(bytes: &[u8]) -> Result<Call, DecodeError> {
-    let expected = size_of::<CallRecord>();
     // The header's first two u32 are the layout version and size, whatever the layout.
     if bytes.len() >= 4 {
         let version = u32::from_ne_bytes(bytes[..4].try_into().expect("4 bytes"));
@@ -128,14 +127,23 @@ pub fn decode(bytes: &[u8]) -> Result<Call, DecodeError> {
             return Err(DecodeError::Version { got: version, expected: RECORD_VERSION });
         }
     }
-    if bytes.len() != expected {
-        return Err(DecodeError::SizeMismatch { got: bytes.len(), expected });
+    if bytes.len() < DETAIL_OFFSET || bytes.len() > size_of::<CallRecord>() {
+        return Err(DecodeError::SizeMismatch { got: bytes.len(), expected: DETAIL_OFFSET });
     }
-    // SAFETY: the length matches, CallRecord is plain integers (any bit pattern is valid), and
-    // read_unaligned copes with the ring buffer's 8-byte alignment or any other.
-    let rec: CallRecord = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
-    if rec.size as usize != expected {
-        return Err(DecodeError::SizeMismatch { got: rec.size as usize, expected });
+    // The record arrives without the detail slots the call cannot have used: start from zeroes.
+    // SAFETY: CallRecord is plain integers, so all-zero is valid and so is any byte pattern
+    // copied over its first `bytes.len()` (<= its size) bytes.
+    let rec: CallRecord = unsafe {
+        let mut rec = std::mem::MaybeUninit::<CallRecord>::zeroed();
+        std::ptr::copy_nonoverlapping(bytes.as_ptr(), rec.as_mut_ptr().cast::<u8>(), bytes.len());
+        rec.assume_init()
+    };
+    let layout = size_of::<CallRecord>();
+    if rec.size as usize != layout {
+        return Err(DecodeError::SizeMismatch { got: rec.size as usize, expected: layout });
+    }
+    if bytes.len() != rec.wire_len() {
+        return Err(DecodeError::SizeMismatch { got: bytes.len(), expected: rec.wire_len() });
     }
     if rec.messages > MAX_VLEN {
         return Err(DecodeError::TooManyMessages(rec.messages));
@@ -223,12 +231,11 @@ pub(crate) mod tests {
         rec
     }
 
+    /// The record as the BPF side sends it: header and used slots only.
     pub(crate) fn bytes_of(rec: &CallRecord) -> Vec<u8> {
         // SAFETY: CallRecord is plain integers with explicit padding fields.
-        unsafe {
-            std::slice::from_raw_parts((rec as *const CallRecord).cast::<u8>(), size_of::<CallRecord>())
-        }
-        .to_vec()
+        unsafe { std::slice::from_raw_parts((rec as *const CallRecord).cast::<u8>(), rec.wire_len()) }
+            .to_vec()
     }
 
     #[test]
@@ -330,7 +337,16 @@ pub(crate) mod tests {
         let mut long = bytes.clone();
         long.push(0);
         assert_eq!(decode(&long), Err(DecodeError::SizeMismatch { got: expected + 1, expected }));
-        assert_eq!(decode(&[]), Err(DecodeError::SizeMismatch { got: 0, expected }));
+        assert_eq!(decode(&[]), Err(DecodeError::SizeMismatch { got: 0, expected: DETAIL_OFFSET }));
+    }
+
+    #[test]
+    fn a_record_carries_only_the_slots_its_call_can_use() {
+        let rec = record(&[1, 2, 3]);
+        assert_eq!(bytes_of(&rec).len(), DETAIL_OFFSET + 3 * size_of::<MessageResult>());
+        let mut big = record(&[1]);
+        big.vlen = 1000;
+        assert_eq!(big.wire_len(), size_of::<CallRecord>(), "64 slots at most");
     }
 
     #[test]
