@@ -93,6 +93,9 @@ pub struct TraceContext {
 pub mod record_flags {
     /// `CallRecord::parent` holds the caller's active span.
     pub const PARENT: u32 = 1;
+    /// The detail slots hold each sent message's `msg_len`, read from the caller's `msgvec` at
+    /// exit (no per-message hook: no errors, no times, `min(ret, 64)` slots).
+    pub const SIZES_FROM_MSG_LEN: u32 = 2;
 }
 
 /// The W3C trace flag the context marker passes when the span is sampled.

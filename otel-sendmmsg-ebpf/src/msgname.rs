@@ -28,6 +28,36 @@ struct SockaddrHead {
     v4_or_flowinfo: [u8; 4],
 }
 
+/// `msg_len` follows `struct msghdr` in `struct mmsghdr`.
+const MSG_LEN_OFFSET: u64 = 56;
+
+/// Reads what the kernel wrote into the first `min(sent, MAX_MESSAGE_DETAIL)` messages'
+/// `msg_len` at exit; returns the number read and their sum.
+#[inline(always)]
+pub fn read_sent_lengths(
+    msgvec: u64,
+    sent: u32,
+    detail: &mut [MessageResult; MAX_MESSAGE_DETAIL],
+) -> (u32, u64) {
+    let (mut read, mut bytes) = (0u32, 0u64);
+    for (i, slot) in detail.iter_mut().enumerate() {
+        if i as u32 >= sent {
+            break;
+        }
+        // SAFETY: user memory read through the helper, which fails cleanly on a bad address.
+        let Ok(len) = (unsafe {
+            bpf_probe_read_user((msgvec + i as u64 * MMSGHDR_SIZE + MSG_LEN_OFFSET) as *const u32)
+        }) else {
+            break;
+        };
+        slot.ret = len as i32;
+        slot.offset_ns = 0;
+        read += 1;
+        bytes += u64::from(len);
+    }
+    (read, bytes)
+}
+
 /// Reads the destinations of the first `min(vlen, MAX_MESSAGE_DETAIL)` messages into `detail`.
 #[inline(always)]
 pub fn read_destinations(msgvec: u64, vlen: u32, detail: &mut [MessageResult; MAX_MESSAGE_DETAIL]) {

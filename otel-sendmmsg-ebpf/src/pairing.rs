@@ -46,6 +46,11 @@ static SELF_TGID: u32 = 0;
 #[unsafe(no_mangle)]
 static WAKEUP_BYTES: u64 = 0;
 
+/// 1: no per-message hook is attached; the exit hook reads each sent message's `msg_len` from
+/// the caller's `msgvec` instead (sizes only, the cheapest detail). Set by user space at load.
+#[unsafe(no_mangle)]
+static SIZES_AT_EXIT: u32 = 0;
+
 /// ...except the one thread whose id user space puts here while it proves the hooks work with
 /// a self-test `sendmmsg` (0: none).
 #[map]
@@ -194,6 +199,13 @@ pub fn on_exit(ret: i64) {
     rec.ret = ret;
     // A kernel address: it never leaves the kernel.
     rec.sk = 0;
+    // SAFETY: a global the loader overwrites; volatile keeps the compiler from folding it.
+    if unsafe { core::ptr::read_volatile(&SIZES_AT_EXIT) } != 0 && ret > 0 {
+        let (read, bytes) = msgname::read_sent_lengths(rec.msgvec, ret as u32, &mut rec.detail);
+        rec.messages = read;
+        rec.bytes = bytes;
+        rec.flags_out |= record_flags::SIZES_FROM_MSG_LEN;
+    }
     if !is_self(tgid) && !filters::kept_at_exit(rec, &settings) {
         count(Counter::FilteredAtExit);
     } else {

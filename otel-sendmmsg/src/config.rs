@@ -22,7 +22,7 @@ struct OwnVars {
     max_inflight: Option<String>,
     /// `auto` (default: the cheapest family that works here), `fentry`, `kprobe` or `tracepoint`.
     attach: Option<String>,
-    /// `events` (default), `spans` or `none`: how each message of a call is shown.
+    /// `events` (default), `spans`, `sizes` or `none`: how each message of a call is shown.
     message_detail: Option<String>,
     /// Comma-separated process ids; only their calls are traced.
     pids: Option<String>,
@@ -227,7 +227,10 @@ impl Config {
             None | Some("events") => MessageDetail::Events,
             Some("spans") => MessageDetail::Spans,
             Some("none") => MessageDetail::None,
-            Some(v) => return Err(invalid("OTEL_SENDMMSG_MESSAGE_DETAIL", v, "events, spans or none")),
+            Some("sizes") => MessageDetail::Sizes,
+            Some(v) => {
+                return Err(invalid("OTEL_SENDMMSG_MESSAGE_DETAIL", v, "events, spans, sizes or none"))
+            }
         };
         let filters = own.filters()?;
         let loss_report_interval = match own.loss_report_interval.as_deref().map(str::trim) {
@@ -532,7 +535,8 @@ mod tests {
         let detail = |v: &str| config(&[("OTEL_SENDMMSG_MESSAGE_DETAIL", v)]).map(|c| c.message_detail);
         assert_eq!(detail("spans"), Ok(MessageDetail::Spans));
         assert_eq!(detail("none"), Ok(MessageDetail::None));
-        assert_eq!(detail("all").unwrap_err().accepts, "events, spans or none");
+        assert_eq!(detail("sizes"), Ok(MessageDetail::Sizes));
+        assert_eq!(detail("all").unwrap_err().accepts, "events, spans, sizes or none");
     }
 
     #[test]

@@ -33,6 +33,9 @@ pub struct Call {
     pub socket: Option<Socket>,
     /// The calling thread's active application span at entry, when it published one.
     pub parent: Option<TraceContext>,
+    /// `detail` holds sent sizes read from `msg_len` at exit (no per-message hook ran): no
+    /// errors or times, and at most the first 64 of the messages sent.
+    pub sizes_only: bool,
 }
 
 /// A message's `msg_name`, as the caller gave it.
@@ -176,6 +179,7 @@ pub fn decode(bytes: &[u8]) -> Result<Call, DecodeError> {
         destinations: rec.detail[..rec.destinations_len()].iter().map(|m| dest(&m.dest)).collect(),
         socket: socket(&rec.socket),
         parent: (rec.flags_out & record_flags::PARENT != 0).then_some(rec.parent),
+        sizes_only: rec.flags_out & record_flags::SIZES_FROM_MSG_LEN != 0,
     })
 }
 

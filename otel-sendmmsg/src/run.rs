@@ -13,7 +13,7 @@ use crate::{
     export::Exporter,
     probes::{choose::choose, kernel::Kernel, markers::Discovery, Probes},
     records::decode,
-    spans::{span_for, SpanOptions},
+    spans::{span_for, MessageDetail, SpanOptions},
 };
 
 /// How often new processes are looked at for the context marker: a process started from a file
@@ -74,8 +74,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         spans: 0,
         undecodable: 0,
     };
-    let choice =
-        choose(&mut probes, &kernel, config.attach, &mut records, &mut |item| pipeline.handle(item)).await?;
+    let want_message_hook = config.message_detail != MessageDetail::Sizes;
+    let choice = choose(&mut probes, &kernel, config.attach, want_message_hook, &mut records, &mut |item| {
+        pipeline.handle(item)
+    })
+    .await?;
     pipeline.options.per_message = choice.message.is_some();
     // The kernel's BTF, parsed twice to load and place the hooks, is tens of MiB no longer
     // needed; hand it, and the allocator's freed pages, back.

@@ -59,6 +59,9 @@ pub enum MessageDetail {
     Spans,
     /// Counters only.
     None,
+    /// No per-message hook at all (the cheapest): each sent message's size, read from the
+    /// caller's `msgvec` at exit, as events; no per-message errors or times.
+    Sizes,
 }
 
 /// What the hooks in use can tell about a call, and how to show it.
@@ -74,7 +77,9 @@ pub struct SpanOptions {
 pub fn span_for(call: &Call, clock: &WallClock, options: SpanOptions) -> SyscallSpan {
     let start = clock.to_wall(call.start_ns);
     let end = clock.to_wall(call.end_ns);
-    let totals = options.per_message.then_some(&call.messages);
+    // Sizes read at exit know nothing of failed messages: no counters but the bytes, and those
+    // only when every sent message was read (64 at most).
+    let totals = (options.per_message && !call.sizes_only).then_some(&call.messages);
 
     let mut attributes = vec![
         KeyValue::new("sendmmsg.sockfd", i64::from(call.sockfd)),
@@ -94,6 +99,8 @@ pub fn span_for(call: &Call, clock: &WallClock, options: SpanOptions) -> Syscall
             KeyValue::new("sendmmsg.messages.attempted", i64::from(totals.seen)),
             KeyValue::new("sendmmsg.messages.failed", i64::from(totals.failed)),
         ]);
+    } else if call.sizes_only && call.ret == i64::from(call.messages.seen) {
+        attributes.push(KeyValue::new("sendmmsg.bytes", call.messages.bytes as i64));
     }
 
     // The call's own error wins: it is what the caller saw. Otherwise the first failed message,
@@ -122,7 +129,8 @@ pub fn span_for(call: &Call, clock: &WallClock, options: SpanOptions) -> Syscall
         KeyValue::new("thread.name", call.comm.clone()),
     ]);
 
-    let detail = if options.per_message { call.detail.as_slice() } else { &[] };
+    let detail = if options.per_message || call.sizes_only { call.detail.as_slice() } else { &[] };
+    let duration_ns = call.end_ns.saturating_sub(call.start_ns);
     let messages = detail.iter().enumerate().map(|(index, message)| {
         let mut attrs = vec![KeyValue::new("sendmmsg.message.index", index as i64)];
         if message.ret >= 0 {
@@ -130,15 +138,17 @@ pub fn span_for(call: &Call, clock: &WallClock, options: SpanOptions) -> Syscall
         } else {
             attrs.push(KeyValue::new("error.type", errno_name(message.ret.into())));
         }
-        attrs.push(KeyValue::new("sendmmsg.message.offset_ns", message.offset_ns as i64));
+        // Sizes read at exit have no time of their own: they are known at the call's end.
+        let offset_ns = if call.sizes_only { duration_ns } else { message.offset_ns };
+        attrs.push(KeyValue::new("sendmmsg.message.offset_ns", offset_ns as i64));
         if let Some(Dest::Addr(to)) = call.destinations.get(index) {
             attrs.extend(peer(to));
         }
-        (start + Duration::from_nanos(message.offset_ns), message.ret, attrs)
+        (start + Duration::from_nanos(offset_ns), message.ret, attrs)
     });
     let (mut events, mut children) = (Vec::new(), Vec::new());
     match options.detail {
-        MessageDetail::Events => {
+        MessageDetail::Events | MessageDetail::Sizes => {
             events = messages.map(|(at, _, attrs)| Event::new(MESSAGE_EVENT, at, attrs, 0)).collect();
         }
         MessageDetail::Spans => {
@@ -372,6 +382,22 @@ mod tests {
         let odd =
             Socket { family: libc::AF_INET as u16, protocol: 253, sock_type: libc::SOCK_RAW as u16, ..unix };
         assert_eq!(transport(&odd), "protocol 253");
+    }
+
+    #[test]
+    fn sizes_read_at_exit_give_bytes_and_events_but_no_failure_counts() {
+        let mut call = decode(&bytes_of(&record(&[100, 200]))).unwrap();
+        call.sizes_only = true;
+        let options = SpanOptions { per_message: false, detail: MessageDetail::Sizes };
+        let span = span_for(&call, &clock(), options);
+        assert_eq!(attr(&span, "sendmmsg.bytes"), Some(&Value::I64(300)));
+        assert_eq!(attr(&span, "sendmmsg.messages.attempted"), None);
+        assert_eq!(attr(&span, "sendmmsg.messages.failed"), None);
+        assert_eq!(span.events.len(), 2);
+        assert_eq!(span.events[1].timestamp, span.end, "known at the call's end");
+        call.ret = 100; // more sent than the 64 slots read: the sum would be short
+        let span = span_for(&call, &clock(), options);
+        assert_eq!(attr(&span, "sendmmsg.bytes"), None);
     }
 
     #[test]

@@ -225,3 +225,33 @@ fn head_sampling_traces_about_the_given_share_and_zero_traces_none() {
         assert!((low..=high).contains(&share), "ratio {ratio}: {share} of {calls} calls traced");
     }
 }
+
+/// The cheapest level: no per-message hook; sizes come from msg_len at exit. It sees what was
+/// sent, not what failed.
+#[test]
+fn sizes_from_msg_len_need_no_per_message_hook() {
+    require_root();
+    let (receiver, vars) = collector();
+    let sidecar = start(&vars, &[("OTEL_SENDMMSG_MESSAGE_DETAIL", "sizes")]);
+    let calls = run_workload(&["udp4", "refused-mid-batch", "unix"]);
+    let stopped = sidecar.stop();
+    assert!(stopped.status.success(), "{}", stopped.stderr);
+    assert!(!stopped.stderr.contains("tracepoint sock:sock_send_length"), "{}", stopped.stderr);
+    let spans = receiver.spans_of(calls[0].pid);
+    assert_eq!(spans.len(), 3, "{}", stopped.stderr);
+    let bytes = |s: &ReceivedSpan| -> Vec<i64> {
+        s.span.events.iter().map(|e| int_attr(&e.attributes, "sendmmsg.message.bytes").unwrap()).collect()
+    };
+    assert_eq!(bytes(&spans[0]), (100..108).collect::<Vec<i64>>());
+    assert_eq!(spans[0].int("sendmmsg.bytes"), Some(828));
+    assert_eq!(spans[0].int("sendmmsg.messages.attempted"), None, "unknown without the hook");
+    // Two sent, the third refused: only the sent ones are visible, and the refusal is not.
+    assert_eq!(bytes(&spans[1]), vec![10, 20]);
+    assert_eq!((spans[1].int("sendmmsg.sent"), spans[1].str("error.type")), (Some(2), None));
+    assert_eq!(bytes(&spans[2]), vec![10, 20, 30, 40, 50]);
+    for span in &spans {
+        for event in &span.span.events {
+            assert_eq!(event.time_unix_nano, span.span.end_time_unix_nano, "sizes are known at exit");
+        }
+    }
+}

@@ -43,6 +43,7 @@ pub async fn choose(
     probes: &mut Probes,
     kernel: &Kernel,
     attach: Attach,
+    want_message_hook: bool,
     records: &mut AsyncFd<RingBuf<MapData>>,
     pass_on: &mut dyn FnMut(&[u8]),
 ) -> anyhow::Result<Choice> {
@@ -75,6 +76,10 @@ pub async fn choose(
     info!("entry/exit hooks: {} (self-test passed)", probes.attached().join(", "));
 
     let mut message = None;
+    if !want_message_hook {
+        info!("no per-message hook: message sizes are read from msgvec at exit (OTEL_SENDMMSG_MESSAGE_DETAIL=sizes)");
+        return Ok(Choice { family, message });
+    }
     let candidates = MessageHook::candidates(family);
     for (i, &hook) in candidates.iter().enumerate() {
         let outcome = match probes.attach_message(hook, kernel) {

@@ -34,6 +34,7 @@ use self::{
 use crate::{
     cgroup,
     config::{Config, ConfigError},
+    spans::MessageDetail,
 };
 
 static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/otel-sendmmsg.bpf.o"));
@@ -94,6 +95,7 @@ impl Probes {
             .override_global("SYSCALL_WRAPPER", &wrapper, true)
             .override_global("OFFSETS", &offsets, true)
             .override_global("FILTERS", &settings, true)
+            .override_global("SIZES_AT_EXIT", &u32::from(config.message_detail == MessageDetail::Sizes), true)
             // Wake the reader once an eighth of the ring is pending; its timer drains the rest.
             .override_global("WAKEUP_BYTES", &u64::from(config.ring_buffer_bytes / 8), true)
             .map_max_entries("INFLIGHT", config.max_inflight)

@@ -134,6 +134,7 @@ mod tests {
             destinations: vec![],
             socket: None,
             parent: None,
+            sizes_only: false,
         }
     }
 
