@@ -8,6 +8,7 @@ pub mod clock;
 pub mod config;
 pub mod export;
 pub mod names;
+pub mod privileges;
 pub mod probes;
 pub mod records;
 pub mod run;

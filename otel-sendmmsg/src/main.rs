@@ -22,6 +22,10 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    if let Err(e) = otel_sendmmsg::privileges::check() {
+        error!("{e}");
+        return ExitCode::from(EXIT_ENVIRONMENT);
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
