@@ -1,0 +1,35 @@
+# syntax=docker/dockerfile:1
+# The sidecar's image. Build from the repository root:
+#     docker build -t otel-sendmmsg .
+# It runs as nobody; the binary carries, as file capabilities, exactly the capabilities
+# otel-sendmmsg/src/privileges.rs lists (tests/deployment.rs and tests/privileges.rs hold this
+# file to that list), and the container's cap_add / capabilities.add decide which it gets.
+
+FROM rust:1.95-bookworm AS build
+WORKDIR /src
+# The BPF toolchain first, on its own layer: it takes minutes and changes only with the script.
+COPY scripts/setup.sh scripts/setup.sh
+# scripts/setup.sh also mounts tracefs and bpffs when they are not mounted, which a build
+# container may not do (no CAP_SYS_ADMIN). Nothing traces during a build: these empty tmpfs
+# mounts make both paths mount points, so that step has nothing to do.
+RUN --mount=type=tmpfs,target=/sys/kernel/tracing \
+    --mount=type=tmpfs,target=/sys/fs/bpf \
+    scripts/setup.sh
+COPY . .
+RUN cargo build --release --locked --package otel-sendmmsg --bin otel-sendmmsg
+
+FROM debian:bookworm-slim
+# setcap in the same layer that installs the binary (xattrs survive layers; a separate COPY
+# would not carry them reliably), then setcap's package goes again.
+# Permitted only (=p), not effective: the sidecar raises what it needs at start-up, so a
+# container missing one of them still starts and says which, instead of the kernel refusing
+# to exec the binary with no reason given.
+RUN --mount=type=bind,from=build,source=/src/target/release/otel-sendmmsg,target=/tmp/otel-sendmmsg \
+    apt-get update \
+    && apt-get install -y --no-install-recommends libcap2-bin \
+    && install -m 0755 /tmp/otel-sendmmsg /usr/local/bin/otel-sendmmsg \
+    && setcap cap_bpf,cap_perfmon,cap_dac_override,cap_sys_ptrace,cap_sys_admin=p /usr/local/bin/otel-sendmmsg \
+    && apt-get purge -y --auto-remove libcap2-bin \
+    && rm -rf /var/lib/apt/lists/*
+USER 65534:65534
+ENTRYPOINT ["/usr/local/bin/otel-sendmmsg"]
