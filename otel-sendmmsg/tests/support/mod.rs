@@ -373,3 +373,112 @@ pub fn summary_count(stderr: &str, key: &str) -> u64 {
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no {key} in: {line}"))
 }
+
+/// A copy of `binary` that other users can run, in a directory only root can write:
+/// `target/` may sit where they cannot reach it, and tests may give the copy file capabilities.
+pub fn copy_for_other_users(binary: &std::path::Path, name: &str) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("otel-sendmmsg-users-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = dir.join(name);
+    std::fs::copy(binary, &path).unwrap_or_else(|e| panic!("copying {}: {e}", binary.display()));
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+/// The user tests run the sidecar as when it must not be root: `nobody`.
+pub const NOBODY: u32 = 65534;
+
+/// `setpriv` running `program` as `uid` (its own group, no supplementary groups) with exactly
+/// `caps` (setpriv's spelling: `bpf`, `sys_ptrace`): in the bounding set always, and in the
+/// inheritable and ambient sets too when `ambient`, so they survive the exec. Without `ambient`
+/// this is how a container runtime starts a non-root user: only file capabilities give any.
+pub fn setpriv(uid: u32, caps: &[&str], ambient: bool, program: &std::path::Path) -> Command {
+    let list: String = std::iter::once("-all".to_owned())
+        .chain(caps.iter().map(|c| format!("+{c}")))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut command = Command::new("setpriv");
+    command
+        .arg(format!("--reuid={uid}"))
+        .arg(format!("--regid={uid}"))
+        .arg("--clear-groups")
+        .arg(format!("--bounding-set={list}"));
+    if ambient {
+        command.arg(format!("--inh-caps={list}")).arg(format!("--ambient-caps={list}"));
+    } else {
+        command.arg("--inh-caps=-all");
+    }
+    command.arg(program);
+    command
+}
+
+impl Sidecar {
+    /// Like [`Sidecar::try_start`], for a prepared command that ends up exec'ing the sidecar
+    /// (`setpriv ... otel-sendmmsg`), so its pid is the sidecar's.
+    pub fn try_start_command(
+        mut command: Command,
+        vars: &[(&str, &str)],
+    ) -> Result<Sidecar, (ExitStatus, String)> {
+        let mut child = command
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .envs(std::env::var("OTEL_SENDMMSG_ATTACH").ok().map(|v| ("OTEL_SENDMMSG_ATTACH", v)))
+            .envs(vars.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting the sidecar");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let pipe = child.stderr.take().unwrap();
+        let log = stderr.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                if line.contains("ready: tracing sendmmsg") {
+                    let _ = ready_tx.send(());
+                }
+                let mut log = log.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        let stdout = child.stdout.take();
+        let mut sidecar = Sidecar { child, stderr, stdout };
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if ready_rx.recv_timeout(Duration::from_millis(100)).is_ok() {
+                return Ok(sidecar);
+            }
+            if let Some(status) = sidecar.child.try_wait().unwrap() {
+                std::thread::sleep(Duration::from_millis(100)); // the log's last lines
+                return Err((status, sidecar.stderr()));
+            }
+            if Instant::now() > deadline {
+                let _ = sidecar.child.kill();
+                panic!("the sidecar was not ready within {READY_TIMEOUT:?}:\n{}", sidecar.stderr());
+            }
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+/// The demo app's binary, built now in this test's profile (another package: cargo does not
+/// build it for this one's tests, and a stale one would test old code).
+pub fn build_demo_app() -> std::path::PathBuf {
+    let profile_dir = std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().to_owned();
+    let mut build = Command::new(env!("CARGO"));
+    build.args(["build", "--locked", "--package", "otel-sendmmsg-demo"]);
+    if profile_dir.ends_with("release") {
+        build.arg("--release");
+    }
+    let status = build.status().expect("running cargo to build the demo app");
+    assert!(status.success(), "building the demo app failed");
+    profile_dir.join("otel-sendmmsg-demo")
+}

@@ -1,0 +1,297 @@
+//! Least privilege, end to end, as root: the real sidecar started as `nobody` with only the
+//! capabilities `privileges::CAPABILITIES` documents traces real calls, even another user's
+//! inside that user's spans; without a required one it stops naming it; without the optional
+//! one it traces and the kernel refuses only the context-marker uprobe. And the container way
+//! (non-root, file capabilities from the Dockerfile's own `setcap` line, the rest decided by the
+//! bounding set) works the same.
+
+mod support;
+
+use std::{
+    collections::HashSet,
+    io::{BufRead, BufReader, Write},
+    net::UdpSocket,
+    path::{Path, PathBuf},
+    process::{Child, ChildStdin, Command, Stdio},
+    sync::{mpsc, Mutex, MutexGuard, OnceLock},
+    time::{Duration, Instant},
+};
+
+use otel_sendmmsg::privileges::{Capability, Need, CAPABILITIES};
+use support::*;
+
+/// Another unprivileged user, for the app whose process the sidecar must look into.
+const APP_USER: u32 = 4321;
+const ITERATIONS: usize = 3;
+
+/// setpriv's spelling: `bpf`, `sys_ptrace`.
+fn setpriv_name(c: &Capability) -> String {
+    c.short_name().to_ascii_lowercase()
+}
+
+fn names(caps: impl IntoIterator<Item = &'static Capability>) -> Vec<String> {
+    caps.into_iter().map(setpriv_name).collect()
+}
+
+fn required() -> impl Iterator<Item = &'static Capability> {
+    CAPABILITIES.iter().filter(|c| c.need == Need::Required)
+}
+
+/// One sidecar at a time: each attaches the marker uprobe to every binary that has it, and all
+/// share the pinned context map, so one's demo app would get parents through another's uprobe.
+fn one_at_a_time() -> MutexGuard<'static, ()> {
+    static SIDECARS: Mutex<()> = Mutex::new(());
+    SIDECARS.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The sidecar, where `nobody` can run it.
+fn sidecar_binary() -> &'static Path {
+    static COPY: OnceLock<PathBuf> = OnceLock::new();
+    COPY.get_or_init(|| copy_for_other_users(Path::new(SIDECAR), "otel-sendmmsg"))
+}
+
+fn otlp_vars(receiver: &Receiver) -> Vec<(&str, &str)> {
+    vec![
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint.as_str()),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+    ]
+}
+
+fn start_as_nobody(
+    caps: &[String],
+    vars: &[(&str, &str)],
+) -> Result<Sidecar, (std::process::ExitStatus, String)> {
+    let caps: Vec<&str> = caps.iter().map(String::as_str).collect();
+    Sidecar::try_start_command(setpriv(NOBODY, &caps, true, sidecar_binary()), vars)
+}
+
+/// A `/proc/PID/status` field's first value.
+fn status_field(pid: u32, field: &str) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find_map(|l| l.strip_prefix(field)?.strip_prefix(':')).unwrap().trim();
+    line.split_whitespace().next().unwrap().to_owned()
+}
+
+fn mask(caps: impl IntoIterator<Item = &'static Capability>) -> u64 {
+    caps.into_iter().fold(0, |m, c| m | 1 << c.number)
+}
+
+/// The udp4 scenario's one call, traced and exported with its exact result.
+fn assert_traces_a_call(receiver: &Receiver, sidecar: Sidecar) -> Stopped {
+    let calls = run_workload(&["udp4"]);
+    let stopped = sidecar.stop();
+    assert!(stopped.status.success(), "{}", stopped.stderr);
+    let spans = receiver.spans_of(calls[0].pid);
+    assert_eq!(spans.len(), 1, "one span for the workload's call:\n{}", stopped.stderr);
+    assert_eq!(spans[0].int("sendmmsg.sent"), Some(8));
+    assert_eq!(spans[0].int("sendmmsg.messages.attempted"), Some(8));
+    stopped
+}
+
+#[test]
+fn the_capability_numbers_are_the_names_the_kernel_tools_give_them() {
+    for c in CAPABILITIES {
+        let out = Command::new("capsh").arg(format!("--decode={:x}", 1u64 << c.number)).output();
+        let out = out.expect("capsh (Debian's libcap2-bin) is needed: run scripts/setup.sh");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.trim().ends_with(&format!("={}", c.setcap_name())), "{}: capsh says {text}", c.name);
+    }
+}
+
+#[test]
+fn with_only_the_documented_capabilities_a_non_root_sidecar_traces() {
+    require_root();
+    let _alone = one_at_a_time();
+    let receiver = Receiver::start(Protocol::Grpc);
+    let sidecar = start_as_nobody(&names(CAPABILITIES), &otlp_vars(&receiver))
+        .unwrap_or_else(|(status, log)| panic!("it did not start ({status}):\n{log}"));
+    // Really unprivileged: nobody, with these capabilities and no other.
+    assert_eq!(status_field(sidecar.pid(), "Uid"), NOBODY.to_string());
+    let effective = u64::from_str_radix(&status_field(sidecar.pid(), "CapEff"), 16).unwrap();
+    assert_eq!(effective, mask(CAPABILITIES), "effective set {effective:#x}");
+    let stopped = assert_traces_a_call(&receiver, sidecar);
+    assert!(!stopped.stderr.contains("missing CAP_"), "{}", stopped.stderr);
+}
+
+#[test]
+fn without_any_one_required_capability_start_up_stops_naming_it() {
+    require_root();
+    let _alone = one_at_a_time();
+    for missing in required() {
+        let caps = names(CAPABILITIES.iter().filter(|c| *c != missing));
+        let (status, log) = match start_as_nobody(&caps, &[("OTEL_TRACES_EXPORTER", "none")]) {
+            Ok(sidecar) => panic!("it started without {}:\n{}", missing.name, sidecar.stop().stderr),
+            Err(failed) => failed,
+        };
+        assert_eq!(status.code(), Some(1), "without {}: {status}\n{log}", missing.name);
+        assert!(
+            log.contains(&format!("missing {} ({})", missing.name, missing.purpose)),
+            "without {}:\n{log}",
+            missing.name
+        );
+        assert_eq!(log.matches("missing CAP_").count(), 1, "only that one is named:\n{log}");
+        assert!(!log.contains("panicked"), "{log}");
+    }
+}
+
+/// The demo app as another unprivileged user, stopped before it sends.
+struct App {
+    child: Child,
+    stdin: ChildStdin,
+    binary: PathBuf,
+}
+
+impl App {
+    fn start(endpoint: &str, sink: &UdpSocket) -> App {
+        let binary = copy_for_other_users(&build_demo_app(), "otel-sendmmsg-demo");
+        let mut child = setpriv(APP_USER, &[], false, &binary)
+            .env_clear()
+            .env("OTEL_SERVICE_NAME", "my-app")
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
+            .env("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+            .env("OTEL_BSP_SCHEDULE_DELAY", "100")
+            .env("DEMO_TARGET", sink.local_addr().unwrap().to_string())
+            .env("DEMO_ITERATIONS", ITERATIONS.to_string())
+            .env("DEMO_INTERVAL_MS", "20")
+            .env("DEMO_WAIT_FOR_STDIN", "1")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("starting the demo app");
+        let stdin = child.stdin.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        let stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        loop {
+            let line = rx.recv_timeout(Duration::from_secs(30)).expect("the demo app did not get ready");
+            if line == "waiting" {
+                break;
+            }
+        }
+        assert_eq!(status_field(child.id(), "Uid"), APP_USER.to_string());
+        App { child, stdin, binary }
+    }
+
+    /// Waits for the sidecar's word on the marker in this very binary: attached or not.
+    fn marker_outcome(&self, sidecar: &Sidecar) -> String {
+        let suffix = format!("/root{}", self.binary.display());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let log = sidecar.stderr();
+            if let Some(line) = log.lines().find(|l| l.contains("context marker: ") && l.contains(&suffix)) {
+                return line.to_owned();
+            }
+            assert!(Instant::now() < deadline, "the sidecar never tried the demo's marker:\n{log}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn run(mut self) -> u32 {
+        writeln!(self.stdin, "go").unwrap();
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "the demo app failed: {status}");
+        self.child.id()
+    }
+}
+
+/// What the app exported of its own and what the sidecar exported of its calls.
+fn app_and_syscall_spans(receiver: &Receiver, pid: u32) -> (Vec<ReceivedSpan>, Vec<ReceivedSpan>) {
+    let app: Vec<_> = receiver.spans().into_iter().filter(|s| s.span.name == "publish-batch").collect();
+    let calls = receiver
+        .spans_of(pid)
+        .into_iter()
+        .filter(|s| s.span.name == "sendmmsg" && s.str("thread.name") == Some("publisher"))
+        .collect();
+    assert_eq!(app.len(), ITERATIONS, "the app's own spans");
+    (app, calls)
+}
+
+#[test]
+fn with_them_another_users_calls_land_inside_that_users_spans() {
+    require_root();
+    let _alone = one_at_a_time();
+    let receiver = Receiver::start(Protocol::Grpc);
+    let sink = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let sidecar = start_as_nobody(&names(CAPABILITIES), &otlp_vars(&receiver))
+        .unwrap_or_else(|(status, log)| panic!("it did not start ({status}):\n{log}"));
+    let app = App::start(&receiver.endpoint, &sink);
+    let outcome = app.marker_outcome(&sidecar);
+    assert!(outcome.contains("context marker: attached to /proc/"), "{outcome}");
+    let pid = app.run();
+    let stopped = sidecar.stop();
+    assert!(stopped.status.success(), "{}", stopped.stderr);
+    let (app_spans, calls) = app_and_syscall_spans(&receiver, pid);
+    let parents: HashSet<&Vec<u8>> = app_spans.iter().map(|s| &s.span.span_id).collect();
+    assert_eq!(calls.len(), ITERATIONS, "{}", stopped.stderr);
+    for call in &calls {
+        assert!(parents.contains(&call.span.parent_span_id), "not inside an app span: {:?}", call.span);
+    }
+}
+
+/// CAP_SYS_ADMIN is listed for one reason: the kernel refuses uprobes without it. Without it the
+/// sidecar says so at start-up, traces as before, and the app's calls are roots of their own.
+#[test]
+fn without_sys_admin_it_traces_but_the_kernel_refuses_the_marker_uprobe() {
+    require_root();
+    let _alone = one_at_a_time();
+    let optional: Vec<&Capability> = CAPABILITIES.iter().filter(|c| c.need == Need::ContextMarker).collect();
+    assert_eq!(optional.iter().map(|c| c.name).collect::<Vec<_>>(), ["CAP_SYS_ADMIN"]);
+    let receiver = Receiver::start(Protocol::Grpc);
+    let sink = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let sidecar = start_as_nobody(&names(required()), &otlp_vars(&receiver))
+        .unwrap_or_else(|(status, log)| panic!("it did not start ({status}):\n{log}"));
+    let log = sidecar.stderr();
+    assert!(log.contains(&format!("missing CAP_SYS_ADMIN ({})", optional[0].purpose)), "{log}");
+    let app = App::start(&receiver.endpoint, &sink);
+    let outcome = app.marker_outcome(&sidecar);
+    assert!(outcome.contains("not attached") && outcome.contains("perf_event_open"), "{outcome}");
+    let pid = app.run();
+    let stopped = sidecar.stop();
+    assert!(stopped.status.success(), "{}", stopped.stderr);
+    let (_, calls) = app_and_syscall_spans(&receiver, pid);
+    assert_eq!(calls.len(), ITERATIONS, "traced all the same:\n{}", stopped.stderr);
+    assert!(calls.iter().all(|c| c.span.parent_span_id.is_empty()), "no parent without the marker");
+}
+
+/// The image's way: `nobody`, file capabilities from the Dockerfile's `setcap` line (permitted
+/// only), and the container's bounding set (its `cap_add`) deciding which of them it gets.
+#[test]
+fn as_the_image_runs_it_file_capabilities_and_the_bounding_set_decide() {
+    require_root();
+    let _alone = one_at_a_time();
+    let dockerfile = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../Dockerfile"))
+        .expect("the sidecar's Dockerfile at the repository root");
+    let words: Vec<&str> = dockerfile.split_whitespace().collect();
+    let file_caps = words
+        .windows(2)
+        .find_map(|w| (w[0] == "setcap" && w[1].starts_with("cap_")).then_some(w[1]))
+        .expect("a `setcap cap_...` command in the Dockerfile");
+    let binary = copy_for_other_users(Path::new(SIDECAR), "otel-sendmmsg-file-caps");
+    let status = Command::new("setcap").arg(file_caps).arg(&binary).status();
+    let status = status.expect("setcap (Debian's libcap2-bin) is needed: run scripts/setup.sh");
+    assert!(status.success(), "setcap {file_caps} refused");
+
+    let receiver = Receiver::start(Protocol::Grpc);
+    let all = names(CAPABILITIES);
+    let all: Vec<&str> = all.iter().map(String::as_str).collect();
+    let sidecar = Sidecar::try_start_command(setpriv(NOBODY, &all, false, &binary), &otlp_vars(&receiver))
+        .unwrap_or_else(|(status, log)| panic!("it did not start ({status}):\n{log}"));
+    let effective = u64::from_str_radix(&status_field(sidecar.pid(), "CapEff"), 16).unwrap();
+    assert_eq!(effective, mask(CAPABILITIES), "raised from the permitted set: {effective:#x}");
+    assert_traces_a_call(&receiver, sidecar);
+
+    // A compose file or manifest that forgets one: the sidecar still runs, and names it.
+    let without_perfmon: Vec<&str> = all.iter().copied().filter(|c| *c != "perfmon").collect();
+    let failed = Sidecar::try_start_command(
+        setpriv(NOBODY, &without_perfmon, false, &binary),
+        &[("OTEL_TRACES_EXPORTER", "none")],
+    );
+    let (status, log) = failed.err().expect("it started without CAP_PERFMON");
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(log.contains("missing CAP_PERFMON ("), "{log}");
+}
