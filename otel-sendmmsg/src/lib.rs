@@ -10,6 +10,7 @@ pub mod export;
 pub mod names;
 pub mod privileges;
 pub mod probes;
+pub mod process;
 pub mod records;
 pub mod run;
 pub mod sendmmsg;

@@ -1,0 +1,488 @@
+//! pid -> who the process is: its service name, executable and container, read from `/proc` once
+//! per process and kept in a bounded cache, so each process's spans get a resource of their own.
+//!
+//! A record names its process only by pid, which the kernel reuses. A cached entry therefore
+//! remembers the process's start time (`/proc/PID/stat` field 22) and is checked against it by
+//! [`ProcessCache::sweep`], which [`crate::run`] calls periodically: an entry whose pid now
+//! belongs to another process is forgotten at once; one whose process exited is forgotten one
+//! sweep later, so the records of its last calls, still on their way, keep its metadata.
+
+use std::{
+    num::NonZeroUsize,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use lru::LruCache;
+
+/// Processes remembered at once; beyond it the least recently seen is forgotten (and read again
+/// if it calls again). Each entry is a few short strings.
+pub const DEFAULT_CAPACITY: NonZeroUsize = NonZeroUsize::new(4096).unwrap();
+
+/// The semantic conventions' `service.name` when nothing names the service.
+pub const UNKNOWN_SERVICE: &str = "unknown_service";
+
+/// What a traced process's resource says about it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ProcessInfo {
+    pub pid: u32,
+    /// `process.executable.name`: the base name of `/proc/PID/exe`; the process's name (from
+    /// `/proc/PID/stat`) when that link cannot be read (a kernel thread, a zombie), or the
+    /// calling thread's name when the process was gone before it was looked at.
+    pub executable_name: Option<String>,
+    /// `service.name`: the process's own `OTEL_SERVICE_NAME` when it has one, else its
+    /// executable name, else [`UNKNOWN_SERVICE`].
+    pub service_name: String,
+    /// `container.id`, from `/proc/PID/cgroup`, when the process runs in a container.
+    pub container_id: Option<String>,
+}
+
+impl ProcessInfo {
+    /// What can be said of a process that is gone: the name of the thread that called.
+    fn from_comm(pid: u32, comm: &str) -> ProcessInfo {
+        let name = (!comm.is_empty()).then(|| comm.to_owned());
+        ProcessInfo {
+            pid,
+            service_name: name.clone().unwrap_or_else(|| UNKNOWN_SERVICE.to_owned()),
+            executable_name: name,
+            container_id: None,
+        }
+    }
+}
+
+/// Known processes by pid, least recently used first out.
+pub struct ProcessCache {
+    /// `/proc`, or a test's directory laid out like it.
+    root: PathBuf,
+    entries: LruCache<u32, Entry>,
+}
+
+struct Entry {
+    /// The process the entry describes, as `/proc/PID/stat` said when it was read; `None` when
+    /// the process was already gone.
+    identity: Option<Stat>,
+    /// A sweep found the process gone; the next sweep forgets it.
+    gone: bool,
+    info: Arc<ProcessInfo>,
+}
+
+impl ProcessCache {
+    pub fn new(root: impl Into<PathBuf>, capacity: NonZeroUsize) -> ProcessCache {
+        ProcessCache { root: root.into(), entries: LruCache::new(capacity) }
+    }
+
+    /// The process `pid`, from the cache or read now. `comm` (the calling thread's name, from
+    /// the record) stands in for the executable and service name when the process is already
+    /// gone, as short-lived ones often are by the time their record is read. Never fails.
+    pub fn get(&mut self, pid: u32, comm: &str) -> Arc<ProcessInfo> {
+        if let Some(entry) = self.entries.get(&pid) {
+            return entry.info.clone();
+        }
+        let entry = self.read(pid, comm);
+        let info = entry.info.clone();
+        self.entries.put(pid, entry);
+        info
+    }
+
+    fn read(&self, pid: u32, comm: &str) -> Entry {
+        let dir = self.root.join(pid.to_string());
+        let Some(stat) = read_stat(&dir) else {
+            return Entry { identity: None, gone: false, info: Arc::new(ProcessInfo::from_comm(pid, comm)) };
+        };
+        let executable_name = std::fs::read_link(dir.join("exe"))
+            .ok()
+            .and_then(|target| executable_name(&target))
+            .or_else(|| (!stat.comm.is_empty()).then(|| stat.comm.clone()))
+            .or_else(|| (!comm.is_empty()).then(|| comm.to_owned()));
+        let service_name = std::fs::read(dir.join("environ"))
+            .ok()
+            .and_then(|environ| service_name_from_environ(&environ))
+            .or_else(|| executable_name.clone())
+            .unwrap_or_else(|| UNKNOWN_SERVICE.to_owned());
+        let container_id =
+            std::fs::read_to_string(dir.join("cgroup")).ok().and_then(|cgroups| container_id(&cgroups));
+        let info = ProcessInfo { pid, executable_name, service_name, container_id };
+        Entry { identity: Some(stat), gone: false, info: Arc::new(info) }
+    }
+
+    /// Forgets processes that are no longer what their entry describes: at once when the pid
+    /// now belongs to another process (another start time) or the process changed its name (an
+    /// `exec`, which may bring another executable and environment); one sweep after it is
+    /// first found gone. Returns how many entries were forgotten.
+    pub fn sweep(&mut self) -> usize {
+        let mut forget = Vec::new();
+        for (pid, entry) in self.entries.iter_mut() {
+            match read_stat(&self.root.join(pid.to_string())) {
+                None if entry.gone => forget.push(*pid),
+                None => entry.gone = true,
+                Some(now) if entry.identity.as_ref() != Some(&now) => forget.push(*pid),
+                Some(_) => {}
+            }
+        }
+        for pid in &forget {
+            self.entries.pop(pid);
+        }
+        forget.len()
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+/// What identifies a process behind a pid: its start time (clock ticks after boot) and name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Stat {
+    comm: String,
+    start_time: u64,
+}
+
+fn read_stat(dir: &Path) -> Option<Stat> {
+    parse_stat(&std::fs::read_to_string(dir.join("stat")).ok()?)
+}
+
+/// `/proc/PID/stat`: `pid (comm) state ppid ...`, the start time being field 22. The name may
+/// hold spaces and parentheses, so it ends at the last `)`.
+fn parse_stat(stat: &str) -> Option<Stat> {
+    let open = stat.find('(')?;
+    let close = stat.rfind(')')?;
+    let comm = stat.get(open + 1..close)?.to_owned();
+    // Fields 3 onwards follow the name; field 22 is the 20th of them.
+    let start_time = stat[close + 1..].split_whitespace().nth(19)?.parse().ok()?;
+    Some(Stat { comm, start_time })
+}
+
+/// The base name of `/proc/PID/exe`'s target, without the ` (deleted)` the kernel appends when
+/// the file was removed or replaced (as by an upgrade) after the process started.
+fn executable_name(target: &Path) -> Option<String> {
+    let name = target.file_name()?.to_string_lossy();
+    let name = name.strip_suffix(" (deleted)").unwrap_or(&name);
+    (!name.is_empty()).then(|| name.to_owned())
+}
+
+/// The process's `OTEL_SERVICE_NAME` from `/proc/PID/environ` (NUL-separated `KEY=VALUE`
+/// entries), as its own SDK reads it: when the key is repeated the first entry is the one
+/// `getenv` returns (glibc, musl, Go and CPython all take the first), and an empty value means
+/// unset, as the specification says.
+pub fn service_name_from_environ(environ: &[u8]) -> Option<String> {
+    let value = environ.split(|b| *b == 0).find_map(|entry| entry.strip_prefix(b"OTEL_SERVICE_NAME="))?;
+    let value = String::from_utf8_lossy(value);
+    let value = value.trim();
+    (!value.is_empty()).then(|| value.to_owned())
+}
+
+/// Unit name prefixes container runtimes give the cgroup of a container, before its 64-hex id:
+/// Docker and Kubernetes with the systemd cgroup driver, containerd's CRI plugin, CRI-O, podman.
+const SCOPE_PREFIXES: &[&str] = &["docker-", "cri-containerd-", "crio-", "libpod-"];
+
+/// The container id in `/proc/PID/cgroup` text, for the common runtimes' layouts:
+/// - `/docker/<id>` (Docker, cgroupfs driver) and `/kubepods/<qos>/pod<uid>/<id>` (Kubernetes,
+///   cgroupfs driver): a path segment that is the id itself;
+/// - `docker-<id>.scope`, `cri-containerd-<id>.scope`, `crio-<id>.scope`, `libpod-<id>.scope`
+///   (systemd driver, under `system.slice`, `machine.slice` or `kubepods.slice`).
+///
+/// The cgroup v2 line (`0::`) is read first, then v1 lines; within a path the innermost match
+/// wins (a container in a container). Runtime monitors (`crio-conmon-<id>.scope`) are not
+/// containers and do not match.
+pub fn container_id(cgroups: &str) -> Option<String> {
+    let paths = cgroups.lines().filter_map(|line| {
+        let mut fields = line.splitn(3, ':');
+        let (id, controllers, path) = (fields.next()?, fields.next()?, fields.next()?);
+        Some((!(id == "0" && controllers.is_empty()), path))
+    });
+    let mut paths: Vec<(bool, &str)> = paths.collect();
+    // v2 first (false sorts first); stable, so v1 lines keep their order.
+    paths.sort_by_key(|(v1, _)| *v1);
+    paths.into_iter().find_map(|(_, path)| path.split('/').rev().find_map(container_id_in_segment))
+}
+
+fn container_id_in_segment(segment: &str) -> Option<String> {
+    if is_container_id(segment) {
+        return Some(segment.to_owned());
+    }
+    let unit = segment.strip_suffix(".scope")?;
+    SCOPE_PREFIXES
+        .iter()
+        .find_map(|prefix| unit.strip_prefix(prefix))
+        .filter(|id| is_container_id(id))
+        .map(str::to_owned)
+}
+
+/// Container ids are 64 lower-case hex digits (a SHA-256).
+fn is_container_id(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::symlink;
+
+    use super::*;
+
+    const ID: &str = "3f1c0a9e8b7d6c5f4e3d2c1b0a9f8e7d6c5b4a3f2e1d0c9b8a7f6e5d4c3b2a19";
+
+    #[test]
+    fn docker_with_the_cgroupfs_driver() {
+        assert_eq!(container_id(&format!("0::/docker/{ID}\n")).as_deref(), Some(ID));
+        // cgroup v1: every controller's line carries it.
+        let v1 = format!("12:memory:/docker/{ID}\n11:pids:/docker/{ID}\n1:name=systemd:/docker/{ID}\n");
+        assert_eq!(container_id(&v1).as_deref(), Some(ID));
+    }
+
+    #[test]
+    fn docker_with_the_systemd_driver() {
+        let line = format!("0::/system.slice/docker-{ID}.scope\n");
+        assert_eq!(container_id(&line).as_deref(), Some(ID));
+    }
+
+    #[test]
+    fn kubernetes_with_containerd() {
+        let systemd = format!(
+            "0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod0a1b2c3d_4e5f_6789_abcd_ef0123456789.slice/cri-containerd-{ID}.scope\n"
+        );
+        assert_eq!(container_id(&systemd).as_deref(), Some(ID));
+        let cgroupfs = format!("0::/kubepods/besteffort/pod0a1b2c3d-4e5f-6789-abcd-ef0123456789/{ID}\n");
+        assert_eq!(container_id(&cgroupfs).as_deref(), Some(ID));
+    }
+
+    #[test]
+    fn cri_o_and_podman() {
+        let crio = format!("0::/kubepods.slice/kubepods-pod1.slice/crio-{ID}.scope\n");
+        assert_eq!(container_id(&crio).as_deref(), Some(ID));
+        let podman = format!("0::/machine.slice/libpod-{ID}.scope/container\n");
+        assert_eq!(container_id(&podman).as_deref(), Some(ID));
+        // The monitor process beside the container is not in it.
+        assert_eq!(container_id(&format!("0::/machine.slice/libpod-conmon-{ID}.scope\n")), None);
+        assert_eq!(container_id(&format!("0::/system.slice/crio-conmon-{ID}.scope\n")), None);
+    }
+
+    #[test]
+    fn the_v2_line_and_the_innermost_container_win() {
+        let other = "a".repeat(64);
+        let mixed = format!("4:memory:/docker/{other}\n0::/system.slice/docker-{ID}.scope\n");
+        assert_eq!(container_id(&mixed).as_deref(), Some(ID));
+        let nested = format!("0::/docker/{other}/docker/{ID}\n");
+        assert_eq!(container_id(&nested).as_deref(), Some(ID));
+    }
+
+    #[test]
+    fn hosts_and_look_alikes_are_not_containers() {
+        for cgroups in [
+            "0::/\n",
+            "0::/init.scope\n",
+            "0::/user.slice/user-1000.slice/session-2.scope\n",
+            "0::/system.slice/sshd.service\n",
+            // This machine's own (a 32-hex v1 memory cgroup).
+            "4:memory:/process_api/4c44791128fac6a1e00956c484667a1f\n0::/\n",
+            &format!("0::/system.slice/docker-{}.scope\n", &ID[1..]),
+            &format!("0::/system.slice/docker-{}.scope\n", ID.to_uppercase()),
+            &format!("0::/system.slice/unknown-{ID}.scope\n"),
+            "",
+        ] {
+            assert_eq!(container_id(cgroups), None, "{cgroups:?}");
+        }
+    }
+
+    #[test]
+    fn otel_service_name_is_read_as_getenv_would() {
+        let environ = b"PATH=/bin\0OTEL_SERVICE_NAME=checkout\0HOME=/\0";
+        assert_eq!(service_name_from_environ(environ).as_deref(), Some("checkout"));
+        // No trailing NUL.
+        assert_eq!(service_name_from_environ(b"OTEL_SERVICE_NAME=a").as_deref(), Some("a"));
+        // Repeated: getenv returns the first.
+        let twice = b"OTEL_SERVICE_NAME=first\0OTEL_SERVICE_NAME=second\0";
+        assert_eq!(service_name_from_environ(twice).as_deref(), Some("first"));
+        // Empty means unset, even when a later entry has a value the app's getenv never sees.
+        assert_eq!(service_name_from_environ(b"OTEL_SERVICE_NAME=\0"), None);
+        assert_eq!(service_name_from_environ(b"OTEL_SERVICE_NAME=\0OTEL_SERVICE_NAME=x\0"), None);
+        assert_eq!(service_name_from_environ(b"OTEL_SERVICE_NAME=  \0"), None);
+        // Other variables that merely contain the name.
+        assert_eq!(service_name_from_environ(b"MY_OTEL_SERVICE_NAME=x\0OTEL_SERVICE_NAMES=y\0"), None);
+        assert_eq!(service_name_from_environ(b""), None);
+    }
+
+    #[test]
+    fn stat_gives_the_name_and_start_time_even_with_odd_names() {
+        let stat = "4242 (my (odd) name) S 1 4242 4242 0 -1 4194560 100 0 0 0 5 3 0 0 20 0 1 0 987654 \
+                    12345678 300 18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 3 0 0 0 0 0";
+        assert_eq!(parse_stat(stat), Some(Stat { comm: "my (odd) name".into(), start_time: 987654 }));
+        assert_eq!(parse_stat("4242 (short) S 1"), None);
+        assert_eq!(parse_stat(""), None);
+    }
+
+    #[test]
+    fn the_executable_is_the_base_name_of_the_exe_link() {
+        assert_eq!(executable_name(Path::new("/usr/sbin/unbound")).as_deref(), Some("unbound"));
+        assert_eq!(executable_name(Path::new("/opt/app/server (deleted)")).as_deref(), Some("server"));
+        assert_eq!(executable_name(Path::new("/")), None);
+    }
+
+    /// A directory laid out like `/proc`, removed when dropped.
+    struct FakeProc(PathBuf);
+
+    impl FakeProc {
+        fn new(name: &str) -> FakeProc {
+            let dir = std::env::temp_dir().join(format!("otel-sendmmsg-proc-{}-{name}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            FakeProc(dir)
+        }
+
+        fn process(&self, pid: u32, comm: &str, start_time: u64, exe: &str, environ: &[u8], cgroup: &str) {
+            let dir = self.0.join(pid.to_string());
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            let stat =
+                format!("{pid} ({comm}) S 1 {pid} {pid} 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 {start_time} 0 0");
+            std::fs::write(dir.join("stat"), stat).unwrap();
+            symlink(exe, dir.join("exe")).unwrap();
+            std::fs::write(dir.join("environ"), environ).unwrap();
+            std::fs::write(dir.join("cgroup"), cgroup).unwrap();
+        }
+
+        fn exit(&self, pid: u32) {
+            std::fs::remove_dir_all(self.0.join(pid.to_string())).unwrap();
+        }
+
+        fn cache(&self, capacity: usize) -> ProcessCache {
+            ProcessCache::new(&self.0, NonZeroUsize::new(capacity).unwrap())
+        }
+    }
+
+    impl Drop for FakeProc {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[test]
+    fn a_process_is_read_once_with_its_service_executable_and_container() {
+        let proc = FakeProc::new("read");
+        proc.process(
+            10,
+            "checkout-main",
+            500,
+            "/srv/bin/checkout-server",
+            b"OTEL_SERVICE_NAME=checkout\0",
+            &format!("0::/system.slice/docker-{ID}.scope\n"),
+        );
+        proc.process(11, "dnsd", 600, "/usr/sbin/dnsd (deleted)", b"PATH=/bin\0", "0::/init.scope\n");
+        let mut cache = proc.cache(16);
+        let checkout = cache.get(10, "worker-1");
+        assert_eq!(
+            *checkout,
+            ProcessInfo {
+                pid: 10,
+                executable_name: Some("checkout-server".into()),
+                service_name: "checkout".into(),
+                container_id: Some(ID.into()),
+            }
+        );
+        let dnsd = cache.get(11, "dnsd");
+        assert_eq!(dnsd.service_name, "dnsd", "no OTEL_SERVICE_NAME: the executable's name");
+        assert_eq!(dnsd.executable_name.as_deref(), Some("dnsd"));
+        assert_eq!(dnsd.container_id, None);
+        // Cached: the same entry, not read again.
+        proc.process(10, "checkout-main", 500, "/srv/bin/checkout-server", b"OTEL_SERVICE_NAME=other\0", "");
+        assert!(Arc::ptr_eq(&checkout, &cache.get(10, "worker-1")));
+        assert_eq!(cache.len(), 2);
+    }
+
+    #[test]
+    fn a_process_gone_before_it_is_looked_at_is_named_by_its_thread() {
+        let proc = FakeProc::new("gone");
+        let mut cache = proc.cache(16);
+        let info = cache.get(77, "sendmmsg-worklo");
+        assert_eq!(
+            *info,
+            ProcessInfo {
+                pid: 77,
+                executable_name: Some("sendmmsg-worklo".into()),
+                service_name: "sendmmsg-worklo".into(),
+                container_id: None,
+            }
+        );
+        assert_eq!(cache.get(78, "").service_name, UNKNOWN_SERVICE);
+    }
+
+    #[test]
+    fn an_unreadable_exe_link_falls_back_to_the_process_name() {
+        let proc = FakeProc::new("zombie");
+        proc.process(12, "kworker/0:1", 1, "/none", b"", "");
+        std::fs::remove_file(proc.0.join("12/exe")).unwrap();
+        let info = proc.cache(4).get(12, "thread-name");
+        assert_eq!(info.executable_name.as_deref(), Some("kworker/0:1"));
+        assert_eq!(info.service_name, "kworker/0:1");
+    }
+
+    #[test]
+    fn sweeping_notices_reused_pids_renames_and_exits() {
+        let proc = FakeProc::new("sweep");
+        proc.process(20, "a", 100, "/bin/a", b"OTEL_SERVICE_NAME=svc-a\0", "");
+        proc.process(21, "b", 100, "/bin/b", b"", "");
+        proc.process(22, "c", 100, "/bin/c", b"", "");
+        proc.process(23, "d", 100, "/bin/d", b"", "");
+        let mut cache = proc.cache(16);
+        for pid in 20..24 {
+            cache.get(pid, "t");
+        }
+        assert_eq!(cache.sweep(), 0, "nothing changed");
+
+        // 20's pid now belongs to another process (a later start time); 21 exec'd another
+        // program; 22 exited; 23 is unchanged.
+        proc.process(20, "a", 900, "/bin/other", b"", "");
+        proc.process(21, "sh", 100, "/bin/sh", b"", "");
+        proc.exit(22);
+        assert_eq!(cache.sweep(), 2, "the reused pid and the exec are forgotten at once");
+        assert_eq!(cache.get(20, "t").service_name, "other");
+        assert_eq!(cache.get(21, "t").service_name, "sh");
+        // The exited process's last records still find it.
+        assert_eq!(cache.get(22, "t").service_name, "c");
+        assert_eq!(cache.sweep(), 1, "the exited process, one sweep later");
+        assert_eq!(cache.len(), 3);
+        assert_eq!(cache.get(22, "t").service_name, "t", "read again: gone, named by its thread");
+        assert_eq!(cache.get(23, "t").service_name, "d");
+
+        // An entry made for a process already gone is forgotten the same way, and at once if
+        // its pid comes back.
+        cache.get(30, "t");
+        proc.process(30, "new", 5, "/bin/new", b"", "");
+        assert_eq!(cache.sweep(), 1);
+        assert_eq!(cache.get(30, "t").service_name, "new");
+    }
+
+    #[test]
+    fn the_cache_is_bounded_least_recently_used_first_out() {
+        let proc = FakeProc::new("bounded");
+        for pid in 1..=3 {
+            proc.process(pid, "p", 1, &format!("/bin/p{pid}"), b"", "");
+        }
+        let mut cache = proc.cache(2);
+        let first = cache.get(1, "t");
+        cache.get(2, "t");
+        cache.get(1, "t"); // 2 is now the least recently used
+        cache.get(3, "t");
+        assert_eq!(cache.len(), 2);
+        assert!(Arc::ptr_eq(&first, &cache.get(1, "t")), "1 was kept");
+        proc.process(2, "p", 1, "/bin/renamed", b"", "");
+        assert_eq!(cache.get(2, "t").service_name, "renamed", "2 was forgotten and read again");
+    }
+
+    #[test]
+    fn this_process_as_the_real_proc_shows_it() {
+        let mut cache = ProcessCache::new("/proc", DEFAULT_CAPACITY);
+        let me = cache.get(std::process::id(), "ignored");
+        let exe = std::env::current_exe().unwrap();
+        assert_eq!(me.executable_name.as_deref(), exe.file_name().and_then(|n| n.to_str()));
+        let expected = std::env::var("OTEL_SERVICE_NAME")
+            .ok()
+            .filter(|v| !v.trim().is_empty())
+            .unwrap_or_else(|| me.executable_name.clone().unwrap());
+        assert_eq!(me.service_name, expected);
+        assert_eq!(cache.sweep(), 0);
+    }
+}
