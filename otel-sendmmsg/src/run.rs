@@ -5,13 +5,14 @@ use std::{future::Future, path::Path, time::Duration};
 use anyhow::{Context, Result};
 use aya::maps::{MapData, RingBuf};
 use tokio::io::{unix::AsyncFd, Interest};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::{
     clock::WallClock,
     config::{Config, Output},
-    export::Exporter,
+    export::{ExportStats, Exporter},
     probes::{choose::choose, kernel::Kernel, markers::Discovery, Probes},
+    process::{self, ProcessCache},
     records::decode,
     spans::{span_for, MessageDetail, SpanOptions},
 };
@@ -21,12 +22,17 @@ use crate::{
 const RESCAN_PROCESSES: Duration = Duration::from_secs(1);
 /// The longest a record waits in the ring buffer when too few are pending to wake us.
 pub const DRAIN_INTERVAL: Duration = Duration::from_millis(20);
+/// How often cached process metadata is checked against `/proc`: a reused pid is noticed within
+/// this long, and an exited process is forgotten one to two of these after it exits.
+const SWEEP_PROCESSES: Duration = Duration::from_secs(10);
 
 /// Records -> spans -> exporter, with the totals for the closing summary.
 struct Pipeline {
     exporter: Exporter,
+    processes: ProcessCache,
     options: SpanOptions,
     clock: WallClock,
+    /// Spans handed to the exporter: calls' spans and their message child spans.
     spans: u64,
     undecodable: u64,
 }
@@ -35,8 +41,10 @@ impl Pipeline {
     fn handle(&mut self, item: &[u8]) {
         match decode(item) {
             Ok(call) => {
-                self.exporter.export(span_for(&call, &self.clock, self.options));
-                self.spans += 1;
+                let process = self.processes.get(call.pid, &call.comm);
+                let span = span_for(&call, &self.clock, self.options);
+                self.spans += 1 + span.children.len() as u64;
+                self.exporter.export(span, process);
             }
             Err(e) => {
                 self.undecodable += 1;
@@ -68,6 +76,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         .map_err(|e| anyhow::anyhow!("watching the ring buffer: {e}"))?;
     let mut pipeline = Pipeline {
         exporter: Exporter::new(&config.output)?,
+        processes: ProcessCache::new("/proc", process::DEFAULT_CAPACITY),
         // Until a per-message hook has proved itself, calls carry no trustworthy message detail.
         options: SpanOptions { per_message: false, detail: config.message_detail },
         clock: WallClock::now(),
@@ -94,6 +103,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let mut report = tokio::time::interval(config.loss_report_interval);
     let mut discovery = Discovery::default();
     let mut rescan = tokio::time::interval(RESCAN_PROCESSES);
+    let mut sweep = tokio::time::interval(SWEEP_PROCESSES);
     // The BPF side wakes us only once WAKEUP_BYTES are pending; this bounds the latency of the
     // records below that.
     let mut drain = tokio::time::interval(DRAIN_INTERVAL);
@@ -108,7 +118,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             }
             _ = drain.tick() => pipeline.drain(records.get_mut()),
             _ = rescan.tick() => attach_markers(&mut discovery, &mut probes),
-            _ = report.tick() => losses.report_growth(&probes, pipeline.undecodable),
+            _ = report.tick() => losses.report_growth(&probes, pipeline.undecodable, pipeline.exporter.stats()),
+            _ = sweep.tick() => {
+                let forgotten = pipeline.processes.sweep();
+                debug!("process metadata: {forgotten} forgotten, {} kept", pipeline.processes.len());
+            }
         }
     }
 
@@ -120,9 +134,21 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         Ok(counters) => losses.extend(counters.iter().map(|(name, n)| format!("{name}={n}"))),
         Err(e) => warn!("reading the BPF counters: {e:#}"),
     }
-    let flushed = pipeline.exporter.shutdown();
+    let flushed = pipeline.exporter.shutdown().await;
+    if let Ok(stats) = &flushed {
+        losses.extend(export_counters(stats).iter().map(|(name, n)| format!("{name}={n}")));
+    }
     info!("stopped: {} spans; {}", pipeline.spans, losses.join(" "));
-    flushed
+    flushed.map(drop)
+}
+
+/// The exporter's counts as the summary names them; with no loss, `exported` is every span.
+fn export_counters(stats: &ExportStats) -> [(&'static str, u64); 3] {
+    [
+        ("exported", stats.exported),
+        ("export_queue_full", stats.dropped_queue_full),
+        ("export_failed", stats.failed),
+    ]
 }
 
 /// The loss counters as last logged, so only growth is reported.
@@ -133,11 +159,12 @@ struct LossLog {
 
 impl LossLog {
     /// Warns about every counter of a real loss that grew since the last report.
-    fn report_growth(&mut self, probes: &Probes, undecodable: u64) {
+    fn report_growth(&mut self, probes: &Probes, undecodable: u64, export: ExportStats) {
         let Ok(mut now) = probes.counters() else {
             return;
         };
         now.push(("undecodable_records", undecodable));
+        now.extend(export_counters(&export));
         let grown: Vec<String> = now
             .iter()
             .filter(|(name, _)| LOSSES.contains(name))
@@ -152,8 +179,14 @@ impl LossLog {
 }
 
 /// The counters that mean a call's span was lost or damaged (the others are informational).
-const LOSSES: &[&str] =
-    &["ring_buffer_full", "inflight_insert_failed", "exit_without_entry", "undecodable_records"];
+const LOSSES: &[&str] = &[
+    "ring_buffer_full",
+    "inflight_insert_failed",
+    "exit_without_entry",
+    "undecodable_records",
+    "export_queue_full",
+    "export_failed",
+];
 
 /// Returns the allocator's free pages to the system (glibc keeps them otherwise).
 fn release_freed_memory() {

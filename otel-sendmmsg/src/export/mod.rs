@@ -1,109 +1,137 @@
-//! Span -> the configured destination: an OTLP collector (gRPC or HTTP/protobuf, through the
-//! OpenTelemetry SDK's batch processor), or one readable line per call on stdout.
+//! Span -> the configured destination: an OTLP collector (gRPC or HTTP/protobuf, through
+//! [`batcher`], each process's spans under its own resource), or one readable line per call on
+//! stdout. Every span handed over is accounted for in [`ExportStats`].
 
-use std::io::Write;
+pub mod batcher;
+pub mod span_data;
+
+use std::{io::Write, sync::Arc, time::Duration};
 
 use anyhow::{Context as _, Result};
-use opentelemetry::{
-    trace::{
-        Span as _, SpanBuilder, SpanContext, SpanId, SpanKind, Status, TraceContextExt as _, TraceFlags,
-        TraceId, TraceState, TracerProvider as _,
-    },
-    Context, Value,
-};
-use opentelemetry_otlp::SpanExporter;
-use opentelemetry_sdk::{
-    trace::{Sampler, SdkTracer, SdkTracerProvider},
-    Resource,
-};
+use opentelemetry::{trace::Status, Value};
+use opentelemetry_otlp::{SpanExporter, WithHttpConfig as _};
 
 use crate::{
     config::{Output, Protocol},
+    process::ProcessInfo,
     spans::{SyscallSpan, SPAN_NAME},
 };
+use batcher::{BatchConfig, Batcher};
 
-/// The resource's `service.name` when `OTEL_SERVICE_NAME` does not name one.
-const DEFAULT_SERVICE_NAME: &str = "otel-sendmmsg";
+/// What became of the spans handed to the exporter, each counted once: a call's span and each
+/// of its message child spans (`OTEL_SENDMMSG_MESSAGE_DETAIL=spans`) count one each, so
+/// `exported + dropped_queue_full + failed` is every span handed over.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExportStats {
+    /// Accepted by the collector (OTLP), or written to stdout (console: a call's line stands
+    /// for its span and its children).
+    pub exported: u64,
+    /// Dropped on arrival because `OTEL_BSP_MAX_QUEUE_SIZE` spans were already waiting.
+    pub dropped_queue_full: u64,
+    /// Sent but not accepted: the exporter gave up after its own retries, the export took
+    /// longer than `OTEL_BSP_EXPORT_TIMEOUT`, or the flush at shutdown ran out of time for it
+    /// (console: the line could not be written).
+    pub failed: u64,
+}
 
 pub enum Exporter {
-    Console(std::io::Stdout),
-    Otlp { provider: SdkTracerProvider, tracer: SdkTracer },
+    Console {
+        out: std::io::Stdout,
+        stats: ExportStats,
+    },
+    Otlp(Batcher),
+    /// Exports and counts nothing (`OTEL_TRACES_EXPORTER=none`).
     Discard,
 }
 
 impl Exporter {
-    /// Builds the exporter for `output`. For OTLP the SDK reads endpoint, headers, timeout and
-    /// `OTEL_BSP_*` from the environment, which `config` has already validated. Must run inside
-    /// the tokio runtime: the gRPC channel's tasks live there.
+    /// Builds the exporter for `output`. For OTLP the exporter reads endpoint, headers and
+    /// timeout, and the batcher `OTEL_BSP_*`, from the environment, which `config` has already
+    /// validated; the sidecar's resource comes from `OTEL_RESOURCE_ATTRIBUTES`. Must run inside
+    /// the tokio runtime: the export task and the clients' connections live there.
     pub fn new(output: &Output) -> Result<Self> {
         Ok(match output {
-            Output::Console => Exporter::Console(std::io::stdout()),
+            Output::Console => Exporter::Console { out: std::io::stdout(), stats: ExportStats::default() },
             Output::Discard => Exporter::Discard,
-            Output::Otlp { protocol, .. } => {
-                let exporter = match protocol {
-                    Protocol::Grpc => SpanExporter::builder().with_tonic().build(),
-                    Protocol::HttpProtobuf => SpanExporter::builder().with_http().build(),
-                }
-                .context("building the OTLP exporter")?;
-                let mut resource = Resource::builder();
-                if std::env::var_os("OTEL_SERVICE_NAME").is_none_or(|v| v.is_empty()) {
-                    resource = resource.with_service_name(DEFAULT_SERVICE_NAME);
-                }
-                let provider = SdkTracerProvider::builder()
-                    .with_batch_exporter(exporter)
-                    // Every call the kernel reported is exported; filtering happens in the kernel.
-                    .with_sampler(Sampler::AlwaysOn)
-                    .with_resource(resource.build())
-                    .build();
-                let tracer = provider.tracer(env!("CARGO_PKG_NAME"));
-                Exporter::Otlp { provider, tracer }
-            }
+            Output::Otlp { protocol, .. } => Exporter::Otlp(Batcher::start(
+                otlp_exporter(*protocol)?,
+                BatchConfig::from_env(),
+                span_data::base_resource(),
+            )),
         })
     }
 
-    pub fn export(&mut self, span: SyscallSpan) {
+    /// Hands over one call's span (and its children), from `process`. Never blocks.
+    pub fn export(&mut self, span: SyscallSpan, process: Arc<ProcessInfo>) {
         match self {
-            Exporter::Console(out) => {
-                // A closed stdout (the reader went away) must not stop tracing.
-                let _ = writeln!(out.lock(), "{}", console_line(&span));
+            Exporter::Console { out, stats } => {
+                let spans = 1 + span.children.len() as u64;
+                // A closed stdout (the reader went away) must not stop tracing: counted.
+                match writeln!(out.lock(), "{}", console_line(&span, &process)) {
+                    Ok(()) => stats.exported += spans,
+                    Err(_) => stats.failed += spans,
+                }
             }
-            Exporter::Otlp { tracer, .. } => {
-                // The app's span, as a remote parent: the syscall span joins its trace.
-                let parent = match span.parent {
-                    Some(p) => Context::new().with_remote_span_context(SpanContext::new(
-                        TraceId::from_bytes(p.trace_id),
-                        SpanId::from_bytes(p.span_id),
-                        TraceFlags::SAMPLED,
-                        true,
-                        TraceState::default(),
-                    )),
-                    None => Context::new(),
-                };
-                let mut otel_span = SpanBuilder::from_name(SPAN_NAME)
-                    .with_kind(SpanKind::Internal)
-                    .with_start_time(span.start)
-                    .with_attributes(span.attributes)
-                    .with_events(span.events)
-                    .start_with_context(tracer, &parent);
-                otel_span.set_status(span.status);
-                otel_span.end_with_timestamp(span.end);
+            Exporter::Otlp(batcher) => {
+                batcher.enqueue(span, process);
             }
             Exporter::Discard => {}
         }
     }
 
-    /// Flushes every pending span and stops the exporter.
-    pub fn shutdown(self) -> Result<()> {
+    /// The counts so far.
+    pub fn stats(&self) -> ExportStats {
         match self {
-            Exporter::Console(out) => out.lock().flush().context("flushing stdout"),
-            Exporter::Otlp { provider, .. } => provider.shutdown().context("flushing spans to the collector"),
-            Exporter::Discard => Ok(()),
+            Exporter::Console { stats, .. } => *stats,
+            Exporter::Otlp(batcher) => batcher.stats(),
+            Exporter::Discard => ExportStats::default(),
+        }
+    }
+
+    /// Flushes every pending span (for OTLP within one `OTEL_BSP_EXPORT_TIMEOUT`), stops the
+    /// exporter, and returns the final counts. Spans the collector did not take are counted,
+    /// not an error.
+    pub async fn shutdown(self) -> Result<ExportStats> {
+        match self {
+            Exporter::Console { out, stats } => {
+                out.lock().flush().context("flushing stdout")?;
+                Ok(stats)
+            }
+            Exporter::Otlp(batcher) => batcher.shutdown().await,
+            Exporter::Discard => Ok(ExportStats::default()),
         }
     }
 }
 
-/// One line per call: time, name, duration, status, then every attribute as `key=value`.
-pub fn console_line(span: &SyscallSpan) -> String {
+/// The OTLP exporter for `protocol`. Over HTTP it gets an async client, since it is called
+/// from the tokio export task (the crate's own choice of client follows its features, which
+/// the workspace unifies with the demo app's blocking one).
+fn otlp_exporter(protocol: Protocol) -> Result<SpanExporter> {
+    let exporter = match protocol {
+        Protocol::Grpc => SpanExporter::builder().with_tonic().build(),
+        Protocol::HttpProtobuf => {
+            let client = reqwest::Client::builder()
+                .timeout(otlp_timeout(|name| std::env::var(name).ok()))
+                .build()
+                .context("building the HTTP client")?;
+            SpanExporter::builder().with_http().with_http_client(client).build()
+        }
+    };
+    exporter.context("building the OTLP exporter")
+}
+
+/// One request's timeout, as the exporter reads it: `OTEL_EXPORTER_OTLP_TRACES_TIMEOUT`, else
+/// `OTEL_EXPORTER_OTLP_TIMEOUT`, else 10 s.
+fn otlp_timeout(var: impl Fn(&str) -> Option<String>) -> Duration {
+    ["OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "OTEL_EXPORTER_OTLP_TIMEOUT"]
+        .iter()
+        .find_map(|name| var(name)?.trim().parse().ok())
+        .map_or(Duration::from_secs(10), Duration::from_millis)
+}
+
+/// One line per call: time, name, duration, status, the process's `service.name`, then every
+/// attribute as `key=value`.
+pub fn console_line(span: &SyscallSpan, process: &ProcessInfo) -> String {
     use std::fmt::Write as _;
     let duration = span.end.duration_since(span.start).unwrap_or_default();
     let mut line = format!(
@@ -115,20 +143,25 @@ pub fn console_line(span: &SyscallSpan) -> String {
         Status::Error { .. } => line.push_str(" ERROR"),
         _ => line.push_str(" OK"),
     }
+    push_value(&mut line, "service.name", &Value::from(process.service_name.clone()));
     for kv in &span.attributes {
-        match &kv.value {
-            Value::String(s) if s.as_str().contains(' ') || s.as_str().is_empty() => {
-                let _ = write!(line, " {}={:?}", kv.key, s.as_str());
-            }
-            v => {
-                let _ = write!(line, " {}={}", kv.key, v);
-            }
-        }
+        push_value(&mut line, kv.key.as_str(), &kv.value);
     }
     if !span.events.is_empty() {
         let _ = write!(line, " events={}", span.events.len());
     }
     line
+}
+
+/// ` key=value`, the value quoted when it is empty or has a space.
+fn push_value(line: &mut String, key: &str, value: &Value) {
+    use std::fmt::Write as _;
+    let _ = match value {
+        Value::String(s) if s.as_str().contains(' ') || s.as_str().is_empty() => {
+            write!(line, " {key}={:?}", s.as_str())
+        }
+        v => write!(line, " {key}={v}"),
+    };
 }
 
 #[cfg(test)]
@@ -156,10 +189,68 @@ mod tests {
             events: vec![Event::new("message", start, vec![], 0)],
             status: Status::error("message 1 of 2 failed: EMSGSIZE"),
         };
+        let process = ProcessInfo {
+            pid: 7,
+            executable_name: Some("dns-server".into()),
+            service_name: "dns".into(),
+            container_id: None,
+        };
         assert_eq!(
-            console_line(&span),
-            "2023-11-14T22:13:20.000000Z sendmmsg 3.1us ERROR sendmmsg.sockfd=7 error.type=EMSGSIZE \
-             thread.name=\"my worker\" events=1"
+            console_line(&span, &process),
+            "2023-11-14T22:13:20.000000Z sendmmsg 3.1us ERROR service.name=dns sendmmsg.sockfd=7 \
+             error.type=EMSGSIZE thread.name=\"my worker\" events=1"
         );
+        let spaced = ProcessInfo { service_name: "my dns".into(), ..process };
+        assert!(console_line(&span, &spaced).contains(" ERROR service.name=\"my dns\" sendmmsg.sockfd=7 "));
+    }
+
+    #[test]
+    fn the_request_timeout_is_the_exporters() {
+        let vars = |pairs: &'static [(&str, &str)]| {
+            move |name: &str| pairs.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string())
+        };
+        assert_eq!(otlp_timeout(vars(&[])), Duration::from_secs(10));
+        assert_eq!(
+            otlp_timeout(vars(&[("OTEL_EXPORTER_OTLP_TIMEOUT", "2500")])),
+            Duration::from_millis(2500)
+        );
+        let both =
+            vars(&[("OTEL_EXPORTER_OTLP_TIMEOUT", "2500"), ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "700")]);
+        assert_eq!(otlp_timeout(both), Duration::from_millis(700));
+        let empty =
+            vars(&[("OTEL_EXPORTER_OTLP_TIMEOUT", "2500"), ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "")]);
+        assert_eq!(otlp_timeout(empty), Duration::from_millis(2500));
+    }
+
+    #[tokio::test]
+    async fn the_console_counts_a_line_for_the_call_and_its_children() {
+        let start = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let child =
+            crate::spans::MessageSpan { start, end: start, attributes: vec![], status: Status::Unset };
+        let span = SyscallSpan {
+            pid: 7,
+            parent: None,
+            children: vec![child; 3],
+            start,
+            end: start,
+            attributes: vec![],
+            events: vec![],
+            status: Status::Unset,
+        };
+        let process = Arc::new(ProcessInfo {
+            pid: 7,
+            executable_name: None,
+            service_name: "svc".into(),
+            container_id: None,
+        });
+        let mut console = Exporter::new(&Output::Console).unwrap();
+        console.export(span.clone(), process.clone());
+        assert_eq!(
+            console.shutdown().await.unwrap(),
+            ExportStats { exported: 4, dropped_queue_full: 0, failed: 0 }
+        );
+        let mut discard = Exporter::new(&Output::Discard).unwrap();
+        discard.export(span, process);
+        assert_eq!(discard.shutdown().await.unwrap(), ExportStats::default());
     }
 }

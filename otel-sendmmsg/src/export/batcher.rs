@@ -1,0 +1,532 @@
+//! The export queue: spans wait in a bounded queue and a tokio task sends them to the OTLP
+//! exporter in batches, one export per process (each with that process's resource), counting
+//! what happened to every span: exported, dropped because the queue was full, or failed.
+//!
+//! The SDK's batch span processor cannot do this: it has one resource, and does not say how
+//! many spans it lost. The `OTEL_BSP_*` variables keep their meaning.
+
+use std::{
+    sync::{
+        atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed},
+        Arc,
+    },
+    time::Duration,
+};
+
+use anyhow::{anyhow, Result};
+use opentelemetry::{InstrumentationScope, KeyValue};
+use opentelemetry_sdk::{
+    error::OTelSdkError,
+    trace::{RandomIdGenerator, SpanData, SpanExporter},
+};
+use tokio::{
+    sync::mpsc,
+    task::JoinHandle,
+    time::{Instant, MissedTickBehavior},
+};
+use tracing::{debug, warn};
+
+use super::{
+    span_data::{parent_of, resource_for, scope, span_data},
+    ExportStats,
+};
+use crate::{process::ProcessInfo, spans::SyscallSpan};
+
+/// How the queue is bounded and when it is sent, from the standard `OTEL_BSP_*` variables.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BatchConfig {
+    /// Spans that can wait to be exported (`OTEL_BSP_MAX_QUEUE_SIZE`, default 2048); a call
+    /// whose spans do not fit is dropped whole and counted.
+    pub max_queue_size: usize,
+    /// Spans per batch (`OTEL_BSP_MAX_EXPORT_BATCH_SIZE`, default 512, at most the queue's
+    /// size): a batch is sent as soon as this many wait.
+    pub max_export_batch_size: usize,
+    /// Whatever waits is sent this often (`OTEL_BSP_SCHEDULE_DELAY`, default 5000 ms).
+    pub schedule_delay: Duration,
+    /// The longest one export may take, retries included (`OTEL_BSP_EXPORT_TIMEOUT`, default
+    /// 30000 ms; 0 for no limit), and the longest the flush at shutdown may take in all.
+    pub export_timeout: Option<Duration>,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        BatchConfig {
+            max_queue_size: 2048,
+            max_export_batch_size: 512,
+            schedule_delay: Duration::from_millis(5000),
+            export_timeout: Some(Duration::from_millis(30_000)),
+        }
+    }
+}
+
+impl BatchConfig {
+    /// Reads the variables through `var` (the environment, or a test's). `config` has rejected
+    /// bad values at start-up; an unset or empty one gives the default.
+    pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> BatchConfig {
+        let defaults = BatchConfig::default();
+        let number = |name: &str| var(name).and_then(|v| v.trim().parse::<u64>().ok());
+        let max_queue_size = number("OTEL_BSP_MAX_QUEUE_SIZE")
+            .filter(|&n| n > 0)
+            .map_or(defaults.max_queue_size, |n| n as usize);
+        let max_export_batch_size = number("OTEL_BSP_MAX_EXPORT_BATCH_SIZE")
+            .filter(|&n| n > 0)
+            .map_or(defaults.max_export_batch_size, |n| n as usize)
+            .min(max_queue_size);
+        let schedule_delay = number("OTEL_BSP_SCHEDULE_DELAY")
+            .map_or(defaults.schedule_delay, Duration::from_millis)
+            // A timer needs a period.
+            .max(Duration::from_millis(1));
+        let export_timeout = match number("OTEL_BSP_EXPORT_TIMEOUT") {
+            None => defaults.export_timeout,
+            Some(0) => None,
+            Some(ms) => Some(Duration::from_millis(ms)),
+        };
+        BatchConfig { max_queue_size, max_export_batch_size, schedule_delay, export_timeout }
+    }
+
+    pub fn from_env() -> BatchConfig {
+        BatchConfig::from_vars(|name| std::env::var(name).ok())
+    }
+}
+
+/// One call's spans, waiting.
+struct Queued {
+    process: Arc<ProcessInfo>,
+    span: SyscallSpan,
+}
+
+/// Spans counted as they are settled; shared with the task so losses can be reported while
+/// running.
+#[derive(Default)]
+struct Counters {
+    exported: AtomicU64,
+    dropped_queue_full: AtomicU64,
+    failed: AtomicU64,
+}
+
+/// The queue's sending side, owned by the pipeline; the task that exports runs beside it.
+pub struct Batcher {
+    sender: mpsc::UnboundedSender<Queued>,
+    /// Spans accepted and not yet taken into a batch: at most `capacity`. (The channel itself
+    /// is unbounded; this count bounds it, in spans rather than calls.)
+    queued: Arc<AtomicUsize>,
+    capacity: usize,
+    /// Calls dropped so far, to log the first and then every power of two.
+    drops: AtomicU64,
+    counters: Arc<Counters>,
+    task: JoinHandle<()>,
+}
+
+impl Batcher {
+    /// Starts the export task on the current tokio runtime. `base` is the sidecar's own
+    /// resource, under every process's.
+    pub fn start<E: SpanExporter + 'static>(
+        exporter: E,
+        config: BatchConfig,
+        base: Vec<KeyValue>,
+    ) -> Batcher {
+        let (sender, receiver) = mpsc::unbounded_channel();
+        let queued = Arc::new(AtomicUsize::new(0));
+        let counters = Arc::new(Counters::default());
+        let worker = Worker {
+            exporter,
+            config,
+            base,
+            ids: RandomIdGenerator::default(),
+            scope: scope(),
+            pending: Vec::new(),
+            queued: queued.clone(),
+            counters: counters.clone(),
+            failed_exports: 0,
+        };
+        let task = tokio::spawn(worker.run(receiver));
+        Batcher { sender, queued, capacity: config.max_queue_size, drops: AtomicU64::new(0), counters, task }
+    }
+
+    /// Queues a call's spans (its own and its message children) without waiting; when the
+    /// queue has no room for all of them, drops them, counts them, and returns false.
+    pub fn enqueue(&self, span: SyscallSpan, process: Arc<ProcessInfo>) -> bool {
+        let spans = 1 + span.children.len();
+        let room =
+            self.queued.fetch_update(Relaxed, Relaxed, |q| (q + spans <= self.capacity).then_some(q + spans));
+        if room.is_ok() {
+            if self.sender.send(Queued { process, span }).is_ok() {
+                return true;
+            }
+            // The task is gone (it panicked); shutdown reports that.
+            self.queued.fetch_sub(spans, Relaxed);
+        }
+        let total = self.counters.dropped_queue_full.fetch_add(spans as u64, Relaxed) + spans as u64;
+        let drops = self.drops.fetch_add(1, Relaxed) + 1;
+        if drops.is_power_of_two() {
+            warn!(
+                "export queue full (OTEL_BSP_MAX_QUEUE_SIZE={}): {total} spans dropped so far",
+                self.capacity
+            );
+        }
+        false
+    }
+
+    /// The counts so far.
+    pub fn stats(&self) -> ExportStats {
+        ExportStats {
+            exported: self.counters.exported.load(Relaxed),
+            dropped_queue_full: self.counters.dropped_queue_full.load(Relaxed),
+            failed: self.counters.failed.load(Relaxed),
+        }
+    }
+
+    /// Closes the queue, exports everything in it (all of it within one `export_timeout`;
+    /// what is left when it passes counts as failed), shuts the exporter down, and returns
+    /// the final counts.
+    pub async fn shutdown(self) -> Result<ExportStats> {
+        drop(self.sender);
+        self.task.await.map_err(|e| anyhow!("the export task failed: {e}"))?;
+        let counters = &self.counters;
+        Ok(ExportStats {
+            exported: counters.exported.load(Relaxed),
+            dropped_queue_full: counters.dropped_queue_full.load(Relaxed),
+            failed: counters.failed.load(Relaxed),
+        })
+    }
+}
+
+struct Worker<E> {
+    exporter: E,
+    config: BatchConfig,
+    base: Vec<KeyValue>,
+    ids: RandomIdGenerator,
+    scope: InstrumentationScope,
+    /// Spans taken from the channel, oldest first, each with its process.
+    pending: Vec<(Arc<ProcessInfo>, SpanData)>,
+    queued: Arc<AtomicUsize>,
+    counters: Arc<Counters>,
+    /// Exports that failed, to log the first and then every power of two.
+    failed_exports: u64,
+}
+
+impl<E: SpanExporter> Worker<E> {
+    async fn run(mut self, mut receiver: mpsc::UnboundedReceiver<Queued>) {
+        let delay = self.config.schedule_delay;
+        let mut timer = tokio::time::interval_at(Instant::now() + delay, delay);
+        timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                queued = receiver.recv() => match queued {
+                    Some(queued) => {
+                        self.take(queued);
+                        while self.pending.len() >= self.config.max_export_batch_size {
+                            self.export_batch(None).await;
+                        }
+                    }
+                    // Closed and empty: everything accepted is pending.
+                    None => break,
+                },
+                _ = timer.tick() => {
+                    while let Ok(queued) = receiver.try_recv() {
+                        self.take(queued);
+                    }
+                    while !self.pending.is_empty() {
+                        self.export_batch(None).await;
+                    }
+                }
+            }
+        }
+        let deadline = self.config.export_timeout.map(|timeout| Instant::now() + timeout);
+        while !self.pending.is_empty() {
+            self.export_batch(deadline).await;
+        }
+        if let Err(e) = self.exporter.shutdown() {
+            debug!("shutting the OTLP exporter down: {e}");
+        }
+    }
+
+    fn take(&mut self, Queued { process, span }: Queued) {
+        let parent = parent_of(&span);
+        let spans = span_data(span, parent, &self.ids, &self.scope);
+        self.pending.extend(spans.into_iter().map(|span| (process.clone(), span)));
+    }
+
+    /// Exports the oldest batch of pending spans, one export per process. `deadline` bounds
+    /// them all (at shutdown); each is bounded by the export timeout too.
+    async fn export_batch(&mut self, deadline: Option<Instant>) {
+        let n = self.pending.len().min(self.config.max_export_batch_size);
+        let batch: Vec<_> = self.pending.drain(..n).collect();
+        self.queued.fetch_sub(n, Relaxed);
+        for (process, spans) in by_process(batch) {
+            let count = spans.len() as u64;
+            let limit = match (self.config.export_timeout, deadline) {
+                (timeout, None) => timeout,
+                (timeout, Some(deadline)) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    Some(timeout.map_or(left, |t| t.min(left)))
+                }
+            };
+            let outcome = if limit == Some(Duration::ZERO) {
+                Err(OTelSdkError::Timeout(self.config.export_timeout.unwrap_or_default()))
+            } else {
+                self.exporter.set_resource(&resource_for(&self.base, &process));
+                let export = self.exporter.export(spans);
+                match limit {
+                    Some(limit) => tokio::time::timeout(limit, export)
+                        .await
+                        .unwrap_or_else(|_| Err(OTelSdkError::Timeout(limit))),
+                    None => export.await,
+                }
+            };
+            match outcome {
+                Ok(()) => {
+                    self.counters.exported.fetch_add(count, Relaxed);
+                }
+                Err(e) => {
+                    let total = self.counters.failed.fetch_add(count, Relaxed) + count;
+                    self.failed_exports += 1;
+                    if self.failed_exports.is_power_of_two() {
+                        warn!(
+                            "exporting {count} spans of {} (pid {}) failed: {e}; {total} spans failed so far",
+                            process.service_name, process.pid
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The batch's spans grouped by process, groups in the order their first span came.
+fn by_process(batch: Vec<(Arc<ProcessInfo>, SpanData)>) -> Vec<(Arc<ProcessInfo>, Vec<SpanData>)> {
+    let mut groups: Vec<(Arc<ProcessInfo>, Vec<SpanData>)> = Vec::new();
+    for (process, span) in batch {
+        match groups.iter_mut().find(|(p, _)| Arc::ptr_eq(p, &process) || **p == *process) {
+            Some((_, spans)) => spans.push(span),
+            None => groups.push((process, vec![span])),
+        }
+    }
+    groups
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{sync::Mutex, time::UNIX_EPOCH};
+
+    use opentelemetry::{trace::Status, Key};
+    use opentelemetry_sdk::{error::OTelSdkResult, Resource};
+
+    use super::*;
+    use crate::spans::MessageSpan;
+
+    #[test]
+    fn the_standard_variables_set_the_queue_and_batches() {
+        let vars = |pairs: &'static [(&str, &str)]| {
+            move |name: &str| pairs.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string())
+        };
+        assert_eq!(BatchConfig::from_vars(vars(&[])), BatchConfig::default());
+        assert_eq!(
+            BatchConfig::from_vars(vars(&[
+                ("OTEL_BSP_MAX_QUEUE_SIZE", "100"),
+                ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "10"),
+                ("OTEL_BSP_SCHEDULE_DELAY", "250"),
+                ("OTEL_BSP_EXPORT_TIMEOUT", "0"),
+            ])),
+            BatchConfig {
+                max_queue_size: 100,
+                max_export_batch_size: 10,
+                schedule_delay: Duration::from_millis(250),
+                export_timeout: None,
+            }
+        );
+        // A batch is never larger than the queue; empty means unset.
+        let small = BatchConfig::from_vars(vars(&[
+            ("OTEL_BSP_MAX_QUEUE_SIZE", "4"),
+            ("OTEL_BSP_SCHEDULE_DELAY", ""),
+        ]));
+        assert_eq!((small.max_export_batch_size, small.schedule_delay), (4, Duration::from_millis(5000)));
+    }
+
+    /// What the test exporter does with each export.
+    #[derive(Clone, Copy, Debug)]
+    enum Behaviour {
+        Succeed,
+        Fail,
+        /// Never answers: only a timeout ends the export.
+        Hang,
+    }
+
+    /// An exporter that records each export (the service it was for and its span names).
+    #[derive(Debug)]
+    struct Recorder {
+        behaviour: Behaviour,
+        resource: Option<Resource>,
+        exports: Arc<Mutex<Vec<(String, Vec<String>)>>>,
+    }
+
+    impl SpanExporter for Recorder {
+        async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+            let service = self
+                .resource
+                .as_ref()
+                .and_then(|r| r.get(&Key::from_static_str("service.name")))
+                .map(|v| v.to_string())
+                .unwrap_or_default();
+            let names = batch.iter().map(|s| s.name.to_string()).collect();
+            self.exports.lock().unwrap().push((service, names));
+            match self.behaviour {
+                Behaviour::Succeed => Ok(()),
+                Behaviour::Fail => Err(OTelSdkError::InternalFailure("collector said no".into())),
+                Behaviour::Hang => std::future::pending().await,
+            }
+        }
+
+        fn set_resource(&mut self, resource: &Resource) {
+            self.resource = Some(resource.clone());
+        }
+    }
+
+    type Exports = Arc<Mutex<Vec<(String, Vec<String>)>>>;
+
+    fn start(behaviour: Behaviour, config: BatchConfig) -> (Batcher, Exports) {
+        let exports = Exports::default();
+        let recorder = Recorder { behaviour, resource: None, exports: exports.clone() };
+        (Batcher::start(recorder, config, vec![KeyValue::new("host.name", "test-host")]), exports)
+    }
+
+    fn process(pid: u32, service: &str) -> Arc<ProcessInfo> {
+        Arc::new(ProcessInfo {
+            pid,
+            executable_name: Some(service.into()),
+            service_name: service.into(),
+            container_id: None,
+        })
+    }
+
+    fn call(children: usize) -> SyscallSpan {
+        let start = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let child = MessageSpan { start, end: start, attributes: vec![], status: Status::Unset };
+        SyscallSpan {
+            pid: 1,
+            parent: None,
+            start,
+            end: start,
+            attributes: vec![],
+            events: vec![],
+            children: vec![child; children],
+            status: Status::Unset,
+        }
+    }
+
+    fn config(max_queue_size: usize, batch: usize, delay_ms: u64, timeout_ms: u64) -> BatchConfig {
+        BatchConfig {
+            max_queue_size,
+            max_export_batch_size: batch,
+            schedule_delay: Duration::from_millis(delay_ms),
+            export_timeout: Some(Duration::from_millis(timeout_ms)),
+        }
+    }
+
+    async fn wait_for_exports(exports: &Exports, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while exports.lock().unwrap().len() < n {
+            assert!(Instant::now() < deadline, "{n} exports expected, got {:?}", exports.lock().unwrap());
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    const HOUR: u64 = 3_600_000;
+
+    #[tokio::test]
+    async fn a_full_batch_is_sent_at_once() {
+        let (batcher, exports) = start(Behaviour::Succeed, config(100, 4, HOUR, 1000));
+        let app = process(1, "app");
+        for _ in 0..9 {
+            assert!(batcher.enqueue(call(0), app.clone()));
+        }
+        wait_for_exports(&exports, 2).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(exports.lock().unwrap().len(), 2, "the ninth waits for the timer or the shutdown");
+        let stats = batcher.shutdown().await.unwrap();
+        assert_eq!(stats, ExportStats { exported: 9, dropped_queue_full: 0, failed: 0 });
+        assert_eq!(exports.lock().unwrap().iter().map(|(_, s)| s.len()).collect::<Vec<_>>(), [4, 4, 1]);
+    }
+
+    #[tokio::test]
+    async fn what_waits_is_sent_on_the_schedule() {
+        let (batcher, exports) = start(Behaviour::Succeed, config(100, 50, 30, 1000));
+        batcher.enqueue(call(2), process(1, "app"));
+        wait_for_exports(&exports, 1).await;
+        assert_eq!(batcher.stats(), ExportStats { exported: 3, dropped_queue_full: 0, failed: 0 });
+        assert_eq!(
+            exports.lock().unwrap()[0],
+            (
+                "app".to_string(),
+                vec!["sendmmsg".into(), "sendmmsg.message".into(), "sendmmsg.message".into()]
+            )
+        );
+        batcher.shutdown().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn each_process_is_exported_under_its_own_resource() {
+        let (batcher, exports) = start(Behaviour::Succeed, config(100, 5, HOUR, 1000));
+        let (a, b) = (process(1, "svc-a"), process(2, "svc-b"));
+        // Another Arc with the same process: one group.
+        let a_again = Arc::new((*a).clone());
+        for (p, children) in [(&a, 0), (&b, 1), (&a_again, 0), (&b, 0)] {
+            batcher.enqueue(call(children), p.clone());
+        }
+        wait_for_exports(&exports, 2).await;
+        assert_eq!(
+            *exports.lock().unwrap(),
+            [
+                ("svc-a".to_string(), vec!["sendmmsg".to_string(), "sendmmsg".into()]),
+                (
+                    "svc-b".to_string(),
+                    vec!["sendmmsg".to_string(), "sendmmsg.message".into(), "sendmmsg".into()]
+                ),
+            ]
+        );
+        assert_eq!(batcher.shutdown().await.unwrap().exported, 5);
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_drops_whole_calls_and_counts_their_spans() {
+        let (batcher, exports) = start(Behaviour::Hang, config(4, 4, HOUR, 300));
+        let app = process(1, "app");
+        for _ in 0..4 {
+            assert!(batcher.enqueue(call(0), app.clone()));
+        }
+        // That batch is now being exported (and hangs): the queue is empty again.
+        wait_for_exports(&exports, 1).await;
+        assert!(batcher.enqueue(call(2), app.clone()), "3 spans fit");
+        assert!(!batcher.enqueue(call(1), app.clone()), "2 spans do not");
+        assert!(batcher.enqueue(call(0), app.clone()), "1 does");
+        assert!(!batcher.enqueue(call(0), app.clone()));
+        assert_eq!(batcher.stats().dropped_queue_full, 3);
+        let stats = batcher.shutdown().await.unwrap();
+        // Both batches timed out.
+        assert_eq!(stats, ExportStats { exported: 0, dropped_queue_full: 3, failed: 8 });
+    }
+
+    #[tokio::test]
+    async fn failed_exports_are_counted() {
+        let (batcher, _) = start(Behaviour::Fail, config(100, 3, HOUR, 1000));
+        for pid in 0..7 {
+            batcher.enqueue(call(0), process(pid, "app"));
+        }
+        let stats = batcher.shutdown().await.unwrap();
+        assert_eq!(stats, ExportStats { exported: 0, dropped_queue_full: 0, failed: 7 });
+    }
+
+    #[tokio::test]
+    async fn the_flush_at_shutdown_is_bounded_by_one_export_timeout() {
+        let (batcher, exports) = start(Behaviour::Hang, config(100, 100, HOUR, 200));
+        for pid in 0..5 {
+            batcher.enqueue(call(0), process(pid, &format!("svc-{pid}")));
+        }
+        let started = std::time::Instant::now();
+        let stats = batcher.shutdown().await.unwrap();
+        let took = started.elapsed();
+        assert!(took >= Duration::from_millis(200) && took < Duration::from_millis(800), "{took:?}");
+        assert_eq!(stats, ExportStats { exported: 0, dropped_queue_full: 0, failed: 5 });
+        assert_eq!(exports.lock().unwrap().len(), 1, "the others were not tried: no time was left");
+    }
+}
