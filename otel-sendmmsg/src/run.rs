@@ -1,10 +1,17 @@
 //! Wires the data path together and runs it until the shutdown future resolves.
 
-use std::{future::Future, path::Path, time::Duration};
+use std::{
+    future::Future,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use anyhow::{Context, Result};
 use aya::maps::{MapData, RingBuf};
-use tokio::io::{unix::AsyncFd, Interest};
+use tokio::{
+    io::{unix::AsyncFd, Interest},
+    sync::mpsc,
+};
 use tracing::{debug, info, warn};
 
 use crate::{
@@ -101,8 +108,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
 
     let mut losses = LossLog::default();
     let mut report = tokio::time::interval(config.loss_report_interval);
-    let mut discovery = Discovery::default();
-    let mut rescan = tokio::time::interval(RESCAN_PROCESSES);
+    let mut markers = spawn_marker_scan()?;
     let mut sweep = tokio::time::interval(SWEEP_PROCESSES);
     // The BPF side wakes us only once WAKEUP_BYTES are pending; this bounds the latency of the
     // records below that.
@@ -117,7 +123,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                 guard.clear_ready();
             }
             _ = drain.tick() => pipeline.drain(records.get_mut()),
-            _ = rescan.tick() => attach_markers(&mut discovery, &mut probes),
+            Some(file) = markers.recv() => attach_marker(&mut probes, &file),
             _ = report.tick() => losses.report_growth(&probes, pipeline.undecodable, pipeline.exporter.stats()),
             _ = sweep.tick() => {
                 let forgotten = pipeline.processes.sweep();
@@ -197,13 +203,34 @@ fn release_freed_memory() {
     }
 }
 
-/// Attaches the context-marker uprobe to binaries found since the last scan.
-fn attach_markers(discovery: &mut Discovery, probes: &mut Probes) {
-    for file in discovery.scan(Path::new("/proc")) {
-        match probes.attach_marker(&file) {
-            Ok(()) => info!("context marker: attached to {}", file.display()),
-            Err(e) => warn!("context marker: not attached to {}: {e}", file.display()),
-        }
+/// Looks for binaries that export the context marker every [`RESCAN_PROCESSES`], on a thread
+/// of its own: reading a new executable's symbols takes up to a few hundred milliseconds (the
+/// first scan of a busy host, seconds), which must not hold up the ring buffer's reader. Files
+/// found come back through the channel; the thread ends once the receiver is dropped.
+fn spawn_marker_scan() -> Result<mpsc::UnboundedReceiver<PathBuf>> {
+    let (found, receiver) = mpsc::unbounded_channel();
+    std::thread::Builder::new()
+        .name("marker-scan".into())
+        .spawn(move || {
+            let mut discovery = Discovery::default();
+            while !found.is_closed() {
+                for file in discovery.scan(Path::new("/proc")) {
+                    if found.send(file).is_err() {
+                        return;
+                    }
+                }
+                std::thread::sleep(RESCAN_PROCESSES);
+            }
+        })
+        .context("starting the context-marker scan")?;
+    Ok(receiver)
+}
+
+/// Attaches the context-marker uprobe to a binary the scan found.
+fn attach_marker(probes: &mut Probes, file: &Path) {
+    match probes.attach_marker(file) {
+        Ok(()) => info!("context marker: attached to {}", file.display()),
+        Err(e) => warn!("context marker: not attached to {}: {e}", file.display()),
     }
 }
 
