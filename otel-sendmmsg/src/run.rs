@@ -3,6 +3,7 @@
 use std::{
     future::Future,
     path::{Path, PathBuf},
+    task::Poll,
     time::Duration,
 };
 
@@ -100,6 +101,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     // needed; hand it, and the allocator's freed pages, back.
     drop(kernel);
     release_freed_memory();
+    // Polled once before we say we are ready: the signal handlers it installs are then in place,
+    // so a SIGTERM right after start-up stops us cleanly instead of killing us unflushed.
+    tokio::pin!(shutdown);
+    let mut stopping = std::future::poll_fn(|cx| Poll::Ready(shutdown.as_mut().poll(cx).is_ready())).await;
     info!(
         "ready: tracing sendmmsg through {}; spans go to {}",
         probes.attached().join(", "),
@@ -113,10 +118,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     // The BPF side wakes us only once WAKEUP_BYTES are pending; this bounds the latency of the
     // records below that.
     let mut drain = tokio::time::interval(DRAIN_INTERVAL);
-    tokio::pin!(shutdown);
-    loop {
+    while !stopping {
         tokio::select! {
-            _ = &mut shutdown => break,
+            _ = &mut shutdown => stopping = true,
             ready = records.readable_mut() => {
                 let mut guard = ready.context("waiting on the ring buffer")?;
                 pipeline.drain(guard.get_inner_mut());
