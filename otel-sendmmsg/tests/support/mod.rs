@@ -482,3 +482,51 @@ pub fn build_demo_app() -> std::path::PathBuf {
     assert!(status.success(), "building the demo app failed");
     profile_dir.join("otel-sendmmsg-demo")
 }
+
+/// What `sendmmsg-workload loop` reports when it is done.
+#[derive(Clone, Debug, Deserialize)]
+pub struct LoopReport {
+    pub pid: u32,
+    pub calls: u64,
+}
+
+/// `sendmmsg-workload loop SECONDS VLEN RATE`: calls at a steady pace for a while, so the
+/// process is still running when the sidecar first reads its records (a process already gone
+/// by then is known only by its thread's name). With `env` added to its environment.
+pub fn loop_workload(seconds: f64, vlen: usize, rate: u32, env: &[(&str, &str)]) -> Command {
+    let mut command = Command::new(WORKLOAD);
+    command
+        .args(["loop", &seconds.to_string(), &vlen.to_string(), &rate.to_string()])
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped());
+    command
+}
+
+/// Waits for a started `loop` workload and returns its report.
+pub fn loop_report(child: Child) -> LoopReport {
+    let out = child.wait_with_output().expect("waiting for the workload");
+    assert!(out.status.success(), "workload failed: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("bad loop report {:?}: {e}", String::from_utf8_lossy(&out.stdout)))
+}
+
+/// The `N` of the closing summary's `stopped: N spans;`.
+pub fn summary_spans(stderr: &str) -> u64 {
+    let line = stderr
+        .lines()
+        .rev()
+        .find(|l| l.contains("stopped: "))
+        .unwrap_or_else(|| panic!("no summary in:\n{stderr}"));
+    line.split("stopped: ")
+        .nth(1)
+        .and_then(|rest| rest.split(" spans;").next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no span count in: {line}"))
+}
+
+impl Sidecar {
+    /// Whether the sidecar is still running (it has not exited, whatever its status).
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().expect("checking on the sidecar").is_none()
+    }
+}

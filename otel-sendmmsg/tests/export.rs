@@ -1,0 +1,223 @@
+//! End to end, as root: what the OTLP export makes of real calls. Each process's spans arrive
+//! under a resource of its own (its service, executable, pid, container); message child spans
+//! hang under their call; and with the collector down every span is still accounted for.
+
+mod support;
+
+use std::{
+    path::PathBuf,
+    process::{Command, Stdio},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, status::StatusCode};
+use support::*;
+
+fn sidecar(receiver: &Receiver, protocol: Protocol, extra: &[(&str, &str)]) -> Sidecar {
+    let mut vars = vec![
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint.as_str()),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol.env_value()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+    ];
+    vars.extend_from_slice(extra);
+    Sidecar::start(&vars)
+}
+
+/// Returns once a call made now reaches the receiver: the sidecar is reading records, so the
+/// processes started next are looked up while they still run (one already gone is known only
+/// by its thread's name).
+fn wait_until_draining(receiver: &Receiver) {
+    let probe = run_workload(&["vlen-zero"]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while receiver.spans_of(probe[0].pid).is_empty() {
+        assert!(Instant::now() < deadline, "the sidecar exported no span of pid {}", probe[0].pid);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Every span of `pid` came with this resource.
+fn check_resource(spans: &[ReceivedSpan], pid: u32, service: &str) {
+    assert!(!spans.is_empty(), "no spans of pid {pid}");
+    for span in spans {
+        let resource = &span.resource;
+        assert_eq!(str_attr(resource, "service.name"), Some(service), "pid {pid}: {resource:#?}");
+        assert_eq!(int_attr(resource, "process.pid"), Some(pid as i64), "{resource:#?}");
+        assert_eq!(str_attr(resource, "process.executable.name"), Some("sendmmsg-workload"), "{resource:#?}");
+        // The sidecar's own resource attributes are under every process's.
+        assert_eq!(str_attr(resource, "host.name"), Some("export-test-host"), "{resource:#?}");
+        assert_eq!(str_attr(resource, "telemetry.sdk.language"), Some("rust"), "{resource:#?}");
+    }
+}
+
+#[test]
+fn each_process_is_exported_under_its_own_service() {
+    require_root();
+    // Over HTTP/protobuf (the other tests use gRPC): the async client, one request per process.
+    let receiver = Receiver::start(Protocol::HttpProtobuf);
+    let sidecar = sidecar(
+        &receiver,
+        Protocol::HttpProtobuf,
+        &[
+            // Neither names a traced process's service.
+            ("OTEL_SERVICE_NAME", "the-sidecar"),
+            ("OTEL_RESOURCE_ATTRIBUTES", "host.name=export-test-host,service.name=not-this-either"),
+        ],
+    );
+    wait_until_draining(&receiver);
+    let named = loop_workload(2.0, 2, 20, &[("OTEL_SERVICE_NAME", "svc-a")]).spawn().unwrap();
+    let unnamed = loop_workload(2.0, 2, 20, &[]).env_remove("OTEL_SERVICE_NAME").spawn().unwrap();
+    let (named, unnamed) = (loop_report(named), loop_report(unnamed));
+    let stopped = sidecar.stop();
+    assert!(stopped.status.success(), "{}", stopped.stderr);
+
+    for (report, service) in [(&named, "svc-a"), (&unnamed, "sendmmsg-workload")] {
+        let spans = receiver.spans_of(report.pid);
+        assert_eq!(
+            spans.len() as u64,
+            report.calls,
+            "one span per call of pid {}:\n{}",
+            report.pid,
+            stopped.stderr
+        );
+        check_resource(&spans, report.pid, service);
+    }
+}
+
+#[test]
+fn message_child_spans_hang_under_their_call() {
+    require_root();
+    let receiver = Receiver::start(Protocol::Grpc);
+    let sidecar = sidecar(&receiver, Protocol::Grpc, &[("OTEL_SENDMMSG_MESSAGE_DETAIL", "spans")]);
+    let calls = run_workload(&["refused-mid-batch"]);
+    let stopped = sidecar.stop();
+    assert!(stopped.status.success(), "{}", stopped.stderr);
+
+    let spans = receiver.spans_of(calls[0].pid);
+    assert_eq!(spans.len(), 1, "the call's span (its children carry no process.pid):\n{}", stopped.stderr);
+    let call = &spans[0];
+    assert_eq!(call.span.name, "sendmmsg");
+    assert!(call.span.events.is_empty(), "messages are child spans, not events");
+    let mut children: Vec<ReceivedSpan> =
+        receiver.spans().into_iter().filter(|s| s.span.parent_span_id == call.span.span_id).collect();
+    children.sort_by_key(|s| s.int("sendmmsg.message.index"));
+    assert_eq!(children.len(), 3, "one child per message tried: {children:#?}");
+    let mut previous_end = call.span.start_time_unix_nano;
+    for (index, child) in children.iter().enumerate() {
+        let ctx = format!("child {index}: {:#?}", child.span);
+        assert_eq!(child.span.name, "sendmmsg.message", "{ctx}");
+        assert_eq!(child.span.kind, SpanKind::Internal as i32, "{ctx}");
+        assert_eq!(child.span.trace_id, call.span.trace_id, "{ctx}");
+        assert_ne!(child.span.span_id, call.span.span_id, "{ctx}");
+        assert_eq!(child.int("sendmmsg.message.index"), Some(index as i64), "{ctx}");
+        assert_eq!(child.resource, call.resource, "{ctx}: the call's process");
+        // Each from the previous one's end (the call's start for the first), inside the call.
+        assert_eq!(child.span.start_time_unix_nano, previous_end, "{ctx}");
+        assert!(child.span.end_time_unix_nano <= call.span.end_time_unix_nano, "{ctx}");
+        previous_end = child.span.end_time_unix_nano;
+        let status = child.span.status.as_ref().map_or(StatusCode::Unset as i32, |s| s.code);
+        if index < 2 {
+            assert_eq!(status, StatusCode::Unset as i32, "{ctx}");
+            assert_eq!(child.int("sendmmsg.message.bytes"), Some([10, 20][index]), "{ctx}");
+            assert_eq!(child.str("error.type"), None, "{ctx}");
+        } else {
+            assert_eq!(status, StatusCode::Error as i32, "{ctx}");
+            assert_eq!(child.str("error.type"), Some("EMSGSIZE"), "{ctx}");
+        }
+    }
+    // Children are spans: counted, and here all exported.
+    let total = summary_spans(&stopped.stderr);
+    assert_eq!(summary_count(&stopped.stderr, "exported"), total, "{}", stopped.stderr);
+    assert!(total >= 4, "{}", stopped.stderr);
+}
+
+/// A cgroup v2 directory named as Docker's systemd driver names a container's, removed (with
+/// its parent) when dropped.
+struct ContainerCgroup {
+    parent: PathBuf,
+    scope: PathBuf,
+    id: String,
+}
+
+impl ContainerCgroup {
+    fn new() -> ContainerCgroup {
+        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64;
+        let id = format!("{:016x}{:016x}{:016x}{:016x}", nanos, std::process::id(), !nanos, 0x5e4d3c2b1a_u64);
+        let parent = otel_sendmmsg::cgroup::v2_mount()
+            .join(format!("otel-sendmmsg-export-test-{}", std::process::id()));
+        let scope = parent.join(format!("docker-{id}.scope"));
+        std::fs::create_dir_all(&scope).expect("creating a test cgroup under the cgroup v2 mount");
+        ContainerCgroup { parent, scope, id }
+    }
+}
+
+impl Drop for ContainerCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.scope);
+        let _ = std::fs::remove_dir(&self.parent);
+    }
+}
+
+#[test]
+fn a_process_in_a_container_cgroup_carries_its_container_id() {
+    require_root();
+    let receiver = Receiver::start(Protocol::Grpc);
+    let cgroup = ContainerCgroup::new();
+    assert_eq!(cgroup.id.len(), 64);
+    let sidecar =
+        sidecar(&receiver, Protocol::Grpc, &[("OTEL_RESOURCE_ATTRIBUTES", "host.name=export-test-host")]);
+    wait_until_draining(&receiver);
+    let script =
+        format!("echo $$ > {} && exec {WORKLOAD} loop 2 2 20", cgroup.scope.join("cgroup.procs").display());
+    let inside =
+        loop_report(Command::new("sh").args(["-c", &script]).stdout(Stdio::piped()).spawn().unwrap());
+    let stopped = sidecar.stop();
+    assert!(stopped.status.success(), "{}", stopped.stderr);
+
+    let spans = receiver.spans_of(inside.pid);
+    assert_eq!(spans.len() as u64, inside.calls, "{}", stopped.stderr);
+    check_resource(&spans, inside.pid, "sendmmsg-workload");
+    for span in &spans {
+        assert_eq!(
+            str_attr(&span.resource, "container.id"),
+            Some(cgroup.id.as_str()),
+            "{:#?}",
+            span.resource
+        );
+    }
+}
+
+#[test]
+fn with_the_collector_down_every_span_is_counted_and_the_sidecar_stops() {
+    require_root();
+    // A port nobody listens on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let endpoint = format!("http://{closed}");
+    let mut sidecar = Sidecar::start(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ("OTEL_BSP_MAX_QUEUE_SIZE", "4"),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ("OTEL_BSP_EXPORT_TIMEOUT", "3000"),
+    ]);
+    let calls = run_workload(&["udp4"; 20]);
+    assert_eq!(calls.len(), 20);
+    // Time for exports to be tried and fail while it runs.
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(sidecar.is_running(), "the sidecar exited:\n{}", sidecar.stderr());
+    let stopping = Instant::now();
+    let stopped = sidecar.stop();
+    let took = stopping.elapsed();
+    assert!(stopped.status.success(), "{}", stopped.stderr);
+    // One export in progress and the flush, each bounded by OTEL_BSP_EXPORT_TIMEOUT.
+    assert!(took < Duration::from_secs(15), "stopping took {took:?}:\n{}", stopped.stderr);
+
+    let spans = summary_spans(&stopped.stderr);
+    let exported = summary_count(&stopped.stderr, "exported");
+    let queue_full = summary_count(&stopped.stderr, "export_queue_full");
+    let failed = summary_count(&stopped.stderr, "export_failed");
+    assert!(spans >= 20, "{}", stopped.stderr);
+    assert_eq!(exported, 0, "nothing can be exported:\n{}", stopped.stderr);
+    assert!(queue_full > 0, "20 calls at once overflow a queue of 4:\n{}", stopped.stderr);
+    assert!(failed > 0, "{}", stopped.stderr);
+    assert_eq!(exported + queue_full + failed, spans, "every span accounted for:\n{}", stopped.stderr);
+}
