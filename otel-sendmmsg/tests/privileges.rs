@@ -77,11 +77,24 @@ fn mask(caps: impl IntoIterator<Item = &'static Capability>) -> u64 {
     caps.into_iter().fold(0, |m, c| m | 1 << c.number)
 }
 
+/// Stops the sidecar once it handles SIGTERM. It installs its handler only when its main loop
+/// first runs, just after it says it is ready: a SIGTERM before that would kill it unflushed.
+fn stop(sidecar: Sidecar) -> Stopped {
+    const SIGTERM_BIT: u64 = 1 << (libc::SIGTERM - 1);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while u64::from_str_radix(&status_field(sidecar.pid(), "SigCgt"), 16).unwrap() & SIGTERM_BIT == 0 {
+        assert!(Instant::now() < deadline, "the sidecar never caught SIGTERM:\n{}", sidecar.stderr());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let stopped = sidecar.stop();
+    assert!(stopped.status.success(), "{}:\n{}", stopped.status, stopped.stderr);
+    stopped
+}
+
 /// The udp4 scenario's one call, traced and exported with its exact result.
 fn assert_traces_a_call(receiver: &Receiver, sidecar: Sidecar) -> Stopped {
     let calls = run_workload(&["udp4"]);
-    let stopped = sidecar.stop();
-    assert!(stopped.status.success(), "{}", stopped.stderr);
+    let stopped = stop(sidecar);
     let spans = receiver.spans_of(calls[0].pid);
     assert_eq!(spans.len(), 1, "one span for the workload's call:\n{}", stopped.stderr);
     assert_eq!(spans[0].int("sendmmsg.sent"), Some(8));
@@ -121,7 +134,7 @@ fn without_any_one_required_capability_start_up_stops_naming_it() {
     for missing in required() {
         let caps = names(CAPABILITIES.iter().filter(|c| *c != missing));
         let (status, log) = match start_as_nobody(&caps, &[("OTEL_TRACES_EXPORTER", "none")]) {
-            Ok(sidecar) => panic!("it started without {}:\n{}", missing.name, sidecar.stop().stderr),
+            Ok(sidecar) => panic!("it started without {}:\n{}", missing.name, stop(sidecar).stderr),
             Err(failed) => failed,
         };
         assert_eq!(status.code(), Some(1), "without {}: {status}\n{log}", missing.name);
@@ -223,8 +236,7 @@ fn with_them_another_users_calls_land_inside_that_users_spans() {
     let outcome = app.marker_outcome(&sidecar);
     assert!(outcome.contains("context marker: attached to /proc/"), "{outcome}");
     let pid = app.run();
-    let stopped = sidecar.stop();
-    assert!(stopped.status.success(), "{}", stopped.stderr);
+    let stopped = stop(sidecar);
     let (app_spans, calls) = app_and_syscall_spans(&receiver, pid);
     let parents: HashSet<&Vec<u8>> = app_spans.iter().map(|s| &s.span.span_id).collect();
     assert_eq!(calls.len(), ITERATIONS, "{}", stopped.stderr);
@@ -251,8 +263,7 @@ fn without_sys_admin_it_traces_but_the_kernel_refuses_the_marker_uprobe() {
     let outcome = app.marker_outcome(&sidecar);
     assert!(outcome.contains("not attached") && outcome.contains("perf_event_open"), "{outcome}");
     let pid = app.run();
-    let stopped = sidecar.stop();
-    assert!(stopped.status.success(), "{}", stopped.stderr);
+    let stopped = stop(sidecar);
     let (_, calls) = app_and_syscall_spans(&receiver, pid);
     assert_eq!(calls.len(), ITERATIONS, "traced all the same:\n{}", stopped.stderr);
     assert!(calls.iter().all(|c| c.span.parent_span_id.is_empty()), "no parent without the marker");
