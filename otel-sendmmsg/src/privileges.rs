@@ -7,7 +7,7 @@
 //! | --- | --- |
 //! | `CAP_BPF` | creating the first map fails: `failed to create map ...: Operation not permitted` |
 //! | `CAP_PERFMON` | the kernel refuses tracing programs (`BPF_PROG_LOAD`: EPERM), so no hook attaches; it also guards `perf_event_open` on tracepoints |
-//! | `CAP_DAC_OVERRIDE` | tracefs (`/sys/kernel/tracing`, mode 0700 root) cannot even be looked into; with `CAP_DAC_READ_SEARCH` instead, tracing works but OBI's `/sys/fs/bpf/otel/traces_ctx_v1` (0600 root) cannot be opened read-write, nor created in a 0700 bpffs |
+//! | `CAP_DAC_OVERRIDE` | tracefs (`/sys/kernel/tracing`, mode 0700 root) cannot even be looked into, nor other users' `/proc/PID/environ` (0400) read; with `CAP_DAC_READ_SEARCH` instead, both work but OBI's `/sys/fs/bpf/otel/traces_ctx_v1` (0600 root) cannot be opened read-write, nor created in a 0700 bpffs |
 //! | `CAP_SYS_PTRACE` | other users' processes are opaque: `/proc/PID/exe` and `/proc/PID/root/...` (the binaries of other containers, where the context marker is looked for) are refused |
 //! | `CAP_SYS_ADMIN` | everything but the context-marker uprobe works: the kernel refuses uprobe `perf_event_open` with EACCES (Linux 6.16 and the stable kernels since July 2025 require `CAP_SYS_ADMIN` for uprobes again, upstream commit ba677dbe77af) |
 //!
@@ -80,8 +80,8 @@ pub const CAPABILITIES: &[Capability] = &[
     Capability {
         name: "CAP_DAC_OVERRIDE",
         number: 1,
-        purpose: "read the root-only tracefs at /sys/kernel/tracing, and open or pin the shared \
-                  trace-context map under /sys/fs/bpf",
+        purpose: "read the root-only tracefs at /sys/kernel/tracing and other users' \
+                  /proc/PID/environ, and open or pin the shared trace-context map under /sys/fs/bpf",
         need: Need::Required,
     },
     Capability {

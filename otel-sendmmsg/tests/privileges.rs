@@ -242,6 +242,9 @@ fn with_them_another_users_calls_land_inside_that_users_spans() {
     assert_eq!(calls.len(), ITERATIONS, "{}", stopped.stderr);
     for call in &calls {
         assert!(parents.contains(&call.span.parent_span_id), "not inside an app span: {:?}", call.span);
+        // Read from the other user's /proc/PID/environ and /proc/PID/exe.
+        assert_eq!(str_attr(&call.resource, "service.name"), Some("my-app"));
+        assert_eq!(str_attr(&call.resource, "process.executable.name"), Some("otel-sendmmsg-demo"));
     }
 }
 
