@@ -13,7 +13,7 @@ use std::{
     net::UdpSocket,
     path::{Path, PathBuf},
     process::{Child, ChildStdin, Command, Stdio},
-    sync::{mpsc, Mutex, MutexGuard, OnceLock},
+    sync::{mpsc, Mutex, MutexGuard},
     time::{Duration, Instant},
 };
 
@@ -44,10 +44,34 @@ fn one_at_a_time() -> MutexGuard<'static, ()> {
     SIDECARS.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// A copy of a binary that other users can run, removed again when dropped (each is around
+/// 100 MB, and every run makes some).
+struct Copied(PathBuf);
+
+impl Copied {
+    fn of(binary: &Path, name: &str) -> Copied {
+        Copied(copy_for_other_users(binary, name))
+    }
+}
+
+impl std::ops::Deref for Copied {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Copied {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+        // The directory goes with its last copy.
+        let _ = self.0.parent().map(std::fs::remove_dir);
+    }
+}
+
 /// The sidecar, where `nobody` can run it.
-fn sidecar_binary() -> &'static Path {
-    static COPY: OnceLock<PathBuf> = OnceLock::new();
-    COPY.get_or_init(|| copy_for_other_users(Path::new(SIDECAR), "otel-sendmmsg"))
+fn sidecar_binary() -> Copied {
+    Copied::of(Path::new(SIDECAR), "otel-sendmmsg")
 }
 
 fn otlp_vars(receiver: &Receiver) -> Vec<(&str, &str)> {
@@ -59,11 +83,12 @@ fn otlp_vars(receiver: &Receiver) -> Vec<(&str, &str)> {
 }
 
 fn start_as_nobody(
+    binary: &Path,
     caps: &[String],
     vars: &[(&str, &str)],
 ) -> Result<Sidecar, (std::process::ExitStatus, String)> {
     let caps: Vec<&str> = caps.iter().map(String::as_str).collect();
-    Sidecar::try_start_command(setpriv(NOBODY, &caps, true, sidecar_binary()), vars)
+    Sidecar::try_start_command(setpriv(NOBODY, &caps, true, binary), vars)
 }
 
 /// A `/proc/PID/status` field's first value.
@@ -116,8 +141,9 @@ fn the_capability_numbers_are_the_names_the_kernel_tools_give_them() {
 fn with_only_the_documented_capabilities_a_non_root_sidecar_traces() {
     require_root();
     let _alone = one_at_a_time();
+    let binary = sidecar_binary();
     let receiver = Receiver::start(Protocol::Grpc);
-    let sidecar = start_as_nobody(&names(CAPABILITIES), &otlp_vars(&receiver))
+    let sidecar = start_as_nobody(&binary, &names(CAPABILITIES), &otlp_vars(&receiver))
         .unwrap_or_else(|(status, log)| panic!("it did not start ({status}):\n{log}"));
     // Really unprivileged: nobody, with these capabilities and no other.
     assert_eq!(status_field(sidecar.pid(), "Uid"), NOBODY.to_string());
@@ -131,9 +157,10 @@ fn with_only_the_documented_capabilities_a_non_root_sidecar_traces() {
 fn without_any_one_required_capability_start_up_stops_naming_it() {
     require_root();
     let _alone = one_at_a_time();
+    let binary = sidecar_binary();
     for missing in required() {
         let caps = names(CAPABILITIES.iter().filter(|c| *c != missing));
-        let (status, log) = match start_as_nobody(&caps, &[("OTEL_TRACES_EXPORTER", "none")]) {
+        let (status, log) = match start_as_nobody(&binary, &caps, &[("OTEL_TRACES_EXPORTER", "none")]) {
             Ok(sidecar) => panic!("it started without {}:\n{}", missing.name, stop(sidecar).stderr),
             Err(failed) => failed,
         };
@@ -152,12 +179,12 @@ fn without_any_one_required_capability_start_up_stops_naming_it() {
 struct App {
     child: Child,
     stdin: ChildStdin,
-    binary: PathBuf,
+    binary: Copied,
 }
 
 impl App {
     fn start(endpoint: &str, sink: &UdpSocket) -> App {
-        let binary = copy_for_other_users(&build_demo_app(), "otel-sendmmsg-demo");
+        let binary = Copied::of(&build_demo_app(), "otel-sendmmsg-demo");
         let mut child = setpriv(APP_USER, &[], false, &binary)
             .env_clear()
             .env("OTEL_SERVICE_NAME", "my-app")
@@ -192,7 +219,7 @@ impl App {
 
     /// Waits for the sidecar's word on the marker in this very binary: attached or not.
     fn marker_outcome(&self, sidecar: &Sidecar) -> String {
-        let suffix = format!("/root{}", self.binary.display());
+        let suffix = format!("/root{}", self.binary.0.display());
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let log = sidecar.stderr();
@@ -228,9 +255,10 @@ fn app_and_syscall_spans(receiver: &Receiver, pid: u32) -> (Vec<ReceivedSpan>, V
 fn with_them_another_users_calls_land_inside_that_users_spans() {
     require_root();
     let _alone = one_at_a_time();
+    let binary = sidecar_binary();
     let receiver = Receiver::start(Protocol::Grpc);
     let sink = UdpSocket::bind("127.0.0.1:0").unwrap();
-    let sidecar = start_as_nobody(&names(CAPABILITIES), &otlp_vars(&receiver))
+    let sidecar = start_as_nobody(&binary, &names(CAPABILITIES), &otlp_vars(&receiver))
         .unwrap_or_else(|(status, log)| panic!("it did not start ({status}):\n{log}"));
     let app = App::start(&receiver.endpoint, &sink);
     let outcome = app.marker_outcome(&sidecar);
@@ -254,11 +282,12 @@ fn with_them_another_users_calls_land_inside_that_users_spans() {
 fn without_sys_admin_it_traces_but_the_kernel_refuses_the_marker_uprobe() {
     require_root();
     let _alone = one_at_a_time();
+    let binary = sidecar_binary();
     let optional: Vec<&Capability> = CAPABILITIES.iter().filter(|c| c.need == Need::ContextMarker).collect();
     assert_eq!(optional.iter().map(|c| c.name).collect::<Vec<_>>(), ["CAP_SYS_ADMIN"]);
     let receiver = Receiver::start(Protocol::Grpc);
     let sink = UdpSocket::bind("127.0.0.1:0").unwrap();
-    let sidecar = start_as_nobody(&names(required()), &otlp_vars(&receiver))
+    let sidecar = start_as_nobody(&binary, &names(required()), &otlp_vars(&receiver))
         .unwrap_or_else(|(status, log)| panic!("it did not start ({status}):\n{log}"));
     let log = sidecar.stderr();
     assert!(log.contains(&format!("missing CAP_SYS_ADMIN ({})", optional[0].purpose)), "{log}");
@@ -285,8 +314,8 @@ fn as_the_image_runs_it_file_capabilities_and_the_bounding_set_decide() {
         .windows(2)
         .find_map(|w| (w[0] == "setcap" && w[1].starts_with("cap_")).then_some(w[1]))
         .expect("a `setcap cap_...` command in the Dockerfile");
-    let binary = copy_for_other_users(Path::new(SIDECAR), "otel-sendmmsg-file-caps");
-    let status = Command::new("setcap").arg(file_caps).arg(&binary).status();
+    let binary = Copied::of(Path::new(SIDECAR), "otel-sendmmsg-file-caps");
+    let status = Command::new("setcap").arg(file_caps).arg(&*binary).status();
     let status = status.expect("setcap (Debian's libcap2-bin) is needed: run scripts/setup.sh");
     assert!(status.success(), "setcap {file_caps} refused");
 
