@@ -9,12 +9,8 @@ FROM rust:1.95-bookworm AS build
 WORKDIR /src
 # The BPF toolchain first, on its own layer: it takes minutes and changes only with the script.
 COPY scripts/setup.sh scripts/setup.sh
-# scripts/setup.sh also mounts tracefs and bpffs when they are not mounted, which a build
-# container may not do (no CAP_SYS_ADMIN). Nothing traces during a build: these empty tmpfs
-# mounts make both paths mount points, so that step has nothing to do.
-RUN --mount=type=tmpfs,target=/sys/kernel/tracing \
-    --mount=type=tmpfs,target=/sys/fs/bpf \
-    scripts/setup.sh
+# The toolchain only: nothing traces during a build, and a build container cannot mount.
+RUN scripts/setup.sh --no-mounts
 COPY . .
 RUN cargo build --release --locked --package otel-sendmmsg --bin otel-sendmmsg
 

@@ -1,14 +1,29 @@
 #!/usr/bin/env bash
-# Installs everything the build and the tests need on a fresh Debian machine, and skips what is
-# already there, so every README command can call it first. Needs root (apt-get, mounts).
+# Installs everything the build needs on a fresh Debian machine, and skips what is already
+# there, so every README command can call it first. Needs root (apt-get, mounts).
+#   scripts/setup.sh            the build, and tracefs/bpffs mounted (to run the sidecar)
+#   scripts/setup.sh --tests    also what the tests use: the 6.1 kernel under qemu
+#                               (scripts/setup-kernels.sh), docker-compose, setcap/capsh
+#   scripts/setup.sh --no-mounts   the build only (image builds: nothing traces there)
 set -euo pipefail
+
+tests=0 mounts=1
+for arg in "$@"; do
+  case $arg in
+    --tests) tests=1 ;;
+    --no-mounts) mounts=0 ;;
+    *) echo "usage: $0 [--tests] [--no-mounts]" >&2; exit 2 ;;
+  esac
+done
 
 log() { printf 'setup: %s\n' "$*" >&2; }
 
 # Debian's Rust 1.96 ships a prebuilt `core` for bpfel-unknown-none, which spares us a nightly
 # toolchain and rust-src; LLVM 22 is what bpf-linker links against.
 APT_PACKAGES=(rustc-web cargo-web libstd-rust-web-dev-bpf llvm-22-dev libpolly-22-dev libzstd-dev
-              protobuf-compiler docker-compose)
+              protobuf-compiler)
+# The tests validate the compose file and run the sidecar with file capabilities.
+((tests)) && APT_PACKAGES+=(docker-compose libcap2-bin util-linux)
 BPF_LINKER_VERSION=0.13.0
 
 missing=()
@@ -36,5 +51,11 @@ if ! rustup toolchain list | grep -q '^system'; then
 fi
 
 # Probes attach through tracefs; pinned maps live in bpffs. Neither is mounted on every boot.
-mountpoint -q /sys/kernel/tracing || mount -t tracefs nodev /sys/kernel/tracing
-mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf
+if ((mounts)); then
+  mountpoint -q /sys/kernel/tracing || mount -t tracefs nodev /sys/kernel/tracing
+  mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf
+fi
+
+if ((tests)); then
+  "$(dirname "$0")/setup-kernels.sh"
+fi
