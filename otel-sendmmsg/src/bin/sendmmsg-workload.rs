@@ -7,9 +7,13 @@
 //!                                         not-socket bad-msgvec refused-mid-batch vlen-zero
 //!                                         bad-msg-name udp4-in-thread slow-unix null-msgvec
 //!                                         vlen-over-limit killed-mid-call threads-N
-//!     sendmmsg-workload loop SECONDS VLEN [CALLS_PER_SECOND]
-//!                                         one connected UDP socket, calls back to back (or
-//!                                         paced); prints calls/s at the end
+//!     sendmmsg-workload loop SECONDS VLEN [CALLS_PER_SECOND] [THREADS] [PAYLOAD_BYTES]
+//!                                         THREADS senders (default 1), each with its own UDP
+//!                                         socket connected to a loopback receiver that a thread
+//!                                         of its own drains; calls of VLEN messages of
+//!                                         PAYLOAD_BYTES (default 64) back to back, or paced to
+//!                                         CALLS_PER_SECOND in all (0: unpaced); prints one JSON
+//!                                         line at the end (calls, messages, seconds, rates)
 
 use otel_sendmmsg::sendmmsg::{gettid, Batch};
 use std::{
@@ -270,37 +274,106 @@ fn scenario(name: &str) -> io::Result<()> {
     Ok(())
 }
 
-/// Calls on one connected socket for `seconds`, back to back or paced to `rate` calls/s; the
-/// receiver is drained by a second thread so the socket never fills.
-fn run_loop(seconds: f64, vlen: usize, rate: Option<f64>) -> io::Result<()> {
-    let (tx, rx) = connected_udp(false)?;
-    rx.set_read_timeout(Some(Duration::from_millis(200)))?;
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 2048];
-        while rx.recv(&mut buf).is_ok() {}
-    });
-    let sizes = vec![64; vlen];
-    let mut batch = Batch::new(&sizes, &[]);
-    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
-    let (mut calls, mut messages) = (0u64, 0u64);
-    let started = Instant::now();
-    while Instant::now() < deadline {
-        // SAFETY: the batch's buffers live for the whole loop.
-        let ret = unsafe { libc::sendmmsg(tx.as_raw_fd(), batch.msgvec(), vlen as u32, 0) };
-        calls += 1;
-        messages += ret.max(0) as u64;
-        if let Some(rate) = rate {
-            let due = started + Duration::from_secs_f64(calls as f64 / rate);
-            std::thread::sleep(due.saturating_duration_since(Instant::now()));
-        }
+/// What `loop` is asked to do.
+struct LoopSpec {
+    seconds: f64,
+    vlen: usize,
+    /// Calls per second over all threads; None: back to back.
+    rate: Option<f64>,
+    threads: usize,
+    payload: usize,
+}
+
+/// One sender's totals, and when it started and stopped sending.
+struct SenderTotals {
+    calls: u64,
+    messages: u64,
+    failed_calls: u64,
+    started: Instant,
+    finished: Instant,
+}
+
+/// Calls for `seconds` on `threads` connected sockets, one per thread, back to back or paced to
+/// `rate` calls/s in all; each socket's receiver is drained by a thread of its own so it never
+/// fills. Every sender starts at the same moment; the report covers all of them.
+fn run_loop(spec: LoopSpec) -> io::Result<()> {
+    let LoopSpec { seconds, vlen, rate, threads, payload } = spec;
+    // Senders start together once every socket is set up.
+    let start = std::sync::Arc::new(std::sync::Barrier::new(threads));
+    let per_thread_rate = rate.map(|r| r / threads as f64);
+    let mut senders = Vec::with_capacity(threads);
+    for _ in 0..threads {
+        let (tx, rx) = connected_udp(false)?;
+        // Blocks until the process exits, however slow the pace: a receiver that gave up would
+        // close its socket and fail the sender's next call with ECONNREFUSED.
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 65536];
+            while rx.recv(&mut buf).is_ok() {}
+        });
+        let start = start.clone();
+        senders.push(std::thread::spawn(move || {
+            let sizes = vec![payload; vlen];
+            let mut batch = Batch::new(&sizes, &[]);
+            start.wait();
+            let started = Instant::now();
+            let mut totals =
+                SenderTotals { calls: 0, messages: 0, failed_calls: 0, started, finished: started };
+            let deadline = started + Duration::from_secs_f64(seconds);
+            while Instant::now() < deadline {
+                // SAFETY: the batch's buffers live for the whole loop.
+                let ret = unsafe { libc::sendmmsg(tx.as_raw_fd(), batch.msgvec(), vlen as u32, 0) };
+                totals.calls += 1;
+                if ret < 0 {
+                    totals.failed_calls += 1;
+                }
+                totals.messages += ret.max(0) as u64;
+                if let Some(rate) = per_thread_rate {
+                    let due = started + Duration::from_secs_f64(totals.calls as f64 / rate);
+                    std::thread::sleep(due.saturating_duration_since(Instant::now()));
+                }
+            }
+            totals.finished = Instant::now();
+            totals
+        }));
     }
-    let secs = started.elapsed().as_secs_f64();
+    let totals = senders
+        .into_iter()
+        .map(|s| s.join().map_err(|_| io::Error::other("sender thread panicked")))
+        .collect::<io::Result<Vec<_>>>()?;
+    let (calls, messages, failed_calls) =
+        totals.iter().fold((0, 0, 0), |(c, m, f), t| (c + t.calls, m + t.messages, f + t.failed_calls));
+    // From the first sender's start to the last one's end.
+    let first = totals.iter().map(|t| t.started).min().expect("at least one sender");
+    let last = totals.iter().map(|t| t.finished).max().expect("at least one sender");
+    let secs = last.duration_since(first).as_secs_f64();
     println!(
-        "{{\"scenario\":\"loop\",\"pid\":{},\"calls\":{calls},\"messages\":{messages},\"seconds\":{secs:.3},\"calls_per_second\":{:.0}}}",
+        "{{\"scenario\":\"loop\",\"pid\":{},\"calls\":{calls},\"messages\":{messages},\"seconds\":{secs:.3},\"calls_per_second\":{:.0},\"messages_per_second\":{:.0},\"failed_calls\":{failed_calls},\"threads\":{threads},\"vlen\":{vlen},\"payload\":{payload}}}",
         std::process::id(),
-        calls as f64 / secs
+        calls as f64 / secs,
+        messages as f64 / secs,
     );
     Ok(())
+}
+
+/// `loop`'s arguments: SECONDS VLEN [CALLS_PER_SECOND] [THREADS] [PAYLOAD_BYTES].
+fn loop_spec(args: &[String]) -> io::Result<LoopSpec> {
+    fn arg<T: std::str::FromStr>(args: &[String], i: usize, name: &str, default: T) -> io::Result<T> {
+        match args.get(i) {
+            None => Ok(default),
+            Some(s) => s.parse().map_err(|_| io::Error::other(format!("loop: bad {name} {s:?}"))),
+        }
+    }
+    let spec = LoopSpec {
+        seconds: arg(args, 0, "SECONDS", 1.0)?,
+        vlen: arg(args, 1, "VLEN", 8)?,
+        rate: Some(arg(args, 2, "CALLS_PER_SECOND", 0.0)?).filter(|r| *r > 0.0),
+        threads: arg(args, 3, "THREADS", 1)?,
+        payload: arg(args, 4, "PAYLOAD_BYTES", 64)?,
+    };
+    if spec.threads == 0 {
+        return Err(io::Error::other("loop: THREADS must be at least 1"));
+    }
+    Ok(spec)
 }
 
 fn main() -> ExitCode {
@@ -308,14 +381,9 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         None => Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            "usage: sendmmsg-workload SCENARIO... | loop SECONDS VLEN [CALLS_PER_SECOND]",
+            "usage: sendmmsg-workload SCENARIO... | loop SECONDS VLEN [CALLS_PER_SECOND] [THREADS] [PAYLOAD_BYTES]",
         )),
-        Some("loop") => {
-            let seconds = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(1.0);
-            let vlen = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(8);
-            let rate = args.get(3).and_then(|s| s.parse().ok());
-            run_loop(seconds, vlen, rate)
-        }
+        Some("loop") => loop_spec(&args[1..]).and_then(run_loop),
         Some(_) => args.iter().try_for_each(|s| scenario(s)),
     };
     match result {
