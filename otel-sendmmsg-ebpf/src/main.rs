@@ -7,6 +7,7 @@
 mod context;
 mod fentry;
 mod filters;
+mod floor;
 mod kprobe;
 mod msgname;
 mod pairing;

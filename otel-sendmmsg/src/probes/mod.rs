@@ -2,6 +2,7 @@
 //! for the running kernel, and detaches them again.
 
 pub mod choose;
+pub mod floor;
 pub mod hooks;
 pub mod kernel;
 pub mod markers;

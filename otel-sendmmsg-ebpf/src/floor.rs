@@ -1,0 +1,25 @@
+//! The floor of the overhead benchmark: programs that do nothing, on exactly the tracepoint
+//! family's hooks. Attached instead of the real ones, they measure what merely having a BPF
+//! program on these hooks costs (the syscall tracepoints also send every syscall of every task
+//! through the slow path), so the benchmark can tell that apart from what our programs do. User
+//! space attaches them only through `probes::floor`; the sidecar never does.
+
+use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+
+/// `syscalls:sys_enter_sendmmsg`, doing nothing.
+#[tracepoint]
+pub fn floor_sendmmsg_enter(_ctx: TracePointContext) -> u32 {
+    0
+}
+
+/// `sock:sock_send_length`, doing nothing.
+#[tracepoint]
+pub fn floor_sendmmsg_message(_ctx: TracePointContext) -> u32 {
+    0
+}
+
+/// `syscalls:sys_exit_sendmmsg`, doing nothing.
+#[tracepoint]
+pub fn floor_sendmmsg_exit(_ctx: TracePointContext) -> u32 {
+    0
+}
