@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The overhead and pipeline benchmark in one command (see BENCHMARKS.md). As root:
+#   scripts/bench.sh                     everything, with the defaults (under 10 minutes)
+#   BENCH_ROUNDS=3 BENCH_SECONDS=2 scripts/bench.sh     shorter; every BENCH_* variable is
+#                                        listed in BENCHMARKS.md
+# Installs what the build needs (scripts/setup.sh) and bpftrace (the peer) if missing, then runs
+# `cargo bench --bench overhead`; the report goes to stdout, progress to stderr. Run it on an
+# otherwise idle machine: every other process's CPU time shows up in the numbers.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+
+if ! command -v bpftrace >/dev/null; then
+  printf 'bench: installing bpftrace (the peer the sidecar is compared with)\n' >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends bpftrace >/dev/null
+fi
+
+export PATH="$HOME/.cargo/bin:$PATH"
+exec cargo bench --locked --bench overhead
