@@ -20,20 +20,6 @@ use support::*;
 const PIN: &str = "/sys/fs/bpf/otel/traces_ctx_v1";
 const ITERATIONS: usize = 5;
 
-/// The demo app's binary, built now in this test's profile: it is another package, so cargo
-/// does not build it for this one's tests, and a stale one would test old code.
-fn demo_binary() -> std::path::PathBuf {
-    let profile_dir = std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().to_owned();
-    let mut build = Command::new(env!("CARGO"));
-    build.args(["build", "--locked", "--package", "otel-sendmmsg-demo"]);
-    if profile_dir.ends_with("release") {
-        build.arg("--release");
-    }
-    let status = build.status().expect("running cargo to build the demo app");
-    assert!(status.success(), "building the demo app failed");
-    profile_dir.join("otel-sendmmsg-demo")
-}
-
 /// The demo app, started and stopped before it sends, its threads' ids known.
 struct Demo {
     child: Child,
@@ -44,7 +30,7 @@ struct Demo {
 
 impl Demo {
     fn start(endpoint: &str, sink: &UdpSocket) -> Demo {
-        let binary = demo_binary();
+        let binary = build_demo_app();
         let mut child = Command::new(&binary)
             .env_clear()
             .env("OTEL_SERVICE_NAME", "my-app")

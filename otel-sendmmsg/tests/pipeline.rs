@@ -285,3 +285,68 @@ fn each_attach_family_traces_or_is_refused_with_the_reason() {
         }
     }
 }
+
+/// The kernel matrix: the tests above, inside Debian's 6.1 kernel (kprobes and BTF, no
+/// `sock:sock_send_length`, `sock_sendmsg` no longer on sendmmsg's path), once per attach
+/// family, by running this very test binary in a qemu guest. A family the kernel cannot give
+/// must be refused (exit 2); every one it can give must pass the same exact assertions.
+/// Slow under software emulation (~10 min per family), so not in the default run:
+/// `cargo test --locked --test pipeline -- --ignored`.
+#[test]
+#[ignore = "boots a 6.1 kernel under qemu (TCG); run with --ignored"]
+fn the_same_tests_pass_on_debian_6_1_for_every_family_it_offers() {
+    require_root();
+    let guest = support::qemu::Guest::debian_6_1();
+    let tests = std::env::current_exe().unwrap();
+    let script = format!(
+        r#"echo "KERNEL $(uname -r)"
+for family in auto fentry kprobe tracepoint; do
+  NO_COLOR=1 RUST_LOG=info OTEL_TRACES_EXPORTER=none OTEL_SENDMMSG_ATTACH=$family {sidecar} >/dev/null 2>/tmp/log &
+  pid=$!; i=0
+  while ! grep -q "ready:" /tmp/log && kill -0 $pid 2>/dev/null && [ $i -lt 900 ]; do sleep 0.2; i=$((i+1)); done
+  ready=$(grep -c "ready:" /tmp/log)
+  kill -INT $pid 2>/dev/null; wait $pid; echo "CHOICE $family exit=$? ready=$ready"
+  grep -E "entry/exit hooks|per-message hook|not using|cannot give" /tmp/log | sed "s/^.*otel_sendmmsg[a-z_:]*: /CHOICE $family /"
+  if [ "$ready" = 1 ]; then
+    OTEL_SENDMMSG_ATTACH=$family {tests} --exact every_scenario_reaches_a_grpc_collector_exactly without_a_collector_each_call_is_one_console_line --test-threads=1 2>&1 | grep -E "^test |panicked|left|right"
+  fi
+done
+{tests} --exact each_attach_family_traces_or_is_refused_with_the_reason --test-threads=1 2>&1 | grep -E "^test |panicked|left|right"
+"#,
+        sidecar = SIDECAR,
+        tests = tests.display()
+    );
+    let run = guest.run(
+        &[&tests, Path::new(SIDECAR), Path::new(WORKLOAD)],
+        &script,
+        std::time::Duration::from_secs(1500),
+    );
+    let lines: Vec<&str> = run
+        .console
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with(['K', 'C', 'M', 't', 'p', 'l', 'r']))
+        .collect();
+    let report = lines.join("\n");
+    eprintln!("6.1 guest, {:?}:\n{report}", run.duration);
+    assert!(report.contains("KERNEL 6.1."), "the guest did not boot 6.1:\n{}", run.console);
+    // What 6.1 offers: kprobes and the syscall tracepoints must both work; fentry may be refused.
+    for family in ["auto", "kprobe", "tracepoint"] {
+        assert!(report.contains(&format!("CHOICE {family} exit=0 ready=1")), "{family}:\n{report}");
+    }
+    assert!(
+        report.contains("CHOICE fentry exit=0 ready=1") || report.contains("CHOICE fentry exit=2 ready=0"),
+        "fentry neither worked nor was refused cleanly:\n{report}"
+    );
+    let passed = |name: &str| {
+        report.lines().filter(|l| l.starts_with("test ") && l.contains(name) && l.ends_with("ok")).count()
+    };
+    let ready_families = ["auto", "fentry", "kprobe", "tracepoint"]
+        .iter()
+        .filter(|f| report.contains(&format!("CHOICE {f} exit=0 ready=1")))
+        .count();
+    assert_eq!(passed("every_scenario_reaches_a_grpc_collector_exactly"), ready_families, "{report}");
+    assert_eq!(passed("without_a_collector_each_call_is_one_console_line"), ready_families, "{report}");
+    assert_eq!(passed("each_attach_family_traces_or_is_refused_with_the_reason"), 1, "{report}");
+    assert!(!report.contains("FAILED") && !report.contains("panicked"), "{report}");
+}

@@ -2,6 +2,8 @@
 //! the official protocol definitions), the real sidecar binary, and the real workload binary.
 #![allow(dead_code)] // each test binary uses its own part of this
 
+pub mod qemu;
+
 use std::{
     io::{BufRead, BufReader, Read},
     net::SocketAddr,
@@ -200,48 +202,7 @@ impl Sidecar {
     /// Like [`Sidecar::start`], but a sidecar that exits before it is ready is an answer, not
     /// a failure: its exit status and log.
     pub fn try_start(vars: &[(&str, &str)]) -> Result<Sidecar, (ExitStatus, String)> {
-        let mut child = Command::new(SIDECAR)
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            // The kernel matrix runs these tests once per attach family.
-            .envs(std::env::var("OTEL_SENDMMSG_ATTACH").ok().map(|v| ("OTEL_SENDMMSG_ATTACH", v)))
-            .envs(vars.iter().copied())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("starting the sidecar");
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let (ready_tx, ready_rx) = mpsc::channel();
-        let pipe = child.stderr.take().unwrap();
-        let log = stderr.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                if line.contains("ready: tracing sendmmsg") {
-                    let _ = ready_tx.send(());
-                }
-                let mut log = log.lock().unwrap();
-                log.push_str(&line);
-                log.push('\n');
-            }
-        });
-        let stdout = child.stdout.take();
-        let mut sidecar = Sidecar { child, stderr, stdout };
-        let deadline = Instant::now() + READY_TIMEOUT;
-        loop {
-            if ready_rx.recv_timeout(Duration::from_millis(100)).is_ok() {
-                return Ok(sidecar);
-            }
-            if let Some(status) = sidecar.child.try_wait().unwrap() {
-                std::thread::sleep(Duration::from_millis(100)); // the log's last lines
-                return Err((status, sidecar.stderr()));
-            }
-            if Instant::now() > deadline {
-                let _ = sidecar.child.kill();
-                panic!("the sidecar was not ready within {READY_TIMEOUT:?}:\n{}", sidecar.stderr());
-            }
-        }
+        Sidecar::try_start_command(Command::new(SIDECAR), vars)
     }
 
     pub fn stderr(&self) -> String {
@@ -426,6 +387,7 @@ impl Sidecar {
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
+            // The kernel matrix runs these tests once per attach family.
             .envs(std::env::var("OTEL_SENDMMSG_ATTACH").ok().map(|v| ("OTEL_SENDMMSG_ATTACH", v)))
             .envs(vars.iter().copied())
             .stdout(Stdio::piped())
