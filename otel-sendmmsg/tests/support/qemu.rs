@@ -1,8 +1,9 @@
 //! Runs commands inside another kernel: Debian's 6.1 (kprobes and BTF, no
 //! `sock:sock_send_length`), booted under qemu with an initramfs that holds busybox and the
-//! given files at their own absolute paths, so test binaries find what they were built against.
+//! given files at the paths the test binaries expect them, so a test binary runs there unchanged.
 
 use std::{
+    collections::HashMap,
     io::Read,
     path::{Path, PathBuf},
     process::{Command, Stdio},
@@ -14,8 +15,10 @@ const KERNEL_POINTER: &str = "/var/cache/otel-sendmmsg/kernels/debian-6.1";
 /// Printed by /init after the script, with its exit code.
 const DONE_MARKER: &str = "GUEST-EXIT";
 
+/// A kernel and the root file system it boots into; the staged files are removed on drop.
 pub struct Guest {
     kernel: PathBuf,
+    dir: PathBuf,
 }
 
 pub struct GuestRun {
@@ -26,8 +29,10 @@ pub struct GuestRun {
 }
 
 impl Guest {
-    /// The 6.1 kernel prepared by scripts/setup-kernels.sh; a test without it fails, saying so.
-    pub fn debian_6_1() -> Guest {
+    /// The 6.1 kernel prepared by scripts/setup-kernels.sh, booting into busybox plus `files`:
+    /// each `(host path, path in the guest)` with the shared libraries it needs. A test without
+    /// the kernel fails, saying so.
+    pub fn debian_6_1(files: &[(&Path, &Path)]) -> Guest {
         let kernel = std::fs::read_to_string(KERNEL_POINTER)
             .map(|p| PathBuf::from(p.trim()))
             .ok()
@@ -35,25 +40,36 @@ impl Guest {
             .unwrap_or_else(|| {
                 panic!("no 6.1 kernel prepared: run scripts/setup.sh --tests (scripts/setup-kernels.sh)")
             });
-        Guest { kernel }
-    }
-
-    /// Boots, runs `script` (busybox sh) as root with proc, sys, devtmpfs, tracefs, debugfs,
-    /// bpffs and cgroup2 mounted and loopback up, then powers off.
-    pub fn run(&self, files: &[&Path], script: &str, timeout: Duration) -> GuestRun {
-        let dir = tempdir();
-        let root = dir.join("root");
+        let guest = Guest { kernel, dir: tempdir() };
+        let root = guest.root();
         for d in ["bin", "proc", "sys", "dev", "tmp", "etc", "root"] {
             std::fs::create_dir_all(root.join(d)).unwrap();
         }
-        copy_in(&root, Path::new(&busybox()));
-        std::fs::rename(root.join(busybox().trim_start_matches('/')), root.join("bin/busybox")).unwrap();
-        for file in files {
-            copy_in(&root, file);
-            for lib in shared_libraries(file) {
-                copy_in(&root, &lib);
+        copy_to(&busybox(), &root.join("bin/busybox"));
+        for (host, path) in files {
+            copy_to(host, &under(&root, path));
+            for lib in shared_libraries(host) {
+                copy_to(&lib, &under(&root, &lib));
             }
         }
+        guest
+    }
+
+    /// The kernel's release, from its file name (`vmlinuz-6.1.0-57-cloud-amd64`).
+    pub fn kernel_release(&self) -> String {
+        let name = self.kernel.file_name().unwrap().to_string_lossy();
+        name.strip_prefix("vmlinuz-").unwrap_or(&name).to_owned()
+    }
+
+    fn root(&self) -> PathBuf {
+        self.dir.join("root")
+    }
+
+    /// Boots, runs `script` (busybox sh) as root with proc, sys, devtmpfs, tracefs, debugfs,
+    /// bpffs and cgroup2 mounted and loopback up, then powers off; `timeout` bounds the whole
+    /// boot. Each run starts from the staged files: nothing carries over from an earlier run.
+    pub fn run(&self, script: &str, timeout: Duration) -> GuestRun {
+        let root = self.root();
         let init = format!(
             "#!/bin/busybox sh\n\
              /bin/busybox --install -s /bin\n\
@@ -68,7 +84,7 @@ impl Guest {
         std::fs::write(root.join("init"), init).unwrap();
         let mode = std::os::unix::fs::PermissionsExt::from_mode(0o755);
         std::fs::set_permissions(root.join("init"), mode).unwrap();
-        let initrd = dir.join("initrd");
+        let initrd = self.dir.join("initrd");
         let cpio = Command::new("sh")
             .arg("-c")
             .arg(format!(
@@ -107,13 +123,41 @@ impl Guest {
             std::thread::sleep(Duration::from_millis(200));
         }
         let console = reader.join().unwrap();
-        let _ = std::fs::remove_dir_all(&dir);
+        let _ = std::fs::remove_file(&initrd);
         let exit_code = console
             .lines()
             .find_map(|l| l.trim().strip_prefix(DONE_MARKER))
             .and_then(|c| c.trim().parse().ok());
         GuestRun { console, exit_code, duration: started.elapsed() }
     }
+}
+
+impl Drop for Guest {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The release build of `package`'s binaries, by name, built now (nothing to do when it is up
+/// to date), for guests: software emulation multiplies the debug builds' slowness (BTF parsing
+/// and the self-test at start-up, the workload's calls) several times.
+pub fn release_binaries(package: &str) -> HashMap<String, PathBuf> {
+    let out = Command::new(env!("CARGO"))
+        .args(["build", "--release", "--locked", "--package", package, "--bins"])
+        .arg("--message-format=json-render-diagnostics")
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("running cargo to build the release binaries");
+    assert!(out.status.success(), "building {package}'s release binaries failed");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|m| m["reason"] == "compiler-artifact")
+        .filter_map(|m| {
+            let executable = m["executable"].as_str()?;
+            Some((m["target"]["name"].as_str()?.to_owned(), PathBuf::from(executable)))
+        })
+        .collect()
 }
 
 fn tempdir() -> PathBuf {
@@ -125,19 +169,23 @@ fn tempdir() -> PathBuf {
     dir
 }
 
-fn busybox() -> String {
+fn busybox() -> PathBuf {
     ["/usr/bin/busybox", "/bin/busybox"]
         .into_iter()
-        .find(|p| Path::new(p).is_file())
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
         .expect("busybox (scripts/setup-kernels.sh installs busybox-static)")
-        .to_owned()
 }
 
-/// Copies `file` to the same absolute path under `root`, following links.
-fn copy_in(root: &Path, file: &Path) {
-    let target = root.join(file.strip_prefix("/").unwrap_or(file));
+/// `path` (absolute) inside `root`.
+fn under(root: &Path, path: &Path) -> PathBuf {
+    root.join(path.strip_prefix("/").unwrap_or(path))
+}
+
+/// Copies `file` to `target`, following links.
+fn copy_to(file: &Path, target: &Path) {
     std::fs::create_dir_all(target.parent().unwrap()).unwrap();
-    std::fs::copy(file, &target).unwrap_or_else(|e| panic!("copying {}: {e}", file.display()));
+    std::fs::copy(file, target).unwrap_or_else(|e| panic!("copying {}: {e}", file.display()));
 }
 
 /// What the dynamic loader needs for `file`, by `ldd` (the loader included).
