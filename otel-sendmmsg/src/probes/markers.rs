@@ -8,7 +8,14 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use object::{read::ReadCache, Object, ObjectSymbol};
+use object::{
+    elf,
+    read::{
+        elf::{FileHeader, SectionHeader, Sym},
+        ReadCache,
+    },
+    Endianness, FileKind, SectionIndex,
+};
 use otel_sendmmsg_common::CONTEXT_MARKER_SYMBOL;
 
 /// A mapped file, as `/proc/PID/maps` names it.
@@ -40,13 +47,40 @@ pub fn exports_marker(path: &Path) -> bool {
         return false;
     };
     // Reads only the parts the symbol tables need, not the whole (possibly huge) file.
-    let cache = ReadCache::new(file);
-    let Ok(elf) = object::File::parse(&cache) else {
-        return false;
+    let data = ReadCache::new(file);
+    let name = CONTEXT_MARKER_SYMBOL.as_bytes();
+    match FileKind::parse(&data) {
+        Ok(FileKind::Elf64) => defines::<elf::FileHeader64<Endianness>>(&data, name),
+        Ok(FileKind::Elf32) => defines::<elf::FileHeader32<Endianness>>(&data, name),
+        _ => false,
+    }
+}
+
+/// Whether the ELF `data` defines symbol `name`. Each symbol table and its strings are read in
+/// one piece and compared in place: going symbol by symbol through object's `ReadCache` caches
+/// every name read separately, tens of MiB for a large binary's 100k symbols.
+fn defines<Elf: FileHeader<Endian = Endianness>>(data: &ReadCache<File>, name: &[u8]) -> bool {
+    let found = || -> object::Result<bool> {
+        let header = Elf::parse(data)?;
+        let endian = header.endian()?;
+        let sections = header.sections(endian, data)?;
+        for section in sections.iter() {
+            if !matches!(section.sh_type(endian), elf::SHT_SYMTAB | elf::SHT_DYNSYM) {
+                continue;
+            }
+            let symbols: &[Elf::Sym] = section.data_as_array(endian, data)?;
+            let strings = sections.section(SectionIndex(section.sh_link(endian) as usize))?.data(endian, data)?;
+            let named = |sym: &Elf::Sym| {
+                let start = sym.st_name(endian) as usize;
+                strings.get(start..).and_then(|s| s.split(|&b| b == 0).next()) == Some(name)
+            };
+            if symbols.iter().any(|sym| sym.st_shndx(endian) != elf::SHN_UNDEF && named(sym)) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     };
-    elf.symbols()
-        .chain(elf.dynamic_symbols())
-        .any(|s| s.is_definition() && s.name() == Ok(CONTEXT_MARKER_SYMBOL))
+    found().unwrap_or(false)
 }
 
 /// What has been looked at already, so each process and each file is examined once.
@@ -55,6 +89,8 @@ pub struct Discovery {
     /// pid -> process start time (so a reused pid is looked at again).
     pids: HashMap<u32, u64>,
     files: HashSet<(String, u64)>,
+    /// Files whose symbols were read since [`Discovery::take_files_read`] last asked.
+    files_read: usize,
 }
 
 impl Discovery {
@@ -78,6 +114,7 @@ impl Discovery {
             let maps = std::fs::read_to_string(dir.join("maps")).unwrap_or_default();
             for mapping in executable_mappings(&maps) {
                 if self.files.insert(mapping.file.clone()) {
+                    self.files_read += 1;
                     let reachable =
                         dir.join("root").join(mapping.path.strip_prefix("/").unwrap_or(&mapping.path));
                     if exports_marker(&reachable) {
@@ -89,6 +126,12 @@ impl Discovery {
         // Forget exited processes, so the map stays as large as the process table.
         self.pids = alive;
         found
+    }
+
+    /// How many files had their symbol tables read since the last call. A large binary's
+    /// tables take tens of MiB while they are read, which the allocator keeps unless asked.
+    pub fn take_files_read(&mut self) -> usize {
+        std::mem::take(&mut self.files_read)
     }
 }
 
@@ -120,6 +163,40 @@ mod tests {
                 Mapping { file: ("00:05".into(), 77), path: "/memfd:jit".into() },
             ]
         );
+    }
+
+    /// Compiles `source` with gcc (`args` added) into a file in a fresh directory.
+    fn compiled(name: &str, source: &str, args: &[&str]) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("otel-sendmmsg-markers-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("src.c"), source).unwrap();
+        let out = dir.join(name);
+        let status = std::process::Command::new("gcc")
+            .args(args)
+            .arg("-o")
+            .arg(&out)
+            .arg(dir.join("src.c"))
+            .status()
+            .expect("running gcc");
+        assert!(status.success(), "gcc {args:?}");
+        out
+    }
+
+    #[test]
+    fn the_marker_is_found_where_it_is_defined_not_where_it_is_called() {
+        let define = format!("void {CONTEXT_MARKER_SYMBOL}(void) {{}}\nint main(void) {{ return 0; }}\n");
+        let call = format!("void {CONTEXT_MARKER_SYMBOL}(void);\nvoid f(void) {{ {CONTEXT_MARKER_SYMBOL}(); }}\n");
+        let library = compiled("libdefines.so", &define, &["-shared", "-fPIC"]);
+        let stripped = compiled("stripped.so", &define, &["-shared", "-fPIC", "-s"]);
+        let executable = compiled("defines", &define, &[]);
+        let caller = compiled("libcalls.so", &call, &["-shared", "-fPIC"]);
+        assert!(exports_marker(&library), "symbol and dynamic tables");
+        assert!(exports_marker(&stripped), "dynamic table only");
+        assert!(exports_marker(&executable), "symbol table");
+        assert!(!exports_marker(&caller), "only an undefined reference");
+        for file in [library, stripped, executable, caller] {
+            let _ = std::fs::remove_dir_all(file.parent().unwrap());
+        }
     }
 
     #[test]
