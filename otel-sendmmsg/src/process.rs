@@ -6,6 +6,12 @@
 //! [`ProcessCache::sweep`], which [`crate::run`] calls periodically: an entry whose pid now
 //! belongs to another process is forgotten at once; one whose process exited is forgotten one
 //! sweep later, so the records of its last calls, still on their way, keep its metadata.
+//!
+//! An `exec` keeps the pid and start time but may bring another executable, service and
+//! environment. The calls of the new program come from threads named after it, so a thread
+//! name not seen before for a cached pid has the entry checked at once (one read of
+//! `/proc/PID/stat`): its spans carry the new program from its first call, not from the next
+//! sweep.
 
 use std::{
     num::NonZeroUsize,
@@ -21,6 +27,10 @@ pub const DEFAULT_CAPACITY: NonZeroUsize = NonZeroUsize::new(4096).unwrap();
 
 /// The semantic conventions' `service.name` when nothing names the service.
 pub const UNKNOWN_SERVICE: &str = "unknown_service";
+
+/// Thread names remembered per process: a thread pool's few names fit, and a process that
+/// names each thread differently costs one stat read per new name until then.
+const THREAD_NAMES: usize = 32;
 
 /// What a traced process's resource says about it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -64,6 +74,9 @@ struct Entry {
     /// A sweep found the process gone; the next sweep forgets it.
     gone: bool,
     info: Arc<ProcessInfo>,
+    /// Names of the threads whose calls were checked against this entry; at most
+    /// [`THREAD_NAMES`], beyond which new names are left to the sweep.
+    threads: Vec<String>,
 }
 
 impl ProcessCache {
@@ -75,8 +88,16 @@ impl ProcessCache {
     /// the record) stands in for the executable and service name when the process is already
     /// gone, as short-lived ones often are by the time their record is read. Never fails.
     pub fn get(&mut self, pid: u32, comm: &str) -> Arc<ProcessInfo> {
-        if let Some(entry) = self.entries.get(&pid) {
-            return entry.info.clone();
+        if let Some(entry) = self.entries.get_mut(&pid) {
+            if entry.threads.iter().any(|known| known == comm) || entry.threads.len() >= THREAD_NAMES {
+                return entry.info.clone();
+            }
+            // A thread not seen before: perhaps the first call after an exec.
+            let now = read_stat(&self.root.join(pid.to_string()));
+            if entry.identity.is_none() || now.is_none() || now == entry.identity {
+                entry.threads.push(comm.to_owned());
+                return entry.info.clone();
+            }
         }
         let entry = self.read(pid, comm);
         let info = entry.info.clone();
@@ -87,7 +108,8 @@ impl ProcessCache {
     fn read(&self, pid: u32, comm: &str) -> Entry {
         let dir = self.root.join(pid.to_string());
         let Some(stat) = read_stat(&dir) else {
-            return Entry { identity: None, gone: false, info: Arc::new(ProcessInfo::from_comm(pid, comm)) };
+            let info = Arc::new(ProcessInfo::from_comm(pid, comm));
+            return Entry { identity: None, gone: false, info, threads: vec![comm.to_owned()] };
         };
         let executable_name = std::fs::read_link(dir.join("exe"))
             .ok()
@@ -102,7 +124,7 @@ impl ProcessCache {
         let container_id =
             std::fs::read_to_string(dir.join("cgroup")).ok().and_then(|cgroups| container_id(&cgroups));
         let info = ProcessInfo { pid, executable_name, service_name, container_id };
-        Entry { identity: Some(stat), gone: false, info: Arc::new(info) }
+        Entry { identity: Some(stat), gone: false, info: Arc::new(info), threads: vec![comm.to_owned()] }
     }
 
     /// Forgets processes that are no longer what their entry describes: at once when the pid
@@ -453,6 +475,27 @@ mod tests {
         proc.process(30, "new", 5, "/bin/new", b"", "");
         assert_eq!(cache.sweep(), 1);
         assert_eq!(cache.get(30, "t").service_name, "new");
+    }
+
+    #[test]
+    fn a_new_thread_name_after_an_exec_brings_the_new_program_at_once() {
+        let proc = FakeProc::new("exec");
+        proc.process(40, "launcher", 100, "/bin/launcher", b"OTEL_SERVICE_NAME=launch\0", "");
+        let mut cache = proc.cache(16);
+        let before = cache.get(40, "launcher");
+        assert_eq!(before.service_name, "launch");
+        // Another thread of the same program: checked once, still the same process.
+        assert!(Arc::ptr_eq(&before, &cache.get(40, "io-worker")));
+        assert!(Arc::ptr_eq(&before, &cache.get(40, "io-worker")));
+        // exec: same pid and start time, another program. The old program's last records
+        // (its thread names) keep the old entry until a new name shows up.
+        proc.process(40, "dns-server", 100, "/usr/sbin/dns-server", b"", "");
+        assert!(Arc::ptr_eq(&before, &cache.get(40, "launcher")));
+        let after = cache.get(40, "dns-server");
+        assert_eq!(after.service_name, "dns-server");
+        assert_eq!(after.executable_name.as_deref(), Some("dns-server"));
+        assert!(Arc::ptr_eq(&after, &cache.get(40, "dns-server")));
+        assert_eq!(cache.len(), 1);
     }
 
     #[test]
