@@ -72,6 +72,12 @@ struct StandardVars {
     otel_bsp_export_timeout: Option<String>,
     otel_bsp_max_queue_size: Option<String>,
     otel_bsp_max_export_batch_size: Option<String>,
+    otel_metrics_exporter: Option<String>,
+    otel_exporter_otlp_metrics_endpoint: Option<String>,
+    otel_exporter_otlp_metrics_protocol: Option<String>,
+    otel_exporter_otlp_metrics_timeout: Option<String>,
+    otel_exporter_otlp_metrics_headers: Option<String>,
+    otel_metric_export_interval: Option<String>,
 }
 
 /// 4 MiB holds ~3,600 records: about 36 ms of a 100k calls/s burst while the sidecar is busy.
@@ -91,6 +97,7 @@ pub struct Config {
     pub filters: Filters,
     pub loss_report_interval: Duration,
     pub output: Output,
+    pub metrics: MetricsOutput,
 }
 
 /// Which calls are traced, decided in the kernel. Empty lists filter nothing.
@@ -142,6 +149,16 @@ pub enum Output {
     Otlp { protocol: Protocol, endpoint: String },
     /// Trace, count, export nothing (`OTEL_TRACES_EXPORTER=none`).
     Discard,
+}
+
+/// Where the sidecar's metrics about itself (its loss and export counters) go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MetricsOutput {
+    /// Not exported; the loss log and the closing summary still say it all.
+    Off,
+    /// OTLP every `OTEL_METRIC_EXPORT_INTERVAL`; the exporter reads endpoint, headers and
+    /// timeout from the standard variables itself.
+    Otlp { protocol: Protocol, endpoint: String },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -240,6 +257,7 @@ impl Config {
             })?,
         };
         let output = std_vars.output()?;
+        let metrics = std_vars.metrics()?;
         Ok(Config {
             ring_buffer_bytes,
             max_inflight,
@@ -248,6 +266,7 @@ impl Config {
             filters,
             loss_report_interval,
             output,
+            metrics,
         })
     }
 }
@@ -305,30 +324,52 @@ fn list(value: &Option<String>) -> impl Iterator<Item = &str> {
 
 impl StandardVars {
     fn output(&self) -> Result<Output, ConfigError> {
-        // Signal-specific variables win over the generic ones, as the exporter does it.
-        let endpoint = pick(
+        self.check_common()?;
+        let (protocol, endpoint) = otlp_target(
             ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", &self.otel_exporter_otlp_traces_endpoint),
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", &self.otel_exporter_otlp_endpoint),
-        );
-        let protocol = pick(
             ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", &self.otel_exporter_otlp_traces_protocol),
-            ("OTEL_EXPORTER_OTLP_PROTOCOL", &self.otel_exporter_otlp_protocol),
-        );
-        // Checked whichever output is chosen: a bad value is a mistake worth hearing about.
-        let protocol = match protocol {
-            None => Protocol::HttpProtobuf, // the specification's default
-            Some((name, v)) => match v.to_ascii_lowercase().as_str() {
-                "grpc" => Protocol::Grpc,
-                "http/protobuf" => Protocol::HttpProtobuf,
-                _ => return Err(invalid(name, v, "grpc or http/protobuf")),
-            },
-        };
-        if let Some((name, v)) = endpoint {
-            check_endpoint(v).map_err(|why| invalid(name, v, why))?;
+            self,
+        )?;
+        let otlp = || Output::Otlp { protocol, endpoint: endpoint_or_default(endpoint, protocol) };
+        match self.otel_traces_exporter.as_deref().map(str::trim) {
+            // No exporter named: OTLP only when the user pointed us at a collector.
+            None | Some("") => Ok(if endpoint.is_some() { otlp() } else { Output::Console }),
+            Some("otlp") => Ok(otlp()),
+            Some("console") => Ok(Output::Console),
+            Some("none") => Ok(Output::Discard),
+            Some(v) => Err(invalid("OTEL_TRACES_EXPORTER", v, "otlp, console or none")),
         }
+    }
+
+    fn metrics(&self) -> Result<MetricsOutput, ConfigError> {
+        let (protocol, endpoint) = otlp_target(
+            ("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", &self.otel_exporter_otlp_metrics_endpoint),
+            ("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", &self.otel_exporter_otlp_metrics_protocol),
+            self,
+        )?;
+        if let Some(v) = &self.otel_metric_export_interval {
+            parse_int(v).filter(|&ms| ms > 0).ok_or_else(|| {
+                invalid("OTEL_METRIC_EXPORT_INTERVAL", v, "a whole number of milliseconds above 0")
+            })?;
+        }
+        let otlp = || MetricsOutput::Otlp { protocol, endpoint: endpoint_or_default(endpoint, protocol) };
+        match self.otel_metrics_exporter.as_deref().map(str::trim) {
+            // No exporter named: on when a collector is named for metrics or for every signal
+            // (a traces-only endpoint says nothing about where metrics are welcome).
+            None | Some("") => Ok(if endpoint.is_some() { otlp() } else { MetricsOutput::Off }),
+            Some("otlp") => Ok(otlp()),
+            Some("none") => Ok(MetricsOutput::Off),
+            Some(v) => Err(invalid("OTEL_METRICS_EXPORTER", v, "otlp or none")),
+        }
+    }
+
+    /// The variables both signals' exporters read, checked whichever output is chosen: a bad
+    /// value is a mistake worth hearing about.
+    fn check_common(&self) -> Result<(), ConfigError> {
         for (name, value) in [
             ("OTEL_EXPORTER_OTLP_TIMEOUT", &self.otel_exporter_otlp_timeout),
             ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", &self.otel_exporter_otlp_traces_timeout),
+            ("OTEL_EXPORTER_OTLP_METRICS_TIMEOUT", &self.otel_exporter_otlp_metrics_timeout),
             ("OTEL_BSP_SCHEDULE_DELAY", &self.otel_bsp_schedule_delay),
             ("OTEL_BSP_EXPORT_TIMEOUT", &self.otel_bsp_export_timeout),
         ] {
@@ -347,27 +388,45 @@ impl StandardVars {
         for (name, value) in [
             ("OTEL_EXPORTER_OTLP_HEADERS", &self.otel_exporter_otlp_headers),
             ("OTEL_EXPORTER_OTLP_TRACES_HEADERS", &self.otel_exporter_otlp_traces_headers),
+            ("OTEL_EXPORTER_OTLP_METRICS_HEADERS", &self.otel_exporter_otlp_metrics_headers),
         ] {
             if let Some(v) = value {
                 check_headers(v).map_err(|why| invalid(name, v, why))?;
             }
         }
-        let default_endpoint = || match protocol {
-            Protocol::Grpc => "http://localhost:4317".to_owned(),
-            Protocol::HttpProtobuf => "http://localhost:4318".to_owned(),
-        };
-        let otlp = || Output::Otlp {
-            protocol,
-            endpoint: endpoint.map(|(_, v)| v.clone()).unwrap_or_else(default_endpoint),
-        };
-        match self.otel_traces_exporter.as_deref().map(str::trim) {
-            // No exporter named: OTLP only when the user pointed us at a collector.
-            None | Some("") => Ok(if endpoint.is_some() { otlp() } else { Output::Console }),
-            Some("otlp") => Ok(otlp()),
-            Some("console") => Ok(Output::Console),
-            Some("none") => Ok(Output::Discard),
-            Some(v) => Err(invalid("OTEL_TRACES_EXPORTER", v, "otlp, console or none")),
-        }
+        Ok(())
+    }
+}
+
+/// One signal's protocol and endpoint, checked: its own variables win over the generic ones,
+/// as the exporter does it. The endpoint is `None` when neither is set.
+fn otlp_target<'a>(
+    signal_endpoint: (&'static str, &'a Option<String>),
+    signal_protocol: (&'static str, &'a Option<String>),
+    vars: &'a StandardVars,
+) -> Result<(Protocol, Option<(&'static str, &'a String)>), ConfigError> {
+    let endpoint = pick(signal_endpoint, ("OTEL_EXPORTER_OTLP_ENDPOINT", &vars.otel_exporter_otlp_endpoint));
+    let protocol = pick(signal_protocol, ("OTEL_EXPORTER_OTLP_PROTOCOL", &vars.otel_exporter_otlp_protocol));
+    let protocol = match protocol {
+        None => Protocol::HttpProtobuf, // the specification's default
+        Some((name, v)) => match v.trim().to_ascii_lowercase().as_str() {
+            "grpc" => Protocol::Grpc,
+            "http/protobuf" => Protocol::HttpProtobuf,
+            _ => return Err(invalid(name, v, "grpc or http/protobuf")),
+        },
+    };
+    if let Some((name, v)) = endpoint {
+        check_endpoint(v).map_err(|why| invalid(name, v, why))?;
+    }
+    Ok((protocol, endpoint))
+}
+
+/// The endpoint given, or the protocol's usual port on this host.
+fn endpoint_or_default(endpoint: Option<(&str, &String)>, protocol: Protocol) -> String {
+    match (endpoint, protocol) {
+        (Some((_, v)), _) => v.clone(),
+        (None, Protocol::Grpc) => "http://localhost:4317".to_owned(),
+        (None, Protocol::HttpProtobuf) => "http://localhost:4318".to_owned(),
     }
 }
 
@@ -463,7 +522,8 @@ mod tests {
                 message_detail: MessageDetail::Events,
                 filters: Filters::default(),
                 loss_report_interval: Duration::from_secs(60),
-                output: Output::Console
+                output: Output::Console,
+                metrics: MetricsOutput::Off,
             }
         );
     }
@@ -501,6 +561,53 @@ mod tests {
                 .unwrap();
         assert_eq!(c.output, Output::Console);
         assert_eq!(config(&[("OTEL_TRACES_EXPORTER", "none")]).unwrap().output, Output::Discard);
+    }
+
+    #[test]
+    fn metrics_follow_a_generic_or_metrics_endpoint_not_a_traces_only_one() {
+        let metrics = |vars: &[(&str, &str)]| config(vars).map(|c| c.metrics);
+        let otlp = |protocol, endpoint: &str| MetricsOutput::Otlp { protocol, endpoint: endpoint.into() };
+        assert_eq!(metrics(&[]), Ok(MetricsOutput::Off));
+        assert_eq!(
+            metrics(&[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317"),
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+            ]),
+            Ok(otlp(Protocol::Grpc, "http://c:4317"))
+        );
+        assert_eq!(
+            metrics(&[("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://t:4318")]),
+            Ok(MetricsOutput::Off)
+        );
+        assert_eq!(
+            metrics(&[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317"),
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+                ("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "http://m:4318"),
+                ("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", "http/protobuf"),
+            ]),
+            Ok(otlp(Protocol::HttpProtobuf, "http://m:4318"))
+        );
+        assert_eq!(
+            metrics(&[("OTEL_METRICS_EXPORTER", "otlp")]),
+            Ok(otlp(Protocol::HttpProtobuf, "http://localhost:4318"))
+        );
+        assert_eq!(
+            metrics(&[("OTEL_METRICS_EXPORTER", "none"), ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318")]),
+            Ok(MetricsOutput::Off)
+        );
+        for (name, value) in [
+            ("OTEL_METRICS_EXPORTER", "prometheus"),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "0"),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "1m"),
+            ("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "collector:4318"),
+            ("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", "http/json"),
+            ("OTEL_EXPORTER_OTLP_METRICS_TIMEOUT", "5s"),
+            ("OTEL_EXPORTER_OTLP_METRICS_HEADERS", "novalue"),
+        ] {
+            let err = config(&[(name, value)]).unwrap_err();
+            assert_eq!((err.variable.as_str(), err.value.as_str()), (name, value));
+        }
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod probes;
 pub mod process;
 pub mod records;
 pub mod run;
+pub mod self_metrics;
 pub mod sendmmsg;
 pub mod shutdown;
 pub mod spans;

@@ -17,11 +17,12 @@ use tracing::{debug, info, warn};
 
 use crate::{
     clock::WallClock,
-    config::{Config, Output},
+    config::{Config, MetricsOutput, Output},
     export::{ExportStats, Exporter},
     probes::{choose::choose, kernel::Kernel, markers::Discovery, Probes},
     process::{self, ProcessCache},
     records::decode,
+    self_metrics::{self, SelfMetrics},
     spans::{span_for, MessageDetail, SpanOptions},
 };
 
@@ -63,6 +64,14 @@ impl Pipeline {
         }
     }
 
+    /// The sidecar's own counts so far: the span total, undecodable records, what the exporter
+    /// made of the spans.
+    fn counts(&self) -> Vec<(&'static str, u64)> {
+        let mut counts = vec![("spans", self.spans), ("undecodable_records", self.undecodable)];
+        counts.extend(export_counters(&self.exporter.stats()));
+        counts
+    }
+
     fn drain(&mut self, ring: &mut RingBuf<MapData>) {
         // NTP may step the wall clock: re-read the offset once per wake-up.
         self.clock = WallClock::now();
@@ -91,6 +100,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         spans: 0,
         undecodable: 0,
     };
+    let metrics = start_self_metrics(&config.metrics);
     let want_message_hook = config.message_detail != MessageDetail::Sizes;
     let choice = choose(&mut probes, &kernel, config.attach, want_message_hook, &mut records, &mut |item| {
         pipeline.handle(item)
@@ -106,9 +116,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     tokio::pin!(shutdown);
     let mut stopping = std::future::poll_fn(|cx| Poll::Ready(shutdown.as_mut().poll(cx).is_ready())).await;
     info!(
-        "ready: tracing sendmmsg through {}; spans go to {}",
+        "ready: tracing sendmmsg through {}; spans go to {}{}",
         probes.attached().join(", "),
-        describe(&config.output)
+        describe(&config.output),
+        match &config.metrics {
+            MetricsOutput::Otlp { protocol, endpoint } if metrics.is_some() => {
+                format!("; the sidecar's own metrics to OTLP {} at {endpoint}", protocol.name())
+            }
+            _ => String::new(),
+        }
     );
 
     let mut losses = LossLog::default();
@@ -118,6 +134,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     // The BPF side wakes us only once WAKEUP_BYTES are pending; this bounds the latency of the
     // records below that.
     let mut drain = tokio::time::interval(DRAIN_INTERVAL);
+    let mut refresh_metrics = tokio::time::interval(self_metrics::REFRESH);
     while !stopping {
         tokio::select! {
             _ = &mut shutdown => stopping = true,
@@ -128,7 +145,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             }
             _ = drain.tick() => pipeline.drain(records.get_mut()),
             Some(file) = markers.recv() => attach_marker(&mut probes, &file),
-            _ = report.tick() => losses.report_growth(&probes, pipeline.undecodable, pipeline.exporter.stats()),
+            _ = report.tick() => losses.report_growth(&probes, pipeline.counts()),
+            _ = refresh_metrics.tick(), if metrics.is_some() => {
+                if let (Some(metrics), Ok(counters)) = (&metrics, probes.counters()) {
+                    metrics.totals.update(counters.into_iter().chain(pipeline.counts()));
+                }
+            }
             _ = sweep.tick() => {
                 let forgotten = pipeline.processes.sweep();
                 debug!("process metadata: {forgotten} forgotten, {} kept", pipeline.processes.len());
@@ -140,7 +162,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     probes.detach();
     pipeline.drain(records.get_mut());
     let mut losses = vec![format!("undecodable_records={}", pipeline.undecodable)];
-    match probes.counters() {
+    let counters = probes.counters();
+    match &counters {
         Ok(counters) => losses.extend(counters.iter().map(|(name, n)| format!("{name}={n}"))),
         Err(e) => warn!("reading the BPF counters: {e:#}"),
     }
@@ -149,7 +172,27 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         losses.extend(export_counters(stats).iter().map(|(name, n)| format!("{name}={n}")));
     }
     info!("stopped: {} spans; {}", pipeline.spans, losses.join(" "));
+    if let Some(metrics) = metrics {
+        // The final counts, as the summary gives them.
+        metrics.totals.update(counters.unwrap_or_default().into_iter().chain([("spans", pipeline.spans)]));
+        if let Ok(stats) = &flushed {
+            metrics.totals.update(export_counters(stats));
+        }
+        metrics.totals.update([("undecodable_records", pipeline.undecodable)]);
+        metrics.shutdown().await;
+    }
     flushed.map(drop)
+}
+
+/// The sidecar's own metrics, if configured. Tracing goes on without them if their exporter
+/// cannot be built: they describe the spans, they are not worth losing the spans for.
+fn start_self_metrics(output: &MetricsOutput) -> Option<SelfMetrics> {
+    match output {
+        MetricsOutput::Off => None,
+        MetricsOutput::Otlp { protocol, .. } => SelfMetrics::start(*protocol)
+            .inspect_err(|e| warn!("the sidecar's own metrics are off: {e:#}"))
+            .ok(),
+    }
 }
 
 /// The exporter's counts as the summary names them; with no loss, `exported` is every span.
@@ -169,12 +212,11 @@ struct LossLog {
 
 impl LossLog {
     /// Warns about every counter of a real loss that grew since the last report.
-    fn report_growth(&mut self, probes: &Probes, undecodable: u64, export: ExportStats) {
+    fn report_growth(&mut self, probes: &Probes, own: Vec<(&'static str, u64)>) {
         let Ok(mut now) = probes.counters() else {
             return;
         };
-        now.push(("undecodable_records", undecodable));
-        now.extend(export_counters(&export));
+        now.extend(own);
         let grown: Vec<String> = now
             .iter()
             .filter(|(name, _)| LOSSES.contains(name))
@@ -189,7 +231,7 @@ impl LossLog {
 }
 
 /// The counters that mean a call's span was lost or damaged (the others are informational).
-const LOSSES: &[&str] = &[
+pub const LOSSES: &[&str] = &[
     "ring_buffer_full",
     "inflight_insert_failed",
     "exit_without_entry",
@@ -222,6 +264,9 @@ fn spawn_marker_scan() -> Result<mpsc::UnboundedReceiver<PathBuf>> {
                     if found.send(file).is_err() {
                         return;
                     }
+                }
+                if discovery.take_files_read() > 0 {
+                    release_freed_memory();
                 }
                 std::thread::sleep(RESCAN_PROCESSES);
             }

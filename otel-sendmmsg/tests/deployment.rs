@@ -203,7 +203,7 @@ fn the_compose_services_connect() {
 const KNOWN_TYPES: &[(&str, &[&str])] = &[
     ("receivers", &["otlp"]),
     ("processors", &["memory_limiter", "batch", "resource"]),
-    ("exporters", &["otlp", "loadbalancing"]),
+    ("exporters", &["otlp", "loadbalancing", "debug"]),
     ("extensions", &["health_check"]),
 ];
 

@@ -1,0 +1,215 @@
+//! The sidecar's health as OTLP metrics: the counters of the closing summary (losses, what the
+//! export made of the spans, calls in flight), so a collector can alert on a tracer that drops
+//! data instead of someone reading its log.
+//!
+//! The run loop copies the counters into [`Totals`] every [`REFRESH`]; the SDK's periodic reader
+//! reads that copy on its own thread every `OTEL_METRIC_EXPORT_INTERVAL` (default 60 s) and
+//! exports it, and once more at shutdown with the final counts.
+
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result};
+use opentelemetry::{metrics::MeterProvider as _, KeyValue};
+use opentelemetry_otlp::MetricExporter;
+use opentelemetry_sdk::{
+    metrics::{PeriodicReader, SdkMeterProvider},
+    Resource,
+};
+
+use crate::{config::Protocol, export::span_data::base_resource};
+
+/// How often the run loop copies the counters for the reader: the most a metric lags.
+pub const REFRESH: Duration = Duration::from_secs(1);
+
+/// Each summary counter as a metric: (summary name, metric name, `reason` attribute). Counters
+/// of one metric differ by `reason`, so a dashboard can sum them or tell them apart.
+const METRICS: &[(&str, &str, Option<&str>)] = &[
+    ("ring_buffer_full", "otel_sendmmsg.records.dropped", Some("ring_buffer_full")),
+    ("inflight_insert_failed", "otel_sendmmsg.records.dropped", Some("inflight_insert_failed")),
+    ("exit_without_entry", "otel_sendmmsg.records.dropped", Some("exit_without_entry")),
+    ("undecodable_records", "otel_sendmmsg.records.dropped", Some("undecodable")),
+    ("spans", "otel_sendmmsg.spans", None),
+    ("exported", "otel_sendmmsg.spans.exported", None),
+    ("export_queue_full", "otel_sendmmsg.spans.dropped", Some("export_queue_full")),
+    ("export_failed", "otel_sendmmsg.spans.dropped", Some("export_failed")),
+    ("filtered_at_exit", "otel_sendmmsg.calls.filtered", None),
+    ("stray_messages", "otel_sendmmsg.messages.stray", None),
+];
+
+/// Not a running total: the calls inside `sendmmsg` right now.
+const INFLIGHT: (&str, &str) = ("inflight", "otel_sendmmsg.calls.inflight");
+
+/// The latest counts, by summary name, shared with the reader's callbacks.
+#[derive(Clone, Default)]
+pub struct Totals(Arc<Mutex<Vec<(&'static str, u64)>>>);
+
+impl Totals {
+    /// Replaces the counts named in `counts`; others keep their last value.
+    pub fn update(&self, counts: impl IntoIterator<Item = (&'static str, u64)>) {
+        let mut totals = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        for (name, n) in counts {
+            match totals.iter_mut().find(|(known, _)| *known == name) {
+                Some((_, value)) => *value = n,
+                None => totals.push((name, n)),
+            }
+        }
+    }
+
+    fn get(&self, name: &str) -> Option<u64> {
+        let totals = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        totals.iter().find(|(known, _)| *known == name).map(|(_, n)| *n)
+    }
+
+    /// The data points of metric `metric`: one per counter mapped to it that has a value.
+    fn points(&self, metric: &str) -> Vec<(u64, Vec<KeyValue>)> {
+        METRICS
+            .iter()
+            .filter(|(_, name, _)| *name == metric)
+            .filter_map(|(counter, _, reason)| {
+                let attributes = reason.map(|r| vec![KeyValue::new("reason", r)]).unwrap_or_default();
+                Some((self.get(counter)?, attributes))
+            })
+            .collect()
+    }
+}
+
+/// The meter provider that exports [`Totals`].
+pub struct SelfMetrics {
+    provider: SdkMeterProvider,
+    pub totals: Totals,
+}
+
+impl SelfMetrics {
+    /// Starts exporting over `protocol`; the exporter reads the endpoint, headers and timeout
+    /// from the standard variables, the reader `OTEL_METRIC_EXPORT_INTERVAL`. Must run inside
+    /// the tokio runtime: the gRPC client's connection task lives there.
+    pub fn start(protocol: Protocol) -> Result<SelfMetrics> {
+        let exporter = match protocol {
+            Protocol::Grpc => MetricExporter::builder().with_tonic().build(),
+            Protocol::HttpProtobuf => MetricExporter::builder().with_http().build(),
+        }
+        .context("building the OTLP metric exporter")?;
+        let provider = SdkMeterProvider::builder()
+            .with_reader(PeriodicReader::builder(exporter).build())
+            .with_resource(own_resource(std::env::var("OTEL_SERVICE_NAME").ok()))
+            .build();
+        let totals = Totals::default();
+        let meter = provider.meter("otel-sendmmsg");
+        let mut names: Vec<&'static str> = Vec::new();
+        for (_, name, _) in METRICS {
+            if !names.contains(name) {
+                names.push(name);
+            }
+        }
+        for name in names {
+            let totals = totals.clone();
+            meter
+                .u64_observable_counter(name)
+                .with_description(description(name))
+                .with_callback(move |observer| {
+                    for (value, attributes) in totals.points(name) {
+                        observer.observe(value, &attributes);
+                    }
+                })
+                .build();
+        }
+        let inflight = totals.clone();
+        meter
+            .u64_observable_gauge(INFLIGHT.1)
+            .with_description("calls inside sendmmsg being traced right now")
+            .with_callback(move |observer| {
+                if let Some(n) = inflight.get(INFLIGHT.0) {
+                    observer.observe(n, &[]);
+                }
+            })
+            .build();
+        Ok(SelfMetrics { provider, totals })
+    }
+
+    /// Exports the counts as they are now one last time and stops. The SDK blocks while it
+    /// exports, so it runs off the runtime's threads (the gRPC client needs them meanwhile).
+    pub async fn shutdown(self) {
+        let provider = self.provider;
+        match tokio::task::spawn_blocking(move || provider.shutdown()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!("exporting the sidecar's own metrics at shutdown: {e}"),
+            Err(e) => tracing::warn!("stopping the sidecar's own metrics: {e}"),
+        }
+    }
+}
+
+/// The sidecar's own resource: its `OTEL_SERVICE_NAME` (else `otel-sendmmsg`) over the base
+/// every span's resource starts from (`OTEL_RESOURCE_ATTRIBUTES`, `telemetry.sdk.*`).
+fn own_resource(service_name: Option<String>) -> Resource {
+    let service = service_name.filter(|s| !s.trim().is_empty()).unwrap_or_else(|| "otel-sendmmsg".to_owned());
+    // Later attributes win.
+    Resource::builder_empty()
+        .with_attributes(base_resource().into_iter().chain([KeyValue::new("service.name", service)]))
+        .build()
+}
+
+fn description(metric: &str) -> &'static str {
+    match metric {
+        "otel_sendmmsg.records.dropped" => "calls whose record was lost before it became a span, by reason",
+        "otel_sendmmsg.spans" => {
+            "spans made from calls and handed to the exporter (message child spans count one each)"
+        }
+        "otel_sendmmsg.spans.exported" => "spans the collector accepted",
+        "otel_sendmmsg.spans.dropped" => {
+            "spans handed to the exporter that never reached the collector, by reason"
+        }
+        "otel_sendmmsg.calls.filtered" => {
+            "calls dropped by OTEL_SENDMMSG_MIN_DURATION or ERRORS_ONLY (not a loss)"
+        }
+        "otel_sendmmsg.messages.stray" => {
+            "per-message hook hits that were not the traced call's messages (ignored)"
+        }
+        _ => "",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use opentelemetry::Key;
+
+    use super::*;
+
+    #[test]
+    fn each_counter_becomes_a_point_of_its_metric_with_its_reason() {
+        let totals = Totals::default();
+        totals.update([("ring_buffer_full", 7), ("undecodable_records", 2), ("exported", 40)]);
+        totals.update([("ring_buffer_full", 9)]);
+        let dropped = totals.points("otel_sendmmsg.records.dropped");
+        assert_eq!(
+            dropped,
+            vec![
+                (9, vec![KeyValue::new("reason", "ring_buffer_full")]),
+                (2, vec![KeyValue::new("reason", "undecodable")]),
+            ]
+        );
+        assert_eq!(totals.points("otel_sendmmsg.spans.exported"), vec![(40, vec![])]);
+        // Never read: no point rather than a made-up zero.
+        assert!(totals.points("otel_sendmmsg.spans.dropped").is_empty());
+    }
+
+    #[test]
+    fn every_loss_the_summary_names_is_a_metric() {
+        for counter in crate::run::LOSSES {
+            assert!(METRICS.iter().any(|(name, metric, _)| name == counter && metric.ends_with(".dropped")));
+        }
+        for (_, metric, _) in METRICS {
+            assert!(!description(metric).is_empty(), "{metric} has no description");
+        }
+    }
+
+    #[test]
+    fn the_sidecar_names_its_own_service() {
+        let service = |r: &Resource| r.get(&Key::from_static_str("service.name")).map(|v| v.to_string());
+        assert_eq!(service(&own_resource(None)).as_deref(), Some("otel-sendmmsg"));
+        assert_eq!(service(&own_resource(Some("node-tracer".into()))).as_deref(), Some("node-tracer"));
+        assert_eq!(service(&own_resource(Some(" ".into()))).as_deref(), Some("otel-sendmmsg"));
+    }
+}
