@@ -6,7 +6,8 @@
 //!     sendmmsg-workload SCENARIO...       scenarios: udp4 udp6 udp4-unconnected unix bad-fd
 //!                                         not-socket bad-msgvec refused-mid-batch vlen-zero
 //!                                         bad-msg-name udp4-in-thread slow-unix null-msgvec
-//!                                         vlen-over-limit killed-mid-call threads-N
+//!                                         vlen-over-limit killed-mid-call exec-mid-call
+//!                                         threads-N
 //!     sendmmsg-workload loop SECONDS VLEN [CALLS_PER_SECOND] [THREADS] [PAYLOAD_BYTES]
 //!                                         THREADS senders (default 1), each with its own UDP
 //!                                         socket connected to a loopback receiver that a thread
@@ -231,22 +232,30 @@ fn scenario(name: &str) -> io::Result<()> {
             send_batch(name, tx.as_raw_fd(), &[8; 1100], &[], libc::MSG_DONTWAIT);
         }
         "killed-mid-call" => {
-            // A thread blocks in sendmmsg on a full stream socket nobody reads; the process
-            // then exits, killing it inside the call. Nothing is printed for that call.
-            let (tx, rx) = std::os::unix::net::UnixStream::pair()?;
-            tx.set_nonblocking(true)?;
-            while (&tx).write(&[0u8; 4096]).is_ok() {}
-            tx.set_nonblocking(false)?;
-            std::thread::spawn(move || {
-                let mut batch = Batch::new(&[4096], &[]);
-                let _ = batch.send(tx.as_raw_fd(), 0);
-            });
-            std::thread::sleep(Duration::from_millis(200));
+            // The process exits with a thread blocked inside its call, killing it there.
+            // Nothing is printed for that call.
+            let reader = block_a_thread_in_sendmmsg()?;
             println!("{{\"scenario\":\"{name}\",\"pid\":{}}}", std::process::id());
             // The reader stays open: closing it first would wake the sender with ECONNRESET.
-            std::mem::forget(rx);
+            std::mem::forget(reader);
             // SAFETY: ends the process now, with the sender thread still blocked in its call.
             unsafe { libc::_exit(0) };
+        }
+        "exec-mid-call" => {
+            // A thread blocked inside its call, one call of this program, then exec into
+            // $WORKLOAD_EXEC_INTO (default: this binary) to run `udp4` (and linger, see main): the exec kills the
+            // blocked thread inside its call, and the same pid goes on as another program.
+            let reader = block_a_thread_in_sendmmsg()?;
+            scenario("udp4")?;
+            io::stdout().flush()?;
+            // Long enough for a tracer to read the first call while this program still runs.
+            std::thread::sleep(Duration::from_millis(300));
+            let target = std::env::var_os("WORKLOAD_EXEC_INTO").unwrap_or_else(|| "/proc/self/exe".into());
+            let mut next = std::process::Command::new(&target);
+            next.arg("udp4").env("WORKLOAD_LINGER_MS", "300");
+            let err = std::os::unix::process::CommandExt::exec(&mut next);
+            drop(reader);
+            return Err(io::Error::other(format!("exec {}: {err}", target.to_string_lossy())));
         }
         threads if threads.starts_with("threads-") => {
             // N threads, one udp4 call each, all at once.
@@ -272,6 +281,21 @@ fn scenario(name: &str) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Starts a thread that blocks in `sendmmsg` on a full stream socket nobody reads, and returns
+/// once it is inside the call; the reader end is returned so the caller decides when it closes.
+fn block_a_thread_in_sendmmsg() -> io::Result<std::os::unix::net::UnixStream> {
+    let (tx, rx) = std::os::unix::net::UnixStream::pair()?;
+    tx.set_nonblocking(true)?;
+    while (&tx).write(&[0u8; 4096]).is_ok() {}
+    tx.set_nonblocking(false)?;
+    std::thread::spawn(move || {
+        let mut batch = Batch::new(&[4096], &[]);
+        let _ = batch.send(tx.as_raw_fd(), 0);
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    Ok(rx)
 }
 
 /// What `loop` is asked to do.
@@ -386,6 +410,11 @@ fn main() -> ExitCode {
         Some("loop") => loop_spec(&args[1..]).and_then(run_loop),
         Some(_) => args.iter().try_for_each(|s| scenario(s)),
     };
+    // $WORKLOAD_LINGER_MS: stay a while after the calls, as a server would, so a tracer
+    // finds the process still there when it reads them.
+    if let Some(ms) = std::env::var("WORKLOAD_LINGER_MS").ok().and_then(|ms| ms.parse().ok()) {
+        std::thread::sleep(Duration::from_millis(ms));
+    }
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

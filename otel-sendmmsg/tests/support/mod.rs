@@ -13,9 +13,15 @@ use std::{
 };
 
 use opentelemetry_proto::tonic::{
-    collector::trace::v1::{
-        trace_service_server::{TraceService, TraceServiceServer},
-        ExportTraceServiceRequest, ExportTraceServiceResponse,
+    collector::{
+        metrics::v1::{
+            metrics_service_server::{MetricsService, MetricsServiceServer},
+            ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+        },
+        trace::v1::{
+            trace_service_server::{TraceService, TraceServiceServer},
+            ExportTraceServiceRequest, ExportTraceServiceResponse,
+        },
     },
     common::v1::{any_value::Value, KeyValue},
     trace::v1::Span,
@@ -85,7 +91,55 @@ fn store(store: &Store, request: ExportTraceServiceRequest) {
     }
 }
 
-struct GrpcCollector(Store);
+/// A data point of a sum or gauge as a collector received it.
+#[derive(Clone, Debug)]
+pub struct ReceivedPoint {
+    pub resource: Vec<KeyValue>,
+    pub metric: String,
+    pub attributes: Vec<KeyValue>,
+    pub value: i64,
+    pub monotonic_sum: bool,
+}
+
+type PointStore = Arc<Mutex<Vec<ReceivedPoint>>>;
+
+fn store_metrics(store: &PointStore, request: ExportMetricsServiceRequest) {
+    use opentelemetry_proto::tonic::metrics::v1::{metric::Data, number_data_point::Value as Number};
+    let mut points = store.lock().unwrap();
+    for rm in request.resource_metrics {
+        let resource = rm.resource.map(|r| r.attributes).unwrap_or_default();
+        for metric in rm.scope_metrics.into_iter().flat_map(|sm| sm.metrics) {
+            let (data_points, monotonic_sum) = match metric.data {
+                Some(Data::Sum(sum)) => (sum.data_points, sum.is_monotonic),
+                Some(Data::Gauge(gauge)) => (gauge.data_points, false),
+                other => panic!("metric {} is not a sum or gauge: {other:?}", metric.name),
+            };
+            for point in data_points {
+                let value = match point.value {
+                    Some(Number::AsInt(v)) => v,
+                    other => panic!("metric {} has a non-integer point: {other:?}", metric.name),
+                };
+                points.push(ReceivedPoint {
+                    resource: resource.clone(),
+                    metric: metric.name.clone(),
+                    attributes: point.attributes,
+                    value,
+                    monotonic_sum,
+                });
+            }
+        }
+    }
+}
+
+/// Set while the receiver goes down: requests are refused, not stored, so whatever it stored
+/// is exactly what its clients were told it accepted.
+type Down = Arc<std::sync::atomic::AtomicBool>;
+
+fn is_down(down: &Down) -> bool {
+    down.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+struct GrpcCollector(Store, Down);
 
 #[tonic::async_trait]
 impl TraceService for GrpcCollector {
@@ -93,8 +147,27 @@ impl TraceService for GrpcCollector {
         &self,
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        if is_down(&self.1) {
+            return Err(tonic::Status::unavailable("shutting down"));
+        }
         store(&self.0, request.into_inner());
         Ok(tonic::Response::new(ExportTraceServiceResponse { partial_success: None }))
+    }
+}
+
+struct GrpcMetricsCollector(PointStore, Down);
+
+#[tonic::async_trait]
+impl MetricsService for GrpcMetricsCollector {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportMetricsServiceRequest>,
+    ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
+        if is_down(&self.1) {
+            return Err(tonic::Status::unavailable("shutting down"));
+        }
+        store_metrics(&self.0, request.into_inner());
+        Ok(tonic::Response::new(ExportMetricsServiceResponse { partial_success: None }))
     }
 }
 
@@ -113,52 +186,117 @@ impl Protocol {
     }
 }
 
-/// An OTLP trace receiver on loopback, serving from its own thread and runtime so tests can
-/// block on processes freely.
+/// An OTLP trace and metrics receiver on loopback, serving from its own thread and runtime so
+/// tests can block on processes freely. It can be stopped and started again on the same port,
+/// as a collector that goes down and comes back.
 pub struct Receiver {
     pub endpoint: String,
+    protocol: Protocol,
+    addr: SocketAddr,
     spans: Store,
-    _runtime: tokio::runtime::Runtime,
+    points: PointStore,
+    down: Down,
+    /// The runtime that serves; `None` while the receiver is down. Dropping it closes the
+    /// listener and every connection.
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+fn receiver_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap()
 }
 
 impl Receiver {
     pub fn start(protocol: Protocol) -> Receiver {
-        let runtime =
-            tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-        let spans = Store::default();
+        let runtime = receiver_runtime();
         let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
         let addr: SocketAddr = listener.local_addr().unwrap();
-        let served = spans.clone();
-        match protocol {
+        let mut receiver = Receiver {
+            endpoint: format!("http://{addr}"),
+            protocol,
+            addr,
+            spans: Store::default(),
+            points: PointStore::default(),
+            down: Down::default(),
+            runtime: None,
+        };
+        receiver.serve(runtime, listener);
+        receiver
+    }
+
+    fn serve(&mut self, runtime: tokio::runtime::Runtime, listener: tokio::net::TcpListener) {
+        let (spans, points, down) = (self.spans.clone(), self.points.clone(), self.down.clone());
+        match self.protocol {
             Protocol::Grpc => {
                 runtime.spawn(async move {
+                    // Without TCP_NODELAY each response waits out the client's delayed ACK.
+                    let incoming =
+                        tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
                     tonic::transport::Server::builder()
-                        .add_service(TraceServiceServer::new(GrpcCollector(served)))
-                        .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener))
+                        .add_service(TraceServiceServer::new(GrpcCollector(spans, down.clone())))
+                        .add_service(MetricsServiceServer::new(GrpcMetricsCollector(points, down)))
+                        .serve_with_incoming(incoming)
                         .await
                         .expect("gRPC receiver failed");
                 });
             }
             Protocol::HttpProtobuf => {
-                let app = axum::Router::new().route(
-                    "/v1/traces",
-                    axum::routing::post(move |body: axum::body::Bytes| {
-                        let served = served.clone();
-                        async move {
-                            let request =
-                                ExportTraceServiceRequest::decode(body).expect("a protobuf export request");
-                            store(&served, request);
-                            (
-                                [("content-type", "application/x-protobuf")],
-                                ExportTraceServiceResponse { partial_success: None }.encode_to_vec(),
-                            )
-                        }
-                    }),
-                );
+                let traces_down = down.clone();
+                let app = axum::Router::new()
+                    .route(
+                        "/v1/traces",
+                        axum::routing::post(move |body: axum::body::Bytes| {
+                            let (spans, down) = (spans.clone(), traces_down.clone());
+                            async move {
+                                if is_down(&down) {
+                                    return Err(axum::http::StatusCode::SERVICE_UNAVAILABLE);
+                                }
+                                let request = ExportTraceServiceRequest::decode(body)
+                                    .expect("a protobuf export request");
+                                store(&spans, request);
+                                Ok(protobuf_response(ExportTraceServiceResponse { partial_success: None }))
+                            }
+                        }),
+                    )
+                    .route(
+                        "/v1/metrics",
+                        axum::routing::post(move |body: axum::body::Bytes| {
+                            let (points, down) = (points.clone(), down.clone());
+                            async move {
+                                if is_down(&down) {
+                                    return Err(axum::http::StatusCode::SERVICE_UNAVAILABLE);
+                                }
+                                let request = ExportMetricsServiceRequest::decode(body)
+                                    .expect("a protobuf metrics export request");
+                                store_metrics(&points, request);
+                                Ok(protobuf_response(ExportMetricsServiceResponse { partial_success: None }))
+                            }
+                        }),
+                    );
                 runtime.spawn(async move { axum::serve(listener, app).await.expect("HTTP receiver failed") });
             }
         }
-        Receiver { endpoint: format!("http://{addr}"), spans, _runtime: runtime }
+        self.runtime = Some(runtime);
+    }
+
+    /// Goes down as a collector does: refuses requests, then closes the listener and every
+    /// connection. Requests it answered before are kept; nothing sent after is received.
+    pub fn stop(&mut self) {
+        let runtime = self.runtime.take().expect("the receiver is not running");
+        self.down.store(true, std::sync::atomic::Ordering::SeqCst);
+        // Requests that got past the check just before finish storing and answering.
+        std::thread::sleep(Duration::from_millis(500));
+        runtime.shutdown_background();
+    }
+
+    /// Comes back on the same port.
+    pub fn restart(&mut self) {
+        assert!(self.runtime.is_none(), "the receiver is already running");
+        let runtime = receiver_runtime();
+        let listener = runtime.block_on(tokio::net::TcpListener::bind(self.addr)).unwrap_or_else(|e| {
+            panic!("listening again on {}: {e}", self.addr);
+        });
+        self.down.store(false, std::sync::atomic::Ordering::SeqCst);
+        self.serve(runtime, listener);
     }
 
     pub fn spans(&self) -> Vec<ReceivedSpan> {
@@ -172,6 +310,28 @@ impl Receiver {
         spans.sort_by_key(|s| s.span.start_time_unix_nano);
         spans
     }
+
+    /// Every metric data point received, oldest first.
+    pub fn metric_points(&self) -> Vec<ReceivedPoint> {
+        self.points.lock().unwrap().clone()
+    }
+
+    /// The latest value received of `metric` with these attributes (exactly), if any.
+    pub fn last_metric(&self, metric: &str, attributes: &[(&str, &str)]) -> Option<i64> {
+        self.metric_points()
+            .into_iter()
+            .rev()
+            .find(|p| {
+                p.metric == metric
+                    && p.attributes.len() == attributes.len()
+                    && attributes.iter().all(|(k, v)| str_attr(&p.attributes, k) == Some(*v))
+            })
+            .map(|p| p.value)
+    }
+}
+
+fn protobuf_response(message: impl Message) -> ([(&'static str, &'static str); 1], Vec<u8>) {
+    ([("content-type", "application/x-protobuf")], message.encode_to_vec())
 }
 
 /// The sidecar binary, started and known to be tracing.
