@@ -1,6 +1,7 @@
 //! Kernel hooks: loads the BPF object, attaches the programs of the hooks that [`choose`] picks
 //! for the running kernel, and detaches them again.
 
+pub mod btf_types;
 pub mod choose;
 pub mod floor;
 pub mod hooks;

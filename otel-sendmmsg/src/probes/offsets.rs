@@ -1,14 +1,16 @@
 //! Byte offsets of the kernel fields the BPF side reads, from the running kernel's BTF, so the
 //! same BPF object reads sockets correctly on any kernel that describes itself.
 
-use btf::btf::{Btf, Type};
 use otel_sendmmsg_common::KernelOffsets;
+
+use super::btf_types::Types;
 
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
 /// Reads every offset from the BTF file; Err names what is missing.
 pub fn from_btf_file(path: &str) -> Result<KernelOffsets, String> {
-    let btf = Btf::from_file(path).map_err(|e| format!("cannot read kernel BTF at {path}: {e}"))?;
+    let data = std::fs::read(path).map_err(|e| format!("cannot read kernel BTF at {path}: {e}"))?;
+    let btf = Types::parse(data).map_err(|e| format!("cannot read kernel BTF at {path}: {e}"))?;
     let field = |s: &str, f: &str| member_offset(&btf, s, f);
     Ok(KernelOffsets {
         valid: 1,
@@ -35,10 +37,9 @@ pub fn from_btf_file(path: &str) -> Result<KernelOffsets, String> {
 }
 
 /// The byte offset of `field` in `strukt`, looking through anonymous structs and unions.
-fn member_offset(btf: &Btf, strukt: &str, field: &str) -> Result<u32, String> {
-    let ty =
-        btf.get_type_by_name(strukt).map_err(|_| format!("struct {strukt} is not in the kernel's BTF"))?;
-    let (bits, bitfield) = find_member(btf, ty.type_id, field, 0)
+fn member_offset(btf: &Types, strukt: &str, field: &str) -> Result<u32, String> {
+    let id = btf.struct_named(strukt).ok_or_else(|| format!("struct {strukt} is not in the kernel's BTF"))?;
+    let (bits, bitfield) = find_member(btf, id, field.as_bytes(), 0, 0)
         .ok_or_else(|| format!("struct {strukt} has no field {field} in the kernel's BTF"))?;
     if bitfield || bits % 8 != 0 {
         return Err(format!("{strukt}.{field} is a bitfield on this kernel"));
@@ -47,17 +48,20 @@ fn member_offset(btf: &Btf, strukt: &str, field: &str) -> Result<u32, String> {
     Ok(bits / 8)
 }
 
-fn find_member(btf: &Btf, type_id: u32, field: &str, base_bits: u32) -> Option<(u32, bool)> {
-    let ty = btf.get_type_by_id(type_id).ok()?;
-    let (Type::Struct(s) | Type::Union(s)) = &ty.base_type else {
+/// Anonymous members nest this deep at most in the structs we read; a bound keeps a malformed
+/// file with a cycle from recursing forever.
+const MAX_NESTING: u32 = 8;
+
+fn find_member(btf: &Types, id: u32, field: &[u8], base_bits: u32, depth: u32) -> Option<(u32, bool)> {
+    if depth > MAX_NESTING {
         return None;
-    };
-    s.members.iter().find_map(|m| {
-        let name = m.name.as_deref().unwrap_or("");
+    }
+    btf.members(id).find_map(|m| {
+        let name = btf.member_name(&m);
         if name == field {
-            Some((base_bits + m.offset, m.bits.is_some_and(|b| b != 0)))
+            Some((base_bits + m.bit_offset, m.bitfield_bits != 0))
         } else if name.is_empty() {
-            find_member(btf, m.type_id, field, base_bits + m.offset)
+            find_member(btf, m.type_id, field, base_bits + m.bit_offset, depth + 1)
         } else {
             None
         }
