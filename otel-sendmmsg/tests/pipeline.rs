@@ -166,8 +166,18 @@ fn check_span(call: &CallReport, expected: &Expected, got: &ReceivedSpan, window
     }
 }
 
+/// The kernel matrix keeps both cores busy for minutes (a release build, then qemu): the other
+/// tests of this binary wait for it rather than race it against their start-up timeouts.
+static HOST: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+/// Held by each native test: many at once, never beside the matrix.
+fn native_test() -> std::sync::RwLockReadGuard<'static, ()> {
+    HOST.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 fn every_scenario_reaches_the_collector_exactly(protocol: Protocol) {
     require_root();
+    let _host = native_test();
     let receiver = Receiver::start(protocol);
     let sidecar = Sidecar::start(&[
         ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint.as_str()),
@@ -217,6 +227,7 @@ fn every_scenario_reaches_an_http_protobuf_collector_exactly() {
 #[test]
 fn without_a_collector_each_call_is_one_console_line() {
     require_root();
+    let _host = native_test();
     let sidecar = Sidecar::start(&[]);
     let calls = run_workload(&["udp4", "refused-mid-batch", "bad-fd"]);
     let stopped = sidecar.stop();
@@ -239,6 +250,7 @@ fn without_a_collector_each_call_is_one_console_line() {
 #[test]
 fn each_attach_family_traces_or_is_refused_with_the_reason() {
     require_root();
+    let _host = native_test();
     let kprobes = Path::new("/sys/bus/event_source/devices/kprobe").exists()
         || Path::new("/sys/kernel/tracing/kprobe_events").exists();
     let syscall_tracepoints = Path::new("/sys/kernel/tracing/events/syscalls/sys_enter_sendmmsg").exists();
@@ -347,6 +359,7 @@ const TESTS_PER_FAMILY: [&str; 3] = [
 #[test]
 fn the_same_tests_pass_on_debian_6_1_for_every_family_it_offers() {
     require_root();
+    let _host = HOST.write().unwrap_or_else(std::sync::PoisonError::into_inner);
     let binaries = support::qemu::release_binaries("otel-sendmmsg");
     let (sidecar, workload) = (&binaries["otel-sendmmsg"], &binaries["sendmmsg-workload"]);
     let tests = std::env::current_exe().unwrap();
