@@ -8,6 +8,8 @@ use otel_sendmmsg_common::KernelOffsets;
 use super::offsets::{self, VMLINUX_BTF};
 
 pub const TRACEFS: &str = "/sys/kernel/tracing";
+/// securityfs's view of the lockdown LSM: `none [integrity] confidentiality`.
+pub const LOCKDOWN: &str = "/sys/kernel/security/lockdown";
 
 /// The kernel functions any hook of ours may target.
 pub const SEND_FUNCTIONS: &[&str] =
@@ -22,6 +24,8 @@ pub struct Kernel {
     /// Field offsets for socket context and process names; Err says why they are unknown.
     pub offsets: Result<KernelOffsets, String>,
     pub kprobes: Result<(), String>,
+    /// The lockdown mode (`none`, `integrity`, `confidentiality`), when securityfs shows it.
+    pub lockdown: Option<String>,
 }
 
 impl Kernel {
@@ -48,7 +52,22 @@ impl Kernel {
             Err("not available: no kprobe PMU and no kprobe_events (kernel built without CONFIG_KPROBES)"
                 .into())
         };
-        Kernel { symbols, syscall_symbol, btf, offsets, kprobes }
+        let lockdown =
+            std::fs::read_to_string(LOCKDOWN).ok().and_then(|text| lockdown_mode(&text).map(str::to_owned));
+        Kernel { symbols, syscall_symbol, btf, offsets, kprobes, lockdown }
+    }
+
+    /// Why this kernel cannot be traced at all, if its lockdown mode says so. Confidentiality
+    /// mode denies tracefs (so tracepoints), kprobes and BPF reads of kernel memory (which every
+    /// family's exit program needs); integrity mode denies none of them.
+    pub fn locked_down(&self) -> Option<String> {
+        (self.lockdown.as_deref() == Some("confidentiality")).then(|| {
+            format!(
+                "the kernel is locked down in confidentiality mode ({LOCKDOWN}), which denies what \
+                 tracing needs: tracefs, kprobes and BPF reads of kernel memory; boot with \
+                 lockdown=integrity (which allows the sidecar) or lockdown=none"
+            )
+        })
     }
 
     pub fn has_symbol(&self, name: &str) -> bool {
@@ -58,6 +77,11 @@ impl Kernel {
     pub fn has_tracepoint(category: &str, name: &str) -> bool {
         Path::new(TRACEFS).join("events").join(category).join(name).is_dir()
     }
+}
+
+/// The selected mode in securityfs's lockdown file: the bracketed word.
+fn lockdown_mode(text: &str) -> Option<&str> {
+    text.split_whitespace().find_map(|word| word.strip_prefix('[')?.strip_suffix(']'))
 }
 
 /// `sendmmsg`'s syscall symbols, most specific first: the running architecture's `pt_regs`
@@ -71,4 +95,16 @@ fn syscall_symbol_names() -> impl Iterator<Item = &'static str> {
         _ => None,
     };
     wrapper.into_iter().chain(["__se_sys_sendmmsg", "sys_sendmmsg"])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_lockdown_mode_is_the_bracketed_one() {
+        assert_eq!(lockdown_mode("none integrity [confidentiality]\n"), Some("confidentiality"));
+        assert_eq!(lockdown_mode("[none] integrity confidentiality\n"), Some("none"));
+        assert_eq!(lockdown_mode(""), None);
+    }
 }

@@ -58,6 +58,9 @@ pub struct Probes {
 impl Probes {
     /// Loads the BPF object, sized by `config`; no program is loaded into the kernel yet.
     pub fn load(config: &Config, kernel: &Kernel) -> Result<Self> {
+        if let Some(why) = kernel.locked_down() {
+            bail!(why);
+        }
         ensure_tracefs()?;
         raise_memlock_limit();
         let self_tgid = std::process::id();
@@ -398,8 +401,14 @@ fn load_error(program: &str, e: aya::programs::ProgramError) -> String {
 
 /// Tracepoints and kprobes are found through tracefs, which is not mounted on every boot.
 fn ensure_tracefs() -> Result<()> {
-    if Path::new(TRACEFS).join("events").is_dir() {
-        return Ok(());
+    match std::fs::read_dir(Path::new(TRACEFS).join("events")) {
+        Ok(_) => return Ok(()),
+        // Mounted, but closed to us: mounting again would not help.
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => bail!(
+            "tracefs at {TRACEFS} refuses access ({e}): a security module (lockdown, SELinux, \
+             AppArmor) denies it; allow the sidecar to read tracefs"
+        ),
+        Err(_) => {}
     }
     info!("tracefs is not mounted; mounting it at {TRACEFS}");
     let status = std::process::Command::new("mount").args(["-t", "tracefs", "nodev", TRACEFS]).status();

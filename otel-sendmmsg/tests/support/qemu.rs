@@ -69,6 +69,12 @@ impl Guest {
     /// bpffs and cgroup2 mounted and loopback up, then powers off; `timeout` bounds the whole
     /// boot. Each run starts from the staged files: nothing carries over from an earlier run.
     pub fn run(&self, script: &str, timeout: Duration) -> GuestRun {
+        self.run_booted_with("", script, timeout)
+    }
+
+    /// Like [`Guest::run`], with `kernel_args` added to the kernel's command line (e.g.
+    /// `lockdown=confidentiality`).
+    pub fn run_booted_with(&self, kernel_args: &str, script: &str, timeout: Duration) -> GuestRun {
         let root = self.root();
         let init = format!(
             "#!/bin/busybox sh\n\
@@ -76,6 +82,7 @@ impl Guest {
              mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev\n\
              mount -t tracefs nodev /sys/kernel/tracing; mount -t debugfs nodev /sys/kernel/debug\n\
              mount -t bpf bpf /sys/fs/bpf; mount -t cgroup2 none /sys/fs/cgroup\n\
+             mount -t securityfs none /sys/kernel/security\n\
              ip link set lo up; export PATH=/bin HOME=/root; cd /tmp\n\
              ( {script} )\n\
              echo \"{DONE_MARKER} $?\"\n\
@@ -104,7 +111,8 @@ impl Guest {
             .arg(&self.kernel)
             .arg("-initrd")
             .arg(&initrd)
-            .args(["-append", "console=ttyS0 panic=-1 quiet loglevel=3"])
+            .arg("-append")
+            .arg(format!("console=ttyS0 panic=-1 quiet loglevel=3 {kernel_args}"))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
