@@ -8,7 +8,7 @@ use std::{
 
 use opentelemetry::{
     trace::{Event, Status},
-    KeyValue,
+    KeyValue, Value,
 };
 use otel_sendmmsg_common::TraceContext;
 
@@ -74,6 +74,12 @@ pub struct SpanOptions {
 }
 
 /// Builds the span of one call; `clock` places the kernel's monotonic times on the wall clock.
+/// The most attributes a call's span can have: its arguments and result (9), `error.type` and
+/// the unreadable destination's index, `network.*` (6), the process and thread (3).
+const MAX_CALL_ATTRIBUTES: usize = 24;
+/// A message's: index, bytes or `error.type`, offset, and its destination (2).
+const MAX_MESSAGE_ATTRIBUTES: usize = 5;
+
 pub fn span_for(call: &Call, clock: &WallClock, options: SpanOptions) -> SyscallSpan {
     let start = clock.to_wall(call.start_ns);
     let end = clock.to_wall(call.end_ns);
@@ -81,12 +87,15 @@ pub fn span_for(call: &Call, clock: &WallClock, options: SpanOptions) -> Syscall
     // only when every sent message was read (64 at most).
     let totals = (options.per_message && !call.sizes_only).then_some(&call.messages);
 
-    let mut attributes = vec![
+    // Sized for the most a call can have, so building it never reallocates (a profile of the
+    // sidecar at 300k calls/s showed ~25% of its time in realloc, free and the copies).
+    let mut attributes = Vec::with_capacity(MAX_CALL_ATTRIBUTES);
+    attributes.extend([
         KeyValue::new("sendmmsg.sockfd", i64::from(call.sockfd)),
         KeyValue::new("sendmmsg.vlen", i64::from(call.vlen)),
         KeyValue::new("sendmmsg.flags", i64::from(call.flags)),
         KeyValue::new("sendmmsg.msgvec", format!("{:#x}", call.msgvec)),
-    ];
+    ]);
     if call.flags != 0 {
         attributes.push(KeyValue::new("sendmmsg.flags.names", msg_flag_names(call.flags)));
     }
@@ -117,7 +126,7 @@ pub fn span_for(call: &Call, clock: &WallClock, options: SpanOptions) -> Syscall
         Status::Unset
     };
 
-    attributes.extend(network_attributes(call));
+    push_network_attributes(call, &mut attributes);
     if let Some(index) = call.destinations.iter().position(|d| *d == Dest::Unreadable) {
         // The kernel fails that message with EFAULT before sending it, and reports no error
         // for it when earlier messages went out: this is the only trace of it.
@@ -132,7 +141,8 @@ pub fn span_for(call: &Call, clock: &WallClock, options: SpanOptions) -> Syscall
     let detail = if options.per_message || call.sizes_only { call.detail.as_slice() } else { &[] };
     let duration_ns = call.end_ns.saturating_sub(call.start_ns);
     let messages = detail.iter().enumerate().map(|(index, message)| {
-        let mut attrs = vec![KeyValue::new("sendmmsg.message.index", index as i64)];
+        let mut attrs = Vec::with_capacity(MAX_MESSAGE_ATTRIBUTES);
+        attrs.push(KeyValue::new("sendmmsg.message.index", index as i64));
         if message.ret >= 0 {
             attrs.push(KeyValue::new("sendmmsg.message.bytes", i64::from(message.ret)));
         } else {
@@ -167,8 +177,7 @@ pub fn span_for(call: &Call, clock: &WallClock, options: SpanOptions) -> Syscall
 
 /// `network.*` attributes: the transport and addresses of the socket, and as peer either the
 /// connected one or the one explicit destination every message shares.
-fn network_attributes(call: &Call) -> Vec<KeyValue> {
-    let mut attrs = Vec::new();
+fn push_network_attributes(call: &Call, attrs: &mut Vec<KeyValue>) {
     if let Some(socket) = &call.socket {
         attrs.push(KeyValue::new("network.transport", transport(socket)));
         match i32::from(socket.family) {
@@ -189,7 +198,6 @@ fn network_attributes(call: &Call) -> Vec<KeyValue> {
     if let Some(to) = connected.or(shared) {
         attrs.extend(peer(&to));
     }
-    attrs
 }
 
 fn peer(to: &SocketAddr) -> [KeyValue; 2] {
@@ -200,7 +208,7 @@ fn peer(to: &SocketAddr) -> [KeyValue; 2] {
 }
 
 /// OpenTelemetry's `network.transport` names, from the socket's family, type and protocol.
-fn transport(socket: &Socket) -> String {
+fn transport(socket: &Socket) -> Value {
     if i32::from(socket.family) == libc::AF_UNIX {
         return "unix".into();
     }
@@ -213,7 +221,7 @@ fn transport(socket: &Socket) -> String {
         p => match i32::from(socket.sock_type) {
             libc::SOCK_DGRAM => "udp".into(),
             libc::SOCK_STREAM => "tcp".into(),
-            _ => format!("protocol {p}"),
+            _ => format!("protocol {p}").into(),
         },
     }
 }
@@ -378,10 +386,10 @@ mod tests {
             local: None,
             peer: None,
         };
-        assert_eq!(transport(&unix), "unix");
+        assert_eq!(transport(&unix).as_str(), "unix");
         let odd =
             Socket { family: libc::AF_INET as u16, protocol: 253, sock_type: libc::SOCK_RAW as u16, ..unix };
-        assert_eq!(transport(&odd), "protocol 253");
+        assert_eq!(transport(&odd).as_str(), "protocol 253");
     }
 
     #[test]
