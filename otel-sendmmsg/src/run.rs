@@ -21,7 +21,7 @@ use crate::{
     export::{ExportStats, Exporter},
     probes::{choose::choose, kernel::Kernel, markers::Discovery, Probes},
     process::{self, ProcessCache},
-    records::decode,
+    records::Decoder,
     self_metrics::{self, SelfMetrics},
     spans::{span_for, MessageDetail, SpanOptions},
 };
@@ -41,6 +41,7 @@ struct Pipeline {
     processes: ProcessCache,
     options: SpanOptions,
     clock: WallClock,
+    decoder: Decoder,
     /// Spans handed to the exporter: calls' spans and their message child spans.
     spans: u64,
     undecodable: u64,
@@ -48,7 +49,7 @@ struct Pipeline {
 
 impl Pipeline {
     fn handle(&mut self, item: &[u8]) {
-        match decode(item) {
+        match self.decoder.decode(item) {
             Ok(call) => {
                 let process = self.processes.get(call.pid, &call.comm);
                 let span = span_for(&call, &self.clock, self.options);
@@ -97,6 +98,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         // Until a per-message hook has proved itself, calls carry no trustworthy message detail.
         options: SpanOptions { per_message: false, detail: config.message_detail },
         clock: WallClock::now(),
+        decoder: Decoder::default(),
         spans: 0,
         undecodable: 0,
     };

@@ -94,7 +94,7 @@ pub fn span_for(call: &Call, clock: &WallClock, options: SpanOptions) -> Syscall
         KeyValue::new("sendmmsg.sockfd", i64::from(call.sockfd)),
         KeyValue::new("sendmmsg.vlen", i64::from(call.vlen)),
         KeyValue::new("sendmmsg.flags", i64::from(call.flags)),
-        KeyValue::new("sendmmsg.msgvec", format!("{:#x}", call.msgvec)),
+        KeyValue::new("sendmmsg.msgvec", formatted(format_args!("{:#x}", call.msgvec), 18)),
     ]);
     if call.flags != 0 {
         attributes.push(KeyValue::new("sendmmsg.flags.names", msg_flag_names(call.flags)));
@@ -186,7 +186,7 @@ fn push_network_attributes(call: &Call, attrs: &mut Vec<KeyValue>) {
             _ => {}
         }
         if let Some(local) = socket.local {
-            attrs.push(KeyValue::new("network.local.address", local.ip().to_string()));
+            attrs.push(KeyValue::new("network.local.address", formatted(format_args!("{}", local.ip()), 39)));
             attrs.push(KeyValue::new("network.local.port", i64::from(local.port())));
         }
     }
@@ -202,9 +202,18 @@ fn push_network_attributes(call: &Call, attrs: &mut Vec<KeyValue>) {
 
 fn peer(to: &SocketAddr) -> [KeyValue; 2] {
     [
-        KeyValue::new("network.peer.address", to.ip().to_string()),
+        KeyValue::new("network.peer.address", formatted(format_args!("{}", to.ip()), 39)),
         KeyValue::new("network.peer.port", i64::from(to.port())),
     ]
+}
+
+/// `args` written into a string sized for them at once (`to_string` and `format!` grow theirs
+/// as they write, a reallocation or two per value on the per-record path).
+fn formatted(args: std::fmt::Arguments<'_>, capacity: usize) -> String {
+    use std::fmt::Write as _;
+    let mut text = String::with_capacity(capacity);
+    let _ = text.write_fmt(args);
+    text
 }
 
 /// OpenTelemetry's `network.transport` names, from the socket's family, type and protocol.
