@@ -6,6 +6,7 @@
 //! many spans it lost. The `OTEL_BSP_*` variables keep their meaning.
 
 use std::{
+    collections::HashMap,
     sync::{
         atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed},
         Arc,
@@ -16,12 +17,12 @@ use std::{
 use anyhow::{anyhow, Result};
 use opentelemetry::{InstrumentationScope, KeyValue};
 use opentelemetry_sdk::{
-    error::OTelSdkError,
+    error::{OTelSdkError, OTelSdkResult},
     trace::{RandomIdGenerator, SpanData, SpanExporter},
 };
 use tokio::{
     sync::mpsc,
-    task::JoinHandle,
+    task::{JoinHandle, JoinSet},
     time::{Instant, MissedTickBehavior},
 };
 use tracing::{debug, warn};
@@ -46,7 +47,16 @@ pub struct BatchConfig {
     /// The longest one export may take, retries included (`OTEL_BSP_EXPORT_TIMEOUT`, default
     /// 30000 ms; 0 for no limit), and the longest the flush at shutdown may take in all.
     pub export_timeout: Option<Duration>,
+    /// Exports in flight at once (`OTEL_BSP_MAX_CONCURRENT_EXPORTS`, as the Rust SDK names it;
+    /// default [`DEFAULT_CONCURRENT_EXPORTS`]), each over a connection of its own.
+    pub max_concurrent_exports: usize,
 }
+
+/// One export waits a round trip for the collector's answer; a second in flight keeps the
+/// pipe full meanwhile (the benchmark's pipeline part shows the difference).
+pub const DEFAULT_CONCURRENT_EXPORTS: usize = 2;
+/// More would only multiply connections and memory.
+const MAX_CONCURRENT_EXPORTS: u64 = 16;
 
 impl Default for BatchConfig {
     fn default() -> Self {
@@ -55,6 +65,7 @@ impl Default for BatchConfig {
             max_export_batch_size: 512,
             schedule_delay: Duration::from_millis(5000),
             export_timeout: Some(Duration::from_millis(30_000)),
+            max_concurrent_exports: DEFAULT_CONCURRENT_EXPORTS,
         }
     }
 }
@@ -81,7 +92,15 @@ impl BatchConfig {
             Some(0) => None,
             Some(ms) => Some(Duration::from_millis(ms)),
         };
-        BatchConfig { max_queue_size, max_export_batch_size, schedule_delay, export_timeout }
+        let max_concurrent_exports = number("OTEL_BSP_MAX_CONCURRENT_EXPORTS")
+            .map_or(defaults.max_concurrent_exports, |n| n.clamp(1, MAX_CONCURRENT_EXPORTS) as usize);
+        BatchConfig {
+            max_queue_size,
+            max_export_batch_size,
+            schedule_delay,
+            export_timeout,
+            max_concurrent_exports,
+        }
     }
 
     pub fn from_env() -> BatchConfig {
@@ -120,8 +139,9 @@ pub struct Batcher {
 impl Batcher {
     /// Starts the export task on the current tokio runtime. `base` is the sidecar's own
     /// resource, under every process's.
+    /// `new_exporter` makes one exporter per concurrent export (`max_concurrent_exports`).
     pub fn start<E: SpanExporter + 'static>(
-        exporter: E,
+        mut new_exporter: impl FnMut() -> E,
         config: BatchConfig,
         base: Vec<KeyValue>,
     ) -> Batcher {
@@ -129,7 +149,9 @@ impl Batcher {
         let queued = Arc::new(AtomicUsize::new(0));
         let counters = Arc::new(Counters::default());
         let worker = Worker {
-            exporter,
+            idle: (0..config.max_concurrent_exports.max(1)).map(|_| new_exporter()).collect(),
+            in_flight: JoinSet::new(),
+            in_flight_spans: HashMap::new(),
             config,
             base,
             ids: RandomIdGenerator::default(),
@@ -192,7 +214,12 @@ impl Batcher {
 }
 
 struct Worker<E> {
-    exporter: E,
+    /// Exporters not exporting now; the others are inside `in_flight`.
+    idle: Vec<E>,
+    /// Exports under way: each hands its exporter back with the outcome.
+    in_flight: JoinSet<Export<E>>,
+    /// The spans of each export under way, to count them should its task die.
+    in_flight_spans: HashMap<tokio::task::Id, u64>,
     config: BatchConfig,
     base: Vec<KeyValue>,
     ids: RandomIdGenerator,
@@ -205,7 +232,15 @@ struct Worker<E> {
     failed_exports: u64,
 }
 
-impl<E: SpanExporter> Worker<E> {
+/// A finished export: its exporter, whose spans, how many, and how it went.
+struct Export<E> {
+    exporter: E,
+    process: Arc<ProcessInfo>,
+    count: u64,
+    outcome: OTelSdkResult,
+}
+
+impl<E: SpanExporter + 'static> Worker<E> {
     async fn run(mut self, mut receiver: mpsc::UnboundedReceiver<Queued>) {
         let delay = self.config.schedule_delay;
         let mut timer = tokio::time::interval_at(Instant::now() + delay, delay);
@@ -230,14 +265,21 @@ impl<E: SpanExporter> Worker<E> {
                         self.export_batch(None).await;
                     }
                 }
+                Some(done) = self.in_flight.join_next_with_id(), if !self.in_flight.is_empty() => self.settle(done),
             }
         }
         let deadline = self.config.export_timeout.map(|timeout| Instant::now() + timeout);
         while !self.pending.is_empty() {
             self.export_batch(deadline).await;
         }
-        if let Err(e) = self.exporter.shutdown() {
-            debug!("shutting the OTLP exporter down: {e}");
+        // Each export under way is bounded by its own timeout.
+        while let Some(done) = self.in_flight.join_next_with_id().await {
+            self.settle(done);
+        }
+        for exporter in &self.idle {
+            if let Err(e) = exporter.shutdown() {
+                debug!("shutting the OTLP exporter down: {e}");
+            }
         }
     }
 
@@ -247,14 +289,24 @@ impl<E: SpanExporter> Worker<E> {
         self.pending.extend(spans.into_iter().map(|span| (process.clone(), span)));
     }
 
-    /// Exports the oldest batch of pending spans, one export per process. `deadline` bounds
-    /// them all (at shutdown); each is bounded by the export timeout too.
+    /// Starts exporting the oldest batch of pending spans, one export per process, each as soon
+    /// as an exporter is free. `deadline` bounds them all (at shutdown); each is bounded by the
+    /// export timeout too.
     async fn export_batch(&mut self, deadline: Option<Instant>) {
         let n = self.pending.len().min(self.config.max_export_batch_size);
         let batch: Vec<_> = self.pending.drain(..n).collect();
         self.queued.fetch_sub(n, Relaxed);
         for (process, spans) in by_process(batch) {
             let count = spans.len() as u64;
+            let mut exporter = loop {
+                if let Some(exporter) = self.idle.pop() {
+                    break exporter;
+                }
+                match self.in_flight.join_next_with_id().await {
+                    Some(done) => self.settle(done),
+                    None => unreachable!("every exporter is idle or in flight"),
+                }
+            };
             let limit = match (self.config.export_timeout, deadline) {
                 (timeout, None) => timeout,
                 (timeout, Some(deadline)) => {
@@ -262,31 +314,57 @@ impl<E: SpanExporter> Worker<E> {
                     Some(timeout.map_or(left, |t| t.min(left)))
                 }
             };
-            let outcome = if limit == Some(Duration::ZERO) {
-                Err(OTelSdkError::Timeout(self.config.export_timeout.unwrap_or_default()))
-            } else {
-                self.exporter.set_resource(&resource_for(&self.base, &process));
-                let export = self.exporter.export(spans);
-                match limit {
+            if limit == Some(Duration::ZERO) {
+                let timeout = OTelSdkError::Timeout(self.config.export_timeout.unwrap_or_default());
+                self.finish(Export { exporter, process, count, outcome: Err(timeout) });
+                continue;
+            }
+            exporter.set_resource(&resource_for(&self.base, &process));
+            let task = self.in_flight.spawn(async move {
+                let export = exporter.export(spans);
+                let outcome = match limit {
                     Some(limit) => tokio::time::timeout(limit, export)
                         .await
                         .unwrap_or_else(|_| Err(OTelSdkError::Timeout(limit))),
                     None => export.await,
-                }
-            };
-            match outcome {
-                Ok(()) => {
-                    self.counters.exported.fetch_add(count, Relaxed);
-                }
-                Err(e) => {
-                    let total = self.counters.failed.fetch_add(count, Relaxed) + count;
-                    self.failed_exports += 1;
-                    if self.failed_exports.is_power_of_two() {
-                        warn!(
-                            "exporting {count} spans of {} (pid {}) failed: {e}; {total} spans failed so far",
-                            process.service_name, process.pid
-                        );
-                    }
+                };
+                Export { exporter, process, count, outcome }
+            });
+            self.in_flight_spans.insert(task.id(), count);
+        }
+    }
+
+    /// Takes in an export task's end.
+    fn settle(&mut self, done: Result<(tokio::task::Id, Export<E>), tokio::task::JoinError>) {
+        match done {
+            Ok((id, export)) => {
+                self.in_flight_spans.remove(&id);
+                self.finish(export);
+            }
+            Err(e) => {
+                // The task died (the exporter panicked): its spans are lost, and counted.
+                let count = self.in_flight_spans.remove(&e.id()).unwrap_or(0);
+                self.counters.failed.fetch_add(count, Relaxed);
+                warn!("an OTLP export task failed ({e}); {count} spans lost");
+            }
+        }
+    }
+
+    /// Counts a finished export's spans and takes its exporter back.
+    fn finish(&mut self, Export { exporter, process, count, outcome }: Export<E>) {
+        self.idle.push(exporter);
+        match outcome {
+            Ok(()) => {
+                self.counters.exported.fetch_add(count, Relaxed);
+            }
+            Err(e) => {
+                let total = self.counters.failed.fetch_add(count, Relaxed) + count;
+                self.failed_exports += 1;
+                if self.failed_exports.is_power_of_two() {
+                    warn!(
+                        "exporting {count} spans of {} (pid {}) failed: {e}; {total} spans failed so far",
+                        process.service_name, process.pid
+                    );
                 }
             }
         }
@@ -327,13 +405,24 @@ mod tests {
                 ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "10"),
                 ("OTEL_BSP_SCHEDULE_DELAY", "250"),
                 ("OTEL_BSP_EXPORT_TIMEOUT", "0"),
+                ("OTEL_BSP_MAX_CONCURRENT_EXPORTS", "4"),
             ])),
             BatchConfig {
                 max_queue_size: 100,
                 max_export_batch_size: 10,
                 schedule_delay: Duration::from_millis(250),
                 export_timeout: None,
+                max_concurrent_exports: 4,
             }
+        );
+        let concurrency = |v: &'static str| {
+            let pairs: &'static [(&str, &str)] =
+                Box::leak(Box::new([("OTEL_BSP_MAX_CONCURRENT_EXPORTS", v)]));
+            BatchConfig::from_vars(vars(pairs)).max_concurrent_exports
+        };
+        assert_eq!(
+            (concurrency("0"), concurrency("1000"), concurrency("")),
+            (1, 16, DEFAULT_CONCURRENT_EXPORTS)
         );
         // A batch is never larger than the queue; empty means unset.
         let small = BatchConfig::from_vars(vars(&[
@@ -386,8 +475,8 @@ mod tests {
 
     fn start(behaviour: Behaviour, config: BatchConfig) -> (Batcher, Exports) {
         let exports = Exports::default();
-        let recorder = Recorder { behaviour, resource: None, exports: exports.clone() };
-        (Batcher::start(recorder, config, vec![KeyValue::new("host.name", "test-host")]), exports)
+        let recorder = || Recorder { behaviour, resource: None, exports: exports.clone() };
+        (Batcher::start(recorder, config, vec![KeyValue::new("host.name", "test-host")]), exports.clone())
     }
 
     fn process(pid: u32, service: &str) -> Arc<ProcessInfo> {
@@ -420,6 +509,8 @@ mod tests {
             max_export_batch_size: batch,
             schedule_delay: Duration::from_millis(delay_ms),
             export_timeout: Some(Duration::from_millis(timeout_ms)),
+            // One at a time, unless a test says otherwise: the order of exports is then known.
+            max_concurrent_exports: 1,
         }
     }
 
@@ -528,5 +619,21 @@ mod tests {
         assert!(took >= Duration::from_millis(200) && took < Duration::from_millis(800), "{took:?}");
         assert_eq!(stats, ExportStats { exported: 0, dropped_queue_full: 0, failed: 5 });
         assert_eq!(exports.lock().unwrap().len(), 1, "the others were not tried: no time was left");
+    }
+
+    #[tokio::test]
+    async fn exports_run_concurrently_up_to_the_limit_and_all_are_counted() {
+        let concurrent = BatchConfig { max_concurrent_exports: 2, ..config(100, 100, HOUR, 300) };
+        let (batcher, exports) = start(Behaviour::Hang, concurrent);
+        for pid in 0..3 {
+            batcher.enqueue(call(1), process(pid, &format!("svc-{pid}")));
+        }
+        // On the schedule nothing is sent for an hour: the flush at shutdown sends the three
+        // processes' exports, two at once; the third waits for an exporter, and by then the
+        // deadline has passed.
+        // One at a time, the first would use up the deadline and the second never be tried.
+        let stats = batcher.shutdown().await.unwrap();
+        assert_eq!(exports.lock().unwrap().len(), 2, "two in flight at once, not one after the other");
+        assert_eq!(stats, ExportStats { exported: 0, dropped_queue_full: 0, failed: 6 });
     }
 }

@@ -53,11 +53,18 @@ impl Exporter {
         Ok(match output {
             Output::Console => Exporter::Console { out: std::io::stdout(), stats: ExportStats::default() },
             Output::Discard => Exporter::Discard,
-            Output::Otlp { protocol, .. } => Exporter::Otlp(Batcher::start(
-                otlp_exporter(*protocol)?,
-                BatchConfig::from_env(),
-                span_data::base_resource(),
-            )),
+            Output::Otlp { protocol, .. } => {
+                let config = BatchConfig::from_env();
+                // Built before starting, so an error comes back here; one per concurrent export.
+                let mut exporters = (0..config.max_concurrent_exports.max(1))
+                    .map(|_| otlp_exporter(*protocol))
+                    .collect::<Result<Vec<_>>>()?;
+                Exporter::Otlp(Batcher::start(
+                    move || exporters.pop().expect("one exporter per concurrent export"),
+                    config,
+                    span_data::base_resource(),
+                ))
+            }
         })
     }
 

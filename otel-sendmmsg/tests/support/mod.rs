@@ -79,13 +79,33 @@ impl ReceivedSpan {
 
 type Store = Arc<Mutex<Vec<ReceivedSpan>>>;
 
-fn store(store: &Store, request: ExportTraceServiceRequest) {
-    let mut spans = store.lock().unwrap();
-    for rs in request.resource_spans {
-        let resource = rs.resource.map(|r| r.attributes).unwrap_or_default();
-        for ss in rs.scope_spans {
-            for span in ss.spans {
-                spans.push(ReceivedSpan { resource: resource.clone(), span });
+/// Where received spans go: kept whole (what the tests check), or only counted by their
+/// resource's `process.pid` (the benchmark: keeping hundreds of thousands of spans would make
+/// the receiver, on the same cores, the bottleneck it measures).
+#[derive(Clone, Default)]
+struct Sink {
+    spans: Store,
+    counts: Option<Arc<Mutex<std::collections::HashMap<i64, u64>>>>,
+}
+
+impl Sink {
+    fn store(&self, request: ExportTraceServiceRequest) {
+        if let Some(counts) = &self.counts {
+            let mut counts = counts.lock().unwrap();
+            for rs in request.resource_spans {
+                let pid = rs.resource.and_then(|r| int_attr(&r.attributes, "process.pid")).unwrap_or(0);
+                let spans: usize = rs.scope_spans.iter().map(|ss| ss.spans.len()).sum();
+                *counts.entry(pid).or_default() += spans as u64;
+            }
+            return;
+        }
+        let mut spans = self.spans.lock().unwrap();
+        for rs in request.resource_spans {
+            let resource = rs.resource.map(|r| r.attributes).unwrap_or_default();
+            for ss in rs.scope_spans {
+                for span in ss.spans {
+                    spans.push(ReceivedSpan { resource: resource.clone(), span });
+                }
             }
         }
     }
@@ -139,7 +159,7 @@ fn is_down(down: &Down) -> bool {
     down.load(std::sync::atomic::Ordering::SeqCst)
 }
 
-struct GrpcCollector(Store, Down);
+struct GrpcCollector(Sink, Down);
 
 #[tonic::async_trait]
 impl TraceService for GrpcCollector {
@@ -150,7 +170,7 @@ impl TraceService for GrpcCollector {
         if is_down(&self.1) {
             return Err(tonic::Status::unavailable("shutting down"));
         }
-        store(&self.0, request.into_inner());
+        self.0.store(request.into_inner());
         Ok(tonic::Response::new(ExportTraceServiceResponse { partial_success: None }))
     }
 }
@@ -193,7 +213,7 @@ pub struct Receiver {
     pub endpoint: String,
     protocol: Protocol,
     addr: SocketAddr,
-    spans: Store,
+    sink: Sink,
     points: PointStore,
     down: Down,
     /// The runtime that serves; `None` while the receiver is down. Dropping it closes the
@@ -207,6 +227,15 @@ fn receiver_runtime() -> tokio::runtime::Runtime {
 
 impl Receiver {
     pub fn start(protocol: Protocol) -> Receiver {
+        Receiver::start_with(protocol, Sink::default())
+    }
+
+    /// A receiver that only counts spans by their resource's `process.pid` ([`Receiver::count_of`]).
+    pub fn start_counting(protocol: Protocol) -> Receiver {
+        Receiver::start_with(protocol, Sink { counts: Some(Arc::default()), ..Sink::default() })
+    }
+
+    fn start_with(protocol: Protocol, sink: Sink) -> Receiver {
         let runtime = receiver_runtime();
         let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
         let addr: SocketAddr = listener.local_addr().unwrap();
@@ -214,7 +243,7 @@ impl Receiver {
             endpoint: format!("http://{addr}"),
             protocol,
             addr,
-            spans: Store::default(),
+            sink,
             points: PointStore::default(),
             down: Down::default(),
             runtime: None,
@@ -224,7 +253,7 @@ impl Receiver {
     }
 
     fn serve(&mut self, runtime: tokio::runtime::Runtime, listener: tokio::net::TcpListener) {
-        let (spans, points, down) = (self.spans.clone(), self.points.clone(), self.down.clone());
+        let (spans, points, down) = (self.sink.clone(), self.points.clone(), self.down.clone());
         match self.protocol {
             Protocol::Grpc => {
                 runtime.spawn(async move {
@@ -252,7 +281,7 @@ impl Receiver {
                                 }
                                 let request = ExportTraceServiceRequest::decode(body)
                                     .expect("a protobuf export request");
-                                store(&spans, request);
+                                spans.store(request);
                                 Ok(protobuf_response(ExportTraceServiceResponse { partial_success: None }))
                             }
                         }),
@@ -300,7 +329,13 @@ impl Receiver {
     }
 
     pub fn spans(&self) -> Vec<ReceivedSpan> {
-        self.spans.lock().unwrap().clone()
+        self.sink.spans.lock().unwrap().clone()
+    }
+
+    /// Spans received whose resource names process `pid` (a counting receiver only).
+    pub fn count_of(&self, pid: u32) -> u64 {
+        let counts = self.sink.counts.as_ref().expect("a receiver started with start_counting");
+        counts.lock().unwrap().get(&i64::from(pid)).copied().unwrap_or(0)
     }
 
     /// The spans whose `process.pid` is `pid`, in the order the calls started.
