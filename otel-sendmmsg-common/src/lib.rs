@@ -231,6 +231,15 @@ impl CallRecord {
             if (self.vlen as usize) < MAX_MESSAGE_DETAIL { self.vlen as usize } else { MAX_MESSAGE_DETAIL };
         DETAIL_OFFSET + slots * core::mem::size_of::<MessageResult>()
     }
+
+    /// The record as the ring buffer carries it: its first [`CallRecord::wire_len`] bytes.
+    /// What user space decodes; tests and fuzz seeds encode records with it.
+    pub fn wire_bytes(&self) -> &[u8] {
+        // SAFETY: `#[repr(C)]` integers and arrays of integers with every padding byte an
+        // explicit field (the layout asserts below), so every byte is initialized; `wire_len()`
+        // is at most the record's size.
+        unsafe { core::slice::from_raw_parts((self as *const CallRecord).cast::<u8>(), self.wire_len()) }
+    }
 }
 
 /// Indexes of the BPF side's loss and anomaly counters (a per-CPU array of `u64`).

@@ -267,9 +267,7 @@ pub(crate) mod tests {
 
     /// The record as the BPF side sends it: header and used slots only.
     pub(crate) fn bytes_of(rec: &CallRecord) -> Vec<u8> {
-        // SAFETY: CallRecord is plain integers with explicit padding fields.
-        unsafe { std::slice::from_raw_parts((rec as *const CallRecord).cast::<u8>(), rec.wire_len()) }
-            .to_vec()
+        rec.wire_bytes().to_vec()
     }
 
     #[test]
