@@ -160,11 +160,17 @@ pub fn console_line(span: &SyscallSpan, process: &ProcessInfo) -> String {
     line
 }
 
-/// ` key=value`, the value quoted when it is empty or has a space.
+/// ` key=value`, the value quoted and escaped when it is empty or has whitespace or a control
+/// character. Thread and service names come from the traced processes (any process can name its
+/// threads `a\nb` with `prctl(PR_SET_NAME)`): raw, a newline would forge a line and an escape
+/// sequence would reach the reader's terminal.
 fn push_value(line: &mut String, key: &str, value: &Value) {
     use std::fmt::Write as _;
     let _ = match value {
-        Value::String(s) if s.as_str().contains(' ') || s.as_str().is_empty() => {
+        Value::String(s)
+            if s.as_str().is_empty()
+                || s.as_str().contains(|c: char| c.is_whitespace() || c.is_control()) =>
+        {
             write!(line, " {key}={:?}", s.as_str())
         }
         v => write!(line, " {key}={v}"),
@@ -209,6 +215,33 @@ mod tests {
         );
         let spaced = ProcessInfo { service_name: "my dns".into(), ..process };
         assert!(console_line(&span, &spaced).contains(" ERROR service.name=\"my dns\" sendmmsg.sockfd=7 "));
+    }
+
+    #[test]
+    fn names_from_traced_processes_cannot_break_the_line() {
+        // Found by fuzzing (fuzz/fuzz_targets/records_decode.rs): a thread named with a newline
+        // or an escape sequence was printed raw.
+        let start = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let span = SyscallSpan {
+            pid: 7,
+            parent: None,
+            children: vec![],
+            start,
+            end: start,
+            attributes: vec![KeyValue::new("thread.name", "w\n2023-11-14T22:13:20Z fake")],
+            events: vec![],
+            status: Status::Unset,
+        };
+        let process = ProcessInfo {
+            pid: 7,
+            executable_name: None,
+            service_name: "evil\x1b[2J\tname".into(),
+            container_id: None,
+        };
+        let line = console_line(&span, &process);
+        assert!(!line.contains(|c: char| c.is_control()), "{line:?}");
+        assert!(line
+            .ends_with(r#" service.name="evil\u{1b}[2J\tname" thread.name="w\n2023-11-14T22:13:20Z fake""#));
     }
 
     #[test]
