@@ -210,8 +210,10 @@ impl Config {
                 }
             }
         }
-        // Every field is an optional string, so envy cannot fail on values; the checks below
-        // say what is wrong in terms of the variable.
+        let vars = as_getenv_reads(vars);
+        // Every field is an optional string and no name repeats, so envy cannot fail; the checks
+        // below say what is wrong in terms of the variable. Values are matched trimmed, and
+        // quoted as set (a stray `\r` shows).
         let own: OwnVars = envy::prefixed(PREFIX).from_iter(vars.clone()).unwrap_or_default();
         let std_vars: StandardVars = envy::from_iter(vars).unwrap_or_default();
 
@@ -233,26 +235,27 @@ impl Config {
                     )
                 })?,
         };
-        let attach =
-            match own.attach.as_deref().map(str::trim) {
-                None | Some("auto") => Attach::Auto,
-                Some(v) => Family::BY_COST.into_iter().find(|f| f.name() == v).map(Attach::Only).ok_or_else(
-                    || invalid("OTEL_SENDMMSG_ATTACH", v, "auto, fentry, kprobe or tracepoint"),
-                )?,
-            };
-        let message_detail = match own.message_detail.as_deref().map(str::trim) {
-            None | Some("events") => MessageDetail::Events,
-            Some("spans") => MessageDetail::Spans,
-            Some("none") => MessageDetail::None,
-            Some("sizes") => MessageDetail::Sizes,
-            Some(v) => {
+        let attach = match own.attach.as_deref().map(|v| (v, v.trim())) {
+            None | Some((_, "auto")) => Attach::Auto,
+            Some((v, name)) => Family::BY_COST
+                .into_iter()
+                .find(|f| f.name() == name)
+                .map(Attach::Only)
+                .ok_or_else(|| invalid("OTEL_SENDMMSG_ATTACH", v, "auto, fentry, kprobe or tracepoint"))?,
+        };
+        let message_detail = match own.message_detail.as_deref().map(|v| (v, v.trim())) {
+            None | Some((_, "events")) => MessageDetail::Events,
+            Some((_, "spans")) => MessageDetail::Spans,
+            Some((_, "none")) => MessageDetail::None,
+            Some((_, "sizes")) => MessageDetail::Sizes,
+            Some((v, _)) => {
                 return Err(invalid("OTEL_SENDMMSG_MESSAGE_DETAIL", v, "events, spans, sizes or none"))
             }
         };
         let filters = own.filters()?;
-        let loss_report_interval = match own.loss_report_interval.as_deref().map(str::trim) {
-            None | Some("") => Duration::from_secs(60),
-            Some(v) => humantime::parse_duration(v).ok().filter(|d| !d.is_zero()).ok_or_else(|| {
+        let loss_report_interval = match own.loss_report_interval.as_deref().map(|v| (v, v.trim())) {
+            None | Some((_, "")) => Duration::from_secs(60),
+            Some((v, d)) => humantime::parse_duration(d).ok().filter(|d| !d.is_zero()).ok_or_else(|| {
                 invalid("OTEL_SENDMMSG_LOSS_REPORT_INTERVAL", v, "a duration above zero, e.g. 60s or 5m")
             })?,
         };
@@ -317,6 +320,21 @@ impl OwnVars {
     }
 }
 
+/// The variables as the OTLP exporter and the SDK read them (`getenv`), whatever envy would make
+/// of them: names are case-sensitive (envy lower-cases them, and would take
+/// `otel_bsp_max_queue_size` for `OTEL_BSP_MAX_QUEUE_SIZE`), the first entry of a repeated name
+/// counts (envy fails on a repeat, and every variable would be ignored), and a standard variable
+/// set to the empty string is unset, as the OpenTelemetry specification says. The project's own
+/// variables keep their documented meaning of an empty value.
+fn as_getenv_reads(vars: Vec<(String, String)>) -> Vec<(String, String)> {
+    let mut seen = std::collections::HashSet::new();
+    vars.into_iter()
+        .filter(|(name, _)| name.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_'))
+        .filter(|(name, _)| seen.insert(name.clone()))
+        .filter(|(name, value)| !value.is_empty() || name.starts_with(PREFIX))
+        .collect()
+}
+
 /// The non-empty items of a comma-separated value.
 fn list(value: &Option<String>) -> impl Iterator<Item = &str> {
     value.as_deref().unwrap_or("").split(',').map(str::trim).filter(|s| !s.is_empty())
@@ -331,13 +349,13 @@ impl StandardVars {
             self,
         )?;
         let otlp = || Output::Otlp { protocol, endpoint: endpoint_or_default(endpoint, protocol) };
-        match self.otel_traces_exporter.as_deref().map(str::trim) {
+        match self.otel_traces_exporter.as_deref().map(|v| (v, v.trim())) {
             // No exporter named: OTLP only when the user pointed us at a collector.
-            None | Some("") => Ok(if endpoint.is_some() { otlp() } else { Output::Console }),
-            Some("otlp") => Ok(otlp()),
-            Some("console") => Ok(Output::Console),
-            Some("none") => Ok(Output::Discard),
-            Some(v) => Err(invalid("OTEL_TRACES_EXPORTER", v, "otlp, console or none")),
+            None | Some((_, "")) => Ok(if endpoint.is_some() { otlp() } else { Output::Console }),
+            Some((_, "otlp")) => Ok(otlp()),
+            Some((_, "console")) => Ok(Output::Console),
+            Some((_, "none")) => Ok(Output::Discard),
+            Some((v, _)) => Err(invalid("OTEL_TRACES_EXPORTER", v, "otlp, console or none")),
         }
     }
 
@@ -353,13 +371,13 @@ impl StandardVars {
             })?;
         }
         let otlp = || MetricsOutput::Otlp { protocol, endpoint: endpoint_or_default(endpoint, protocol) };
-        match self.otel_metrics_exporter.as_deref().map(str::trim) {
+        match self.otel_metrics_exporter.as_deref().map(|v| (v, v.trim())) {
             // No exporter named: on when a collector is named for metrics or for every signal
             // (a traces-only endpoint says nothing about where metrics are welcome).
-            None | Some("") => Ok(if endpoint.is_some() { otlp() } else { MetricsOutput::Off }),
-            Some("otlp") => Ok(otlp()),
-            Some("none") => Ok(MetricsOutput::Off),
-            Some(v) => Err(invalid("OTEL_METRICS_EXPORTER", v, "otlp or none")),
+            None | Some((_, "")) => Ok(if endpoint.is_some() { otlp() } else { MetricsOutput::Off }),
+            Some((_, "otlp")) => Ok(otlp()),
+            Some((_, "none")) => Ok(MetricsOutput::Off),
+            Some((v, _)) => Err(invalid("OTEL_METRICS_EXPORTER", v, "otlp or none")),
         }
     }
 
@@ -739,5 +757,58 @@ mod tests {
         let err = config(&[("OTEL_SENDMMSG_RING_BUFER_BYTES", "8MiB")]).unwrap_err();
         assert_eq!(err.variable, "OTEL_SENDMMSG_RING_BUFER_BYTES");
         assert!(err.accepts.contains("OTEL_SENDMMSG_RING_BUFFER_BYTES"), "{}", err.accepts);
+    }
+
+    // The four below were found by fuzzing (fuzz/fuzz_targets/config.rs): the environment must be
+    // read as the exporter and the SDK read it, with getenv.
+
+    #[test]
+    fn an_empty_standard_variable_is_unset() {
+        for name in [
+            "OTEL_EXPORTER_OTLP_TIMEOUT",
+            "OTEL_BSP_SCHEDULE_DELAY",
+            "OTEL_BSP_MAX_QUEUE_SIZE",
+            "OTEL_TRACES_EXPORTER",
+            "OTEL_METRIC_EXPORT_INTERVAL",
+        ] {
+            assert_eq!(config(&[(name, "")]), config(&[]), "{name}");
+        }
+        // The project's own variables keep their documented meaning of an empty value.
+        assert!(config(&[("OTEL_SENDMMSG_RING_BUFFER_BYTES", "")]).is_err());
+    }
+
+    #[test]
+    fn a_repeated_name_counts_once_by_its_first_entry() {
+        let c = config(&[
+            ("OTEL_SENDMMSG_PIDS", "12"),
+            ("OTEL_SENDMMSG_PIDS", "34"),
+            ("OTEL_SENDMMSG_ERRORS_ONLY", "true"),
+        ])
+        .unwrap();
+        assert_eq!((c.filters.pids, c.filters.errors_only), (vec![12], true));
+        let err = config(&[("OTEL_BSP_MAX_QUEUE_SIZE", "0"), ("OTEL_BSP_MAX_QUEUE_SIZE", "10")]).unwrap_err();
+        assert_eq!((err.variable.as_str(), err.value.as_str()), ("OTEL_BSP_MAX_QUEUE_SIZE", "0"));
+    }
+
+    #[test]
+    fn names_are_case_sensitive() {
+        assert_eq!(
+            config(&[("otel_traces_exporter", "none"), ("Otel_Bsp_Max_Queue_Size", "0")]),
+            config(&[])
+        );
+    }
+
+    #[test]
+    fn an_error_quotes_the_value_as_set() {
+        for (name, value) in [
+            ("OTEL_SENDMMSG_ATTACH", "kprobes\r"),
+            ("OTEL_SENDMMSG_MESSAGE_DETAIL", " all"),
+            ("OTEL_SENDMMSG_LOSS_REPORT_INTERVAL", "soon "),
+            ("OTEL_TRACES_EXPORTER", "jaeger\r"),
+            ("OTEL_METRICS_EXPORTER", " prometheus"),
+        ] {
+            let err = config(&[(name, value)]).unwrap_err();
+            assert_eq!((err.variable.as_str(), err.value.as_str()), (name, value));
+        }
     }
 }
