@@ -1,0 +1,89 @@
+//! What the record targets share: every decoded call goes through the span mapping with each
+//! set of options the sidecar can run with, and through the console exporter's line, and the
+//! results are checked against what README.md ("The span") promises.
+
+use std::collections::HashSet;
+
+use opentelemetry::{trace::Status, KeyValue};
+use otel_sendmmsg::{
+    clock::WallClock,
+    export::console_line,
+    process::ProcessInfo,
+    records::Call,
+    spans::{span_for, MessageDetail, SpanOptions},
+};
+
+/// Every `OTEL_SENDMMSG_MESSAGE_DETAIL` level, with and without a per-message hook.
+pub const ALL_OPTIONS: [SpanOptions; 8] = {
+    let details = [MessageDetail::Events, MessageDetail::Spans, MessageDetail::None, MessageDetail::Sizes];
+    let mut all = [SpanOptions { per_message: false, detail: MessageDetail::Events }; 8];
+    let mut i = 0;
+    while i < 8 {
+        all[i] = SpanOptions { per_message: i % 2 == 1, detail: details[i / 2] };
+        i += 1;
+    }
+    all
+};
+
+/// OpenTelemetry attribute keys are unique within a span or an event: a repeated key is
+/// overwritten or dropped by the SDK and backends, so the mapping must never emit one.
+fn assert_unique_keys(attributes: &[KeyValue], what: &str) {
+    let mut seen = HashSet::new();
+    for kv in attributes {
+        assert!(seen.insert(kv.key.as_str()), "{what}: attribute {} twice in {attributes:?}", kv.key);
+    }
+}
+
+/// Maps `call` to a span for each option set and prints it as the console exporter would,
+/// checking what README.md says of spans and of the console output.
+pub fn map_call(call: &Call, clock: &WallClock) {
+    // The service name comes from the traced process's environment: as untrusted as its comm.
+    let process = ProcessInfo {
+        pid: call.pid,
+        executable_name: Some(call.comm.clone()),
+        service_name: call.comm.clone(),
+        container_id: None,
+    };
+    for options in ALL_OPTIONS {
+        let span = span_for(call, clock, options);
+        assert!(span.end >= span.start, "a call ends after it starts: {options:?}");
+        // Per-message detail comes from the per-message hook, or from sizes read at exit.
+        let shown = if options.per_message || call.sizes_only { call.detail.len() } else { 0 };
+        match options.detail {
+            MessageDetail::Events | MessageDetail::Sizes => {
+                assert_eq!(span.events.len(), shown, "{options:?}");
+                assert!(span.children.is_empty(), "{options:?}");
+            }
+            MessageDetail::Spans => {
+                assert_eq!(span.children.len(), shown, "{options:?}");
+                assert!(span.events.is_empty(), "{options:?}");
+            }
+            MessageDetail::None => assert!(span.events.is_empty() && span.children.is_empty()),
+        }
+        // "Status is ERROR when the call failed or any message failed" (as far as the hooks
+        // can tell: sizes read at exit know of no failed message).
+        let message_failed = options.per_message && !call.sizes_only && call.messages.failed > 0;
+        assert_eq!(
+            matches!(span.status, Status::Error { .. }),
+            call.ret < 0 || message_failed,
+            "{options:?}: {:?}",
+            span.status
+        );
+        // `sendmmsg.sent`: absent when the call failed.
+        let sent = span.attributes.iter().any(|kv| kv.key.as_str() == "sendmmsg.sent");
+        assert_eq!(sent, call.ret >= 0, "{options:?}");
+        assert_unique_keys(&span.attributes, "span");
+        for event in &span.events {
+            assert_unique_keys(&event.attributes, "event");
+        }
+        for child in &span.children {
+            assert_unique_keys(&child.attributes, "message span");
+        }
+
+        // One line per call: the thread name (any process can set its own, `prctl(PR_SET_NAME)`)
+        // and the service name (from the process's environment) must not break it, nor carry
+        // control characters (terminal escapes) to whoever reads the output.
+        let line = console_line(&span, &process);
+        assert!(!line.contains(|c: char| c.is_control()), "a control character in {line:?}");
+    }
+}
