@@ -7,7 +7,8 @@
 //!   `OTEL_BSP_MAX_QUEUE_SIZE`), and a standard `OTEL_*` variable set to the empty string is
 //!   unset, as the OpenTelemetry specification requires;
 //! - the export queue's settings (`BatchConfig::from_vars`, read again from the same variables)
-//!   are what the configuration accepted, a batch never larger than the queue.
+//!   are what the configuration accepted, a batch never larger than the queue, 1 to 16 exports
+//!   in flight.
 //!
 //! The input is an environment as `/proc/PID/environ` holds it: `NAME=VALUE` entries separated by
 //! NUL bytes (an entry without `=` is a name with an empty value; invalid UTF-8 is replaced). A
@@ -103,6 +104,7 @@ fn check_batch(getenv: impl Fn(&str) -> Option<String>, accepted: bool) {
     assert!(batch.max_queue_size > 0 && batch.max_export_batch_size > 0, "{batch:?}");
     assert!(batch.max_export_batch_size <= batch.max_queue_size, "{batch:?}");
     assert!(batch.schedule_delay >= Duration::from_millis(1), "{batch:?}");
+    assert!((1..=16).contains(&batch.max_concurrent_exports), "{batch:?}");
     if !accepted {
         return;
     }
