@@ -72,6 +72,7 @@ struct StandardVars {
     otel_bsp_export_timeout: Option<String>,
     otel_bsp_max_queue_size: Option<String>,
     otel_bsp_max_export_batch_size: Option<String>,
+    otel_bsp_max_concurrent_exports: Option<String>,
     otel_metrics_exporter: Option<String>,
     otel_exporter_otlp_metrics_endpoint: Option<String>,
     otel_exporter_otlp_metrics_protocol: Option<String>,
@@ -398,6 +399,7 @@ impl StandardVars {
         for (name, value) in [
             ("OTEL_BSP_MAX_QUEUE_SIZE", &self.otel_bsp_max_queue_size),
             ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", &self.otel_bsp_max_export_batch_size),
+            ("OTEL_BSP_MAX_CONCURRENT_EXPORTS", &self.otel_bsp_max_concurrent_exports),
         ] {
             if let Some(v) = value {
                 parse_int(v).filter(|&n| n > 0).ok_or_else(|| invalid(name, v, "a whole number above 0"))?;
@@ -729,6 +731,7 @@ mod tests {
             ("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "=x"),
             ("OTEL_BSP_SCHEDULE_DELAY", "-1"),
             ("OTEL_BSP_MAX_QUEUE_SIZE", "0"),
+            ("OTEL_BSP_MAX_CONCURRENT_EXPORTS", "two"),
             ("OTEL_TRACES_EXPORTER", "jaeger"),
         ];
         for (name, value) in cases {
@@ -745,6 +748,7 @@ mod tests {
             ("OTEL_EXPORTER_OTLP_HEADERS", "api-key=s3cr%20t,tenant=a"),
             ("OTEL_EXPORTER_OTLP_TIMEOUT", "5000"),
             ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "512"),
+            ("OTEL_BSP_MAX_CONCURRENT_EXPORTS", "4"),
             ("OTEL_EXPORTER_OTLP_PROTOCOL", "GRPC"),
         ])
         .unwrap();
