@@ -193,7 +193,11 @@ fn invalid(variable: &str, value: &str, accepts: impl Into<String>) -> ConfigErr
 impl Config {
     /// Reads the process environment.
     pub fn from_env() -> Result<Self, ConfigError> {
-        Self::from_vars(std::env::vars())
+        // `std::env::vars` panics on a name or value that is not UTF-8, and any process can be
+        // started with one; ours are all ASCII, so a replaced byte is a value the checks refuse.
+        Self::from_vars(std::env::vars_os().map(|(name, value)| {
+            (name.to_string_lossy().into_owned(), value.to_string_lossy().into_owned())
+        }))
     }
 
     /// Reads and validates the given variables (the environment, or a test's).

@@ -35,3 +35,21 @@ fn each_bad_value_exits_2_naming_the_variable_and_what_it_accepts() {
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
 }
+
+/// A variable that is not UTF-8 (any process can be started with one) is a value to refuse, or
+/// to ignore when it is not ours, never a panic.
+#[test]
+fn an_environment_that_is_not_utf8_is_refused_not_a_panic() {
+    use std::{ffi::OsStr, os::unix::ffi::OsStrExt};
+    let out = Command::new(support::SIDECAR)
+        .env_clear()
+        .env("NO_COLOR", "1")
+        .env("OTEL_SENDMMSG_MESSAGE_DETAIL", OsStr::from_bytes(b"spans\xff"))
+        .env(OsStr::from_bytes(b"UNRELATED_\xfe"), "x")
+        .output()
+        .expect("running the sidecar");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("OTEL_SENDMMSG_MESSAGE_DETAIL"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
