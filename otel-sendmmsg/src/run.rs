@@ -163,24 +163,20 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     info!("stopping: detaching probes and flushing spans");
     probes.detach();
     pipeline.drain(records.get_mut());
-    let mut losses = vec![format!("undecodable_records={}", pipeline.undecodable)];
-    let counters = probes.counters();
-    match &counters {
-        Ok(counters) => losses.extend(counters.iter().map(|(name, n)| format!("{name}={n}"))),
+    let mut counts = vec![("undecodable_records", pipeline.undecodable)];
+    match probes.counters() {
+        Ok(counters) => counts.extend(counters),
         Err(e) => warn!("reading the BPF counters: {e:#}"),
     }
     let flushed = pipeline.exporter.shutdown().await;
     if let Ok(stats) = &flushed {
-        losses.extend(export_counters(stats).iter().map(|(name, n)| format!("{name}={n}")));
+        counts.extend(export_counters(stats));
     }
-    info!("stopped: {} spans; {}", pipeline.spans, losses.join(" "));
+    let summary: Vec<String> = counts.iter().map(|(name, n)| format!("{name}={n}")).collect();
+    info!("stopped: {} spans; {}", pipeline.spans, summary.join(" "));
     if let Some(metrics) = metrics {
         // The final counts, as the summary gives them.
-        metrics.totals.update(counters.unwrap_or_default().into_iter().chain([("spans", pipeline.spans)]));
-        if let Ok(stats) = &flushed {
-            metrics.totals.update(export_counters(stats));
-        }
-        metrics.totals.update([("undecodable_records", pipeline.undecodable)]);
+        metrics.totals.update(counts.into_iter().chain([("spans", pipeline.spans)]));
         metrics.shutdown().await;
     }
     flushed.map(drop)
