@@ -508,12 +508,39 @@ impl Drop for Noise {
 }
 
 /// The workload under another executable name, so its process name differs.
-pub fn renamed_workload(name: &str) -> std::path::PathBuf {
+pub fn renamed_workload(name: &str) -> Renamed {
     let dir = std::env::temp_dir().join(format!("otel-sendmmsg-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join(name);
     std::fs::copy(WORKLOAD, &path).unwrap();
-    path
+    Renamed(path)
+}
+
+/// A copy of the workload (tens of MiB in a debug build), removed with its directory once the
+/// last copy of this test process is dropped: left behind, every run kept hundreds of MiB.
+pub struct Renamed(std::path::PathBuf);
+
+impl std::ops::Deref for Renamed {
+    type Target = std::path::Path;
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl AsRef<std::ffi::OsStr> for Renamed {
+    fn as_ref(&self) -> &std::ffi::OsStr {
+        self.0.as_os_str()
+    }
+}
+
+impl Drop for Renamed {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+        // Fails while other copies remain: the last one takes the directory.
+        if let Some(dir) = self.0.parent() {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
 }
 
 /// A `key=N` field of the sidecar's closing summary line.
