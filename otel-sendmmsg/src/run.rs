@@ -65,12 +65,13 @@ impl Pipeline {
         }
     }
 
-    /// The sidecar's own counts so far: the span total, undecodable records, what the exporter
-    /// made of the spans.
-    fn counts(&self) -> Vec<(&'static str, u64)> {
-        let mut counts = vec![("spans", self.spans), ("undecodable_records", self.undecodable)];
+    /// Every count so far: the BPF side's (`probes`), then the span total, undecodable records
+    /// and what the exporter made of the spans. None when the BPF counters cannot be read.
+    fn counts(&self, probes: &Probes) -> Option<Vec<(&'static str, u64)>> {
+        let mut counts = probes.counters().ok()?;
+        counts.extend([("spans", self.spans), ("undecodable_records", self.undecodable)]);
         counts.extend(export_counters(&self.exporter.stats()));
-        counts
+        Some(counts)
     }
 
     fn drain(&mut self, ring: &mut RingBuf<MapData>) {
@@ -147,10 +148,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             }
             _ = drain.tick() => pipeline.drain(records.get_mut()),
             Some(file) = markers.recv() => attach_marker(&mut probes, &file),
-            _ = report.tick() => losses.report_growth(&probes, pipeline.counts()),
+            _ = report.tick() => {
+                if let Some(counts) = pipeline.counts(&probes) {
+                    losses.report_growth(counts);
+                }
+            }
             _ = refresh_metrics.tick(), if metrics.is_some() => {
-                if let (Some(metrics), Ok(counters)) = (&metrics, probes.counters()) {
-                    metrics.totals.update(counters.into_iter().chain(pipeline.counts()));
+                if let (Some(metrics), Some(counts)) = (&metrics, pipeline.counts(&probes)) {
+                    metrics.totals.update(counts);
                 }
             }
             _ = sweep.tick() => {
@@ -210,11 +215,7 @@ struct LossLog {
 
 impl LossLog {
     /// Warns about every counter of a real loss that grew since the last report.
-    fn report_growth(&mut self, probes: &Probes, own: Vec<(&'static str, u64)>) {
-        let Ok(mut now) = probes.counters() else {
-            return;
-        };
-        now.extend(own);
+    fn report_growth(&mut self, now: Vec<(&'static str, u64)>) {
         let grown: Vec<String> = now
             .iter()
             .filter(|(name, _)| LOSSES.contains(name))
