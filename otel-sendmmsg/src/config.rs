@@ -38,6 +38,12 @@ struct OwnVars {
     sample_ratio: Option<String>,
     /// How often growing loss counters are logged while running (default 60s).
     loss_report_interval: Option<String>,
+    /// The longest SIGTERM's drain and flush may take before the sidecar exits anyway (default
+    /// 20s, inside Kubernetes' default 30 s grace period).
+    shutdown_timeout: Option<String>,
+    /// `true`: spans carry `sendmmsg.msgvec`, the caller's pointer (default false: it reveals
+    /// the caller's memory layout to whoever reads the traces).
+    msgvec_address: Option<String>,
 }
 
 /// Each documented in README.md; every one of them is known here so typos can be caught.
@@ -53,6 +59,8 @@ const OWN_VARIABLES: &[&str] = &[
     "ERRORS_ONLY",
     "SAMPLE_RATIO",
     "LOSS_REPORT_INTERVAL",
+    "SHUTDOWN_TIMEOUT",
+    "MSGVEC_ADDRESS",
 ];
 
 /// The standard variables this sidecar honours, checked here and read again by the OTLP exporter
@@ -88,6 +96,9 @@ pub const DEFAULT_MAX_INFLIGHT: u32 = 4096;
 const PAGE_SIZE: u64 = 4096;
 const MAX_RING_BUFFER_BYTES: u64 = 1 << 30;
 const MAX_INFLIGHT_LIMIT: u64 = 1 << 20;
+/// Kubernetes sends SIGKILL 30 s after SIGTERM by default: 20 s leaves room for the rest of the
+/// pod's shutdown.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(20);
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
@@ -97,6 +108,10 @@ pub struct Config {
     pub message_detail: MessageDetail,
     pub filters: Filters,
     pub loss_report_interval: Duration,
+    /// How long stopping may take: drain, flush, final metrics.
+    pub shutdown_timeout: Duration,
+    /// Whether spans show the caller's `msgvec` pointer.
+    pub msgvec_address: bool,
     pub output: Output,
     pub metrics: MetricsOutput,
 }
@@ -195,9 +210,11 @@ impl Config {
     pub fn from_env() -> Result<Self, ConfigError> {
         // `std::env::vars` panics on a name or value that is not UTF-8, and any process can be
         // started with one; ours are all ASCII, so a replaced byte is a value the checks refuse.
-        Self::from_vars(std::env::vars_os().map(|(name, value)| {
-            (name.to_string_lossy().into_owned(), value.to_string_lossy().into_owned())
-        }))
+        Self::from_vars(
+            std::env::vars_os().map(|(name, value)| {
+                (name.to_string_lossy().into_owned(), value.to_string_lossy().into_owned())
+            }),
+        )
     }
 
     /// Reads and validates the given variables (the environment, or a test's).
@@ -264,6 +281,18 @@ impl Config {
                 invalid("OTEL_SENDMMSG_LOSS_REPORT_INTERVAL", v, "a duration above zero, e.g. 60s or 5m")
             })?,
         };
+        let shutdown_timeout = match own.shutdown_timeout.as_deref().map(|v| (v, v.trim())) {
+            None | Some((_, "")) => DEFAULT_SHUTDOWN_TIMEOUT,
+            Some((v, d)) => humantime::parse_duration(d).ok().filter(|d| !d.is_zero()).ok_or_else(|| {
+                invalid("OTEL_SENDMMSG_SHUTDOWN_TIMEOUT", v, "a duration above zero, e.g. 20s")
+            })?,
+        };
+        let msgvec_address = match &own.msgvec_address {
+            None => false,
+            Some(v) => {
+                parse_bool(v).ok_or_else(|| invalid("OTEL_SENDMMSG_MSGVEC_ADDRESS", v, "true or false"))?
+            }
+        };
         let output = std_vars.output()?;
         let metrics = std_vars.metrics()?;
         Ok(Config {
@@ -273,6 +302,8 @@ impl Config {
             message_detail,
             filters,
             loss_report_interval,
+            shutdown_timeout,
+            msgvec_address,
             output,
             metrics,
         })
@@ -309,11 +340,8 @@ impl OwnVars {
             })?;
         }
         if let Some(v) = &self.errors_only {
-            filters.errors_only = match v.trim().to_ascii_lowercase().as_str() {
-                "true" | "1" => true,
-                "false" | "0" | "" => false,
-                _ => return Err(invalid("OTEL_SENDMMSG_ERRORS_ONLY", v, "true or false")),
-            };
+            filters.errors_only =
+                parse_bool(v).ok_or_else(|| invalid("OTEL_SENDMMSG_ERRORS_ONLY", v, "true or false"))?;
         }
         if let Some(v) = &self.sample_ratio {
             filters.sample_ratio =
@@ -415,7 +443,10 @@ impl StandardVars {
             ("OTEL_EXPORTER_OTLP_METRICS_HEADERS", &self.otel_exporter_otlp_metrics_headers),
         ] {
             if let Some(v) = value {
-                check_headers(v).map_err(|why| invalid(name, v, why))?;
+                // Header values are credentials (API keys, tokens): the message names the
+                // variable and its size, never its text.
+                check_headers(v)
+                    .map_err(|why| invalid(name, &format!("<{} bytes, not shown>", v.len()), why))?;
             }
         }
         Ok(())
@@ -463,6 +494,15 @@ fn pick<'a>(
     [first, second]
         .into_iter()
         .find_map(|(name, v)| v.as_ref().filter(|v| !v.trim().is_empty()).map(|v| (name, v)))
+}
+
+/// `true`/`1` or `false`/`0`/empty, in any case.
+fn parse_bool(v: &str) -> Option<bool> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" => Some(true),
+        "false" | "0" | "" => Some(false),
+        _ => None,
+    }
 }
 
 fn parse_int(v: &str) -> Option<u64> {
@@ -546,6 +586,8 @@ mod tests {
                 message_detail: MessageDetail::Events,
                 filters: Filters::default(),
                 loss_report_interval: Duration::from_secs(60),
+                shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+                msgvec_address: false,
                 output: Output::Console,
                 metrics: MetricsOutput::Off,
             }
@@ -630,7 +672,14 @@ mod tests {
             ("OTEL_EXPORTER_OTLP_METRICS_HEADERS", "novalue"),
         ] {
             let err = config(&[(name, value)]).unwrap_err();
-            assert_eq!((err.variable.as_str(), err.value.as_str()), (name, value));
+            assert_eq!(err.variable, name);
+            // Header values are secrets: only their size is shown.
+            let shown = if name.ends_with("_HEADERS") {
+                format!("<{} bytes, not shown>", value.len())
+            } else {
+                value.into()
+            };
+            assert_eq!(err.value, shown);
         }
     }
 
@@ -709,7 +758,40 @@ mod tests {
             ("OTEL_SENDMMSG_LOSS_REPORT_INTERVAL", "soon"),
         ] {
             let err = config(&[(name, value)]).unwrap_err();
-            assert_eq!((err.variable.as_str(), err.value.as_str()), (name, value));
+            assert_eq!(err.variable, name);
+            // Header values are secrets: only their size is shown.
+            let shown = if name.ends_with("_HEADERS") {
+                format!("<{} bytes, not shown>", value.len())
+            } else {
+                value.into()
+            };
+            assert_eq!(err.value, shown);
+        }
+    }
+
+    #[test]
+    fn shutdown_timeout_and_msgvec_address() {
+        let c = config(&[("OTEL_SENDMMSG_SHUTDOWN_TIMEOUT", "5s"), ("OTEL_SENDMMSG_MSGVEC_ADDRESS", "true")])
+            .unwrap();
+        assert_eq!((c.shutdown_timeout, c.msgvec_address), (Duration::from_secs(5), true));
+        for (name, bad) in [("OTEL_SENDMMSG_SHUTDOWN_TIMEOUT", "0s"), ("OTEL_SENDMMSG_MSGVEC_ADDRESS", "yes")]
+        {
+            assert_eq!(config(&[(name, bad)]).unwrap_err().variable, name);
+        }
+    }
+
+    #[test]
+    fn a_bad_header_value_is_never_printed() {
+        for name in [
+            "OTEL_EXPORTER_OTLP_HEADERS",
+            "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+            "OTEL_EXPORTER_OTLP_METRICS_HEADERS",
+        ] {
+            let e = config(&[(name, "Authorization Bearer s3cr3t-token")]).unwrap_err();
+            assert_eq!(e.variable, name);
+            let shown = e.to_string();
+            assert!(!shown.contains("s3cr3t"), "{shown}");
+            assert!(shown.contains("<33 bytes, not shown>"), "{shown}");
         }
     }
 
@@ -740,7 +822,14 @@ mod tests {
         ];
         for (name, value) in cases {
             let err = config(&[(name, value)]).unwrap_err();
-            assert_eq!((err.variable.as_str(), err.value.as_str()), (*name, *value));
+            assert_eq!(err.variable, *name);
+            // Header values are secrets: only their size is shown.
+            let shown = if name.ends_with("_HEADERS") {
+                format!("<{} bytes, not shown>", value.len())
+            } else {
+                value.to_string()
+            };
+            assert_eq!(err.value, shown);
             assert!(!err.accepts.is_empty());
         }
     }
@@ -816,7 +905,14 @@ mod tests {
             ("OTEL_METRICS_EXPORTER", " prometheus"),
         ] {
             let err = config(&[(name, value)]).unwrap_err();
-            assert_eq!((err.variable.as_str(), err.value.as_str()), (name, value));
+            assert_eq!(err.variable, name);
+            // Header values are secrets: only their size is shown.
+            let shown = if name.ends_with("_HEADERS") {
+                format!("<{} bytes, not shown>", value.len())
+            } else {
+                value.into()
+            };
+            assert_eq!(err.value, shown);
         }
     }
 }

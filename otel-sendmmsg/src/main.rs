@@ -4,7 +4,7 @@ use otel_sendmmsg::{
     config::{Config, ConfigError},
     probes::choose::FamilyUnavailable,
     run::run,
-    shutdown::shutdown_signal,
+    shutdown::StopSignals,
 };
 use tracing::error;
 use tracing_subscriber::EnvFilter;
@@ -33,12 +33,15 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_ENVIRONMENT);
         }
     };
-    let shutdown = async {
-        if let Err(e) = shutdown_signal().await {
-            error!("cannot watch for SIGINT/SIGTERM ({e}); stopping");
-        }
-    };
-    match runtime.block_on(run(config, shutdown)) {
+    let outcome = runtime.block_on(async {
+        let signals =
+            StopSignals::install().map_err(|e| anyhow::anyhow!("cannot watch for SIGINT/SIGTERM: {e}"))?;
+        run(config, signals).await
+    });
+    // An export or a metrics flush still stuck past the shutdown deadline (a collector that
+    // never answers) must not hold the process: the summary is already written.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!("{e:#}");

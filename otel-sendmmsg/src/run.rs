@@ -1,9 +1,7 @@
 //! Wires the data path together and runs it until the shutdown future resolves.
 
 use std::{
-    future::Future,
     path::{Path, PathBuf},
-    task::Poll,
     time::Duration,
 };
 
@@ -23,6 +21,7 @@ use crate::{
     process::{self, ProcessCache},
     records::Decoder,
     self_metrics::{self, SelfMetrics},
+    shutdown::StopSignals,
     spans::{span_for, MessageDetail, SpanOptions},
 };
 
@@ -83,9 +82,10 @@ impl Pipeline {
     }
 }
 
-/// Traces until `shutdown` resolves, then detaches, drains what the kernel already reported,
-/// and flushes the exporter.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<()> {
+/// Traces until the first stop signal, then detaches, drains what the kernel already reported,
+/// and flushes the exporter, all within `config.shutdown_timeout`; a second signal cuts that
+/// short. The closing summary is logged either way.
+pub async fn run(config: Config, mut signals: StopSignals) -> Result<()> {
     let kernel = Kernel::inspect();
     let mut probes = Probes::load(&config, &kernel)?;
     // Read before attaching, so nothing is reported to a ring buffer nobody watches.
@@ -97,7 +97,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         exporter: Exporter::new(&config.output)?,
         processes: ProcessCache::new("/proc", process::DEFAULT_CAPACITY),
         // Until a per-message hook has proved itself, calls carry no trustworthy message detail.
-        options: SpanOptions { per_message: false, detail: config.message_detail },
+        options: SpanOptions {
+            per_message: false,
+            detail: config.message_detail,
+            msgvec_address: config.msgvec_address,
+        },
         clock: WallClock::now(),
         decoder: Decoder::default(),
         spans: 0,
@@ -114,10 +118,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     // needed; hand it, and the allocator's freed pages, back.
     drop(kernel);
     release_freed_memory();
-    // Polled once before we say we are ready: the signal handlers it installs are then in place,
-    // so a SIGTERM right after start-up stops us cleanly instead of killing us unflushed.
-    tokio::pin!(shutdown);
-    let mut stopping = std::future::poll_fn(|cx| Poll::Ready(shutdown.as_mut().poll(cx).is_ready())).await;
+    // The signal handlers were installed before start-up began, so a SIGTERM right after the
+    // line below stops us cleanly instead of killing us unflushed.
     info!(
         "ready: tracing sendmmsg through {}; spans go to {}{}",
         probes.attached().join(", "),
@@ -138,9 +140,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     // records below that.
     let mut drain = tokio::time::interval(DRAIN_INTERVAL);
     let mut refresh_metrics = tokio::time::interval(self_metrics::REFRESH);
+    let mut stopping = false;
     while !stopping {
         tokio::select! {
-            _ = &mut shutdown => stopping = true,
+            _ = signals.next() => stopping = true,
             ready = records.readable_mut() => {
                 let mut guard = ready.context("waiting on the ring buffer")?;
                 pipeline.drain(guard.get_inner_mut());
@@ -165,7 +168,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         }
     }
 
-    info!("stopping: detaching probes and flushing spans");
+    let deadline = tokio::time::Instant::now() + config.shutdown_timeout;
+    info!(
+        "stopping: detaching probes and flushing spans (within {}; a second signal stops at once)",
+        humantime::format_duration(config.shutdown_timeout)
+    );
     probes.detach();
     pipeline.drain(records.get_mut());
     let mut counts = vec![("undecodable_records", pipeline.undecodable)];
@@ -173,18 +180,36 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         Ok(counters) => counts.extend(counters),
         Err(e) => warn!("reading the BPF counters: {e:#}"),
     }
-    let flushed = pipeline.exporter.shutdown().await;
-    if let Ok(stats) = &flushed {
-        counts.extend(export_counters(stats));
-    }
+    // A collector that accepts and never answers must not keep us past the deadline, nor past
+    // an operator's second signal; what was not sent by then is counted as failed.
+    let flushed = tokio::select! {
+        flushed = tokio::time::timeout_at(deadline, pipeline.exporter.flush(deadline)) => {
+            flushed.unwrap_or_else(|_| {
+                warn!("stopping: OTEL_SENDMMSG_SHUTDOWN_TIMEOUT passed before every span was sent");
+                Ok(())
+            })
+        }
+        _ = signals.next() => {
+            warn!("stopping at once (second signal): spans not yet sent count as export_failed");
+            Ok(())
+        }
+    };
+    counts.extend(export_counters(&pipeline.exporter.final_stats()));
     let summary: Vec<String> = counts.iter().map(|(name, n)| format!("{name}={n}")).collect();
     info!("stopped: {} spans; {}", pipeline.spans, summary.join(" "));
     if let Some(metrics) = metrics {
-        // The final counts, as the summary gives them.
+        // The final counts, as the summary gives them, within what is left of the deadline.
         metrics.totals.update(counts.into_iter().chain([("spans", pipeline.spans)]));
-        metrics.shutdown().await;
+        tokio::select! {
+            done = tokio::time::timeout_at(deadline, metrics.shutdown()) => {
+                if done.is_err() {
+                    warn!("stopping: the sidecar's own final metrics were not sent in time");
+                }
+            }
+            _ = signals.next() => warn!("stopping at once (second signal): final metrics not sent"),
+        }
     }
-    flushed.map(drop)
+    flushed
 }
 
 /// The sidecar's own metrics, if configured. Tracing goes on without them if their exporter

@@ -71,6 +71,9 @@ pub struct SpanOptions {
     /// Without one they would all read 0, so they are left out.
     pub per_message: bool,
     pub detail: MessageDetail,
+    /// Show `sendmmsg.msgvec`: a pointer into the caller's memory, which tells whoever reads
+    /// the traces where its heap or stack lies (ASLR); off unless asked for.
+    pub msgvec_address: bool,
 }
 
 /// Builds the span of one call; `clock` places the kernel's monotonic times on the wall clock.
@@ -94,8 +97,10 @@ pub fn span_for(call: &Call, clock: &WallClock, options: SpanOptions) -> Syscall
         KeyValue::new("sendmmsg.sockfd", i64::from(call.sockfd)),
         KeyValue::new("sendmmsg.vlen", i64::from(call.vlen)),
         KeyValue::new("sendmmsg.flags", i64::from(call.flags)),
-        KeyValue::new("sendmmsg.msgvec", formatted(format_args!("{:#x}", call.msgvec), 18)),
     ]);
+    if options.msgvec_address {
+        attributes.push(KeyValue::new("sendmmsg.msgvec", formatted(format_args!("{:#x}", call.msgvec), 18)));
+    }
     if call.flags != 0 {
         attributes.push(KeyValue::new("sendmmsg.flags.names", msg_flag_names(call.flags)));
     }
@@ -250,10 +255,22 @@ mod tests {
         span.attributes.iter().find(|kv| kv.key.as_str() == key).map(|kv| &kv.value)
     }
 
-    const PER_MESSAGE: SpanOptions = SpanOptions { per_message: true, detail: MessageDetail::Events };
+    const PER_MESSAGE: SpanOptions =
+        SpanOptions { per_message: true, detail: MessageDetail::Events, msgvec_address: true };
 
     fn clock() -> WallClock {
         WallClock::from_readings(1_700_000_000_000_000_000, 0)
+    }
+
+    #[test]
+    fn the_callers_msgvec_pointer_is_shown_only_when_asked_for() {
+        let call = decode(&bytes_of(&record(&[100]))).unwrap();
+        let hidden = span_for(&call, &clock(), SpanOptions { msgvec_address: false, ..PER_MESSAGE });
+        assert_eq!(attr(&hidden, "sendmmsg.msgvec"), None);
+        assert_eq!(
+            attr(&span_for(&call, &clock(), PER_MESSAGE), "sendmmsg.msgvec"),
+            Some(&Value::from("0x7ffd12345678"))
+        );
     }
 
     #[test]
@@ -309,8 +326,11 @@ mod tests {
     #[test]
     fn without_a_per_message_hook_message_fields_are_left_out_not_zero() {
         let call = decode(&bytes_of(&record(&[100, -libc::EMSGSIZE]))).unwrap();
-        let span =
-            span_for(&call, &clock(), SpanOptions { per_message: false, detail: MessageDetail::Events });
+        let span = span_for(
+            &call,
+            &clock(),
+            SpanOptions { per_message: false, detail: MessageDetail::Events, msgvec_address: false },
+        );
         for key in ["sendmmsg.bytes", "sendmmsg.messages.attempted", "sendmmsg.messages.failed", "error.type"]
         {
             assert_eq!(attr(&span, key), None, "{key}");
@@ -323,7 +343,7 @@ mod tests {
     #[test]
     fn message_detail_as_child_spans_tiles_the_call_in_order() {
         let call = decode(&bytes_of(&record(&[100, -libc::EMSGSIZE]))).unwrap();
-        let options = SpanOptions { per_message: true, detail: MessageDetail::Spans };
+        let options = SpanOptions { per_message: true, detail: MessageDetail::Spans, msgvec_address: false };
         let span = span_for(&call, &clock(), options);
         assert!(span.events.is_empty());
         assert_eq!(span.children.len(), 2);
@@ -333,7 +353,11 @@ mod tests {
         assert_eq!(first.status, Status::Unset);
         assert_eq!(second.status, Status::error("EMSGSIZE"));
         assert!(second.attributes.contains(&KeyValue::new("error.type", "EMSGSIZE")));
-        let none = span_for(&call, &clock(), SpanOptions { per_message: true, detail: MessageDetail::None });
+        let none = span_for(
+            &call,
+            &clock(),
+            SpanOptions { per_message: true, detail: MessageDetail::None, msgvec_address: false },
+        );
         assert!(none.events.is_empty() && none.children.is_empty());
         assert_eq!(attr(&none, "sendmmsg.messages.failed"), Some(&Value::I64(1)));
     }
@@ -405,7 +429,7 @@ mod tests {
     fn sizes_read_at_exit_give_bytes_and_events_but_no_failure_counts() {
         let mut call = decode(&bytes_of(&record(&[100, 200]))).unwrap();
         call.sizes_only = true;
-        let options = SpanOptions { per_message: false, detail: MessageDetail::Sizes };
+        let options = SpanOptions { per_message: false, detail: MessageDetail::Sizes, msgvec_address: false };
         let span = span_for(&call, &clock(), options);
         assert_eq!(attr(&span, "sendmmsg.bytes"), Some(&Value::I64(300)));
         assert_eq!(attr(&span, "sendmmsg.messages.attempted"), None);

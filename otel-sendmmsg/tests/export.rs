@@ -221,3 +221,83 @@ fn with_the_collector_down_every_span_is_counted_and_the_sidecar_stops() {
     assert!(failed > 0, "{}", stopped.stderr);
     assert_eq!(exported + queue_full + failed, spans, "every span accounted for:\n{}", stopped.stderr);
 }
+
+/// A collector that accepts connections and never reads or answers: the worst a network or a
+/// hung collector can do to an exporter, whose every request then waits for its timeout.
+struct SilentCollector {
+    endpoint: String,
+}
+
+impl SilentCollector {
+    fn start() -> SilentCollector {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        std::thread::spawn(move || {
+            // Held open, never read: the test process's exit closes them.
+            let mut held = Vec::new();
+            for stream in listener.incoming().flatten() {
+                held.push(stream);
+            }
+        });
+        SilentCollector { endpoint }
+    }
+}
+
+/// Starts a sidecar exporting to a collector that never answers, with exports under way (the
+/// schedule sends them at once and each waits out its long timeout).
+fn sidecar_with_a_silent_collector(protocol: Protocol, shutdown_timeout: &str) -> (Sidecar, Vec<CallReport>) {
+    require_root();
+    let silent = SilentCollector::start();
+    let sidecar = Sidecar::start(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", silent.endpoint.as_str()),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol.env_value()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        // Far longer than Kubernetes' grace period: only the shutdown deadline can end them.
+        ("OTEL_BSP_EXPORT_TIMEOUT", "120000"),
+        ("OTEL_EXPORTER_OTLP_TIMEOUT", "120000"),
+        ("OTEL_SENDMMSG_SHUTDOWN_TIMEOUT", shutdown_timeout),
+    ]);
+    let calls = run_workload(&["udp4"; 5]);
+    // Time for the exports to be sent and to hang.
+    std::thread::sleep(Duration::from_secs(1));
+    (sidecar, calls)
+}
+
+/// Every span the summary counts was neither exported nor silently lost.
+fn assert_all_counted_as_failed(stopped: &Stopped, calls: usize) {
+    assert!(stopped.status.success(), "{}", stopped.stderr);
+    let spans = summary_spans(&stopped.stderr);
+    assert!(spans >= calls as u64, "{}", stopped.stderr);
+    assert_eq!(summary_count(&stopped.stderr, "exported"), 0, "{}", stopped.stderr);
+    let dropped =
+        summary_count(&stopped.stderr, "export_failed") + summary_count(&stopped.stderr, "export_queue_full");
+    assert_eq!(dropped, spans, "every span accounted for:\n{}", stopped.stderr);
+}
+
+#[test]
+fn a_collector_that_never_answers_cannot_hold_the_shutdown_past_its_deadline() {
+    for protocol in [Protocol::Grpc, Protocol::HttpProtobuf] {
+        let (sidecar, calls) = sidecar_with_a_silent_collector(protocol, "3s");
+        let stopping = Instant::now();
+        let stopped = sidecar.stop();
+        let took = stopping.elapsed();
+        // 3 s, and the process's own exit; without the deadline the exports' 120 s timeouts.
+        assert!(took < Duration::from_secs(10), "{protocol:?}: stopping took {took:?}:\n{}", stopped.stderr);
+        assert!(stopped.stderr.contains("(within 3s; a second signal stops at once)"), "{}", stopped.stderr);
+        assert_all_counted_as_failed(&stopped, calls.len());
+    }
+}
+
+#[test]
+fn a_second_signal_stops_at_once_with_the_summary() {
+    let (sidecar, calls) = sidecar_with_a_silent_collector(Protocol::Grpc, "10m");
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(sidecar.pid() as i32, libc::SIGTERM) };
+    std::thread::sleep(Duration::from_secs(1));
+    let stopping = Instant::now();
+    let stopped = sidecar.stop(); // the second SIGTERM
+    let took = stopping.elapsed();
+    assert!(took < Duration::from_secs(10), "stopping took {took:?}:\n{}", stopped.stderr);
+    assert!(stopped.stderr.contains("stopping at once (second signal)"), "{}", stopped.stderr);
+    assert_all_counted_as_failed(&stopped, calls.len());
+}

@@ -108,7 +108,13 @@ fn unix_nanos() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64
 }
 
-fn check_span(call: &CallReport, expected: &Expected, got: &ReceivedSpan, window: (u64, u64)) {
+fn check_span(
+    call: &CallReport,
+    expected: &Expected,
+    got: &ReceivedSpan,
+    window: (u64, u64),
+    msgvec_shown: bool,
+) {
     let ctx = format!("scenario {}: {:#?}", expected.scenario, got.span);
     let span = &got.span;
     assert_eq!(span.name, "sendmmsg", "{ctx}");
@@ -117,7 +123,9 @@ fn check_span(call: &CallReport, expected: &Expected, got: &ReceivedSpan, window
     assert_eq!(got.int("sendmmsg.sockfd"), Some(call.sockfd as i64), "{ctx}");
     assert_eq!(got.int("sendmmsg.vlen"), Some(call.vlen as i64), "{ctx}");
     assert_eq!(got.int("sendmmsg.flags"), Some(call.flags), "{ctx}");
-    assert_eq!(got.str("sendmmsg.msgvec"), Some(format!("{:#x}", call.msgvec).as_str()), "{ctx}");
+    // The pointer is shown only where the sidecar was asked to (OTEL_SENDMMSG_MSGVEC_ADDRESS).
+    let msgvec = msgvec_shown.then(|| format!("{:#x}", call.msgvec));
+    assert_eq!(got.str("sendmmsg.msgvec"), msgvec.as_deref(), "{ctx}");
     let flag_names = match call.flags as i32 {
         0 => None,
         f if f == libc::MSG_DONTWAIT => Some("MSG_DONTWAIT"),
@@ -179,9 +187,12 @@ fn every_scenario_reaches_the_collector_exactly(protocol: Protocol) {
     require_root();
     let _host = native_test();
     let receiver = Receiver::start(protocol);
+    // One protocol's run shows the caller's msgvec pointer, the other keeps the default (hidden).
+    let msgvec_shown = protocol == Protocol::Grpc;
     let sidecar = Sidecar::start(&[
         ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint.as_str()),
         ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol.env_value()),
+        ("OTEL_SENDMMSG_MSGVEC_ADDRESS", if msgvec_shown { "true" } else { "false" }),
         // Nothing is exported on schedule: every span must come from the shutdown flush.
         ("OTEL_BSP_SCHEDULE_DELAY", "600000"),
         ("OTEL_BSP_MAX_QUEUE_SIZE", "65536"),
@@ -206,7 +217,7 @@ fn every_scenario_reaches_the_collector_exactly(protocol: Protocol) {
     assert_eq!(spans.len(), calls.len(), "exactly one span per call of pid {pid}:\n{}", stopped.stderr);
     for ((call, expected), span) in calls.iter().zip(EXPECTED).zip(&spans) {
         assert_eq!(call.scenario, expected.scenario);
-        check_span(call, expected, span, (before, after));
+        check_span(call, expected, span, (before, after), msgvec_shown);
         assert_eq!(int_attr(&span.resource, "process.pid"), Some(pid as i64), "the caller's own resource");
     }
     // The other process was traced too (so the exact count above is not luck of an idle host).
@@ -242,6 +253,7 @@ fn without_a_collector_each_call_is_one_console_line() {
     );
     assert!(lines[1].contains(" ERROR ") && lines[1].contains(" error.type=EMSGSIZE "), "{}", lines[1]);
     assert!(lines[2].contains(" ERROR ") && lines[2].contains(" error.type=EBADF "), "{}", lines[2]);
+    assert!(lines.iter().all(|l| !l.contains("sendmmsg.msgvec=")), "the pointer is hidden by default");
     assert!(stopped.stderr.contains("spans go to stdout"), "{}", stopped.stderr);
 }
 

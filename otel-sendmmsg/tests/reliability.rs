@@ -30,7 +30,11 @@ fn hostile_callers_get_correct_spans_and_leave_nothing_in_flight() {
     let caller = renamed_workload("hostile-caller");
     let sidecar = grpc_sidecar(
         &receiver,
-        &[("OTEL_SENDMMSG_RING_BUFFER_BYTES", "32MiB"), ("OTEL_SENDMMSG_COMMS", "hostile-caller")],
+        &[
+            ("OTEL_SENDMMSG_RING_BUFFER_BYTES", "32MiB"),
+            ("OTEL_SENDMMSG_COMMS", "hostile-caller"),
+            ("OTEL_SENDMMSG_MSGVEC_ADDRESS", "true"),
+        ],
     );
     let odd = workload_calls(Command::new(&caller).args([
         "null-msgvec",

@@ -9,7 +9,7 @@ use std::{
     collections::HashMap,
     sync::{
         atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed},
-        Arc,
+        Arc, OnceLock,
     },
     time::Duration,
 };
@@ -118,6 +118,8 @@ struct Queued {
 /// running.
 #[derive(Default)]
 struct Counters {
+    /// Spans taken into the queue; each ends up exported or failed.
+    accepted: AtomicU64,
     exported: AtomicU64,
     dropped_queue_full: AtomicU64,
     failed: AtomicU64,
@@ -125,7 +127,10 @@ struct Counters {
 
 /// The queue's sending side, owned by the pipeline; the task that exports runs beside it.
 pub struct Batcher {
-    sender: mpsc::UnboundedSender<Queued>,
+    /// Dropped to tell the task that nothing more comes: it flushes and ends.
+    sender: Option<mpsc::UnboundedSender<Queued>>,
+    /// When the flush must be over, set before the queue is closed.
+    stop_by: Arc<OnceLock<Instant>>,
     /// Spans accepted and not yet taken into a batch: at most `capacity`. (The channel itself
     /// is unbounded; this count bounds it, in spans rather than calls.)
     queued: Arc<AtomicUsize>,
@@ -148,7 +153,9 @@ impl Batcher {
         let (sender, receiver) = mpsc::unbounded_channel();
         let queued = Arc::new(AtomicUsize::new(0));
         let counters = Arc::new(Counters::default());
+        let stop_by = Arc::new(OnceLock::new());
         let worker = Worker {
+            stop_by: stop_by.clone(),
             idle: (0..config.max_concurrent_exports.max(1)).map(|_| new_exporter()).collect(),
             in_flight: JoinSet::new(),
             in_flight_spans: HashMap::new(),
@@ -162,7 +169,15 @@ impl Batcher {
             failed_exports: 0,
         };
         let task = tokio::spawn(worker.run(receiver));
-        Batcher { sender, queued, capacity: config.max_queue_size, drops: AtomicU64::new(0), counters, task }
+        Batcher {
+            sender: Some(sender),
+            stop_by,
+            queued,
+            capacity: config.max_queue_size,
+            drops: AtomicU64::new(0),
+            counters,
+            task,
+        }
     }
 
     /// Queues a call's spans (its own and its message children) without waiting; when the
@@ -172,7 +187,8 @@ impl Batcher {
         let room =
             self.queued.fetch_update(Relaxed, Relaxed, |q| (q + spans <= self.capacity).then_some(q + spans));
         if room.is_ok() {
-            if self.sender.send(Queued { process, span }).is_ok() {
+            if self.sender.as_ref().is_some_and(|sender| sender.send(Queued { process, span }).is_ok()) {
+                self.counters.accepted.fetch_add(spans as u64, Relaxed);
                 return true;
             }
             // The task is gone (it panicked); shutdown reports that.
@@ -198,22 +214,56 @@ impl Batcher {
         }
     }
 
-    /// Closes the queue, exports everything in it (all of it within one `export_timeout`;
-    /// what is left when it passes counts as failed), shuts the exporter down, and returns
-    /// the final counts.
-    pub async fn shutdown(self) -> Result<ExportStats> {
-        drop(self.sender);
-        self.task.await.map_err(|e| anyhow!("the export task failed: {e}"))?;
+    /// Closes the queue and exports everything in it, all of it within one `export_timeout`
+    /// and by `deadline`: what is left then counts as failed. Shuts the exporters down.
+    /// Awaited once; the caller may give up on it early (a second signal), and
+    /// [`Batcher::final_stats`] still accounts for every span.
+    pub async fn flush(&mut self, deadline: Option<Instant>) -> Result<()> {
+        if let Some(deadline) = deadline {
+            let _ = self.stop_by.set(deadline);
+        }
+        // Set before the queue closes, so the task sees it once it finds the queue closed.
+        drop(self.sender.take());
+        let ended = match deadline {
+            None => Ok((&mut self.task).await),
+            // The task may be waiting on an export that started long before (a collector that
+            // accepts and never answers): the deadline holds whatever it is doing.
+            Some(deadline) => tokio::time::timeout_at(deadline, &mut self.task).await,
+        };
+        match ended {
+            Ok(ended) => ended.map_err(|e| anyhow!("the export task failed: {e}")),
+            Err(_) => {
+                self.task.abort();
+                warn!("stopping: the deadline passed with spans still being exported; they count as failed");
+                Ok(())
+            }
+        }
+    }
+
+    /// The counts once stopping is over, or given up on: a span accepted but neither exported
+    /// nor failed yet never reached the collector, and counts as failed.
+    pub fn final_stats(&self) -> ExportStats {
         let counters = &self.counters;
-        Ok(ExportStats {
-            exported: counters.exported.load(Relaxed),
+        let exported = counters.exported.load(Relaxed);
+        let failed = counters.failed.load(Relaxed);
+        let unsettled = counters.accepted.load(Relaxed).saturating_sub(exported + failed);
+        ExportStats {
+            exported,
             dropped_queue_full: counters.dropped_queue_full.load(Relaxed),
-            failed: counters.failed.load(Relaxed),
-        })
+            failed: failed + unsettled,
+        }
+    }
+
+    /// [`Batcher::flush`] with no deadline but the export timeout, then the final counts.
+    pub async fn shutdown(mut self) -> Result<ExportStats> {
+        self.flush(None).await?;
+        Ok(self.final_stats())
     }
 }
 
 struct Worker<E> {
+    /// The sidecar's deadline for stopping, if it set one.
+    stop_by: Arc<OnceLock<Instant>>,
     /// Exporters not exporting now; the others are inside `in_flight`.
     idle: Vec<E>,
     /// Exports under way: each hands its exporter back with the outcome.
@@ -268,13 +318,36 @@ impl<E: SpanExporter + 'static> Worker<E> {
                 Some(done) = self.in_flight.join_next_with_id(), if !self.in_flight.is_empty() => self.settle(done),
             }
         }
-        let deadline = self.config.export_timeout.map(|timeout| Instant::now() + timeout);
+        let by_timeout = self.config.export_timeout.map(|timeout| Instant::now() + timeout);
+        let deadline = match (by_timeout, self.stop_by.get().copied()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         while !self.pending.is_empty() {
             self.export_batch(deadline).await;
         }
-        // Each export under way is bounded by its own timeout.
-        while let Some(done) = self.in_flight.join_next_with_id().await {
-            self.settle(done);
+        // Exports started before stopping are bounded only by their own timeout, which may end
+        // after the deadline (a collector that accepts and never answers).
+        loop {
+            let next = match deadline {
+                None => self.in_flight.join_next_with_id().await,
+                Some(deadline) => {
+                    match tokio::time::timeout_at(deadline, self.in_flight.join_next_with_id()).await {
+                        Ok(next) => next,
+                        Err(_) => {
+                            let cut: u64 = self.in_flight_spans.drain().map(|(_, count)| count).sum();
+                            self.in_flight.abort_all();
+                            self.counters.failed.fetch_add(cut, Relaxed);
+                            warn!("stopping: {cut} spans still being exported when the time ran out, counted as failed");
+                            break;
+                        }
+                    }
+                }
+            };
+            match next {
+                Some(done) => self.settle(done),
+                None => break,
+            }
         }
         for exporter in &self.idle {
             if let Err(e) = exporter.shutdown() {
@@ -619,6 +692,32 @@ mod tests {
         assert!(took >= Duration::from_millis(200) && took < Duration::from_millis(800), "{took:?}");
         assert_eq!(stats, ExportStats { exported: 0, dropped_queue_full: 0, failed: 5 });
         assert_eq!(exports.lock().unwrap().len(), 1, "the others were not tried: no time was left");
+    }
+
+    #[tokio::test]
+    async fn a_flush_deadline_cuts_off_exports_already_under_way_and_counts_them() {
+        // A 10-minute export timeout: the export started on the schedule would hold the flush
+        // that long; the stop deadline ends it after 300 ms.
+        let (mut batcher, exports) = start(Behaviour::Hang, config(100, 100, 50, 600_000));
+        for pid in 0..3 {
+            batcher.enqueue(call(1), process(pid, "svc"));
+        }
+        wait_for_exports(&exports, 1).await;
+        let started = std::time::Instant::now();
+        batcher.flush(Some(Instant::now() + Duration::from_millis(300))).await.unwrap();
+        let took = started.elapsed();
+        assert!(took >= Duration::from_millis(300) && took < Duration::from_secs(5), "{took:?}");
+        assert_eq!(batcher.final_stats(), ExportStats { exported: 0, dropped_queue_full: 0, failed: 6 });
+    }
+
+    #[tokio::test]
+    async fn spans_given_up_on_are_counted_as_failed() {
+        let (mut batcher, _exports) = start(Behaviour::Hang, config(100, 100, HOUR, 600_000));
+        batcher.enqueue(call(2), process(1, "svc"));
+        // The caller stops waiting (a second signal) with the flush still under way.
+        let flush = tokio::time::timeout(Duration::from_millis(100), batcher.flush(None)).await;
+        assert!(flush.is_err(), "the export hangs");
+        assert_eq!(batcher.final_stats(), ExportStats { exported: 0, dropped_queue_full: 0, failed: 3 });
     }
 
     #[tokio::test]

@@ -95,17 +95,23 @@ impl Exporter {
         }
     }
 
-    /// Flushes every pending span (for OTLP within one `OTEL_BSP_EXPORT_TIMEOUT`), stops the
-    /// exporter, and returns the final counts. Spans the collector did not take are counted,
-    /// not an error.
-    pub async fn shutdown(self) -> Result<ExportStats> {
+    /// Flushes every pending span (for OTLP within one `OTEL_BSP_EXPORT_TIMEOUT` and by
+    /// `deadline`) and stops the exporter. Spans the collector did not take are counted, not an
+    /// error. The caller may give up on it; [`Exporter::final_stats`] still counts every span.
+    pub async fn flush(&mut self, deadline: tokio::time::Instant) -> Result<()> {
         match self {
-            Exporter::Console { out, stats } => {
-                out.lock().flush().context("flushing stdout")?;
-                Ok(stats)
-            }
-            Exporter::Otlp(batcher) => batcher.shutdown().await,
-            Exporter::Discard => Ok(ExportStats::default()),
+            Exporter::Console { out, .. } => out.lock().flush().context("flushing stdout"),
+            Exporter::Otlp(batcher) => batcher.flush(Some(deadline)).await,
+            Exporter::Discard => Ok(()),
+        }
+    }
+
+    /// The counts after [`Exporter::flush`], or once it was given up on: spans not yet settled
+    /// then count as failed.
+    pub fn final_stats(&self) -> ExportStats {
+        match self {
+            Exporter::Otlp(batcher) => batcher.final_stats(),
+            _ => self.stats(),
         }
     }
 }
@@ -285,12 +291,12 @@ mod tests {
         });
         let mut console = Exporter::new(&Output::Console).unwrap();
         console.export(span.clone(), process.clone());
-        assert_eq!(
-            console.shutdown().await.unwrap(),
-            ExportStats { exported: 4, dropped_queue_full: 0, failed: 0 }
-        );
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+        console.flush(deadline).await.unwrap();
+        assert_eq!(console.final_stats(), ExportStats { exported: 4, dropped_queue_full: 0, failed: 0 });
         let mut discard = Exporter::new(&Output::Discard).unwrap();
         discard.export(span, process);
-        assert_eq!(discard.shutdown().await.unwrap(), ExportStats::default());
+        discard.flush(deadline).await.unwrap();
+        assert_eq!(discard.final_stats(), ExportStats::default());
     }
 }

@@ -69,7 +69,8 @@ fn defines<Elf: FileHeader<Endian = Endianness>>(data: &ReadCache<File>, name: &
                 continue;
             }
             let symbols: &[Elf::Sym] = section.data_as_array(endian, data)?;
-            let strings = sections.section(SectionIndex(section.sh_link(endian) as usize))?.data(endian, data)?;
+            let strings =
+                sections.section(SectionIndex(section.sh_link(endian) as usize))?.data(endian, data)?;
             let named = |sym: &Elf::Sym| {
                 let start = sym.st_name(endian) as usize;
                 strings.get(start..).and_then(|s| s.split(|&b| b == 0).next()) == Some(name)
@@ -185,7 +186,8 @@ mod tests {
     #[test]
     fn the_marker_is_found_where_it_is_defined_not_where_it_is_called() {
         let define = format!("void {CONTEXT_MARKER_SYMBOL}(void) {{}}\nint main(void) {{ return 0; }}\n");
-        let call = format!("void {CONTEXT_MARKER_SYMBOL}(void);\nvoid f(void) {{ {CONTEXT_MARKER_SYMBOL}(); }}\n");
+        let call =
+            format!("void {CONTEXT_MARKER_SYMBOL}(void);\nvoid f(void) {{ {CONTEXT_MARKER_SYMBOL}(); }}\n");
         let library = compiled("libdefines.so", &define, &["-shared", "-fPIC"]);
         let stripped = compiled("stripped.so", &define, &["-shared", "-fPIC", "-s"]);
         let executable = compiled("defines", &define, &[]);
