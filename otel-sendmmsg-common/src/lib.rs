@@ -28,6 +28,12 @@ pub mod name_status {
     pub const UNREADABLE: u8 = 2;
     /// Read, but of another family (only the family is kept).
     pub const OTHER_FAMILY: u8 = 3;
+    /// `msg_namelen` is negative, or shorter than the address of the family it declares (the
+    /// kernel's minimums: `sizeof(struct sockaddr_in)` = 16 in `udp_sendmsg`,
+    /// `SIN6_LEN_RFC2133` = 24 in `udpv6_sendmsg`; 2 for any family). The kernel refuses the
+    /// message (EINVAL), so there is no destination to report; nothing past the declared length
+    /// was read. The family is kept when the declared length covers it.
+    pub const BAD_LENGTH: u8 = 4;
 }
 
 /// A message's explicit destination, as the caller gave it.

@@ -300,3 +300,35 @@ fn a_process_that_execs_mid_call_gets_each_programs_spans() {
         assert_eq!(summary_count(&stopped.stderr, key), 0, "{key}: {}", stopped.stderr);
     }
 }
+
+/// A destination whose `msg_namelen` is shorter than its family's address, ending where the
+/// caller's memory ends (the next page is inaccessible): the kernel refuses it with EINVAL, and
+/// the span names no destination, neither an address nor an unreadable one (which a read past
+/// the declared length would have met).
+#[test]
+fn a_msg_name_shorter_than_its_address_names_no_destination() {
+    require_root();
+    let receiver = Receiver::start(Protocol::Grpc);
+    let caller = renamed_workload("short-name");
+    let sidecar = grpc_sidecar(&receiver, &[("OTEL_SENDMMSG_COMMS", "short-name")]);
+    let calls = workload_calls(Command::new(&caller).arg("short-msg-name"));
+    let stopped = sidecar.stop();
+    assert!(stopped.status.success(), "{}", stopped.stderr);
+
+    assert_eq!(calls.len(), 3, "{calls:#?}");
+    for call in &calls {
+        assert_eq!((call.ret, call.errno), (-1, libc::EINVAL), "the kernel refuses it: {call:?}");
+    }
+    let spans = receiver.spans_of(calls[0].pid);
+    assert_eq!(spans.len(), 3, "{}", stopped.stderr);
+    for (span, call) in spans.iter().zip(&calls) {
+        let ctx = format!("{}: {:#?}", call.scenario, span.span.attributes);
+        assert_eq!(span.int("thread.id"), Some(call.tid as i64), "{ctx}");
+        assert_eq!(span.str("error.type"), Some("EINVAL"), "{ctx}");
+        assert_eq!(span.int("sendmmsg.msg_name.unreadable_index"), None, "{ctx}");
+        assert!(!span.span.attributes.iter().any(|kv| kv.key.starts_with("network.peer")), "{ctx}");
+        for event in &span.span.events {
+            assert!(!event.attributes.iter().any(|kv| kv.key.starts_with("network.peer")), "{ctx}");
+        }
+    }
+}

@@ -7,7 +7,7 @@
 //!                                         not-socket bad-msgvec refused-mid-batch vlen-zero
 //!                                         bad-msg-name udp4-in-thread slow-unix null-msgvec
 //!                                         vlen-over-limit killed-mid-call exec-mid-call
-//!                                         threads-N
+//!                                         short-msg-name threads-N blocked-N
 //!     sendmmsg-workload loop SECONDS VLEN [CALLS_PER_SECOND] [THREADS] [PAYLOAD_BYTES]
 //!                                         THREADS senders (default 1), each with its own UDP
 //!                                         socket connected to a loopback receiver that a thread
@@ -80,6 +80,31 @@ fn inaccessible_page() -> io::Result<*mut libc::c_void> {
         Err(io::Error::last_os_error())
     } else {
         Ok(page)
+    }
+}
+
+/// `bytes` copied to the very end of a readable page whose next page is inaccessible: a read
+/// of even one byte past them faults.
+fn at_page_end(bytes: &[u8]) -> io::Result<*mut libc::c_void> {
+    // SAFETY: a fresh anonymous mapping of two pages; the second is made inaccessible, the
+    // bytes are written inside the first.
+    unsafe {
+        let pages = libc::mmap(
+            std::ptr::null_mut(),
+            8192,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        );
+        if pages == libc::MAP_FAILED
+            || libc::mprotect(pages.cast::<u8>().add(4096).cast(), 4096, libc::PROT_NONE) != 0
+        {
+            return Err(io::Error::last_os_error());
+        }
+        let start = pages.cast::<u8>().add(4096 - bytes.len());
+        std::ptr::copy_nonoverlapping(bytes.as_ptr(), start, bytes.len());
+        Ok(start.cast())
     }
 }
 
@@ -185,6 +210,35 @@ fn scenario(name: &str) -> io::Result<()> {
             let ptr = batch.msgvec();
             let dests = [dest.clone(), "unreadable".into(), dest];
             call(name, tx.as_raw_fd(), ptr, 3, 0, &[30, 31, 32], &dests, Some(&batch));
+        }
+        "short-msg-name" => {
+            // A destination whose msg_namelen is shorter than its family's address, ending where
+            // the caller's memory ends: the kernel refuses it (EINVAL) and reads nothing past
+            // the declared length; a tracer must not either. One call per case, each a udp4 or
+            // udp6 socket's single message: an IPv4 head declared as 8 bytes (of the 16 the
+            // kernel wants), an IPv6 name declared as 20 (of 24), and 1 byte.
+            let v4 = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))?;
+            let v6 = UdpSocket::bind((Ipv6Addr::LOCALHOST, 0))?;
+            let mut sin = [0u8; 8];
+            sin[..2].copy_from_slice(&(libc::AF_INET as u16).to_ne_bytes());
+            sin[2..4].copy_from_slice(&53u16.to_be_bytes());
+            sin[4..8].copy_from_slice(&[127, 0, 0, 1]);
+            let mut sin6 = [0u8; 20];
+            sin6[..2].copy_from_slice(&(libc::AF_INET6 as u16).to_ne_bytes());
+            sin6[2..4].copy_from_slice(&53u16.to_be_bytes());
+            sin6[8..20].copy_from_slice(&Ipv6Addr::LOCALHOST.octets()[..12]);
+            let family = (libc::AF_INET as u16).to_ne_bytes();
+            let cases = [
+                ("short-msg-name-v4", v4.as_raw_fd(), &sin[..]),
+                ("short-msg-name-v6", v6.as_raw_fd(), &sin6[..]),
+                ("short-msg-name-1", v4.as_raw_fd(), &family[..1]),
+            ];
+            for (label, fd, name) in cases {
+                let mut batch = Batch::new(&[40], &[]);
+                batch.set_msg_name(0, at_page_end(name)?, name.len() as u32);
+                let ptr = batch.msgvec();
+                call(label, fd, ptr, 1, 0, &[40], &["bad-length".into()], Some(&batch));
+            }
         }
         "udp4-in-thread" => {
             // A worker thread with a name of its own, as in most servers.
