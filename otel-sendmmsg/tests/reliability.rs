@@ -70,9 +70,15 @@ fn hostile_callers_get_correct_spans_and_leave_nothing_in_flight() {
         receiver.spans_of(threads_pid).iter().map(|s| s.int("thread.id").unwrap()).collect();
     assert_eq!(tids.len(), 2000, "one span per thread, each with its own thread id");
 
-    for key in
-        ["ring_buffer_full", "inflight_insert_failed", "stray_messages", "undecodable_records", "inflight"]
-    {
+    for key in [
+        "ring_buffer_full",
+        "inflight_full",
+        "exit_missed",
+        "exit_without_entry",
+        "stray_messages",
+        "undecodable_records",
+        "inflight",
+    ] {
         assert_eq!(summary_count(&stopped.stderr, key), 0, "{key}: {}", stopped.stderr);
     }
 }
@@ -206,7 +212,8 @@ fn collector_outage_under_load(protocol: Protocol, comm: &str) {
     let count = |key| summary_count(log, key);
     let dropped_by_export = count("export_queue_full") + count("export_failed");
     let dropped_before_export = count("ring_buffer_full")
-        + count("inflight_insert_failed")
+        + count("inflight_full")
+        + count("exit_missed")
         + count("exit_without_entry")
         + count("undecodable_records");
     assert!(dropped_by_export > 0, "a 20 s outage under load cost nothing?\n{log}");
@@ -244,7 +251,7 @@ fn collector_outage_under_load(protocol: Protocol, comm: &str) {
     for reason in ["export_queue_full", "export_failed"] {
         assert_eq!(metric("otel_sendmmsg.spans.dropped", Some(reason)), count(reason), "{reason}");
     }
-    for reason in ["ring_buffer_full", "inflight_insert_failed", "exit_without_entry"] {
+    for reason in ["ring_buffer_full", "inflight_full", "exit_missed", "exit_without_entry"] {
         assert_eq!(metric("otel_sendmmsg.records.dropped", Some(reason)), count(reason), "{reason}");
     }
     assert_eq!(metric("otel_sendmmsg.records.dropped", Some("undecodable")), count("undecodable_records"));

@@ -311,6 +311,10 @@ fn scenario(name: &str) -> io::Result<()> {
             drop(reader);
             return Err(io::Error::other(format!("exec {}: {err}", target.to_string_lossy())));
         }
+        blocked if blocked.starts_with("blocked-") => {
+            let n: usize = blocked["blocked-".len()..].parse().map_err(|_| io::Error::other("blocked-N"))?;
+            blocked_at_once(n)?;
+        }
         threads if threads.starts_with("threads-") => {
             // N threads, one udp4 call each, all at once.
             let n: usize = threads["threads-".len()..].parse().map_err(|_| io::Error::other("threads-N"))?;
@@ -333,6 +337,76 @@ fn scenario(name: &str) -> io::Result<()> {
         other => {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("unknown scenario {other}")))
         }
+    }
+    Ok(())
+}
+
+/// `blocked-N`: one thread blocks in `sendmmsg` at once ("blocked-early"); then, after a line
+/// (or the end) of stdin, so a tracer can be started in between, N more ("blocked"); once all
+/// N + 1 are inside their call at the same time, every one is released. Each prints its call.
+fn blocked_at_once(n: usize) -> io::Result<()> {
+    let mut blocked = vec![blocked_sender("blocked-early")?];
+    wait_inside_sendmmsg(&blocked)?;
+    let mut line = String::new();
+    io::stdin().read_line(&mut line)?;
+    for _ in 0..n {
+        blocked.push(blocked_sender("blocked")?);
+    }
+    wait_inside_sendmmsg(&blocked)?;
+    let readers: Vec<_> = blocked
+        .iter_mut()
+        .map(|b| {
+            let rx = b.rx.take().expect("a reader end");
+            std::thread::spawn(move || {
+                rx.set_read_timeout(Some(Duration::from_millis(300))).ok();
+                let mut buf = [0u8; 65536];
+                while (&rx).read(&mut buf).is_ok_and(|n| n > 0) {}
+            })
+        })
+        .collect();
+    for b in blocked {
+        b.sender.join().map_err(|_| io::Error::other("sender panicked"))?;
+    }
+    for r in readers {
+        r.join().map_err(|_| io::Error::other("reader panicked"))?;
+    }
+    Ok(())
+}
+
+/// A thread about to block in `sendmmsg` on a full stream socket, and that socket's other end.
+struct BlockedSender {
+    tid: u32,
+    sender: std::thread::JoinHandle<()>,
+    rx: Option<std::os::unix::net::UnixStream>,
+}
+
+fn blocked_sender(label: &'static str) -> io::Result<BlockedSender> {
+    let (tx, rx) = std::os::unix::net::UnixStream::pair()?;
+    tx.set_nonblocking(true)?;
+    while (&tx).write(&[0u8; 4096]).is_ok() {}
+    tx.set_nonblocking(false)?;
+    let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+    let sender = std::thread::spawn(move || {
+        let _ = tid_tx.send(gettid());
+        send_batch(label, tx.as_raw_fd(), &[4096], &[], 0);
+    });
+    let tid = tid_rx.recv().map_err(|_| io::Error::other("sender thread died"))?;
+    Ok(BlockedSender { tid, sender, rx: Some(rx) })
+}
+
+/// Waits until every thread is inside `sendmmsg` (its `/proc` `syscall` file names it), at most
+/// 10 s.
+fn wait_inside_sendmmsg(threads: &[BlockedSender]) -> io::Result<()> {
+    let inside = |tid: u32| {
+        std::fs::read_to_string(format!("/proc/self/task/{tid}/syscall"))
+            .is_ok_and(|s| s.split_whitespace().next() == Some(&libc::SYS_sendmmsg.to_string()))
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !threads.iter().all(|t| inside(t.tid)) {
+        if Instant::now() > deadline {
+            return Err(io::Error::other("threads did not all block in sendmmsg within 10 s"));
+        }
+        std::thread::sleep(Duration::from_millis(10));
     }
     Ok(())
 }
