@@ -110,7 +110,7 @@ struct ArbMessage {
     ret: i32,
     pad: u32,
     offset_ns: u64,
-    /// `name_status::*` are 0 to 3; anything else must read as unreadable.
+    /// `name_status::*` are 0 to 4; anything else must read as unreadable.
     status: u8,
     dest_pad: u8,
     family: Family,
@@ -246,7 +246,7 @@ fn check_ip(family: u16, addr: &[u8; 16], ip: IpAddr) {
 
 /// A message's destination, as `name_status` documents it: the connected peer when there was
 /// no `msg_name`; an address (port in network byte order) when one of IPv4/IPv6 was read; only
-/// the family when another was read; unreadable for any other status.
+/// the family when another was read; a bad length as such; unreadable for any other status.
 fn check_dest(d: &Destination, got: Dest) {
     match got {
         Dest::Peer => assert_eq!(d.status, name_status::NONE),
@@ -260,8 +260,10 @@ fn check_dest(d: &Destination, got: Dest) {
             let read_other = d.status == name_status::READ && !is_inet(d.family);
             assert!(d.status == name_status::OTHER_FAMILY || read_other, "{d:?}");
         }
+        Dest::BadLength => assert_eq!(d.status, name_status::BAD_LENGTH),
         Dest::Unreadable => assert!(
-            ![name_status::NONE, name_status::READ, name_status::OTHER_FAMILY].contains(&d.status),
+            ![name_status::NONE, name_status::READ, name_status::OTHER_FAMILY, name_status::BAD_LENGTH]
+                .contains(&d.status),
             "{d:?}"
         ),
     }

@@ -28,6 +28,12 @@ pub mod name_status {
     pub const UNREADABLE: u8 = 2;
     /// Read, but of another family (only the family is kept).
     pub const OTHER_FAMILY: u8 = 3;
+    /// `msg_namelen` is negative, or shorter than the address of the family it declares (the
+    /// kernel's minimums: `sizeof(struct sockaddr_in)` = 16 in `udp_sendmsg`,
+    /// `SIN6_LEN_RFC2133` = 24 in `udpv6_sendmsg`; 2 for any family). The kernel refuses the
+    /// message (EINVAL), so there is no destination to report; nothing past the declared length
+    /// was read. The family is kept when the declared length covers it.
+    pub const BAD_LENGTH: u8 = 4;
 }
 
 /// A message's explicit destination, as the caller gave it.
@@ -248,35 +254,42 @@ impl CallRecord {
 pub enum Counter {
     /// A finished call found the ring buffer full; its record was dropped.
     RingBufferFull = 0,
-    /// The in-flight map refused a new call (its record will be missing).
-    InflightInsertFailed = 1,
+    /// The in-flight map refused a new call: full (raise `OTEL_SENDMMSG_MAX_INFLIGHT`), or, rarely,
+    /// its lock was taken. The call's record is lost.
+    InflightFull = 1,
     /// A per-message hit on a thread with a call in flight that was not one of the call's
     /// messages (beyond `vlen`, or another socket); it was ignored.
     StrayMessages = 2,
-    /// An exit with no entry in flight (the sidecar attached mid-call, or the LRU map evicted it).
-    /// Not counted while entry filters are on: untraced processes' exits look the same.
+    /// An exit the entry hook never saw: the call began before the sidecar attached. Calls left
+    /// out by the filters or refused at entry are not counted here.
     ExitWithoutEntry = 3,
     /// A traced call dropped at exit by the duration or errors-only filter (not a loss).
     FilteredAtExit = 4,
+    /// A call whose exit never ran (a kretprobe out of instances, a program the kernel skipped),
+    /// found when the thread's next call entered. User space adds those of threads that died
+    /// first, which it removes from the in-flight map.
+    ExitMissed = 5,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 5] = [
+    pub const ALL: [Counter; 6] = [
         Counter::RingBufferFull,
-        Counter::InflightInsertFailed,
+        Counter::InflightFull,
         Counter::StrayMessages,
         Counter::ExitWithoutEntry,
         Counter::FilteredAtExit,
+        Counter::ExitMissed,
     ];
     pub const COUNT: u32 = Self::ALL.len() as u32;
 
     pub fn name(self) -> &'static str {
         match self {
             Counter::RingBufferFull => "ring_buffer_full",
-            Counter::InflightInsertFailed => "inflight_insert_failed",
+            Counter::InflightFull => "inflight_full",
             Counter::StrayMessages => "stray_messages",
             Counter::ExitWithoutEntry => "exit_without_entry",
             Counter::FilteredAtExit => "filtered_at_exit",
+            Counter::ExitMissed => "exit_missed",
         }
     }
 }

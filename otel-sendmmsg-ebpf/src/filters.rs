@@ -41,6 +41,13 @@ pub fn traced_at_entry(tgid: u32, flags: u32) -> bool {
     if flags & filter::SAMPLE != 0 && unsafe { bpf_get_prandom_u32() } >= settings().sample_below {
         return false;
     }
+    process_traced(tgid, flags)
+}
+
+/// Whether the current task matches every process filter that is on (pids, cgroups, names):
+/// the entry filters but the sampler, which is a draw, not a property of the task.
+#[inline(always)]
+pub fn process_traced(tgid: u32, flags: u32) -> bool {
     if flags & filter::PIDS != 0 && unsafe { FILTER_PIDS.get(&tgid) }.is_none() {
         return false;
     }

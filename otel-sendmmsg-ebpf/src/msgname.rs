@@ -15,9 +15,19 @@ const MMSGHDR_SIZE: u64 = 64;
 #[derive(Clone, Copy)]
 struct NameHead {
     name: u64,
-    namelen: u32,
+    namelen: i32,
     _pad: u32,
 }
+
+/// The shortest `msg_namelen` the kernel sends to, per family: `sizeof(struct sockaddr_in)`
+/// (`udp_sendmsg`, `raw_sendmsg`) and `SIN6_LEN_RFC2133` (`udpv6_sendmsg`, `rawv6_sendmsg`).
+/// A shorter name is refused with EINVAL, so it names no destination.
+const SOCKADDR_IN_LEN: i32 = 16;
+const SIN6_LEN_RFC2133: i32 = 24;
+/// `sa_family`, the least any name must hold.
+const FAMILY_LEN: i32 = 2;
+/// [`SockaddrHead`].
+const HEAD_LEN: i32 = 8;
 
 /// `sockaddr_in6` up to its address; its first 8 bytes are laid out as `sockaddr_in`'s.
 #[repr(C)]
@@ -69,30 +79,59 @@ pub fn read_destinations(msgvec: u64, vlen: u32, detail: &mut [MessageResult; MA
     }
 }
 
-/// Fills what `dest`'s status says is valid (family and port when read or of another family,
-/// the address when read) and returns that status; nothing else is written, so no zeroing
-/// `memset` is needed.
+/// Fills what `dest`'s status says is valid (the family, when it was within the declared
+/// length; the port and address when read) and returns that status; nothing else is written,
+/// so no zeroing `memset` is needed. Reads only the `msg_namelen` bytes the caller declared:
+/// past them may be another object of the caller's, or unmapped.
 #[inline(always)]
 fn read_one(mmsghdr: u64, dest: &mut Destination) -> u8 {
     // SAFETY: user memory read through the helper, which fails cleanly on a bad address.
     let Ok(head) = (unsafe { bpf_probe_read_user(mmsghdr as *const NameHead) }) else {
         return name_status::UNREADABLE;
     };
-    if head.name == 0 || head.namelen == 0 {
+    // The kernel's order (`__copy_msghdr`): no pointer is no name whatever the length; then a
+    // negative length is refused; a zero one is no name.
+    if head.name == 0 {
         return name_status::NONE; // the connected peer
     }
+    let namelen = head.namelen;
+    if namelen < 0 {
+        return name_status::BAD_LENGTH;
+    }
+    if namelen == 0 {
+        return name_status::NONE;
+    }
+    if namelen < FAMILY_LEN {
+        return name_status::BAD_LENGTH;
+    }
+    if namelen < HEAD_LEN {
+        // Too short for any IP address: only the family is declared.
+        // SAFETY: as above.
+        let Ok(family) = (unsafe { bpf_probe_read_user(head.name as *const u16) }) else {
+            return name_status::UNREADABLE;
+        };
+        dest.family = family;
+        return if family == AF_INET || family == AF_INET6 {
+            name_status::BAD_LENGTH
+        } else {
+            name_status::OTHER_FAMILY
+        };
+    }
+    // SAFETY: as above; 8 bytes, within the declared length.
     let Ok(sa) = (unsafe { bpf_probe_read_user(head.name as *const SockaddrHead) }) else {
         return name_status::UNREADABLE;
     };
     dest.family = sa.family;
     dest.port_be = sa.port_be;
     match sa.family {
+        AF_INET if namelen < SOCKADDR_IN_LEN => name_status::BAD_LENGTH,
         AF_INET => {
             // SAFETY: 4 in-bounds bytes of a [u8; 16].
             unsafe { core::ptr::write_unaligned(dest.addr.as_mut_ptr().cast(), sa.v4_or_flowinfo) };
             name_status::READ
         }
-        // sin6_addr follows sin6_flowinfo, at offset 8.
+        AF_INET6 if namelen < SIN6_LEN_RFC2133 => name_status::BAD_LENGTH,
+        // sin6_addr follows sin6_flowinfo, at offset 8: bytes 8..24, within the declared length.
         AF_INET6 => match unsafe { bpf_probe_read_user((head.name + 8) as *const [u8; 16]) } {
             Ok(addr) => {
                 dest.addr = addr;

@@ -5,24 +5,53 @@
 //! rejects the BTF of BPF-to-BPF calls that bpf-linker emits for shared functions).
 //!
 //! Each thread's call lives in `INFLIGHT` between entry and exit. Only the thread that owns an
-//! entry ever touches it (a thread runs on one CPU at a time), so no atomics are needed.
+//! entry ever touches it (a thread runs on one CPU at a time), so no atomics are needed. Every
+//! call whose record cannot be made is counted once, where it is lost: refused at entry
+//! (`inflight_full`), its exit missed (`exit_missed`, when the thread's next call finds the
+//! entry still there; user space counts those of threads that died), begun before the entry
+//! hook was attached (`exit_without_entry`).
 
 use core::ptr::write_volatile;
 
 use aya_ebpf::{
-    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    bindings::{BPF_ANY, BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, generated::bpf_get_current_comm},
     macros::map,
-    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
 use otel_sendmmsg_common::{filter, record_flags, CallRecord, Counter, MAX_VLEN, RECORD_VERSION};
 
 use crate::{context, filters, msgname, socket};
 
-/// Calls in flight, by thread id. LRU, so an entry whose exit never comes (the sidecar attached
-/// mid-call) is evicted instead of leaking. User space resizes it at load time.
+/// Calls in flight, by thread id. A plain hash map, not an LRU one: an LRU map makes room by
+/// evicting another thread's call in progress, silently (its exit then looks like a call begun
+/// before attach), and not always the oldest; a full plain map refuses the new call, which is
+/// counted exactly where it happens. An entry whose exit never came is found again by the
+/// thread's next call, or removed by user space once its thread is gone. User space resizes it
+/// at load time (`OTEL_SENDMMSG_MAX_INFLIGHT`).
 #[map]
-static INFLIGHT: LruHashMap<u32, CallRecord> = LruHashMap::with_max_entries(4096, 0);
+static INFLIGHT: HashMap<u32, CallRecord> = HashMap::with_max_entries(4096, 0);
+
+/// `PID_MAX_LIMIT` on 64-bit kernels: no thread id reaches it, whatever `pid_max` becomes.
+const PID_MAX_LIMIT: u32 = 4 * 1024 * 1024;
+
+/// Why a thread's current call has no `INFLIGHT` entry, one byte per thread id, eight to a
+/// value (4 MiB): so an exit that finds no entry knows whether its call was left out on
+/// purpose ([`untraced::FILTERED`]), refused and already counted ([`untraced::REFUSED`]), or
+/// never seen at all (0: it began before the entry hook was attached). Threads on other CPUs
+/// write other bytes of a value with single-byte stores: no update is lost.
+#[map]
+static UNTRACED: Array<[u8; 8]> = Array::with_max_entries(PID_MAX_LIMIT / 8, 0);
+
+mod untraced {
+    /// An entry filter or the sampler left the call out.
+    pub const FILTERED: u8 = 1;
+    /// `INFLIGHT` refused it; counted as `inflight_full` at entry.
+    pub const REFUSED: u8 = 2;
+}
+
+/// `EEXIST`, as the map helpers return it (negated).
+const EEXIST: i64 = 17;
 
 /// Finished calls for user space. User space resizes it at load time.
 #[map]
@@ -64,10 +93,51 @@ pub struct CallArgs {
     pub flags: u32,
 }
 
+/// The thread's byte of `UNTRACED`.
+#[inline(always)]
+fn untraced_slot(tid: u32) -> Option<*mut u8> {
+    let word = UNTRACED.get_ptr_mut(tid / 8)?;
+    // SAFETY: `tid % 8` is inside the 8-byte value.
+    Some(unsafe { word.cast::<u8>().add((tid % 8) as usize) })
+}
+
+#[inline(always)]
+fn set_untraced(tid: u32, why: u8) {
+    if let Some(slot) = untraced_slot(tid) {
+        // SAFETY: a byte of a map value; volatile: one byte store, never widened.
+        unsafe { core::ptr::write_volatile(slot, why) };
+    }
+}
+
+/// Reads the thread's reason and clears it.
+#[inline(always)]
+fn take_untraced(tid: u32) -> u8 {
+    let Some(slot) = untraced_slot(tid) else {
+        return 0;
+    };
+    // SAFETY: as in `set_untraced`.
+    let why = unsafe { core::ptr::read_volatile(slot) };
+    if why != 0 {
+        unsafe { core::ptr::write_volatile(slot, 0) };
+    }
+    why
+}
+
+/// The call could not be given an entry: counted here, and marked so its exit is not counted
+/// again.
+#[inline(always)]
+fn refuse(tid: u32) {
+    count(Counter::InflightFull);
+    set_untraced(tid, untraced::REFUSED);
+}
+
 #[inline(always)]
 fn count(counter: Counter) {
     if let Some(n) = COUNTERS.get_ptr_mut(counter as u32) {
-        // SAFETY: per-CPU slot; BPF programs are not preempted on their CPU.
+        // SAFETY: this CPU's slot. Tracepoint, kprobe and raw tracepoint programs run with
+        // preemption off, so nothing else touches it between the load and the store. (fentry
+        // and fexit ones run with only migration off: on a fully preemptible kernel an increment
+        // could be lost there; the BPF target's `core` has no atomic add to use instead.)
         unsafe { *n += 1 };
     }
 }
@@ -97,6 +167,7 @@ pub fn on_entry(args: CallArgs) {
     } else {
         let flags = filters::settings().flags;
         if flags & filter::AT_ENTRY != 0 && !filters::traced_at_entry(tgid, flags) {
+            set_untraced(tid, untraced::FILTERED);
             return;
         }
     }
@@ -138,9 +209,33 @@ pub fn on_entry(args: CallArgs) {
     // The rest of `detail` is filled by the per-message hook; slots past what the counters say
     // are never read.
     msgname::read_destinations(args.msgvec, args.vlen, &mut rec.detail);
-    if INFLIGHT.insert(tid, &*rec, 0).is_err() {
-        count(Counter::InflightInsertFailed);
+    match INFLIGHT.insert(tid, &*rec, u64::from(BPF_NOEXIST)) {
+        Ok(()) => {}
+        Err(e) if i64::from(e) == -EEXIST => {
+            // A thread is inside one sendmmsg at a time: the entry left is a call whose exit was
+            // missed (a kretprobe out of instances, a program the kernel skipped), unless its
+            // exit ran and only the delete failed (then it has an end).
+            // SAFETY: the entry is this thread's (see the module's doc).
+            if let Some(old) = INFLIGHT.get_ptr(tid) {
+                if unsafe { (*old).end_ns } == 0 {
+                    count(Counter::ExitMissed);
+                }
+            }
+            // Replacing an existing key needs no free slot, so this fails only if user space
+            // removed the entry meanwhile and the map filled up.
+            if INFLIGHT.insert(tid, &*rec, u64::from(BPF_ANY)).is_err() {
+                refuse(tid);
+                return;
+            }
+        }
+        // Full (E2BIG), or the map's bucket lock unavailable: either way this call is lost.
+        Err(_) => {
+            refuse(tid);
+            return;
+        }
     }
+    // A mark left by an earlier call whose exit was missed: not this call's.
+    let _ = take_untraced(tid);
 }
 
 /// One message of the thread's call finished sending: `ret` is bytes sent or a negative errno.
@@ -187,8 +282,13 @@ pub fn on_exit(ret: i64) {
     let (tgid, tid) = current_ids();
     let settings = filters::settings();
     let Some(rec) = INFLIGHT.get_ptr_mut(tid) else {
-        // With entry filters on, every untraced call ends here: not an anomaly.
-        if !is_self(tgid) && settings.flags & filter::AT_ENTRY == 0 {
+        // Left out at entry on purpose, or refused and counted then: only a call the entry hook
+        // never saw (begun before it was attached) is counted here, if it is of a process the
+        // filters trace (the sampler cannot be asked after the fact: such a call counts).
+        if take_untraced(tid) == 0
+            && !is_self(tgid)
+            && (settings.flags & filter::AT_ENTRY == 0 || filters::process_traced(tgid, settings.flags))
+        {
             count(Counter::ExitWithoutEntry);
         }
         return;
@@ -228,5 +328,7 @@ pub fn on_exit(ret: i64) {
             count(Counter::RingBufferFull);
         }
     }
+    // Should the delete fail, the entry has an end: the thread's next call will not take it
+    // for a missed exit, and user space removes it.
     let _ = INFLIGHT.remove(tid);
 }

@@ -270,8 +270,11 @@ fn stop(session: Session) -> Option<Seen> {
             Some(Seen {
                 traced: summary.spans
                     + summary.get("ring_buffer_full")
-                    + summary.get("inflight_insert_failed"),
-                lost: summary.get("ring_buffer_full") + summary.get("inflight_insert_failed"),
+                    + summary.get("inflight_full")
+                    + summary.get("exit_missed"),
+                lost: summary.get("ring_buffer_full")
+                    + summary.get("inflight_full")
+                    + summary.get("exit_missed"),
             })
         }
         Session::Bpftrace(bpftrace) => Some(Seen { traced: bpftrace.stop(), lost: 0 }),
@@ -521,7 +524,7 @@ fn overhead(settings: &Settings) -> String {
          its counted losses, bpftrace's @calls; host-wide, so other processes' calls add to it) \
          over what the workload's calls should give (one span per call; in detail spans, one more \
          per message up to 64), over all rounds and shapes; \"lost records\": the sidecar's \
-         ring_buffer_full + inflight_insert_failed."
+         ring_buffer_full + inflight_full + exit_missed."
     );
     for (what, why) in unavailable {
         let _ = writeln!(out, "\n{what}: unavailable: {why}");
@@ -568,7 +571,7 @@ fn pipeline(settings: &Settings) -> String {
     );
     let _ = writeln!(
         out,
-        "| protocol | calls/s asked | calls/s made | calls | spans expected | spans received | ring_buffer_full | inflight_insert_failed | export_queue_full | export_failed | accounted | all delivered | sidecar CPU per 10k spans/s | peak RSS (VmHWM) | RSS at end |"
+        "| protocol | calls/s asked | calls/s made | calls | spans expected | spans received | ring_buffer_full | inflight_full + exit_missed | export_queue_full | export_failed | accounted | all delivered | sidecar CPU per 10k spans/s | peak RSS (VmHWM) | RSS at end |"
     );
     let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---:|---:|---:|");
     let mut best: Vec<String> = Vec::new();
@@ -621,7 +624,8 @@ fn pipeline(settings: &Settings) -> String {
             let per_call = per_call(&setup, settings.pipeline_vlen);
             let expected = run.calls * per_call;
             let lost_records = summary.get("ring_buffer_full")
-                + summary.get("inflight_insert_failed")
+                + summary.get("inflight_full")
+                + summary.get("exit_missed")
                 + summary.get("undecodable_records");
             let lost_export = summary.get("export_queue_full") + summary.get("export_failed");
             let accounted = received + lost_records * per_call + lost_export;
@@ -647,7 +651,7 @@ fn pipeline(settings: &Settings) -> String {
                 run.calls as f64 / run.seconds,
                 run.calls,
                 summary.get("ring_buffer_full"),
-                summary.get("inflight_insert_failed"),
+                summary.get("inflight_full") + summary.get("exit_missed"),
                 summary.get("export_queue_full"),
                 summary.get("export_failed"),
                 if accounted == expected { "yes".to_owned() } else { format!("NO ({accounted})") },
@@ -666,7 +670,7 @@ fn pipeline(settings: &Settings) -> String {
         "\nHighest rate asked with every span delivered: {}.\n\"spans expected\": one per call (in \
          detail spans, one more per message up to 64). \"accounted\": spans received + the \
          sidecar's loss counters (export_queue_full, export_failed; ring_buffer_full, \
-         inflight_insert_failed and undecodable_records count calls, times spans per call) = \
+         inflight_full, exit_missed and undecodable_records count calls, times spans per call) = \
          spans expected. CPU: the sidecar's utime+stime from the workload's start to its exit \
          (the final flush included) over the spans received. Peak RSS includes start-up.",
         best.join(", ")

@@ -48,6 +48,9 @@ pub enum Dest {
     Unreadable,
     /// An address family other than IPv4/IPv6.
     OtherFamily(u16),
+    /// `msg_namelen` negative or shorter than its family's address: the kernel refused the
+    /// message (EINVAL), so it names no destination.
+    BadLength,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -93,6 +96,7 @@ fn dest(d: &Destination) -> Dest {
             None => Dest::OtherFamily(d.family),
         },
         name_status::OTHER_FAMILY => Dest::OtherFamily(d.family),
+        name_status::BAD_LENGTH => Dest::BadLength,
         _ => Dest::Unreadable,
     }
 }
@@ -323,7 +327,7 @@ pub(crate) mod tests {
     #[test]
     fn destinations_cover_vlen_not_just_the_messages_sent() {
         let mut rec = record(&[10]);
-        rec.vlen = 3;
+        rec.vlen = 4;
         rec.detail[0].dest = Destination {
             status: name_status::READ,
             family: libc::AF_INET6 as u16,
@@ -334,10 +338,17 @@ pub(crate) mod tests {
         rec.detail[1].dest = Destination { status: name_status::UNREADABLE, ..Default::default() };
         rec.detail[2].dest =
             Destination { status: name_status::OTHER_FAMILY, family: 1, ..Default::default() };
+        rec.detail[3].dest =
+            Destination { status: name_status::BAD_LENGTH, family: 2, port_be: 53, ..Default::default() };
         let call = decode(&bytes_of(&rec)).unwrap();
         assert_eq!(
             call.destinations,
-            vec![Dest::Addr("[::1]:443".parse().unwrap()), Dest::Unreadable, Dest::OtherFamily(1)]
+            vec![
+                Dest::Addr("[::1]:443".parse().unwrap()),
+                Dest::Unreadable,
+                Dest::OtherFamily(1),
+                Dest::BadLength
+            ]
         );
         assert_eq!(call.detail.len(), 1);
     }

@@ -411,6 +411,22 @@ mod tests {
     }
 
     #[test]
+    fn a_msg_name_shorter_than_its_address_names_no_destination() {
+        let mut call = decode(&bytes_of(&record(&[10, 20]))).unwrap();
+        call.socket = Some(udp4_socket(None));
+        let a: SocketAddr = "10.0.0.1:53".parse().unwrap();
+        // The kernel refused the second message for its length: it went nowhere.
+        call.destinations = vec![Dest::Addr(a), Dest::BadLength];
+        let span = span_for(&call, &clock(), PER_MESSAGE);
+        assert_eq!(attr(&span, "network.peer.address"), None, "not every message went to it");
+        assert_eq!(attr(&span, "sendmmsg.msg_name.unreadable_index"), None, "it was readable");
+        assert!(!span.events[1].attributes.iter().any(|kv| kv.key.as_str().starts_with("network.peer")));
+        call.destinations = vec![Dest::BadLength, Dest::BadLength];
+        let span = span_for(&call, &clock(), PER_MESSAGE);
+        assert_eq!(attr(&span, "network.peer.address"), None);
+    }
+
+    #[test]
     fn unix_sockets_are_unix_and_other_protocols_keep_their_number() {
         let unix = Socket {
             family: libc::AF_UNIX as u16,

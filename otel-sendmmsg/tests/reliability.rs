@@ -74,9 +74,15 @@ fn hostile_callers_get_correct_spans_and_leave_nothing_in_flight() {
         receiver.spans_of(threads_pid).iter().map(|s| s.int("thread.id").unwrap()).collect();
     assert_eq!(tids.len(), 2000, "one span per thread, each with its own thread id");
 
-    for key in
-        ["ring_buffer_full", "inflight_insert_failed", "stray_messages", "undecodable_records", "inflight"]
-    {
+    for key in [
+        "ring_buffer_full",
+        "inflight_full",
+        "exit_missed",
+        "exit_without_entry",
+        "stray_messages",
+        "undecodable_records",
+        "inflight",
+    ] {
         assert_eq!(summary_count(&stopped.stderr, key), 0, "{key}: {}", stopped.stderr);
     }
 }
@@ -210,7 +216,8 @@ fn collector_outage_under_load(protocol: Protocol, comm: &str) {
     let count = |key| summary_count(log, key);
     let dropped_by_export = count("export_queue_full") + count("export_failed");
     let dropped_before_export = count("ring_buffer_full")
-        + count("inflight_insert_failed")
+        + count("inflight_full")
+        + count("exit_missed")
         + count("exit_without_entry")
         + count("undecodable_records");
     assert!(dropped_by_export > 0, "a 20 s outage under load cost nothing?\n{log}");
@@ -248,7 +255,7 @@ fn collector_outage_under_load(protocol: Protocol, comm: &str) {
     for reason in ["export_queue_full", "export_failed"] {
         assert_eq!(metric("otel_sendmmsg.spans.dropped", Some(reason)), count(reason), "{reason}");
     }
-    for reason in ["ring_buffer_full", "inflight_insert_failed", "exit_without_entry"] {
+    for reason in ["ring_buffer_full", "inflight_full", "exit_missed", "exit_without_entry"] {
         assert_eq!(metric("otel_sendmmsg.records.dropped", Some(reason)), count(reason), "{reason}");
     }
     assert_eq!(metric("otel_sendmmsg.records.dropped", Some("undecodable")), count("undecodable_records"));
@@ -302,5 +309,37 @@ fn a_process_that_execs_mid_call_gets_each_programs_spans() {
     }
     for key in ["inflight", "exit_without_entry", "ring_buffer_full", "stray_messages"] {
         assert_eq!(summary_count(&stopped.stderr, key), 0, "{key}: {}", stopped.stderr);
+    }
+}
+
+/// A destination whose `msg_namelen` is shorter than its family's address, ending where the
+/// caller's memory ends (the next page is inaccessible): the kernel refuses it with EINVAL, and
+/// the span names no destination, neither an address nor an unreadable one (which a read past
+/// the declared length would have met).
+#[test]
+fn a_msg_name_shorter_than_its_address_names_no_destination() {
+    require_root();
+    let receiver = Receiver::start(Protocol::Grpc);
+    let caller = renamed_workload("short-name");
+    let sidecar = grpc_sidecar(&receiver, &[("OTEL_SENDMMSG_COMMS", "short-name")]);
+    let calls = workload_calls(Command::new(&caller).arg("short-msg-name"));
+    let stopped = sidecar.stop();
+    assert!(stopped.status.success(), "{}", stopped.stderr);
+
+    assert_eq!(calls.len(), 3, "{calls:#?}");
+    for call in &calls {
+        assert_eq!((call.ret, call.errno), (-1, libc::EINVAL), "the kernel refuses it: {call:?}");
+    }
+    let spans = receiver.spans_of(calls[0].pid);
+    assert_eq!(spans.len(), 3, "{}", stopped.stderr);
+    for (span, call) in spans.iter().zip(&calls) {
+        let ctx = format!("{}: {:#?}", call.scenario, span.span.attributes);
+        assert_eq!(span.int("thread.id"), Some(call.tid as i64), "{ctx}");
+        assert_eq!(span.str("error.type"), Some("EINVAL"), "{ctx}");
+        assert_eq!(span.int("sendmmsg.msg_name.unreadable_index"), None, "{ctx}");
+        assert!(!span.span.attributes.iter().any(|kv| kv.key.starts_with("network.peer")), "{ctx}");
+        for event in &span.span.events {
+            assert!(!event.attributes.iter().any(|kv| kv.key.starts_with("network.peer")), "{ctx}");
+        }
     }
 }

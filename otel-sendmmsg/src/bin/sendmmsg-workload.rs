@@ -7,7 +7,7 @@
 //!                                         not-socket bad-msgvec refused-mid-batch vlen-zero
 //!                                         bad-msg-name udp4-in-thread slow-unix null-msgvec
 //!                                         vlen-over-limit killed-mid-call exec-mid-call
-//!                                         threads-N
+//!                                         short-msg-name threads-N blocked-N
 //!     sendmmsg-workload loop SECONDS VLEN [CALLS_PER_SECOND] [THREADS] [PAYLOAD_BYTES]
 //!                                         THREADS senders (default 1), each with its own UDP
 //!                                         socket connected to a loopback receiver that a thread
@@ -80,6 +80,31 @@ fn inaccessible_page() -> io::Result<*mut libc::c_void> {
         Err(io::Error::last_os_error())
     } else {
         Ok(page)
+    }
+}
+
+/// `bytes` copied to the very end of a readable page whose next page is inaccessible: a read
+/// of even one byte past them faults.
+fn at_page_end(bytes: &[u8]) -> io::Result<*mut libc::c_void> {
+    // SAFETY: a fresh anonymous mapping of two pages; the second is made inaccessible, the
+    // bytes are written inside the first.
+    unsafe {
+        let pages = libc::mmap(
+            std::ptr::null_mut(),
+            8192,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        );
+        if pages == libc::MAP_FAILED
+            || libc::mprotect(pages.cast::<u8>().add(4096).cast(), 4096, libc::PROT_NONE) != 0
+        {
+            return Err(io::Error::last_os_error());
+        }
+        let start = pages.cast::<u8>().add(4096 - bytes.len());
+        std::ptr::copy_nonoverlapping(bytes.as_ptr(), start, bytes.len());
+        Ok(start.cast())
     }
 }
 
@@ -186,6 +211,35 @@ fn scenario(name: &str) -> io::Result<()> {
             let dests = [dest.clone(), "unreadable".into(), dest];
             call(name, tx.as_raw_fd(), ptr, 3, 0, &[30, 31, 32], &dests, Some(&batch));
         }
+        "short-msg-name" => {
+            // A destination whose msg_namelen is shorter than its family's address, ending where
+            // the caller's memory ends: the kernel refuses it (EINVAL) and reads nothing past
+            // the declared length; a tracer must not either. One call per case, each a udp4 or
+            // udp6 socket's single message: an IPv4 head declared as 8 bytes (of the 16 the
+            // kernel wants), an IPv6 name declared as 20 (of 24), and 1 byte.
+            let v4 = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))?;
+            let v6 = UdpSocket::bind((Ipv6Addr::LOCALHOST, 0))?;
+            let mut sin = [0u8; 8];
+            sin[..2].copy_from_slice(&(libc::AF_INET as u16).to_ne_bytes());
+            sin[2..4].copy_from_slice(&53u16.to_be_bytes());
+            sin[4..8].copy_from_slice(&[127, 0, 0, 1]);
+            let mut sin6 = [0u8; 20];
+            sin6[..2].copy_from_slice(&(libc::AF_INET6 as u16).to_ne_bytes());
+            sin6[2..4].copy_from_slice(&53u16.to_be_bytes());
+            sin6[8..20].copy_from_slice(&Ipv6Addr::LOCALHOST.octets()[..12]);
+            let family = (libc::AF_INET as u16).to_ne_bytes();
+            let cases = [
+                ("short-msg-name-v4", v4.as_raw_fd(), &sin[..]),
+                ("short-msg-name-v6", v6.as_raw_fd(), &sin6[..]),
+                ("short-msg-name-1", v4.as_raw_fd(), &family[..1]),
+            ];
+            for (label, fd, name) in cases {
+                let mut batch = Batch::new(&[40], &[]);
+                batch.set_msg_name(0, at_page_end(name)?, name.len() as u32);
+                let ptr = batch.msgvec();
+                call(label, fd, ptr, 1, 0, &[40], &["bad-length".into()], Some(&batch));
+            }
+        }
         "udp4-in-thread" => {
             // A worker thread with a name of its own, as in most servers.
             let worker = std::thread::Builder::new().name("sender-thread".into()).spawn(move || {
@@ -257,6 +311,10 @@ fn scenario(name: &str) -> io::Result<()> {
             drop(reader);
             return Err(io::Error::other(format!("exec {}: {err}", target.to_string_lossy())));
         }
+        blocked if blocked.starts_with("blocked-") => {
+            let n: usize = blocked["blocked-".len()..].parse().map_err(|_| io::Error::other("blocked-N"))?;
+            blocked_at_once(n)?;
+        }
         threads if threads.starts_with("threads-") => {
             // N threads, one udp4 call each, all at once.
             let n: usize = threads["threads-".len()..].parse().map_err(|_| io::Error::other("threads-N"))?;
@@ -279,6 +337,76 @@ fn scenario(name: &str) -> io::Result<()> {
         other => {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("unknown scenario {other}")))
         }
+    }
+    Ok(())
+}
+
+/// `blocked-N`: one thread blocks in `sendmmsg` at once ("blocked-early"); then, after a line
+/// (or the end) of stdin, so a tracer can be started in between, N more ("blocked"); once all
+/// N + 1 are inside their call at the same time, every one is released. Each prints its call.
+fn blocked_at_once(n: usize) -> io::Result<()> {
+    let mut blocked = vec![blocked_sender("blocked-early")?];
+    wait_inside_sendmmsg(&blocked)?;
+    let mut line = String::new();
+    io::stdin().read_line(&mut line)?;
+    for _ in 0..n {
+        blocked.push(blocked_sender("blocked")?);
+    }
+    wait_inside_sendmmsg(&blocked)?;
+    let readers: Vec<_> = blocked
+        .iter_mut()
+        .map(|b| {
+            let rx = b.rx.take().expect("a reader end");
+            std::thread::spawn(move || {
+                rx.set_read_timeout(Some(Duration::from_millis(300))).ok();
+                let mut buf = [0u8; 65536];
+                while (&rx).read(&mut buf).is_ok_and(|n| n > 0) {}
+            })
+        })
+        .collect();
+    for b in blocked {
+        b.sender.join().map_err(|_| io::Error::other("sender panicked"))?;
+    }
+    for r in readers {
+        r.join().map_err(|_| io::Error::other("reader panicked"))?;
+    }
+    Ok(())
+}
+
+/// A thread about to block in `sendmmsg` on a full stream socket, and that socket's other end.
+struct BlockedSender {
+    tid: u32,
+    sender: std::thread::JoinHandle<()>,
+    rx: Option<std::os::unix::net::UnixStream>,
+}
+
+fn blocked_sender(label: &'static str) -> io::Result<BlockedSender> {
+    let (tx, rx) = std::os::unix::net::UnixStream::pair()?;
+    tx.set_nonblocking(true)?;
+    while (&tx).write(&[0u8; 4096]).is_ok() {}
+    tx.set_nonblocking(false)?;
+    let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+    let sender = std::thread::spawn(move || {
+        let _ = tid_tx.send(gettid());
+        send_batch(label, tx.as_raw_fd(), &[4096], &[], 0);
+    });
+    let tid = tid_rx.recv().map_err(|_| io::Error::other("sender thread died"))?;
+    Ok(BlockedSender { tid, sender, rx: Some(rx) })
+}
+
+/// Waits until every thread is inside `sendmmsg` (its `/proc` `syscall` file names it), at most
+/// 10 s.
+fn wait_inside_sendmmsg(threads: &[BlockedSender]) -> io::Result<()> {
+    let inside = |tid: u32| {
+        std::fs::read_to_string(format!("/proc/self/task/{tid}/syscall"))
+            .is_ok_and(|s| s.split_whitespace().next() == Some(&libc::SYS_sendmmsg.to_string()))
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !threads.iter().all(|t| inside(t.tid)) {
+        if Instant::now() > deadline {
+            return Err(io::Error::other("threads did not all block in sendmmsg within 10 s"));
+        }
+        std::thread::sleep(Duration::from_millis(10));
     }
     Ok(())
 }

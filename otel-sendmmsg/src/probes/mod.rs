@@ -6,6 +6,7 @@ pub mod choose;
 pub mod floor;
 pub mod hooks;
 pub mod kernel;
+pub mod kernel_misses;
 pub mod markers;
 pub mod offsets;
 pub mod selftest;
@@ -14,6 +15,7 @@ pub mod shared_context;
 use std::{
     any::Any,
     collections::HashSet,
+    os::fd::AsFd,
     path::{Path, PathBuf},
 };
 
@@ -53,6 +55,8 @@ pub struct Probes {
     entry_exit: Vec<Attached>,
     message: Vec<Attached>,
     markers: Vec<Attached>,
+    /// In-flight entries removed because their thread is gone: calls whose exit never ran.
+    exits_missed_swept: u64,
 }
 
 impl Probes {
@@ -116,6 +120,7 @@ impl Probes {
             entry_exit: Vec::new(),
             message: Vec::new(),
             markers: Vec::new(),
+            exits_missed_swept: 0,
         })
     }
 
@@ -274,19 +279,67 @@ impl Probes {
         Array::<_, u32>::try_from(map)?.set(0, tid, 0).context("setting the self-test thread")
     }
 
-    /// The BPF side's loss and anomaly counters, summed over CPUs, and the calls still in
-    /// flight (after detaching, anything left there would be a leak).
+    /// The BPF side's loss and anomaly counters, summed over CPUs (with the missed exits user
+    /// space found, [`Probes::sweep_inflight`]), the runs of our programs the kernel skipped
+    /// (`kernel_missed`), and the calls still in flight (after detaching, anything left there
+    /// would be a leak).
     pub fn counters(&self) -> Result<Vec<(&'static str, u64)>> {
         let map = self.ebpf.map("COUNTERS").context("map COUNTERS missing from the BPF object")?;
         let counters = PerCpuArray::<_, u64>::try_from(map)?;
         let mut out: Vec<(&'static str, u64)> = Counter::ALL
             .iter()
-            .map(|&c| Ok((c.name(), counters.get(&(c as u32), 0)?.iter().sum())))
+            .map(|&c| {
+                let n: u64 = counters.get(&(c as u32), 0)?.iter().sum();
+                let swept = if c == Counter::ExitMissed { self.exits_missed_swept } else { 0 };
+                Ok((c.name(), n + swept))
+            })
             .collect::<Result<_>>()?;
+        out.push(("kernel_missed", self.kernel_missed()));
         let inflight = self.ebpf.map("INFLIGHT").context("map INFLIGHT missing from the BPF object")?;
         let inflight = HashMap::<_, u32, CallRecord>::try_from(inflight)?;
         out.push(("inflight", inflight.keys().count() as u64));
         Ok(out)
+    }
+
+    /// Runs of our loaded programs the kernel skipped ([`kernel_misses`]), summed.
+    fn kernel_missed(&self) -> u64 {
+        self.loaded
+            .iter()
+            .filter_map(|name| self.ebpf.program(name)?.fd().ok())
+            .filter_map(|fd| kernel_misses::recursion_misses(fd.as_fd()).ok())
+            .sum()
+    }
+
+    /// Removes the in-flight entries no call will come back for: those of threads that no
+    /// longer exist (their exit never ran: counted as `exit_missed`), and those of calls that
+    /// did finish but whose delete failed (they have an end; not a loss). A thread that
+    /// still exists keeps its entry: its next call replaces and counts it. Returns the entries
+    /// removed.
+    pub fn sweep_inflight(&mut self, proc: &Path) -> Result<u64> {
+        let map = self.ebpf.map_mut("INFLIGHT").context("map INFLIGHT missing from the BPF object")?;
+        let mut inflight = HashMap::<_, u32, CallRecord>::try_from(map)?;
+        let tids: Vec<u32> = inflight.keys().filter_map(Result::ok).collect();
+        let mut removed = 0;
+        for tid in tids {
+            let Ok(call) = inflight.get(&tid, 0) else {
+                continue; // its exit came meanwhile
+            };
+            let finished = call.end_ns != 0;
+            if !finished && proc.join(format!("{}/task/{tid}", call.pid)).exists() {
+                continue;
+            }
+            // Only if it is still that call: the thread id may have been reused by a thread
+            // that entered sendmmsg since (its entry counted the stale one already).
+            if inflight.get(&tid, 0).is_ok_and(|now| now.start_ns == call.start_ns)
+                && inflight.remove(&tid).is_ok()
+            {
+                removed += 1;
+                if !finished {
+                    self.exits_missed_swept += 1;
+                }
+            }
+        }
+        Ok(removed)
     }
 
     fn program<'a, P>(&'a mut self, name: &str) -> Result<&'a mut P, String>
