@@ -8,6 +8,7 @@ pub mod hooks;
 pub mod kernel;
 pub mod markers;
 pub mod offsets;
+pub mod pin_dir;
 pub mod selftest;
 pub mod shared_context;
 
@@ -19,9 +20,9 @@ use std::{
 
 use anyhow::{anyhow, bail, Context, Result};
 use aya::{
-    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, MapData, MapError, PerCpuArray, RingBuf},
     programs::{uprobe::UProbeScope, FEntry, FExit, KProbe, TracePoint, UProbe},
-    Ebpf, EbpfLoader,
+    Ebpf, EbpfError, EbpfLoader,
 };
 use otel_sendmmsg_common::{
     filter, CallRecord, Counter, FilterSettings, KernelOffsets, CONTEXT_MARKER_SYMBOL,
@@ -89,34 +90,57 @@ impl Probes {
             sample_below: (filters.sample_ratio * f64::from(u32::MAX)) as u32,
             min_duration_ns: u64::try_from(filters.min_duration.as_nanos()).unwrap_or(u64::MAX),
         };
-        let mut loader = EbpfLoader::new();
-        // The kernel's BTF is already parsed: the loader would parse its own copy otherwise.
-        loader.btf(kernel.btf.as_ref().ok());
-        if let SharedMap::Pinned(path) = shared_context::prepare() {
-            loader.map_pin_path("TRACES_CTX", path);
+        let load = |pin: Option<PathBuf>| {
+            let mut loader = EbpfLoader::new();
+            // The kernel's BTF is already parsed: the loader would parse its own copy otherwise.
+            loader.btf(kernel.btf.as_ref().ok());
+            if let Some(path) = pin {
+                loader.map_pin_path("TRACES_CTX", path);
+            }
+            loader
+                .override_global("SELF_TGID", &self_tgid, true)
+                .override_global("SYSCALL_WRAPPER", &wrapper, true)
+                .override_global("OFFSETS", &offsets, true)
+                .override_global("FILTERS", &settings, true)
+                .override_global(
+                    "SIZES_AT_EXIT",
+                    &u32::from(config.message_detail == MessageDetail::Sizes),
+                    true,
+                )
+                // Wake the reader once an eighth of the ring is pending; its timer drains the rest.
+                .override_global("WAKEUP_BYTES", &u64::from(config.ring_buffer_bytes / 8), true)
+                .map_max_entries("INFLIGHT", config.max_inflight)
+                .map_max_entries("RECORDS", config.ring_buffer_bytes)
+                .load(BPF_OBJECT)
+        };
+        let load_error = |e: EbpfError| privilege_hint(anyhow!(e).context("loading the BPF object"));
+        let shared = shared_context::prepare();
+        let pinned = matches!(shared, SharedMap::Pinned { .. });
+        let mut ebpf = match load(shared.loader_path()) {
+            Err(EbpfError::MapError(e @ MapError::PinError { .. })) if pinned => {
+                shared_context::refuse(&format!("{:#}", anyhow!(e)));
+                load(None)
+            }
+            loaded => loaded,
         }
-        let mut ebpf = loader
-            .override_global("SELF_TGID", &self_tgid, true)
-            .override_global("SYSCALL_WRAPPER", &wrapper, true)
-            .override_global("OFFSETS", &offsets, true)
-            .override_global("FILTERS", &settings, true)
-            .override_global("SIZES_AT_EXIT", &u32::from(config.message_detail == MessageDetail::Sizes), true)
-            // Wake the reader once an eighth of the ring is pending; its timer drains the rest.
-            .override_global("WAKEUP_BYTES", &u64::from(config.ring_buffer_bytes / 8), true)
-            .map_max_entries("INFLIGHT", config.max_inflight)
-            .map_max_entries("RECORDS", config.ring_buffer_bytes)
-            .load(BPF_OBJECT)
-            .map_err(|e| privilege_hint(anyhow!(e).context("loading the BPF object")))?;
+        .map_err(load_error)?;
+        if pinned {
+            if let Err(why) = shared_context::loaded_info(&ebpf).and_then(|info| shared.confirm(&info)) {
+                shared_context::refuse(&why);
+                ebpf = load(None).map_err(load_error)?;
+            }
+        }
         fill_set(&mut ebpf, "FILTER_PIDS", filters.pids.iter().copied())?;
         fill_set(&mut ebpf, "FILTER_COMMS", filters.comms.iter().map(|c| comm_key(c)))?;
         fill_set(&mut ebpf, "FILTER_CGROUPS", cgroup_ids)?;
-        Ok(Probes {
+        let probes = Probes {
             ebpf,
             loaded: HashSet::new(),
             entry_exit: Vec::new(),
             message: Vec::new(),
             markers: Vec::new(),
-        })
+        };
+        Ok(probes)
     }
 
     /// Hands over the ring buffer the records arrive in; start reading it before attaching.
