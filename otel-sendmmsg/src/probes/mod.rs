@@ -3,6 +3,7 @@
 
 pub mod btf_types;
 pub mod choose;
+pub mod context_cleanup;
 pub mod floor;
 pub mod hooks;
 pub mod kernel;
@@ -54,10 +55,12 @@ pub struct Probes {
     entry_exit: Vec<Attached>,
     message: Vec<Attached>,
     markers: Vec<Attached>,
+    context_cleanup: Vec<Attached>,
 }
 
 impl Probes {
-    /// Loads the BPF object, sized by `config`; no program is loaded into the kernel yet.
+    /// Loads the BPF object, sized by `config`, and attaches the trace-context cleanup; no
+    /// other program is loaded into the kernel yet.
     pub fn load(config: &Config, kernel: &Kernel) -> Result<Self> {
         if let Some(why) = kernel.locked_down() {
             bail!(why);
@@ -133,13 +136,20 @@ impl Probes {
         fill_set(&mut ebpf, "FILTER_PIDS", filters.pids.iter().copied())?;
         fill_set(&mut ebpf, "FILTER_COMMS", filters.comms.iter().map(|c| comm_key(c)))?;
         fill_set(&mut ebpf, "FILTER_CGROUPS", cgroup_ids)?;
-        let probes = Probes {
+        let mut probes = Probes {
             ebpf,
             loaded: HashSet::new(),
             entry_exit: Vec::new(),
             message: Vec::new(),
             markers: Vec::new(),
+            context_cleanup: Vec::new(),
         };
+        let sweep = matches!(shared, SharedMap::Pinned { existing: Some(_), .. });
+        if let Err(e) = probes.attach_context_cleanup(sweep) {
+            warn!(
+                "{e}: a thread that gets the tid of one that published a context may inherit its parent span"
+            );
+        }
         Ok(probes)
     }
 
@@ -285,6 +295,7 @@ impl Probes {
         self.detach_entry_exit();
         self.detach_message();
         self.markers.clear();
+        self.context_cleanup.clear();
     }
 
     /// What is attached now, for the log.
