@@ -53,7 +53,7 @@ fi
 # Probes attach through tracefs; pinned maps live in bpffs. Neither is mounted on every boot.
 if ((mounts)); then
   mountpoint -q /sys/kernel/tracing || mount -t tracefs nodev /sys/kernel/tracing
-  mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf
+  mountpoint -q /sys/fs/bpf || mount -t bpf -o mode=0700 bpf /sys/fs/bpf
 fi
 
 if ((tests)); then

@@ -88,7 +88,7 @@ fn start_as_nobody(
     vars: &[(&str, &str)],
 ) -> Result<Sidecar, (std::process::ExitStatus, String)> {
     let caps: Vec<&str> = caps.iter().map(String::as_str).collect();
-    Sidecar::try_start_command(setpriv(NOBODY, &caps, true, binary), vars)
+    Sidecar::try_start_command(in_own_bpffs(&setpriv(NOBODY, &caps, true, binary)), vars)
 }
 
 /// A `/proc/PID/status` field's first value.
@@ -322,8 +322,11 @@ fn as_the_image_runs_it_file_capabilities_and_the_bounding_set_decide() {
     let receiver = Receiver::start(Protocol::Grpc);
     let all = names(CAPABILITIES);
     let all: Vec<&str> = all.iter().map(String::as_str).collect();
-    let sidecar = Sidecar::try_start_command(setpriv(NOBODY, &all, false, &binary), &otlp_vars(&receiver))
-        .unwrap_or_else(|(status, log)| panic!("it did not start ({status}):\n{log}"));
+    let sidecar = Sidecar::try_start_command(
+        in_own_bpffs(&setpriv(NOBODY, &all, false, &binary)),
+        &otlp_vars(&receiver),
+    )
+    .unwrap_or_else(|(status, log)| panic!("it did not start ({status}):\n{log}"));
     let effective = u64::from_str_radix(&status_field(sidecar.pid(), "CapEff"), 16).unwrap();
     assert_eq!(effective, mask(CAPABILITIES), "raised from the permitted set: {effective:#x}");
     assert_traces_a_call(&receiver, sidecar);

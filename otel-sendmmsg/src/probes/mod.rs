@@ -3,12 +3,14 @@
 
 pub mod btf_types;
 pub mod choose;
+pub mod context_cleanup;
 pub mod floor;
 pub mod hooks;
 pub mod kernel;
 pub mod kernel_misses;
 pub mod markers;
 pub mod offsets;
+pub mod pin_dir;
 pub mod selftest;
 pub mod shared_context;
 
@@ -21,9 +23,9 @@ use std::{
 
 use anyhow::{anyhow, bail, Context, Result};
 use aya::{
-    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, MapData, MapError, PerCpuArray, RingBuf},
     programs::{uprobe::UProbeScope, FEntry, FExit, KProbe, TracePoint, UProbe},
-    Ebpf, EbpfLoader,
+    Ebpf, EbpfError, EbpfLoader,
 };
 use otel_sendmmsg_common::{
     filter, CallRecord, Counter, FilterSettings, KernelOffsets, CONTEXT_MARKER_SYMBOL,
@@ -57,10 +59,12 @@ pub struct Probes {
     markers: Vec<Attached>,
     /// In-flight entries removed because their thread is gone: calls whose exit never ran.
     exits_missed_swept: u64,
+    context_cleanup: Vec<Attached>,
 }
 
 impl Probes {
-    /// Loads the BPF object, sized by `config`; no program is loaded into the kernel yet.
+    /// Loads the BPF object, sized by `config`, and attaches the trace-context cleanup; no
+    /// other program is loaded into the kernel yet.
     pub fn load(config: &Config, kernel: &Kernel) -> Result<Self> {
         if let Some(why) = kernel.locked_down() {
             bail!(why);
@@ -93,35 +97,65 @@ impl Probes {
             sample_below: (filters.sample_ratio * f64::from(u32::MAX)) as u32,
             min_duration_ns: u64::try_from(filters.min_duration.as_nanos()).unwrap_or(u64::MAX),
         };
-        let mut loader = EbpfLoader::new();
-        // The kernel's BTF is already parsed: the loader would parse its own copy otherwise.
-        loader.btf(kernel.btf.as_ref().ok());
-        if let SharedMap::Pinned(path) = shared_context::prepare() {
-            loader.map_pin_path("TRACES_CTX", path);
+        let load = |pin: Option<PathBuf>| {
+            let mut loader = EbpfLoader::new();
+            // The kernel's BTF is already parsed: the loader would parse its own copy otherwise.
+            loader.btf(kernel.btf.as_ref().ok());
+            if let Some(path) = pin {
+                loader.map_pin_path("TRACES_CTX", path);
+            }
+            loader
+                .override_global("SELF_TGID", &self_tgid, true)
+                .override_global("SYSCALL_WRAPPER", &wrapper, true)
+                .override_global("OFFSETS", &offsets, true)
+                .override_global("FILTERS", &settings, true)
+                .override_global(
+                    "SIZES_AT_EXIT",
+                    &u32::from(config.message_detail == MessageDetail::Sizes),
+                    true,
+                )
+                // Wake the reader once an eighth of the ring is pending; its timer drains the rest.
+                .override_global("WAKEUP_BYTES", &u64::from(config.ring_buffer_bytes / 8), true)
+                .map_max_entries("INFLIGHT", config.max_inflight)
+                .map_max_entries("RECORDS", config.ring_buffer_bytes)
+                .load(BPF_OBJECT)
+        };
+        let load_error = |e: EbpfError| privilege_hint(anyhow!(e).context("loading the BPF object"));
+        let shared = shared_context::prepare();
+        let pinned = matches!(shared, SharedMap::Pinned { .. });
+        let mut ebpf = match load(shared.loader_path()) {
+            Err(EbpfError::MapError(e @ MapError::PinError { .. })) if pinned => {
+                shared_context::refuse(&format!("{:#}", anyhow!(e)));
+                load(None)
+            }
+            loaded => loaded,
         }
-        let mut ebpf = loader
-            .override_global("SELF_TGID", &self_tgid, true)
-            .override_global("SYSCALL_WRAPPER", &wrapper, true)
-            .override_global("OFFSETS", &offsets, true)
-            .override_global("FILTERS", &settings, true)
-            .override_global("SIZES_AT_EXIT", &u32::from(config.message_detail == MessageDetail::Sizes), true)
-            // Wake the reader once an eighth of the ring is pending; its timer drains the rest.
-            .override_global("WAKEUP_BYTES", &u64::from(config.ring_buffer_bytes / 8), true)
-            .map_max_entries("INFLIGHT", config.max_inflight)
-            .map_max_entries("RECORDS", config.ring_buffer_bytes)
-            .load(BPF_OBJECT)
-            .map_err(|e| privilege_hint(anyhow!(e).context("loading the BPF object")))?;
+        .map_err(load_error)?;
+        if pinned {
+            if let Err(why) = shared_context::loaded_info(&ebpf).and_then(|info| shared.confirm(&info)) {
+                shared_context::refuse(&why);
+                ebpf = load(None).map_err(load_error)?;
+            }
+        }
         fill_set(&mut ebpf, "FILTER_PIDS", filters.pids.iter().copied())?;
         fill_set(&mut ebpf, "FILTER_COMMS", filters.comms.iter().map(|c| comm_key(c)))?;
         fill_set(&mut ebpf, "FILTER_CGROUPS", cgroup_ids)?;
-        Ok(Probes {
+        let mut probes = Probes {
             ebpf,
             loaded: HashSet::new(),
             entry_exit: Vec::new(),
             message: Vec::new(),
             markers: Vec::new(),
             exits_missed_swept: 0,
-        })
+            context_cleanup: Vec::new(),
+        };
+        let sweep = matches!(shared, SharedMap::Pinned { existing: Some(_), .. });
+        if let Err(e) = probes.attach_context_cleanup(sweep) {
+            warn!(
+                "{e}: a thread that gets the tid of one that published a context may inherit its parent span"
+            );
+        }
+        Ok(probes)
     }
 
     /// Hands over the ring buffer the records arrive in; start reading it before attaching.
@@ -266,6 +300,7 @@ impl Probes {
         self.detach_entry_exit();
         self.detach_message();
         self.markers.clear();
+        self.context_cleanup.clear();
     }
 
     /// What is attached now, for the log.

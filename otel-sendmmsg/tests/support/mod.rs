@@ -597,6 +597,20 @@ pub fn setpriv(uid: u32, caps: &[&str], ambient: bool, program: &std::path::Path
     command
 }
 
+/// `command` in a mount namespace of its own with a fresh, empty bpffs (mode 0700, as systemd
+/// mounts it) at `/sys/fs/bpf`, gone with the namespace. For a sidecar that is not root: it
+/// would create `/sys/fs/bpf/otel` as its own user on the host, which root sidecars of later
+/// tests rightly refuse. It execs `command` in the end, so its pid is the command's.
+pub fn in_own_bpffs(command: &Command) -> Command {
+    let mut wrapped = Command::new("unshare");
+    wrapped
+        .args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+        .arg(r#"mount -t bpf -o mode=0700 bpf /sys/fs/bpf && exec "$0" "$@""#)
+        .arg(command.get_program())
+        .args(command.get_args());
+    wrapped
+}
+
 impl Sidecar {
     /// Like [`Sidecar::try_start`], for a prepared command that ends up exec'ing the sidecar
     /// (`setpriv ... otel-sendmmsg`), so its pid is the sidecar's.
