@@ -1,8 +1,10 @@
 //! Wires the data path together and runs it until the shutdown future resolves.
 
 use std::{
+    collections::HashMap,
     path::{Path, PathBuf},
-    time::Duration,
+    sync::Arc,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result};
@@ -18,11 +20,15 @@ use crate::{
     config::{Config, MetricsOutput, Output},
     export::{ExportStats, Exporter},
     probes::{choose::choose, kernel::Kernel, markers::Discovery, Probes},
-    process::{self, ProcessCache},
+    process::{
+        self,
+        resolver::{Answer, Job, Resolver},
+        ProcessCache, ProcessInfo, ReadRequest,
+    },
     records::Decoder,
     self_metrics::{self, SelfMetrics},
     shutdown::StopSignals,
-    spans::{span_for, MessageDetail, SpanOptions},
+    spans::{span_for, MessageDetail, SpanOptions, SyscallSpan},
 };
 
 /// How often new processes are looked at for the context marker: a process started from a file
@@ -33,6 +39,25 @@ pub const DRAIN_INTERVAL: Duration = Duration::from_millis(20);
 /// How often cached process metadata is checked against `/proc`: a reused pid is noticed within
 /// this long, and an exited process is forgotten one to two of these after it exits.
 const SWEEP_PROCESSES: Duration = Duration::from_secs(10);
+/// The longest a call's span waits for its process to be read from `/proc` (normally well
+/// under a millisecond); then it goes with what its thread's name says.
+const READ_DEADLINE: Duration = Duration::from_secs(1);
+/// Spans waiting for their process to be read, at most; beyond, they go at once with what their
+/// thread's name says. A flood of new processes cannot make us hold more.
+const MAX_WAITING: usize = 8192;
+
+/// Spans of processes being read from `/proc`, in the order their calls came, by pid.
+#[derive(Default)]
+struct Waiting {
+    by_pid: HashMap<u32, WaitingFor>,
+    spans: usize,
+}
+
+struct WaitingFor {
+    request: ReadRequest,
+    since: Instant,
+    spans: Vec<(SyscallSpan, String)>,
+}
 
 /// Records -> spans -> exporter, with the totals for the closing summary.
 struct Pipeline {
@@ -44,16 +69,41 @@ struct Pipeline {
     /// Spans handed to the exporter: calls' spans and their message child spans.
     spans: u64,
     undecodable: u64,
+    resolver: Resolver,
+    waiting: Waiting,
+    /// Processes named after their thread because reading them took too long or could not be
+    /// done (see [`process::resolver`]).
+    metadata_unavailable: u64,
 }
 
 impl Pipeline {
     fn handle(&mut self, item: &[u8]) {
         match self.decoder.decode(item) {
             Ok(call) => {
-                let process = self.processes.get(call.pid, &call.comm);
                 let span = span_for(&call, &self.clock, self.options);
                 self.spans += 1 + span.children.len() as u64;
-                self.exporter.export(span, process);
+                // Behind the calls of the same process that already wait, so they stay in order.
+                if let Some(waiting) = self.waiting.by_pid.get_mut(&call.pid) {
+                    waiting.spans.push((span, call.comm));
+                    self.waiting.spans += 1;
+                    return;
+                }
+                match self.processes.lookup(call.pid, &call.comm) {
+                    Ok(process) => self.exporter.export(span, process),
+                    Err(_) if self.waiting.spans >= MAX_WAITING => {
+                        self.metadata_unavailable += 1;
+                        let process = self.processes.provisional(call.pid, &call.comm);
+                        self.exporter.export(span, process);
+                    }
+                    Err(request) => {
+                        self.resolver.submit(Job::Read(request.clone()));
+                        let spans = vec![(span, call.comm)];
+                        self.waiting
+                            .by_pid
+                            .insert(call.pid, WaitingFor { request, since: Instant::now(), spans });
+                        self.waiting.spans += 1;
+                    }
+                }
             }
             Err(e) => {
                 self.undecodable += 1;
@@ -68,7 +118,11 @@ impl Pipeline {
     /// and what the exporter made of the spans. None when the BPF counters cannot be read.
     fn counts(&self, probes: &Probes) -> Option<Vec<(&'static str, u64)>> {
         let mut counts = probes.counters().ok()?;
-        counts.extend([("spans", self.spans), ("undecodable_records", self.undecodable)]);
+        counts.extend([
+            ("spans", self.spans),
+            ("undecodable_records", self.undecodable),
+            ("process_metadata_unavailable", self.metadata_unavailable),
+        ]);
         counts.extend(export_counters(&self.exporter.stats()));
         Some(counts)
     }
@@ -79,6 +133,81 @@ impl Pipeline {
         while let Some(item) = ring.next() {
             self.handle(&item);
         }
+        self.take_answers();
+    }
+
+    /// Takes in what the resolver threads have read, releasing the spans that waited for it,
+    /// and lets the spans of processes whose read is past its deadline go with what their
+    /// thread's name says.
+    fn take_answers(&mut self) {
+        let answers: Vec<Answer> = self.resolver.answers().collect();
+        for answer in answers {
+            match answer {
+                Answer::Read(request, outcome) => {
+                    let Some(waiting) = self.waiting.by_pid.remove(&request.pid) else {
+                        // Its spans went on at the deadline; the answer still replaces the
+                        // provisional entry for the process's later calls.
+                        if let Some(outcome) = outcome {
+                            self.processes.apply(&request, outcome, &[]);
+                        }
+                        continue;
+                    };
+                    let process = match outcome {
+                        Some(outcome) => {
+                            let comms: Vec<&str> =
+                                waiting.spans.iter().map(|(_, comm)| comm.as_str()).collect();
+                            self.processes.apply(&request, outcome, &comms)
+                        }
+                        None => {
+                            self.metadata_unavailable += 1;
+                            self.processes.provisional(request.pid, &request.comm)
+                        }
+                    };
+                    self.release(waiting, process);
+                }
+                Answer::Sweep(identities) => {
+                    let forgotten = self.processes.apply_sweep(identities);
+                    debug!("process metadata: {forgotten} forgotten, {} kept", self.processes.len());
+                }
+            }
+        }
+        self.expire_waiting(Instant::now() - READ_DEADLINE);
+        self.resolver.check_stalls();
+    }
+
+    /// Lets go, with what their thread's name says, the spans of every process whose read was
+    /// asked for before `asked_before`.
+    fn expire_waiting(&mut self, asked_before: Instant) {
+        let late: Vec<u32> = self
+            .waiting
+            .by_pid
+            .iter()
+            .filter(|(_, w)| w.since <= asked_before)
+            .map(|(pid, _)| *pid)
+            .collect();
+        for pid in late {
+            let waiting = self.waiting.by_pid.remove(&pid).expect("listed");
+            self.metadata_unavailable += 1;
+            let process = self.processes.provisional(pid, &waiting.request.comm);
+            self.release(waiting, process);
+        }
+    }
+
+    fn release(&mut self, waiting: WaitingFor, process: Arc<ProcessInfo>) {
+        self.waiting.spans -= waiting.spans.len();
+        for (span, _) in waiting.spans {
+            self.exporter.export(span, process.clone());
+        }
+    }
+
+    /// At shutdown: every waiting span goes, read or not, within [`READ_DEADLINE`].
+    async fn release_all_waiting(&mut self) {
+        let until = Instant::now() + READ_DEADLINE;
+        while !self.waiting.by_pid.is_empty() && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            self.take_answers();
+        }
+        self.expire_waiting(Instant::now());
     }
 }
 
@@ -95,7 +224,7 @@ pub async fn run(config: Config, mut signals: StopSignals) -> Result<()> {
         .map_err(|e| anyhow::anyhow!("watching the ring buffer: {e}"))?;
     let mut pipeline = Pipeline {
         exporter: Exporter::new(&config.output)?,
-        processes: ProcessCache::new("/proc", process::DEFAULT_CAPACITY),
+        processes: ProcessCache::new(process::DEFAULT_CAPACITY),
         // Until a per-message hook has proved itself, calls carry no trustworthy message detail.
         options: SpanOptions {
             per_message: false,
@@ -106,6 +235,9 @@ pub async fn run(config: Config, mut signals: StopSignals) -> Result<()> {
         decoder: Decoder::default(),
         spans: 0,
         undecodable: 0,
+        resolver: Resolver::start("/proc").context("starting the /proc reader threads")?,
+        waiting: Waiting::default(),
+        metadata_unavailable: 0,
     };
     let metrics = start_self_metrics(&config.metrics);
     let want_message_hook = config.message_detail != MessageDetail::Sizes;
@@ -162,8 +294,8 @@ pub async fn run(config: Config, mut signals: StopSignals) -> Result<()> {
                 }
             }
             _ = sweep.tick() => {
-                let forgotten = pipeline.processes.sweep();
-                debug!("process metadata: {forgotten} forgotten, {} kept", pipeline.processes.len());
+                // Read on a resolver thread; the answer comes back through the drain.
+                pipeline.resolver.submit(Job::Sweep(pipeline.processes.pids()));
                 sweep_inflight(&mut probes);
             }
         }
@@ -176,9 +308,13 @@ pub async fn run(config: Config, mut signals: StopSignals) -> Result<()> {
     );
     probes.detach();
     pipeline.drain(records.get_mut());
+    pipeline.release_all_waiting().await;
     // Threads that died with their exit missed: counted, not left as a leak.
     sweep_inflight(&mut probes);
-    let mut counts = vec![("undecodable_records", pipeline.undecodable)];
+    let mut counts = vec![
+        ("undecodable_records", pipeline.undecodable),
+        ("process_metadata_unavailable", pipeline.metadata_unavailable),
+    ];
     match probes.counters() {
         Ok(counters) => counts.extend(counters),
         Err(e) => warn!("reading the BPF counters: {e:#}"),

@@ -13,13 +13,12 @@
 //! `/proc/PID/stat`): its spans carry the new program from its first call, not from the next
 //! sweep.
 
-use std::{
-    num::NonZeroUsize,
-    path::{Path, PathBuf},
-    sync::Arc,
-};
+use std::{num::NonZeroUsize, path::Path, sync::Arc};
 
 use lru::LruCache;
+
+pub mod read;
+pub mod resolver;
 
 /// Processes remembered at once; beyond it the least recently seen is forgotten (and read again
 /// if it calls again). Each entry is a few short strings.
@@ -60,91 +59,131 @@ impl ProcessInfo {
     }
 }
 
-/// Known processes by pid, least recently used first out.
+/// Known processes by pid, least recently used first out. The cache itself never touches
+/// `/proc`: [`ProcessCache::lookup`] answers from memory or says a read is needed, a resolver
+/// thread does the read with [`read_process`] (see [`resolver`]), and
+/// [`ProcessCache::apply`] takes its answer in.
 pub struct ProcessCache {
-    /// `/proc`, or a test's directory laid out like it.
-    root: PathBuf,
     entries: LruCache<u32, Entry>,
 }
 
-struct Entry {
+#[derive(Clone, Debug)]
+pub struct Entry {
     /// The process the entry describes, as `/proc/PID/stat` said when it was read; `None` when
-    /// the process was already gone.
+    /// the process was already gone, or could not be read in time.
     identity: Option<Stat>,
     /// A sweep found the process gone; the next sweep forgets it.
     gone: bool,
+    /// Made from the calling thread's name alone because reading the process took too long:
+    /// it answers every lookup until the read's answer replaces it.
+    provisional: bool,
     info: Arc<ProcessInfo>,
     /// Names of the threads whose calls were checked against this entry; at most
     /// [`THREAD_NAMES`], beyond which new names are left to the sweep.
     threads: Vec<String>,
 }
 
+/// What a resolver thread must do for a call of `pid` from thread `comm`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReadRequest {
+    pub pid: u32,
+    pub comm: String,
+    /// The identity the cache holds for `pid` (a thread name not seen before: perhaps the
+    /// first call after an exec), or `None` when nothing is cached.
+    pub known: Option<Option<Stat>>,
+}
+
+/// A resolver thread's answer to a [`ReadRequest`].
+#[derive(Clone, Debug)]
+pub enum ReadOutcome {
+    /// The cached entry still describes the process: the new thread is one of its own.
+    Unchanged,
+    /// The process as read now.
+    Read(Entry),
+}
+
 impl ProcessCache {
-    pub fn new(root: impl Into<PathBuf>, capacity: NonZeroUsize) -> ProcessCache {
-        ProcessCache { root: root.into(), entries: LruCache::new(capacity) }
+    pub fn new(capacity: NonZeroUsize) -> ProcessCache {
+        ProcessCache { entries: LruCache::new(capacity) }
     }
 
-    /// The process `pid`, from the cache or read now. `comm` (the calling thread's name, from
-    /// the record) stands in for the executable and service name when the process is already
-    /// gone, as short-lived ones often are by the time their record is read. Never fails.
-    pub fn get(&mut self, pid: u32, comm: &str) -> Arc<ProcessInfo> {
-        if let Some(entry) = self.entries.get_mut(&pid) {
-            if entry.threads.iter().any(|known| known == comm) || entry.threads.len() >= THREAD_NAMES {
-                return entry.info.clone();
+    /// The process `pid` for a call from thread `comm`, if the cache can say without reading
+    /// `/proc`; otherwise what must be read.
+    pub fn lookup(&mut self, pid: u32, comm: &str) -> Result<Arc<ProcessInfo>, ReadRequest> {
+        let Some(entry) = self.entries.get_mut(&pid) else {
+            return Err(ReadRequest { pid, comm: comm.to_owned(), known: None });
+        };
+        if entry.provisional
+            || entry.threads.iter().any(|known| known == comm)
+            || entry.threads.len() >= THREAD_NAMES
+        {
+            return Ok(entry.info.clone());
+        }
+        Err(ReadRequest { pid, comm: comm.to_owned(), known: Some(entry.identity.clone()) })
+    }
+
+    /// Takes a read's answer in, and returns the process for the calls that waited for it,
+    /// whose threads' names are `comms`: the read happened after all of them, so it describes
+    /// each.
+    pub fn apply(&mut self, request: &ReadRequest, outcome: ReadOutcome, comms: &[&str]) -> Arc<ProcessInfo> {
+        let entry = match (outcome, self.entries.get_mut(&request.pid)) {
+            (ReadOutcome::Unchanged, Some(entry)) => entry,
+            (ReadOutcome::Unchanged, None) => {
+                // Forgotten meanwhile (evicted or swept): what the calls' thread says.
+                self.entries.put(request.pid, Entry::from_comm(request.pid, &request.comm, false));
+                self.entries.get_mut(&request.pid).expect("just put")
             }
-            // A thread not seen before: perhaps the first call after an exec.
-            let now = read_stat(&self.root.join(pid.to_string()));
-            if entry.identity.is_none() || now.is_none() || now == entry.identity {
-                entry.threads.push(comm.to_owned());
-                return entry.info.clone();
+            (ReadOutcome::Read(entry), _) => {
+                self.entries.put(request.pid, entry);
+                self.entries.get_mut(&request.pid).expect("just put")
+            }
+        };
+        entry.provisional = false;
+        for comm in comms {
+            if entry.threads.len() < THREAD_NAMES && !entry.threads.iter().any(|known| known == comm) {
+                entry.threads.push((*comm).to_owned());
             }
         }
-        let entry = self.read(pid, comm);
+        entry.info.clone()
+    }
+
+    /// The process `pid` when its read did not answer in time: named after its thread for now,
+    /// and so for its later calls until the read answers.
+    pub fn provisional(&mut self, pid: u32, comm: &str) -> Arc<ProcessInfo> {
+        let entry = Entry::from_comm(pid, comm, true);
         let info = entry.info.clone();
         self.entries.put(pid, entry);
         info
     }
 
-    fn read(&self, pid: u32, comm: &str) -> Entry {
-        let dir = self.root.join(pid.to_string());
-        let Some(stat) = read_stat(&dir) else {
-            let info = Arc::new(ProcessInfo::from_comm(pid, comm));
-            return Entry { identity: None, gone: false, info, threads: vec![comm.to_owned()] };
-        };
-        let executable_name = std::fs::read_link(dir.join("exe"))
-            .ok()
-            .and_then(|target| executable_name(&target))
-            .or_else(|| (!stat.comm.is_empty()).then(|| stat.comm.clone()))
-            .or_else(|| (!comm.is_empty()).then(|| comm.to_owned()));
-        let service_name = std::fs::read(dir.join("environ"))
-            .ok()
-            .and_then(|environ| service_name_from_environ(&environ))
-            .or_else(|| executable_name.clone())
-            .unwrap_or_else(|| UNKNOWN_SERVICE.to_owned());
-        let container_id =
-            std::fs::read_to_string(dir.join("cgroup")).ok().and_then(|cgroups| container_id(&cgroups));
-        let info = ProcessInfo { pid, executable_name, service_name, container_id };
-        Entry { identity: Some(stat), gone: false, info: Arc::new(info), threads: vec![comm.to_owned()] }
+    /// The pids a sweep must look at.
+    pub fn pids(&self) -> Vec<u32> {
+        self.entries.iter().map(|(pid, _)| *pid).collect()
     }
 
-    /// Forgets processes that are no longer what their entry describes: at once when the pid
-    /// now belongs to another process (another start time) or the process changed its name (an
-    /// `exec`, which may bring another executable and environment); one sweep after it is
-    /// first found gone. Returns how many entries were forgotten.
-    pub fn sweep(&mut self) -> usize {
-        let mut forget = Vec::new();
-        for (pid, entry) in self.entries.iter_mut() {
-            match read_stat(&self.root.join(pid.to_string())) {
-                None if entry.gone => forget.push(*pid),
-                None => entry.gone = true,
-                Some(now) if entry.identity.as_ref() != Some(&now) => forget.push(*pid),
-                Some(_) => {}
+    /// Forgets processes that are no longer what their entry describes, given each one's
+    /// identity now (`None`: gone): at once when the pid now belongs to another process (another
+    /// start time) or the process changed its name (an `exec`, which may bring another
+    /// executable and environment); one sweep after it is first found gone. Returns how many
+    /// entries were forgotten.
+    pub fn apply_sweep(&mut self, now: Vec<(u32, Option<Stat>)>) -> usize {
+        let mut forgotten = 0;
+        for (pid, now) in now {
+            let Some(entry) = self.entries.peek_mut(&pid) else { continue };
+            let forget = match now {
+                None if entry.gone => true,
+                None => {
+                    entry.gone = true;
+                    false
+                }
+                Some(now) => entry.identity.as_ref() != Some(&now),
+            };
+            if forget {
+                self.entries.pop(&pid);
+                forgotten += 1;
             }
         }
-        for pid in &forget {
-            self.entries.pop(pid);
-        }
-        forget.len()
+        forgotten
     }
 
     pub fn len(&self) -> usize {
@@ -156,20 +195,76 @@ impl ProcessCache {
     }
 }
 
+impl Entry {
+    /// What can be said of a process from its calling thread's name alone.
+    fn from_comm(pid: u32, comm: &str, provisional: bool) -> Entry {
+        Entry {
+            identity: None,
+            gone: false,
+            provisional,
+            info: Arc::new(ProcessInfo::from_comm(pid, comm)),
+            threads: vec![comm.to_owned()],
+        }
+    }
+}
+
+/// Answers a [`ReadRequest`] from `/proc` (`root`): the only code that reads a traced process's
+/// files for its resource, each read bounded ([`read`]). Runs on a resolver thread: any of these
+/// reads may take as long as the process makes it.
+pub fn read_process(root: &Path, request: &ReadRequest) -> ReadOutcome {
+    let ReadRequest { pid, comm, known } = request;
+    let dir = root.join(pid.to_string());
+    let stat = read_stat(&dir);
+    if let Some(identity) = known {
+        if identity.is_none() || stat.is_none() || stat == *identity {
+            return ReadOutcome::Unchanged;
+        }
+    }
+    let Some(stat) = stat else {
+        return ReadOutcome::Read(Entry::from_comm(*pid, comm, false));
+    };
+    let executable_name = std::fs::read_link(dir.join("exe"))
+        .ok()
+        .and_then(|target| executable_name(&target))
+        .or_else(|| (!stat.comm.is_empty()).then(|| stat.comm.clone()))
+        .or_else(|| (!comm.is_empty()).then(|| comm.clone()));
+    let service_name = read::open(&dir, "environ")
+        .ok()
+        .and_then(|environ| service_name_from_environ(environ, read::ENVIRON_SCAN_CAP))
+        .or_else(|| executable_name.clone())
+        .unwrap_or_else(|| UNKNOWN_SERVICE.to_owned());
+    let container_id = read::read_capped(&dir, "cgroup", read::CGROUP_CAP)
+        .ok()
+        .and_then(|cgroups| container_id(&String::from_utf8_lossy(&cgroups)));
+    let info = ProcessInfo { pid: *pid, executable_name, service_name, container_id };
+    ReadOutcome::Read(Entry {
+        identity: Some(stat),
+        gone: false,
+        provisional: false,
+        info: Arc::new(info),
+        threads: vec![comm.clone()],
+    })
+}
+
+/// Each pid's identity now, for [`ProcessCache::apply_sweep`]; on a resolver thread.
+pub fn read_identities(root: &Path, pids: Vec<u32>) -> Vec<(u32, Option<Stat>)> {
+    pids.into_iter().map(|pid| (pid, read_stat(&root.join(pid.to_string())))).collect()
+}
+
 /// What identifies a process behind a pid: its start time (clock ticks after boot) and name.
 #[derive(Clone, Debug, PartialEq, Eq)]
-struct Stat {
+pub struct Stat {
     comm: String,
     start_time: u64,
 }
 
 fn read_stat(dir: &Path) -> Option<Stat> {
-    parse_stat(&std::fs::read_to_string(dir.join("stat")).ok()?)
+    parse_stat(&String::from_utf8_lossy(&read::read_capped(dir, "stat", read::STAT_CAP).ok()?))
 }
 
 /// `/proc/PID/stat`: `pid (comm) state ppid ...`, the start time being field 22. The name may
 /// hold spaces and parentheses, so it ends at the last `)`.
-fn parse_stat(stat: &str) -> Option<Stat> {
+pub fn parse_stat(stat: &str) -> Option<Stat> {
     let open = stat.find('(')?;
     let close = stat.rfind(')')?;
     let comm = stat.get(open + 1..close)?.to_owned();
@@ -186,13 +281,13 @@ fn executable_name(target: &Path) -> Option<String> {
     (!name.is_empty()).then(|| name.to_owned())
 }
 
-/// The process's `OTEL_SERVICE_NAME` from `/proc/PID/environ` (NUL-separated `KEY=VALUE`
-/// entries), as its own SDK reads it: when the key is repeated the first entry is the one
-/// `getenv` returns (glibc, musl, Go and CPython all take the first), and an empty value means
-/// unset, as the specification says.
-pub fn service_name_from_environ(environ: &[u8]) -> Option<String> {
-    let value = environ.split(|b| *b == 0).find_map(|entry| entry.strip_prefix(b"OTEL_SERVICE_NAME="))?;
-    let value = String::from_utf8_lossy(value);
+/// The process's `OTEL_SERVICE_NAME` from its environment block (`/proc/PID/environ`:
+/// NUL-separated `KEY=VALUE` entries), as its own SDK reads it: when the key is repeated the
+/// first entry is the one `getenv` returns (glibc, musl, Go and CPython all take the first),
+/// and an empty value means unset, as the specification says. Reads at most `scan_cap` bytes.
+pub fn service_name_from_environ(environ: impl std::io::Read, scan_cap: u64) -> Option<String> {
+    let value = read::find_variable(environ, b"OTEL_SERVICE_NAME", scan_cap)?;
+    let value = String::from_utf8_lossy(&value);
     let value = value.trim();
     (!value.is_empty()).then(|| value.to_owned())
 }
@@ -241,7 +336,7 @@ fn is_container_id(s: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use std::os::unix::fs::symlink;
+    use std::{os::unix::fs::symlink, path::PathBuf};
 
     use super::*;
 
@@ -312,19 +407,25 @@ mod tests {
     #[test]
     fn otel_service_name_is_read_as_getenv_would() {
         let environ = b"PATH=/bin\0OTEL_SERVICE_NAME=checkout\0HOME=/\0";
-        assert_eq!(service_name_from_environ(environ).as_deref(), Some("checkout"));
+        assert_eq!(service_name_from_environ(&environ[..], 1 << 20).as_deref(), Some("checkout"));
         // No trailing NUL.
-        assert_eq!(service_name_from_environ(b"OTEL_SERVICE_NAME=a").as_deref(), Some("a"));
+        assert_eq!(service_name_from_environ(&b"OTEL_SERVICE_NAME=a"[..], 1 << 20).as_deref(), Some("a"));
         // Repeated: getenv returns the first.
         let twice = b"OTEL_SERVICE_NAME=first\0OTEL_SERVICE_NAME=second\0";
-        assert_eq!(service_name_from_environ(twice).as_deref(), Some("first"));
+        assert_eq!(service_name_from_environ(&twice[..], 1 << 20).as_deref(), Some("first"));
         // Empty means unset, even when a later entry has a value the app's getenv never sees.
-        assert_eq!(service_name_from_environ(b"OTEL_SERVICE_NAME=\0"), None);
-        assert_eq!(service_name_from_environ(b"OTEL_SERVICE_NAME=\0OTEL_SERVICE_NAME=x\0"), None);
-        assert_eq!(service_name_from_environ(b"OTEL_SERVICE_NAME=  \0"), None);
+        assert_eq!(service_name_from_environ(&b"OTEL_SERVICE_NAME=\0"[..], 1 << 20), None);
+        assert_eq!(
+            service_name_from_environ(&b"OTEL_SERVICE_NAME=\0OTEL_SERVICE_NAME=x\0"[..], 1 << 20),
+            None
+        );
+        assert_eq!(service_name_from_environ(&b"OTEL_SERVICE_NAME=  \0"[..], 1 << 20), None);
         // Other variables that merely contain the name.
-        assert_eq!(service_name_from_environ(b"MY_OTEL_SERVICE_NAME=x\0OTEL_SERVICE_NAMES=y\0"), None);
-        assert_eq!(service_name_from_environ(b""), None);
+        assert_eq!(
+            service_name_from_environ(&b"MY_OTEL_SERVICE_NAME=x\0OTEL_SERVICE_NAMES=y\0"[..], 1 << 20),
+            None
+        );
+        assert_eq!(service_name_from_environ(&b""[..], 1 << 20), None);
     }
 
     #[test]
@@ -341,6 +442,33 @@ mod tests {
         assert_eq!(executable_name(Path::new("/usr/sbin/unbound")).as_deref(), Some("unbound"));
         assert_eq!(executable_name(Path::new("/opt/app/server (deleted)")).as_deref(), Some("server"));
         assert_eq!(executable_name(Path::new("/")), None);
+    }
+
+    /// The cache with its reads done at once, as a resolver thread does them.
+    struct SyncCache {
+        root: PathBuf,
+        cache: ProcessCache,
+    }
+
+    impl SyncCache {
+        fn get(&mut self, pid: u32, comm: &str) -> Arc<ProcessInfo> {
+            match self.cache.lookup(pid, comm) {
+                Ok(info) => info,
+                Err(request) => {
+                    let outcome = read_process(&self.root, &request);
+                    self.cache.apply(&request, outcome, &[comm])
+                }
+            }
+        }
+
+        fn sweep(&mut self) -> usize {
+            let pids = self.cache.pids();
+            self.cache.apply_sweep(read_identities(&self.root, pids))
+        }
+
+        fn len(&self) -> usize {
+            self.cache.len()
+        }
     }
 
     /// A directory laid out like `/proc`, removed when dropped.
@@ -370,8 +498,8 @@ mod tests {
             std::fs::remove_dir_all(self.0.join(pid.to_string())).unwrap();
         }
 
-        fn cache(&self, capacity: usize) -> ProcessCache {
-            ProcessCache::new(&self.0, NonZeroUsize::new(capacity).unwrap())
+        fn cache(&self, capacity: usize) -> SyncCache {
+            SyncCache { root: self.0.clone(), cache: ProcessCache::new(NonZeroUsize::new(capacity).unwrap()) }
         }
     }
 
@@ -499,6 +627,21 @@ mod tests {
     }
 
     #[test]
+    fn a_provisional_entry_answers_until_the_read_does() {
+        let proc = FakeProc::new("provisional");
+        proc.process(50, "slow", 1, "/bin/slow-app", b"OTEL_SERVICE_NAME=slow-svc\0", "");
+        let mut cache = proc.cache(4);
+        let request = cache.cache.lookup(50, "worker").unwrap_err();
+        // The read did not answer in time: the thread's name stands in, for every thread.
+        assert_eq!(cache.cache.provisional(50, "worker").service_name, "worker");
+        assert_eq!(cache.cache.lookup(50, "other-thread").unwrap().service_name, "worker");
+        // Its answer replaces it.
+        let outcome = read_process(&proc.0, &request);
+        assert_eq!(cache.cache.apply(&request, outcome, &["worker"]).service_name, "slow-svc");
+        assert_eq!(cache.get(50, "worker").service_name, "slow-svc");
+    }
+
+    #[test]
     fn the_cache_is_bounded_least_recently_used_first_out() {
         let proc = FakeProc::new("bounded");
         for pid in 1..=3 {
@@ -517,7 +660,7 @@ mod tests {
 
     #[test]
     fn this_process_as_the_real_proc_shows_it() {
-        let mut cache = ProcessCache::new("/proc", DEFAULT_CAPACITY);
+        let mut cache = SyncCache { root: "/proc".into(), cache: ProcessCache::new(DEFAULT_CAPACITY) };
         let me = cache.get(std::process::id(), "ignored");
         let exe = std::env::current_exe().unwrap();
         assert_eq!(me.executable_name.as_deref(), exe.file_name().and_then(|n| n.to_str()));
