@@ -40,6 +40,8 @@ const METRICS: &[(&str, &str, Option<&str>)] = &[
     ("stray_messages", "otel_sendmmsg.messages.stray", None),
     // A cause, not more calls: its losses are already among `records.dropped`.
     ("kernel_missed", "otel_sendmmsg.programs.missed", None),
+    // Spans still delivered, under a resource named after their thread.
+    ("process_metadata_unavailable", "otel_sendmmsg.processes.unread", None),
 ];
 
 /// Not a running total: the calls inside `sendmmsg` right now.
@@ -172,6 +174,9 @@ fn description(metric: &str) -> &'static str {
         }
         "otel_sendmmsg.programs.missed" => {
             "runs of the sidecar's BPF programs the kernel skipped (their calls are counted in records.dropped)"
+        }
+        "otel_sendmmsg.processes.unread" => {
+            "processes whose spans went under a resource named after their thread: reading /proc took too long"
         }
         _ => "",
     }

@@ -254,8 +254,8 @@ pub fn read_identities(root: &Path, pids: Vec<u32>) -> Vec<(u32, Option<Stat>)> 
 /// What identifies a process behind a pid: its start time (clock ticks after boot) and name.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Stat {
-    comm: String,
-    start_time: u64,
+    pub comm: String,
+    pub start_time: u64,
 }
 
 fn read_stat(dir: &Path) -> Option<Stat> {
