@@ -24,6 +24,8 @@ APT_PACKAGES=(rustc-web cargo-web libstd-rust-web-dev-bpf llvm-22-dev libpolly-2
               protobuf-compiler)
 # The tests validate the compose file and run the sidecar with file capabilities.
 ((tests)) && APT_PACKAGES+=(docker-compose libcap2-bin util-linux)
+# tests/hostile_processes.rs serves a FUSE file whose read never returns.
+((tests)) && APT_PACKAGES+=(python3-fusepy)
 BPF_LINKER_VERSION=0.13.0
 
 missing=()
