@@ -1,6 +1,6 @@
 //! Bounded reads of another process's `/proc` files. Everything there is the other process's to
-//! shape: its environment may be gigabytes (`prctl(PR_SET_MM_MAP)` needs no privilege), backed
-//! by memory whose reading never returns (a FUSE file it serves itself), its cgroup path as long
+//! shape: its environment may be gigabytes (`prctl(PR_SET_MM_MAP)` needs no privilege), in
+//! memory whose reading never returns (see [`super::resolver`]), its cgroup path as long
 //! as a delegated hierarchy allows. So every read here takes at most a fixed number of bytes,
 //! keeps only what it looks for, and runs on a resolver thread, never on the event loop
 //! (see [`super::resolver`]).

@@ -1,6 +1,7 @@
 //! Threads that read traced processes' `/proc` files, so the event loop never waits on another
-//! process. A read can take as long as the process makes it (an environment backed by a FUSE
-//! file it serves itself blocks the reading thread in the kernel, beyond any signal), so:
+//! process. A read can take as long as the process makes it (a thread of it stuck reading its
+//! own mapping of a FUSE file it serves, while another queues for its memory lock, makes every
+//! reader of its memory, `/proc/PID/environ` included, wait in the kernel beyond any signal), so:
 //! - the event loop only hands over requests and takes answers that are ready;
 //! - a thread busy on one process for longer than [`STALLED_AFTER`] is written off: another
 //!   takes its place (up to [`MAX_THREADS`] in all), and further requests for processes of the
