@@ -26,7 +26,7 @@ use crate::{
     probes::{
         choose::choose,
         kernel::Kernel,
-        markers::{Discovery, Found},
+        markers::{printable, Discovery, Found},
         Probes,
     },
     process::{self, ProcessCache},
@@ -302,14 +302,14 @@ fn spawn_marker_scan(max_files: usize, refused: Arc<AtomicU64>) -> Result<mpsc::
 fn on_marker(probes: &mut Probes, found: Found) {
     match found {
         Found::Attach(marker) => match probes.attach_marker(&marker) {
-            Ok(()) => info!("context marker: attached to {}", marker.name.display()),
-            Err(e) => warn!("context marker: not attached to {}: {e}", marker.name.display()),
+            Ok(()) => info!("context marker: attached to {}", printable(&marker.name)),
+            Err(e) => warn!("context marker: not attached to {}: {e}", printable(&marker.name)),
         },
         Found::Release { id, name } => {
             if probes.release_marker(id) {
                 info!(
                     "context marker: released {} (no process maps it any more; {} files attached)",
-                    name.display(),
+                    printable(&name),
                     probes.markers_attached()
                 );
             }

@@ -217,7 +217,9 @@ impl Discovery {
     fn examine(&mut self, dir: &Path, mapping: &Mapping) -> Option<Marker> {
         self.files_read += 1;
         let opened = mapped_file::open(dir, mapping)
-            .inspect_err(|why| debug!("context marker: not looked into {}: {why}", mapping.path.display()))
+            .inspect_err(|why| {
+                debug!("context marker: not looked into {}: {}", printable(&mapping.path), why.escape_debug())
+            })
             .ok()?;
         let offset = marker_offset(&SizedFile { file: &opened.file, len: opened.len })?;
         let relative = mapping.path.strip_prefix("/").unwrap_or(&mapping.path);
@@ -227,8 +229,8 @@ impl Discovery {
         }
         debug!(
             "context marker: found in {} (offset {offset:#x}, through {})",
-            Path::new(&name).display(),
-            opened.via.display()
+            printable(Path::new(&name)),
+            printable(&opened.via)
         );
         Some(Marker { file: opened.file, id: mapping.file, offset, name: name.into() })
     }
@@ -240,13 +242,13 @@ impl Discovery {
                 "context marker: not attached to {}: {} files are attached already, the most \
                  OTEL_SENDMMSG_MAX_CONTEXT_FILES allows; raise it to trace more (files refused \
                  are counted as context_files_refused and tried again once a slot is free)",
-                name.display(),
+                printable(name),
                 self.max_files
             );
         } else {
             debug!(
                 "context marker: not attached to {}: {} files are attached already",
-                name.display(),
+                printable(name),
                 self.max_files
             );
         }
@@ -290,6 +292,12 @@ impl Discovery {
             }
         }
     }
+}
+
+/// A path another process chose, fit for one log line: a newline in it would forge a line of its
+/// own, so control characters (and quotes and backslashes, to stay unambiguous) are escaped.
+pub fn printable(path: &Path) -> String {
+    path.to_string_lossy().escape_debug().to_string()
 }
 
 /// Field 22 of /proc/PID/stat (after the parenthesised command name, which may hold spaces).
