@@ -160,13 +160,13 @@ fn on_overlayfs(fd: &OwnedFd) -> bool {
 /// follows that magic link to exactly the inode already checked, whatever is at any path now.
 /// `O_NONBLOCK` and a second `fstat` are belt and braces: it cannot have become another file.
 fn readable(fd: OwnedFd, id: FileId, via: PathBuf) -> Result<MappedFile, String> {
+    let checked_as =
+        fstat(&fd).map(|st| (st.st_dev, st.st_ino)).map_err(|e| format!("{}: fstat: {e}", via.display()))?;
     let again = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
     let reopened = open_path(&again, libc::O_RDONLY | libc::O_NONBLOCK | libc::O_CLOEXEC)
         .map_err(|e| format!("{}: reopening for reading: {e}", via.display()))?;
     let st = fstat(&reopened).map_err(|e| format!("{}: fstat: {e}", via.display()))?;
-    if st.st_mode & libc::S_IFMT != libc::S_IFREG
-        || (st.st_dev, st.st_ino) != fstat(&fd).map(|s| (s.st_dev, s.st_ino)).unwrap_or_default()
-    {
+    if st.st_mode & libc::S_IFMT != libc::S_IFREG || (st.st_dev, st.st_ino) != checked_as {
         return Err(format!("{}: changed identity when reopened", via.display()));
     }
     Ok(MappedFile { file: File::from(reopened), id, len: st.st_size.max(0) as u64, via })

@@ -16,8 +16,10 @@ use std::{
     path::{Path, PathBuf},
     sync::{
         atomic::{AtomicU64, Ordering},
+        mpsc::RecvTimeoutError,
         Arc,
     },
+    time::Duration,
 };
 
 use tracing::{debug, warn};
@@ -66,6 +68,27 @@ pub struct Discovery {
     refused: Arc<AtomicU64>,
     /// Files whose symbols were read since [`Discovery::take_files_read`] last asked.
     files_read: usize,
+    deadline: Deadline,
+    /// Devices of the files a look took longer than the deadline on, one per thread left stuck.
+    stuck: Vec<u64>,
+    /// [`look_into`], or a stand-in that stalls (tests).
+    look_into: fn(&Path, &Mapping) -> Option<Marker>,
+}
+
+/// How long looking into one file may take, and how many threads may be left stuck.
+#[derive(Clone, Copy, Debug)]
+pub struct Deadline {
+    pub each: Duration,
+    pub stuck_at_most: usize,
+}
+
+impl Default for Deadline {
+    /// A local file is opened and its symbols read in milliseconds (a large binary's `.symtab`,
+    /// a few hundred on a slow disk); 10 s is only ever reached by a filesystem that does not
+    /// answer. Four stuck threads cost their stacks (256 KiB each, mostly untouched).
+    fn default() -> Self {
+        Deadline { each: Duration::from_secs(10), stuck_at_most: 4 }
+    }
 }
 
 struct Process {
@@ -104,6 +127,9 @@ impl Discovery {
             attached: 0,
             refused,
             files_read: 0,
+            deadline: Deadline::default(),
+            stuck: Vec::new(),
+            look_into,
         }
     }
 
@@ -213,26 +239,49 @@ impl Discovery {
         }
     }
 
-    /// Opens the file `mapping` names in process `dir` and reads whether it exports the marker.
+    /// Looks into the file `mapping` names in process `dir`, on a thread of its own that is
+    /// given [`Deadline::each`]: a file on a filesystem its owner serves (FUSE) can make the
+    /// kernel wait on that owner in any lookup, `fstat` or read, forever. A thread still stuck
+    /// then is left behind (it ends when the filesystem answers; what it found is dropped), its
+    /// device is never looked into again, and after [`Deadline::stuck_at_most`] of them no new
+    /// file is, so neither the scan nor its threads can be held without bound.
     fn examine(&mut self, dir: &Path, mapping: &Mapping) -> Option<Marker> {
-        self.files_read += 1;
-        let opened = mapped_file::open(dir, mapping)
-            .inspect_err(|why| {
-                debug!("context marker: not looked into {}: {}", printable(&mapping.path), why.escape_debug())
-            })
-            .ok()?;
-        let offset = marker_offset(&SizedFile { file: &opened.file, len: opened.len })?;
-        let relative = mapping.path.strip_prefix("/").unwrap_or(&mapping.path);
-        let mut name = dir.join("root").join(relative).into_os_string();
-        if mapping.deleted {
-            name.push(" (deleted)");
+        if self.stuck.len() >= self.deadline.stuck_at_most || self.stuck.contains(&mapping.file.dev) {
+            return None;
         }
-        debug!(
-            "context marker: found in {} (offset {offset:#x}, through {})",
-            printable(Path::new(&name)),
-            printable(&opened.via)
-        );
-        Some(Marker { file: opened.file, id: mapping.file, offset, name: name.into() })
+        self.files_read += 1;
+        let (sender, receiver) = std::sync::mpsc::sync_channel(1);
+        let (dir, owned) = (dir.to_owned(), mapping.clone());
+        let look_into = self.look_into;
+        std::thread::Builder::new()
+            .name("marker-file".into())
+            .stack_size(256 << 10)
+            .spawn(move || {
+                let _ = sender.send(look_into(&dir, &owned));
+            })
+            .inspect_err(|e| warn!("context marker: no thread to look into a file: {e}"))
+            .ok()?;
+        match receiver.recv_timeout(self.deadline.each) {
+            Ok(found) => found,
+            Err(RecvTimeoutError::Disconnected) => None,
+            Err(RecvTimeoutError::Timeout) => {
+                self.stuck.push(mapping.file.dev);
+                warn!(
+                    "context marker: gave up on {} after {:?}: its filesystem (device {}:{}) does not \
+                     answer; files on it are not looked into again{}",
+                    printable(&mapping.path),
+                    self.deadline.each,
+                    libc::major(mapping.file.dev),
+                    libc::minor(mapping.file.dev),
+                    if self.stuck.len() >= self.deadline.stuck_at_most {
+                        "; that is the last such file: no new file is looked into from now on"
+                    } else {
+                        ""
+                    }
+                );
+                None
+            }
+        }
     }
 
     fn refuse(&mut self, name: &Path) {
@@ -298,6 +347,27 @@ impl Discovery {
 /// own, so control characters (and quotes and backslashes, to stay unambiguous) are escaped.
 pub fn printable(path: &Path) -> String {
     path.to_string_lossy().escape_debug().to_string()
+}
+
+/// Opens the file `mapping` names in process `dir` and reads whether it exports the marker.
+fn look_into(dir: &Path, mapping: &Mapping) -> Option<Marker> {
+    let opened = mapped_file::open(dir, mapping)
+        .inspect_err(|why| {
+            debug!("context marker: not looked into {}: {}", printable(&mapping.path), why.escape_debug())
+        })
+        .ok()?;
+    let offset = marker_offset(&SizedFile { file: &opened.file, len: opened.len })?;
+    let relative = mapping.path.strip_prefix("/").unwrap_or(&mapping.path);
+    let mut name = dir.join("root").join(relative).into_os_string();
+    if mapping.deleted {
+        name.push(" (deleted)");
+    }
+    debug!(
+        "context marker: found in {} (offset {offset:#x}, through {})",
+        printable(Path::new(&name)),
+        printable(&opened.via)
+    );
+    Some(Marker { file: opened.file, id: mapping.file, offset, name: name.into() })
 }
 
 /// Field 22 of /proc/PID/stat (after the parenthesised command name, which may hold spaces).
@@ -484,5 +554,49 @@ mod tests {
         // The genuine library, mapped under its own name, is found.
         proc.process(202, &[&genuine], false);
         assert_eq!(outcome(discovery.scan()), (vec!["genuine.so".to_string()], vec![]));
+    }
+
+    /// Stands in for a filesystem that never answers: files on devices of major 250.
+    fn stalling(dir: &Path, mapping: &Mapping) -> Option<Marker> {
+        if libc::major(mapping.file.dev) == 250 {
+            loop {
+                std::thread::sleep(Duration::from_secs(3600));
+            }
+        }
+        look_into(dir, mapping)
+    }
+
+    #[test]
+    fn a_file_that_never_answers_costs_one_deadline_per_device_and_a_bounded_number_of_threads() {
+        let mut proc = FakeProc::new("stall");
+        let library = marker_library(&proc.dir);
+        let ok: Vec<PathBuf> = (0..3).map(|i| proc.dir.join(format!("ok{i}.so"))).collect();
+        for lib in &ok {
+            std::fs::write(lib, &library).unwrap();
+        }
+        let fuse = |minor, ino| FileId { dev: libc::makedev(250, minor), ino };
+        let stall = proc.dir.join("stall.so");
+        let mut discovery = Discovery::new(&proc.proc(), 8, Arc::default());
+        discovery.deadline = Deadline { each: Duration::from_millis(300), stuck_at_most: 2 };
+        discovery.look_into = stalling;
+
+        // One stuck file; a local one in the same process is still found, and another file on
+        // the stuck device is not waited on again.
+        proc.process_as(
+            300,
+            &[(&stall, fuse(1, 10)), (&ok[0], identity(&ok[0])), (&stall, fuse(1, 11))],
+            false,
+        );
+        let started = std::time::Instant::now();
+        assert_eq!(outcome(discovery.scan()), (vec!["ok0.so".to_string()], vec![]));
+        assert!(started.elapsed() < Duration::from_millis(300 * 2), "one deadline, not two");
+        assert_eq!(discovery.stuck, vec![libc::makedev(250, 1)]);
+
+        // A second device stuck: the most allowed; from then on no new file is looked into.
+        proc.process_as(301, &[(&stall, fuse(2, 12)), (&ok[1], identity(&ok[1]))], false);
+        assert_eq!(outcome(discovery.scan()), (vec![], vec![]));
+        proc.process(302, &[&ok[2]], false);
+        assert_eq!(outcome(discovery.scan()), (vec![], vec![]));
+        assert_eq!(discovery.stuck.len(), 2);
     }
 }
