@@ -282,12 +282,19 @@ fn spawn_marker_scan(max_files: usize, refused: Arc<AtomicU64>) -> Result<mpsc::
         .spawn(move || {
             let mut discovery = Discovery::new(Path::new("/proc"), max_files, refused);
             while !found.is_closed() {
+                let started = std::time::Instant::now();
                 for item in discovery.scan() {
                     if found.send(item).is_err() {
                         return;
                     }
                 }
-                if discovery.take_files_read() > 0 {
+                let files_read = discovery.take_files_read();
+                if files_read > 0 {
+                    debug!(
+                        "context marker: looked into {files_read} new files in {:?}; {} attached",
+                        started.elapsed(),
+                        discovery.attached()
+                    );
                     release_freed_memory();
                 }
                 std::thread::sleep(RESCAN_PROCESSES);

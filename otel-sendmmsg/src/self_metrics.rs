@@ -37,6 +37,7 @@ const METRICS: &[(&str, &str, Option<&str>)] = &[
     ("export_failed", "otel_sendmmsg.spans.dropped", Some("export_failed")),
     ("filtered_at_exit", "otel_sendmmsg.calls.filtered", None),
     ("stray_messages", "otel_sendmmsg.messages.stray", None),
+    ("context_files_refused", "otel_sendmmsg.context_files.refused", None),
 ];
 
 /// Not a running total: the calls inside `sendmmsg` right now.
@@ -166,6 +167,9 @@ fn description(metric: &str) -> &'static str {
         }
         "otel_sendmmsg.messages.stray" => {
             "per-message hook hits that were not the traced call's messages (ignored)"
+        }
+        "otel_sendmmsg.context_files.refused" => {
+            "files exporting the context marker left unattached at OTEL_SENDMMSG_MAX_CONTEXT_FILES"
         }
         _ => "",
     }
