@@ -224,17 +224,6 @@ fn hostile_scene(caps: &[&Capability]) -> (Stopped, Scratch, u32, u32) {
     let dir = &scratch.0;
     let marker = marker_library(dir);
     let mapper = mapper(dir);
-    let receiver = Receiver::start(Protocol::Grpc);
-    let (sidecar, _copy) = start_sidecar(
-        caps,
-        &[
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint.as_str()),
-            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
-            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
-            ("RUST_LOG", "info,otel_sendmmsg::probes::markers=debug"),
-        ],
-    );
-
     // A marker library under a name with a space and a newline; the old parser took the part
     // before the space for the path, where a FIFO waits (opening it for reading blocks).
     let spaced = scratch.file("lib x\nmarker.so", &marker);
@@ -251,6 +240,19 @@ fn hostile_scene(caps: &[&Capability]) -> (Stopped, Scratch, u32, u32) {
     std::fs::remove_file(&symlinked).unwrap();
     std::os::unix::fs::symlink(&elsewhere, &symlinked).unwrap();
     std::fs::remove_file(&deleted).unwrap();
+
+    // Started once the scene is set, so its first scan sees every decoy in place (a scan in
+    // between would see the files before they were swapped).
+    let receiver = Receiver::start(Protocol::Grpc);
+    let (sidecar, _copy) = start_sidecar(
+        caps,
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint.as_str()),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+            ("RUST_LOG", "info,otel_sendmmsg::probes::markers=debug"),
+        ],
+    );
 
     // Watch the sidecar while it scans: never a descriptor on the FIFO or the device other than
     // O_PATH (which opens neither), never a thread stuck.
@@ -280,9 +282,10 @@ fn hostile_scene(caps: &[&Capability]) -> (Stopped, Scratch, u32, u32) {
     let later = scratch.file("later.so", &marker);
     let genuine = Mapper::start(&mapper, &[&later]);
     let later_line = format!("/proc/{}/root{}", genuine.pid(), later.display());
-    wait_for(&sidecar, "the later library", |log| {
-        log.lines().any(|l| l.contains("context marker: ") && l.contains(&later_line))
-    });
+    // The event loop's word on it ("attached to" or "not attached to"), not the scan's debug
+    // line "found in", which comes first.
+    let outcome = format!("attached to {later_line}");
+    wait_for(&sidecar, "the later library", |log| log.lines().any(|l| l.contains(&outcome)));
     watched("after the scan");
 
     // The ring buffer's reader still goes on: a call made now arrives as a span.
