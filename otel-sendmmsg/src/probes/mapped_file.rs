@@ -17,9 +17,6 @@ use std::{
 
 use super::proc_maps::{FileId, Mapping};
 
-/// overlayfs' `f_type` (linux/magic.h).
-const OVERLAYFS_SUPER_MAGIC: i64 = 0x794c_7630;
-
 /// A regular file proved to be the one a process maps, open for reading.
 #[derive(Debug)]
 pub struct MappedFile {
@@ -41,7 +38,7 @@ pub struct MappedFile {
 pub fn open(process: &Path, mapping: &Mapping) -> Result<MappedFile, String> {
     let link = process.join("map_files").join(mapping.map_files_name());
     let first = match open_path(&link, libc::O_PATH | libc::O_CLOEXEC) {
-        Ok(fd) => match checked(fd, mapping.file, true) {
+        Ok(fd) => match checked(fd, mapping.file) {
             Ok(fd) => return readable(fd, mapping.file, link),
             Err(e) => e,
         },
@@ -52,9 +49,7 @@ pub fn open(process: &Path, mapping: &Mapping) -> Result<MappedFile, String> {
     let mut why = vec![first];
     for path in mapping.candidate_paths() {
         let via = process.join("root").join(path.strip_prefix("/").unwrap_or(&path));
-        match open_beneath(&root, &path)
-            .and_then(|fd| checked(fd, mapping.file, false).map_err(io::Error::other))
-        {
+        match open_beneath(&root, &path).and_then(|fd| checked(fd, mapping.file).map_err(io::Error::other)) {
             Ok(fd) => return readable(fd, mapping.file, via),
             Err(e) => why.push(format!("{}: {e}", via.display())),
         }
@@ -133,27 +128,19 @@ fn fstat(fd: &impl AsRawFd) -> io::Result<libc::stat> {
     Ok(st)
 }
 
-/// Keeps `fd` only if it is a regular file with the mapping's identity. A file reached through
-/// `map_files` on overlayfs passes without it: the maps line gives the inode of the layer below
-/// (the file the memory really maps) while `fstat` on the overlay file gives overlayfs' device,
-/// and the kernel itself named that very file, with no path in between.
-fn checked(fd: OwnedFd, expected: FileId, through_map_files: bool) -> Result<OwnedFd, String> {
+/// Keeps `fd` only if it is a regular file with the mapping's identity. Files in containers
+/// pass too: on overlayfs the maps line and `fstat` both give the overlay's device and inode
+/// (measured on 6.18, through the path and through map_files alike).
+fn checked(fd: OwnedFd, expected: FileId) -> Result<OwnedFd, String> {
     let st = fstat(&fd).map_err(|e| format!("fstat: {e}"))?;
     if st.st_mode & libc::S_IFMT != libc::S_IFREG {
         return Err(format!("not a regular file (mode {:o})", st.st_mode));
     }
     let found = FileId { dev: st.st_dev, ino: st.st_ino };
-    if found == expected || (through_map_files && on_overlayfs(&fd)) {
+    if found == expected {
         return Ok(fd);
     }
     Err(format!("another file (device {:#x} inode {}) than the one mapped", found.dev, found.ino))
-}
-
-fn on_overlayfs(fd: &OwnedFd) -> bool {
-    // SAFETY: an open descriptor and a statfs buffer the kernel fills.
-    let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: as above.
-    unsafe { libc::fstatfs(fd.as_raw_fd(), &mut fs) == 0 && fs.f_type as i64 == OVERLAYFS_SUPER_MAGIC }
 }
 
 /// Opens the checked `O_PATH` descriptor for reading through `/proc/self/fd/N`: the kernel
@@ -270,5 +257,41 @@ mod tests {
         let refused = open_beneath(&root, &dir.join("link/lib.so")).unwrap_err();
         assert_eq!(refused.raw_os_error(), Some(libc::ELOOP), "{refused}");
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// A container's file: mapped from an overlayfs mount. Its identity in maps is what `fstat`
+    /// gives, through map_files and through the path (mounting needs root).
+    #[test]
+    fn a_file_on_overlayfs_is_opened_both_ways() {
+        if !is_root() {
+            eprintln!("skipped: mounting overlayfs needs root");
+            return;
+        }
+        let dir = scratch("overlay");
+        for sub in ["lower", "upper", "work", "merged"] {
+            std::fs::create_dir(dir.join(sub)).unwrap();
+        }
+        std::fs::write(dir.join("lower/lib.so"), vec![0x90u8; 8192]).unwrap();
+        let options = format!("lowerdir={0}/lower,upperdir={0}/upper,workdir={0}/work", dir.display());
+        let status = std::process::Command::new("mount")
+            .args(["-t", "overlay", "overlay", "-o", &options])
+            .arg(dir.join("merged"))
+            .status()
+            .unwrap();
+        assert!(status.success(), "mount -t overlay");
+        let path = dir.join("merged/lib.so");
+        let (file, addr, len) = map_exec(&path);
+        let mapping = mapping_of(&path);
+        // Only where each was reached from: the descriptors must be closed before unmounting.
+        let through_map_files = open(Path::new("/proc/self"), &mapping).map(|f| f.via);
+        let through_path = open_fallback_only(&mapping).map(|f| f.via);
+        // SAFETY: the mapping made above.
+        unsafe { libc::munmap(addr, len) };
+        drop(file);
+        let unmounted = std::process::Command::new("umount").arg(dir.join("merged")).status().unwrap();
+        assert!(unmounted.success(), "umount");
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(through_map_files.unwrap().starts_with("/proc/self/map_files"));
+        assert!(through_path.unwrap().ends_with("merged/lib.so"));
     }
 }
