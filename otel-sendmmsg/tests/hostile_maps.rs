@@ -12,10 +12,16 @@ use std::{
     collections::HashMap,
     ffi::CString,
     io::{BufRead, BufReader},
-    os::unix::{ffi::OsStrExt, fs::PermissionsExt},
+    os::{
+        fd::AsRawFd,
+        unix::{ffi::OsStrExt, fs::PermissionsExt},
+    },
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    sync::{Mutex, MutexGuard},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex, MutexGuard,
+    },
     time::{Duration, Instant},
 };
 
@@ -445,4 +451,268 @@ fn live_attachments(log: &str) -> usize {
         }
     }
     live.len()
+}
+
+/// A one-file FUSE filesystem served from this test process through /dev/fuse, which can be told
+/// to stop answering: what a user who mounts their own FUSE filesystem can do to anyone who
+/// looks at their files. Dropping it closes the device, which aborts every pending request.
+struct FuseFile {
+    mountpoint: PathBuf,
+    stalled: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    /// The threads whose requests were read once it stopped answering (other processes on the
+    /// host may look at the mapped file too: a sidecar of another build, a backup tool).
+    unanswered: Arc<Mutex<Vec<u32>>>,
+    server: Option<std::thread::JoinHandle<()>>,
+}
+
+impl FuseFile {
+    const ROOT: u64 = 1;
+    const FILE: u64 = 2;
+
+    /// Mounts it on `mountpoint` with one regular file, `name`, holding `contents`; other users
+    /// may use it (allow_other).
+    fn mount(mountpoint: &Path, name: &str, contents: Vec<u8>) -> FuseFile {
+        let device = std::fs::OpenOptions::new().read(true).write(true).open("/dev/fuse").expect("/dev/fuse");
+        let options = format!("fd={},rootmode=40000,user_id=0,group_id=0,allow_other", device.as_raw_fd());
+        let (source, target, fstype, data) = (
+            CString::new("otel-sendmmsg-test").unwrap(),
+            CString::new(mountpoint.as_os_str().as_bytes()).unwrap(),
+            CString::new("fuse").unwrap(),
+            CString::new(options).unwrap(),
+        );
+        // SAFETY: NUL-terminated strings; the fd stays open in this process.
+        let mounted = unsafe {
+            libc::mount(
+                source.as_ptr(),
+                target.as_ptr(),
+                fstype.as_ptr(),
+                libc::MS_NOSUID | libc::MS_NODEV,
+                data.as_ptr().cast(),
+            )
+        };
+        assert_eq!(mounted, 0, "mount fuse: {}", std::io::Error::last_os_error());
+        let (stalled, stop) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+        let unanswered = Arc::new(Mutex::new(Vec::new()));
+        let (stalled_flag, stop_flag, count, name) =
+            (stalled.clone(), stop.clone(), unanswered.clone(), name.to_owned());
+        let server =
+            std::thread::spawn(move || serve(device, &name, &contents, &stalled_flag, &stop_flag, &count));
+        FuseFile { mountpoint: mountpoint.to_owned(), stalled, stop, unanswered, server: Some(server) }
+    }
+
+    /// Detaches the mount (`umount -l`): files already mapped stay mapped, and their filesystem
+    /// is in nobody's mount table any more.
+    fn detach(&self) {
+        let target = CString::new(self.mountpoint.as_os_str().as_bytes()).unwrap();
+        // SAFETY: a NUL-terminated path.
+        assert_eq!(unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) }, 0, "umount -l");
+    }
+
+    /// The threads of process `pid` left waiting on it. A thread waiting on a request the
+    /// server has read cannot end before it is answered, so it is still there.
+    fn unanswered(&self, pid: u32) -> Vec<u32> {
+        let tids = self.unanswered.lock().unwrap().clone();
+        tids.into_iter().filter(|tid| Path::new(&format!("/proc/{pid}/task/{tid}")).exists()).collect()
+    }
+
+    /// From now on, requests are read and never answered.
+    fn stop_answering(&self) {
+        self.stalled.store(true, Ordering::SeqCst);
+    }
+}
+
+impl Drop for FuseFile {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(server) = self.server.take() {
+            let _ = server.join();
+        }
+        let target = CString::new(self.mountpoint.as_os_str().as_bytes()).unwrap();
+        // SAFETY: a NUL-terminated path.
+        unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
+    }
+}
+
+/// The FUSE protocol (linux/fuse.h), just enough for a file to be looked up, opened, mapped and
+/// read; requests other than these get ENOSYS.
+fn serve(
+    device: std::fs::File,
+    name: &str,
+    contents: &[u8],
+    stalled: &AtomicBool,
+    stop: &AtomicBool,
+    unanswered: &Mutex<Vec<u32>>,
+) {
+    const LOOKUP: u32 = 1;
+    const FORGET: u32 = 2;
+    const GETATTR: u32 = 3;
+    const OPEN: u32 = 14;
+    const READ: u32 = 15;
+    const RELEASE: u32 = 18;
+    const FLUSH: u32 = 25;
+    const INIT: u32 = 26;
+    const OPENDIR: u32 = 27;
+    const RELEASEDIR: u32 = 29;
+    const INTERRUPT: u32 = 36;
+    const BATCH_FORGET: u32 = 42;
+    let u32_at = |b: &[u8], at: usize| u32::from_le_bytes(b[at..at + 4].try_into().unwrap());
+    let u64_at = |b: &[u8], at: usize| u64::from_le_bytes(b[at..at + 8].try_into().unwrap());
+    let attr = |node: u64| {
+        let (mode, size) = if node == FuseFile::ROOT {
+            (libc::S_IFDIR | 0o755, 0)
+        } else {
+            (libc::S_IFREG | 0o755, contents.len() as u64)
+        };
+        let mut a = Vec::with_capacity(88);
+        for v in [node, size, size.div_ceil(512), 0, 0, 0] {
+            a.extend_from_slice(&v.to_le_bytes());
+        }
+        for v in [0u32, 0, 0, mode, 1, 0, 0, 0, 4096, 0] {
+            a.extend_from_slice(&v.to_le_bytes());
+        }
+        a
+    };
+    let mut buffer = vec![0u8; (1 << 20) + 4096];
+    let fd = device.as_raw_fd();
+    while !stop.load(Ordering::SeqCst) {
+        let mut poll = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+        // SAFETY: one valid pollfd.
+        if unsafe { libc::poll(&mut poll, 1, 50) } <= 0 {
+            continue;
+        }
+        // SAFETY: reading into our own buffer of that length.
+        let n = unsafe { libc::read(fd, buffer.as_mut_ptr().cast(), buffer.len()) };
+        if n < 40 {
+            continue;
+        }
+        let request = &buffer[..n as usize];
+        let (opcode, unique, node) = (u32_at(request, 4), u64_at(request, 8), u64_at(request, 16));
+        let body = &request[40..];
+        if matches!(opcode, FORGET | BATCH_FORGET | INTERRUPT) {
+            continue;
+        }
+        if stalled.load(Ordering::SeqCst) {
+            // fuse_in_header.pid: the calling thread.
+            unanswered.lock().unwrap().push(u32_at(request, 32));
+            continue;
+        }
+        let (error, payload): (i32, Vec<u8>) = match opcode {
+            INIT => {
+                let mut out = Vec::with_capacity(64);
+                for v in [7u32, 31, u32_at(body, 8), 0] {
+                    out.extend_from_slice(&v.to_le_bytes());
+                }
+                out.extend_from_slice(&[0; 4]); // max_background, congestion_threshold
+                out.extend_from_slice(&4096u32.to_le_bytes()); // max_write
+                out.extend_from_slice(&1u32.to_le_bytes()); // time_gran
+                out.resize(64, 0);
+                (0, out)
+            }
+            LOOKUP if node == FuseFile::ROOT && body.split(|&b| b == 0).next() == Some(name.as_bytes()) => {
+                // Names stay cached for an hour; attributes are asked for every time.
+                let mut out = Vec::new();
+                for v in [FuseFile::FILE, 0, 3600, 0] {
+                    out.extend_from_slice(&v.to_le_bytes());
+                }
+                out.extend_from_slice(&[0; 8]);
+                out.extend(attr(FuseFile::FILE));
+                (0, out)
+            }
+            LOOKUP => (-libc::ENOENT, Vec::new()),
+            GETATTR => {
+                let mut out = vec![0; 16];
+                out.extend(attr(node));
+                (0, out)
+            }
+            OPEN | OPENDIR => (0, vec![0; 16]),
+            READ => {
+                let (offset, size) = (u64_at(body, 8) as usize, u32_at(body, 16) as usize);
+                let start = offset.min(contents.len());
+                (0, contents[start..(start + size).min(contents.len())].to_vec())
+            }
+            RELEASE | FLUSH | RELEASEDIR => (0, Vec::new()),
+            _ => (-libc::ENOSYS, Vec::new()),
+        };
+        let mut reply = Vec::with_capacity(16 + payload.len());
+        reply.extend_from_slice(&(16 + payload.len() as u32).to_le_bytes());
+        reply.extend_from_slice(&error.to_le_bytes());
+        reply.extend_from_slice(&unique.to_le_bytes());
+        reply.extend(payload);
+        // SAFETY: writing our own buffer.
+        unsafe { libc::write(fd, reply.as_ptr().cast(), reply.len()) };
+    }
+    // Closing the device (dropping it here) aborts the connection: pending requests fail.
+}
+
+#[test]
+fn files_on_fuse_are_never_asked_for_anything() {
+    require_root();
+    let _alone = one_at_a_time();
+    let scratch = Scratch::new("fuse");
+    let marker = marker_library(&scratch.0);
+    let mapper = mapper(&scratch.0);
+    let (mounted, detached) = (scratch.0.join("mounted"), scratch.0.join("detached"));
+    for dir in [&mounted, &detached] {
+        std::fs::create_dir(dir).unwrap();
+    }
+    // Two FUSE filesystems serving a marker library: one stays mounted, the other is detached
+    // once the file is mapped. Neither answers anything from then on.
+    let fuse = FuseFile::mount(&mounted, "lib.so", marker.clone());
+    let gone = FuseFile::mount(&detached, "lib.so", marker.clone());
+    let on_fuse = Mapper::start(&mapper, &[&mounted.join("lib.so"), &detached.join("lib.so")]);
+    let gone_device =
+        std::os::unix::fs::MetadataExt::dev(&std::fs::metadata(detached.join("lib.so")).unwrap());
+    gone.detach();
+    fuse.stop_answering();
+    gone.stop_answering();
+
+    let receiver = Receiver::start(Protocol::Grpc);
+    let all: Vec<&Capability> = CAPABILITIES.iter().collect();
+    let (mut sidecar, _copy) = start_sidecar(
+        &all,
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint.as_str()),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+            ("RUST_LOG", "info,otel_sendmmsg::probes::markers=debug"),
+        ],
+    );
+    // Dropped before the sidecar if the test fails: a thread waiting on a FUSE request the
+    // server has read cannot be killed until the connection is aborted.
+    let (fuse, gone, on_fuse) = (fuse, gone, on_fuse);
+    let mounted_refused =
+        format!("not looked into {}/lib.so: it is on a FUSE filesystem (fuse", mounted.display());
+    wait_for(&sidecar, "the mounted FUSE file refused", |log| log.contains(&mounted_refused));
+    // A detached mount's files are named from its own root: "/lib.so".
+    let detached_refused = format!(
+        "not looked into /lib.so: its filesystem (device {}:{}) is not mounted where the process is",
+        libc::major(gone_device),
+        libc::minor(gone_device)
+    );
+    wait_for(&sidecar, &detached_refused, |log| log.contains(&detached_refused));
+    let asked = |pid| (fuse.unanswered(pid), gone.unanswered(pid));
+    assert_eq!(asked(sidecar.pid()), (vec![], vec![]), "the sidecar's requests reached a FUSE server");
+    let waiting_on_fuse: Vec<_> = threads(sidecar.pid())
+        .into_iter()
+        .filter(|(_, _, wchan)| wchan.contains("fuse") || wchan.contains("request_wait"))
+        .collect();
+    assert!(waiting_on_fuse.is_empty(), "{waiting_on_fuse:?}");
+
+    // The scan goes on: a genuine library mapped now is attached; a call arrives as a span.
+    let later = scratch.file("later.so", &marker);
+    let genuine = Mapper::start(&mapper, &[&later]);
+    let attached = format!("context marker: attached to /proc/{}/root{}", genuine.pid(), later.display());
+    wait_for(&sidecar, "the later library", |log| log.lines().any(|l| l.ends_with(&attached)));
+    let calls = run_workload(&["udp4"]);
+    let deadline = Instant::now() + WAIT;
+    while receiver.spans_of(calls[0].pid).is_empty() {
+        assert!(Instant::now() < deadline, "the workload's call never arrived:\n{}", sidecar.stderr());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(asked(sidecar.pid()), (vec![], vec![]), "the sidecar's requests reached a FUSE server");
+    drop((genuine, on_fuse, fuse, gone));
+    assert!(sidecar.is_running());
+    let stopped = sidecar.stop();
+    assert!(stopped.status.success(), "{}", stopped.stderr);
 }

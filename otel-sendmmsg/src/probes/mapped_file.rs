@@ -34,11 +34,12 @@ pub struct MappedFile {
 /// (it reaches a deleted file too, and needs no path at all). Following those links takes
 /// CAP_SYS_ADMIN or CAP_CHECKPOINT_RESTORE in the initial user namespace
 /// (`proc_map_files_get_link`, fs/proc/base.c, 6.18) besides ptrace-read access to the process;
-/// without them, each path the maps line can mean, under the process's root.
-pub fn open(process: &Path, mapping: &Mapping) -> Result<MappedFile, String> {
+/// without them, each path the maps line can mean, under the process's root. `mounts` are the
+/// process's mounts of the mapping's device (see [`checked`]).
+pub fn open(process: &Path, mapping: &Mapping, mounts: &[u64]) -> Result<MappedFile, String> {
     let link = process.join("map_files").join(mapping.map_files_name());
     let first = match open_path(&link, libc::O_PATH | libc::O_CLOEXEC) {
-        Ok(fd) => match checked(fd, mapping.file) {
+        Ok(fd) => match checked(fd, mapping.file, mounts) {
             Ok(fd) => return readable(fd, mapping.file, link),
             Err(e) => e,
         },
@@ -49,7 +50,9 @@ pub fn open(process: &Path, mapping: &Mapping) -> Result<MappedFile, String> {
     let mut why = vec![first];
     for path in mapping.candidate_paths() {
         let via = process.join("root").join(path.strip_prefix("/").unwrap_or(&path));
-        match open_beneath(&root, &path).and_then(|fd| checked(fd, mapping.file).map_err(io::Error::other)) {
+        match open_beneath(&root, &path)
+            .and_then(|fd| checked(fd, mapping.file, mounts).map_err(io::Error::other))
+        {
             Ok(fd) => return readable(fd, mapping.file, via),
             Err(e) => why.push(format!("{}: {e}", via.display())),
         }
@@ -128,19 +131,33 @@ fn fstat(fd: &impl AsRawFd) -> io::Result<libc::stat> {
     Ok(st)
 }
 
-/// Keeps `fd` only if it is a regular file with the mapping's identity. Files in containers
-/// pass too: on overlayfs the maps line and `fstat` both give the overlay's device and inode
-/// (measured on 6.18, through the path and through map_files alike).
-fn checked(fd: OwnedFd, expected: FileId) -> Result<OwnedFd, String> {
+/// Keeps `fd` only if it is a regular file with the mapping's identity: its inode, on the
+/// mapping's device. The device is the one `fstat` gives, or, where a filesystem reports
+/// another there (btrfs gives each subvolume a device of its own, while maps names the
+/// superblock's), the file's mount must be one of `mounts`, the process's mounts of that device.
+/// On overlayfs the maps line and `fstat` agree (measured on 6.18, through both ways of opening).
+fn checked(fd: OwnedFd, expected: FileId, mounts: &[u64]) -> Result<OwnedFd, String> {
     let st = fstat(&fd).map_err(|e| format!("fstat: {e}"))?;
     if st.st_mode & libc::S_IFMT != libc::S_IFREG {
         return Err(format!("not a regular file (mode {:o})", st.st_mode));
     }
-    let found = FileId { dev: st.st_dev, ino: st.st_ino };
-    if found == expected {
+    let on_device = st.st_dev == expected.dev || mount_id(&fd).is_some_and(|id| mounts.contains(&id));
+    if st.st_ino == expected.ino && on_device {
         return Ok(fd);
     }
-    Err(format!("another file (device {:#x} inode {}) than the one mapped", found.dev, found.ino))
+    Err(format!("another file (device {:#x} inode {}) than the one mapped", st.st_dev, st.st_ino))
+}
+
+/// The id of the mount `fd` was opened through (`statx` STATX_MNT_ID, Linux 5.8), as the first
+/// field of mountinfo gives it.
+pub(crate) fn mount_id(fd: &impl AsRawFd) -> Option<u64> {
+    // SAFETY: a statx buffer the kernel fills.
+    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: an open descriptor, an empty NUL-terminated path with AT_EMPTY_PATH, and the buffer.
+    let done = unsafe {
+        libc::statx(fd.as_raw_fd(), c"".as_ptr(), libc::AT_EMPTY_PATH, libc::STATX_MNT_ID, &mut stx)
+    };
+    (done == 0 && stx.stx_mask & libc::STATX_MNT_ID != 0).then_some(stx.stx_mnt_id)
 }
 
 /// Opens the checked `O_PATH` descriptor for reading through `/proc/self/fd/N`: the kernel
@@ -205,7 +222,7 @@ mod tests {
         std::fs::write(&path, vec![0x90u8; 8192]).unwrap();
         let (_file, addr, len) = map_exec(&path);
         let mapping = mapping_of(&path);
-        let opened = open(Path::new("/proc/self"), &mapping).unwrap();
+        let opened = open(Path::new("/proc/self"), &mapping, &[]).unwrap();
         assert_eq!(opened.id.ino, std::fs::metadata(&path).unwrap().ino());
         assert_eq!(opened.len, 8192);
 
@@ -220,7 +237,7 @@ mod tests {
         let via_path = open_fallback_only(&mapping);
         assert!(via_path.unwrap_err().contains("not a regular file"));
         if is_root() {
-            let opened = open(Path::new("/proc/self"), &mapping).unwrap();
+            let opened = open(Path::new("/proc/self"), &mapping, &[]).unwrap();
             assert_eq!(opened.via, Path::new("/proc/self/map_files").join(mapping.map_files_name()));
         }
         // SAFETY: the mapping made above.
@@ -232,7 +249,7 @@ mod tests {
     fn open_fallback_only(mapping: &Mapping) -> Result<MappedFile, String> {
         let mut unmappable = mapping.clone();
         unmappable.end += 1; // no such map_files entry
-        open(Path::new("/proc/self"), &unmappable)
+        open(Path::new("/proc/self"), &unmappable, &[])
     }
 
     fn nix_mkfifo(path: &Path) {
@@ -283,7 +300,7 @@ mod tests {
         let (file, addr, len) = map_exec(&path);
         let mapping = mapping_of(&path);
         // Only where each was reached from: the descriptors must be closed before unmounting.
-        let through_map_files = open(Path::new("/proc/self"), &mapping).map(|f| f.via);
+        let through_map_files = open(Path::new("/proc/self"), &mapping, &[]).map(|f| f.via);
         let through_path = open_fallback_only(&mapping).map(|f| f.via);
         // SAFETY: the mapping made above.
         unsafe { libc::munmap(addr, len) };
@@ -293,5 +310,21 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
         assert!(through_map_files.unwrap().starts_with("/proc/self/map_files"));
         assert!(through_path.unwrap().ends_with("merged/lib.so"));
+    }
+
+    /// Where `fstat` reports another device than maps (btrfs subvolumes), the file's mount
+    /// vouches for the device; without such a mount, the other device is another file.
+    #[test]
+    fn a_device_fstat_does_not_report_is_accepted_through_the_files_mount_only() {
+        let dir = scratch("mount-id");
+        let path = dir.join("lib.so");
+        std::fs::write(&path, [0u8; 64]).unwrap();
+        let fd = open_path(&path, libc::O_PATH | libc::O_CLOEXEC).unwrap();
+        let mount = mount_id(&fd).expect("statx STATX_MNT_ID");
+        let ino = std::fs::metadata(&path).unwrap().ino();
+        let subvolume = FileId { dev: libc::makedev(0, 4242), ino };
+        let fd = checked(fd, subvolume, &[mount]).expect("its own mount vouches for it");
+        assert!(checked(fd, subvolume, &[mount + 1]).unwrap_err().contains("another file"));
+        std::fs::remove_dir_all(dir).unwrap();
     }
 }

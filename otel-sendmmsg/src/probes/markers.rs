@@ -28,6 +28,7 @@ use super::{
     elf_marker::{marker_offset, SizedFile},
     mapped_file,
     proc_maps::{executable_mappings, read_maps, FileId, Mapping},
+    proc_mounts::Filesystems,
 };
 
 /// What the scan found for the event loop to do.
@@ -72,7 +73,10 @@ pub struct Discovery {
     /// Devices of the files a look took longer than the deadline on, one per thread left stuck.
     stuck: Vec<u64>,
     /// [`look_into`], or a stand-in that stalls (tests).
-    look_into: fn(&Path, &Mapping) -> Option<Marker>,
+    look_into: fn(&Path, &Mapping, &[u64]) -> Option<Marker>,
+    /// The mounts of the process last looked into (`/proc/PID`), for its next files; emptied
+    /// after each scan, as mounts come and go.
+    filesystems: Option<(PathBuf, Filesystems)>,
 }
 
 /// How long looking into one file may take, and how many threads may be left stuck.
@@ -130,6 +134,7 @@ impl Discovery {
             deadline: Deadline::default(),
             stuck: Vec::new(),
             look_into,
+            filesystems: None,
         }
     }
 
@@ -167,6 +172,7 @@ impl Discovery {
             self.processes.insert(pid, Process { start, files });
         }
         self.retry_over_cap(&mut found);
+        self.filesystems = None;
         found
     }
 
@@ -245,10 +251,23 @@ impl Discovery {
     /// then is left behind (it ends when the filesystem answers; what it found is dropped), its
     /// device is never looked into again, and after [`Deadline::stuck_at_most`] of them no new
     /// file is, so neither the scan nor its threads can be held without bound.
+    ///
+    /// Before that, the process's mountinfo must show the file's filesystem mounted and not
+    /// FUSE ([`Filesystems::refuse`]): a thread waiting on a FUSE request cannot even be killed,
+    /// so the deadline is for what remains (a network filesystem that stops answering).
     fn examine(&mut self, dir: &Path, mapping: &Mapping) -> Option<Marker> {
         if self.stuck.len() >= self.deadline.stuck_at_most || self.stuck.contains(&mapping.file.dev) {
             return None;
         }
+        if self.filesystems.as_ref().is_none_or(|(of, _)| of != dir) {
+            self.filesystems = Some((dir.to_owned(), Filesystems::of(dir)));
+        }
+        let filesystems = &self.filesystems.as_ref()?.1;
+        if let Some(why) = filesystems.refuse(mapping.file.dev) {
+            debug!("context marker: not looked into {}: {why}", printable(&mapping.path));
+            return None;
+        }
+        let mounts = filesystems.mount_ids(mapping.file.dev);
         self.files_read += 1;
         let (sender, receiver) = std::sync::mpsc::sync_channel(1);
         let (dir, owned) = (dir.to_owned(), mapping.clone());
@@ -257,7 +276,7 @@ impl Discovery {
             .name("marker-file".into())
             .stack_size(256 << 10)
             .spawn(move || {
-                let _ = sender.send(look_into(&dir, &owned));
+                let _ = sender.send(look_into(&dir, &owned, &mounts));
             })
             .inspect_err(|e| warn!("context marker: no thread to look into a file: {e}"))
             .ok()?;
@@ -350,8 +369,8 @@ pub fn printable(path: &Path) -> String {
 }
 
 /// Opens the file `mapping` names in process `dir` and reads whether it exports the marker.
-fn look_into(dir: &Path, mapping: &Mapping) -> Option<Marker> {
-    let opened = mapped_file::open(dir, mapping)
+fn look_into(dir: &Path, mapping: &Mapping, mounts: &[u64]) -> Option<Marker> {
+    let opened = mapped_file::open(dir, mapping, mounts)
         .inspect_err(|why| {
             debug!("context marker: not looked into {}: {}", printable(&mapping.path), why.escape_debug())
         })
@@ -436,6 +455,22 @@ mod tests {
                 }
             }
             std::fs::write(dir.join("maps"), maps).unwrap();
+            // Every device mounted, as a local filesystem.
+            let mut devices: Vec<u64> = files.iter().map(|(_, id)| id.dev).collect();
+            devices.dedup();
+            let mountinfo: String = devices
+                .iter()
+                .enumerate()
+                .map(|(i, dev)| {
+                    format!(
+                        "{} 1 {}:{} / /m{i} rw - ext4 none rw\n",
+                        100 + i,
+                        libc::major(*dev),
+                        libc::minor(*dev)
+                    )
+                })
+                .collect();
+            std::fs::write(dir.join("mountinfo"), mountinfo).unwrap();
         }
 
         fn exit(&self, pid: u32) {
@@ -557,13 +592,13 @@ mod tests {
     }
 
     /// Stands in for a filesystem that never answers: files on devices of major 250.
-    fn stalling(dir: &Path, mapping: &Mapping) -> Option<Marker> {
+    fn stalling(dir: &Path, mapping: &Mapping, mounts: &[u64]) -> Option<Marker> {
         if libc::major(mapping.file.dev) == 250 {
             loop {
                 std::thread::sleep(Duration::from_secs(3600));
             }
         }
-        look_into(dir, mapping)
+        look_into(dir, mapping, mounts)
     }
 
     #[test]

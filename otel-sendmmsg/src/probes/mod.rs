@@ -11,6 +11,7 @@ pub mod mapped_file;
 pub mod markers;
 pub mod offsets;
 pub mod proc_maps;
+pub mod proc_mounts;
 pub mod selftest;
 pub mod shared_context;
 

@@ -154,7 +154,7 @@ pub fn read_maps(path: &Path) -> io::Result<Vec<u8>> {
     read_capped(std::fs::File::open(path)?, MAPS_BYTES)
 }
 
-fn read_capped(from: impl Read, cap: u64) -> io::Result<Vec<u8>> {
+pub(crate) fn read_capped(from: impl Read, cap: u64) -> io::Result<Vec<u8>> {
     let mut text = Vec::new();
     from.take(cap).read_to_end(&mut text)?;
     if text.len() as u64 >= cap {
