@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Fuzzes the record decoder, the span mapping and the configuration parser (see fuzz/README.md):
+# Fuzzes the record decoder, the span mapping, the configuration parser and the context-marker
+# discovery's maps and ELF parsers (see fuzz/README.md):
 #   scripts/fuzz.sh           every target for 20 s (what CI runs)
 #   scripts/fuzz.sh 1800      every target for 30 minutes
 # Installs cargo-fuzz if missing, writes the seed records, builds the targets once, and runs each
@@ -25,7 +26,7 @@ if ! [[ $seconds =~ ^[1-9][0-9]*$ ]]; then
   exit 2
 fi
 CARGO_FUZZ_VERSION=0.13.2
-TARGETS=(records_decode records_structured config proc_files)
+TARGETS=(records_decode records_structured config proc_files maps_lines elf_symbols)
 
 log() { printf 'fuzz: %s\n' "$*" >&2; }
 
@@ -50,6 +51,13 @@ log "$(rustc --version); cargo fuzz build ${profile[*]:-(release)}"
 corpus=fuzz/corpus
 mkdir -p "$corpus/records_decode"
 cargo run --quiet --manifest-path fuzz/Cargo.toml -p otel-sendmmsg-fuzz-seeds -- "$corpus/records_decode"
+# Real inputs for the context-marker parsers: this shell's maps, and a small library that defines
+# the marker (gcc, stripped: the dynamic symbol table alone), so the ELF scan starts past the
+# header checks.
+mkdir -p "$corpus/maps_lines" "$corpus/elf_symbols"
+cp /proc/self/maps "$corpus/maps_lines/seed-self-maps"
+printf 'void otel_sendmmsg_set_context(void) {}\n' |
+  gcc -shared -fPIC -s -nostdlib -o "$corpus/elf_symbols/seed-marker.so" -x c -
 
 cargo fuzz build "${profile[@]}"
 
@@ -62,6 +70,8 @@ for target in "${TARGETS[@]}"; do
   mkdir -p "$corpus/$target" "fuzz/artifacts/$target"
   args=("-max_total_time=$seconds" -max_len=4096 -timeout=10 -print_final_stats=1)
   [[ $target == config ]] && args+=(-dict=fuzz/config.dict)
+  # A small library is ~14 KiB; one allocation past the scan's 64 MiB read budget is a failure.
+  [[ $target == elf_symbols ]] && args=("${args[@]/-max_len=4096/-max_len=65536}" -malloc_limit_mb=96)
   log "$target: ${seconds} s ($logs/$target.log)"
   status=0
   cargo fuzz run "${profile[@]}" "$target" "$corpus/$target" -- "${args[@]}" >"$logs/$target.log" 2>&1 ||

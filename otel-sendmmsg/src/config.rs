@@ -20,6 +20,9 @@ struct OwnVars {
     /// How many threads can be inside `sendmmsg` at once and still be traced. Default
     /// [`DEFAULT_MAX_INFLIGHT`].
     max_inflight: Option<String>,
+    /// How many files (executables, libraries) exporting the context marker carry its uprobe at
+    /// once, 1 to [`MAX_CONTEXT_FILES_LIMIT`]. Default [`DEFAULT_MAX_CONTEXT_FILES`].
+    max_context_files: Option<String>,
     /// `auto` (default: the cheapest family that works here), `fentry`, `kprobe` or `tracepoint`.
     attach: Option<String>,
     /// `events` (default), `spans`, `sizes` or `none`: how each message of a call is shown.
@@ -50,6 +53,7 @@ struct OwnVars {
 const OWN_VARIABLES: &[&str] = &[
     "RING_BUFFER_BYTES",
     "MAX_INFLIGHT",
+    "MAX_CONTEXT_FILES",
     "ATTACH",
     "MESSAGE_DETAIL",
     "PIDS",
@@ -99,11 +103,17 @@ const MAX_INFLIGHT_LIMIT: u64 = 1 << 20;
 /// Kubernetes sends SIGKILL 30 s after SIGTERM by default: 20 s leaves room for the rest of the
 /// pod's shutdown.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(20);
+/// Files with the context-marker uprobe at once. Each is one uprobe (a perf event) and a few
+/// hundred bytes of bookkeeping; applications using the context library are usually a handful
+/// of binaries, and 64 leaves room for many versions of them side by side.
+pub const DEFAULT_MAX_CONTEXT_FILES: u32 = 64;
+pub const MAX_CONTEXT_FILES_LIMIT: u64 = 4096;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
     pub ring_buffer_bytes: u32,
     pub max_inflight: u32,
+    pub max_context_files: u32,
     pub attach: Attach,
     pub message_detail: MessageDetail,
     pub filters: Filters,
@@ -257,6 +267,19 @@ impl Config {
                     )
                 })?,
         };
+        let max_context_files = match &own.max_context_files {
+            None => DEFAULT_MAX_CONTEXT_FILES,
+            Some(v) => parse_int(v)
+                .filter(|n| (1..=MAX_CONTEXT_FILES_LIMIT).contains(n))
+                .map(|n| n as u32)
+                .ok_or_else(|| {
+                invalid(
+                    "OTEL_SENDMMSG_MAX_CONTEXT_FILES",
+                    v,
+                    format!("a whole number from 1 to {MAX_CONTEXT_FILES_LIMIT}"),
+                )
+            })?,
+        };
         let attach = match own.attach.as_deref().map(|v| (v, v.trim())) {
             None | Some((_, "auto")) => Attach::Auto,
             Some((v, name)) => Family::BY_COST
@@ -298,6 +321,7 @@ impl Config {
         Ok(Config {
             ring_buffer_bytes,
             max_inflight,
+            max_context_files,
             attach,
             message_detail,
             filters,
@@ -582,6 +606,7 @@ mod tests {
             Config {
                 ring_buffer_bytes: DEFAULT_RING_BUFFER_BYTES,
                 max_inflight: DEFAULT_MAX_INFLIGHT,
+                max_context_files: DEFAULT_MAX_CONTEXT_FILES,
                 attach: Attach::Auto,
                 message_detail: MessageDetail::Events,
                 filters: Filters::default(),
@@ -801,6 +826,16 @@ mod tests {
         assert_eq!(inflight("128"), Ok(128));
         assert_eq!(inflight("0").unwrap_err().variable, "OTEL_SENDMMSG_MAX_INFLIGHT");
         assert!(inflight("2000000").is_err());
+    }
+
+    #[test]
+    fn max_context_files_is_bounded() {
+        let files = |v: &str| config(&[("OTEL_SENDMMSG_MAX_CONTEXT_FILES", v)]).map(|c| c.max_context_files);
+        assert_eq!(files("4"), Ok(4));
+        assert_eq!(files("4096"), Ok(4096));
+        assert_eq!(files("0").unwrap_err().variable, "OTEL_SENDMMSG_MAX_CONTEXT_FILES");
+        assert!(files("4097").is_err());
+        assert!(files("many").is_err());
     }
 
     #[test]

@@ -2,8 +2,11 @@
 
 use std::{
     collections::HashMap,
-    path::{Path, PathBuf},
-    sync::Arc,
+    path::Path,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
     time::{Duration, Instant},
 };
 
@@ -19,7 +22,12 @@ use crate::{
     clock::WallClock,
     config::{Config, MetricsOutput, Output},
     export::{ExportStats, Exporter},
-    probes::{choose::choose, kernel::Kernel, markers::Discovery, Probes},
+    probes::{
+        choose::choose,
+        kernel::Kernel,
+        markers::{printable, Discovery, Found},
+        Probes,
+    },
     process::{
         self,
         resolver::{Answer, Job, Resolver},
@@ -74,6 +82,8 @@ struct Pipeline {
     /// Processes named after their thread because reading them took too long or could not be
     /// done (see [`process::resolver`]).
     metadata_unavailable: u64,
+    /// Files exporting the context marker left unattached at the cap; the scan thread counts.
+    context_files_refused: Arc<AtomicU64>,
 }
 
 impl Pipeline {
@@ -122,6 +132,7 @@ impl Pipeline {
             ("spans", self.spans),
             ("undecodable_records", self.undecodable),
             ("process_metadata_unavailable", self.metadata_unavailable),
+            ("context_files_refused", self.context_files_refused.load(Ordering::Relaxed)),
         ]);
         counts.extend(export_counters(&self.exporter.stats()));
         Some(counts)
@@ -238,6 +249,7 @@ pub async fn run(config: Config, mut signals: StopSignals) -> Result<()> {
         resolver: Resolver::start("/proc").context("starting the /proc reader threads")?,
         waiting: Waiting::default(),
         metadata_unavailable: 0,
+        context_files_refused: Arc::default(),
     };
     let metrics = start_self_metrics(&config.metrics);
     let want_message_hook = config.message_detail != MessageDetail::Sizes;
@@ -266,7 +278,8 @@ pub async fn run(config: Config, mut signals: StopSignals) -> Result<()> {
 
     let mut losses = LossLog::default();
     let mut report = tokio::time::interval(config.loss_report_interval);
-    let mut markers = spawn_marker_scan()?;
+    let mut markers =
+        spawn_marker_scan(config.max_context_files as usize, pipeline.context_files_refused.clone())?;
     let mut sweep = tokio::time::interval(SWEEP_PROCESSES);
     // The BPF side wakes us only once WAKEUP_BYTES are pending; this bounds the latency of the
     // records below that.
@@ -282,7 +295,7 @@ pub async fn run(config: Config, mut signals: StopSignals) -> Result<()> {
                 guard.clear_ready();
             }
             _ = drain.tick() => pipeline.drain(records.get_mut()),
-            Some(file) = markers.recv() => attach_marker(&mut probes, &file),
+            Some(found) = markers.recv() => on_marker(&mut probes, found),
             _ = report.tick() => {
                 if let Some(counts) = pipeline.counts(&probes) {
                     losses.report_growth(counts);
@@ -314,6 +327,7 @@ pub async fn run(config: Config, mut signals: StopSignals) -> Result<()> {
     let mut counts = vec![
         ("undecodable_records", pipeline.undecodable),
         ("process_metadata_unavailable", pipeline.metadata_unavailable),
+        ("context_files_refused", pipeline.context_files_refused.load(Ordering::Relaxed)),
     ];
     match probes.counters() {
         Ok(counters) => counts.extend(counters),
@@ -427,21 +441,31 @@ fn release_freed_memory() {
 
 /// Looks for binaries that export the context marker every [`RESCAN_PROCESSES`], on a thread
 /// of its own: reading a new executable's symbols takes up to a few hundred milliseconds (the
-/// first scan of a busy host, seconds), which must not hold up the ring buffer's reader. Files
-/// found come back through the channel; the thread ends once the receiver is dropped.
-fn spawn_marker_scan() -> Result<mpsc::UnboundedReceiver<PathBuf>> {
+/// first scan of a busy host, seconds), and everything it reads belongs to other processes, so
+/// none of it may hold up the ring buffer's reader. Nothing there blocks for good: files are
+/// opened `O_PATH` and read only once proved regular (see `probes::mapped_file`). What it finds
+/// comes back through the channel, at most `max_files` open descriptors at a time (the scan
+/// hands over no more files than the cap); the thread ends once the receiver is dropped.
+fn spawn_marker_scan(max_files: usize, refused: Arc<AtomicU64>) -> Result<mpsc::UnboundedReceiver<Found>> {
     let (found, receiver) = mpsc::unbounded_channel();
     std::thread::Builder::new()
         .name("marker-scan".into())
         .spawn(move || {
-            let mut discovery = Discovery::default();
+            let mut discovery = Discovery::new(Path::new("/proc"), max_files, refused);
             while !found.is_closed() {
-                for file in discovery.scan(Path::new("/proc")) {
-                    if found.send(file).is_err() {
+                let started = std::time::Instant::now();
+                for item in discovery.scan() {
+                    if found.send(item).is_err() {
                         return;
                     }
                 }
-                if discovery.take_files_read() > 0 {
+                let files_read = discovery.take_files_read();
+                if files_read > 0 {
+                    debug!(
+                        "context marker: looked into {files_read} new files in {:?}; {} attached",
+                        started.elapsed(),
+                        discovery.attached()
+                    );
                     release_freed_memory();
                 }
                 std::thread::sleep(RESCAN_PROCESSES);
@@ -451,11 +475,23 @@ fn spawn_marker_scan() -> Result<mpsc::UnboundedReceiver<PathBuf>> {
     Ok(receiver)
 }
 
-/// Attaches the context-marker uprobe to a binary the scan found.
-fn attach_marker(probes: &mut Probes, file: &Path) {
-    match probes.attach_marker(file) {
-        Ok(()) => info!("context marker: attached to {}", file.display()),
-        Err(e) => warn!("context marker: not attached to {}: {e}", file.display()),
+/// Attaches the context-marker uprobe to a file the scan found, then closes the file; or
+/// releases the uprobe of a file no process maps any more.
+fn on_marker(probes: &mut Probes, found: Found) {
+    match found {
+        Found::Attach(marker) => match probes.attach_marker(&marker) {
+            Ok(()) => info!("context marker: attached to {}", printable(&marker.name)),
+            Err(e) => warn!("context marker: not attached to {}: {e}", printable(&marker.name)),
+        },
+        Found::Release { id, name } => {
+            if probes.release_marker(id) {
+                info!(
+                    "context marker: released {} (no process maps it any more; {} files attached)",
+                    printable(&name),
+                    probes.markers_attached()
+                );
+            }
+        }
     }
 }
 

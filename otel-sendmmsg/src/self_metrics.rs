@@ -42,6 +42,7 @@ const METRICS: &[(&str, &str, Option<&str>)] = &[
     ("kernel_missed", "otel_sendmmsg.programs.missed", None),
     // Spans still delivered, under a resource named after their thread.
     ("process_metadata_unavailable", "otel_sendmmsg.processes.unread", None),
+    ("context_files_refused", "otel_sendmmsg.context_files.refused", None),
 ];
 
 /// Not a running total: the calls inside `sendmmsg` right now.
@@ -177,6 +178,9 @@ fn description(metric: &str) -> &'static str {
         }
         "otel_sendmmsg.processes.unread" => {
             "processes whose spans went under a resource named after their thread: reading /proc took too long"
+        }
+        "otel_sendmmsg.context_files.refused" => {
+            "files exporting the context marker left unattached at OTEL_SENDMMSG_MAX_CONTEXT_FILES"
         }
         _ => "",
     }

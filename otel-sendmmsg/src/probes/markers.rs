@@ -1,222 +1,637 @@
 //! Finds the executables and shared libraries that export the context marker
-//! (`otel_sendmmsg_set_context`), in running processes, so a uprobe can be attached to each
-//! file once; processes started later from a file already attached are covered by that uprobe.
+//! (`otel_sendmmsg_set_context`) in running processes, so a uprobe can be attached to each file
+//! once; processes started later from a file already attached are covered by that uprobe. It
+//! remembers which live processes map each file: once none does, the file's uprobe is released,
+//! and at most a set number of files are attached at once.
+//!
+//! Everything here runs on the scan thread and treats other processes as hostile: their maps
+//! are read by fields with a byte cap ([`proc_maps`]), only the regular file really mapped is
+//! opened ([`mapped_file`]), and its symbols are read within a fixed budget ([`elf_marker`]).
+//! The event loop only attaches to the descriptor found here, and closes it.
 
 use std::{
     collections::{HashMap, HashSet},
     fs::File,
+    io::Read,
     path::{Path, PathBuf},
-};
-
-use object::{
-    elf,
-    read::{
-        elf::{FileHeader, SectionHeader, Sym},
-        ReadCache,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        mpsc::RecvTimeoutError,
+        Arc,
     },
-    Endianness, FileKind, SectionIndex,
+    time::Duration,
 };
-use otel_sendmmsg_common::CONTEXT_MARKER_SYMBOL;
 
-/// A mapped file, as `/proc/PID/maps` names it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Mapping {
-    /// Device (as "major:minor" in hex) and inode: one file, however many paths reach it.
-    pub file: (String, u64),
-    pub path: PathBuf,
+use tracing::{debug, warn};
+
+use super::{
+    elf_marker::{marker_offset, SizedFile},
+    mapped_file,
+    proc_maps::{executable_mappings, read_maps, FileId, Mapping},
+    proc_mounts::Filesystems,
+};
+
+/// What the scan found for the event loop to do.
+#[derive(Debug)]
+pub enum Found {
+    /// A file that exports the marker, open and checked: attach to it, then close it.
+    Attach(Marker),
+    /// No process maps this file any more: release its uprobe.
+    Release { id: FileId, name: PathBuf },
 }
 
-/// The executable file mappings of one `/proc/PID/maps` text.
-pub fn executable_mappings(maps: &str) -> Vec<Mapping> {
-    maps.lines()
-        .filter_map(|line| {
-            let mut fields = line.split_whitespace();
-            let (_range, perms, _offset, dev, inode) =
-                (fields.next()?, fields.next()?, fields.next()?, fields.next()?, fields.next()?);
-            let path = fields.next()?;
-            let inode: u64 = inode.parse().ok()?;
-            (perms.contains('x') && inode != 0 && path.starts_with('/'))
-                .then(|| Mapping { file: (dev.to_owned(), inode), path: PathBuf::from(path) })
-        })
-        .collect()
-}
-
-/// Whether the ELF file exports the marker, in its symbol table or its dynamic one.
-pub fn exports_marker(path: &Path) -> bool {
-    let Ok(file) = File::open(path) else {
-        return false;
-    };
-    // Reads only the parts the symbol tables need, not the whole (possibly huge) file.
-    let data = ReadCache::new(file);
-    let name = CONTEXT_MARKER_SYMBOL.as_bytes();
-    match FileKind::parse(&data) {
-        Ok(FileKind::Elf64) => defines::<elf::FileHeader64<Endianness>>(&data, name),
-        Ok(FileKind::Elf32) => defines::<elf::FileHeader32<Endianness>>(&data, name),
-        _ => false,
-    }
-}
-
-/// Whether the ELF `data` defines symbol `name`. Each symbol table and its strings are read in
-/// one piece and compared in place: going symbol by symbol through object's `ReadCache` caches
-/// every name read separately, tens of MiB for a large binary's 100k symbols.
-fn defines<Elf: FileHeader<Endian = Endianness>>(data: &ReadCache<File>, name: &[u8]) -> bool {
-    let found = || -> object::Result<bool> {
-        let header = Elf::parse(data)?;
-        let endian = header.endian()?;
-        let sections = header.sections(endian, data)?;
-        for section in sections.iter() {
-            if !matches!(section.sh_type(endian), elf::SHT_SYMTAB | elf::SHT_DYNSYM) {
-                continue;
-            }
-            let symbols: &[Elf::Sym] = section.data_as_array(endian, data)?;
-            let strings =
-                sections.section(SectionIndex(section.sh_link(endian) as usize))?.data(endian, data)?;
-            let named = |sym: &Elf::Sym| {
-                let start = sym.st_name(endian) as usize;
-                strings.get(start..).and_then(|s| s.split(|&b| b == 0).next()) == Some(name)
-            };
-            if symbols.iter().any(|sym| sym.st_shndx(endian) != elf::SHN_UNDEF && named(sym)) {
-                return Ok(true);
-            }
-        }
-        Ok(false)
-    };
-    found().unwrap_or(false)
+/// A verified file exporting the marker.
+#[derive(Debug)]
+pub struct Marker {
+    /// Open for reading, proved to be the mapped regular file: the uprobe goes on this very
+    /// inode through `/proc/self/fd/N`.
+    pub file: File,
+    pub id: FileId,
+    /// The marker function's offset in the file, as the uprobe wants it.
+    pub offset: u64,
+    /// `/proc/PID/root/<path>` of the process it was found in, for the log.
+    pub name: PathBuf,
 }
 
 /// What has been looked at already, so each process and each file is examined once.
-#[derive(Default)]
 pub struct Discovery {
-    /// pid -> process start time (so a reused pid is looked at again).
-    pids: HashMap<u32, u64>,
-    files: HashSet<(String, u64)>,
+    proc_root: PathBuf,
+    /// Never looked into: our own maps hold no marker, and reading them is noise.
+    own_pid: u32,
+    max_files: usize,
+    /// Live processes already read: pid -> start time (so a reused pid is read again) and the
+    /// files it maps.
+    processes: HashMap<u32, Process>,
+    files: HashMap<FileId, Known>,
+    /// Files handed over for attaching and not released yet.
+    attached: usize,
+    /// Files that export the marker but were not attached because `max_files` were.
+    refused: Arc<AtomicU64>,
     /// Files whose symbols were read since [`Discovery::take_files_read`] last asked.
     files_read: usize,
+    deadline: Deadline,
+    /// Devices of the files a look took longer than the deadline on, one per thread left stuck.
+    stuck: Vec<u64>,
+    /// [`look_into`], or a stand-in that stalls (tests).
+    look_into: fn(&Path, &Mapping, &[u64]) -> Option<Marker>,
+    /// The mounts of the process last looked into (`/proc/PID`), for its next files; emptied
+    /// after each scan, as mounts come and go.
+    filesystems: Option<(PathBuf, Filesystems)>,
+}
+
+/// How long looking into one file may take, and how many threads may be left stuck.
+#[derive(Clone, Copy, Debug)]
+pub struct Deadline {
+    pub each: Duration,
+    pub stuck_at_most: usize,
+}
+
+impl Default for Deadline {
+    /// A local file is opened and its symbols read in milliseconds (a large binary's `.symtab`,
+    /// a few hundred on a slow disk); 10 s is only ever reached by a filesystem that does not
+    /// answer. Four stuck threads cost their stacks (256 KiB each, mostly untouched).
+    fn default() -> Self {
+        Deadline { each: Duration::from_secs(10), stuck_at_most: 4 }
+    }
+}
+
+struct Process {
+    start: u64,
+    files: Vec<FileId>,
+}
+
+struct Known {
+    /// The live processes seen mapping it.
+    users: HashSet<u32>,
+    state: State,
+}
+
+enum State {
+    NoMarker,
+    Attached {
+        name: PathBuf,
+    },
+    /// Exports the marker, but the cap was reached: how each user maps it, to try again
+    /// through one of them once a slot is free.
+    OverCap {
+        mappings: HashMap<u32, Mapping>,
+    },
 }
 
 impl Discovery {
-    /// Scans processes not seen before; returns the new files that export the marker, as paths
-    /// reachable from here (through the process's root, for other mount namespaces).
-    pub fn scan(&mut self, proc_root: &Path) -> Vec<PathBuf> {
+    /// Looks at the processes under `proc_root`; attaches at most `max_files` files at once and
+    /// counts the files refused beyond that in `refused`.
+    pub fn new(proc_root: &Path, max_files: usize, refused: Arc<AtomicU64>) -> Discovery {
+        Discovery {
+            proc_root: proc_root.to_owned(),
+            own_pid: std::process::id(),
+            max_files,
+            processes: HashMap::new(),
+            files: HashMap::new(),
+            attached: 0,
+            refused,
+            files_read: 0,
+            deadline: Deadline::default(),
+            stuck: Vec::new(),
+            look_into,
+            filesystems: None,
+        }
+    }
+
+    /// Forgets the processes that exited (releasing files no live process maps), reads the new
+    /// ones, and tries files refused earlier if slots came free.
+    pub fn scan(&mut self) -> Vec<Found> {
         let mut found = Vec::new();
-        let mut alive = HashMap::new();
-        for entry in std::fs::read_dir(proc_root).into_iter().flatten().flatten() {
-            let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
-                continue;
-            };
-            let dir = entry.path();
-            let Some(start) = start_time(&dir) else {
-                continue; // gone already
-            };
-            alive.insert(pid, start);
-            if self.pids.get(&pid) == Some(&start) {
-                continue;
-            }
-            let maps = std::fs::read_to_string(dir.join("maps")).unwrap_or_default();
-            for mapping in executable_mappings(&maps) {
-                if self.files.insert(mapping.file.clone()) {
-                    self.files_read += 1;
-                    let reachable =
-                        dir.join("root").join(mapping.path.strip_prefix("/").unwrap_or(&mapping.path));
-                    if exports_marker(&reachable) {
-                        found.push(reachable);
-                    }
+        let alive = self.live_processes();
+        let exited: Vec<u32> = self
+            .processes
+            .iter()
+            .filter(|(pid, p)| alive.get(pid) != Some(&p.start))
+            .map(|(pid, _)| *pid)
+            .collect();
+        for pid in exited {
+            if let Some(process) = self.processes.remove(&pid) {
+                for id in process.files {
+                    self.drop_user(id, pid, &mut found);
                 }
             }
         }
-        // Forget exited processes, so the map stays as large as the process table.
-        self.pids = alive;
+        let mut new: Vec<(u32, u64)> =
+            alive.into_iter().filter(|(pid, _)| !self.processes.contains_key(pid)).collect();
+        new.sort_unstable();
+        for (pid, start) in new {
+            let dir = self.proc_root.join(pid.to_string());
+            let maps = read_maps(&dir.join("maps")).unwrap_or_default();
+            let mut files = Vec::new();
+            for mapping in executable_mappings(&maps) {
+                if !files.contains(&mapping.file) {
+                    files.push(mapping.file);
+                    self.add_user(pid, &dir, mapping, &mut found);
+                }
+            }
+            self.processes.insert(pid, Process { start, files });
+        }
+        self.retry_over_cap(&mut found);
+        self.filesystems = None;
         found
     }
 
-    /// How many files had their symbol tables read since the last call. A large binary's
-    /// tables take tens of MiB while they are read, which the allocator keeps unless asked.
+    /// How many files had their symbols read since the last call (each read takes up to
+    /// [`super::elf_marker::READ_BUDGET`], which the allocator keeps unless asked).
     pub fn take_files_read(&mut self) -> usize {
         std::mem::take(&mut self.files_read)
     }
+
+    /// Files handed over for attaching and not released since.
+    pub fn attached(&self) -> usize {
+        self.attached
+    }
+
+    fn live_processes(&self) -> HashMap<u32, u64> {
+        let mut alive = HashMap::new();
+        for entry in std::fs::read_dir(&self.proc_root).into_iter().flatten().flatten() {
+            let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+                continue;
+            };
+            if pid == self.own_pid {
+                continue;
+            }
+            if let Some(start) = start_time(&entry.path()) {
+                alive.insert(pid, start);
+            }
+        }
+        alive
+    }
+
+    fn add_user(&mut self, pid: u32, dir: &Path, mapping: Mapping, found: &mut Vec<Found>) {
+        if let Some(known) = self.files.get_mut(&mapping.file) {
+            known.users.insert(pid);
+            if let State::OverCap { mappings } = &mut known.state {
+                mappings.insert(pid, mapping);
+            }
+            return;
+        }
+        let id = mapping.file;
+        let state = match self.examine(dir, &mapping) {
+            None => State::NoMarker,
+            Some(marker) if self.attached < self.max_files => {
+                self.attached += 1;
+                let name = marker.name.clone();
+                found.push(Found::Attach(marker));
+                State::Attached { name }
+            }
+            Some(marker) => {
+                self.refuse(&marker.name);
+                State::OverCap { mappings: HashMap::from([(pid, mapping)]) }
+            }
+        };
+        self.files.insert(id, Known { users: HashSet::from([pid]), state });
+    }
+
+    fn drop_user(&mut self, id: FileId, pid: u32, found: &mut Vec<Found>) {
+        let Some(known) = self.files.get_mut(&id) else {
+            return;
+        };
+        known.users.remove(&pid);
+        if let State::OverCap { mappings } = &mut known.state {
+            mappings.remove(&pid);
+        }
+        if !known.users.is_empty() {
+            return;
+        }
+        if let Some(Known { state: State::Attached { name }, .. }) = self.files.remove(&id) {
+            self.attached -= 1;
+            found.push(Found::Release { id, name });
+        }
+    }
+
+    /// Looks into the file `mapping` names in process `dir`, on a thread of its own that is
+    /// given [`Deadline::each`]: a file on a filesystem its owner serves (FUSE) can make the
+    /// kernel wait on that owner in any lookup, `fstat` or read, forever. A thread still stuck
+    /// then is left behind (it ends when the filesystem answers; what it found is dropped), its
+    /// device is never looked into again, and after [`Deadline::stuck_at_most`] of them no new
+    /// file is, so neither the scan nor its threads can be held without bound.
+    ///
+    /// Before that, the process's mountinfo must show the file's filesystem mounted and not
+    /// FUSE ([`Filesystems::refuse`]): a thread waiting on a FUSE request cannot even be killed,
+    /// so the deadline is for what remains (a network filesystem that stops answering).
+    fn examine(&mut self, dir: &Path, mapping: &Mapping) -> Option<Marker> {
+        if self.stuck.len() >= self.deadline.stuck_at_most || self.stuck.contains(&mapping.file.dev) {
+            return None;
+        }
+        if self.filesystems.as_ref().is_none_or(|(of, _)| of != dir) {
+            self.filesystems = Some((dir.to_owned(), Filesystems::of(dir)));
+        }
+        let filesystems = &self.filesystems.as_ref()?.1;
+        if let Some(why) = filesystems.refuse(mapping.file.dev) {
+            debug!("context marker: not looked into {}: {why}", printable(&mapping.path));
+            return None;
+        }
+        let mounts = filesystems.mount_ids(mapping.file.dev);
+        self.files_read += 1;
+        let (sender, receiver) = std::sync::mpsc::sync_channel(1);
+        let (dir, owned) = (dir.to_owned(), mapping.clone());
+        let look_into = self.look_into;
+        std::thread::Builder::new()
+            .name("marker-file".into())
+            .stack_size(256 << 10)
+            .spawn(move || {
+                let _ = sender.send(look_into(&dir, &owned, &mounts));
+            })
+            .inspect_err(|e| warn!("context marker: no thread to look into a file: {e}"))
+            .ok()?;
+        match receiver.recv_timeout(self.deadline.each) {
+            Ok(found) => found,
+            Err(RecvTimeoutError::Disconnected) => None,
+            Err(RecvTimeoutError::Timeout) => {
+                self.stuck.push(mapping.file.dev);
+                warn!(
+                    "context marker: gave up on {} after {:?}: its filesystem (device {}:{}) does not \
+                     answer; files on it are not looked into again{}",
+                    printable(&mapping.path),
+                    self.deadline.each,
+                    libc::major(mapping.file.dev),
+                    libc::minor(mapping.file.dev),
+                    if self.stuck.len() >= self.deadline.stuck_at_most {
+                        "; that is the last such file: no new file is looked into from now on"
+                    } else {
+                        ""
+                    }
+                );
+                None
+            }
+        }
+    }
+
+    fn refuse(&mut self, name: &Path) {
+        let before = self.refused.fetch_add(1, Ordering::Relaxed);
+        if before == 0 {
+            warn!(
+                "context marker: not attached to {}: {} files are attached already, the most \
+                 OTEL_SENDMMSG_MAX_CONTEXT_FILES allows; raise it to trace more (files refused \
+                 are counted as context_files_refused and tried again once a slot is free)",
+                printable(name),
+                self.max_files
+            );
+        } else {
+            debug!(
+                "context marker: not attached to {}: {} files are attached already",
+                printable(name),
+                self.max_files
+            );
+        }
+    }
+
+    /// Gives the slots that came free to files refused earlier, reached through a process that
+    /// maps them now.
+    fn retry_over_cap(&mut self, found: &mut Vec<Found>) {
+        let mut waiting: Vec<FileId> = self
+            .files
+            .iter()
+            .filter(|(_, known)| matches!(known.state, State::OverCap { .. }))
+            .map(|(id, _)| *id)
+            .collect();
+        waiting.sort_unstable();
+        for id in waiting {
+            if self.attached >= self.max_files {
+                return;
+            }
+            let Some(Known { state: State::OverCap { mappings }, .. }) = self.files.get_mut(&id) else {
+                continue;
+            };
+            let mut tries: Vec<(u32, Mapping)> = mappings.drain().collect();
+            tries.sort_unstable_by_key(|(pid, _)| *pid);
+            let marker = tries.iter().find_map(|(pid, mapping)| {
+                let dir = self.proc_root.join(pid.to_string());
+                self.examine(&dir, mapping)
+            });
+            let state = match marker {
+                Some(marker) => {
+                    self.attached += 1;
+                    let name = marker.name.clone();
+                    found.push(Found::Attach(marker));
+                    State::Attached { name }
+                }
+                // None of its users maps it where it did: it is no longer what was refused.
+                None => State::NoMarker,
+            };
+            if let Some(known) = self.files.get_mut(&id) {
+                known.state = state;
+            }
+        }
+    }
+}
+
+/// A path another process chose, fit for one log line: a newline in it would forge a line of its
+/// own, so control characters (and quotes and backslashes, to stay unambiguous) are escaped.
+pub fn printable(path: &Path) -> String {
+    path.to_string_lossy().escape_debug().to_string()
+}
+
+/// Opens the file `mapping` names in process `dir` and reads whether it exports the marker.
+fn look_into(dir: &Path, mapping: &Mapping, mounts: &[u64]) -> Option<Marker> {
+    let opened = mapped_file::open(dir, mapping, mounts)
+        .inspect_err(|why| {
+            debug!("context marker: not looked into {}: {}", printable(&mapping.path), why.escape_debug())
+        })
+        .ok()?;
+    let offset = marker_offset(&SizedFile { file: &opened.file, len: opened.len })?;
+    let relative = mapping.path.strip_prefix("/").unwrap_or(&mapping.path);
+    let mut name = dir.join("root").join(relative).into_os_string();
+    if mapping.deleted {
+        name.push(" (deleted)");
+    }
+    debug!(
+        "context marker: found in {} (offset {offset:#x}, through {})",
+        printable(Path::new(&name)),
+        printable(&opened.via)
+    );
+    Some(Marker { file: opened.file, id: mapping.file, offset, name: name.into() })
 }
 
 /// Field 22 of /proc/PID/stat (after the parenthesised command name, which may hold spaces).
 fn start_time(dir: &Path) -> Option<u64> {
-    let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
+    let mut stat = String::new();
+    // The line is a few hundred bytes; the cap only keeps a misbehaving /proc from ballooning us.
+    File::open(dir.join("stat")).ok()?.take(4096).read_to_string(&mut stat).ok()?;
     stat.rsplit_once(')')?.1.split_whitespace().nth(19)?.parse().ok()
 }
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::MetadataExt;
+
     use super::*;
 
-    #[test]
-    fn keeps_executable_file_mappings_only() {
-        let maps = "\
-55d0a0000000-55d0a0001000 r--p 00000000 fd:01 1234 /usr/bin/app
-55d0a0001000-55d0a0009000 r-xp 00001000 fd:01 1234 /usr/bin/app
-7f0000000000-7f0000020000 r-xp 00000000 fd:01 99 /usr/lib/x86_64-linux-gnu/libc.so.6
-7f0000100000-7f0000121000 rw-p 00000000 00:00 0 [heap]
-7ffd00000000-7ffd00002000 r-xp 00000000 00:00 0 [vdso]
-7f0000200000-7f0000201000 r-xp 00000000 00:05 77 /memfd:jit (deleted)";
-        let found = executable_mappings(maps);
-        assert_eq!(
-            found,
-            vec![
-                Mapping { file: ("fd:01".into(), 1234), path: "/usr/bin/app".into() },
-                Mapping { file: ("fd:01".into(), 99), path: "/usr/lib/x86_64-linux-gnu/libc.so.6".into() },
-                Mapping { file: ("00:05".into(), 77), path: "/memfd:jit".into() },
-            ]
-        );
+    /// A stand-in for /proc: `<pid>/stat`, `<pid>/maps`, `<pid>/root` (the real root) and
+    /// `<pid>/map_files/<range>` links to the files, so the bookkeeping is tested without root.
+    struct FakeProc {
+        dir: PathBuf,
+        next_range: u64,
     }
 
-    /// Compiles `source` with gcc (`args` added) into a file in a fresh directory.
-    fn compiled(name: &str, source: &str, args: &[&str]) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("otel-sendmmsg-markers-{}-{name}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("src.c"), source).unwrap();
-        let out = dir.join(name);
-        let status = std::process::Command::new("gcc")
-            .args(args)
-            .arg("-o")
-            .arg(&out)
-            .arg(dir.join("src.c"))
-            .status()
-            .expect("running gcc");
-        assert!(status.success(), "gcc {args:?}");
-        out
-    }
+    impl FakeProc {
+        fn new(name: &str) -> FakeProc {
+            let dir =
+                std::env::temp_dir().join(format!("otel-sendmmsg-fakeproc-{}-{name}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(dir.join("proc")).unwrap();
+            FakeProc { dir, next_range: 0x7f00_0000_0000 }
+        }
 
-    #[test]
-    fn the_marker_is_found_where_it_is_defined_not_where_it_is_called() {
-        let define = format!("void {CONTEXT_MARKER_SYMBOL}(void) {{}}\nint main(void) {{ return 0; }}\n");
-        let call =
-            format!("void {CONTEXT_MARKER_SYMBOL}(void);\nvoid f(void) {{ {CONTEXT_MARKER_SYMBOL}(); }}\n");
-        let library = compiled("libdefines.so", &define, &["-shared", "-fPIC"]);
-        let stripped = compiled("stripped.so", &define, &["-shared", "-fPIC", "-s"]);
-        let executable = compiled("defines", &define, &[]);
-        let caller = compiled("libcalls.so", &call, &["-shared", "-fPIC"]);
-        assert!(exports_marker(&library), "symbol and dynamic tables");
-        assert!(exports_marker(&stripped), "dynamic table only");
-        assert!(exports_marker(&executable), "symbol table");
-        assert!(!exports_marker(&caller), "only an undefined reference");
-        for file in [library, stripped, executable, caller] {
-            let _ = std::fs::remove_dir_all(file.parent().unwrap());
+        fn proc(&self) -> PathBuf {
+            self.dir.join("proc")
+        }
+
+        /// A process mapping `files` executable; `linked`: with map_files entries.
+        fn process(&mut self, pid: u32, files: &[&Path], linked: bool) {
+            let files: Vec<(&Path, FileId)> = files.iter().map(|f| (*f, identity(f))).collect();
+            self.process_as(pid, &files, linked)
+        }
+
+        /// A process whose maps name these paths with these identities.
+        fn process_as(&mut self, pid: u32, files: &[(&Path, FileId)], linked: bool) {
+            let dir = self.proc().join(pid.to_string());
+            std::fs::create_dir_all(dir.join("map_files")).unwrap();
+            std::fs::write(
+                dir.join("stat"),
+                format!("{pid} (app) S 1 1 1 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 {pid}0 0"),
+            )
+            .unwrap();
+            std::os::unix::fs::symlink("/", dir.join("root")).unwrap();
+            let mut maps = String::new();
+            for (file, id) in files {
+                let (start, end) = (self.next_range, self.next_range + 0x1000);
+                self.next_range += 0x10000;
+                let (major, minor) = (libc::major(id.dev), libc::minor(id.dev));
+                maps += &format!(
+                    "{start:x}-{end:x} r-xp 00000000 {major:02x}:{minor:02x} {}    {}\n",
+                    id.ino,
+                    file.display()
+                );
+                if linked {
+                    std::os::unix::fs::symlink(file, dir.join(format!("map_files/{start:x}-{end:x}")))
+                        .unwrap();
+                }
+            }
+            std::fs::write(dir.join("maps"), maps).unwrap();
+            // Every device mounted, as a local filesystem.
+            let mut devices: Vec<u64> = files.iter().map(|(_, id)| id.dev).collect();
+            devices.dedup();
+            let mountinfo: String = devices
+                .iter()
+                .enumerate()
+                .map(|(i, dev)| {
+                    format!(
+                        "{} 1 {}:{} / /m{i} rw - ext4 none rw\n",
+                        100 + i,
+                        libc::major(*dev),
+                        libc::minor(*dev)
+                    )
+                })
+                .collect();
+            std::fs::write(dir.join("mountinfo"), mountinfo).unwrap();
+        }
+
+        fn exit(&self, pid: u32) {
+            std::fs::remove_dir_all(self.proc().join(pid.to_string())).unwrap();
         }
     }
 
-    #[test]
-    fn a_binary_without_the_marker_is_not_a_candidate() {
-        assert!(!exports_marker(Path::new("/bin/sh")));
-        assert!(!exports_marker(Path::new("/nonexistent")));
+    impl Drop for FakeProc {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    fn identity(path: &Path) -> FileId {
+        let meta = std::fs::metadata(path).unwrap();
+        FileId { dev: meta.dev(), ino: meta.ino() }
+    }
+
+    fn marker_library(dir: &Path) -> Vec<u8> {
+        let source = format!("void {}(void) {{}}\n", otel_sendmmsg_common::CONTEXT_MARKER_SYMBOL);
+        std::fs::write(dir.join("marker.c"), source).unwrap();
+        let out = dir.join("marker.so");
+        let status = std::process::Command::new("gcc")
+            .args(["-shared", "-fPIC", "-o"])
+            .arg(&out)
+            .arg(dir.join("marker.c"))
+            .status()
+            .expect("running gcc");
+        assert!(status.success());
+        std::fs::read(out).unwrap()
+    }
+
+    /// (attached, released) file names of one scan.
+    fn outcome(found: Vec<Found>) -> (Vec<String>, Vec<String>) {
+        let base = |p: &Path| p.file_name().unwrap().to_string_lossy().into_owned();
+        let mut attached = Vec::new();
+        let mut released = Vec::new();
+        for f in found {
+            match f {
+                Found::Attach(m) => {
+                    assert_eq!(
+                        m.id.ino,
+                        m.file.metadata().unwrap().ino(),
+                        "the descriptor is the file found"
+                    );
+                    attached.push(base(&m.name));
+                }
+                Found::Release { name, .. } => released.push(base(&name)),
+            }
+        }
+        (attached, released)
     }
 
     #[test]
-    fn the_start_time_survives_spaces_in_the_command_name() {
-        let dir = std::env::temp_dir().join(format!("markers-stat-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(
-            dir.join("stat"),
-            "42 (my (odd) app) S 1 42 42 0 -1 4194560 1 0 0 0 0 0 0 0 20 0 1 0 98765 0",
-        )
-        .unwrap();
-        assert_eq!(start_time(&dir), Some(98765));
-        std::fs::remove_dir_all(dir).unwrap();
+    fn files_are_capped_released_when_unmapped_and_refused_ones_get_free_slots() {
+        let mut proc = FakeProc::new("cap");
+        let library = marker_library(&proc.dir);
+        let libs: Vec<PathBuf> = (0..3).map(|i| proc.dir.join(format!("lib{i} with space.so"))).collect();
+        for lib in &libs {
+            std::fs::write(lib, &library).unwrap();
+        }
+        let plain = proc.dir.join("plain.so");
+        std::fs::write(&plain, b"not an ELF file").unwrap();
+        proc.process(100, &[&libs[0], &libs[1], &plain], true);
+        proc.process(101, &[&libs[2], &libs[0]], false);
+        let refused = Arc::new(AtomicU64::new(0));
+        let mut discovery = Discovery::new(&proc.proc(), 2, refused.clone());
+
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(outcome(discovery.scan()), (names(&["lib0 with space.so", "lib1 with space.so"]), vec![]));
+        assert_eq!((refused.load(Ordering::Relaxed), discovery.attached()), (1, 2), "lib2 over the cap");
+        assert_eq!(outcome(discovery.scan()), (vec![], vec![]), "nothing new");
+
+        proc.exit(100);
+        assert_eq!(
+            outcome(discovery.scan()),
+            (names(&["lib2 with space.so"]), names(&["lib1 with space.so"])),
+            "lib1 unmapped; lib0 still mapped by 101; lib2 takes the free slot"
+        );
+        proc.exit(101);
+        let (attached, mut released) = outcome(discovery.scan());
+        released.sort();
+        assert_eq!((attached, released), (vec![], names(&["lib0 with space.so", "lib2 with space.so"])));
+        assert_eq!(discovery.attached(), 0);
+        assert!(
+            discovery.files.is_empty() && discovery.processes.is_empty(),
+            "nothing kept of exited processes"
+        );
+        assert_eq!(refused.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn decoys_where_the_mapped_path_was_are_never_opened_for_reading() {
+        let mut proc = FakeProc::new("decoys");
+        let library = marker_library(&proc.dir);
+        let genuine = proc.dir.join("genuine.so");
+        std::fs::write(&genuine, &library).unwrap();
+        let swapped = proc.dir.join("swapped.so");
+        std::fs::write(&swapped, &library).unwrap();
+        let mapped = identity(&swapped);
+        let mut discovery = Discovery::new(&proc.proc(), 8, Arc::default());
+        // The maps line names swapped.so's inode; the path is a FIFO by now.
+        std::fs::remove_file(&swapped).unwrap();
+        let name = std::ffi::CString::new(swapped.as_os_str().to_str().unwrap()).unwrap();
+        // SAFETY: a NUL-terminated name.
+        assert_eq!(unsafe { libc::mkfifo(name.as_ptr(), 0o666) }, 0);
+        proc.process_as(200, &[(&swapped, mapped)], false);
+        assert_eq!(outcome(discovery.scan()), (vec![], vec![]), "the FIFO");
+        proc.exit(200);
+        assert_eq!(outcome(discovery.scan()), (vec![], vec![]));
+        // Then a symlink to a genuine marker library.
+        std::fs::remove_file(&swapped).unwrap();
+        std::os::unix::fs::symlink(&genuine, &swapped).unwrap();
+        proc.process_as(201, &[(&swapped, mapped)], false);
+        assert_eq!(outcome(discovery.scan()), (vec![], vec![]), "the symlink");
+        // The genuine library, mapped under its own name, is found.
+        proc.process(202, &[&genuine], false);
+        assert_eq!(outcome(discovery.scan()), (vec!["genuine.so".to_string()], vec![]));
+    }
+
+    /// Stands in for a filesystem that never answers: files on devices of major 250.
+    fn stalling(dir: &Path, mapping: &Mapping, mounts: &[u64]) -> Option<Marker> {
+        if libc::major(mapping.file.dev) == 250 {
+            loop {
+                std::thread::sleep(Duration::from_secs(3600));
+            }
+        }
+        look_into(dir, mapping, mounts)
+    }
+
+    #[test]
+    fn a_file_that_never_answers_costs_one_deadline_per_device_and_a_bounded_number_of_threads() {
+        let mut proc = FakeProc::new("stall");
+        let library = marker_library(&proc.dir);
+        let ok: Vec<PathBuf> = (0..3).map(|i| proc.dir.join(format!("ok{i}.so"))).collect();
+        for lib in &ok {
+            std::fs::write(lib, &library).unwrap();
+        }
+        let fuse = |minor, ino| FileId { dev: libc::makedev(250, minor), ino };
+        let stall = proc.dir.join("stall.so");
+        let mut discovery = Discovery::new(&proc.proc(), 8, Arc::default());
+        discovery.deadline = Deadline { each: Duration::from_millis(300), stuck_at_most: 2 };
+        discovery.look_into = stalling;
+
+        // One stuck file; a local one in the same process is still found, and another file on
+        // the stuck device is not waited on again.
+        proc.process_as(
+            300,
+            &[(&stall, fuse(1, 10)), (&ok[0], identity(&ok[0])), (&stall, fuse(1, 11))],
+            false,
+        );
+        let started = std::time::Instant::now();
+        assert_eq!(outcome(discovery.scan()), (vec!["ok0.so".to_string()], vec![]));
+        assert!(started.elapsed() < Duration::from_millis(300 * 2), "one deadline, not two");
+        assert_eq!(discovery.stuck, vec![libc::makedev(250, 1)]);
+
+        // A second device stuck: the most allowed; from then on no new file is looked into.
+        proc.process_as(301, &[(&stall, fuse(2, 12)), (&ok[1], identity(&ok[1]))], false);
+        assert_eq!(outcome(discovery.scan()), (vec![], vec![]));
+        proc.process(302, &[&ok[2]], false);
+        assert_eq!(outcome(discovery.scan()), (vec![], vec![]));
+        assert_eq!(discovery.stuck.len(), 2);
     }
 }

@@ -4,27 +4,34 @@
 pub mod btf_types;
 pub mod choose;
 pub mod context_cleanup;
+pub mod elf_marker;
 pub mod floor;
 pub mod hooks;
 pub mod kernel;
 pub mod kernel_misses;
+pub mod mapped_file;
 pub mod markers;
 pub mod offsets;
 pub mod pin_dir;
+pub mod proc_maps;
+pub mod proc_mounts;
 pub mod selftest;
 pub mod shared_context;
 
 use std::{
     any::Any,
     collections::HashSet,
-    os::fd::AsFd,
+    os::fd::{AsFd, AsRawFd},
     path::{Path, PathBuf},
 };
 
 use anyhow::{anyhow, bail, Context, Result};
 use aya::{
     maps::{Array, HashMap, MapData, MapError, PerCpuArray, RingBuf},
-    programs::{uprobe::UProbeScope, FEntry, FExit, KProbe, TracePoint, UProbe},
+    programs::{
+        uprobe::{UProbeAttachLocation, UProbeScope},
+        FEntry, FExit, KProbe, TracePoint, UProbe,
+    },
     Ebpf, EbpfError, EbpfLoader,
 };
 use otel_sendmmsg_common::{
@@ -35,6 +42,8 @@ use tracing::{debug, info, warn};
 use self::{
     hooks::{program, Family, MessageHook, PROTOCOL_SENDMSG},
     kernel::{Kernel, TRACEFS},
+    markers::Marker,
+    proc_maps::FileId,
     shared_context::SharedMap,
 };
 use crate::{
@@ -56,7 +65,8 @@ pub struct Probes {
     loaded: HashSet<&'static str>,
     entry_exit: Vec<Attached>,
     message: Vec<Attached>,
-    markers: Vec<Attached>,
+    /// The context-marker uprobes, one per file; dropping one releases that file.
+    markers: std::collections::HashMap<FileId, Attached>,
     /// In-flight entries removed because their thread is gone: calls whose exit never ran.
     exits_missed_swept: u64,
     context_cleanup: Vec<Attached>,
@@ -145,7 +155,7 @@ impl Probes {
             loaded: HashSet::new(),
             entry_exit: Vec::new(),
             message: Vec::new(),
-            markers: Vec::new(),
+            markers: std::collections::HashMap::new(),
             exits_missed_swept: 0,
             context_cleanup: Vec::new(),
         };
@@ -264,24 +274,37 @@ impl Probes {
         }
     }
 
-    /// Attaches the context-marker uprobe to a file that exports the marker, for every process
-    /// that runs it, now or later.
-    pub fn attach_marker(&mut self, file: &Path) -> Result<(), String> {
+    /// Attaches the context-marker uprobe to a file the scan found and checked, for every
+    /// process that runs it, now or later. The target is `/proc/self/fd/N` of the descriptor
+    /// the scan opened, at the offset it computed: the kernel follows that link to exactly the
+    /// inode checked, and aya neither opens nor parses any path (with an absolute offset and a
+    /// path that is not a bare name, `UProbe::attach` hands the path straight to
+    /// `perf_event_open`). The uprobe holds the inode; the caller closes the descriptor.
+    pub fn attach_marker(&mut self, marker: &Marker) -> Result<(), String> {
         let name = program::CONTEXT_MARKER;
         let first = self.loaded.insert(name);
         let prog: &mut UProbe = self.program(name)?;
         if first {
             prog.load().map_err(|e| load_error(name, e))?;
         }
+        let target = PathBuf::from(format!("/proc/self/fd/{}", marker.file.as_raw_fd()));
         let id = prog
-            .attach(CONTEXT_MARKER_SYMBOL, file, UProbeScope::AllProcesses)
-            .map_err(|e| format!("attach to {} refused: {e}", file.display()))?;
+            .attach(UProbeAttachLocation::AbsoluteOffset(marker.offset), &target, UProbeScope::AllProcesses)
+            .map_err(|e| format!("attach refused: {:#}", anyhow!(e)))?;
         let link = prog.take_link(id).map_err(|e| e.to_string())?;
-        self.markers.push(Attached {
-            what: format!("uprobe {}:{CONTEXT_MARKER_SYMBOL}", file.display()),
-            _link: Box::new(link),
-        });
+        let what = format!("uprobe {}+{:#x} ({CONTEXT_MARKER_SYMBOL})", marker.name.display(), marker.offset);
+        self.markers.insert(marker.id, Attached { what, _link: Box::new(link) });
         Ok(())
+    }
+
+    /// Detaches the context-marker uprobe from a file; whether it was attached.
+    pub fn release_marker(&mut self, id: FileId) -> bool {
+        self.markers.remove(&id).is_some()
+    }
+
+    /// How many files carry a context-marker uprobe now.
+    pub fn markers_attached(&self) -> usize {
+        self.markers.len()
     }
 
     pub fn detach_entry_exit(&mut self) {

@@ -1,0 +1,48 @@
+//! Any bytes into the bounded ELF marker scan, as a file another process controls. It never
+//! panics; an offset it returns lies inside the file; and it asks for at most `READ_BUDGET` bytes,
+//! however large the sizes the bytes claim. Each input is scanned twice: as a file of its own
+//! length, and as the start of a sparse 1 TiB file (zeros after the input), where a claimed table
+//! of gigabytes is inside the file and only the budget bounds what is read and allocated.
+//! scripts/fuzz.sh runs it with `-malloc_limit_mb` a little above the budget, so one allocation
+//! beyond it fails the run.
+#![no_main]
+
+use std::{cell::Cell, io};
+
+use libfuzzer_sys::fuzz_target;
+use otel_sendmmsg::probes::elf_marker::{marker_offset, ReadAt, READ_BUDGET};
+
+/// The input, then zeros up to `size`; counts the bytes asked for.
+struct Sparse<'a> {
+    data: &'a [u8],
+    size: u64,
+    asked: Cell<u64>,
+}
+
+impl ReadAt for Sparse<'_> {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.asked.set(self.asked.get() + buf.len() as u64);
+        let end = offset.checked_add(buf.len() as u64).filter(|&end| end <= self.size);
+        end.ok_or(io::ErrorKind::UnexpectedEof)?;
+        for (i, byte) in buf.iter_mut().enumerate() {
+            let at = usize::try_from(offset + i as u64).unwrap_or(usize::MAX);
+            *byte = self.data.get(at).copied().unwrap_or(0);
+        }
+        Ok(())
+    }
+}
+
+fuzz_target!(|data: &[u8]| {
+    if let Some(offset) = marker_offset(data) {
+        assert!(offset < data.len() as u64);
+    }
+    let sparse = Sparse { data, size: 1 << 40, asked: Cell::new(0) };
+    if let Some(offset) = marker_offset(&sparse) {
+        assert!(offset < sparse.size);
+    }
+    assert!(sparse.asked.get() <= READ_BUDGET + 64, "asked for {} bytes", sparse.asked.get());
+});
