@@ -20,7 +20,7 @@ use std::{
     process::{Child, Command, Stdio},
     sync::{
         atomic::{AtomicBool, Ordering},
-        Arc, Mutex, MutexGuard,
+        Arc, Mutex,
     },
     time::{Duration, Instant},
 };
@@ -32,39 +32,6 @@ use support::*;
 /// The unprivileged user whose processes map the files.
 const APP_USER: u32 = 4322;
 const WAIT: Duration = Duration::from_secs(60);
-
-/// One sidecar at a time: each scans every process on the host, this file's others included.
-fn one_at_a_time() -> MutexGuard<'static, ()> {
-    static SIDECARS: Mutex<()> = Mutex::new(());
-    SIDECARS.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// A directory everyone can read, removed when dropped.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Scratch {
-        let dir = std::env::temp_dir().join(format!("otel-sendmmsg-hostile-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-        Scratch(dir)
-    }
-
-    /// Writes `bytes` to `name` in it, readable by everyone.
-    fn file(&self, name: &str, bytes: &[u8]) -> PathBuf {
-        let path = self.0.join(name);
-        std::fs::write(&path, bytes).unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-        path
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// gcc's output for `source` with `args`, as bytes.
 fn compiled(dir: &Path, name: &str, source: &str, args: &[&str]) -> PathBuf {
@@ -225,8 +192,8 @@ fn mknod_null(path: &Path) {
 }
 
 /// The hostile user's scene; then a genuine marker library mapped afterwards must be attached.
-fn hostile_scene(caps: &[&Capability]) -> (Stopped, Scratch, u32, u32) {
-    let scratch = Scratch::new(if caps.len() == CAPABILITIES.len() { "all" } else { "nosysadmin" });
+fn hostile_scene(caps: &[&Capability]) -> (Stopped, SharedDir, u32, u32) {
+    let scratch = SharedDir::new(if caps.len() == CAPABILITIES.len() { "all" } else { "nosysadmin" });
     let dir = &scratch.0;
     let marker = marker_library(dir);
     let mapper = mapper(dir);
@@ -321,7 +288,7 @@ fn marker_lines<'a>(log: &'a str, outcome: &str) -> Vec<&'a str> {
 #[test]
 fn with_every_capability_hostile_mappings_neither_block_nor_mislead_it() {
     require_root();
-    let _alone = one_at_a_time();
+    let _alone = one_sidecar_at_a_time();
     let all: Vec<&Capability> = CAPABILITIES.iter().collect();
     let (stopped, scratch, decoys, genuine) = hostile_scene(&all);
     let log = &stopped.stderr;
@@ -343,7 +310,7 @@ fn with_every_capability_hostile_mappings_neither_block_nor_mislead_it() {
 #[test]
 fn without_sys_admin_the_path_fallback_refuses_every_decoy() {
     require_root();
-    let _alone = one_at_a_time();
+    let _alone = one_sidecar_at_a_time();
     let required: Vec<&Capability> = CAPABILITIES.iter().filter(|c| c.need == Need::Required).collect();
     let (stopped, scratch, decoys, genuine) = hostile_scene(&required);
     let log = &stopped.stderr;
@@ -373,10 +340,10 @@ fn without_sys_admin_the_path_fallback_refuses_every_decoy() {
 #[test]
 fn many_marker_files_are_capped_counted_and_released_with_their_processes() {
     require_root();
-    let _alone = one_at_a_time();
+    let _alone = one_sidecar_at_a_time();
     const COPIES: usize = 12;
     const CAP: usize = 4;
-    let scratch = Scratch::new("many");
+    let scratch = SharedDir::new("many");
     let marker = marker_library(&scratch.0);
     let mapper = mapper(&scratch.0);
     let copies: Vec<PathBuf> = (0..COPIES).map(|i| scratch.file(&format!("copy{i}.so"), &marker)).collect();
@@ -648,8 +615,8 @@ fn serve(
 #[test]
 fn files_on_fuse_are_never_asked_for_anything() {
     require_root();
-    let _alone = one_at_a_time();
-    let scratch = Scratch::new("fuse");
+    let _alone = one_sidecar_at_a_time();
+    let scratch = SharedDir::new("fuse");
     let marker = marker_library(&scratch.0);
     let mapper = mapper(&scratch.0);
     let (mounted, detached) = (scratch.0.join("mounted"), scratch.0.join("detached"));

@@ -21,7 +21,7 @@ use std::{
     net::UdpSocket,
     path::{Path, PathBuf},
     process::{Child, ChildStdin, ChildStdout, Command, Stdio},
-    sync::{mpsc, Mutex, MutexGuard},
+    sync::mpsc,
     time::{Duration, Instant},
 };
 
@@ -45,39 +45,8 @@ const PEAK_RSS_LIMIT_KIB: u64 = 64 * 1024;
 const HOSTILE_SOURCE: &str = include_str!("hostile/environ.c");
 const STUCK_FUSE_SOURCE: &str = include_str!("hostile/stuck_fuse.py");
 
-/// One sidecar at a time: they share the pinned context map and the marker uprobes, and the
-/// peak RSS measured must be this sidecar's work alone.
-fn one_at_a_time() -> MutexGuard<'static, ()> {
-    static SIDECARS: Mutex<()> = Mutex::new(());
-    SIDECARS.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// A directory other users can enter (mode 0755), removed with everything in it when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = std::env::temp_dir().join(format!("otel-sendmmsg-hostile-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-        TempDir(dir)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// `binary` copied where `nobody` and the hostile user can run it.
-fn copied(dir: &TempDir, binary: &str, name: &str) -> PathBuf {
+fn copied(dir: &SharedDir, binary: &str, name: &str) -> PathBuf {
     use std::os::unix::fs::PermissionsExt;
     let path = dir.path().join(name);
     std::fs::copy(binary, &path).unwrap_or_else(|e| panic!("copying {binary}: {e}"));
@@ -86,7 +55,7 @@ fn copied(dir: &TempDir, binary: &str, name: &str) -> PathBuf {
 }
 
 /// The hostile program, compiled now into `dir` under the executable name `name`.
-fn compile_hostile(dir: &TempDir, name: &str) -> PathBuf {
+fn compile_hostile(dir: &SharedDir, name: &str) -> PathBuf {
     let source = dir.path().join("environ.c");
     std::fs::write(&source, HOSTILE_SOURCE).unwrap();
     let out = dir.path().join(name);
@@ -98,13 +67,6 @@ fn compile_hostile(dir: &TempDir, name: &str) -> PathBuf {
         .expect("running gcc (Debian's gcc)");
     assert!(status.success(), "compiling the hostile program");
     out
-}
-
-/// A `/proc/PID/status` field's first value.
-fn status_field(pid: u32, field: &str) -> String {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find_map(|l| l.strip_prefix(field)?.strip_prefix(':')).unwrap().trim();
-    line.split_whitespace().next().unwrap().to_owned()
 }
 
 fn status_kib(pid: u32, field: &str) -> u64 {
@@ -124,21 +86,6 @@ fn start_sidecar(binary: &Path, receiver: &Receiver) -> Sidecar {
         .unwrap_or_else(|(status, log)| panic!("the sidecar did not start ({status}):\n{log}"));
     assert_eq!(status_field(sidecar.pid(), "Uid"), NOBODY.to_string(), "the sidecar runs as nobody");
     sidecar
-}
-
-/// SIGTERM once the sidecar handles it (it installs its handler when its main loop first runs,
-/// just after it says it is ready); it must exit 0 with its summary.
-fn stop(sidecar: Sidecar) -> Stopped {
-    const SIGTERM_BIT: u64 = 1 << (libc::SIGTERM - 1);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while u64::from_str_radix(&status_field(sidecar.pid(), "SigCgt"), 16).unwrap() & SIGTERM_BIT == 0 {
-        assert!(Instant::now() < deadline, "the sidecar never caught SIGTERM:\n{}", sidecar.stderr());
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let stopped = sidecar.stop();
-    assert!(stopped.status.success(), "the sidecar exited with {}:\n{}", stopped.status, stopped.stderr);
-    assert!(stopped.stderr.contains("stopped: "), "no summary:\n{}", stopped.stderr);
-    stopped
 }
 
 /// A hostile process as [`HOSTILE_USER`], alive until dropped (its stdin closes, then it is
@@ -279,8 +226,8 @@ fn bystander(workload: &Path, uid: Option<u32>, service: &str) -> LoopReport {
 #[test]
 fn a_four_gib_environment_is_scanned_within_bounds() {
     require_root();
-    let _alone = one_at_a_time();
-    let dir = TempDir::new("4g");
+    let _alone = one_sidecar_at_a_time();
+    let dir = SharedDir::new("4g");
     let binary = copied(&dir, SIDECAR, "otel-sendmmsg");
     let workload = copied(&dir, WORKLOAD, "sendmmsg-workload");
     let hostile_binary = compile_hostile(&dir, "hostile-4g-env");
@@ -306,7 +253,7 @@ fn a_four_gib_environment_is_scanned_within_bounds() {
         "sidecar peak RSS: {startup_peak} KiB at start-up, {ready_rss} KiB when ready, \
          {peak} KiB after the 4 GiB environment (limit {PEAK_RSS_LIMIT_KIB} KiB); environ stat size {environ_size:?}"
     );
-    let stopped = stop(sidecar);
+    let stopped = stop_cleanly(sidecar);
     drop(hostile);
 
     assert!(
@@ -331,12 +278,12 @@ struct StuckFuse {
     reads: mpsc::Receiver<String>,
     mountpoint: PathBuf,
     /// Removed after the unmount (fields drop after `Drop::drop`).
-    _dir: TempDir,
+    _dir: SharedDir,
 }
 
 impl StuckFuse {
     fn mount() -> StuckFuse {
-        let dir = TempDir::new("fuse");
+        let dir = SharedDir::new("fuse");
         let script = dir.path().join("stuck_fuse.py");
         std::fs::write(&script, STUCK_FUSE_SOURCE).unwrap();
         let mountpoint = dir.path().join("mnt");
@@ -393,9 +340,9 @@ fn blocked_threads(pid: u32) -> Vec<String> {
 #[test]
 fn an_environment_whose_reading_never_returns_costs_only_its_own_metadata() {
     require_root();
-    let _alone = one_at_a_time();
+    let _alone = one_sidecar_at_a_time();
     let fuse = StuckFuse::mount();
-    let dir = TempDir::new("stuck");
+    let dir = SharedDir::new("stuck");
     let binary = copied(&dir, SIDECAR, "otel-sendmmsg");
     let workload = copied(&dir, WORKLOAD, "sendmmsg-workload");
     let hostile_binary = compile_hostile(&dir, "hostile-stuck-env");
@@ -420,7 +367,7 @@ fn an_environment_whose_reading_never_returns_costs_only_its_own_metadata() {
     let still_stuck = blocked_threads(sidecar.pid());
     eprintln!("sidecar threads blocked in the kernel: {stuck_threads:?}, later {still_stuck:?}");
 
-    let stopped = stop(sidecar);
+    let stopped = stop_cleanly(sidecar);
     // The FUSE server first: its end is what lets the hostile process's stuck thread die.
     drop(fuse);
     drop(hostile);

@@ -13,7 +13,7 @@ use std::{
     net::UdpSocket,
     path::{Path, PathBuf},
     process::{Child, ChildStdin, Command, Stdio},
-    sync::{mpsc, Mutex, MutexGuard},
+    sync::mpsc,
     time::{Duration, Instant},
 };
 
@@ -35,13 +35,6 @@ fn names(caps: impl IntoIterator<Item = &'static Capability>) -> Vec<String> {
 
 fn required() -> impl Iterator<Item = &'static Capability> {
     CAPABILITIES.iter().filter(|c| c.need == Need::Required)
-}
-
-/// One sidecar at a time: each attaches the marker uprobe to every binary that has it, and all
-/// share the pinned context map, so one's demo app would get parents through another's uprobe.
-fn one_at_a_time() -> MutexGuard<'static, ()> {
-    static SIDECARS: Mutex<()> = Mutex::new(());
-    SIDECARS.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// A copy of a binary that other users can run, removed again when dropped (each is around
@@ -91,35 +84,14 @@ fn start_as_nobody(
     Sidecar::try_start_command(in_own_bpffs(&setpriv(NOBODY, &caps, true, binary)), vars)
 }
 
-/// A `/proc/PID/status` field's first value.
-fn status_field(pid: u32, field: &str) -> String {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find_map(|l| l.strip_prefix(field)?.strip_prefix(':')).unwrap().trim();
-    line.split_whitespace().next().unwrap().to_owned()
-}
-
 fn mask(caps: impl IntoIterator<Item = &'static Capability>) -> u64 {
     caps.into_iter().fold(0, |m, c| m | 1 << c.number)
-}
-
-/// Stops the sidecar once it handles SIGTERM. It installs its handler only when its main loop
-/// first runs, just after it says it is ready: a SIGTERM before that would kill it unflushed.
-fn stop(sidecar: Sidecar) -> Stopped {
-    const SIGTERM_BIT: u64 = 1 << (libc::SIGTERM - 1);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while u64::from_str_radix(&status_field(sidecar.pid(), "SigCgt"), 16).unwrap() & SIGTERM_BIT == 0 {
-        assert!(Instant::now() < deadline, "the sidecar never caught SIGTERM:\n{}", sidecar.stderr());
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let stopped = sidecar.stop();
-    assert!(stopped.status.success(), "{}:\n{}", stopped.status, stopped.stderr);
-    stopped
 }
 
 /// The udp4 scenario's one call, traced and exported with its exact result.
 fn assert_traces_a_call(receiver: &Receiver, sidecar: Sidecar) -> Stopped {
     let calls = run_workload(&["udp4"]);
-    let stopped = stop(sidecar);
+    let stopped = stop_cleanly(sidecar);
     let spans = receiver.spans_of(calls[0].pid);
     assert_eq!(spans.len(), 1, "one span for the workload's call:\n{}", stopped.stderr);
     assert_eq!(spans[0].int("sendmmsg.sent"), Some(8));
@@ -140,7 +112,7 @@ fn the_capability_numbers_are_the_names_the_kernel_tools_give_them() {
 #[test]
 fn with_only_the_documented_capabilities_a_non_root_sidecar_traces() {
     require_root();
-    let _alone = one_at_a_time();
+    let _alone = one_sidecar_at_a_time();
     let binary = sidecar_binary();
     let receiver = Receiver::start(Protocol::Grpc);
     let sidecar = start_as_nobody(&binary, &names(CAPABILITIES), &otlp_vars(&receiver))
@@ -156,12 +128,12 @@ fn with_only_the_documented_capabilities_a_non_root_sidecar_traces() {
 #[test]
 fn without_any_one_required_capability_start_up_stops_naming_it() {
     require_root();
-    let _alone = one_at_a_time();
+    let _alone = one_sidecar_at_a_time();
     let binary = sidecar_binary();
     for missing in required() {
         let caps = names(CAPABILITIES.iter().filter(|c| *c != missing));
         let (status, log) = match start_as_nobody(&binary, &caps, &[("OTEL_TRACES_EXPORTER", "none")]) {
-            Ok(sidecar) => panic!("it started without {}:\n{}", missing.name, stop(sidecar).stderr),
+            Ok(sidecar) => panic!("it started without {}:\n{}", missing.name, stop_cleanly(sidecar).stderr),
             Err(failed) => failed,
         };
         assert_eq!(status.code(), Some(1), "without {}: {status}\n{log}", missing.name);
@@ -254,7 +226,7 @@ fn app_and_syscall_spans(receiver: &Receiver, pid: u32) -> (Vec<ReceivedSpan>, V
 #[test]
 fn with_them_another_users_calls_land_inside_that_users_spans() {
     require_root();
-    let _alone = one_at_a_time();
+    let _alone = one_sidecar_at_a_time();
     let binary = sidecar_binary();
     let receiver = Receiver::start(Protocol::Grpc);
     let sink = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -264,7 +236,7 @@ fn with_them_another_users_calls_land_inside_that_users_spans() {
     let outcome = app.marker_outcome(&sidecar);
     assert!(outcome.contains("context marker: attached to /proc/"), "{outcome}");
     let pid = app.run();
-    let stopped = stop(sidecar);
+    let stopped = stop_cleanly(sidecar);
     let (app_spans, calls) = app_and_syscall_spans(&receiver, pid);
     let parents: HashSet<&Vec<u8>> = app_spans.iter().map(|s| &s.span.span_id).collect();
     assert_eq!(calls.len(), ITERATIONS, "{}", stopped.stderr);
@@ -281,7 +253,7 @@ fn with_them_another_users_calls_land_inside_that_users_spans() {
 #[test]
 fn without_sys_admin_it_traces_but_the_kernel_refuses_the_marker_uprobe() {
     require_root();
-    let _alone = one_at_a_time();
+    let _alone = one_sidecar_at_a_time();
     let binary = sidecar_binary();
     let optional: Vec<&Capability> = CAPABILITIES.iter().filter(|c| c.need == Need::ContextMarker).collect();
     assert_eq!(optional.iter().map(|c| c.name).collect::<Vec<_>>(), ["CAP_SYS_ADMIN"]);
@@ -295,7 +267,7 @@ fn without_sys_admin_it_traces_but_the_kernel_refuses_the_marker_uprobe() {
     let outcome = app.marker_outcome(&sidecar);
     assert!(outcome.contains("not attached") && outcome.contains("perf_event_open"), "{outcome}");
     let pid = app.run();
-    let stopped = stop(sidecar);
+    let stopped = stop_cleanly(sidecar);
     let (_, calls) = app_and_syscall_spans(&receiver, pid);
     assert_eq!(calls.len(), ITERATIONS, "traced all the same:\n{}", stopped.stderr);
     assert!(calls.iter().all(|c| c.span.parent_span_id.is_empty()), "no parent without the marker");
@@ -306,7 +278,7 @@ fn without_sys_admin_it_traces_but_the_kernel_refuses_the_marker_uprobe() {
 #[test]
 fn as_the_image_runs_it_file_capabilities_and_the_bounding_set_decide() {
     require_root();
-    let _alone = one_at_a_time();
+    let _alone = one_sidecar_at_a_time();
     let dockerfile = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../Dockerfile"))
         .expect("the sidecar's Dockerfile at the repository root");
     let words: Vec<&str> = dockerfile.split_whitespace().collect();

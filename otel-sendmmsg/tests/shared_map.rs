@@ -21,7 +21,7 @@ use std::{
     process::{Command, Stdio},
     sync::{
         atomic::{AtomicU32, Ordering},
-        mpsc, Mutex, MutexGuard,
+        mpsc,
     },
     time::{Duration, Instant},
 };
@@ -44,13 +44,6 @@ const CONTEXT: TraceContext = TraceContext {
     ],
     span_id: [0x00, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7],
 };
-
-/// One sidecar at a time: each traces every call, and the calls these tests check are made by
-/// this very process.
-fn one_at_a_time() -> MutexGuard<'static, ()> {
-    static SIDECARS: Mutex<()> = Mutex::new(());
-    SIDECARS.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
 
 /// A bpffs instance of this test's own, unmounted when dropped.
 struct Bpffs {
@@ -242,7 +235,7 @@ fn assert_refused(
 #[test]
 fn another_users_directory_and_pin_are_refused_and_tracing_goes_on() {
     require_root();
-    let _alone = one_at_a_time();
+    let _alone = one_sidecar_at_a_time();
     let bpffs = Bpffs::mount("1777");
     // What any user can do on a host whose bpffs is 1777: a directory of their own, 0700, with a
     // map of exactly the agreed shape, holding a context for the thread about to call.
@@ -264,7 +257,7 @@ fn another_users_directory_and_pin_are_refused_and_tracing_goes_on() {
 #[test]
 fn another_users_pin_in_a_root_directory_is_refused() {
     require_root();
-    let _alone = one_at_a_time();
+    let _alone = one_sidecar_at_a_time();
     let bpffs = Bpffs::mount("0700");
     bpffs.make_dir(0o700);
     pin_new_map(&bpffs.pin(), BPF_MAP_TYPE_LRU_HASH, 8, 24, 0);
@@ -276,7 +269,7 @@ fn another_users_pin_in_a_root_directory_is_refused() {
 #[test]
 fn a_directory_or_pin_open_to_others_is_refused() {
     require_root();
-    let _alone = one_at_a_time();
+    let _alone = one_sidecar_at_a_time();
     let bpffs = Bpffs::mount("1777");
     bpffs.make_dir(0o777);
     pin_new_map(&bpffs.pin(), BPF_MAP_TYPE_LRU_HASH, 8, 24, 0);
@@ -294,7 +287,7 @@ fn a_directory_or_pin_open_to_others_is_refused() {
 #[test]
 fn maps_of_another_type_shape_or_flags_are_refused() {
     require_root();
-    let _alone = one_at_a_time();
+    let _alone = one_sidecar_at_a_time();
     for (map_type, key_size, value_size, flags, reason) in [
         (BPF_MAP_TYPE_HASH, 8, 24, 0, "its map is a Hash, not an LruHash"),
         (BPF_MAP_TYPE_LRU_HASH, 8, 32, 0, "its key/value sizes are 8/32 bytes, expected 8/24"),
@@ -310,7 +303,7 @@ fn maps_of_another_type_shape_or_flags_are_refused() {
 #[test]
 fn symlinks_are_not_followed() {
     require_root();
-    let _alone = one_at_a_time();
+    let _alone = one_sidecar_at_a_time();
     // Each link leads to a directory and pin that would be accepted where they are.
     let bpffs = Bpffs::mount("1777");
     let elsewhere = bpffs.root.join("elsewhere");
@@ -341,7 +334,7 @@ fn symlinks_are_not_followed() {
 #[test]
 fn a_root_pin_of_the_agreed_shape_is_used() {
     require_root();
-    let _alone = one_at_a_time();
+    let _alone = one_sidecar_at_a_time();
     let bpffs = Bpffs::mount("0700");
     bpffs.make_dir(0o755);
     pin_new_map(&bpffs.pin(), BPF_MAP_TYPE_LRU_HASH, 8, 24, 0);
@@ -368,7 +361,7 @@ fn mode_and_owner(path: &Path) -> (u32, u32) {
 #[test]
 fn a_fresh_start_creates_the_directory_0700_and_the_pin_0600_of_its_own_user() {
     require_root();
-    let _alone = one_at_a_time();
+    let _alone = one_sidecar_at_a_time();
     let bpffs = Bpffs::mount("1777");
     let receiver = Receiver::start(Protocol::Grpc);
     // With umask 0, a directory made with the default mode (create_dir_all) would be 0777.
@@ -405,7 +398,7 @@ fn a_fresh_start_creates_the_directory_0700_and_the_pin_0600_of_its_own_user() {
 #[test]
 fn the_sidecar_mounts_bpffs_0700() {
     require_root();
-    let _alone = one_at_a_time();
+    let _alone = one_sidecar_at_a_time();
     let receiver = Receiver::start(Protocol::Grpc);
     let mut command = Command::new("unshare");
     command
@@ -433,7 +426,7 @@ fn next_pid_is(tid: u32) {
 #[test]
 fn a_reused_tid_does_not_inherit_a_dead_threads_parent() {
     require_root();
-    let _alone = one_at_a_time();
+    let _alone = one_sidecar_at_a_time();
     let bpffs = Bpffs::mount("0700");
     let receiver = Receiver::start(Protocol::Grpc);
     let sidecar = bpffs.sidecar(&receiver);
@@ -471,7 +464,7 @@ fn a_reused_tid_does_not_inherit_a_dead_threads_parent() {
 #[test]
 fn an_exec_drops_the_context() {
     require_root();
-    let _alone = one_at_a_time();
+    let _alone = one_sidecar_at_a_time();
     let bpffs = Bpffs::mount("0700");
     let receiver = Receiver::start(Protocol::Grpc);
     let sidecar = bpffs.sidecar(&receiver);

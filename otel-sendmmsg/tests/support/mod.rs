@@ -728,3 +728,66 @@ impl Sidecar {
         self.child.try_wait().expect("checking on the sidecar").is_none()
     }
 }
+
+/// One sidecar at a time within a test binary: sidecars share the host's marker uprobes and
+/// pinned context map, scan every process (each other's included), and a peak RSS measured must
+/// be one sidecar's work alone.
+pub fn one_sidecar_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static SIDECARS: Mutex<()> = Mutex::new(());
+    SIDECARS.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A directory other users can enter (mode 0755), removed with everything in it when dropped.
+pub struct SharedDir(pub std::path::PathBuf);
+
+impl SharedDir {
+    pub fn new(name: &str) -> SharedDir {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("otel-sendmmsg-hostile-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        SharedDir(dir)
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+
+    /// Writes `bytes` to `name` in it, readable by everyone.
+    pub fn file(&self, name: &str, bytes: &[u8]) -> std::path::PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let path = self.0.join(name);
+        std::fs::write(&path, bytes).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        path
+    }
+}
+
+impl Drop for SharedDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A `/proc/PID/status` field's first value.
+pub fn status_field(pid: u32, field: &str) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find_map(|l| l.strip_prefix(field)?.strip_prefix(':')).unwrap().trim();
+    line.split_whitespace().next().unwrap().to_owned()
+}
+
+/// SIGTERM once the sidecar handles it (a sidecar started through a wrapper such as setpriv
+/// may not have installed its handler yet); it must exit 0 with its summary.
+pub fn stop_cleanly(sidecar: Sidecar) -> Stopped {
+    const SIGTERM_BIT: u64 = 1 << (libc::SIGTERM - 1);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while u64::from_str_radix(&status_field(sidecar.pid(), "SigCgt"), 16).unwrap() & SIGTERM_BIT == 0 {
+        assert!(Instant::now() < deadline, "the sidecar never caught SIGTERM:\n{}", sidecar.stderr());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let stopped = sidecar.stop();
+    assert!(stopped.status.success(), "the sidecar exited with {}:\n{}", stopped.status, stopped.stderr);
+    assert!(stopped.stderr.contains("stopped: "), "no summary:\n{}", stopped.stderr);
+    stopped
+}
