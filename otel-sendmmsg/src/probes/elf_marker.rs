@@ -151,6 +151,7 @@ fn find<Elf: FileHeader<Endian = Endianness>>(
     }
     let sections = budget.read::<Elf::SectionHeader>(source, table, count)?;
     let sections = sections.values();
+    let budget_len = budget.len;
     // The dynamic table first: small, and what a library exports. `.symtab` after, for an
     // executable that defines the marker without exporting it.
     for wanted in [elf::SHT_DYNSYM, elf::SHT_SYMTAB] {
@@ -159,30 +160,92 @@ fn find<Elf: FileHeader<Endian = Endianness>>(
             if strings.sh_type(endian) != elf::SHT_STRTAB {
                 continue;
             }
-            let symbols_size: u64 = table.sh_size(endian).into();
-            let Some(symbols) = budget.read::<Elf::Sym>(
-                source,
-                table.sh_offset(endian).into(),
-                symbols_size / size_of::<Elf::Sym>() as u64,
-            ) else {
+            let strings =
+                Table { offset: strings.sh_offset(endian).into(), size: strings.sh_size(endian).into() };
+            let symbols =
+                Table { offset: table.sh_offset(endian).into(), size: table.sh_size(endian).into() };
+            let Some(at) = name_offsets(source, budget, strings, name) else {
                 continue;
             };
-            let Some(strings) =
-                budget.read::<u8>(source, strings.sh_offset(endian).into(), strings.sh_size(endian).into())
-            else {
+            if at.is_empty() {
                 continue;
-            };
-            let strings = strings.values();
-            let named = |sym: &Elf::Sym| {
-                let start = usize::try_from(sym.st_name(endian)).unwrap_or(usize::MAX);
-                strings.get(start..).and_then(|s| s.split(|&b| b == 0).next()) == Some(name)
-            };
-            for symbol in symbols.values().iter().filter(|s| named(s)) {
-                if let Some(offset) = file_offset::<Elf>(symbol, sections, endian, budget.len) {
-                    return Some(offset);
-                }
+            }
+            if let Some(offset) = each_symbol::<Elf>(source, budget, symbols, |symbol| {
+                at.contains(&u64::from(symbol.st_name(endian)))
+                    .then(|| file_offset::<Elf>(symbol, sections, endian, budget_len))
+                    .flatten()
+            }) {
+                return Some(offset);
             }
         }
+    }
+    None
+}
+
+/// Bytes of a symbol table or of its strings held at once: the scan's memory, whatever the size
+/// of the tables (a large binary's are tens of MiB).
+const CHUNK: u64 = 64 << 10;
+/// Places in one string table where the marker's name may start; a real one has one or two.
+const MAX_NAME_PLACES: usize = 64;
+
+/// A section's extent in the file, as its header claims it.
+#[derive(Clone, Copy)]
+struct Table {
+    offset: u64,
+    size: u64,
+}
+
+/// Every offset in the string table `strings` at which `name` followed by a NUL starts (a
+/// symbol's `st_name` may point into a longer string whose tail it shares), read chunk by chunk.
+/// `None` when the table cannot be read whole within the file and the budget.
+fn name_offsets(
+    source: &(impl ReadAt + ?Sized),
+    budget: &mut Budget,
+    strings: Table,
+    name: &[u8],
+) -> Option<Vec<u64>> {
+    let wanted: Vec<u8> = name.iter().copied().chain([0]).collect();
+    let overlap = wanted.len() as u64 - 1;
+    let mut found = Vec::new();
+    let mut at = 0u64;
+    while at < strings.size {
+        // Each chunk starts `overlap` bytes before the last one ended, so a name that spans two
+        // chunks is seen whole; a match seen in both is kept once.
+        let start = at.saturating_sub(if at == 0 { 0 } else { overlap });
+        let len = (strings.size - start).min(CHUNK + overlap);
+        let bytes = budget.read::<u8>(source, strings.offset.checked_add(start)?, len)?;
+        for (i, window) in bytes.values().windows(wanted.len()).enumerate() {
+            let place = start + i as u64;
+            if window == wanted.as_slice() && !found.contains(&place) {
+                if found.len() == MAX_NAME_PLACES {
+                    return None;
+                }
+                found.push(place);
+            }
+        }
+        at = start + len;
+    }
+    Some(found)
+}
+
+/// Calls `check` on each symbol of the table, a chunk at a time, until it returns a value.
+fn each_symbol<Elf: FileHeader<Endian = Endianness>>(
+    source: &(impl ReadAt + ?Sized),
+    budget: &mut Budget,
+    symbols: Table,
+    mut check: impl FnMut(&Elf::Sym) -> Option<u64>,
+) -> Option<u64> {
+    let entry = size_of::<Elf::Sym>() as u64;
+    let total = symbols.size / entry;
+    let per_chunk = (CHUNK / entry).max(1);
+    let mut index = 0;
+    while index < total {
+        let count = (total - index).min(per_chunk);
+        let chunk = budget.read::<Elf::Sym>(source, symbols.offset.checked_add(index * entry)?, count)?;
+        if let Some(found) = chunk.values().iter().find_map(&mut check) {
+            return Some(found);
+        }
+        index += count;
     }
     None
 }
@@ -236,6 +299,25 @@ mod tests {
             .expect("running gcc");
         assert!(status.success(), "gcc {args:?}");
         out
+    }
+
+    #[test]
+    fn the_name_is_found_across_chunk_boundaries_and_as_a_shared_tail() {
+        let name = CONTEXT_MARKER_SYMBOL.as_bytes();
+        for place in [0, 5, CHUNK - 3, CHUNK, 2 * CHUNK + 7] {
+            let mut strings = vec![b'x'; place as usize];
+            strings.extend_from_slice(name);
+            strings.push(0);
+            strings.extend_from_slice(&[b'y'; 100]);
+            let mut budget = Budget { left: READ_BUDGET, len: strings.len() as u64 };
+            let table = Table { offset: 0, size: strings.len() as u64 };
+            assert_eq!(name_offsets(&strings[..], &mut budget, table, name), Some(vec![place]), "at {place}");
+        }
+        // Not followed by its NUL: another name that merely starts the same.
+        let longer = [name, b"_v2\0".as_slice()].concat();
+        let mut budget = Budget { left: READ_BUDGET, len: longer.len() as u64 };
+        let table = Table { offset: 0, size: longer.len() as u64 };
+        assert_eq!(name_offsets(&longer[..], &mut budget, table, name), Some(vec![]));
     }
 
     fn offset_in(path: &Path) -> Option<u64> {
@@ -362,10 +444,26 @@ mod tests {
     #[test]
     fn a_huge_claimed_table_inside_a_huge_sparse_file_stays_within_the_budget() {
         let mut elf = marker_library("sparse");
+        let real = marker_offset(&elf[..]).expect("the untouched library has the marker");
         claim(&mut elf, elf::SHT_DYNSYM, 0x20, 200 << 20);
         let path = std::env::temp_dir().join(format!("otel-sendmmsg-elf-sparse-{}", std::process::id()));
         std::fs::write(&path, &elf).unwrap();
         let file = std::fs::OpenOptions::new().read(true).write(true).open(&path).unwrap();
+        file.set_len(8 << 30).unwrap();
+        let counting = Counting { inner: SizedFile { file: &file, len: 8 << 30 }, asked: 0.into() };
+        // The table is read a chunk at a time: the real symbols come first, and the claimed
+        // rest is never needed.
+        assert_eq!(marker_offset(&counting), Some(real));
+        assert!(counting.asked.get() <= READ_BUDGET, "read {} bytes", counting.asked.get());
+        // A file that really is that large, without the marker, is read up to the budget only.
+        let mut empty = marker_library("sparse-unnamed");
+        let at = empty
+            .windows(CONTEXT_MARKER_SYMBOL.len())
+            .position(|w| w == CONTEXT_MARKER_SYMBOL.as_bytes())
+            .unwrap();
+        empty[at] = b'X';
+        claim(&mut empty, elf::SHT_DYNSYM, 0x20, 200 << 20);
+        std::fs::write(&path, &empty).unwrap();
         file.set_len(8 << 30).unwrap();
         let counting = Counting { inner: SizedFile { file: &file, len: 8 << 30 }, asked: 0.into() };
         assert_eq!(marker_offset(&counting), None);
