@@ -141,6 +141,7 @@ struct Input {
     flags_out: u32,
     bytes: u64,
     sk: u64,
+    process_start_ns: u64,
     comm: [u8; 16],
     socket: ArbSocket,
     parent_trace_id: [u8; 16],
@@ -189,6 +190,7 @@ fn record(input: &Input) -> CallRecord {
         flags_out: input.flags_out,
         bytes: input.bytes,
         sk: input.sk,
+        process_start_ns: input.process_start_ns,
         comm: input.comm,
         socket: SocketInfo {
             family: s.family.raw(),
@@ -303,6 +305,7 @@ fn check_decoded(rec: &CallRecord, call: &Call) {
         (rec.pid, rec.tid, rec.start_ns, rec.end_ns, rec.sockfd, rec.msgvec)
     );
     assert_eq!((call.vlen, call.flags, call.ret), (rec.vlen, rec.flags, rec.ret));
+    assert_eq!(call.process_start_ns, rec.process_start_ns);
     assert_eq!(
         call.messages,
         MessageTotals {

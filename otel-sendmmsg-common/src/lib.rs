@@ -6,7 +6,7 @@
 
 /// Bumped whenever [`CallRecord`]'s layout changes, so a sidecar never misreads records from a
 /// BPF object of another layout.
-pub const RECORD_VERSION: u32 = 4;
+pub const RECORD_VERSION: u32 = 5;
 
 /// How many messages of one call get their own result and time in a record.
 ///
@@ -136,6 +136,10 @@ pub struct KernelOffsets {
     pub sk_num: u32,
     pub sk_v6_daddr: u32,
     pub sk_v6_rcv_saddr: u32,
+    /// `task_struct.start_boottime` (`real_start_time` before Linux 5.5), or 0 when the kernel
+    /// has neither: the process's start time then stays unknown.
+    pub task_start_boottime: u32,
+    pub _pad: u32,
 }
 
 /// Which filters are on, and their scalar settings; the sets live in BPF hash maps.
@@ -207,6 +211,9 @@ pub struct CallRecord {
     /// Kernel socket address of the first message, to tell the call's messages from stray sends
     /// on the same thread. Kernel-side only: the exit hook zeroes it before submitting.
     pub sk: u64,
+    /// When the calling process started (its thread group leader's `start_boottime`, ns after
+    /// boot), so user space can tell it from a later process given the same pid; 0 when unknown.
+    pub process_start_ns: u64,
     /// The thread's `comm` at entry, NUL-padded.
     pub comm: [u8; 16],
     pub socket: SocketInfo,
@@ -302,12 +309,12 @@ const _: () = assert!(core::mem::size_of::<Destination>() == 24);
 const _: () = assert!(core::mem::size_of::<MessageResult>() == 40);
 const _: () = assert!(core::mem::size_of::<SocketInfo>() == 48);
 const _: () = assert!(core::mem::size_of::<TraceContext>() == 24);
-const _: () = assert!(core::mem::size_of::<CallRecord>() == 184 + 40 * MAX_MESSAGE_DETAIL);
+const _: () = assert!(core::mem::size_of::<CallRecord>() == 192 + 40 * MAX_MESSAGE_DETAIL);
 const _: () = assert!(core::mem::align_of::<CallRecord>() == 8);
-const _: () = assert!(core::mem::offset_of!(CallRecord, socket) == 112);
-const _: () = assert!(core::mem::offset_of!(CallRecord, parent) == 160);
-const _: () = assert!(core::mem::offset_of!(CallRecord, detail) == 184);
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 19 * 4);
+const _: () = assert!(core::mem::offset_of!(CallRecord, socket) == 120);
+const _: () = assert!(core::mem::offset_of!(CallRecord, parent) == 168);
+const _: () = assert!(core::mem::offset_of!(CallRecord, detail) == 192);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 21 * 4);
 const _: () = assert!(core::mem::size_of::<FilterSettings>() == 16);
 
 #[cfg(feature = "user")]

@@ -12,6 +12,7 @@ mod kprobe;
 mod msgname;
 mod pairing;
 mod socket;
+mod task;
 mod tracepoint;
 
 #[cfg(not(test))]

@@ -21,7 +21,7 @@ use aya_ebpf::{
 };
 use otel_sendmmsg_common::{filter, record_flags, CallRecord, Counter, MAX_VLEN, RECORD_VERSION};
 
-use crate::{context, filters, msgname, socket};
+use crate::{context, filters, msgname, socket, task};
 
 /// Calls in flight, by thread id. A plain hash map, not an LRU one: an LRU map makes room by
 /// evicting another thread's call in progress, silently (its exit then looks like a call begun
@@ -310,6 +310,7 @@ pub fn on_exit(ret: i64) {
         count(Counter::FilteredAtExit);
     } else {
         let _ = socket::read_socket(rec.sockfd, &mut rec.socket);
+        rec.process_start_ns = task::process_start_ns();
         // One copy, map value -> ring buffer. The self-test waits on its records: they always
         // wake the reader.
         // SAFETY: a global the loader overwrites; volatile keeps the compiler from folding it.

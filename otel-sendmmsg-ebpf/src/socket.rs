@@ -31,6 +31,8 @@ pub static OFFSETS: KernelOffsets = KernelOffsets {
     sk_num: 0,
     sk_v6_daddr: 0,
     sk_v6_rcv_saddr: 0,
+    task_start_boottime: 0,
+    _pad: 0,
 };
 
 #[inline(always)]

@@ -12,6 +12,8 @@ use otel_sendmmsg_common::{
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Call {
     pub pid: u32,
+    /// When that process started, ns after boot; 0 when the kernel did not say.
+    pub process_start_ns: u64,
     pub tid: u32,
     /// The thread's name at entry.
     pub comm: String,
@@ -194,6 +196,7 @@ fn check_and_convert(rec: &CallRecord, len: usize) -> Result<Call, DecodeError> 
     let comm_len = rec.comm.iter().position(|&b| b == 0).unwrap_or(rec.comm.len());
     Ok(Call {
         pid: rec.pid,
+        process_start_ns: rec.process_start_ns,
         tid: rec.tid,
         comm: String::from_utf8_lossy(&rec.comm[..comm_len]).into_owned(),
         start_ns: rec.start_ns,
@@ -245,6 +248,7 @@ pub(crate) mod tests {
             flags_out: 0,
             bytes: 0,
             sk: 0,
+            process_start_ns: 0,
             comm: *b"publisher\0\0\0\0\0\0\0",
             socket: SocketInfo::default(),
             parent: TraceContext::default(),

@@ -98,7 +98,8 @@ impl Pipeline {
                     self.waiting.spans += 1;
                     return;
                 }
-                match self.processes.lookup(call.pid, &call.comm) {
+                match self.processes.lookup(call.pid, process::start_ticks(call.process_start_ns), &call.comm)
+                {
                     Ok(process) => self.exporter.export(span, process),
                     Err(_) if self.waiting.spans >= MAX_WAITING => {
                         self.metadata_unavailable += 1;

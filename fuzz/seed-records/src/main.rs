@@ -31,6 +31,7 @@ fn call(vlen: u32, results: &[i32]) -> CallRecord {
         flags_out: 0,
         bytes: 0,
         sk: 0,
+        process_start_ns: 0,
         comm: *b"sendmmsg-worklo\0",
         socket: SocketInfo::default(),
         parent: TraceContext::default(),

@@ -33,6 +33,12 @@ pub fn from_btf_file(path: &str) -> Result<KernelOffsets, String> {
         sk_num: field("sock_common", "skc_num")?,
         sk_v6_daddr: field("sock_common", "skc_v6_daddr")?,
         sk_v6_rcv_saddr: field("sock_common", "skc_v6_rcv_saddr")?,
+        // Optional: without it only the check of a process's identity against a reused pid is
+        // lost, not the socket context.
+        task_start_boottime: field("task_struct", "start_boottime")
+            .or_else(|_| field("task_struct", "real_start_time"))
+            .unwrap_or(0),
+        _pad: 0,
     })
 }
 

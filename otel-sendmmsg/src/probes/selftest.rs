@@ -120,6 +120,7 @@ mod tests {
     fn seen(m: &MadeCall, results: &[i32]) -> Call {
         Call {
             pid: 1,
+            process_start_ns: 0,
             tid: 2,
             comm: "self-test".into(),
             start_ns: 0,

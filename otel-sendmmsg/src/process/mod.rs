@@ -87,6 +87,10 @@ pub struct Entry {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReadRequest {
     pub pid: u32,
+    /// The calling process's start time in clock ticks after boot, as `/proc/PID/stat` shows
+    /// it, when the record carried it: a process by that pid that started at another time is
+    /// not the one that called.
+    pub start_ticks: Option<u64>,
     pub comm: String,
     /// The identity the cache holds for `pid` (a thread name not seen before: perhaps the
     /// first call after an exec), or `None` when nothing is cached.
@@ -100,6 +104,9 @@ pub enum ReadOutcome {
     Unchanged,
     /// The process as read now.
     Read(Entry),
+    /// The process that called is gone and its pid belongs to another now: what the calling
+    /// thread's name says, with nothing cached.
+    Gone,
 }
 
 impl ProcessCache {
@@ -109,17 +116,30 @@ impl ProcessCache {
 
     /// The process `pid` for a call from thread `comm`, if the cache can say without reading
     /// `/proc`; otherwise what must be read.
-    pub fn lookup(&mut self, pid: u32, comm: &str) -> Result<Arc<ProcessInfo>, ReadRequest> {
+    /// `start_ticks` is when the calling process started (see [`start_ticks`]), if known: an
+    /// entry of another process by the same pid does not answer for it.
+    pub fn lookup(
+        &mut self,
+        pid: u32,
+        start_ticks: Option<u64>,
+        comm: &str,
+    ) -> Result<Arc<ProcessInfo>, ReadRequest> {
+        let request = |known| ReadRequest { pid, start_ticks, comm: comm.to_owned(), known };
         let Some(entry) = self.entries.get_mut(&pid) else {
-            return Err(ReadRequest { pid, comm: comm.to_owned(), known: None });
+            return Err(request(None));
         };
-        if entry.provisional
-            || entry.threads.iter().any(|known| known == comm)
-            || entry.threads.len() >= THREAD_NAMES
-        {
+        if entry.provisional {
             return Ok(entry.info.clone());
         }
-        Err(ReadRequest { pid, comm: comm.to_owned(), known: Some(entry.identity.clone()) })
+        let other_process =
+            matches!((&entry.identity, start_ticks), (Some(stat), Some(start)) if stat.start_time != start);
+        if other_process {
+            return Err(request(None));
+        }
+        if entry.threads.iter().any(|known| known == comm) || entry.threads.len() >= THREAD_NAMES {
+            return Ok(entry.info.clone());
+        }
+        Err(request(Some(entry.identity.clone())))
     }
 
     /// Takes a read's answer in, and returns the process for the calls that waited for it,
@@ -127,6 +147,7 @@ impl ProcessCache {
     /// each.
     pub fn apply(&mut self, request: &ReadRequest, outcome: ReadOutcome, comms: &[&str]) -> Arc<ProcessInfo> {
         let entry = match (outcome, self.entries.get_mut(&request.pid)) {
+            (ReadOutcome::Gone, _) => return Arc::new(ProcessInfo::from_comm(request.pid, &request.comm)),
             (ReadOutcome::Unchanged, Some(entry)) => entry,
             (ReadOutcome::Unchanged, None) => {
                 // Forgotten meanwhile (evicted or swept): what the calls' thread says.
@@ -212,9 +233,14 @@ impl Entry {
 /// files for its resource, each read bounded ([`read`]). Runs on a resolver thread: any of these
 /// reads may take as long as the process makes it.
 pub fn read_process(root: &Path, request: &ReadRequest) -> ReadOutcome {
-    let ReadRequest { pid, comm, known } = request;
+    let ReadRequest { pid, start_ticks, comm, known } = request;
     let dir = root.join(pid.to_string());
     let stat = read_stat(&dir);
+    if let (Some(stat), Some(start)) = (&stat, start_ticks) {
+        if stat.start_time != *start {
+            return ReadOutcome::Gone;
+        }
+    }
     if let Some(identity) = known {
         if identity.is_none() || stat.is_none() || stat == *identity {
             return ReadOutcome::Unchanged;
@@ -244,6 +270,18 @@ pub fn read_process(root: &Path, request: &ReadRequest) -> ReadOutcome {
         info: Arc::new(info),
         threads: vec![comm.clone()],
     })
+}
+
+/// A process start time the BPF side gives (`start_boottime`, ns after boot) in the clock ticks
+/// `/proc/PID/stat` shows (`nsec_to_clock_t`); `None` when the kernel did not give it.
+pub fn start_ticks(start_ns: u64) -> Option<u64> {
+    static NS_PER_TICK: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let ns_per_tick = *NS_PER_TICK.get_or_init(|| {
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+        1_000_000_000 / u64::try_from(hz).ok().filter(|&hz| hz > 0).unwrap_or(100)
+    });
+    (start_ns != 0).then(|| start_ns / ns_per_tick)
 }
 
 /// Each pid's identity now, for [`ProcessCache::apply_sweep`]; on a resolver thread.
@@ -452,7 +490,11 @@ mod tests {
 
     impl SyncCache {
         fn get(&mut self, pid: u32, comm: &str) -> Arc<ProcessInfo> {
-            match self.cache.lookup(pid, comm) {
+            self.get_started(pid, None, comm)
+        }
+
+        fn get_started(&mut self, pid: u32, start_ticks: Option<u64>, comm: &str) -> Arc<ProcessInfo> {
+            match self.cache.lookup(pid, start_ticks, comm) {
                 Ok(info) => info,
                 Err(request) => {
                     let outcome = read_process(&self.root, &request);
@@ -631,14 +673,40 @@ mod tests {
         let proc = FakeProc::new("provisional");
         proc.process(50, "slow", 1, "/bin/slow-app", b"OTEL_SERVICE_NAME=slow-svc\0", "");
         let mut cache = proc.cache(4);
-        let request = cache.cache.lookup(50, "worker").unwrap_err();
+        let request = cache.cache.lookup(50, None, "worker").unwrap_err();
         // The read did not answer in time: the thread's name stands in, for every thread.
         assert_eq!(cache.cache.provisional(50, "worker").service_name, "worker");
-        assert_eq!(cache.cache.lookup(50, "other-thread").unwrap().service_name, "worker");
+        assert_eq!(cache.cache.lookup(50, None, "other-thread").unwrap().service_name, "worker");
         // Its answer replaces it.
         let outcome = read_process(&proc.0, &request);
         assert_eq!(cache.cache.apply(&request, outcome, &["worker"]).service_name, "slow-svc");
         assert_eq!(cache.get(50, "worker").service_name, "slow-svc");
+    }
+
+    #[test]
+    fn a_call_of_a_process_whose_pid_is_now_anothers_never_gets_the_new_owners_identity() {
+        let proc = FakeProc::new("reused");
+        // Pid 60 now belongs to a process that started at tick 500 and says it is "victim".
+        proc.process(60, "liar", 500, "/bin/liar", b"OTEL_SERVICE_NAME=victim\0", "");
+        let mut cache = proc.cache(4);
+        // A record of the process that had pid 60 before (started at tick 400).
+        let old = cache.get_started(60, Some(400), "old-sender");
+        assert_eq!((old.service_name.as_str(), old.container_id.as_ref()), ("old-sender", None));
+        assert_eq!(cache.len(), 0, "nothing cached for a process that is gone");
+        // The new owner's own calls get its own resource, cached...
+        assert_eq!(cache.get_started(60, Some(500), "liar").service_name, "victim");
+        // ...which never answers for the old process's late records.
+        assert_eq!(cache.get_started(60, Some(400), "old-sender").service_name, "old-sender");
+        assert_eq!(cache.get_started(60, Some(500), "liar").service_name, "victim");
+    }
+
+    #[test]
+    fn start_times_convert_to_the_ticks_proc_shows() {
+        assert_eq!(start_ticks(0), None, "unknown");
+        // USER_HZ is 100 on every architecture Linux runs BPF on: 10 ms a tick.
+        assert_eq!(start_ticks(1_234_567_890), Some(123));
+        let me = read_stat(Path::new("/proc/self")).unwrap().start_time;
+        assert!(me > 0);
     }
 
     #[test]
