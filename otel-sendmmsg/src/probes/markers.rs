@@ -15,7 +15,7 @@ use std::{
     io::Read,
     path::{Path, PathBuf},
     sync::{
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         mpsc::RecvTimeoutError,
         Arc,
     },
@@ -70,13 +70,32 @@ pub struct Discovery {
     /// Files whose symbols were read since [`Discovery::take_files_read`] last asked.
     files_read: usize,
     deadline: Deadline,
-    /// Devices of the files a look took longer than the deadline on, one per thread left stuck.
-    stuck: Vec<u64>,
+    /// What each look that took longer than the deadline stalled on, one per thread left stuck.
+    stuck: Vec<Stall>,
     /// [`look_into`], or a stand-in that stalls (tests).
-    look_into: fn(&Path, &Mapping, &[u64]) -> Option<Marker>,
+    look_into: fn(&Path, &Mapping, &[u64], &AtomicBool) -> Option<Marker>,
     /// The mounts of the process last looked into (`/proc/PID`), for its next files; emptied
     /// after each scan, as mounts come and go.
     filesystems: Option<(PathBuf, Filesystems)>,
+}
+
+/// What a look that did not end in time was waiting on, and so what is not looked into again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stall {
+    /// Opening the file through its process (`/proc/PID/map_files` waits on the process's
+    /// memory lock, which the process itself can hold for ever): that user's processes.
+    User(u32),
+    /// Reading the file once open: its filesystem.
+    Device(u64),
+}
+
+/// What looking into a file came to.
+enum Look {
+    Marker(Marker),
+    NoMarker,
+    /// Not looked into (a stall, or one before it): the file may be looked into through another
+    /// process, so nothing is remembered of it.
+    NotLooked,
 }
 
 /// How long looking into one file may take, and how many threads may be left stuck.
@@ -89,9 +108,10 @@ pub struct Deadline {
 impl Default for Deadline {
     /// A local file is opened and its symbols read in milliseconds (a large binary's `.symtab`,
     /// a few hundred on a slow disk); 10 s is only ever reached by a filesystem that does not
-    /// answer. Four stuck threads cost their stacks (256 KiB each, mostly untouched).
+    /// answer. A stuck thread costs its stack (256 KiB, mostly untouched); one user can leave at
+    /// most one, as its processes are not looked into again after it.
     fn default() -> Self {
-        Deadline { each: Duration::from_secs(10), stuck_at_most: 4 }
+        Deadline { each: Duration::from_secs(10), stuck_at_most: 16 }
     }
 }
 
@@ -213,14 +233,15 @@ impl Discovery {
         }
         let id = mapping.file;
         let state = match self.examine(dir, &mapping) {
-            None => State::NoMarker,
-            Some(marker) if self.attached < self.max_files => {
+            Look::NotLooked => return,
+            Look::NoMarker => State::NoMarker,
+            Look::Marker(marker) if self.attached < self.max_files => {
                 self.attached += 1;
                 let name = marker.name.clone();
                 found.push(Found::Attach(marker));
                 State::Attached { name }
             }
-            Some(marker) => {
+            Look::Marker(marker) => {
                 self.refuse(&marker.name);
                 State::OverCap { mappings: HashMap::from([(pid, mapping)]) }
             }
@@ -248,57 +269,82 @@ impl Discovery {
     /// Looks into the file `mapping` names in process `dir`, on a thread of its own that is
     /// given [`Deadline::each`]: a file on a filesystem its owner serves (FUSE) can make the
     /// kernel wait on that owner in any lookup, `fstat` or read, forever. A thread still stuck
-    /// then is left behind (it ends when the filesystem answers; what it found is dropped), its
-    /// device is never looked into again, and after [`Deadline::stuck_at_most`] of them no new
-    /// file is, so neither the scan nor its threads can be held without bound.
+    /// then is left behind (it ends when the filesystem answers; what it found is dropped). What
+    /// it waited on is not looked into again: the user of the process when it was still opening
+    /// the file through it (a process can hold its own memory lock, on which `map_files` waits,
+    /// for ever: only that user's processes lose discovery), else the file's device. After
+    /// [`Deadline::stuck_at_most`] of them no new file is, so neither the scan nor its threads can
+    /// be held without bound.
     ///
     /// Before that, the process's mountinfo must show the file's filesystem mounted and not
     /// FUSE ([`Filesystems::refuse`]): a thread waiting on a FUSE request cannot even be killed,
     /// so the deadline is for what remains (a network filesystem that stops answering).
-    fn examine(&mut self, dir: &Path, mapping: &Mapping) -> Option<Marker> {
-        if self.stuck.len() >= self.deadline.stuck_at_most || self.stuck.contains(&mapping.file.dev) {
-            return None;
+    fn examine(&mut self, dir: &Path, mapping: &Mapping) -> Look {
+        // The owner of /proc/PID, from the directory itself: nothing of the process is waited on.
+        let user = std::fs::metadata(dir).ok().map(|m| std::os::unix::fs::MetadataExt::uid(&m));
+        if self.stuck.len() >= self.deadline.stuck_at_most
+            || self.stuck.contains(&Stall::Device(mapping.file.dev))
+            || user.is_some_and(|uid| self.stuck.contains(&Stall::User(uid)))
+        {
+            return Look::NotLooked;
         }
         if self.filesystems.as_ref().is_none_or(|(of, _)| of != dir) {
             self.filesystems = Some((dir.to_owned(), Filesystems::of(dir)));
         }
-        let filesystems = &self.filesystems.as_ref()?.1;
+        let Some((_, filesystems)) = self.filesystems.as_ref() else {
+            return Look::NotLooked;
+        };
         if let Some(why) = filesystems.refuse(mapping.file.dev) {
             debug!("context marker: not looked into {}: {why}", printable(&mapping.path));
-            return None;
+            return Look::NoMarker;
         }
         let mounts = filesystems.mount_ids(mapping.file.dev);
         self.files_read += 1;
         let (sender, receiver) = std::sync::mpsc::sync_channel(1);
-        let (dir, owned) = (dir.to_owned(), mapping.clone());
+        let opened = Arc::new(AtomicBool::new(false));
+        let (dir_owned, owned, opened_there) = (dir.to_owned(), mapping.clone(), opened.clone());
         let look_into = self.look_into;
-        std::thread::Builder::new()
-            .name("marker-file".into())
-            .stack_size(256 << 10)
-            .spawn(move || {
-                let _ = sender.send(look_into(&dir, &owned, &mounts));
-            })
-            .inspect_err(|e| warn!("context marker: no thread to look into a file: {e}"))
-            .ok()?;
+        let spawned =
+            std::thread::Builder::new().name("marker-file".into()).stack_size(256 << 10).spawn(move || {
+                let _ = sender.send(look_into(&dir_owned, &owned, &mounts, &opened_there));
+            });
+        if let Err(e) = spawned {
+            warn!("context marker: no thread to look into a file: {e}");
+            return Look::NotLooked;
+        }
         match receiver.recv_timeout(self.deadline.each) {
-            Ok(found) => found,
-            Err(RecvTimeoutError::Disconnected) => None,
+            Ok(Some(marker)) => Look::Marker(marker),
+            Ok(None) | Err(RecvTimeoutError::Disconnected) => Look::NoMarker,
             Err(RecvTimeoutError::Timeout) => {
-                self.stuck.push(mapping.file.dev);
+                let (stall, what) = match (opened.load(Ordering::Acquire), user) {
+                    (false, Some(uid)) => (
+                        Stall::User(uid),
+                        format!(
+                            "opening it through process {} of user {uid} does not end; that user's processes",
+                            dir.display()
+                        ),
+                    ),
+                    _ => (
+                        Stall::Device(mapping.file.dev),
+                        format!(
+                            "its filesystem (device {}:{}) does not answer; files on it",
+                            libc::major(mapping.file.dev),
+                            libc::minor(mapping.file.dev)
+                        ),
+                    ),
+                };
+                self.stuck.push(stall);
                 warn!(
-                    "context marker: gave up on {} after {:?}: its filesystem (device {}:{}) does not \
-                     answer; files on it are not looked into again{}",
+                    "context marker: gave up on {} after {:?}: {what} are not looked into again{}",
                     printable(&mapping.path),
                     self.deadline.each,
-                    libc::major(mapping.file.dev),
-                    libc::minor(mapping.file.dev),
                     if self.stuck.len() >= self.deadline.stuck_at_most {
-                        "; that is the last such file: no new file is looked into from now on"
+                        "; that is the last such stall: no new file is looked into from now on"
                     } else {
                         ""
                     }
                 );
-                None
+                Look::NotLooked
             }
         }
     }
@@ -343,7 +389,10 @@ impl Discovery {
             tries.sort_unstable_by_key(|(pid, _)| *pid);
             let marker = tries.iter().find_map(|(pid, mapping)| {
                 let dir = self.proc_root.join(pid.to_string());
-                self.examine(&dir, mapping)
+                match self.examine(&dir, mapping) {
+                    Look::Marker(marker) => Some(marker),
+                    Look::NoMarker | Look::NotLooked => None,
+                }
             });
             let state = match marker {
                 Some(marker) => {
@@ -369,12 +418,15 @@ pub fn printable(path: &Path) -> String {
 }
 
 /// Opens the file `mapping` names in process `dir` and reads whether it exports the marker.
-fn look_into(dir: &Path, mapping: &Mapping, mounts: &[u64]) -> Option<Marker> {
-    let opened = mapped_file::open(dir, mapping, mounts)
+/// `opened` is set once the file is open: from then on only its filesystem can keep us waiting.
+fn look_into(dir: &Path, mapping: &Mapping, mounts: &[u64], opened: &AtomicBool) -> Option<Marker> {
+    let file = mapped_file::open(dir, mapping, mounts)
         .inspect_err(|why| {
             debug!("context marker: not looked into {}: {}", printable(&mapping.path), why.escape_debug())
         })
         .ok()?;
+    opened.store(true, Ordering::Release);
+    let opened = file;
     let offset = marker_offset(&SizedFile { file: &opened.file, len: opened.len })?;
     let relative = mapping.path.strip_prefix("/").unwrap_or(&mapping.path);
     let mut name = dir.join("root").join(relative).into_os_string();
@@ -591,14 +643,17 @@ mod tests {
         assert_eq!(outcome(discovery.scan()), (vec!["genuine.so".to_string()], vec![]));
     }
 
-    /// Stands in for a filesystem that never answers: files on devices of major 250.
-    fn stalling(dir: &Path, mapping: &Mapping, mounts: &[u64]) -> Option<Marker> {
-        if libc::major(mapping.file.dev) == 250 {
-            loop {
-                std::thread::sleep(Duration::from_secs(3600));
-            }
+    /// Stands in for what never answers: files on devices of major 250 once open (a filesystem),
+    /// and of major 251 while being opened through their process (its memory lock).
+    fn stalling(dir: &Path, mapping: &Mapping, mounts: &[u64], opened: &AtomicBool) -> Option<Marker> {
+        match libc::major(mapping.file.dev) {
+            250 => opened.store(true, Ordering::Release),
+            251 => {}
+            _ => return look_into(dir, mapping, mounts, opened),
         }
-        look_into(dir, mapping, mounts)
+        loop {
+            std::thread::sleep(Duration::from_secs(3600));
+        }
     }
 
     #[test]
@@ -625,7 +680,7 @@ mod tests {
         let started = std::time::Instant::now();
         assert_eq!(outcome(discovery.scan()), (vec!["ok0.so".to_string()], vec![]));
         assert!(started.elapsed() < Duration::from_millis(300 * 2), "one deadline, not two");
-        assert_eq!(discovery.stuck, vec![libc::makedev(250, 1)]);
+        assert_eq!(discovery.stuck, vec![Stall::Device(libc::makedev(250, 1))]);
 
         // A second device stuck: the most allowed; from then on no new file is looked into.
         proc.process_as(301, &[(&stall, fuse(2, 12)), (&ok[1], identity(&ok[1]))], false);
@@ -633,5 +688,31 @@ mod tests {
         proc.process(302, &[&ok[2]], false);
         assert_eq!(outcome(discovery.scan()), (vec![], vec![]));
         assert_eq!(discovery.stuck.len(), 2);
+    }
+
+    #[test]
+    fn a_process_that_holds_its_own_lock_costs_only_its_users_discovery() {
+        let mut proc = FakeProc::new("jammed");
+        let library = marker_library(&proc.dir);
+        let shared = proc.dir.join("shared.so");
+        std::fs::write(&shared, &library).unwrap();
+        let jammed = |ino| FileId { dev: libc::makedev(251, 0), ino };
+        let mut discovery = Discovery::new(&proc.proc(), 8, Arc::default());
+        discovery.deadline = Deadline { each: Duration::from_millis(300), stuck_at_most: 4 };
+        discovery.look_into = stalling;
+        // A process of user 4321 whose opens never end; it also maps the genuine library, which
+        // must not be written off with it.
+        proc.process_as(400, &[(&shared, jammed(1))], false);
+        std::os::unix::fs::chown(proc.proc().join("400"), Some(4321), None).unwrap();
+        assert_eq!(outcome(discovery.scan()), (vec![], vec![]));
+        assert_eq!(discovery.stuck, vec![Stall::User(4321)]);
+        // That user's next process is not looked into; another user's is, the same device too,
+        // and the genuine library is found through it.
+        proc.process_as(401, &[(&shared, identity(&shared))], false);
+        std::os::unix::fs::chown(proc.proc().join("401"), Some(4321), None).unwrap();
+        assert_eq!(outcome(discovery.scan()), (vec![], vec![]));
+        proc.process(402, &[&shared], false);
+        assert_eq!(outcome(discovery.scan()), (vec!["shared.so".to_string()], vec![]));
+        assert_eq!(discovery.stuck, vec![Stall::User(4321)], "one stuck thread, nothing else written off");
     }
 }
