@@ -245,22 +245,30 @@ impl SilentCollector {
 
 /// Starts a sidecar exporting to a collector that never answers, with exports under way (the
 /// schedule sends them at once and each waits out its long timeout).
-fn sidecar_with_a_silent_collector(protocol: Protocol, shutdown_timeout: &str) -> (Sidecar, Vec<CallReport>) {
+fn sidecar_with_a_silent_collector(
+    protocol: Protocol,
+    shutdown_timeout: &str,
+) -> (Sidecar, Vec<CallReport>, SharedDir) {
     require_root();
     let silent = SilentCollector::start();
-    let sidecar = Sidecar::start(&[
-        ("OTEL_EXPORTER_OTLP_ENDPOINT", silent.endpoint.as_str()),
-        ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol.env_value()),
-        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
-        // Far longer than Kubernetes' grace period: only the shutdown deadline can end them.
-        ("OTEL_BSP_EXPORT_TIMEOUT", "120000"),
-        ("OTEL_EXPORTER_OTLP_TIMEOUT", "120000"),
-        ("OTEL_SENDMMSG_SHUTDOWN_TIMEOUT", shutdown_timeout),
-    ]);
+    // As deployed: unprivileged, with exactly its capabilities.
+    let dir = SharedDir::new(&format!("silent-{protocol:?}-{shutdown_timeout}"));
+    let sidecar = start_as_nobody(
+        &dir,
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", silent.endpoint.as_str()),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol.env_value()),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+            // Far longer than Kubernetes' grace period: only the shutdown deadline can end them.
+            ("OTEL_BSP_EXPORT_TIMEOUT", "120000"),
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "120000"),
+            ("OTEL_SENDMMSG_SHUTDOWN_TIMEOUT", shutdown_timeout),
+        ],
+    );
     let calls = run_workload(&["udp4"; 5]);
     // Time for the exports to be sent and to hang.
     std::thread::sleep(Duration::from_secs(1));
-    (sidecar, calls)
+    (sidecar, calls, dir)
 }
 
 /// Every span the summary counts was neither exported nor silently lost.
@@ -277,7 +285,7 @@ fn assert_all_counted_as_failed(stopped: &Stopped, calls: usize) {
 #[test]
 fn a_collector_that_never_answers_cannot_hold_the_shutdown_past_its_deadline() {
     for protocol in [Protocol::Grpc, Protocol::HttpProtobuf] {
-        let (sidecar, calls) = sidecar_with_a_silent_collector(protocol, "3s");
+        let (sidecar, calls, _dir) = sidecar_with_a_silent_collector(protocol, "3s");
         let stopping = Instant::now();
         let stopped = sidecar.stop();
         let took = stopping.elapsed();
@@ -290,7 +298,7 @@ fn a_collector_that_never_answers_cannot_hold_the_shutdown_past_its_deadline() {
 
 #[test]
 fn a_second_signal_stops_at_once_with_the_summary() {
-    let (sidecar, calls) = sidecar_with_a_silent_collector(Protocol::Grpc, "10m");
+    let (sidecar, calls, _dir) = sidecar_with_a_silent_collector(Protocol::Grpc, "10m");
     // SAFETY: signalling our own child.
     unsafe { libc::kill(sidecar.pid() as i32, libc::SIGTERM) };
     std::thread::sleep(Duration::from_secs(1));

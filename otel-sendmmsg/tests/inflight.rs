@@ -72,7 +72,9 @@ fn blocked_beyond_the_map(filtered: bool) -> Outcome {
     if filtered {
         vars.push(("OTEL_SENDMMSG_PIDS", pids.as_str()));
     }
-    let sidecar = Sidecar::start(&vars);
+    // As deployed: unprivileged, with exactly its capabilities.
+    let dir = SharedDir::new(if filtered { "inflight-pid" } else { "inflight-all" });
+    let sidecar = start_as_nobody(&dir, &vars);
     let sidecar_pid = sidecar.pid();
     child.stdin.take().unwrap().write_all(b"go\n").unwrap();
     let out = child.wait_with_output().unwrap();

@@ -791,3 +791,22 @@ pub fn stop_cleanly(sidecar: Sidecar) -> Stopped {
     assert!(stopped.stderr.contains("stopped: "), "no summary:\n{}", stopped.stderr);
     stopped
 }
+
+/// The sidecar as a hardened deployment runs it: as `nobody`, with exactly the capabilities
+/// `privileges::CAPABILITIES` lists (ambient, so they survive the exec), in a bpffs of its own.
+/// The binary is copied into `dir`, where `nobody` can run it.
+pub fn start_as_nobody(dir: &SharedDir, vars: &[(&str, &str)]) -> Sidecar {
+    use std::os::unix::fs::PermissionsExt;
+    let binary = dir.path().join("otel-sendmmsg");
+    if !binary.exists() {
+        std::fs::copy(SIDECAR, &binary).unwrap_or_else(|e| panic!("copying {SIDECAR}: {e}"));
+        std::fs::set_permissions(&binary, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let caps: Vec<String> =
+        otel_sendmmsg::privileges::CAPABILITIES.iter().map(|c| c.short_name().to_ascii_lowercase()).collect();
+    let caps: Vec<&str> = caps.iter().map(String::as_str).collect();
+    let sidecar = Sidecar::try_start_command(in_own_bpffs(&setpriv(NOBODY, &caps, true, &binary)), vars)
+        .unwrap_or_else(|(status, log)| panic!("the sidecar did not start as nobody ({status}):\n{log}"));
+    assert_eq!(status_field(sidecar.pid(), "Uid"), NOBODY.to_string(), "the sidecar runs as nobody");
+    sidecar
+}
