@@ -354,13 +354,25 @@ const CHOICES_ON_DEBIAN_6_1: [Choice; 4] = [
 /// the kernel's default `maxactive` for a kretprobe, max(10, 2 x CPUs), 10 in the 2-CPU guest.
 const BLOCKED_IN_GUEST: usize = 40;
 
-/// The kprobe boot's extra script: the workload's `blocked-N` under a console sidecar, once with
-/// its kretprobes sized through tracefs, once with `kprobe_events` made unwritable so it falls
-/// back to the kprobe PMU and the kernel's default `maxactive`. Prints `BLOCKED <run> ...`.
+/// The kprobe boot's extra script. A sidecar killed outright leaves its kretprobe events in
+/// tracefs (`EVENTS killed=`); then the workload's `blocked-N` runs under a console sidecar
+/// (`blocked RUN MAX_INFLIGHT`), which removes them at start: with its kretprobes sized through
+/// tracefs ("sized"; no event of ours is left after it stops, `EVENTS after=`), with
+/// `OTEL_SENDMMSG_MAX_INFLIGHT=10` so `maxactive` is 10 ("small"), and with `kprobe_events`
+/// made unwritable so it falls back to the kprobe PMU and the kernel's default ("default").
+/// Prints `BLOCKED <run> ...`.
 fn blocked_runs_script() -> String {
     format!(
-        r#"blocked() {{
-  NO_COLOR=1 RUST_LOG=info OTEL_TRACES_EXPORTER=console {SIDECAR} >/tmp/spans 2>/tmp/blog &
+        r#"NO_COLOR=1 RUST_LOG=info OTEL_TRACES_EXPORTER=none {SIDECAR} >/dev/null 2>/tmp/klog &
+kpid=$!; i=0
+while ! grep -q "ready:" /tmp/klog && kill -0 $kpid 2>/dev/null && [ $i -lt 600 ]; do
+  sleep 0.2; i=$((i+1))
+done
+kill -KILL $kpid; wait $kpid
+echo "EVENTS killed=$(grep -c "otel_sendmmsg/p${{kpid}}_" /sys/kernel/tracing/kprobe_events)"
+blocked() {{
+  OTEL_SENDMMSG_MAX_INFLIGHT=$2 NO_COLOR=1 RUST_LOG=info OTEL_TRACES_EXPORTER=console \
+    {SIDECAR} >/tmp/spans 2>/tmp/blog &
   spid=$!; i=0
   while ! grep -q "ready:" /tmp/blog && kill -0 $spid 2>/dev/null && [ $i -lt 600 ]; do
     sleep 0.2; i=$((i+1))
@@ -369,11 +381,14 @@ fn blocked_runs_script() -> String {
   wpid=$!; wait $wpid; echo "BLOCKED $1 workload exit=$?"
   kill -INT $spid; wait $spid; echo "BLOCKED $1 sidecar exit=$?"
   echo "BLOCKED $1 calls=$(grep -c . /tmp/calls) spans=$(grep -c "process.pid=$wpid " /tmp/spans)"
-  grep -e "stopped: " -e "kretprobe __x64_sys_sendmmsg" /tmp/blog | sed "s/^/BLOCKED $1 LOG /"
+  grep -e "stopped: " -e "kretprobe __x64_sys_sendmmsg" -e "removed the kretprobe" /tmp/blog \
+    | sed "s/^/BLOCKED $1 LOG /"
 }}
-blocked sized
+blocked sized 4096
+echo "EVENTS after=$(grep -c otel_sendmmsg /sys/kernel/tracing/kprobe_events)"
+blocked small 10
 mount --bind /proc/version /sys/kernel/tracing/kprobe_events
-blocked default
+blocked default 4096
 umount /sys/kernel/tracing/kprobe_events
 "#
     )
@@ -477,7 +492,14 @@ sed "s/^/LOG /" /tmp/log
                 .join(", ");
             assert!(log(&format!("(self-test saw every message): {kretprobes}")), "{ctx}: maxactive");
             assert!(summary.contains(" kretprobe_missed=0 "), "{ctx}: {summary}");
+            // A killed sidecar's four kretprobes (the exit and three per-message) stay in
+            // tracefs until the next sidecar starts; a stopped one leaves none.
+            let events = |key: &str| console.lines().find_map(|l| l.strip_prefix(key)?.parse::<u64>().ok());
+            assert_eq!(events("EVENTS killed="), Some(4), "{ctx}: events of the killed sidecar");
+            assert_eq!(events("EVENTS after="), Some(0), "{ctx}: events left by a stopped sidecar");
             let (calls, spans, log) = blocked_run(&console, "sized");
+            let removed = log.iter().filter(|l| l.contains("removed the kretprobe event")).count();
+            assert_eq!(removed, 4, "{ctx}: the killed sidecar's events: {log:#?}");
             let count = |log: &[&str], key: &str| support::summary_count(&log.join("\n"), key);
             assert_eq!(calls, BLOCKED_IN_GUEST as u64 + 1, "{ctx}: sized: {log:#?}");
             assert!(
@@ -489,6 +511,16 @@ sed "s/^/LOG /" /tmp/log
             for key in ["kretprobe_missed", "exit_missed", "exit_without_entry", "inflight"] {
                 assert_eq!(count(&log, key), 0, "{ctx}: sized: {key}: {log:#?}");
             }
+            // maxactive 10 (the map's size, the kernel's default here): the kernel counts each
+            // return it cannot catch, and every call is a span or counted.
+            let (calls, spans, log) = blocked_run(&console, "small");
+            assert!(
+                log.iter().any(|l| l.contains("kretprobe __x64_sys_sendmmsg (maxactive 10)")),
+                "{log:#?}"
+            );
+            assert_eq!(count(&log, "kretprobe_missed"), calls - 10, "{ctx}: small: {log:#?}");
+            let accounted = spans + count(&log, "inflight_full") + count(&log, "exit_missed");
+            assert_eq!(accounted, calls, "{ctx}: small: {log:#?}");
             // The old way, aya's kprobe PMU, allows the kernel's default: the returns beyond
             // it are missed, found as exit_missed once the threads are gone.
             let (calls, spans, log) = blocked_run(&console, "default");
