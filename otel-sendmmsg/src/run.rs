@@ -409,14 +409,15 @@ impl LossLog {
 }
 
 /// The counters that mean a call's span was lost or damaged (the others are informational).
-/// `kernel_missed` names a cause, not more calls: a skipped entry is also an
-/// `exit_without_entry`, a skipped exit an `exit_missed`.
+/// `kernel_missed` and `kretprobe_missed` name a cause, not more calls: a skipped entry is also
+/// an `exit_without_entry`, a skipped exit (or a missed return) an `exit_missed`.
 pub const LOSSES: &[&str] = &[
     "ring_buffer_full",
     "inflight_full",
     "exit_missed",
     "exit_without_entry",
     "kernel_missed",
+    "kretprobe_missed",
     "undecodable_records",
     "export_queue_full",
     "export_failed",

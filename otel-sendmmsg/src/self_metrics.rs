@@ -40,6 +40,7 @@ const METRICS: &[(&str, &str, Option<&str>)] = &[
     ("stray_messages", "otel_sendmmsg.messages.stray", None),
     // A cause, not more calls: its losses are already among `records.dropped`.
     ("kernel_missed", "otel_sendmmsg.programs.missed", None),
+    ("kretprobe_missed", "otel_sendmmsg.kretprobes.missed", None),
     // Spans still delivered, under a resource named after their thread.
     ("process_metadata_unavailable", "otel_sendmmsg.processes.unread", None),
     ("context_files_refused", "otel_sendmmsg.context_files.refused", None),
@@ -175,6 +176,9 @@ fn description(metric: &str) -> &'static str {
         }
         "otel_sendmmsg.programs.missed" => {
             "runs of the sidecar's BPF programs the kernel skipped (their calls are counted in records.dropped)"
+        }
+        "otel_sendmmsg.kretprobes.missed" => {
+            "returns the kernel missed on the sidecar's kretprobes, maxactive calls being inside already (their calls are counted in records.dropped)"
         }
         "otel_sendmmsg.processes.unread" => {
             "processes whose spans went under a resource named after their thread: reading /proc took too long"

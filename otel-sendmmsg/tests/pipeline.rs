@@ -335,7 +335,8 @@ const CHOICES_ON_DEBIAN_6_1: [Choice; 4] = [
     Choice { family: "fentry", entry_exit: FENTRY_SYS_SENDMMSG, message: FEXIT_PROTOCOL, passed_over: &[] },
     Choice {
         family: "kprobe",
-        entry_exit: "kretprobe __x64_sys_sendmmsg, kprobe __x64_sys_sendmmsg",
+        // OTEL_SENDMMSG_MAX_INFLIGHT's default, 4096, is also the kernel's limit on maxactive.
+        entry_exit: "kretprobe __x64_sys_sendmmsg (maxactive 4096), kprobe __x64_sys_sendmmsg",
         message: "kretprobe inet_sendmsg/inet6_sendmsg/unix_dgram_sendmsg",
         passed_over: &[
             "not using kretprobe sock_sendmsg for messages: attached, but saw 0 of call 0's 3 messages",
@@ -348,6 +349,67 @@ const CHOICES_ON_DEBIAN_6_1: [Choice; 4] = [
         passed_over: &["sock:sock_send_length for messages: tracepoint sock:sock_send_length not present"],
     },
 ];
+
+/// Threads the kprobe boot blocks in `sendmmsg` at once (plus one blocked first): more than
+/// the kernel's default `maxactive` for a kretprobe, max(10, 2 x CPUs), 10 in the 2-CPU guest.
+const BLOCKED_IN_GUEST: usize = 40;
+
+/// The kprobe boot's extra script. A sidecar killed outright leaves its kretprobe events in
+/// tracefs (`EVENTS killed=`); then the workload's `blocked-N` runs under a console sidecar
+/// (`blocked RUN MAX_INFLIGHT`), which removes them at start: with its kretprobes sized through
+/// tracefs ("sized"; no event of ours is left after it stops, `EVENTS after=`), with
+/// `OTEL_SENDMMSG_MAX_INFLIGHT=10` so `maxactive` is 10 ("small"), and with `kprobe_events`
+/// made unwritable so it falls back to the kprobe PMU and the kernel's default ("default").
+/// Prints `BLOCKED <run> ...`.
+fn blocked_runs_script() -> String {
+    format!(
+        r#"NO_COLOR=1 RUST_LOG=info OTEL_TRACES_EXPORTER=none {SIDECAR} >/dev/null 2>/tmp/klog &
+kpid=$!; i=0
+while ! grep -q "ready:" /tmp/klog && kill -0 $kpid 2>/dev/null && [ $i -lt 600 ]; do
+  sleep 0.2; i=$((i+1))
+done
+kill -KILL $kpid; wait $kpid
+echo "EVENTS killed=$(grep -c "otel_sendmmsg/p${{kpid}}_" /sys/kernel/tracing/kprobe_events)"
+blocked() {{
+  OTEL_SENDMMSG_MAX_INFLIGHT=$2 NO_COLOR=1 RUST_LOG=info OTEL_TRACES_EXPORTER=console \
+    {SIDECAR} >/tmp/spans 2>/tmp/blog &
+  spid=$!; i=0
+  while ! grep -q "ready:" /tmp/blog && kill -0 $spid 2>/dev/null && [ $i -lt 600 ]; do
+    sleep 0.2; i=$((i+1))
+  done
+  echo go | {WORKLOAD} blocked-{BLOCKED_IN_GUEST} >/tmp/calls &
+  wpid=$!; wait $wpid; echo "BLOCKED $1 workload exit=$?"
+  kill -INT $spid; wait $spid; echo "BLOCKED $1 sidecar exit=$?"
+  echo "BLOCKED $1 calls=$(grep -c . /tmp/calls) spans=$(grep -c "process.pid=$wpid " /tmp/spans)"
+  grep -e "stopped: " -e "kretprobe __x64_sys_sendmmsg" -e "removed the kretprobe" /tmp/blog \
+    | sed "s/^/BLOCKED $1 LOG /"
+}}
+blocked sized 4096
+echo "EVENTS after=$(grep -c otel_sendmmsg /sys/kernel/tracing/kprobe_events)"
+blocked small 10
+mount --bind /proc/version /sys/kernel/tracing/kprobe_events
+blocked default 4096
+umount /sys/kernel/tracing/kprobe_events
+"#
+    )
+}
+
+/// What one `blocked` run of [`blocked_runs_script`] printed: (calls, spans, its log lines).
+fn blocked_run<'a>(console: &'a str, run: &str) -> (u64, u64, Vec<&'a str>) {
+    let prefix = format!("BLOCKED {run} ");
+    let lines: Vec<&str> = console.lines().filter_map(|l| l.strip_prefix(prefix.as_str())).collect();
+    let count = |key: &str| {
+        lines
+            .iter()
+            .flat_map(|l| l.split_whitespace())
+            .find_map(|w| w.strip_prefix(key)?.parse().ok())
+            .unwrap_or_else(|| panic!("{run}: no {key} in:\n{console}"))
+    };
+    assert!(lines.contains(&"workload exit=0"), "{run}: the workload failed:\n{console}");
+    assert!(lines.contains(&"sidecar exit=0"), "{run}: the sidecar failed:\n{console}");
+    let log = lines.iter().filter_map(|l| l.strip_prefix("LOG ")).collect();
+    (count("calls="), count("spans="), log)
+}
 
 /// The end-to-end tests above that every family must pass on 6.1, exactly as they pass here.
 const TESTS_PER_FAMILY: [&str; 3] = [
@@ -396,10 +458,12 @@ while ! grep -q "ready:" /tmp/log && kill -0 $pid 2>/dev/null && [ $i -lt 600 ];
 done
 kill -INT $pid 2>/dev/null; wait $pid; echo "SIDECAR exit=$?"
 sed "s/^/LOG /" /tmp/log
+{blocked}
 {tests} --exact {names} --test-threads=1 2>&1
 "#,
             tests = tests.display(),
             names = tests_here.join(" "),
+            blocked = if family == "kprobe" { blocked_runs_script() } else { String::new() },
         );
         let run = guest.run(&script, std::time::Duration::from_secs(300));
         let console = run.console.replace('\r', "");
@@ -418,6 +482,54 @@ sed "s/^/LOG /" /tmp/log
         );
         for reason in passed_over {
             assert!(log(reason), "{ctx}: no \"{reason}\"");
+        }
+        let summary = console.lines().find(|l| l.starts_with("LOG ") && l.contains("stopped: "));
+        let summary = summary.unwrap_or_else(|| panic!("{ctx}: no closing summary"));
+        if family == "kprobe" {
+            // The per-message kretprobes see every send of the host: as many at once as allowed.
+            let kretprobes = ["inet_sendmsg", "inet6_sendmsg", "unix_dgram_sendmsg"]
+                .map(|f| format!("kretprobe {f} (maxactive 4096)"))
+                .join(", ");
+            assert!(log(&format!("(self-test saw every message): {kretprobes}")), "{ctx}: maxactive");
+            assert!(summary.contains(" kretprobe_missed=0 "), "{ctx}: {summary}");
+            // A killed sidecar's four kretprobes (the exit and three per-message) stay in
+            // tracefs until the next sidecar starts; a stopped one leaves none.
+            let events = |key: &str| console.lines().find_map(|l| l.strip_prefix(key)?.parse::<u64>().ok());
+            assert_eq!(events("EVENTS killed="), Some(4), "{ctx}: events of the killed sidecar");
+            assert_eq!(events("EVENTS after="), Some(0), "{ctx}: events left by a stopped sidecar");
+            let (calls, spans, log) = blocked_run(&console, "sized");
+            let removed = log.iter().filter(|l| l.contains("removed the kretprobe event")).count();
+            assert_eq!(removed, 4, "{ctx}: the killed sidecar's events: {log:#?}");
+            let count = |log: &[&str], key: &str| support::summary_count(&log.join("\n"), key);
+            assert_eq!(calls, BLOCKED_IN_GUEST as u64 + 1, "{ctx}: sized: {log:#?}");
+            assert!(
+                log.iter().any(|l| l.contains("kretprobe __x64_sys_sendmmsg (maxactive 4096)")),
+                "{log:#?}"
+            );
+            // Every call inside at once came back: a span each, nothing missed.
+            assert_eq!(spans, calls, "{ctx}: sized: {log:#?}");
+            for key in ["kretprobe_missed", "exit_missed", "exit_without_entry", "inflight"] {
+                assert_eq!(count(&log, key), 0, "{ctx}: sized: {key}: {log:#?}");
+            }
+            // maxactive 10 (the map's size, the kernel's default here): the kernel counts each
+            // return it cannot catch, and every call is a span or counted.
+            let (calls, spans, log) = blocked_run(&console, "small");
+            assert!(
+                log.iter().any(|l| l.contains("kretprobe __x64_sys_sendmmsg (maxactive 10)")),
+                "{log:#?}"
+            );
+            assert_eq!(count(&log, "kretprobe_missed"), calls - 10, "{ctx}: small: {log:#?}");
+            let accounted = spans + count(&log, "inflight_full") + count(&log, "exit_missed");
+            assert_eq!(accounted, calls, "{ctx}: small: {log:#?}");
+            // The old way, aya's kprobe PMU, allows the kernel's default: the returns beyond
+            // it are missed, found as exit_missed once the threads are gone.
+            let (calls, spans, log) = blocked_run(&console, "default");
+            eprintln!("kprobe PMU fallback: {spans} spans of {calls} calls blocked at once");
+            assert!(log.iter().any(|l| l.contains("kretprobe __x64_sys_sendmmsg (kprobe PMU")), "{log:#?}");
+            assert!(spans < calls, "{ctx}: default maxactive: {spans} spans of {calls} calls: {log:#?}");
+            assert_eq!(spans + count(&log, "exit_missed"), calls, "{ctx}: default: {log:#?}");
+        } else {
+            assert!(summary.contains(" kretprobe_missed=0 "), "{ctx}: {summary}");
         }
         for name in &tests_here {
             assert!(console.contains(&format!("test {name} ... ok")), "{ctx}: {name} did not pass");

@@ -90,7 +90,15 @@ pub async fn choose(
         };
         match outcome {
             Ok(()) => {
-                info!("per-message hook: {hook} (self-test saw every message)");
+                let kretprobes = probes.message_kretprobes();
+                if kretprobes.is_empty() {
+                    info!("per-message hook: {hook} (self-test saw every message)");
+                } else {
+                    info!(
+                        "per-message hook: {hook} (self-test saw every message): {}",
+                        kretprobes.join(", ")
+                    );
+                }
                 message = Some(hook);
                 not_tried("messages", candidates[i + 1..].iter().map(ToString::to_string));
                 break;

@@ -9,6 +9,7 @@ pub mod floor;
 pub mod hooks;
 pub mod kernel;
 pub mod kernel_misses;
+pub mod kretprobe_events;
 pub mod mapped_file;
 pub mod markers;
 pub mod offsets;
@@ -42,6 +43,7 @@ use tracing::{debug, info, warn};
 use self::{
     hooks::{program, Family, MessageHook, PROTOCOL_SENDMSG},
     kernel::{Kernel, TRACEFS},
+    kretprobe_events::KretprobeEvent,
     markers::Marker,
     proc_maps::FileId,
     shared_context::SharedMap,
@@ -70,6 +72,10 @@ pub struct Probes {
     /// In-flight entries removed because their thread is gone: calls whose exit never ran.
     exits_missed_swept: u64,
     context_cleanup: Vec<Attached>,
+    /// `maxactive` of the kretprobe on the syscall (the kprobe family's exit).
+    exit_maxactive: u32,
+    /// Returns missed by tracefs kretprobes already detached ([`KretprobeEvent::missed`]).
+    kretprobe_missed_detached: u64,
 }
 
 impl Probes {
@@ -158,6 +164,8 @@ impl Probes {
             markers: std::collections::HashMap::new(),
             exits_missed_swept: 0,
             context_cleanup: Vec::new(),
+            exit_maxactive: kretprobe_events::maxactive(config.max_inflight),
+            kretprobe_missed_detached: 0,
         };
         let sweep = matches!(shared, SharedMap::Pinned { existing: Some(_), .. });
         if let Err(e) = probes.attach_context_cleanup(sweep) {
@@ -195,9 +203,10 @@ impl Probes {
                 kernel.kprobes.clone()?;
                 let (symbol, _) =
                     kernel.syscall_symbol.clone().ok_or("no sendmmsg syscall symbol in /proc/kallsyms")?;
+                let maxactive = self.exit_maxactive;
                 vec![
-                    self.attach_kprobe(program::KRETPROBE_EXIT, &symbol),
-                    self.attach_kprobe(program::KPROBE_ENTER, &symbol),
+                    self.attach_kprobe(program::KRETPROBE_EXIT, &symbol, maxactive),
+                    self.attach_kprobe(program::KPROBE_ENTER, &symbol, 0),
                 ]
             }
             Family::Fentry => {
@@ -246,7 +255,10 @@ impl Probes {
                 if hook == MessageHook::KretprobeSockSendmsg && !kernel.has_symbol("sock_sendmsg") {
                     return Err("sock_sendmsg is not in /proc/kallsyms".into());
                 }
-                targets.iter().map(|f| self.attach_kprobe(program::KRETPROBE_MESSAGE, f)).collect()
+                // Every send on the host's sockets passes through these, not only sendmmsg's:
+                // as many at once as the kernel allows.
+                let maxactive = kretprobe_events::MAXACTIVE_MAX;
+                targets.iter().map(|f| self.attach_kprobe(program::KRETPROBE_MESSAGE, f, maxactive)).collect()
             }
             MessageHook::FexitProtocol => {
                 let btf = kernel.btf.as_ref().map_err(Clone::clone)?;
@@ -311,11 +323,14 @@ impl Probes {
         // Entry first (it was attached last), so calls already inside still reach their exit.
         while let Some(a) = self.entry_exit.pop() {
             debug!("detaching {}", a.what);
+            self.kretprobe_missed_detached += kretprobe_missed(&a);
         }
     }
 
     pub fn detach_message(&mut self) {
-        self.message.clear();
+        for a in self.message.drain(..) {
+            self.kretprobe_missed_detached += kretprobe_missed(&a);
+        }
     }
 
     /// Detaches every hook, entry first.
@@ -329,6 +344,12 @@ impl Probes {
     /// What is attached now, for the log.
     pub fn attached(&self) -> Vec<String> {
         self.entry_exit.iter().chain(&self.message).map(|a| a.what.clone()).collect()
+    }
+
+    /// The per-message kretprobes attached now, as the log names them (with their
+    /// `maxactive`, or the kprobe PMU they fell back to); empty for other hooks.
+    pub fn message_kretprobes(&self) -> Vec<String> {
+        self.message.iter().filter(|a| a.what.starts_with("kretprobe ")).map(|a| a.what.clone()).collect()
     }
 
     /// Lets the BPF side trace the sidecar's own thread `tid` (0: none again).
@@ -353,6 +374,8 @@ impl Probes {
             })
             .collect::<Result<_>>()?;
         out.push(("kernel_missed", self.kernel_missed()));
+        let attached: u64 = self.entry_exit.iter().chain(&self.message).map(kretprobe_missed).sum();
+        out.push(("kretprobe_missed", self.kretprobe_missed_detached + attached));
         let inflight = self.ebpf.map("INFLIGHT").context("map INFLIGHT missing from the BPF object")?;
         let inflight = HashMap::<_, u32, CallRecord>::try_from(inflight)?;
         out.push(("inflight", inflight.keys().count() as u64));
@@ -424,16 +447,45 @@ impl Probes {
         Ok(Attached { what: format!("tracepoint {category}:{event}"), _link: Box::new(link) })
     }
 
-    fn attach_kprobe(&mut self, name: &'static str, function: &str) -> Result<Attached, String> {
+    /// Attaches a kprobe, or a kretprobe allowing `maxactive` calls inside at once: through a
+    /// tracefs event of our own ([`kretprobe_events`]), or, where tracefs refuses it, through
+    /// aya's kprobe PMU with the kernel's default (max(10, 2 x CPUs)).
+    fn attach_kprobe(
+        &mut self,
+        name: &'static str,
+        function: &str,
+        maxactive: u32,
+    ) -> Result<Attached, String> {
         let first = self.loaded.insert(name);
         let prog: &mut KProbe = self.program(name)?;
         if first {
             prog.load().map_err(|e| load_error(name, e))?;
         }
-        let kind = if name.contains("kretprobe") { "kretprobe" } else { "kprobe" };
+        let ret = name.contains("kretprobe");
+        let mut what = format!("{} {function}", if ret { "kretprobe" } else { "kprobe" });
+        if ret {
+            let fd = prog.fd().map_err(|e| e.to_string())?.as_fd();
+            match KretprobeEvent::attach(Path::new(TRACEFS), fd, function, maxactive) {
+                Ok(event) => {
+                    debug!("kretprobe {function}: tracefs event with maxactive {maxactive}");
+                    return Ok(Attached {
+                        what: format!("{what} (maxactive {maxactive})"),
+                        _link: Box::new(event),
+                    });
+                }
+                Err(e) => {
+                    warn!(
+                        "kretprobe {function}: tracefs refused an event with maxactive {maxactive} ({e}); \
+                         attaching through the kprobe PMU, where the kernel allows max(10, 2 x CPUs) \
+                         calls inside at once and misses the returns of any more (exit_missed)"
+                    );
+                    what.push_str(" (kprobe PMU, default maxactive)");
+                }
+            }
+        }
         let id = prog.attach(function, 0).map_err(|e| format!("attach to {function} refused: {e}"))?;
         let link = prog.take_link(id).map_err(|e| e.to_string())?;
-        Ok(Attached { what: format!("{kind} {function}"), _link: Box::new(link) })
+        Ok(Attached { what, _link: Box::new(link) })
     }
 
     fn attach_fentry(
@@ -467,6 +519,18 @@ impl Probes {
         let link = prog.take_link(id).map_err(|e| e.to_string())?;
         Ok(Attached { what: format!("fexit {function}"), _link: Box::new(link) })
     }
+}
+
+/// The returns a tracefs kretprobe missed so far; 0 for any other hook (the kernel does not
+/// tell the misses of a kprobe PMU kretprobe).
+fn kretprobe_missed(attached: &Attached) -> u64 {
+    let Some(event) = attached._link.downcast_ref::<KretprobeEvent>() else {
+        return 0;
+    };
+    event.missed().unwrap_or_else(|e| {
+        debug!("reading the misses of {}: {e}", attached.what);
+        0
+    })
 }
 
 /// Puts every key in the BPF hash map `name` (a set: the value is unused).
