@@ -254,32 +254,11 @@ impl Config {
             Some(v) => parse_ring_buffer_bytes(v)
                 .ok_or_else(|| invalid("OTEL_SENDMMSG_RING_BUFFER_BYTES", v, ring_buffer_accepts()))?,
         };
-        let max_inflight = match &own.max_inflight {
-            None => DEFAULT_MAX_INFLIGHT,
-            Some(v) => parse_int(v)
-                .filter(|n| (1..=MAX_INFLIGHT_LIMIT).contains(n))
-                .map(|n| n as u32)
-                .ok_or_else(|| {
-                    invalid(
-                        "OTEL_SENDMMSG_MAX_INFLIGHT",
-                        v,
-                        format!("a whole number from 1 to {MAX_INFLIGHT_LIMIT}"),
-                    )
-                })?,
-        };
-        let max_context_files = match &own.max_context_files {
-            None => DEFAULT_MAX_CONTEXT_FILES,
-            Some(v) => parse_int(v)
-                .filter(|n| (1..=MAX_CONTEXT_FILES_LIMIT).contains(n))
-                .map(|n| n as u32)
-                .ok_or_else(|| {
-                invalid(
-                    "OTEL_SENDMMSG_MAX_CONTEXT_FILES",
-                    v,
-                    format!("a whole number from 1 to {MAX_CONTEXT_FILES_LIMIT}"),
-                )
-            })?,
-        };
+        let max_inflight = bounded_int("OTEL_SENDMMSG_MAX_INFLIGHT", &own.max_inflight, MAX_INFLIGHT_LIMIT)?
+            .unwrap_or(DEFAULT_MAX_INFLIGHT);
+        let max_context_files =
+            bounded_int("OTEL_SENDMMSG_MAX_CONTEXT_FILES", &own.max_context_files, MAX_CONTEXT_FILES_LIMIT)?
+                .unwrap_or(DEFAULT_MAX_CONTEXT_FILES);
         let attach = match own.attach.as_deref().map(|v| (v, v.trim())) {
             None | Some((_, "auto")) => Attach::Auto,
             Some((v, name)) => Family::BY_COST
@@ -298,18 +277,12 @@ impl Config {
             }
         };
         let filters = own.filters()?;
-        let loss_report_interval = match own.loss_report_interval.as_deref().map(|v| (v, v.trim())) {
-            None | Some((_, "")) => Duration::from_secs(60),
-            Some((v, d)) => humantime::parse_duration(d).ok().filter(|d| !d.is_zero()).ok_or_else(|| {
-                invalid("OTEL_SENDMMSG_LOSS_REPORT_INTERVAL", v, "a duration above zero, e.g. 60s or 5m")
-            })?,
-        };
-        let shutdown_timeout = match own.shutdown_timeout.as_deref().map(|v| (v, v.trim())) {
-            None | Some((_, "")) => DEFAULT_SHUTDOWN_TIMEOUT,
-            Some((v, d)) => humantime::parse_duration(d).ok().filter(|d| !d.is_zero()).ok_or_else(|| {
-                invalid("OTEL_SENDMMSG_SHUTDOWN_TIMEOUT", v, "a duration above zero, e.g. 20s")
-            })?,
-        };
+        let loss_report_interval =
+            positive_duration("OTEL_SENDMMSG_LOSS_REPORT_INTERVAL", &own.loss_report_interval, "60s or 5m")?
+                .unwrap_or(Duration::from_secs(60));
+        let shutdown_timeout =
+            positive_duration("OTEL_SENDMMSG_SHUTDOWN_TIMEOUT", &own.shutdown_timeout, "20s")?
+                .unwrap_or(DEFAULT_SHUTDOWN_TIMEOUT);
         let msgvec_address = match &own.msgvec_address {
             None => false,
             Some(v) => {
@@ -518,6 +491,24 @@ fn pick<'a>(
     [first, second]
         .into_iter()
         .find_map(|(name, v)| v.as_ref().filter(|v| !v.trim().is_empty()).map(|v| (name, v)))
+}
+
+/// A whole number from 1 to `max` (`None` when unset).
+fn bounded_int(variable: &str, value: &Option<String>, max: u64) -> Result<Option<u32>, ConfigError> {
+    let Some(v) = value else { return Ok(None) };
+    let n = parse_int(v).filter(|n| (1..=max).contains(n)).and_then(|n| u32::try_from(n).ok());
+    n.map(Some).ok_or_else(|| invalid(variable, v, format!("a whole number from 1 to {max}")))
+}
+
+/// A duration above zero, such as `example` (`None` when unset or empty).
+fn positive_duration(
+    variable: &str,
+    value: &Option<String>,
+    example: &str,
+) -> Result<Option<Duration>, ConfigError> {
+    let Some(v) = value.as_ref().filter(|v| !v.trim().is_empty()) else { return Ok(None) };
+    let d = humantime::parse_duration(v.trim()).ok().filter(|d| !d.is_zero());
+    d.map(Some).ok_or_else(|| invalid(variable, v, format!("a duration above zero, e.g. {example}")))
 }
 
 /// `true`/`1` or `false`/`0`/empty, in any case.
