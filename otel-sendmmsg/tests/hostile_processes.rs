@@ -48,7 +48,7 @@ const STUCK_FUSE_SOURCE: &str = include_str!("hostile/stuck_fuse.py");
 fn copied(dir: &SharedDir, binary: &str, name: &str) -> PathBuf {
     use std::os::unix::fs::PermissionsExt;
     let path = dir.path().join(name);
-    std::fs::copy(binary, &path).unwrap_or_else(|e| panic!("copying {binary}: {e}"));
+    copy_executable(Path::new(binary), &path);
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
     path
 }

@@ -512,7 +512,7 @@ pub fn renamed_workload(name: &str) -> Renamed {
     let dir = std::env::temp_dir().join(format!("otel-sendmmsg-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join(name);
-    std::fs::copy(WORKLOAD, &path).unwrap();
+    copy_executable(std::path::Path::new(WORKLOAD), &path);
     Renamed(path)
 }
 
@@ -565,9 +565,17 @@ pub fn copy_for_other_users(binary: &std::path::Path, name: &str) -> std::path::
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     let path = dir.join(name);
-    std::fs::copy(binary, &path).unwrap_or_else(|e| panic!("copying {}: {e}", binary.display()));
+    copy_executable(binary, &path);
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
     path
+}
+
+/// Copies an executable the tests then run, through `cp`: written by this test process itself,
+/// the copy's descriptor would be inherited by any child another test thread forks meanwhile,
+/// and running the copy then fails with ETXTBSY ("text file busy") until that child has exec'd.
+pub fn copy_executable(from: &std::path::Path, to: &std::path::Path) {
+    let status = Command::new("cp").arg("--").arg(from).arg(to).status().expect("running cp");
+    assert!(status.success(), "copying {} to {}", from.display(), to.display());
 }
 
 /// The user tests run the sidecar as when it must not be root: `nobody`.
@@ -799,7 +807,7 @@ pub fn start_as_nobody(dir: &SharedDir, vars: &[(&str, &str)]) -> Sidecar {
     use std::os::unix::fs::PermissionsExt;
     let binary = dir.path().join("otel-sendmmsg");
     if !binary.exists() {
-        std::fs::copy(SIDECAR, &binary).unwrap_or_else(|e| panic!("copying {SIDECAR}: {e}"));
+        copy_executable(std::path::Path::new(SIDECAR), &binary);
         std::fs::set_permissions(&binary, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
     let caps: Vec<String> =
