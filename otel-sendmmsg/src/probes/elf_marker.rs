@@ -214,14 +214,20 @@ fn name_offsets(
         let start = at.saturating_sub(if at == 0 { 0 } else { overlap });
         let len = (strings.size - start).min(CHUNK + overlap);
         let bytes = budget.read::<u8>(source, strings.offset.checked_add(start)?, len)?;
-        for (i, window) in bytes.values().windows(wanted.len()).enumerate() {
+        let values = bytes.values();
+        // Only where the name's first byte is: a table of tens of MiB (or of zeros, in a sparse
+        // file) is passed over at the speed of a byte search, not compared at every offset.
+        let mut from = 0;
+        while let Some(i) = values.get(from..).and_then(|rest| rest.iter().position(|&b| b == wanted[0])) {
+            let i = from + i;
             let place = start + i as u64;
-            if window == wanted.as_slice() && !found.contains(&place) {
+            if values[i..].starts_with(&wanted) && !found.contains(&place) {
                 if found.len() == MAX_NAME_PLACES {
                     return None;
                 }
                 found.push(place);
             }
+            from = i + 1;
         }
         at = start + len;
     }
