@@ -133,8 +133,17 @@ fuzz_target!(|bytes: &[u8]| {
     match &got {
         Ok(config) => check_accepted(config),
         Err(error) => {
+            // The value as set, except a header variable's: a secret, shown only by its size.
+            let as_shown = |name: &str, value: &str| {
+                if name.ends_with("_HEADERS") {
+                    format!("<{} bytes, not shown>", value.len())
+                } else {
+                    value.to_owned()
+                }
+            };
             assert!(
-                vars.iter().any(|(name, value)| *name == error.variable && *value == error.value),
+                vars.iter()
+                    .any(|(name, value)| *name == error.variable && as_shown(name, value) == error.value),
                 "{error:?} names no variable as set in {vars:?}"
             );
             assert!(!error.accepts.is_empty(), "{error:?}");

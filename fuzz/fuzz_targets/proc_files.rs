@@ -37,7 +37,8 @@ fuzz_target!(|input: &[u8]| {
             if let Some(service) = &service {
                 assert!(!service.is_empty() && service.trim() == service);
             }
-            let expected = found.map(|v| String::from_utf8_lossy(&v).trim().to_owned()).filter(|v| !v.is_empty());
+            let expected =
+                found.map(|v| String::from_utf8_lossy(&v).trim().to_owned()).filter(|v| !v.is_empty());
             assert_eq!(service, expected);
         }
         1 => {

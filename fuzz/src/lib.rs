@@ -16,7 +16,8 @@ use otel_sendmmsg::{
 /// Every `OTEL_SENDMMSG_MESSAGE_DETAIL` level, with and without a per-message hook.
 pub const ALL_OPTIONS: [SpanOptions; 8] = {
     let details = [MessageDetail::Events, MessageDetail::Spans, MessageDetail::None, MessageDetail::Sizes];
-    let mut all = [SpanOptions { per_message: false, detail: MessageDetail::Events, msgvec_address: false }; 8];
+    let mut all =
+        [SpanOptions { per_message: false, detail: MessageDetail::Events, msgvec_address: false }; 8];
     let mut i = 0;
     while i < 8 {
         all[i] = SpanOptions { per_message: i % 2 == 1, detail: details[i / 2], msgvec_address: i % 2 == 0 };
