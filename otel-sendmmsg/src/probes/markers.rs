@@ -12,7 +12,6 @@
 use std::{
     collections::{HashMap, HashSet},
     fs::File,
-    io::Read,
     path::{Path, PathBuf},
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -23,6 +22,8 @@ use std::{
 };
 
 use tracing::{debug, warn};
+
+use crate::process::read_stat;
 
 use super::{
     elf_marker::{marker_offset, SizedFile},
@@ -216,7 +217,7 @@ impl Discovery {
             if pid == self.own_pid {
                 continue;
             }
-            if let Some(start) = start_time(&entry.path()) {
+            if let Some(start) = read_stat(&entry.path()).map(|stat| stat.start_time) {
                 alive.insert(pid, start);
             }
         }
@@ -439,14 +440,6 @@ fn look_into(dir: &Path, mapping: &Mapping, mounts: &[u64], opened: &AtomicBool)
         printable(&opened.via)
     );
     Some(Marker { file: opened.file, id: mapping.file, offset, name: name.into() })
-}
-
-/// Field 22 of /proc/PID/stat (after the parenthesised command name, which may hold spaces).
-fn start_time(dir: &Path) -> Option<u64> {
-    let mut stat = String::new();
-    // The line is a few hundred bytes; the cap only keeps a misbehaving /proc from ballooning us.
-    File::open(dir.join("stat")).ok()?.take(4096).read_to_string(&mut stat).ok()?;
-    stat.rsplit_once(')')?.1.split_whitespace().nth(19)?.parse().ok()
 }
 
 #[cfg(test)]

@@ -296,7 +296,8 @@ pub struct Stat {
     pub start_time: u64,
 }
 
-fn read_stat(dir: &Path) -> Option<Stat> {
+/// `/proc/PID/stat` of the process whose directory is `dir`, read bounded (see [`read`]).
+pub fn read_stat(dir: &Path) -> Option<Stat> {
     parse_stat(&String::from_utf8_lossy(&read::read_capped(dir, "stat", read::STAT_CAP).ok()?))
 }
 
