@@ -10,17 +10,17 @@ use otel_sendmmsg::{
     export::console_line,
     process::ProcessInfo,
     records::Call,
-    spans::{span_for, MessageDetail, SpanOptions},
+    config::MessageView,
+    spans::{span_for, SpanOptions},
 };
 
-/// Every `OTEL_SENDMMSG_MESSAGE_DETAIL` level, with and without a per-message hook.
-pub const ALL_OPTIONS: [SpanOptions; 8] = {
-    let details = [MessageDetail::Events, MessageDetail::Spans, MessageDetail::None, MessageDetail::Sizes];
-    let mut all =
-        [SpanOptions { per_message: false, detail: MessageDetail::Events, msgvec_address: false }; 8];
+/// Every way a span can show messages, with and without a per-message hook.
+pub const ALL_OPTIONS: [SpanOptions; 6] = {
+    let views = [MessageView::Events, MessageView::Spans, MessageView::None];
+    let mut all = [SpanOptions { per_message: false, view: MessageView::Events, msgvec_address: false }; 6];
     let mut i = 0;
-    while i < 8 {
-        all[i] = SpanOptions { per_message: i % 2 == 1, detail: details[i / 2], msgvec_address: i % 2 == 0 };
+    while i < 6 {
+        all[i] = SpanOptions { per_message: i % 2 == 1, view: views[i / 2], msgvec_address: i % 2 == 0 };
         i += 1;
     }
     all
@@ -50,16 +50,16 @@ pub fn map_call(call: &Call, clock: &WallClock) {
         assert!(span.end >= span.start, "a call ends after it starts: {options:?}");
         // Per-message detail comes from the per-message hook, or from sizes read at exit.
         let shown = if options.per_message || call.sizes_only { call.detail.len() } else { 0 };
-        match options.detail {
-            MessageDetail::Events | MessageDetail::Sizes => {
+        match options.view {
+            MessageView::Events => {
                 assert_eq!(span.events.len(), shown, "{options:?}");
                 assert!(span.children.is_empty(), "{options:?}");
             }
-            MessageDetail::Spans => {
+            MessageView::Spans => {
                 assert_eq!(span.children.len(), shown, "{options:?}");
                 assert!(span.events.is_empty(), "{options:?}");
             }
-            MessageDetail::None => assert!(span.events.is_empty() && span.children.is_empty()),
+            MessageView::None => assert!(span.events.is_empty() && span.children.is_empty()),
         }
         // "Status is ERROR when the call failed or any message failed" (as far as the hooks
         // can tell: sizes read at exit know of no failed message).

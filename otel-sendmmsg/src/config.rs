@@ -6,7 +6,6 @@ use std::{path::PathBuf, time::Duration};
 
 use serde::Deserialize;
 
-use crate::{probes::hooks::Family, spans::MessageDetail};
 
 pub const PREFIX: &str = "OTEL_SENDMMSG_";
 
@@ -115,7 +114,10 @@ pub struct Config {
     pub max_inflight: u32,
     pub max_context_files: u32,
     pub attach: Attach,
-    pub message_detail: MessageDetail,
+    /// What the kernel collects about each message (`OTEL_SENDMMSG_MESSAGE_DETAIL`).
+    pub kernel_messages: KernelMessages,
+    /// How a span shows its call's messages (`OTEL_SENDMMSG_MESSAGE_DETAIL`).
+    pub message_view: MessageView,
     pub filters: Filters,
     pub loss_report_interval: Duration,
     /// How long stopping may take: drain, flush, final metrics.
@@ -155,6 +157,49 @@ impl Default for Filters {
 
 /// The kernel's `TASK_COMM_LEN` less the terminating NUL.
 const MAX_COMM_BYTES: usize = 15;
+
+/// An attach family for a call's entry and exit, cheapest first (after the kernel's own trigger
+/// benchmark: fentry/fexit ~3-10 ns a hit, tracepoints ~10 ns, kprobes ~15 ns).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    Fentry,
+    Tracepoint,
+    Kprobe,
+}
+
+impl Family {
+    pub const BY_COST: [Family; 3] = [Family::Fentry, Family::Tracepoint, Family::Kprobe];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Family::Fentry => "fentry",
+            Family::Tracepoint => "tracepoint",
+            Family::Kprobe => "kprobe",
+        }
+    }
+}
+
+/// What the kernel collects about each message of a call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KernelMessages {
+    /// A per-message hook (the cheapest that proves itself at start-up): each message's result,
+    /// time and destination.
+    Hooked,
+    /// No per-message hook at all (the cheapest): each sent message's size, read from the
+    /// caller's `msgvec` at exit; no per-message errors or times.
+    SizesAtExit,
+}
+
+/// How a call's span shows its messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MessageView {
+    /// Span events on the call's span: cheap, and shown inline by Jaeger.
+    Events,
+    /// Child spans of the call's span, for backends that query spans, not events.
+    Spans,
+    /// Counters only.
+    None,
+}
 
 /// Which attach family to use for a call's entry and exit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -267,11 +312,12 @@ impl Config {
                 .map(Attach::Only)
                 .ok_or_else(|| invalid("OTEL_SENDMMSG_ATTACH", v, "auto, fentry, kprobe or tracepoint"))?,
         };
-        let message_detail = match own.message_detail.as_deref().map(|v| (v, v.trim())) {
-            None | Some((_, "events")) => MessageDetail::Events,
-            Some((_, "spans")) => MessageDetail::Spans,
-            Some((_, "none")) => MessageDetail::None,
-            Some((_, "sizes")) => MessageDetail::Sizes,
+        use KernelMessages::{Hooked, SizesAtExit};
+        let (kernel_messages, message_view) = match own.message_detail.as_deref().map(|v| (v, v.trim())) {
+            None | Some((_, "events")) => (Hooked, MessageView::Events),
+            Some((_, "spans")) => (Hooked, MessageView::Spans),
+            Some((_, "none")) => (Hooked, MessageView::None),
+            Some((_, "sizes")) => (SizesAtExit, MessageView::Events),
             Some((v, _)) => {
                 return Err(invalid("OTEL_SENDMMSG_MESSAGE_DETAIL", v, "events, spans, sizes or none"))
             }
@@ -296,7 +342,8 @@ impl Config {
             max_inflight,
             max_context_files,
             attach,
-            message_detail,
+            kernel_messages,
+            message_view,
             filters,
             loss_report_interval,
             shutdown_timeout,
@@ -608,7 +655,8 @@ mod tests {
                 max_inflight: DEFAULT_MAX_INFLIGHT,
                 max_context_files: DEFAULT_MAX_CONTEXT_FILES,
                 attach: Attach::Auto,
-                message_detail: MessageDetail::Events,
+                kernel_messages: KernelMessages::Hooked,
+                message_view: MessageView::Events,
                 filters: Filters::default(),
                 loss_report_interval: Duration::from_secs(60),
                 shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
@@ -731,10 +779,13 @@ mod tests {
 
     #[test]
     fn message_detail_is_events_spans_or_none() {
-        let detail = |v: &str| config(&[("OTEL_SENDMMSG_MESSAGE_DETAIL", v)]).map(|c| c.message_detail);
-        assert_eq!(detail("spans"), Ok(MessageDetail::Spans));
-        assert_eq!(detail("none"), Ok(MessageDetail::None));
-        assert_eq!(detail("sizes"), Ok(MessageDetail::Sizes));
+        let detail = |v: &str| {
+            config(&[("OTEL_SENDMMSG_MESSAGE_DETAIL", v)]).map(|c| (c.kernel_messages, c.message_view))
+        };
+        assert_eq!(detail("events"), Ok((KernelMessages::Hooked, MessageView::Events)));
+        assert_eq!(detail("spans"), Ok((KernelMessages::Hooked, MessageView::Spans)));
+        assert_eq!(detail("none"), Ok((KernelMessages::Hooked, MessageView::None)));
+        assert_eq!(detail("sizes"), Ok((KernelMessages::SizesAtExit, MessageView::Events)));
         assert_eq!(detail("all").unwrap_err().accepts, "events, spans, sizes or none");
     }
 

@@ -20,7 +20,7 @@ use tracing::{debug, info, warn};
 
 use crate::{
     clock::WallClock,
-    config::{Config, MetricsOutput, Output},
+    config::{Config, KernelMessages, MetricsOutput, Output},
     export::{ExportStats, Exporter},
     probes::{
         choose::choose,
@@ -36,7 +36,7 @@ use crate::{
     records::Decoder,
     self_metrics::{self, SelfMetrics},
     shutdown::StopSignals,
-    spans::{span_for, MessageDetail, SpanOptions, SyscallSpan},
+    spans::{span_for, SpanOptions, SyscallSpan},
 };
 
 /// How often new processes are looked at for the context marker: a process started from a file
@@ -240,7 +240,7 @@ pub async fn run(config: Config, mut signals: StopSignals) -> Result<()> {
         // Until a per-message hook has proved itself, calls carry no trustworthy message detail.
         options: SpanOptions {
             per_message: false,
-            detail: config.message_detail,
+            view: config.message_view,
             msgvec_address: config.msgvec_address,
         },
         clock: WallClock::now(),
@@ -253,7 +253,7 @@ pub async fn run(config: Config, mut signals: StopSignals) -> Result<()> {
         context_files_refused: Arc::default(),
     };
     let metrics = start_self_metrics(&config.metrics);
-    let want_message_hook = config.message_detail != MessageDetail::Sizes;
+    let want_message_hook = config.kernel_messages == KernelMessages::Hooked;
     let choice = choose(&mut probes, &kernel, config.attach, want_message_hook, &mut records, &mut |item| {
         pipeline.handle(item)
     })

@@ -14,6 +14,7 @@ use otel_sendmmsg_common::TraceContext;
 
 use crate::{
     clock::WallClock,
+    config::MessageView,
     names::{errno_name, msg_flag_names},
     records::{Call, Dest, Socket},
 };
@@ -33,9 +34,9 @@ pub struct SyscallSpan {
     pub start: SystemTime,
     pub end: SystemTime,
     pub attributes: Vec<KeyValue>,
-    /// One per message with detail, in the order the kernel sent them ([`MessageDetail::Events`]).
+    /// One per message with detail, in the order the kernel sent them ([`MessageView::Events`]).
     pub events: Vec<Event>,
-    /// One child span per message with detail, in order ([`MessageDetail::Spans`]).
+    /// One child span per message with detail, in order ([`MessageView::Spans`]).
     pub children: Vec<MessageSpan>,
     pub status: Status,
 }
@@ -50,27 +51,13 @@ pub struct MessageSpan {
     pub status: Status,
 }
 
-/// How each message of a call is shown (`OTEL_SENDMMSG_MESSAGE_DETAIL`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum MessageDetail {
-    /// Span events on the call's span: cheap, and shown inline by Jaeger.
-    Events,
-    /// Child spans of the call's span, for backends that query spans, not events.
-    Spans,
-    /// Counters only.
-    None,
-    /// No per-message hook at all (the cheapest): each sent message's size, read from the
-    /// caller's `msgvec` at exit, as events; no per-message errors or times.
-    Sizes,
-}
-
 /// What the hooks in use can tell about a call, and how to show it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SpanOptions {
     /// A per-message hook proved itself at start-up: message counters and events are true.
     /// Without one they would all read 0, so they are left out.
     pub per_message: bool,
-    pub detail: MessageDetail,
+    pub view: MessageView,
     /// Show `sendmmsg.msgvec`: a pointer into the caller's memory, which tells whoever reads
     /// the traces where its heap or stack lies (ASLR); off unless asked for.
     pub msgvec_address: bool,
@@ -162,11 +149,11 @@ pub fn span_for(call: &Call, clock: &WallClock, options: SpanOptions) -> Syscall
         (start + Duration::from_nanos(offset_ns), message.ret, attrs)
     });
     let (mut events, mut children) = (Vec::new(), Vec::new());
-    match options.detail {
-        MessageDetail::Events | MessageDetail::Sizes => {
+    match options.view {
+        MessageView::Events => {
             events = messages.map(|(at, _, attrs)| Event::new(MESSAGE_EVENT, at, attrs, 0)).collect();
         }
-        MessageDetail::Spans => {
+        MessageView::Spans => {
             let mut previous_end = start;
             for (at, ret, attributes) in messages {
                 let status = if ret < 0 { Status::error(errno_name(ret.into())) } else { Status::Unset };
@@ -174,7 +161,7 @@ pub fn span_for(call: &Call, clock: &WallClock, options: SpanOptions) -> Syscall
                 previous_end = at;
             }
         }
-        MessageDetail::None => {}
+        MessageView::None => {}
     }
 
     SyscallSpan { pid: call.pid, parent: call.parent, start, end, attributes, events, children, status }
@@ -256,7 +243,7 @@ mod tests {
     }
 
     const PER_MESSAGE: SpanOptions =
-        SpanOptions { per_message: true, detail: MessageDetail::Events, msgvec_address: true };
+        SpanOptions { per_message: true, view: MessageView::Events, msgvec_address: true };
 
     fn clock() -> WallClock {
         WallClock::from_readings(1_700_000_000_000_000_000, 0)
@@ -329,7 +316,7 @@ mod tests {
         let span = span_for(
             &call,
             &clock(),
-            SpanOptions { per_message: false, detail: MessageDetail::Events, msgvec_address: false },
+            SpanOptions { per_message: false, view: MessageView::Events, msgvec_address: false },
         );
         for key in ["sendmmsg.bytes", "sendmmsg.messages.attempted", "sendmmsg.messages.failed", "error.type"]
         {
@@ -343,7 +330,7 @@ mod tests {
     #[test]
     fn message_detail_as_child_spans_tiles_the_call_in_order() {
         let call = decode(&bytes_of(&record(&[100, -libc::EMSGSIZE]))).unwrap();
-        let options = SpanOptions { per_message: true, detail: MessageDetail::Spans, msgvec_address: false };
+        let options = SpanOptions { per_message: true, view: MessageView::Spans, msgvec_address: false };
         let span = span_for(&call, &clock(), options);
         assert!(span.events.is_empty());
         assert_eq!(span.children.len(), 2);
@@ -356,7 +343,7 @@ mod tests {
         let none = span_for(
             &call,
             &clock(),
-            SpanOptions { per_message: true, detail: MessageDetail::None, msgvec_address: false },
+            SpanOptions { per_message: true, view: MessageView::None, msgvec_address: false },
         );
         assert!(none.events.is_empty() && none.children.is_empty());
         assert_eq!(attr(&none, "sendmmsg.messages.failed"), Some(&Value::I64(1)));
@@ -445,7 +432,7 @@ mod tests {
     fn sizes_read_at_exit_give_bytes_and_events_but_no_failure_counts() {
         let mut call = decode(&bytes_of(&record(&[100, 200]))).unwrap();
         call.sizes_only = true;
-        let options = SpanOptions { per_message: false, detail: MessageDetail::Sizes, msgvec_address: false };
+        let options = SpanOptions { per_message: false, view: MessageView::Events, msgvec_address: false };
         let span = span_for(&call, &clock(), options);
         assert_eq!(attr(&span, "sendmmsg.bytes"), Some(&Value::I64(300)));
         assert_eq!(attr(&span, "sendmmsg.messages.attempted"), None);

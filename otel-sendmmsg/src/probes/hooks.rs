@@ -4,25 +4,7 @@
 
 use std::fmt;
 
-/// An attach family for a call's entry and exit.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Family {
-    Fentry,
-    Tracepoint,
-    Kprobe,
-}
-
-impl Family {
-    pub const BY_COST: [Family; 3] = [Family::Fentry, Family::Tracepoint, Family::Kprobe];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Family::Fentry => "fentry",
-            Family::Tracepoint => "tracepoint",
-            Family::Kprobe => "kprobe",
-        }
-    }
-}
+pub use crate::config::Family;
 
 /// The protocol send functions every message passes through, whatever its destination.
 pub const PROTOCOL_SENDMSG: &[&str] = &["inet_sendmsg", "inet6_sendmsg", "unix_dgram_sendmsg"];

@@ -50,8 +50,7 @@ use self::{
 };
 use crate::{
     cgroup,
-    config::{Config, ConfigError},
-    spans::MessageDetail,
+    config::{Config, ConfigError, KernelMessages},
 };
 
 static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/otel-sendmmsg.bpf.o"));
@@ -127,7 +126,7 @@ impl Probes {
                 .override_global("FILTERS", &settings, true)
                 .override_global(
                     "SIZES_AT_EXIT",
-                    &u32::from(config.message_detail == MessageDetail::Sizes),
+                    &u32::from(config.kernel_messages == KernelMessages::SizesAtExit),
                     true,
                 )
                 // Wake the reader once an eighth of the ring is pending; its timer drains the rest.
