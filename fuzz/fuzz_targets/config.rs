@@ -6,39 +6,26 @@
 //!   a repeated name counts, names are case-sensitive (`otel_bsp_max_queue_size` is not
 //!   `OTEL_BSP_MAX_QUEUE_SIZE`), and a standard `OTEL_*` variable set to the empty string is
 //!   unset, as the OpenTelemetry specification requires;
-//! - the export queue's settings (`BatchConfig::from_vars`, read again from the same variables)
-//!   are what the configuration accepted, a batch never larger than the queue, 1 to 16 exports
-//!   in flight.
+//! - the export queue's settings are what was set, a batch never larger than the queue, 1 to
+//!   16 exports in flight.
 //!
 //! The input is an environment as `/proc/PID/environ` holds it: `NAME=VALUE` entries separated by
 //! NUL bytes (an entry without `=` is a name with an empty value; invalid UTF-8 is replaced). A
-//! name of a single byte stands for one of the variable names in fuzz/config.dict (byte & 0x7f,
-//! modulo their number), in lower case when the byte's high bit is set, so values reach every
-//! variable's checks without the fuzzer having to spell the names; the dictionary (scripts/fuzz.sh
-//! passes it) supplies the names and the values' vocabulary as well.
+//! name of a single byte stands for one of the variables the settings read (`config::variables`;
+//! byte & 0x7f, modulo their number), in lower case when the byte's high bit is set, so values
+//! reach every variable's checks without the fuzzer having to spell the names; the dictionary
+//! (scripts/fuzz.sh passes it) supplies the values' vocabulary.
 #![no_main]
 
 use std::{collections::HashSet, sync::OnceLock, time::Duration};
 
 use libfuzzer_sys::fuzz_target;
-use otel_sendmmsg::{
-    config::{Config, ConfigError, PREFIX},
-    export::batcher::BatchConfig,
-};
+use otel_sendmmsg::config::{variables, Config, ConfigError, PREFIX};
 
-/// The variable names in config.dict: its entries of the form `"NAME="`.
+/// Every variable the settings read.
 fn known() -> &'static [String] {
     static KNOWN: OnceLock<Vec<String>> = OnceLock::new();
-    KNOWN.get_or_init(|| {
-        let names: Vec<String> = include_str!("../config.dict")
-            .lines()
-            .filter_map(|line| line.trim().strip_prefix('"')?.strip_suffix("=\""))
-            .filter(|name| !name.is_empty() && name.bytes().all(|b| b.is_ascii_uppercase() || b == b'_'))
-            .map(str::to_owned)
-            .collect();
-        assert!(names.len() > 20, "config.dict lists the variables: {names:?}");
-        names
-    })
+    KNOWN.get_or_init(variables)
 }
 
 fn environment(bytes: &[u8]) -> Vec<(String, String)> {
@@ -99,16 +86,13 @@ fn check_same(
     assert_eq!(*got, Config::from_vars(same.clone()), "{what}:\n{vars:?}\nvs\n{same:?}");
 }
 
-/// The export queue uses what the configuration accepted: it does not check again.
-fn check_batch(getenv: impl Fn(&str) -> Option<String>, accepted: bool) {
-    let batch = BatchConfig::from_vars(&getenv);
+/// The export queue's settings are what was set, within their bounds.
+fn check_batch(getenv: impl Fn(&str) -> Option<String>, config: &Config) {
+    let batch = config.batch;
     assert!(batch.max_queue_size > 0 && batch.max_export_batch_size > 0, "{batch:?}");
     assert!(batch.max_export_batch_size <= batch.max_queue_size, "{batch:?}");
     assert!(batch.schedule_delay >= Duration::from_millis(1), "{batch:?}");
     assert!((1..=16).contains(&batch.max_concurrent_exports), "{batch:?}");
-    if !accepted {
-        return;
-    }
     let ms = |name: &str| {
         let value = getenv(name).filter(|v| !v.is_empty())?;
         Some(value.trim().parse::<u64>().unwrap_or_else(|_| panic!("{name}={value:?} was accepted")))
@@ -124,6 +108,9 @@ fn check_batch(getenv: impl Fn(&str) -> Option<String>, accepted: bool) {
     }
     if let Some(n) = ms("OTEL_BSP_EXPORT_TIMEOUT") {
         assert_eq!(batch.export_timeout, (n > 0).then(|| Duration::from_millis(n)), "{batch:?}");
+    }
+    if let Some(n) = ms("OTEL_BSP_MAX_CONCURRENT_EXPORTS") {
+        assert_eq!(batch.max_concurrent_exports as u64, n, "{batch:?}");
     }
 }
 
@@ -164,5 +151,7 @@ fuzz_target!(|bytes: &[u8]| {
         .collect();
     check_same("an empty standard variable is unset", &vars, &got, set);
 
-    check_batch(|name| env.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone()), got.is_ok());
+    if let Ok(config) = &got {
+        check_batch(|name| env.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone()), config);
+    }
 });

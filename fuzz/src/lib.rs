@@ -7,10 +7,10 @@ use std::collections::HashSet;
 use opentelemetry::{trace::Status, KeyValue};
 use otel_sendmmsg::{
     clock::WallClock,
+    config::MessageView,
     export::console_line,
     process::ProcessInfo,
     records::Call,
-    config::MessageView,
     spans::{span_for, SpanOptions},
 };
 

@@ -14,8 +14,10 @@ const EXIT_CONFIG: u8 = 2;
 const EXIT_ENVIRONMENT: u8 = 1;
 
 fn main() -> ExitCode {
-    init_logging();
-    let config = match Config::from_env() {
+    let config = Config::from_env();
+    // A configuration that cannot be read is still reported, through the default filter.
+    init_logging(config.as_ref().ok().and_then(|c| c.log_filter.as_deref()));
+    let config = match config {
         Ok(c) => c,
         Err(e) => {
             error!("{e}");
@@ -56,10 +58,11 @@ fn main() -> ExitCode {
     }
 }
 
-/// Logs go to stderr (stdout carries the console spans). The HTTP/gRPC stacks stay at warn so
-/// the exporter's own traffic cannot flood the log.
-fn init_logging() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+/// Logs go to stderr (stdout carries the console spans). By default the HTTP/gRPC stacks stay
+/// at warn so the exporter's own traffic cannot flood the log; `RUST_LOG` replaces that, and a
+/// filter it cannot parse leaves the default.
+fn init_logging(filter: Option<&str>) {
+    let filter = filter.and_then(|f| EnvFilter::try_new(f).ok()).unwrap_or_else(|| {
         EnvFilter::new("info,h2=warn,hyper=warn,hyper_util=warn,tonic=warn,tower=warn,reqwest=warn,opentelemetry=warn,opentelemetry_sdk=warn,opentelemetry_otlp=warn")
     });
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();

@@ -21,7 +21,7 @@ use tracing::{debug, info, warn};
 use crate::{
     clock::WallClock,
     config::{Config, KernelMessages, MetricsOutput, Output},
-    export::{ExportStats, Exporter},
+    export::{span_data::base_resource, ExportStats, Exporter},
     probes::{
         choose::choose,
         kernel::Kernel,
@@ -235,7 +235,7 @@ pub async fn run(config: Config, mut signals: StopSignals) -> Result<()> {
     let mut records = unsafe { AsyncFd::register_with_interest(probes.take_records()?, Interest::READABLE) }
         .map_err(|e| anyhow::anyhow!("watching the ring buffer: {e}"))?;
     let mut pipeline = Pipeline {
-        exporter: Exporter::new(&config.output)?,
+        exporter: Exporter::new(&config.output, config.batch, base_resource(&config.resource))?,
         processes: ProcessCache::new(process::DEFAULT_CAPACITY),
         // Until a per-message hook has proved itself, calls carry no trustworthy message detail.
         options: SpanOptions {
@@ -252,7 +252,7 @@ pub async fn run(config: Config, mut signals: StopSignals) -> Result<()> {
         metadata_unavailable: 0,
         context_files_refused: Arc::default(),
     };
-    let metrics = start_self_metrics(&config.metrics);
+    let metrics = start_self_metrics(&config);
     let want_message_hook = config.kernel_messages == KernelMessages::Hooked;
     let choice = choose(&mut probes, &kernel, config.attach, want_message_hook, &mut records, &mut |item| {
         pipeline.handle(item)
@@ -270,8 +270,8 @@ pub async fn run(config: Config, mut signals: StopSignals) -> Result<()> {
         probes.attached().join(", "),
         describe(&config.output),
         match &config.metrics {
-            MetricsOutput::Otlp { protocol, endpoint } if metrics.is_some() => {
-                format!("; the sidecar's own metrics to OTLP {} at {endpoint}", protocol.name())
+            MetricsOutput::Otlp { otlp, .. } if metrics.is_some() => {
+                format!("; the sidecar's own metrics to OTLP {} at {}", otlp.protocol.name(), otlp.endpoint)
             }
             _ => String::new(),
         }
@@ -368,12 +368,17 @@ pub async fn run(config: Config, mut signals: StopSignals) -> Result<()> {
 
 /// The sidecar's own metrics, if configured. Tracing goes on without them if their exporter
 /// cannot be built: they describe the spans, they are not worth losing the spans for.
-fn start_self_metrics(output: &MetricsOutput) -> Option<SelfMetrics> {
-    match output {
+fn start_self_metrics(config: &Config) -> Option<SelfMetrics> {
+    match &config.metrics {
         MetricsOutput::Off => None,
-        MetricsOutput::Otlp { protocol, .. } => SelfMetrics::start(*protocol)
-            .inspect_err(|e| warn!("the sidecar's own metrics are off: {e:#}"))
-            .ok(),
+        MetricsOutput::Otlp { otlp, interval } => SelfMetrics::start(
+            otlp,
+            *interval,
+            base_resource(&config.resource),
+            &config.resource.service_name,
+        )
+        .inspect_err(|e| warn!("the sidecar's own metrics are off: {e:#}"))
+        .ok(),
     }
 }
 
@@ -500,7 +505,7 @@ fn on_marker(probes: &mut Probes, found: Found) {
 fn describe(output: &Output) -> String {
     match output {
         Output::Console => "stdout".to_owned(),
-        Output::Otlp { protocol, endpoint } => format!("OTLP {} at {endpoint}", protocol.name()),
+        Output::Otlp(otlp) => format!("OTLP {} at {}", otlp.protocol.name(), otlp.endpoint),
         Output::Discard => "nowhere (OTEL_TRACES_EXPORTER=none)".to_owned(),
     }
 }

@@ -13,13 +13,16 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use opentelemetry::{metrics::MeterProvider as _, KeyValue};
-use opentelemetry_otlp::MetricExporter;
+use opentelemetry_otlp::{MetricExporter, WithExportConfig as _, WithHttpConfig as _, WithTonicConfig as _};
 use opentelemetry_sdk::{
     metrics::{PeriodicReader, SdkMeterProvider},
     Resource,
 };
 
-use crate::{config::Protocol, export::span_data::base_resource};
+use crate::{
+    config::{Otlp, Protocol},
+    export::{grpc_metadata, http_headers},
+};
 
 /// How often the run loop copies the counters for the reader: the most a metric lags.
 pub const REFRESH: Duration = Duration::from_secs(1);
@@ -90,18 +93,33 @@ pub struct SelfMetrics {
 }
 
 impl SelfMetrics {
-    /// Starts exporting over `protocol`; the exporter reads the endpoint, headers and timeout
-    /// from the standard variables, the reader `OTEL_METRIC_EXPORT_INTERVAL`. Must run inside
-    /// the tokio runtime: the gRPC client's connection task lives there.
-    pub fn start(protocol: Protocol) -> Result<SelfMetrics> {
-        let exporter = match protocol {
-            Protocol::Grpc => MetricExporter::builder().with_tonic().build(),
-            Protocol::HttpProtobuf => MetricExporter::builder().with_http().build(),
+    /// Starts exporting to `otlp` every `interval`, under the sidecar's own resource: `base`
+    /// (the one every span's resource starts from) named `service_name`. Must run inside the
+    /// tokio runtime: the gRPC client's connection task lives there.
+    pub fn start(
+        otlp: &Otlp,
+        interval: Duration,
+        base: Vec<KeyValue>,
+        service_name: &str,
+    ) -> Result<SelfMetrics> {
+        let exporter = match otlp.protocol {
+            Protocol::Grpc => MetricExporter::builder()
+                .with_tonic()
+                .with_endpoint(&otlp.endpoint)
+                .with_timeout(otlp.timeout)
+                .with_metadata(grpc_metadata(otlp)?)
+                .build(),
+            Protocol::HttpProtobuf => MetricExporter::builder()
+                .with_http()
+                .with_endpoint(&otlp.endpoint)
+                .with_timeout(otlp.timeout)
+                .with_headers(http_headers(otlp))
+                .build(),
         }
         .context("building the OTLP metric exporter")?;
         let provider = SdkMeterProvider::builder()
-            .with_reader(PeriodicReader::builder(exporter).build())
-            .with_resource(own_resource(std::env::var("OTEL_SERVICE_NAME").ok()))
+            .with_reader(PeriodicReader::builder(exporter).with_interval(interval).build())
+            .with_resource(own_resource(base, service_name))
             .build();
         let totals = Totals::default();
         let meter = provider.meter("otel-sendmmsg");
@@ -148,13 +166,12 @@ impl SelfMetrics {
     }
 }
 
-/// The sidecar's own resource: its `OTEL_SERVICE_NAME` (else `otel-sendmmsg`) over the base
-/// every span's resource starts from (`OTEL_RESOURCE_ATTRIBUTES`, `telemetry.sdk.*`).
-fn own_resource(service_name: Option<String>) -> Resource {
-    let service = service_name.filter(|s| !s.trim().is_empty()).unwrap_or_else(|| "otel-sendmmsg".to_owned());
+/// The sidecar's own resource: its service name over `base`, the resource every span's
+/// resource starts from (`OTEL_RESOURCE_ATTRIBUTES`, `telemetry.sdk.*`).
+fn own_resource(base: Vec<KeyValue>, service_name: &str) -> Resource {
     // Later attributes win.
     Resource::builder_empty()
-        .with_attributes(base_resource().into_iter().chain([KeyValue::new("service.name", service)]))
+        .with_attributes(base.into_iter().chain([KeyValue::new("service.name", service_name.to_owned())]))
         .build()
 }
 
@@ -228,8 +245,13 @@ mod tests {
     #[test]
     fn the_sidecar_names_its_own_service() {
         let service = |r: &Resource| r.get(&Key::from_static_str("service.name")).map(|v| v.to_string());
-        assert_eq!(service(&own_resource(None)).as_deref(), Some("otel-sendmmsg"));
-        assert_eq!(service(&own_resource(Some("node-tracer".into()))).as_deref(), Some("node-tracer"));
-        assert_eq!(service(&own_resource(Some(" ".into()))).as_deref(), Some("otel-sendmmsg"));
+        let base =
+            vec![KeyValue::new("service.name", "from-resource-attributes"), KeyValue::new("host.name", "n")];
+        let resource = own_resource(base, "node-tracer");
+        assert_eq!(service(&resource).as_deref(), Some("node-tracer"));
+        assert_eq!(
+            resource.get(&Key::from_static_str("host.name")).map(|v| v.to_string()).as_deref(),
+            Some("n")
+        );
     }
 }

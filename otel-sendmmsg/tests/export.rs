@@ -309,3 +309,37 @@ fn a_second_signal_stops_at_once_with_the_summary() {
     assert!(stopped.stderr.contains("stopping at once (second signal)"), "{}", stopped.stderr);
     assert_all_counted_as_failed(&stopped, calls.len());
 }
+
+/// The headers configured for each signal reach the collector with every request, over both
+/// protocols: the exporters are built from the settings' values (percent-decoded), the signal's
+/// own headers winning over the generic ones.
+#[test]
+fn each_signals_headers_reach_the_collector() {
+    require_root();
+    let _one = one_sidecar_at_a_time();
+    for protocol in [Protocol::Grpc, Protocol::HttpProtobuf] {
+        let receiver = Receiver::start(protocol);
+        let generic = format!("{TEST_HEADER}=generic%20value");
+        let metrics = format!("{TEST_HEADER}=metrics-only");
+        let sidecar = sidecar(
+            &receiver,
+            protocol,
+            &[
+                ("OTEL_EXPORTER_OTLP_HEADERS", generic.as_str()),
+                ("OTEL_EXPORTER_OTLP_METRICS_HEADERS", metrics.as_str()),
+                ("OTEL_METRIC_EXPORT_INTERVAL", "300"),
+            ],
+        );
+        wait_until_draining(&receiver);
+        let stopped = sidecar.stop();
+        assert!(stopped.status.success(), "{}", stopped.stderr);
+        let seen = receiver.test_headers();
+        let of = |signal: &str| -> Vec<Option<String>> {
+            seen.iter().filter(|(s, _)| *s == signal).map(|(_, v)| v.clone()).collect()
+        };
+        let (traces, metrics) = (of("traces"), of("metrics"));
+        assert!(!traces.is_empty() && !metrics.is_empty(), "{protocol:?}: {seen:?}");
+        assert!(traces.iter().all(|v| v.as_deref() == Some("generic value")), "{protocol:?}: {traces:?}");
+        assert!(metrics.iter().all(|v| v.as_deref() == Some("metrics-only")), "{protocol:?}: {metrics:?}");
+    }
+}

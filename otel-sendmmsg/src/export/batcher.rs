@@ -3,7 +3,7 @@
 //! what happened to every span: exported, dropped because the queue was full, or failed.
 //!
 //! The SDK's batch span processor cannot do this: it has one resource, and does not say how
-//! many spans it lost. The `OTEL_BSP_*` variables keep their meaning.
+//! many spans it lost. The `OTEL_BSP_*` variables keep their meaning ([`BatchConfig`]).
 
 use std::{
     collections::HashMap,
@@ -31,82 +31,7 @@ use super::{
     span_data::{parent_of, resource_for, scope, span_data},
     ExportStats,
 };
-use crate::{process::ProcessInfo, spans::SyscallSpan};
-
-/// How the queue is bounded and when it is sent, from the standard `OTEL_BSP_*` variables.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct BatchConfig {
-    /// Spans that can wait to be exported (`OTEL_BSP_MAX_QUEUE_SIZE`, default 2048); a call
-    /// whose spans do not fit is dropped whole and counted.
-    pub max_queue_size: usize,
-    /// Spans per batch (`OTEL_BSP_MAX_EXPORT_BATCH_SIZE`, default 512, at most the queue's
-    /// size): a batch is sent as soon as this many wait.
-    pub max_export_batch_size: usize,
-    /// Whatever waits is sent this often (`OTEL_BSP_SCHEDULE_DELAY`, default 5000 ms).
-    pub schedule_delay: Duration,
-    /// The longest one export may take, retries included (`OTEL_BSP_EXPORT_TIMEOUT`, default
-    /// 30000 ms; 0 for no limit), and the longest the flush at shutdown may take in all.
-    pub export_timeout: Option<Duration>,
-    /// Exports in flight at once (`OTEL_BSP_MAX_CONCURRENT_EXPORTS`, as the Rust SDK names it;
-    /// default [`DEFAULT_CONCURRENT_EXPORTS`]), each over a connection of its own.
-    pub max_concurrent_exports: usize,
-}
-
-/// One export waits a round trip for the collector's answer; a second in flight keeps the
-/// pipe full meanwhile (the benchmark's pipeline part shows the difference).
-pub const DEFAULT_CONCURRENT_EXPORTS: usize = 2;
-/// More would only multiply connections and memory.
-const MAX_CONCURRENT_EXPORTS: u64 = 16;
-
-impl Default for BatchConfig {
-    fn default() -> Self {
-        BatchConfig {
-            max_queue_size: 2048,
-            max_export_batch_size: 512,
-            schedule_delay: Duration::from_millis(5000),
-            export_timeout: Some(Duration::from_millis(30_000)),
-            max_concurrent_exports: DEFAULT_CONCURRENT_EXPORTS,
-        }
-    }
-}
-
-impl BatchConfig {
-    /// Reads the variables through `var` (the environment, or a test's). `config` has rejected
-    /// bad values at start-up; an unset or empty one gives the default.
-    pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> BatchConfig {
-        let defaults = BatchConfig::default();
-        let number = |name: &str| var(name).and_then(|v| v.trim().parse::<u64>().ok());
-        let max_queue_size = number("OTEL_BSP_MAX_QUEUE_SIZE")
-            .filter(|&n| n > 0)
-            .map_or(defaults.max_queue_size, |n| n as usize);
-        let max_export_batch_size = number("OTEL_BSP_MAX_EXPORT_BATCH_SIZE")
-            .filter(|&n| n > 0)
-            .map_or(defaults.max_export_batch_size, |n| n as usize)
-            .min(max_queue_size);
-        let schedule_delay = number("OTEL_BSP_SCHEDULE_DELAY")
-            .map_or(defaults.schedule_delay, Duration::from_millis)
-            // A timer needs a period.
-            .max(Duration::from_millis(1));
-        let export_timeout = match number("OTEL_BSP_EXPORT_TIMEOUT") {
-            None => defaults.export_timeout,
-            Some(0) => None,
-            Some(ms) => Some(Duration::from_millis(ms)),
-        };
-        let max_concurrent_exports = number("OTEL_BSP_MAX_CONCURRENT_EXPORTS")
-            .map_or(defaults.max_concurrent_exports, |n| n.clamp(1, MAX_CONCURRENT_EXPORTS) as usize);
-        BatchConfig {
-            max_queue_size,
-            max_export_batch_size,
-            schedule_delay,
-            export_timeout,
-            max_concurrent_exports,
-        }
-    }
-
-    pub fn from_env() -> BatchConfig {
-        BatchConfig::from_vars(|name| std::env::var(name).ok())
-    }
-}
+use crate::{config::BatchConfig, process::ProcessInfo, spans::SyscallSpan};
 
 /// One call's spans, waiting.
 struct Queued {
@@ -465,45 +390,6 @@ mod tests {
 
     use super::*;
     use crate::spans::MessageSpan;
-
-    #[test]
-    fn the_standard_variables_set_the_queue_and_batches() {
-        let vars = |pairs: &'static [(&str, &str)]| {
-            move |name: &str| pairs.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string())
-        };
-        assert_eq!(BatchConfig::from_vars(vars(&[])), BatchConfig::default());
-        assert_eq!(
-            BatchConfig::from_vars(vars(&[
-                ("OTEL_BSP_MAX_QUEUE_SIZE", "100"),
-                ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "10"),
-                ("OTEL_BSP_SCHEDULE_DELAY", "250"),
-                ("OTEL_BSP_EXPORT_TIMEOUT", "0"),
-                ("OTEL_BSP_MAX_CONCURRENT_EXPORTS", "4"),
-            ])),
-            BatchConfig {
-                max_queue_size: 100,
-                max_export_batch_size: 10,
-                schedule_delay: Duration::from_millis(250),
-                export_timeout: None,
-                max_concurrent_exports: 4,
-            }
-        );
-        let concurrency = |v: &'static str| {
-            let pairs: &'static [(&str, &str)] =
-                Box::leak(Box::new([("OTEL_BSP_MAX_CONCURRENT_EXPORTS", v)]));
-            BatchConfig::from_vars(vars(pairs)).max_concurrent_exports
-        };
-        assert_eq!(
-            (concurrency("0"), concurrency("1000"), concurrency("")),
-            (1, 16, DEFAULT_CONCURRENT_EXPORTS)
-        );
-        // A batch is never larger than the queue; empty means unset.
-        let small = BatchConfig::from_vars(vars(&[
-            ("OTEL_BSP_MAX_QUEUE_SIZE", "4"),
-            ("OTEL_BSP_SCHEDULE_DELAY", ""),
-        ]));
-        assert_eq!((small.max_export_batch_size, small.schedule_delay), (4, Duration::from_millis(5000)));
-    }
 
     /// What the test exporter does with each export.
     #[derive(Clone, Copy, Debug)]

@@ -5,18 +5,18 @@
 pub mod batcher;
 pub mod span_data;
 
-use std::{io::Write, sync::Arc, time::Duration};
+use std::{collections::HashMap, io::Write, sync::Arc};
 
 use anyhow::{Context as _, Result};
 use opentelemetry::{trace::Status, Value};
-use opentelemetry_otlp::{SpanExporter, WithHttpConfig as _};
+use opentelemetry_otlp::{SpanExporter, WithExportConfig as _, WithHttpConfig as _, WithTonicConfig as _};
 
 use crate::{
-    config::{Output, Protocol},
+    config::{BatchConfig, Otlp, Output, Protocol},
     process::ProcessInfo,
     spans::{SyscallSpan, SPAN_NAME},
 };
-use batcher::{BatchConfig, Batcher};
+use batcher::Batcher;
 
 /// What became of the spans handed to the exporter, each counted once: a call's span and each
 /// of its message child spans (`OTEL_SENDMMSG_MESSAGE_DETAIL=spans`) count one each, so
@@ -45,24 +45,22 @@ pub enum Exporter {
 }
 
 impl Exporter {
-    /// Builds the exporter for `output`. For OTLP the exporter reads endpoint, headers and
-    /// timeout, and the batcher `OTEL_BSP_*`, from the environment, which `config` has already
-    /// validated; the sidecar's resource comes from `OTEL_RESOURCE_ATTRIBUTES`. Must run inside
-    /// the tokio runtime: the export task and the clients' connections live there.
-    pub fn new(output: &Output) -> Result<Self> {
+    /// Builds the exporter for `output`, for OTLP with a queue bounded and timed by `batch`;
+    /// `base` is the sidecar's own resource, under every process's. Must run inside the tokio
+    /// runtime: the export task and the clients' connections live there.
+    pub fn new(output: &Output, batch: BatchConfig, base: Vec<opentelemetry::KeyValue>) -> Result<Self> {
         Ok(match output {
             Output::Console => Exporter::Console { out: std::io::stdout(), stats: ExportStats::default() },
             Output::Discard => Exporter::Discard,
-            Output::Otlp { protocol, .. } => {
-                let config = BatchConfig::from_env();
+            Output::Otlp(otlp) => {
                 // Built before starting, so an error comes back here; one per concurrent export.
-                let mut exporters = (0..config.max_concurrent_exports.max(1))
-                    .map(|_| otlp_exporter(*protocol))
+                let mut exporters = (0..batch.max_concurrent_exports.max(1))
+                    .map(|_| otlp_exporter(otlp))
                     .collect::<Result<Vec<_>>>()?;
                 Exporter::Otlp(Batcher::start(
                     move || exporters.pop().expect("one exporter per concurrent export"),
-                    config,
-                    span_data::base_resource(),
+                    batch,
+                    base,
                 ))
             }
         })
@@ -116,30 +114,49 @@ impl Exporter {
     }
 }
 
-/// The OTLP exporter for `protocol`. Over HTTP it gets an async client, since it is called
-/// from the tokio export task (the crate's own choice of client follows its features, which
-/// the workspace unifies with the demo app's blocking one).
-fn otlp_exporter(protocol: Protocol) -> Result<SpanExporter> {
-    let exporter = match protocol {
-        Protocol::Grpc => SpanExporter::builder().with_tonic().build(),
+/// The OTLP span exporter `otlp` describes. Over HTTP it gets an async client, since it is
+/// called from the tokio export task (the crate's own choice of client follows its features,
+/// which the workspace unifies with the demo app's blocking one).
+fn otlp_exporter(otlp: &Otlp) -> Result<SpanExporter> {
+    let exporter = match otlp.protocol {
+        Protocol::Grpc => SpanExporter::builder()
+            .with_tonic()
+            .with_endpoint(&otlp.endpoint)
+            .with_timeout(otlp.timeout)
+            .with_metadata(grpc_metadata(otlp)?)
+            .build(),
         Protocol::HttpProtobuf => {
             let client = reqwest::Client::builder()
-                .timeout(otlp_timeout(|name| std::env::var(name).ok()))
+                .timeout(otlp.timeout)
                 .build()
                 .context("building the HTTP client")?;
-            SpanExporter::builder().with_http().with_http_client(client).build()
+            SpanExporter::builder()
+                .with_http()
+                .with_http_client(client)
+                .with_endpoint(&otlp.endpoint)
+                .with_timeout(otlp.timeout)
+                .with_headers(http_headers(otlp))
+                .build()
         }
     };
     exporter.context("building the OTLP exporter")
 }
 
-/// One request's timeout, as the exporter reads it: `OTEL_EXPORTER_OTLP_TRACES_TIMEOUT`, else
-/// `OTEL_EXPORTER_OTLP_TIMEOUT`, else 10 s.
-fn otlp_timeout(var: impl Fn(&str) -> Option<String>) -> Duration {
-    ["OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "OTEL_EXPORTER_OTLP_TIMEOUT"]
-        .iter()
-        .find_map(|name| var(name)?.trim().parse().ok())
-        .map_or(Duration::from_secs(10), Duration::from_millis)
+/// The configured headers, for an HTTP exporter.
+pub fn http_headers(otlp: &Otlp) -> HashMap<String, String> {
+    otlp.headers.0.iter().cloned().collect()
+}
+
+/// The configured headers as gRPC metadata (keys lower-cased, as HTTP/2 requires).
+pub fn grpc_metadata(otlp: &Otlp) -> Result<tonic::metadata::MetadataMap> {
+    let mut metadata = tonic::metadata::MetadataMap::new();
+    for (key, value) in &otlp.headers.0 {
+        // config has checked both: a key is a header name, a value has no control character.
+        let key = tonic::metadata::MetadataKey::from_bytes(key.to_ascii_lowercase().as_bytes())
+            .context("a configured header name")?;
+        metadata.insert(key, value.parse().context("a configured header value")?);
+    }
+    Ok(metadata)
 }
 
 /// One line per call: time, name, duration, status, the process's `service.name`, then every
@@ -250,24 +267,6 @@ mod tests {
             .ends_with(r#" service.name="evil\u{1b}[2J\tname" thread.name="w\n2023-11-14T22:13:20Z fake""#));
     }
 
-    #[test]
-    fn the_request_timeout_is_the_exporters() {
-        let vars = |pairs: &'static [(&str, &str)]| {
-            move |name: &str| pairs.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string())
-        };
-        assert_eq!(otlp_timeout(vars(&[])), Duration::from_secs(10));
-        assert_eq!(
-            otlp_timeout(vars(&[("OTEL_EXPORTER_OTLP_TIMEOUT", "2500")])),
-            Duration::from_millis(2500)
-        );
-        let both =
-            vars(&[("OTEL_EXPORTER_OTLP_TIMEOUT", "2500"), ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "700")]);
-        assert_eq!(otlp_timeout(both), Duration::from_millis(700));
-        let empty =
-            vars(&[("OTEL_EXPORTER_OTLP_TIMEOUT", "2500"), ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "")]);
-        assert_eq!(otlp_timeout(empty), Duration::from_millis(2500));
-    }
-
     #[tokio::test]
     async fn the_console_counts_a_line_for_the_call_and_its_children() {
         let start = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
@@ -289,12 +288,12 @@ mod tests {
             service_name: "svc".into(),
             container_id: None,
         });
-        let mut console = Exporter::new(&Output::Console).unwrap();
+        let mut console = Exporter::new(&Output::Console, BatchConfig::default(), vec![]).unwrap();
         console.export(span.clone(), process.clone());
         let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
         console.flush(deadline).await.unwrap();
         assert_eq!(console.final_stats(), ExportStats { exported: 4, dropped_queue_full: 0, failed: 0 });
-        let mut discard = Exporter::new(&Output::Discard).unwrap();
+        let mut discard = Exporter::new(&Output::Discard, BatchConfig::default(), vec![]).unwrap();
         discard.export(span, process);
         discard.flush(deadline).await.unwrap();
         assert_eq!(discard.final_stats(), ExportStats::default());

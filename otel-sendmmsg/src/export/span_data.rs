@@ -6,12 +6,13 @@ use opentelemetry::{
     InstrumentationScope, KeyValue,
 };
 use opentelemetry_sdk::{
-    resource::{EnvResourceDetector, ResourceDetector, TelemetryResourceDetector},
+    resource::{ResourceDetector, TelemetryResourceDetector},
     trace::{IdGenerator, SpanData, SpanEvents, SpanLinks},
     Resource,
 };
 
 use crate::{
+    config::ResourceSettings,
     process::ProcessInfo,
     spans::{SyscallSpan, MESSAGE_SPAN_NAME, SPAN_NAME},
 };
@@ -87,12 +88,11 @@ pub fn span_data(
 /// The sidecar's own resource attributes, which every process's resource starts from: the
 /// SDK's `telemetry.sdk.*` and `OTEL_RESOURCE_ATTRIBUTES` (e.g. `host.name`, `k8s.node.name`).
 /// The sidecar's own `OTEL_SERVICE_NAME` is not among them: a span's service is its process's.
-pub fn base_resource() -> Vec<KeyValue> {
-    let detectors: [&dyn ResourceDetector; 2] = [&TelemetryResourceDetector, &EnvResourceDetector::new()];
-    detectors
-        .iter()
-        .flat_map(|d| d.detect().iter().map(|(k, v)| KeyValue::new(k.clone(), v.clone())).collect::<Vec<_>>())
-        .collect()
+pub fn base_resource(settings: &ResourceSettings) -> Vec<KeyValue> {
+    let sdk = TelemetryResourceDetector.detect();
+    let sdk = sdk.iter().map(|(k, v)| KeyValue::new(k.clone(), v.clone()));
+    let configured = settings.attributes.iter().map(|(k, v)| KeyValue::new(k.clone(), v.clone()));
+    sdk.chain(configured).collect()
 }
 
 /// The resource of a process's spans: `base`, overridden by what the process says of itself
@@ -235,10 +235,14 @@ mod tests {
 
     #[test]
     fn the_base_resource_is_the_sdks_without_a_service_name() {
-        let base = base_resource();
+        let settings = ResourceSettings {
+            attributes: vec![("host.name".into(), "node-1".into())],
+            service_name: "the-sidecars-own".into(),
+        };
+        let base = base_resource(&settings);
         assert!(base.iter().any(|kv| kv.key.as_str() == "telemetry.sdk.name"), "{base:?}");
-        // OTEL_RESOURCE_ATTRIBUTES may name one (the test's environment is not ours to set),
-        // but the SDK's fallback `unknown_service` must not be added.
-        assert!(!base.iter().any(|kv| kv.value.as_str().starts_with("unknown_service")), "{base:?}");
+        assert!(base.contains(&KeyValue::new("host.name", "node-1")), "{base:?}");
+        // The SDK's fallback `unknown_service` must not be added, nor the sidecar's own name.
+        assert!(!base.iter().any(|kv| kv.key.as_str() == "service.name"), "{base:?}");
     }
 }

@@ -123,6 +123,17 @@ pub struct ReceivedPoint {
 
 type PointStore = Arc<Mutex<Vec<ReceivedPoint>>>;
 
+/// The header every test request may carry, as the receiver saw it on each request.
+pub const TEST_HEADER: &str = "x-sendmmsg-test";
+
+/// Per request: its signal (`traces`, `metrics`) and its [`TEST_HEADER`] value.
+type HeaderLog = Arc<Mutex<Vec<(&'static str, Option<String>)>>>;
+
+fn log_header(log: &HeaderLog, signal: &'static str, value: Option<&[u8]>) {
+    let value = value.map(|v| String::from_utf8_lossy(v).into_owned());
+    log.lock().unwrap().push((signal, value));
+}
+
 fn store_metrics(store: &PointStore, request: ExportMetricsServiceRequest) {
     use opentelemetry_proto::tonic::metrics::v1::{metric::Data, number_data_point::Value as Number};
     let mut points = store.lock().unwrap();
@@ -159,7 +170,7 @@ fn is_down(down: &Down) -> bool {
     down.load(std::sync::atomic::Ordering::SeqCst)
 }
 
-struct GrpcCollector(Sink, Down);
+struct GrpcCollector(Sink, Down, HeaderLog);
 
 #[tonic::async_trait]
 impl TraceService for GrpcCollector {
@@ -170,12 +181,13 @@ impl TraceService for GrpcCollector {
         if is_down(&self.1) {
             return Err(tonic::Status::unavailable("shutting down"));
         }
+        log_header(&self.2, "traces", request.metadata().get(TEST_HEADER).map(|v| v.as_bytes()));
         self.0.store(request.into_inner());
         Ok(tonic::Response::new(ExportTraceServiceResponse { partial_success: None }))
     }
 }
 
-struct GrpcMetricsCollector(PointStore, Down);
+struct GrpcMetricsCollector(PointStore, Down, HeaderLog);
 
 #[tonic::async_trait]
 impl MetricsService for GrpcMetricsCollector {
@@ -186,6 +198,7 @@ impl MetricsService for GrpcMetricsCollector {
         if is_down(&self.1) {
             return Err(tonic::Status::unavailable("shutting down"));
         }
+        log_header(&self.2, "metrics", request.metadata().get(TEST_HEADER).map(|v| v.as_bytes()));
         store_metrics(&self.0, request.into_inner());
         Ok(tonic::Response::new(ExportMetricsServiceResponse { partial_success: None }))
     }
@@ -215,6 +228,7 @@ pub struct Receiver {
     addr: SocketAddr,
     sink: Sink,
     points: PointStore,
+    headers: HeaderLog,
     down: Down,
     /// The runtime that serves; `None` while the receiver is down. Dropping it closes the
     /// listener and every connection.
@@ -245,6 +259,7 @@ impl Receiver {
             addr,
             sink,
             points: PointStore::default(),
+            headers: HeaderLog::default(),
             down: Down::default(),
             runtime: None,
         };
@@ -254,6 +269,7 @@ impl Receiver {
 
     fn serve(&mut self, runtime: tokio::runtime::Runtime, listener: tokio::net::TcpListener) {
         let (spans, points, down) = (self.sink.clone(), self.points.clone(), self.down.clone());
+        let headers = self.headers.clone();
         match self.protocol {
             Protocol::Grpc => {
                 runtime.spawn(async move {
@@ -261,8 +277,12 @@ impl Receiver {
                     let incoming =
                         tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
                     tonic::transport::Server::builder()
-                        .add_service(TraceServiceServer::new(GrpcCollector(spans, down.clone())))
-                        .add_service(MetricsServiceServer::new(GrpcMetricsCollector(points, down)))
+                        .add_service(TraceServiceServer::new(GrpcCollector(
+                            spans,
+                            down.clone(),
+                            headers.clone(),
+                        )))
+                        .add_service(MetricsServiceServer::new(GrpcMetricsCollector(points, down, headers)))
                         .serve_with_incoming(incoming)
                         .await
                         .expect("gRPC receiver failed");
@@ -270,15 +290,18 @@ impl Receiver {
             }
             Protocol::HttpProtobuf => {
                 let traces_down = down.clone();
+                let traces_headers = headers.clone();
                 let app = axum::Router::new()
                     .route(
                         "/v1/traces",
-                        axum::routing::post(move |body: axum::body::Bytes| {
-                            let (spans, down) = (spans.clone(), traces_down.clone());
+                        axum::routing::post(move |sent: axum::http::HeaderMap, body: axum::body::Bytes| {
+                            let (spans, down, log) =
+                                (spans.clone(), traces_down.clone(), traces_headers.clone());
                             async move {
                                 if is_down(&down) {
                                     return Err(axum::http::StatusCode::SERVICE_UNAVAILABLE);
                                 }
+                                log_header(&log, "traces", sent.get(TEST_HEADER).map(|v| v.as_bytes()));
                                 let request = ExportTraceServiceRequest::decode(body)
                                     .expect("a protobuf export request");
                                 spans.store(request);
@@ -288,12 +311,13 @@ impl Receiver {
                     )
                     .route(
                         "/v1/metrics",
-                        axum::routing::post(move |body: axum::body::Bytes| {
-                            let (points, down) = (points.clone(), down.clone());
+                        axum::routing::post(move |sent: axum::http::HeaderMap, body: axum::body::Bytes| {
+                            let (points, down, log) = (points.clone(), down.clone(), headers.clone());
                             async move {
                                 if is_down(&down) {
                                     return Err(axum::http::StatusCode::SERVICE_UNAVAILABLE);
                                 }
+                                log_header(&log, "metrics", sent.get(TEST_HEADER).map(|v| v.as_bytes()));
                                 let request = ExportMetricsServiceRequest::decode(body)
                                     .expect("a protobuf metrics export request");
                                 store_metrics(&points, request);
@@ -347,6 +371,11 @@ impl Receiver {
     }
 
     /// Every metric data point received, oldest first.
+    /// Each request's signal and [`TEST_HEADER`] value, in the order they came.
+    pub fn test_headers(&self) -> Vec<(&'static str, Option<String>)> {
+        self.headers.lock().unwrap().clone()
+    }
+
     pub fn metric_points(&self) -> Vec<ReceivedPoint> {
         self.points.lock().unwrap().clone()
     }

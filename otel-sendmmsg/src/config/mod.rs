@@ -1,11 +1,27 @@
-//! Configuration: the project's own `OTEL_SENDMMSG_*` variables (read with envy) and the standard
-//! `OTEL_*` variables the exporter reads, all checked before anything starts, so a typo stops
-//! start-up with the variable's name and what it accepts instead of being silently ignored.
+//! Settings: the one reader of the environment. The project's own `OTEL_SENDMMSG_*` variables
+//! (the fields of [`OwnVars`], read with envy) and the standard `OTEL_*` ones ([`standard`]) become
+//! one typed [`Config`], checked before anything starts, so a typo stops start-up with the
+//! variable's name and what it accepts instead of being silently ignored. Probes, export and
+//! self-metrics are built from it; nothing else reads the environment.
+//!
+//! Adding a variable: a field here (or in `standard.rs`), its parsing into `Config`, its row in
+//! README.md's Configuration table (a test holds the two together), and its consumer.
+
+mod standard;
+mod values;
 
 use std::{path::PathBuf, time::Duration};
 
 use serde::Deserialize;
 
+pub use self::standard::{
+    BatchConfig, Headers, MetricsOutput, Otlp, Output, Protocol, ResourceSettings,
+    DEFAULT_CONCURRENT_EXPORTS, DEFAULT_SERVICE_NAME,
+};
+use self::{
+    standard::StandardVars,
+    values::{bounded_int, fields, invalid, list, parse_bool, parse_int, positive_duration},
+};
 
 pub const PREFIX: &str = "OTEL_SENDMMSG_";
 
@@ -48,50 +64,6 @@ struct OwnVars {
     msgvec_address: Option<String>,
 }
 
-/// Each documented in README.md; every one of them is known here so typos can be caught.
-const OWN_VARIABLES: &[&str] = &[
-    "RING_BUFFER_BYTES",
-    "MAX_INFLIGHT",
-    "MAX_CONTEXT_FILES",
-    "ATTACH",
-    "MESSAGE_DETAIL",
-    "PIDS",
-    "COMMS",
-    "CGROUPS",
-    "MIN_DURATION",
-    "ERRORS_ONLY",
-    "SAMPLE_RATIO",
-    "LOSS_REPORT_INTERVAL",
-    "SHUTDOWN_TIMEOUT",
-    "MSGVEC_ADDRESS",
-];
-
-/// The standard variables this sidecar honours, checked here and read again by the OTLP exporter
-/// and the SDK's batch processor.
-#[derive(Debug, Default, Deserialize)]
-struct StandardVars {
-    otel_traces_exporter: Option<String>,
-    otel_exporter_otlp_endpoint: Option<String>,
-    otel_exporter_otlp_traces_endpoint: Option<String>,
-    otel_exporter_otlp_protocol: Option<String>,
-    otel_exporter_otlp_traces_protocol: Option<String>,
-    otel_exporter_otlp_timeout: Option<String>,
-    otel_exporter_otlp_traces_timeout: Option<String>,
-    otel_exporter_otlp_headers: Option<String>,
-    otel_exporter_otlp_traces_headers: Option<String>,
-    otel_bsp_schedule_delay: Option<String>,
-    otel_bsp_export_timeout: Option<String>,
-    otel_bsp_max_queue_size: Option<String>,
-    otel_bsp_max_export_batch_size: Option<String>,
-    otel_bsp_max_concurrent_exports: Option<String>,
-    otel_metrics_exporter: Option<String>,
-    otel_exporter_otlp_metrics_endpoint: Option<String>,
-    otel_exporter_otlp_metrics_protocol: Option<String>,
-    otel_exporter_otlp_metrics_timeout: Option<String>,
-    otel_exporter_otlp_metrics_headers: Option<String>,
-    otel_metric_export_interval: Option<String>,
-}
-
 /// 4 MiB holds ~3,600 records: about 36 ms of a 100k calls/s burst while the sidecar is busy.
 pub const DEFAULT_RING_BUFFER_BYTES: u32 = 4 << 20;
 /// Threads inside `sendmmsg` at the same moment; each costs one ~1.1 KiB map entry.
@@ -125,7 +97,12 @@ pub struct Config {
     /// Whether spans show the caller's `msgvec` pointer.
     pub msgvec_address: bool,
     pub output: Output,
+    /// The export queue's bounds and timing (`OTEL_BSP_*`).
+    pub batch: BatchConfig,
     pub metrics: MetricsOutput,
+    pub resource: ResourceSettings,
+    /// `RUST_LOG`, for the logger.
+    pub log_filter: Option<String>,
 }
 
 /// Which calls are traced, decided in the kernel. Empty lists filter nothing.
@@ -210,43 +187,6 @@ pub enum Attach {
     Only(Family),
 }
 
-/// Where spans go.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Output {
-    /// One line per call on stdout: the default when no OTLP endpoint is configured.
-    Console,
-    /// OTLP to a collector; the exporter reads endpoint, headers and timeout from the standard
-    /// variables itself.
-    Otlp { protocol: Protocol, endpoint: String },
-    /// Trace, count, export nothing (`OTEL_TRACES_EXPORTER=none`).
-    Discard,
-}
-
-/// Where the sidecar's metrics about itself (its loss and export counters) go.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum MetricsOutput {
-    /// Not exported; the loss log and the closing summary still say it all.
-    Off,
-    /// OTLP every `OTEL_METRIC_EXPORT_INTERVAL`; the exporter reads endpoint, headers and
-    /// timeout from the standard variables itself.
-    Otlp { protocol: Protocol, endpoint: String },
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Protocol {
-    Grpc,
-    HttpProtobuf,
-}
-
-impl Protocol {
-    pub fn name(self) -> &'static str {
-        match self {
-            Protocol::Grpc => "grpc",
-            Protocol::HttpProtobuf => "http/protobuf",
-        }
-    }
-}
-
 /// A variable with a value this sidecar cannot use.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("invalid {variable}={value:?}: expected {accepts}")]
@@ -256,8 +196,10 @@ pub struct ConfigError {
     pub accepts: String,
 }
 
-fn invalid(variable: &str, value: &str, accepts: impl Into<String>) -> ConfigError {
-    ConfigError { variable: variable.to_owned(), value: value.to_owned(), accepts: accepts.into() }
+/// Every variable the settings read, by name.
+pub fn variables() -> Vec<String> {
+    let own = fields::<OwnVars>().iter().map(|f| format!("{PREFIX}{}", f.to_ascii_uppercase()));
+    own.chain(fields::<StandardVars>().iter().map(|f| f.to_ascii_uppercase())).collect()
 }
 
 impl Config {
@@ -277,8 +219,10 @@ impl Config {
         let vars: Vec<(String, String)> = vars.into_iter().collect();
         for (name, value) in &vars {
             if let Some(field) = name.strip_prefix(PREFIX) {
-                if !OWN_VARIABLES.contains(&field) {
-                    let known: Vec<String> = OWN_VARIABLES.iter().map(|v| format!("{PREFIX}{v}")).collect();
+                let own = fields::<OwnVars>();
+                if !own.iter().any(|f| f.to_ascii_uppercase() == field) {
+                    let known: Vec<String> =
+                        own.iter().map(|f| format!("{PREFIX}{}", f.to_ascii_uppercase())).collect();
                     return Err(invalid(
                         name,
                         value,
@@ -336,7 +280,10 @@ impl Config {
             }
         };
         let output = std_vars.output()?;
+        let batch = std_vars.batch()?;
         let metrics = std_vars.metrics()?;
+        let resource = std_vars.resource();
+        let log_filter = std_vars.log_filter();
         Ok(Config {
             ring_buffer_bytes,
             max_inflight,
@@ -349,7 +296,10 @@ impl Config {
             shutdown_timeout,
             msgvec_address,
             output,
+            batch,
             metrics,
+            resource,
+            log_filter,
         })
     }
 }
@@ -412,165 +362,6 @@ fn as_getenv_reads(vars: Vec<(String, String)>) -> Vec<(String, String)> {
         .collect()
 }
 
-/// The non-empty items of a comma-separated value.
-fn list(value: &Option<String>) -> impl Iterator<Item = &str> {
-    value.as_deref().unwrap_or("").split(',').map(str::trim).filter(|s| !s.is_empty())
-}
-
-impl StandardVars {
-    fn output(&self) -> Result<Output, ConfigError> {
-        self.check_common()?;
-        let (protocol, endpoint) = otlp_target(
-            ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", &self.otel_exporter_otlp_traces_endpoint),
-            ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", &self.otel_exporter_otlp_traces_protocol),
-            self,
-        )?;
-        let otlp = || Output::Otlp { protocol, endpoint: endpoint_or_default(endpoint, protocol) };
-        match self.otel_traces_exporter.as_deref().map(|v| (v, v.trim())) {
-            // No exporter named: OTLP only when the user pointed us at a collector.
-            None | Some((_, "")) => Ok(if endpoint.is_some() { otlp() } else { Output::Console }),
-            Some((_, "otlp")) => Ok(otlp()),
-            Some((_, "console")) => Ok(Output::Console),
-            Some((_, "none")) => Ok(Output::Discard),
-            Some((v, _)) => Err(invalid("OTEL_TRACES_EXPORTER", v, "otlp, console or none")),
-        }
-    }
-
-    fn metrics(&self) -> Result<MetricsOutput, ConfigError> {
-        let (protocol, endpoint) = otlp_target(
-            ("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", &self.otel_exporter_otlp_metrics_endpoint),
-            ("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", &self.otel_exporter_otlp_metrics_protocol),
-            self,
-        )?;
-        if let Some(v) = &self.otel_metric_export_interval {
-            parse_int(v).filter(|&ms| ms > 0).ok_or_else(|| {
-                invalid("OTEL_METRIC_EXPORT_INTERVAL", v, "a whole number of milliseconds above 0")
-            })?;
-        }
-        let otlp = || MetricsOutput::Otlp { protocol, endpoint: endpoint_or_default(endpoint, protocol) };
-        match self.otel_metrics_exporter.as_deref().map(|v| (v, v.trim())) {
-            // No exporter named: on when a collector is named for metrics or for every signal
-            // (a traces-only endpoint says nothing about where metrics are welcome).
-            None | Some((_, "")) => Ok(if endpoint.is_some() { otlp() } else { MetricsOutput::Off }),
-            Some((_, "otlp")) => Ok(otlp()),
-            Some((_, "none")) => Ok(MetricsOutput::Off),
-            Some((v, _)) => Err(invalid("OTEL_METRICS_EXPORTER", v, "otlp or none")),
-        }
-    }
-
-    /// The variables both signals' exporters read, checked whichever output is chosen: a bad
-    /// value is a mistake worth hearing about.
-    fn check_common(&self) -> Result<(), ConfigError> {
-        for (name, value) in [
-            ("OTEL_EXPORTER_OTLP_TIMEOUT", &self.otel_exporter_otlp_timeout),
-            ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", &self.otel_exporter_otlp_traces_timeout),
-            ("OTEL_EXPORTER_OTLP_METRICS_TIMEOUT", &self.otel_exporter_otlp_metrics_timeout),
-            ("OTEL_BSP_SCHEDULE_DELAY", &self.otel_bsp_schedule_delay),
-            ("OTEL_BSP_EXPORT_TIMEOUT", &self.otel_bsp_export_timeout),
-        ] {
-            if let Some(v) = value {
-                parse_int(v).ok_or_else(|| invalid(name, v, "a whole number of milliseconds"))?;
-            }
-        }
-        for (name, value) in [
-            ("OTEL_BSP_MAX_QUEUE_SIZE", &self.otel_bsp_max_queue_size),
-            ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", &self.otel_bsp_max_export_batch_size),
-            ("OTEL_BSP_MAX_CONCURRENT_EXPORTS", &self.otel_bsp_max_concurrent_exports),
-        ] {
-            if let Some(v) = value {
-                parse_int(v).filter(|&n| n > 0).ok_or_else(|| invalid(name, v, "a whole number above 0"))?;
-            }
-        }
-        for (name, value) in [
-            ("OTEL_EXPORTER_OTLP_HEADERS", &self.otel_exporter_otlp_headers),
-            ("OTEL_EXPORTER_OTLP_TRACES_HEADERS", &self.otel_exporter_otlp_traces_headers),
-            ("OTEL_EXPORTER_OTLP_METRICS_HEADERS", &self.otel_exporter_otlp_metrics_headers),
-        ] {
-            if let Some(v) = value {
-                // Header values are credentials (API keys, tokens): the message names the
-                // variable and its size, never its text.
-                check_headers(v)
-                    .map_err(|why| invalid(name, &format!("<{} bytes, not shown>", v.len()), why))?;
-            }
-        }
-        Ok(())
-    }
-}
-
-/// One signal's protocol and endpoint, checked: its own variables win over the generic ones,
-/// as the exporter does it. The endpoint is `None` when neither is set.
-fn otlp_target<'a>(
-    signal_endpoint: (&'static str, &'a Option<String>),
-    signal_protocol: (&'static str, &'a Option<String>),
-    vars: &'a StandardVars,
-) -> Result<(Protocol, Option<(&'static str, &'a String)>), ConfigError> {
-    let endpoint = pick(signal_endpoint, ("OTEL_EXPORTER_OTLP_ENDPOINT", &vars.otel_exporter_otlp_endpoint));
-    let protocol = pick(signal_protocol, ("OTEL_EXPORTER_OTLP_PROTOCOL", &vars.otel_exporter_otlp_protocol));
-    let protocol = match protocol {
-        None => Protocol::HttpProtobuf, // the specification's default
-        Some((name, v)) => match v.trim().to_ascii_lowercase().as_str() {
-            "grpc" => Protocol::Grpc,
-            "http/protobuf" => Protocol::HttpProtobuf,
-            _ => return Err(invalid(name, v, "grpc or http/protobuf")),
-        },
-    };
-    if let Some((name, v)) = endpoint {
-        check_endpoint(v).map_err(|why| invalid(name, v, why))?;
-    }
-    Ok((protocol, endpoint))
-}
-
-/// The endpoint given, or the protocol's usual port on this host.
-fn endpoint_or_default(endpoint: Option<(&str, &String)>, protocol: Protocol) -> String {
-    match (endpoint, protocol) {
-        (Some((_, v)), _) => v.clone(),
-        (None, Protocol::Grpc) => "http://localhost:4317".to_owned(),
-        (None, Protocol::HttpProtobuf) => "http://localhost:4318".to_owned(),
-    }
-}
-
-/// The first variable of the two that is set and not empty (the specification treats an empty
-/// value as unset).
-fn pick<'a>(
-    first: (&'static str, &'a Option<String>),
-    second: (&'static str, &'a Option<String>),
-) -> Option<(&'static str, &'a String)> {
-    [first, second]
-        .into_iter()
-        .find_map(|(name, v)| v.as_ref().filter(|v| !v.trim().is_empty()).map(|v| (name, v)))
-}
-
-/// A whole number from 1 to `max` (`None` when unset).
-fn bounded_int(variable: &str, value: &Option<String>, max: u64) -> Result<Option<u32>, ConfigError> {
-    let Some(v) = value else { return Ok(None) };
-    let n = parse_int(v).filter(|n| (1..=max).contains(n)).and_then(|n| u32::try_from(n).ok());
-    n.map(Some).ok_or_else(|| invalid(variable, v, format!("a whole number from 1 to {max}")))
-}
-
-/// A duration above zero, such as `example` (`None` when unset or empty).
-fn positive_duration(
-    variable: &str,
-    value: &Option<String>,
-    example: &str,
-) -> Result<Option<Duration>, ConfigError> {
-    let Some(v) = value.as_ref().filter(|v| !v.trim().is_empty()) else { return Ok(None) };
-    let d = humantime::parse_duration(v.trim()).ok().filter(|d| !d.is_zero());
-    d.map(Some).ok_or_else(|| invalid(variable, v, format!("a duration above zero, e.g. {example}")))
-}
-
-/// `true`/`1` or `false`/`0`/empty, in any case.
-fn parse_bool(v: &str) -> Option<bool> {
-    match v.trim().to_ascii_lowercase().as_str() {
-        "true" | "1" => Some(true),
-        "false" | "0" | "" => Some(false),
-        _ => None,
-    }
-}
-
-fn parse_int(v: &str) -> Option<u64> {
-    v.trim().parse().ok()
-}
-
 fn ring_buffer_accepts() -> String {
     format!(
         "a power of two from {PAGE_SIZE} to {MAX_RING_BUFFER_BYTES} bytes, as bytes or with a KiB or MiB suffix (e.g. 4MiB)"
@@ -591,45 +382,19 @@ fn parse_ring_buffer_bytes(v: &str) -> Option<u32> {
     (bytes.is_power_of_two() && (PAGE_SIZE..=MAX_RING_BUFFER_BYTES).contains(&bytes)).then_some(bytes as u32)
 }
 
-fn check_endpoint(v: &str) -> Result<(), &'static str> {
-    if v.starts_with("https://") {
-        // Refused here rather than failing at every export: no TLS stack is compiled in.
-        return Err("an http:// URL: this build has no TLS; export to a local or node collector over \
-             http:// and let it forward over TLS");
-    }
-    let rest = v.strip_prefix("http://").ok_or("a URL starting with http://, e.g. http://localhost:4317")?;
-    let authority = rest.split('/').next().unwrap_or("");
-    let host_ok = !authority.is_empty() && !authority.contains(char::is_whitespace);
-    let port_ok = match authority.rsplit_once(':') {
-        // An IPv6 literal without a port ends in `]`.
-        Some((_, port)) if !port.ends_with(']') => port.parse::<u16>().is_ok(),
-        _ => true,
-    };
-    if host_ok && port_ok {
-        Ok(())
-    } else {
-        Err("a URL with a host and an optional port, e.g. http://localhost:4317")
-    }
-}
-
-fn check_headers(v: &str) -> Result<(), &'static str> {
-    let ok = v
-        .split(',')
-        .filter(|p| !p.trim().is_empty())
-        .all(|pair| matches!(pair.split_once('='), Some((key, _)) if !key.trim().is_empty()));
-    if ok {
-        Ok(())
-    } else {
-        Err("comma-separated key=value pairs, e.g. api-key=secret,tenant=a")
-    }
-}
+#[cfg(test)]
+mod readme;
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn otlp(protocol: Protocol, endpoint: &str) -> Output {
-        Output::Otlp { protocol, endpoint: endpoint.into() }
+    /// An OTLP output's protocol and endpoint.
+    fn target(output: &Output) -> Option<(Protocol, &str)> {
+        match output {
+            Output::Otlp(otlp) => Some((otlp.protocol, otlp.endpoint.as_str())),
+            _ => None,
+        }
     }
 
     /// A refused value as the error quotes it: header values are secrets, so only their size.
@@ -662,7 +427,10 @@ mod tests {
                 shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
                 msgvec_address: false,
                 output: Output::Console,
+                batch: BatchConfig::default(),
                 metrics: MetricsOutput::Off,
+                resource: ResourceSettings { attributes: vec![], service_name: DEFAULT_SERVICE_NAME.into() },
+                log_filter: None,
             }
         );
     }
@@ -674,9 +442,12 @@ mod tests {
             ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
         ])
         .unwrap();
-        assert_eq!(c.output, otlp(Protocol::Grpc, "http://collector:4317"));
+        assert_eq!(target(&c.output), Some((Protocol::Grpc, "http://collector:4317")));
         let c = config(&[("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://c.example/v1/traces")]).unwrap();
-        assert_eq!(c.output, otlp(Protocol::HttpProtobuf, "http://c.example/v1/traces"));
+        assert_eq!(target(&c.output), Some((Protocol::HttpProtobuf, "http://c.example/v1/traces")));
+        // A generic endpoint over HTTP gets the signal's path, as the specification says.
+        let c = config(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318")]).unwrap();
+        assert_eq!(target(&c.output), Some((Protocol::HttpProtobuf, "http://collector:4318/v1/traces")));
     }
 
     #[test]
@@ -688,13 +459,13 @@ mod tests {
             ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "grpc"),
         ])
         .unwrap();
-        assert_eq!(c.output, otlp(Protocol::Grpc, "http://traces:4317"));
+        assert_eq!(target(&c.output), Some((Protocol::Grpc, "http://traces:4317")));
     }
 
     #[test]
     fn traces_exporter_overrides_the_choice() {
         let c = config(&[("OTEL_TRACES_EXPORTER", "otlp"), ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")]).unwrap();
-        assert_eq!(c.output, otlp(Protocol::Grpc, "http://localhost:4317"));
+        assert_eq!(target(&c.output), Some((Protocol::Grpc, "http://localhost:4317")));
         let c =
             config(&[("OTEL_TRACES_EXPORTER", "console"), ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318")])
                 .unwrap();
@@ -704,9 +475,14 @@ mod tests {
 
     #[test]
     fn metrics_follow_a_generic_or_metrics_endpoint_not_a_traces_only_one() {
-        let metrics = |vars: &[(&str, &str)]| config(vars).map(|c| c.metrics);
-        let otlp = |protocol, endpoint: &str| MetricsOutput::Otlp { protocol, endpoint: endpoint.into() };
-        assert_eq!(metrics(&[]), Ok(MetricsOutput::Off));
+        let metrics = |vars: &[(&str, &str)]| {
+            config(vars).map(|c| match c.metrics {
+                MetricsOutput::Off => None,
+                MetricsOutput::Otlp { otlp, .. } => Some((otlp.protocol, otlp.endpoint)),
+            })
+        };
+        let otlp = |protocol, endpoint: &str| Some((protocol, endpoint.to_owned()));
+        assert_eq!(metrics(&[]), Ok(None));
         assert_eq!(
             metrics(&[
                 ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317"),
@@ -714,10 +490,7 @@ mod tests {
             ]),
             Ok(otlp(Protocol::Grpc, "http://c:4317"))
         );
-        assert_eq!(
-            metrics(&[("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://t:4318")]),
-            Ok(MetricsOutput::Off)
-        );
+        assert_eq!(metrics(&[("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://t:4318")]), Ok(None));
         assert_eq!(
             metrics(&[
                 ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317"),
@@ -729,11 +502,11 @@ mod tests {
         );
         assert_eq!(
             metrics(&[("OTEL_METRICS_EXPORTER", "otlp")]),
-            Ok(otlp(Protocol::HttpProtobuf, "http://localhost:4318"))
+            Ok(otlp(Protocol::HttpProtobuf, "http://localhost:4318/v1/metrics"))
         );
         assert_eq!(
             metrics(&[("OTEL_METRICS_EXPORTER", "none"), ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318")]),
-            Ok(MetricsOutput::Off)
+            Ok(None)
         );
         for (name, value) in [
             ("OTEL_METRICS_EXPORTER", "prometheus"),
@@ -748,6 +521,114 @@ mod tests {
             assert_eq!(err.variable, name);
             assert_eq!(err.value, as_shown(name, value));
         }
+    }
+
+    #[test]
+    fn the_standard_variables_set_the_queue_and_batches() {
+        assert_eq!(config(&[]).unwrap().batch, BatchConfig::default());
+        let c = config(&[
+            ("OTEL_BSP_MAX_QUEUE_SIZE", "100"),
+            ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "10"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "250"),
+            ("OTEL_BSP_EXPORT_TIMEOUT", "0"),
+            ("OTEL_BSP_MAX_CONCURRENT_EXPORTS", "4"),
+        ])
+        .unwrap();
+        assert_eq!(
+            c.batch,
+            BatchConfig {
+                max_queue_size: 100,
+                max_export_batch_size: 10,
+                schedule_delay: Duration::from_millis(250),
+                export_timeout: None,
+                max_concurrent_exports: 4,
+            }
+        );
+        let concurrency = |v: &str| {
+            config(&[("OTEL_BSP_MAX_CONCURRENT_EXPORTS", v)]).map(|c| c.batch.max_concurrent_exports)
+        };
+        assert_eq!(
+            (concurrency("1"), concurrency("16"), concurrency("")),
+            (Ok(1), Ok(16), Ok(DEFAULT_CONCURRENT_EXPORTS))
+        );
+        for refused in ["0", "17", "1000"] {
+            assert_eq!(concurrency(refused).unwrap_err().accepts, "a whole number from 1 to 16");
+        }
+        // A batch is never larger than the queue; empty means unset.
+        let small =
+            config(&[("OTEL_BSP_MAX_QUEUE_SIZE", "4"), ("OTEL_BSP_SCHEDULE_DELAY", "")]).unwrap().batch;
+        assert_eq!((small.max_export_batch_size, small.schedule_delay), (4, Duration::from_millis(5000)));
+        assert_eq!(
+            config(&[("OTEL_BSP_SCHEDULE_DELAY", "0")]).unwrap().batch.schedule_delay,
+            Duration::from_millis(1)
+        );
+    }
+
+    #[test]
+    fn each_signal_gets_its_own_or_the_generic_timeout_and_headers() {
+        let c = config(&[
+            ("OTEL_TRACES_EXPORTER", "otlp"),
+            ("OTEL_METRICS_EXPORTER", "otlp"),
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "2500"),
+            ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "700"),
+            ("OTEL_EXPORTER_OTLP_HEADERS", "api-key=generic"),
+            ("OTEL_EXPORTER_OTLP_METRICS_HEADERS", "api-key=m%2Fkey,tenant=a"),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "1500"),
+        ])
+        .unwrap();
+        let Output::Otlp(traces) = c.output else { panic!("{:?}", c.output) };
+        assert_eq!(traces.timeout, Duration::from_millis(700));
+        assert_eq!(traces.headers.0, vec![("api-key".to_owned(), "generic".to_owned())]);
+        let MetricsOutput::Otlp { otlp: metrics, interval } = c.metrics else { panic!("{:?}", c.metrics) };
+        assert_eq!((metrics.timeout, interval), (Duration::from_millis(2500), Duration::from_millis(1500)));
+        assert_eq!(
+            metrics.headers.0,
+            vec![("api-key".to_owned(), "m/key".to_owned()), ("tenant".to_owned(), "a".to_owned())]
+        );
+        // Empty is unset: the generic one applies.
+        let c = config(&[
+            ("OTEL_TRACES_EXPORTER", "otlp"),
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "2500"),
+            ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", ""),
+        ])
+        .unwrap();
+        let Output::Otlp(traces) = c.output else { panic!() };
+        assert_eq!((traces.timeout, traces.headers.0.len()), (Duration::from_millis(2500), 0));
+        let Output::Otlp(defaults) = config(&[("OTEL_TRACES_EXPORTER", "otlp")]).unwrap().output else {
+            panic!()
+        };
+        assert_eq!(defaults.timeout, Duration::from_secs(10));
+        // A header value never shows in the settings' debug output, which may be logged.
+        let c = config(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"),
+            ("OTEL_EXPORTER_OTLP_HEADERS", "k=s3cr3t"),
+        ]);
+        assert!(!format!("{c:?}").contains("s3cr3t"));
+    }
+
+    #[test]
+    fn resource_attributes_service_name_and_log_filter() {
+        let c = config(&[
+            ("OTEL_RESOURCE_ATTRIBUTES", "host.name=node-1, k8s.node.name = n1 ,broken"),
+            ("OTEL_SERVICE_NAME", "node-tracer"),
+            ("RUST_LOG", "debug"),
+        ])
+        .unwrap();
+        assert_eq!(
+            c.resource,
+            ResourceSettings {
+                attributes: vec![
+                    ("host.name".into(), "node-1".into()),
+                    ("k8s.node.name".into(), "n1".into())
+                ],
+                service_name: "node-tracer".into(),
+            }
+        );
+        assert_eq!(c.log_filter.as_deref(), Some("debug"));
+        assert_eq!(
+            config(&[("OTEL_SERVICE_NAME", " ")]).unwrap().resource.service_name,
+            DEFAULT_SERVICE_NAME
+        );
     }
 
     #[test]
