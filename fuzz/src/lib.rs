@@ -7,11 +7,11 @@ use std::collections::HashSet;
 use opentelemetry::{trace::Status, KeyValue};
 use otel_sendmmsg::{
     clock::WallClock,
-    config::MessageView,
     export::console_line,
     process::ProcessInfo,
     records::Call,
-    spans::{span_for, SpanOptions},
+    config::MessageView,
+    span::{build, resource::resource_for, SpanOptions},
 };
 
 /// Every way a span can show messages, with and without a per-message hook.
@@ -45,21 +45,23 @@ pub fn map_call(call: &Call, clock: &WallClock) {
         service_name: call.comm.clone(),
         container_id: None,
     };
+    let resource = resource_for(&[], &process);
     for options in ALL_OPTIONS {
-        let span = span_for(call, clock, options);
-        assert!(span.end >= span.start, "a call ends after it starts: {options:?}");
+        let spans = build(call, clock, options);
+        let (span, children) = spans.split_first().expect("a call's own span comes first");
+        assert!(span.end_time >= span.start_time, "a call ends after it starts: {options:?}");
         // Per-message detail comes from the per-message hook, or from sizes read at exit.
         let shown = if options.per_message || call.sizes_only { call.detail.len() } else { 0 };
         match options.view {
             MessageView::Events => {
                 assert_eq!(span.events.len(), shown, "{options:?}");
-                assert!(span.children.is_empty(), "{options:?}");
+                assert!(children.is_empty(), "{options:?}");
             }
             MessageView::Spans => {
-                assert_eq!(span.children.len(), shown, "{options:?}");
+                assert_eq!(children.len(), shown, "{options:?}");
                 assert!(span.events.is_empty(), "{options:?}");
             }
-            MessageView::None => assert!(span.events.is_empty() && span.children.is_empty()),
+            MessageView::None => assert!(span.events.is_empty() && children.is_empty()),
         }
         // "Status is ERROR when the call failed or any message failed" (as far as the hooks
         // can tell: sizes read at exit know of no failed message).
@@ -74,17 +76,17 @@ pub fn map_call(call: &Call, clock: &WallClock) {
         let sent = span.attributes.iter().any(|kv| kv.key.as_str() == "sendmmsg.sent");
         assert_eq!(sent, call.ret >= 0, "{options:?}");
         assert_unique_keys(&span.attributes, "span");
-        for event in &span.events {
+        for event in span.events.iter() {
             assert_unique_keys(&event.attributes, "event");
         }
-        for child in &span.children {
+        for child in children {
             assert_unique_keys(&child.attributes, "message span");
         }
 
         // One line per call: the thread name (any process can set its own, `prctl(PR_SET_NAME)`)
         // and the service name (from the process's environment) must not break it, nor carry
         // control characters (terminal escapes) to whoever reads the output.
-        let line = console_line(&span, &process);
+        let line = console_line(span, &resource);
         assert!(!line.contains(|c: char| c.is_control()), "a control character in {line:?}");
     }
 }

@@ -1,7 +1,8 @@
 //! otel-sendmmsg: `sendmmsg(2)` calls as OpenTelemetry spans.
 //!
 //! The data path, top-down: kernel hooks ([`probes`]) -> ring buffer -> typed records
-//! ([`records`]) -> spans ([`spans`]) -> exporter ([`export`]); [`run`] wires it together.
+//! ([`records`]) -> complete spans under their process's resource ([`span`]) -> exporter
+//! ([`export`]); [`run`] wires it together.
 
 pub mod cgroup;
 pub mod clock;
@@ -16,4 +17,4 @@ pub mod run;
 pub mod self_metrics;
 pub mod sendmmsg;
 pub mod shutdown;
-pub mod spans;
+pub mod span;

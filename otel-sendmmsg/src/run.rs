@@ -12,6 +12,7 @@ use std::{
 
 use anyhow::{Context, Result};
 use aya::maps::{MapData, RingBuf};
+use opentelemetry_sdk::trace::SpanData;
 use tokio::{
     io::{unix::AsyncFd, Interest},
     sync::mpsc,
@@ -21,7 +22,7 @@ use tracing::{debug, info, warn};
 use crate::{
     clock::WallClock,
     config::{Config, KernelMessages, MetricsOutput, Output},
-    export::{span_data::base_resource, ExportStats, Exporter},
+    export::{ExportStats, Exporter},
     probes::{
         choose::choose,
         kernel::Kernel,
@@ -36,7 +37,11 @@ use crate::{
     records::Decoder,
     self_metrics::{self, SelfMetrics},
     shutdown::StopSignals,
-    spans::{span_for, SpanOptions, SyscallSpan},
+    span::{
+        self,
+        resource::{base_resource, Resources},
+        SpanOptions,
+    },
 };
 
 /// How often new processes are looked at for the context marker: a process started from a file
@@ -64,13 +69,16 @@ struct Waiting {
 struct WaitingFor {
     request: ReadRequest,
     since: Instant,
-    spans: Vec<(SyscallSpan, String)>,
+    /// Each call's spans, with its thread's name.
+    spans: Vec<(Vec<SpanData>, String)>,
 }
 
 /// Records -> spans -> exporter, with the totals for the closing summary.
 struct Pipeline {
     exporter: Exporter,
     processes: ProcessCache,
+    /// Each process's resource, which its spans go under.
+    resources: Resources,
     options: SpanOptions,
     clock: WallClock,
     decoder: Decoder,
@@ -90,25 +98,26 @@ impl Pipeline {
     fn handle(&mut self, item: &[u8]) {
         match self.decoder.decode(item) {
             Ok(call) => {
-                let span = span_for(&call, &self.clock, self.options);
-                self.spans += 1 + span.children.len() as u64;
+                // Complete but for the resource, which waits for the process to be known.
+                let spans = span::build(&call, &self.clock, self.options);
+                self.spans += spans.len() as u64;
                 // Behind the calls of the same process that already wait, so they stay in order.
                 if let Some(waiting) = self.waiting.by_pid.get_mut(&call.pid) {
-                    waiting.spans.push((span, call.comm));
+                    waiting.spans.push((spans, call.comm));
                     self.waiting.spans += 1;
                     return;
                 }
                 match self.processes.lookup(call.pid, process::start_ticks(call.process_start_ns), &call.comm)
                 {
-                    Ok(process) => self.exporter.export(span, process),
+                    Ok(process) => self.exporter.export(spans, self.resources.of(&process)),
                     Err(_) if self.waiting.spans >= MAX_WAITING => {
                         self.metadata_unavailable += 1;
                         let process = self.processes.provisional(call.pid, &call.comm);
-                        self.exporter.export(span, process);
+                        self.exporter.export(spans, self.resources.of(&process));
                     }
                     Err(request) => {
                         self.resolver.submit(Job::Read(request.clone()));
-                        let spans = vec![(span, call.comm)];
+                        let spans = vec![(spans, call.comm)];
                         self.waiting
                             .by_pid
                             .insert(call.pid, WaitingFor { request, since: Instant::now(), spans });
@@ -207,8 +216,9 @@ impl Pipeline {
 
     fn release(&mut self, waiting: WaitingFor, process: Arc<ProcessInfo>) {
         self.waiting.spans -= waiting.spans.len();
-        for (span, _) in waiting.spans {
-            self.exporter.export(span, process.clone());
+        let resource = self.resources.of(&process);
+        for (spans, _) in waiting.spans {
+            self.exporter.export(spans, resource.clone());
         }
     }
 
@@ -235,8 +245,9 @@ pub async fn run(config: Config, mut signals: StopSignals) -> Result<()> {
     let mut records = unsafe { AsyncFd::register_with_interest(probes.take_records()?, Interest::READABLE) }
         .map_err(|e| anyhow::anyhow!("watching the ring buffer: {e}"))?;
     let mut pipeline = Pipeline {
-        exporter: Exporter::new(&config.output, config.batch, base_resource(&config.resource))?,
+        exporter: Exporter::new(&config.output, config.batch)?,
         processes: ProcessCache::new(process::DEFAULT_CAPACITY),
+        resources: Resources::new(base_resource(&config.resource), process::DEFAULT_CAPACITY),
         // Until a per-message hook has proved itself, calls carry no trustworthy message detail.
         options: SpanOptions {
             per_message: false,

@@ -1,6 +1,6 @@
-//! The export queue: spans wait in a bounded queue and a tokio task sends them to the OTLP
-//! exporter in batches, one export per process (each with that process's resource), counting
-//! what happened to every span: exported, dropped because the queue was full, or failed.
+//! The export queue: finished spans wait in a bounded queue and a tokio task sends them to the
+//! OTLP exporter in batches, one export per resource (each process's spans go under their own),
+//! counting what happened to every span: exported, dropped because the queue was full, or failed.
 //!
 //! The SDK's batch span processor cannot do this: it has one resource, and does not say how
 //! many spans it lost. The `OTEL_BSP_*` variables keep their meaning ([`BatchConfig`]).
@@ -15,10 +15,11 @@ use std::{
 };
 
 use anyhow::{anyhow, Result};
-use opentelemetry::{InstrumentationScope, KeyValue};
+use opentelemetry::Key;
 use opentelemetry_sdk::{
     error::{OTelSdkError, OTelSdkResult},
-    trace::{RandomIdGenerator, SpanData, SpanExporter},
+    trace::{SpanData, SpanExporter},
+    Resource,
 };
 use tokio::{
     sync::mpsc,
@@ -27,16 +28,13 @@ use tokio::{
 };
 use tracing::{debug, warn};
 
-use super::{
-    span_data::{parent_of, resource_for, scope, span_data},
-    ExportStats,
-};
-use crate::{config::BatchConfig, process::ProcessInfo, spans::SyscallSpan};
+use super::ExportStats;
+use crate::config::BatchConfig;
 
-/// One call's spans, waiting.
+/// One call's spans, waiting, with the resource they go under.
 struct Queued {
-    process: Arc<ProcessInfo>,
-    span: SyscallSpan,
+    resource: Arc<Resource>,
+    call: Vec<SpanData>,
 }
 
 /// Spans counted as they are settled; shared with the task so losses can be reported while
@@ -67,13 +65,11 @@ pub struct Batcher {
 }
 
 impl Batcher {
-    /// Starts the export task on the current tokio runtime. `base` is the sidecar's own
-    /// resource, under every process's.
+    /// Starts the export task on the current tokio runtime.
     /// `new_exporter` makes one exporter per concurrent export (`max_concurrent_exports`).
     pub fn start<E: SpanExporter + 'static>(
         mut new_exporter: impl FnMut() -> E,
         config: BatchConfig,
-        base: Vec<KeyValue>,
     ) -> Batcher {
         let (sender, receiver) = mpsc::unbounded_channel();
         let queued = Arc::new(AtomicUsize::new(0));
@@ -85,9 +81,6 @@ impl Batcher {
             in_flight: JoinSet::new(),
             in_flight_spans: HashMap::new(),
             config,
-            base,
-            ids: RandomIdGenerator::default(),
-            scope: scope(),
             pending: Vec::new(),
             queued: queued.clone(),
             counters: counters.clone(),
@@ -105,14 +98,15 @@ impl Batcher {
         }
     }
 
-    /// Queues a call's spans (its own and its message children) without waiting; when the
-    /// queue has no room for all of them, drops them, counts them, and returns false.
-    pub fn enqueue(&self, span: SyscallSpan, process: Arc<ProcessInfo>) -> bool {
-        let spans = 1 + span.children.len();
+    /// Queues a call's spans (its own and its message children) under `resource` without
+    /// waiting; when the queue has no room for all of them, drops them, counts them, and
+    /// returns false.
+    pub fn enqueue(&self, call: Vec<SpanData>, resource: Arc<Resource>) -> bool {
+        let spans = call.len();
         let room =
             self.queued.fetch_update(Relaxed, Relaxed, |q| (q + spans <= self.capacity).then_some(q + spans));
         if room.is_ok() {
-            if self.sender.as_ref().is_some_and(|sender| sender.send(Queued { process, span }).is_ok()) {
+            if self.sender.as_ref().is_some_and(|sender| sender.send(Queued { resource, call }).is_ok()) {
                 self.counters.accepted.fetch_add(spans as u64, Relaxed);
                 return true;
             }
@@ -196,21 +190,18 @@ struct Worker<E> {
     /// The spans of each export under way, to count them should its task die.
     in_flight_spans: HashMap<tokio::task::Id, u64>,
     config: BatchConfig,
-    base: Vec<KeyValue>,
-    ids: RandomIdGenerator,
-    scope: InstrumentationScope,
-    /// Spans taken from the channel, oldest first, each with its process.
-    pending: Vec<(Arc<ProcessInfo>, SpanData)>,
+    /// Spans taken from the channel, oldest first, each with its resource.
+    pending: Vec<(Arc<Resource>, SpanData)>,
     queued: Arc<AtomicUsize>,
     counters: Arc<Counters>,
     /// Exports that failed, to log the first and then every power of two.
     failed_exports: u64,
 }
 
-/// A finished export: its exporter, whose spans, how many, and how it went.
+/// A finished export: its exporter, the resource of its spans, how many, and how it went.
 struct Export<E> {
     exporter: E,
-    process: Arc<ProcessInfo>,
+    resource: Arc<Resource>,
     count: u64,
     outcome: OTelSdkResult,
 }
@@ -281,20 +272,18 @@ impl<E: SpanExporter + 'static> Worker<E> {
         }
     }
 
-    fn take(&mut self, Queued { process, span }: Queued) {
-        let parent = parent_of(&span);
-        let spans = span_data(span, parent, &self.ids, &self.scope);
-        self.pending.extend(spans.into_iter().map(|span| (process.clone(), span)));
+    fn take(&mut self, Queued { resource, call }: Queued) {
+        self.pending.extend(call.into_iter().map(|span| (resource.clone(), span)));
     }
 
-    /// Starts exporting the oldest batch of pending spans, one export per process, each as soon
+    /// Starts exporting the oldest batch of pending spans, one export per resource, each as soon
     /// as an exporter is free. `deadline` bounds them all (at shutdown); each is bounded by the
     /// export timeout too.
     async fn export_batch(&mut self, deadline: Option<Instant>) {
         let n = self.pending.len().min(self.config.max_export_batch_size);
         let batch: Vec<_> = self.pending.drain(..n).collect();
         self.queued.fetch_sub(n, Relaxed);
-        for (process, spans) in by_process(batch) {
+        for (resource, spans) in by_resource(batch) {
             let count = spans.len() as u64;
             let mut exporter = loop {
                 if let Some(exporter) = self.idle.pop() {
@@ -314,10 +303,10 @@ impl<E: SpanExporter + 'static> Worker<E> {
             };
             if limit == Some(Duration::ZERO) {
                 let timeout = OTelSdkError::Timeout(self.config.export_timeout.unwrap_or_default());
-                self.finish(Export { exporter, process, count, outcome: Err(timeout) });
+                self.finish(Export { exporter, resource, count, outcome: Err(timeout) });
                 continue;
             }
-            exporter.set_resource(&resource_for(&self.base, &process));
+            exporter.set_resource(&resource);
             let task = self.in_flight.spawn(async move {
                 let export = exporter.export(spans);
                 let outcome = match limit {
@@ -326,7 +315,7 @@ impl<E: SpanExporter + 'static> Worker<E> {
                         .unwrap_or_else(|_| Err(OTelSdkError::Timeout(limit))),
                     None => export.await,
                 };
-                Export { exporter, process, count, outcome }
+                Export { exporter, resource, count, outcome }
             });
             self.in_flight_spans.insert(task.id(), count);
         }
@@ -349,7 +338,7 @@ impl<E: SpanExporter + 'static> Worker<E> {
     }
 
     /// Counts a finished export's spans and takes its exporter back.
-    fn finish(&mut self, Export { exporter, process, count, outcome }: Export<E>) {
+    fn finish(&mut self, Export { exporter, resource, count, outcome }: Export<E>) {
         self.idle.push(exporter);
         match outcome {
             Ok(()) => {
@@ -359,9 +348,13 @@ impl<E: SpanExporter + 'static> Worker<E> {
                 let total = self.counters.failed.fetch_add(count, Relaxed) + count;
                 self.failed_exports += 1;
                 if self.failed_exports.is_power_of_two() {
+                    let attr = |key| {
+                        resource.get(&Key::from_static_str(key)).map_or_else(String::new, |v| v.to_string())
+                    };
                     warn!(
                         "exporting {count} spans of {} (pid {}) failed: {e}; {total} spans failed so far",
-                        process.service_name, process.pid
+                        attr("service.name"),
+                        attr("process.pid")
                     );
                 }
             }
@@ -369,13 +362,15 @@ impl<E: SpanExporter + 'static> Worker<E> {
     }
 }
 
-/// The batch's spans grouped by process, groups in the order their first span came.
-fn by_process(batch: Vec<(Arc<ProcessInfo>, SpanData)>) -> Vec<(Arc<ProcessInfo>, Vec<SpanData>)> {
-    let mut groups: Vec<(Arc<ProcessInfo>, Vec<SpanData>)> = Vec::new();
-    for (process, span) in batch {
-        match groups.iter_mut().find(|(p, _)| Arc::ptr_eq(p, &process) || **p == *process) {
+/// The batch's spans grouped by resource, groups in the order their first span came. A
+/// process's spans share one `Arc` ([`crate::span::resource::Resources`]): the pointer tells
+/// them apart, without comparing resources attribute by attribute.
+fn by_resource(batch: Vec<(Arc<Resource>, SpanData)>) -> Vec<(Arc<Resource>, Vec<SpanData>)> {
+    let mut groups: Vec<(Arc<Resource>, Vec<SpanData>)> = Vec::new();
+    for (resource, span) in batch {
+        match groups.iter_mut().find(|(r, _)| Arc::ptr_eq(r, &resource)) {
             Some((_, spans)) => spans.push(span),
-            None => groups.push((process, vec![span])),
+            None => groups.push((resource, vec![span])),
         }
     }
     groups
@@ -383,13 +378,17 @@ fn by_process(batch: Vec<(Arc<ProcessInfo>, SpanData)>) -> Vec<(Arc<ProcessInfo>
 
 #[cfg(test)]
 mod tests {
-    use std::{sync::Mutex, time::UNIX_EPOCH};
+    use std::{num::NonZeroUsize, sync::Mutex};
 
-    use opentelemetry::{trace::Status, Key};
-    use opentelemetry_sdk::{error::OTelSdkResult, Resource};
+    use opentelemetry::KeyValue;
+    use opentelemetry_sdk::error::OTelSdkResult;
 
     use super::*;
-    use crate::spans::MessageSpan;
+    use crate::{
+        export::tests::call,
+        process::ProcessInfo,
+        span::resource::{resource_for, Resources},
+    };
 
     /// What the test exporter does with each export.
     #[derive(Clone, Copy, Debug)]
@@ -435,10 +434,14 @@ mod tests {
     fn start(behaviour: Behaviour, config: BatchConfig) -> (Batcher, Exports) {
         let exports = Exports::default();
         let recorder = || Recorder { behaviour, resource: None, exports: exports.clone() };
-        (Batcher::start(recorder, config, vec![KeyValue::new("host.name", "test-host")]), exports.clone())
+        (Batcher::start(recorder, config), exports.clone())
     }
 
-    fn process(pid: u32, service: &str) -> Arc<ProcessInfo> {
+    fn base() -> Vec<KeyValue> {
+        vec![KeyValue::new("host.name", "test-host")]
+    }
+
+    fn info(pid: u32, service: &str) -> Arc<ProcessInfo> {
         Arc::new(ProcessInfo {
             pid,
             executable_name: Some(service.into()),
@@ -447,19 +450,9 @@ mod tests {
         })
     }
 
-    fn call(children: usize) -> SyscallSpan {
-        let start = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-        let child = MessageSpan { start, end: start, attributes: vec![], status: Status::Unset };
-        SyscallSpan {
-            pid: 1,
-            parent: None,
-            start,
-            end: start,
-            attributes: vec![],
-            events: vec![],
-            children: vec![child; children],
-            status: Status::Unset,
-        }
+    /// A process's resource, as the span module hands it over.
+    fn process(pid: u32, service: &str) -> Arc<Resource> {
+        Arc::new(resource_for(&base(), &info(pid, service)))
     }
 
     fn config(max_queue_size: usize, batch: usize, delay_ms: u64, timeout_ms: u64) -> BatchConfig {
@@ -517,11 +510,12 @@ mod tests {
     #[tokio::test]
     async fn each_process_is_exported_under_its_own_resource() {
         let (batcher, exports) = start(Behaviour::Succeed, config(100, 5, HOUR, 1000));
-        let (a, b) = (process(1, "svc-a"), process(2, "svc-b"));
+        let mut resources = Resources::new(base(), NonZeroUsize::new(8).unwrap());
+        let (a, b) = (info(1, "svc-a"), info(2, "svc-b"));
         // Another Arc with the same process: one group.
         let a_again = Arc::new((*a).clone());
         for (p, children) in [(&a, 0), (&b, 1), (&a_again, 0), (&b, 0)] {
-            batcher.enqueue(call(children), p.clone());
+            batcher.enqueue(call(children), resources.of(p));
         }
         wait_for_exports(&exports, 2).await;
         assert_eq!(

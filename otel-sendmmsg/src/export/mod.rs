@@ -1,21 +1,19 @@
-//! Span -> the configured destination: an OTLP collector (gRPC or HTTP/protobuf, through
-//! [`batcher`], each process's spans under its own resource), or one readable line per call on
-//! stdout. Every span handed over is accounted for in [`ExportStats`].
+//! Finished spans -> the configured destination: an OTLP collector (gRPC or HTTP/protobuf,
+//! through [`batcher`], each process's spans under its own resource), or one readable line per
+//! call on stdout. Spans come complete, with their resource ([`crate::span`]): export only
+//! queues, batches, sends and counts. Every span handed over is accounted for in
+//! [`ExportStats`].
 
 pub mod batcher;
-pub mod span_data;
 
 use std::{collections::HashMap, io::Write, sync::Arc};
 
 use anyhow::{Context as _, Result};
-use opentelemetry::{trace::Status, Value};
+use opentelemetry::{trace::Status, Key, Value};
 use opentelemetry_otlp::{SpanExporter, WithExportConfig as _, WithHttpConfig as _, WithTonicConfig as _};
+use opentelemetry_sdk::{trace::SpanData, Resource};
 
-use crate::{
-    config::{BatchConfig, Otlp, Output, Protocol},
-    process::ProcessInfo,
-    spans::{SyscallSpan, SPAN_NAME},
-};
+use crate::config::{BatchConfig, Otlp, Output, Protocol};
 use batcher::Batcher;
 
 /// What became of the spans handed to the exporter, each counted once: a call's span and each
@@ -45,10 +43,10 @@ pub enum Exporter {
 }
 
 impl Exporter {
-    /// Builds the exporter for `output`, for OTLP with a queue bounded and timed by `batch`;
-    /// `base` is the sidecar's own resource, under every process's. Must run inside the tokio
-    /// runtime: the export task and the clients' connections live there.
-    pub fn new(output: &Output, batch: BatchConfig, base: Vec<opentelemetry::KeyValue>) -> Result<Self> {
+    /// Builds the exporter for `output`, for OTLP with a queue bounded and timed by `batch`.
+    /// Must run inside the tokio runtime: the export task and the clients' connections live
+    /// there.
+    pub fn new(output: &Output, batch: BatchConfig) -> Result<Self> {
         Ok(match output {
             Output::Console => Exporter::Console { out: std::io::stdout(), stats: ExportStats::default() },
             Output::Discard => Exporter::Discard,
@@ -60,25 +58,25 @@ impl Exporter {
                 Exporter::Otlp(Batcher::start(
                     move || exporters.pop().expect("one exporter per concurrent export"),
                     batch,
-                    base,
                 ))
             }
         })
     }
 
-    /// Hands over one call's span (and its children), from `process`. Never blocks.
-    pub fn export(&mut self, span: SyscallSpan, process: Arc<ProcessInfo>) {
+    /// Hands over one call's spans (its own first, then its message children, as
+    /// [`crate::span::build`] makes them) and the resource they go under. Never blocks.
+    pub fn export(&mut self, spans: Vec<SpanData>, resource: Arc<Resource>) {
         match self {
             Exporter::Console { out, stats } => {
-                let spans = 1 + span.children.len() as u64;
+                let count = spans.len() as u64;
                 // A closed stdout (the reader went away) must not stop tracing: counted.
-                match writeln!(out.lock(), "{}", console_line(&span, &process)) {
-                    Ok(()) => stats.exported += spans,
-                    Err(_) => stats.failed += spans,
+                match writeln!(out.lock(), "{}", console_line(&spans[0], &resource)) {
+                    Ok(()) => stats.exported += count,
+                    Err(_) => stats.failed += count,
                 }
             }
             Exporter::Otlp(batcher) => {
-                batcher.enqueue(span, process);
+                batcher.enqueue(spans, resource);
             }
             Exporter::Discard => {}
         }
@@ -159,21 +157,24 @@ pub fn grpc_metadata(otlp: &Otlp) -> Result<tonic::metadata::MetadataMap> {
     Ok(metadata)
 }
 
-/// One line per call: time, name, duration, status, the process's `service.name`, then every
-/// attribute as `key=value`.
-pub fn console_line(span: &SyscallSpan, process: &ProcessInfo) -> String {
+/// One line per call, from the call's own span: time, name, duration, status, the
+/// `service.name` of its resource (its process's), then every attribute as `key=value`.
+pub fn console_line(span: &SpanData, resource: &Resource) -> String {
     use std::fmt::Write as _;
-    let duration = span.end.duration_since(span.start).unwrap_or_default();
+    let duration = span.end_time.duration_since(span.start_time).unwrap_or_default();
     let mut line = format!(
-        "{} {SPAN_NAME} {:.1}us",
-        humantime::format_rfc3339_micros(span.start),
+        "{} {} {:.1}us",
+        humantime::format_rfc3339_micros(span.start_time),
+        span.name,
         duration.as_nanos() as f64 / 1000.0
     );
     match &span.status {
         Status::Error { .. } => line.push_str(" ERROR"),
         _ => line.push_str(" OK"),
     }
-    push_value(&mut line, "service.name", &Value::from(process.service_name.clone()));
+    if let Some(service) = resource.get(&Key::from_static_str("service.name")) {
+        push_value(&mut line, "service.name", &service);
+    }
     for kv in &span.attributes {
         push_value(&mut line, kv.key.as_str(), &kv.value);
     }
@@ -202,29 +203,72 @@ fn push_value(line: &mut String, key: &str, value: &Value) {
 
 #[cfg(test)]
 mod tests {
-    use std::time::{Duration, UNIX_EPOCH};
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-    use opentelemetry::{trace::Event, KeyValue};
+    use opentelemetry::{
+        trace::{Event, SpanContext, SpanKind},
+        KeyValue,
+    };
+    use opentelemetry_sdk::trace::{SpanEvents, SpanLinks};
 
     use super::*;
+    use crate::{
+        process::ProcessInfo,
+        span::{resource::resource_for, scope, MESSAGE_SPAN_NAME, SPAN_NAME},
+    };
+
+    /// A finished span as the span module makes them; only what export reads is set.
+    pub(super) fn finished(
+        name: &'static str,
+        start: SystemTime,
+        end: SystemTime,
+        attributes: Vec<KeyValue>,
+        events: Vec<Event>,
+        status: Status,
+    ) -> SpanData {
+        let mut span_events = SpanEvents::default();
+        span_events.events = events;
+        SpanData {
+            span_context: SpanContext::empty_context(),
+            parent_span_id: opentelemetry::trace::SpanId::INVALID,
+            parent_span_is_remote: false,
+            span_kind: SpanKind::Internal,
+            name: name.into(),
+            start_time: start,
+            end_time: end,
+            attributes,
+            dropped_attributes_count: 0,
+            events: span_events,
+            links: SpanLinks::default(),
+            status,
+            instrumentation_scope: scope(),
+        }
+    }
+
+    /// A call's spans: its own, then `children` message spans.
+    pub(super) fn call(children: usize) -> Vec<SpanData> {
+        let start = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let message = finished(MESSAGE_SPAN_NAME, start, start, vec![], vec![], Status::Unset);
+        let mut spans = vec![finished(SPAN_NAME, start, start, vec![], vec![], Status::Unset)];
+        spans.extend(std::iter::repeat_n(message, children));
+        spans
+    }
 
     #[test]
     fn a_console_line_shows_time_duration_status_and_attributes() {
         let start = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-        let span = SyscallSpan {
-            pid: 7,
-            parent: None,
-            children: vec![],
+        let span = finished(
+            SPAN_NAME,
             start,
-            end: start + Duration::from_nanos(3_100),
-            attributes: vec![
+            start + Duration::from_nanos(3_100),
+            vec![
                 KeyValue::new("sendmmsg.sockfd", 7),
                 KeyValue::new("error.type", "EMSGSIZE"),
                 KeyValue::new("thread.name", "my worker"),
             ],
-            events: vec![Event::new("message", start, vec![], 0)],
-            status: Status::error("message 1 of 2 failed: EMSGSIZE"),
-        };
+            vec![Event::new("message", start, vec![], 0)],
+            Status::error("message 1 of 2 failed: EMSGSIZE"),
+        );
         let process = ProcessInfo {
             pid: 7,
             executable_name: Some("dns-server".into()),
@@ -232,12 +276,13 @@ mod tests {
             container_id: None,
         };
         assert_eq!(
-            console_line(&span, &process),
+            console_line(&span, &resource_for(&[], &process)),
             "2023-11-14T22:13:20.000000Z sendmmsg 3.1us ERROR service.name=dns sendmmsg.sockfd=7 \
              error.type=EMSGSIZE thread.name=\"my worker\" events=1"
         );
         let spaced = ProcessInfo { service_name: "my dns".into(), ..process };
-        assert!(console_line(&span, &spaced).contains(" ERROR service.name=\"my dns\" sendmmsg.sockfd=7 "));
+        assert!(console_line(&span, &resource_for(&[], &spaced))
+            .contains(" ERROR service.name=\"my dns\" sendmmsg.sockfd=7 "));
     }
 
     #[test]
@@ -245,56 +290,38 @@ mod tests {
         // Found by fuzzing (fuzz/fuzz_targets/records_decode.rs): a thread named with a newline
         // or an escape sequence was printed raw.
         let start = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-        let span = SyscallSpan {
-            pid: 7,
-            parent: None,
-            children: vec![],
+        let span = finished(
+            SPAN_NAME,
             start,
-            end: start,
-            attributes: vec![KeyValue::new("thread.name", "w\n2023-11-14T22:13:20Z fake")],
-            events: vec![],
-            status: Status::Unset,
-        };
+            start,
+            vec![KeyValue::new("thread.name", "w\n2023-11-14T22:13:20Z fake")],
+            vec![],
+            Status::Unset,
+        );
         let process = ProcessInfo {
             pid: 7,
             executable_name: None,
             service_name: "evil\x1b[2J\tname".into(),
             container_id: None,
         };
-        let line = console_line(&span, &process);
+        let line = console_line(&span, &resource_for(&[], &process));
         assert!(!line.contains(|c: char| c.is_control()), "{line:?}");
         assert!(line
             .ends_with(r#" service.name="evil\u{1b}[2J\tname" thread.name="w\n2023-11-14T22:13:20Z fake""#));
     }
-
     #[tokio::test]
     async fn the_console_counts_a_line_for_the_call_and_its_children() {
-        let start = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-        let child =
-            crate::spans::MessageSpan { start, end: start, attributes: vec![], status: Status::Unset };
-        let span = SyscallSpan {
-            pid: 7,
-            parent: None,
-            children: vec![child; 3],
-            start,
-            end: start,
-            attributes: vec![],
-            events: vec![],
-            status: Status::Unset,
-        };
-        let process = Arc::new(ProcessInfo {
-            pid: 7,
-            executable_name: None,
-            service_name: "svc".into(),
-            container_id: None,
-        });
-        let mut console = Exporter::new(&Output::Console, BatchConfig::default(), vec![]).unwrap();
-        console.export(span.clone(), process.clone());
+        let spans = call(3);
+        let process =
+            ProcessInfo { pid: 7, executable_name: None, service_name: "svc".into(), container_id: None };
+        let resource = Arc::new(resource_for(&[], &process));
+        let mut console = Exporter::new(&Output::Console, BatchConfig::default()).unwrap();
+        console.export(spans.clone(), resource.clone());
         let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
         console.flush(deadline).await.unwrap();
         assert_eq!(console.final_stats(), ExportStats { exported: 4, dropped_queue_full: 0, failed: 0 });
-        let mut discard = Exporter::new(&Output::Discard, BatchConfig::default(), vec![]).unwrap();
-        discard.export(span, process);
+        let mut discard = Exporter::new(&Output::Discard, BatchConfig::default()).unwrap();
+        discard.export(spans, resource);
         discard.flush(deadline).await.unwrap();
         assert_eq!(discard.final_stats(), ExportStats::default());
     }
