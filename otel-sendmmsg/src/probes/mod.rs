@@ -5,11 +5,11 @@ pub mod btf_types;
 pub mod choose;
 pub mod context_cleanup;
 pub mod elf_marker;
-pub mod floor;
 pub mod hooks;
 pub mod kernel;
 pub mod kernel_misses;
 pub mod kretprobe_events;
+pub mod load;
 pub mod mapped_file;
 pub mod markers;
 pub mod offsets;
@@ -38,12 +38,13 @@ use aya::{
 use otel_sendmmsg_common::{
     filter, CallRecord, Counter, FilterSettings, KernelOffsets, CONTEXT_MARKER_SYMBOL,
 };
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use self::{
     hooks::{program, Family, MessageHook, PROTOCOL_SENDMSG},
     kernel::{Kernel, TRACEFS},
     kretprobe_events::KretprobeEvent,
+    load::{ensure_tracefs, raise_memlock_limit},
     markers::Marker,
     proc_maps::FileId,
     shared_context::SharedMap,
@@ -571,37 +572,6 @@ fn load_error(program: &str, e: aya::programs::ProgramError) -> String {
     let text = format!("{:#}", anyhow!(e));
     let first = text.lines().next().unwrap_or_default();
     format!("load of {program} refused: {first}")
-}
-
-/// Tracepoints and kprobes are found through tracefs, which is not mounted on every boot.
-fn ensure_tracefs() -> Result<()> {
-    match std::fs::read_dir(Path::new(TRACEFS).join("events")) {
-        Ok(_) => return Ok(()),
-        // Mounted, but closed to us: mounting again would not help.
-        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => bail!(
-            "tracefs at {TRACEFS} refuses access ({e}): a security module (lockdown, SELinux, \
-             AppArmor) denies it; allow the sidecar to read tracefs"
-        ),
-        Err(_) => {}
-    }
-    info!("tracefs is not mounted; mounting it at {TRACEFS}");
-    let status = std::process::Command::new("mount").args(["-t", "tracefs", "nodev", TRACEFS]).status();
-    match status {
-        Ok(s) if s.success() => Ok(()),
-        _ => bail!(
-            "tracefs is not mounted at {TRACEFS} and mounting it failed; mount it with \
-             `mount -t tracefs nodev {TRACEFS}` (as root), or bind-mount it into the container"
-        ),
-    }
-}
-
-/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; later ones ignore it.
-fn raise_memlock_limit() {
-    let unlimited = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
-    // SAFETY: a valid resource id and pointer.
-    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
-        debug!("could not raise RLIMIT_MEMLOCK; loading may fail on kernels before 5.11");
-    }
 }
 
 /// Adds the likely fix to a load error that comes from missing privileges.
