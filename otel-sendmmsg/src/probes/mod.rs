@@ -4,18 +4,14 @@
 pub mod btf_types;
 pub mod choose;
 pub mod context_cleanup;
-pub mod elf_marker;
 pub mod hooks;
 pub mod kernel;
 pub mod kernel_misses;
 pub mod kretprobe_events;
 pub mod load;
-pub mod mapped_file;
 pub mod markers;
 pub mod offsets;
 pub mod pin_dir;
-pub mod proc_maps;
-pub mod proc_mounts;
 pub mod selftest;
 pub mod shared_context;
 
@@ -38,15 +34,14 @@ use aya::{
 use otel_sendmmsg_common::{
     filter, CallRecord, Counter, FilterSettings, KernelOffsets, CONTEXT_MARKER_SYMBOL,
 };
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use self::{
     hooks::{program, Family, MessageHook, PROTOCOL_SENDMSG},
     kernel::{Kernel, TRACEFS},
     kretprobe_events::KretprobeEvent,
     load::{ensure_tracefs, raise_memlock_limit},
-    markers::Marker,
-    proc_maps::FileId,
+    markers::{printable, proc_maps::FileId, Found, Marker},
     shared_context::SharedMap,
 };
 use crate::{
@@ -307,6 +302,26 @@ impl Probes {
         let what = format!("uprobe {}+{:#x} ({CONTEXT_MARKER_SYMBOL})", marker.name.display(), marker.offset);
         self.markers.insert(marker.id, Attached { what, _link: Box::new(link) });
         Ok(())
+    }
+
+    /// Attaches the context-marker uprobe to a file the scan found, then closes the file; or
+    /// releases the uprobe of a file no process maps any more.
+    pub fn follow_marker(&mut self, found: Found) {
+        match found {
+            Found::Attach(marker) => match self.attach_marker(&marker) {
+                Ok(()) => info!("context marker: attached to {}", printable(&marker.name)),
+                Err(e) => warn!("context marker: not attached to {}: {e}", printable(&marker.name)),
+            },
+            Found::Release { id, name } => {
+                if self.release_marker(id) {
+                    info!(
+                        "context marker: released {} (no process maps it any more; {} files attached)",
+                        printable(&name),
+                        self.markers_attached()
+                    );
+                }
+            }
+        }
     }
 
     /// Detaches the context-marker uprobe from a file; whether it was attached.
