@@ -21,9 +21,10 @@ use crate::{
     export::{ExportStats, Exporter},
     memory::release_freed_memory,
     probes::{
-        choose::choose,
+        choose::{Choosing, Next},
         kernel::Kernel,
         markers,
+        selftest::Trial,
         Probes,
     },
     process::{
@@ -79,12 +80,19 @@ struct Pipeline {
     metadata_unavailable: u64,
     /// Files exporting the context marker left unattached at the cap; the scan thread counts.
     context_files_refused: Arc<AtomicU64>,
+    /// The start-up self-test under way, which takes its own thread's calls.
+    self_test: Option<Trial>,
 }
 
 impl Pipeline {
     fn handle(&mut self, item: &[u8]) {
         match self.decoder.decode(item) {
             Ok(call) => {
+                let call = match self.self_test.as_mut() {
+                    // The self-test's calls prove the hooks; they are no span.
+                    Some(trial) if trial.tid() == call.tid => return trial.record(call),
+                    _ => call,
+                };
                 let span = span_for(&call, &self.clock, self.options);
                 self.spans += 1 + span.children.len() as u64;
                 // Behind the calls of the same process that already wait, so they stay in order.
@@ -246,13 +254,27 @@ pub async fn run(config: Config, mut signals: StopSignals) -> Result<()> {
         waiting: Waiting::default(),
         metadata_unavailable: 0,
         context_files_refused: Arc::default(),
+        self_test: None,
     };
     let metrics = start_self_metrics(&config.metrics);
-    let want_message_hook = config.kernel_messages == KernelMessages::Hooked;
-    let choice = choose(&mut probes, &kernel, config.attach, want_message_hook, &mut records, &mut |item| {
-        pipeline.handle(item)
-    })
-    .await?;
+    let mut choosing = Choosing::new(config.attach, config.kernel_messages == KernelMessages::Hooked);
+    let choice = loop {
+        match choosing.next(&mut probes, &kernel)? {
+            Next::Chosen(choice) => break choice,
+            Next::Trial(trial) => {
+                // Records are read as always; the pipeline hands the trial its thread's calls.
+                pipeline.self_test = Some(trial);
+                pipeline.drain(records.get_mut());
+                while let Some(left) = pipeline.self_test.as_ref().and_then(Trial::time_left) {
+                    if let Ok(Ok(mut guard)) = tokio::time::timeout(left, records.readable_mut()).await {
+                        guard.clear_ready();
+                    }
+                    pipeline.drain(records.get_mut());
+                }
+                choosing.verdict(&mut probes, pipeline.self_test.take().expect("set above"))?;
+            }
+        }
+    };
     pipeline.options.per_message = choice.message.is_some();
     // The kernel's BTF, parsed twice to load and place the hooks, is tens of MiB no longer
     // needed; hand it, and the allocator's freed pages, back.
