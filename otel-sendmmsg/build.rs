@@ -1,5 +1,6 @@
-//! Builds the BPF crate for `bpfel-unknown-none` and leaves the object in `OUT_DIR`, so a plain
-//! `cargo build` of the sidecar builds everything.
+//! Builds the BPF crate for `bpfel-unknown-none` and leaves its objects in `OUT_DIR`, so a plain
+//! `cargo build` of the sidecar builds everything: the sidecar's (`otel-sendmmsg.bpf.o`) and the
+//! overhead benchmark's empty programs (`otel-sendmmsg-floor.bpf.o`, which only the bench loads).
 //!
 //! It runs cargo itself rather than through `aya-build`: aya-build 0.2.0 asks for
 //! `-Z build-std=core` (and so rust-src) whenever `RUSTC_BOOTSTRAP` is set, while Debian's Rust
@@ -17,7 +18,8 @@ use anyhow::{bail, Context, Result};
 const BPF_TOOLCHAIN: &str = "system";
 const BPF_TARGET: &str = "bpfel-unknown-none";
 const BPF_PACKAGE: &str = "otel-sendmmsg-ebpf";
-const BPF_BINARY: &str = "otel-sendmmsg";
+/// The BPF crate's binaries, each copied to `OUT_DIR` as `<name>.bpf.o`.
+const BPF_BINARIES: [&str; 2] = ["otel-sendmmsg", "otel-sendmmsg-floor"];
 
 fn main() -> Result<()> {
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?);
@@ -28,12 +30,16 @@ fn main() -> Result<()> {
         println!("cargo:rerun-if-changed={}", workspace.join(input).display());
     }
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
-    let object = build_bpf(workspace, &out_dir.join("bpf-target"))?;
-    std::fs::copy(&object, out_dir.join("otel-sendmmsg.bpf.o"))
-        .with_context(|| format!("copying {}", object.display()))?;
+    let objects = build_bpf(workspace, &out_dir.join("bpf-target"))?;
+    for binary in BPF_BINARIES {
+        let object = objects.join(binary);
+        std::fs::copy(&object, out_dir.join(format!("{binary}.bpf.o")))
+            .with_context(|| format!("copying {}", object.display()))?;
+    }
     Ok(())
 }
 
+/// Builds every binary of the BPF crate; returns the directory they are in.
 fn build_bpf(workspace: &Path, target_dir: &Path) -> Result<PathBuf> {
     let linker = find_bpf_linker()?;
     let mut cargo = Command::new("cargo");
@@ -67,7 +73,7 @@ fn build_bpf(workspace: &Path, target_dir: &Path) -> Result<PathBuf> {
              BPF toolchain (Debian's Rust, LLVM 22, bpf-linker)"
         );
     }
-    Ok(target_dir.join(BPF_TARGET).join("release").join(BPF_BINARY))
+    Ok(target_dir.join(BPF_TARGET).join("release"))
 }
 
 /// bpf-linker lives in cargo's bin directory, which the build environment may not have on PATH.

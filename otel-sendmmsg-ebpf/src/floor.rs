@@ -1,8 +1,12 @@
 //! The floor of the overhead benchmark: programs that do nothing, on exactly the tracepoint
 //! family's hooks. Attached instead of the real ones, they measure what merely having a BPF
 //! program on these hooks costs (the syscall tracepoints also send every syscall of every task
-//! through the slow path), so the benchmark can tell that apart from what our programs do. User
-//! space attaches them only through `probes::floor`; the sidecar never does.
+//! through the slow path), so the benchmark can tell that apart from what our programs do.
+//!
+//! A BPF object of its own (`otel-sendmmsg-floor`): only the benchmark loads it
+//! (`benches/overhead/floor.rs`), and the sidecar's object carries nothing it never runs.
+#![no_std]
+#![no_main]
 
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 
@@ -23,3 +27,14 @@ pub fn floor_sendmmsg_message(_ctx: TracePointContext) -> u32 {
 pub fn floor_sendmmsg_exit(_ctx: TracePointContext) -> u32 {
     0
 }
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // Nothing here can panic; the verifier would reject a reachable panic path anyway.
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

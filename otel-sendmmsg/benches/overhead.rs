@@ -17,6 +17,8 @@
 //! Everything is configurable through `BENCH_*` variables (see `Settings`); every number printed
 //! is measured in this run.
 
+#[path = "overhead/floor.rs"]
+mod floor;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
@@ -31,7 +33,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use otel_sendmmsg::probes::floor::Floor;
+use floor::Floor;
 use serde::Deserialize;
 use support::{Protocol, Receiver, Sidecar};
 

@@ -1,4 +1,6 @@
-//! Wires the data path together and runs it until the shutdown future resolves.
+//! Wires the data path together (kernel hooks -> ring buffer -> records -> spans -> exporter)
+//! and runs it from start-up to the closing summary: the hooks are chosen by self-test trials
+//! whose records come through the same path as every other, then it traces until a stop signal.
 
 use std::{
     collections::HashMap,
@@ -13,20 +15,19 @@ use std::{
 use anyhow::{Context, Result};
 use aya::maps::{MapData, RingBuf};
 use opentelemetry_sdk::trace::SpanData;
-use tokio::{
-    io::{unix::AsyncFd, Interest},
-    sync::mpsc,
-};
+use tokio::io::{unix::AsyncFd, Interest};
 use tracing::{debug, info, warn};
 
 use crate::{
     clock::WallClock,
     config::{Config, KernelMessages, MetricsOutput, Output},
     export::{ExportStats, Exporter},
+    memory::release_freed_memory,
     probes::{
-        choose::choose,
+        choose::{Choosing, Next},
         kernel::Kernel,
-        markers::{printable, Discovery, Found},
+        markers,
+        selftest::Trial,
         Probes,
     },
     process::{
@@ -44,9 +45,6 @@ use crate::{
     },
 };
 
-/// How often new processes are looked at for the context marker: a process started from a file
-/// already found is covered at once; a new file within this long.
-const RESCAN_PROCESSES: Duration = Duration::from_secs(1);
 /// The longest a record waits in the ring buffer when too few are pending to wake us.
 pub const DRAIN_INTERVAL: Duration = Duration::from_millis(20);
 /// How often cached process metadata is checked against `/proc`: a reused pid is noticed within
@@ -92,12 +90,19 @@ struct Pipeline {
     metadata_unavailable: u64,
     /// Files exporting the context marker left unattached at the cap; the scan thread counts.
     context_files_refused: Arc<AtomicU64>,
+    /// The start-up self-test under way, which takes its own thread's calls.
+    self_test: Option<Trial>,
 }
 
 impl Pipeline {
     fn handle(&mut self, item: &[u8]) {
         match self.decoder.decode(item) {
             Ok(call) => {
+                let call = match self.self_test.as_mut() {
+                    // The self-test's calls prove the hooks; they are no span.
+                    Some(trial) if trial.tid() == call.tid => return trial.record(call),
+                    _ => call,
+                };
                 // Complete but for the resource, which waits for the process to be known.
                 let spans = span::build(&call, &self.clock, self.options);
                 self.spans += spans.len() as u64;
@@ -262,13 +267,27 @@ pub async fn run(config: Config, mut signals: StopSignals) -> Result<()> {
         waiting: Waiting::default(),
         metadata_unavailable: 0,
         context_files_refused: Arc::default(),
+        self_test: None,
     };
     let metrics = start_self_metrics(&config);
-    let want_message_hook = config.kernel_messages == KernelMessages::Hooked;
-    let choice = choose(&mut probes, &kernel, config.attach, want_message_hook, &mut records, &mut |item| {
-        pipeline.handle(item)
-    })
-    .await?;
+    let mut choosing = Choosing::new(config.attach, config.kernel_messages == KernelMessages::Hooked);
+    let choice = loop {
+        match choosing.next(&mut probes, &kernel)? {
+            Next::Chosen(choice) => break choice,
+            Next::Trial(trial) => {
+                // Records are read as always; the pipeline hands the trial its thread's calls.
+                pipeline.self_test = Some(trial);
+                pipeline.drain(records.get_mut());
+                while let Some(left) = pipeline.self_test.as_ref().and_then(Trial::time_left) {
+                    if let Ok(Ok(mut guard)) = tokio::time::timeout(left, records.readable_mut()).await {
+                        guard.clear_ready();
+                    }
+                    pipeline.drain(records.get_mut());
+                }
+                choosing.verdict(&mut probes, pipeline.self_test.take().expect("set above"))?;
+            }
+        }
+    };
     pipeline.options.per_message = choice.message.is_some();
     // The kernel's BTF, parsed twice to load and place the hooks, is tens of MiB no longer
     // needed; hand it, and the allocator's freed pages, back.
@@ -291,7 +310,7 @@ pub async fn run(config: Config, mut signals: StopSignals) -> Result<()> {
     let mut losses = LossLog::default();
     let mut report = tokio::time::interval(config.loss_report_interval);
     let mut markers =
-        spawn_marker_scan(config.max_context_files as usize, pipeline.context_files_refused.clone())?;
+        markers::scan::spawn(config.max_context_files as usize, pipeline.context_files_refused.clone())?;
     let mut sweep = tokio::time::interval(SWEEP_PROCESSES);
     // The BPF side wakes us only once WAKEUP_BYTES are pending; this bounds the latency of the
     // records below that.
@@ -307,7 +326,7 @@ pub async fn run(config: Config, mut signals: StopSignals) -> Result<()> {
                 guard.clear_ready();
             }
             _ = drain.tick() => pipeline.drain(records.get_mut()),
-            Some(found) = markers.recv() => on_marker(&mut probes, found),
+            Some(found) = markers.recv() => probes.follow_marker(found),
             _ = report.tick() => {
                 if let Some(counts) = pipeline.counts(&probes) {
                     losses.report_growth(counts);
@@ -445,71 +464,6 @@ fn sweep_inflight(probes: &mut Probes) {
         Ok(0) => {}
         Ok(n) => debug!("in-flight calls: {n} of threads that are gone removed"),
         Err(e) => warn!("sweeping the in-flight calls: {e:#}"),
-    }
-}
-
-/// Returns the allocator's free pages to the system (glibc keeps them otherwise).
-fn release_freed_memory() {
-    #[cfg(target_env = "gnu")]
-    // SAFETY: no preconditions; it only releases memory malloc no longer uses.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
-
-/// Looks for binaries that export the context marker every [`RESCAN_PROCESSES`], on a thread
-/// of its own: reading a new executable's symbols takes up to a few hundred milliseconds (the
-/// first scan of a busy host, seconds), and everything it reads belongs to other processes, so
-/// none of it may hold up the ring buffer's reader. Nothing there blocks for good: files are
-/// opened `O_PATH` and read only once proved regular (see `probes::mapped_file`). What it finds
-/// comes back through the channel, at most `max_files` open descriptors at a time (the scan
-/// hands over no more files than the cap); the thread ends once the receiver is dropped.
-fn spawn_marker_scan(max_files: usize, refused: Arc<AtomicU64>) -> Result<mpsc::UnboundedReceiver<Found>> {
-    let (found, receiver) = mpsc::unbounded_channel();
-    std::thread::Builder::new()
-        .name("marker-scan".into())
-        .spawn(move || {
-            let mut discovery = Discovery::new(Path::new("/proc"), max_files, refused);
-            while !found.is_closed() {
-                let started = std::time::Instant::now();
-                for item in discovery.scan() {
-                    if found.send(item).is_err() {
-                        return;
-                    }
-                }
-                let files_read = discovery.take_files_read();
-                if files_read > 0 {
-                    debug!(
-                        "context marker: looked into {files_read} new files in {:?}; {} attached",
-                        started.elapsed(),
-                        discovery.attached()
-                    );
-                    release_freed_memory();
-                }
-                std::thread::sleep(RESCAN_PROCESSES);
-            }
-        })
-        .context("starting the context-marker scan")?;
-    Ok(receiver)
-}
-
-/// Attaches the context-marker uprobe to a file the scan found, then closes the file; or
-/// releases the uprobe of a file no process maps any more.
-fn on_marker(probes: &mut Probes, found: Found) {
-    match found {
-        Found::Attach(marker) => match probes.attach_marker(&marker) {
-            Ok(()) => info!("context marker: attached to {}", printable(&marker.name)),
-            Err(e) => warn!("context marker: not attached to {}: {e}", printable(&marker.name)),
-        },
-        Found::Release { id, name } => {
-            if probes.release_marker(id) {
-                info!(
-                    "context marker: released {} (no process maps it any more; {} files attached)",
-                    printable(&name),
-                    probes.markers_attached()
-                );
-            }
-        }
     }
 }
 

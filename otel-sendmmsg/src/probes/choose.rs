@@ -1,22 +1,27 @@
 //! Picks the hooks for the running kernel: the cheapest entry/exit family that attaches and
 //! passes the self-test, then the cheapest per-message hook that sees every message of the
 //! self-test's calls. Says which were chosen and why each other one was not.
+//!
+//! The choice is a sequence of trials that the start-up loop drives: [`Choosing::next`]
+//! attaches a candidate and makes the self-test's calls; the loop reads the ring buffer as it
+//! always does, its pipeline handing the self-test's records to the [`Trial`], until they are all
+//! there or [`SELF_TEST_TIMEOUT`] passed; [`Choosing::verdict`] keeps or detaches the candidate.
+//! So records go one way, through one reader, whoever made the calls.
 
-use std::time::{Duration, Instant};
+use std::{
+    collections::VecDeque,
+    time::{Duration, Instant},
+};
 
-use aya::maps::{MapData, RingBuf};
-use tokio::io::unix::AsyncFd;
 use tracing::{info, warn};
 
 use super::{
     hooks::{Family, MessageHook},
     kernel::Kernel,
-    selftest, Probes,
+    selftest::{self, Trial},
+    Probes,
 };
-use crate::{
-    config::Attach,
-    records::{decode, Call},
-};
+use crate::config::Attach;
 
 /// How long the self-test's records may take to come back (ms normally; generous for slow VMs).
 const SELF_TEST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -37,79 +42,148 @@ pub struct FamilyUnavailable {
     pub reason: String,
 }
 
-/// Attaches the chosen hooks. Records that arrive meanwhile from other processes go to
-/// `pass_on`, undecoded, so nothing is lost while the self-test runs.
-pub async fn choose(
-    probes: &mut Probes,
-    kernel: &Kernel,
+/// What the start-up loop does next.
+pub enum Next {
+    /// Let the trial collect its records, then hand it to [`Choosing::verdict`].
+    Trial(Trial),
+    /// Every hook is chosen and attached.
+    Chosen(Choice),
+}
+
+/// A candidate attached and under test.
+#[derive(Clone, Copy)]
+enum Candidate {
+    EntryExit(Family),
+    Message(MessageHook),
+}
+
+/// The choice so far: what is left to try, and what passed.
+pub struct Choosing {
     attach: Attach,
     want_message_hook: bool,
-    records: &mut AsyncFd<RingBuf<MapData>>,
-    pass_on: &mut dyn FnMut(&[u8]),
-) -> anyhow::Result<Choice> {
-    let families = match attach {
-        Attach::Auto => Family::BY_COST.to_vec(),
-        Attach::Only(family) => vec![family],
-    };
-    let mut family = None;
-    for (i, &candidate) in families.iter().enumerate() {
-        let outcome = match probes.attach_entry_exit(candidate, kernel) {
-            Err(reason) => Err(reason),
-            Ok(()) => {
-                self_test(probes, records, pass_on, false).await.inspect_err(|_| probes.detach_entry_exit())
-            }
-        };
-        match outcome {
-            Ok(()) => {
-                family = Some(candidate);
-                not_tried("entry/exit", families[i + 1..].iter().map(|f| f.name().to_owned()));
-                break;
-            }
-            Err(reason) if attach == Attach::Only(candidate) => {
-                return Err(FamilyUnavailable { family: candidate.name(), reason }.into());
-            }
-            Err(reason) => info!("not using {} for entry/exit: {reason}", candidate.name()),
-        }
-    }
-    let family =
-        family.ok_or_else(|| anyhow::anyhow!("no attach family works on this kernel (see above)"))?;
-    info!("entry/exit hooks: {} (self-test passed)", probes.attached().join(", "));
+    /// Entry/exit families not tried yet, cheapest first.
+    families: VecDeque<Family>,
+    family: Option<Family>,
+    /// Per-message hooks not tried yet, in the order [`MessageHook::candidates`] gives.
+    messages: VecDeque<MessageHook>,
+    message: Option<MessageHook>,
+    trying: Option<Candidate>,
+}
 
-    let mut message = None;
-    if !want_message_hook {
-        info!("no per-message hook: message sizes are read from msgvec at exit (OTEL_SENDMMSG_MESSAGE_DETAIL=sizes)");
-        return Ok(Choice { family, message });
-    }
-    let candidates = MessageHook::candidates(family);
-    for (i, &hook) in candidates.iter().enumerate() {
-        let outcome = match probes.attach_message(hook, kernel) {
-            Err(reason) => Err(reason),
-            Ok(()) => {
-                self_test(probes, records, pass_on, true).await.inspect_err(|_| probes.detach_message())
-            }
+impl Choosing {
+    pub fn new(attach: Attach, want_message_hook: bool) -> Choosing {
+        let families = match attach {
+            Attach::Auto => Family::BY_COST.into(),
+            Attach::Only(family) => [family].into(),
         };
-        match outcome {
-            Ok(()) => {
-                let kretprobes = probes.message_kretprobes();
-                if kretprobes.is_empty() {
-                    info!("per-message hook: {hook} (self-test saw every message)");
-                } else {
-                    info!(
-                        "per-message hook: {hook} (self-test saw every message): {}",
-                        kretprobes.join(", ")
-                    );
-                }
-                message = Some(hook);
-                not_tried("messages", candidates[i + 1..].iter().map(ToString::to_string));
-                break;
-            }
-            Err(reason) => info!("not using {hook} for messages: {reason}"),
+        Choosing {
+            attach,
+            want_message_hook,
+            families,
+            family: None,
+            messages: VecDeque::new(),
+            message: None,
+            trying: None,
         }
     }
-    if message.is_none() {
-        warn!("no per-message hook works on this kernel: spans carry each call's result but no per-message detail");
+
+    /// Attaches the next candidate and makes the self-test's calls, passing over (with the
+    /// reason in the log) every candidate that cannot even attach.
+    pub fn next(&mut self, probes: &mut Probes, kernel: &Kernel) -> anyhow::Result<Next> {
+        assert!(self.trying.is_none(), "a trial is still waiting for its verdict");
+        while self.family.is_none() {
+            let family = self
+                .families
+                .pop_front()
+                .ok_or_else(|| anyhow::anyhow!("no attach family works on this kernel (see above)"))?;
+            let started = probes
+                .attach_entry_exit(family, kernel)
+                .and_then(|()| start_trial(probes, false).inspect_err(|_| probes.detach_entry_exit()));
+            match started {
+                Ok(trial) => {
+                    self.trying = Some(Candidate::EntryExit(family));
+                    return Ok(Next::Trial(trial));
+                }
+                Err(reason) => self.entry_exit_failed(family, reason)?,
+            }
+        }
+        let family = self.family.expect("chosen above");
+        while self.message.is_none() && self.want_message_hook {
+            let Some(hook) = self.messages.pop_front() else {
+                warn!("no per-message hook works on this kernel: spans carry each call's result but no per-message detail");
+                break;
+            };
+            let started = probes
+                .attach_message(hook, kernel)
+                .and_then(|()| start_trial(probes, true).inspect_err(|_| probes.detach_message()));
+            match started {
+                Ok(trial) => {
+                    self.trying = Some(Candidate::Message(hook));
+                    return Ok(Next::Trial(trial));
+                }
+                Err(reason) => info!("not using {hook} for messages: {reason}"),
+            }
+        }
+        Ok(Next::Chosen(Choice { family, message: self.message }))
     }
-    Ok(Choice { family, message })
+
+    /// Keeps the candidate under test if its records prove it, detaches it otherwise.
+    pub fn verdict(&mut self, probes: &mut Probes, trial: Trial) -> anyhow::Result<()> {
+        if let Err(e) = probes.set_self_test_thread(0) {
+            warn!("{e:#}");
+        }
+        let outcome = trial.verdict().map_err(|e| format!("attached, but {e}"));
+        match self.trying.take().expect("a trial was started") {
+            Candidate::EntryExit(family) => match outcome {
+                Ok(()) => self.entry_exit_chosen(family, probes),
+                Err(reason) => {
+                    probes.detach_entry_exit();
+                    self.entry_exit_failed(family, reason)?;
+                }
+            },
+            Candidate::Message(hook) => match outcome {
+                Ok(()) => {
+                    let kretprobes = probes.message_kretprobes();
+                    if kretprobes.is_empty() {
+                        info!("per-message hook: {hook} (self-test saw every message)");
+                    } else {
+                        info!(
+                            "per-message hook: {hook} (self-test saw every message): {}",
+                            kretprobes.join(", ")
+                        );
+                    }
+                    self.message = Some(hook);
+                    not_tried("messages", self.messages.drain(..).map(|h| h.to_string()));
+                }
+                Err(reason) => {
+                    probes.detach_message();
+                    info!("not using {hook} for messages: {reason}");
+                }
+            },
+        }
+        Ok(())
+    }
+
+    fn entry_exit_chosen(&mut self, family: Family, probes: &Probes) {
+        self.family = Some(family);
+        not_tried("entry/exit", self.families.drain(..).map(|f| f.name().to_owned()));
+        info!("entry/exit hooks: {} (self-test passed)", probes.attached().join(", "));
+        if self.want_message_hook {
+            self.messages = MessageHook::candidates(family).into();
+        } else {
+            info!("no per-message hook: message sizes are read from msgvec at exit (OTEL_SENDMMSG_MESSAGE_DETAIL=sizes)");
+        }
+    }
+
+    /// A family that did not attach or failed its self-test: the end of the choice when it was
+    /// the one asked for.
+    fn entry_exit_failed(&self, family: Family, reason: String) -> anyhow::Result<()> {
+        if self.attach == Attach::Only(family) {
+            return Err(FamilyUnavailable { family: family.name(), reason }.into());
+        }
+        info!("not using {} for entry/exit: {reason}", family.name());
+        Ok(())
+    }
 }
 
 /// Every hook not chosen is accounted for in the log, including those a cheaper one made
@@ -121,45 +195,9 @@ fn not_tried(role: &str, rest: impl Iterator<Item = String>) {
     }
 }
 
-/// Runs the self-test calls and checks their records: Err says what was wrong.
-async fn self_test(
-    probes: &mut Probes,
-    records: &mut AsyncFd<RingBuf<MapData>>,
-    pass_on: &mut dyn FnMut(&[u8]),
-    per_message: bool,
-) -> Result<(), String> {
+/// Runs the self-test calls; their records are yet to come. Err says why it could not run.
+fn start_trial(probes: &mut Probes, per_message: bool) -> Result<Trial, String> {
     let (tid, made) = selftest::make_calls(|tid| probes.set_self_test_thread(tid))
         .map_err(|e| format!("the self-test could not run: {e:#}"))?;
-    let seen = collect(records, tid, made.len(), pass_on).await;
-    if let Err(e) = probes.set_self_test_thread(0) {
-        warn!("{e:#}");
-    }
-    selftest::verify(&made, &seen, per_message).map_err(|e| format!("attached, but {e}"))
-}
-
-/// The records of thread `tid`, until `want` arrived or the time is up.
-async fn collect(
-    records: &mut AsyncFd<RingBuf<MapData>>,
-    tid: u32,
-    want: usize,
-    pass_on: &mut dyn FnMut(&[u8]),
-) -> Vec<Call> {
-    let deadline = Instant::now() + SELF_TEST_TIMEOUT;
-    let mut seen = Vec::new();
-    loop {
-        let ring = records.get_mut();
-        while let Some(item) = ring.next() {
-            match decode(&item) {
-                Ok(call) if call.tid == tid => seen.push(call),
-                _ => pass_on(&item),
-            }
-        }
-        let left = deadline.saturating_duration_since(Instant::now());
-        if seen.len() >= want || left.is_zero() {
-            return seen;
-        }
-        if let Ok(Ok(mut guard)) = tokio::time::timeout(left, records.readable_mut()).await {
-            guard.clear_ready();
-        }
-    }
+    Ok(Trial::new(tid, made, per_message, Instant::now() + SELF_TEST_TIMEOUT))
 }

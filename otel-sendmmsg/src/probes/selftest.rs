@@ -4,11 +4,15 @@
 //! The calls cover the paths where per-message hooks are known to go blind: a connected socket,
 //! and an unconnected one whose messages repeat a destination (which skipped `sock_sendmsg`
 //! before Linux 6.6).
+//!
+//! The records come back through the sidecar's one record path: while a [`Trial`] runs, the
+//! pipeline hands it the decoded calls of the self-test's thread instead of making spans.
 
 use std::{
     net::{Ipv4Addr, SocketAddr, UdpSocket},
     os::fd::AsRawFd,
     sync::mpsc,
+    time::{Duration, Instant},
 };
 
 use anyhow::{anyhow, Context, Result};
@@ -25,6 +29,43 @@ pub struct MadeCall {
     pub msgvec: u64,
     pub sizes: Vec<usize>,
     pub sent: usize,
+}
+
+/// One self-test under way: the calls made, and the records of their thread as they arrive.
+pub struct Trial {
+    tid: u32,
+    made: Vec<MadeCall>,
+    per_message: bool,
+    deadline: Instant,
+    seen: Vec<Call>,
+}
+
+impl Trial {
+    /// A trial of the calls thread `tid` made; their records may take until `deadline`.
+    pub fn new(tid: u32, made: Vec<MadeCall>, per_message: bool, deadline: Instant) -> Trial {
+        Trial { tid, made, per_message, deadline, seen: Vec::new() }
+    }
+
+    /// Takes a call of the self-test's thread ([`Trial::tid`]).
+    pub fn record(&mut self, call: Call) {
+        self.seen.push(call);
+    }
+
+    /// How long to wait for more records: None once every call's record came or time is up.
+    pub fn time_left(&self) -> Option<Duration> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        (self.seen.len() < self.made.len() && !left.is_zero()).then_some(left)
+    }
+
+    /// The self-test's thread: its calls are the trial's, not spans.
+    pub fn tid(&self) -> u32 {
+        self.tid
+    }
+
+    /// Whether the records prove the hooks; Err says what was wrong.
+    pub fn verdict(&self) -> Result<(), String> {
+        verify(&self.made, &self.seen, self.per_message)
+    }
 }
 
 /// Makes the self-test calls on a new thread. `register` runs first with the thread's id and

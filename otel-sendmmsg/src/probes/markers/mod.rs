@@ -7,7 +7,8 @@
 //! Everything here runs on the scan thread and treats other processes as hostile: their maps
 //! are read by fields with a byte cap ([`proc_maps`]), only the regular file really mapped is
 //! opened ([`mapped_file`]), and its symbols are read within a fixed budget ([`elf_marker`]).
-//! The event loop only attaches to the descriptor found here, and closes it.
+//! The event loop only attaches to the descriptor found here, and closes it; the thread itself
+//! is [`scan`].
 
 use std::{
     collections::{HashMap, HashSet},
@@ -23,11 +24,16 @@ use std::{
 
 use tracing::{debug, warn};
 
+pub mod elf_marker;
+pub mod mapped_file;
+pub mod proc_maps;
+pub mod proc_mounts;
+pub mod scan;
+
 use crate::process::read_stat;
 
-use super::{
+use self::{
     elf_marker::{marker_offset, SizedFile},
-    mapped_file,
     proc_maps::{executable_mappings, read_maps, FileId, Mapping},
     proc_mounts::Filesystems,
 };
@@ -198,7 +204,7 @@ impl Discovery {
     }
 
     /// How many files had their symbols read since the last call (each read takes up to
-    /// [`super::elf_marker::READ_BUDGET`], which the allocator keeps unless asked).
+    /// [`elf_marker::READ_BUDGET`], which the allocator keeps unless asked).
     pub fn take_files_read(&mut self) -> usize {
         std::mem::take(&mut self.files_read)
     }

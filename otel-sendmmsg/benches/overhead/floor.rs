@@ -1,25 +1,29 @@
-//! The overhead benchmark's floor: the BPF object's empty programs (`floor_*`, which return at
-//! once) attached to exactly the hooks the tracepoint family uses. What a workload loses with
-//! them attached is what the hooks cost before any of our logic runs; the benchmark compares the
-//! sidecar against it. The sidecar itself never loads them.
+//! The overhead benchmark's floor: empty BPF programs (`floor_*`, which return at once, in an
+//! object of their own, `otel-sendmmsg-ebpf/src/floor.rs`) attached to exactly the hooks the
+//! tracepoint family uses. What a workload loses with them attached is what the hooks cost
+//! before any of our logic runs; the benchmark compares the sidecar against it. Only the
+//! benchmark builds this in: the sidecar neither carries nor loads these programs.
 //!
-//! ```no_run
-//! let floor = otel_sendmmsg::probes::floor::Floor::attach()?; // hooks in place
-//! // ... measure ...
-//! drop(floor); // detached
-//! # anyhow::Ok(())
-//! ```
+//!     let floor = Floor::attach()?; // hooks in place
+//!     // ... measure ...
+//!     drop(floor); // detached
 
 use anyhow::{anyhow, bail, Context, Result};
 use aya::{
     programs::{trace_point::TracePointLink, TracePoint},
     Ebpf, EbpfLoader,
 };
+use otel_sendmmsg::probes::{
+    kernel::Kernel,
+    load::{ensure_tracefs, raise_memlock_limit},
+};
 
-use super::{ensure_tracefs, kernel::Kernel, raise_memlock_limit, BPF_OBJECT};
+/// Built with the sidecar's by its build script, which leaves both objects in `OUT_DIR`.
+static FLOOR_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/otel-sendmmsg-floor.bpf.o"));
 
 /// Each empty program and its tracepoint (category, event), exit first like the sidecar does.
-pub const HOOKS: [(&str, &str, &str); 3] = [
+const HOOKS: [(&str, &str, &str); 3] = [
     ("floor_sendmmsg_exit", "syscalls", "sys_exit_sendmmsg"),
     ("floor_sendmmsg_enter", "syscalls", "sys_enter_sendmmsg"),
     ("floor_sendmmsg_message", "sock", "sock_send_length"),
@@ -27,14 +31,13 @@ pub const HOOKS: [(&str, &str, &str); 3] = [
 
 /// The empty programs, attached; dropping it detaches them and unloads the object.
 pub struct Floor {
-    // Declared before the object, so the links go first.
-    links: Vec<TracePointLink>,
+    // Only held: dropping them detaches. Declared before the object, so they go first.
+    _links: Vec<TracePointLink>,
     _ebpf: Ebpf,
 }
 
 impl Floor {
-    /// Loads the BPF object (its maps at their compiled-in sizes; no other program is loaded)
-    /// and attaches every empty program. Needs what the sidecar needs (root, or CAP_BPF and
+    /// Loads the floor's BPF object and attaches every empty program. Needs what the sidecar needs (root, or CAP_BPF and
     /// CAP_PERFMON, and tracefs).
     pub fn attach() -> Result<Floor> {
         ensure_tracefs()?;
@@ -44,7 +47,7 @@ impl Floor {
                 bail!("tracepoint {category}:{event} is not present on this kernel");
             }
         }
-        let mut ebpf = EbpfLoader::new().load(BPF_OBJECT).context("loading the BPF object")?;
+        let mut ebpf = EbpfLoader::new().load(FLOOR_OBJECT).context("loading the floor's BPF object")?;
         let mut links = Vec::with_capacity(HOOKS.len());
         for (name, category, event) in HOOKS {
             let prog: &mut TracePoint = ebpf
@@ -58,11 +61,6 @@ impl Floor {
                 .with_context(|| format!("attaching {name} to {category}:{event}"))?;
             links.push(prog.take_link(id)?);
         }
-        Ok(Floor { links, _ebpf: ebpf })
-    }
-
-    /// The hooks attached, for logs: `tracepoint syscalls:sys_exit_sendmmsg`, ...
-    pub fn hooks(&self) -> Vec<String> {
-        HOOKS.iter().take(self.links.len()).map(|(_, c, e)| format!("tracepoint {c}:{e}")).collect()
+        Ok(Floor { _links: links, _ebpf: ebpf })
     }
 }

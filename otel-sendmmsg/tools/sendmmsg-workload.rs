@@ -1,4 +1,5 @@
-//! Makes real `sendmmsg(2)` calls for the end-to-end tests and by hand: each scenario sets up its
+//! A tool, not part of the sidecar: makes real `sendmmsg(2)` calls for the end-to-end tests, the
+//! overhead benchmark, the soak test (scripts/soak.sh) and by hand. Each scenario sets up its
 //! sockets, makes its calls, and prints one JSON line per call with what user space saw (fd,
 //! msgvec, flags, return value, errno, the kernel's `msg_len`s), so a test can check the spans
 //! the sidecar exported against it.

@@ -1,0 +1,191 @@
+//! Loading the BPF object: what the kernel must offer first, the globals and map sizes the
+//! settings give, the filter maps, and the shared trace-context map. No program goes into the
+//! kernel here: each is loaded at its first attach ([`super::attach`]).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+use aya::{
+    maps::{HashMap, MapError},
+    Ebpf, EbpfError, EbpfLoader,
+};
+use otel_sendmmsg_common::{filter, FilterSettings, KernelOffsets};
+use tracing::{debug, info, warn};
+
+use super::{
+    kernel::{Kernel, TRACEFS},
+    shared_context::{self, SharedMap},
+};
+use crate::{
+    cgroup,
+    config::{Config, ConfigError, KernelMessages},
+};
+
+static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/otel-sendmmsg.bpf.o"));
+
+/// The object as loaded, its programs not yet in the kernel.
+pub struct Loaded {
+    pub ebpf: Ebpf,
+    /// The shared trace-context map existed before us: entries of threads that died meanwhile
+    /// may be in it.
+    pub sweep_dead_contexts: bool,
+}
+
+/// Loads the BPF object, sized and configured by `config`, with the shared trace-context map
+/// where it can be used.
+pub fn object(config: &Config, kernel: &Kernel) -> Result<Loaded> {
+    if let Some(why) = kernel.locked_down() {
+        bail!(why);
+    }
+    ensure_tracefs()?;
+    raise_memlock_limit();
+    let self_tgid = std::process::id();
+    let wrapper = u32::from(kernel.syscall_symbol.as_ref().is_none_or(|(_, wrapped)| *wrapped));
+    let offsets = kernel.offsets.clone().unwrap_or_else(|why| {
+        warn!("{why}: spans will carry no socket context (network.*)");
+        KernelOffsets::default()
+    });
+    let filters = &config.filters;
+    if !filters.comms.is_empty() && offsets.valid == 0 {
+        warn!("without kernel BTF, OTEL_SENDMMSG_COMMS matches thread names, not process names");
+    }
+    let cgroup_ids = cgroup_ids(&filters.cgroups)?;
+    let settings = FilterSettings {
+        flags: [
+            (!filters.pids.is_empty(), filter::PIDS),
+            (!filters.comms.is_empty(), filter::COMMS),
+            (!filters.cgroups.is_empty(), filter::CGROUPS),
+            (filters.errors_only, filter::ERRORS_ONLY),
+            (filters.sample_ratio < 1.0, filter::SAMPLE),
+        ]
+        .iter()
+        .filter(|(on, _)| *on)
+        .fold(0, |flags, (_, bit)| flags | bit),
+        // The share of the u32 range below which a random draw traces the call.
+        sample_below: (filters.sample_ratio * f64::from(u32::MAX)) as u32,
+        min_duration_ns: u64::try_from(filters.min_duration.as_nanos()).unwrap_or(u64::MAX),
+    };
+    let load = |pin: Option<PathBuf>| {
+        let mut loader = EbpfLoader::new();
+        // The kernel's BTF is already parsed: the loader would parse its own copy otherwise.
+        loader.btf(kernel.btf.as_ref().ok());
+        if let Some(path) = pin {
+            loader.map_pin_path("TRACES_CTX", path);
+        }
+        loader
+            .override_global("SELF_TGID", &self_tgid, true)
+            .override_global("SYSCALL_WRAPPER", &wrapper, true)
+            .override_global("OFFSETS", &offsets, true)
+            .override_global("FILTERS", &settings, true)
+            .override_global(
+                "SIZES_AT_EXIT",
+                &u32::from(config.kernel_messages == KernelMessages::SizesAtExit),
+                true,
+            )
+            // Wake the reader once an eighth of the ring is pending; its timer drains the rest.
+            .override_global("WAKEUP_BYTES", &u64::from(config.ring_buffer_bytes / 8), true)
+            .map_max_entries("INFLIGHT", config.max_inflight)
+            .map_max_entries("RECORDS", config.ring_buffer_bytes)
+            .load(BPF_OBJECT)
+    };
+    let load_error = |e: EbpfError| privilege_hint(anyhow!(e).context("loading the BPF object"));
+    let shared = shared_context::prepare();
+    let pinned = matches!(shared, SharedMap::Pinned { .. });
+    let mut ebpf = match load(shared.loader_path()) {
+        Err(EbpfError::MapError(e @ MapError::PinError { .. })) if pinned => {
+            shared_context::refuse(&format!("{:#}", anyhow!(e)));
+            load(None)
+        }
+        loaded => loaded,
+    }
+    .map_err(load_error)?;
+    if pinned {
+        if let Err(why) = shared_context::loaded_info(&ebpf).and_then(|info| shared.confirm(&info)) {
+            shared_context::refuse(&why);
+            ebpf = load(None).map_err(load_error)?;
+        }
+    }
+    fill_set(&mut ebpf, "FILTER_PIDS", filters.pids.iter().copied())?;
+    fill_set(&mut ebpf, "FILTER_COMMS", filters.comms.iter().map(|c| comm_key(c)))?;
+    fill_set(&mut ebpf, "FILTER_CGROUPS", cgroup_ids)?;
+    let sweep = matches!(shared, SharedMap::Pinned { existing: Some(_), .. });
+    Ok(Loaded { ebpf, sweep_dead_contexts: sweep })
+}
+
+/// Puts every key in the BPF hash map `name` (a set: the value is unused).
+fn fill_set<K: aya::Pod>(ebpf: &mut Ebpf, name: &str, keys: impl IntoIterator<Item = K>) -> Result<()> {
+    let mut set =
+        HashMap::<_, K, u8>::try_from(ebpf.map_mut(name).with_context(|| format!("map {name} missing"))?)?;
+    for key in keys {
+        set.insert(key, 1, 0)
+            .with_context(|| format!("filling the filter map {name} (too many entries?)"))?;
+    }
+    Ok(())
+}
+
+/// A process name as the kernel stores it: NUL-padded to TASK_COMM_LEN.
+fn comm_key(name: &str) -> [u8; 16] {
+    let mut key = [0u8; 16];
+    key[..name.len()].copy_from_slice(name.as_bytes());
+    key
+}
+
+/// The cgroup v2 ids of each configured directory and of every cgroup below it now. A missing
+/// directory is the user's setting to fix.
+fn cgroup_ids(entries: &[PathBuf]) -> Result<Vec<u64>> {
+    let mut ids = Vec::new();
+    for entry in entries {
+        let dir = cgroup::resolve(entry);
+        if !cgroup::is_cgroup(&dir) {
+            let value = entries.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(",");
+            let accepts = format!("existing cgroup v2 directories; {} is not one", dir.display());
+            return Err(ConfigError { variable: "OTEL_SENDMMSG_CGROUPS".into(), value, accepts }.into());
+        }
+        ids.extend(cgroup::ids_below(&dir).with_context(|| format!("listing cgroup {}", dir.display()))?);
+    }
+    Ok(ids)
+}
+
+/// Tracepoints and kprobes are found through tracefs, which is not mounted on every boot.
+pub fn ensure_tracefs() -> Result<()> {
+    match std::fs::read_dir(Path::new(TRACEFS).join("events")) {
+        Ok(_) => return Ok(()),
+        // Mounted, but closed to us: mounting again would not help.
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => bail!(
+            "tracefs at {TRACEFS} refuses access ({e}): a security module (lockdown, SELinux, \
+             AppArmor) denies it; allow the sidecar to read tracefs"
+        ),
+        Err(_) => {}
+    }
+    info!("tracefs is not mounted; mounting it at {TRACEFS}");
+    let status = std::process::Command::new("mount").args(["-t", "tracefs", "nodev", TRACEFS]).status();
+    match status {
+        Ok(s) if s.success() => Ok(()),
+        _ => bail!(
+            "tracefs is not mounted at {TRACEFS} and mounting it failed; mount it with \
+             `mount -t tracefs nodev {TRACEFS}` (as root), or bind-mount it into the container"
+        ),
+    }
+}
+
+/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; later ones ignore it.
+pub fn raise_memlock_limit() {
+    let unlimited = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    // SAFETY: a valid resource id and pointer.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
+        debug!("could not raise RLIMIT_MEMLOCK; loading may fail on kernels before 5.11");
+    }
+}
+
+/// Adds the likely fix to a load error that comes from missing privileges.
+fn privilege_hint(err: anyhow::Error) -> anyhow::Error {
+    let text = format!("{err:#}");
+    if text.contains("Operation not permitted")
+        || text.contains("EPERM")
+        || text.contains("Permission denied")
+    {
+        err.context("the kernel refused to load BPF programs: run as root, or with CAP_BPF and CAP_PERFMON")
+    } else {
+        err
+    }
+}
