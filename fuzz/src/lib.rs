@@ -44,6 +44,7 @@ pub fn map_call(call: &Call, clock: &WallClock) {
         executable_name: Some(call.comm.clone()),
         service_name: call.comm.clone(),
         container_id: None,
+        attributes: Vec::new(),
     };
     let resource = resource_for(&[], &process);
     for options in ALL_OPTIONS {

@@ -14,6 +14,7 @@ pub mod privileges;
 pub mod probes;
 pub mod process;
 pub mod records;
+pub mod resource_attributes;
 pub mod run;
 pub mod self_metrics;
 pub mod sendmmsg;

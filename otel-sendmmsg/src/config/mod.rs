@@ -282,7 +282,7 @@ impl Config {
         let output = std_vars.output()?;
         let batch = std_vars.batch()?;
         let metrics = std_vars.metrics()?;
-        let resource = std_vars.resource();
+        let resource = std_vars.resource()?;
         let log_filter = std_vars.log_filter();
         Ok(Config {
             ring_buffer_bytes,
@@ -609,7 +609,7 @@ mod tests {
     #[test]
     fn resource_attributes_service_name_and_log_filter() {
         let c = config(&[
-            ("OTEL_RESOURCE_ATTRIBUTES", "host.name=node-1, k8s.node.name = n1 ,broken"),
+            ("OTEL_RESOURCE_ATTRIBUTES", "host.name=node-1, k8s.node.name = n%201 ,"),
             ("OTEL_SERVICE_NAME", "node-tracer"),
             ("RUST_LOG", "debug"),
         ])
@@ -619,7 +619,7 @@ mod tests {
             ResourceSettings {
                 attributes: vec![
                     ("host.name".into(), "node-1".into()),
-                    ("k8s.node.name".into(), "n1".into())
+                    ("k8s.node.name".into(), "n 1".into())
                 ],
                 service_name: "node-tracer".into(),
             }

@@ -10,6 +10,7 @@ use super::{
     values::{bounded_int, invalid, millis, parse_int},
     ConfigError,
 };
+use crate::resource_attributes::{parse_resource_attributes, percent_decode, Malformed};
 
 /// Each field is the variable of its name in upper case.
 #[derive(Debug, Default, Deserialize)]
@@ -233,24 +234,28 @@ impl StandardVars {
         })
     }
 
-    /// `OTEL_RESOURCE_ATTRIBUTES` as the SDK's environment detector reads it (`key=value`
-    /// pairs, trimmed; an entry without `=` is skipped), and `OTEL_SERVICE_NAME`.
-    pub(super) fn resource(&self) -> ResourceSettings {
-        let attributes = self
-            .otel_resource_attributes
-            .as_deref()
-            .unwrap_or("")
-            .split_terminator(',')
-            .filter_map(|entry| entry.split_once('='))
-            .map(|(key, value)| (key.trim().to_owned(), value.trim().to_owned()))
-            .collect();
+    /// `OTEL_RESOURCE_ATTRIBUTES` as the specification defines it (see
+    /// [`crate::resource_attributes`]), and `OTEL_SERVICE_NAME`.
+    pub(super) fn resource(&self) -> Result<ResourceSettings, ConfigError> {
+        let attributes = match &self.otel_resource_attributes {
+            None => Vec::new(),
+            Some(v) => parse_resource_attributes(v).map_err(|why| {
+                let accepts = match why {
+                    Malformed::Entry | Malformed::Encoding => {
+                        "comma-separated key=value pairs, values percent-encoded, e.g. host.name=node-1,k8s.cluster.name=prod%20eu"
+                    }
+                    Malformed::TooLarge => "at most 64 key=value pairs, keys of 256 bytes and values of 1024 at most",
+                };
+                invalid("OTEL_RESOURCE_ATTRIBUTES", v, accepts)
+            })?,
+        };
         let service_name = self
             .otel_service_name
             .as_deref()
             .filter(|s| !s.trim().is_empty())
             .unwrap_or(DEFAULT_SERVICE_NAME)
             .to_owned();
-        ResourceSettings { attributes, service_name }
+        Ok(ResourceSettings { attributes, service_name })
     }
 
     /// `RUST_LOG`, as given: the logger falls back to its default when it cannot use it.
@@ -410,24 +415,6 @@ fn parse_headers(v: &str) -> Result<Headers, &'static str> {
         }
     }
     Ok(Headers(headers))
-}
-
-/// `%XX` escapes decoded; None when one is malformed or the result is not UTF-8.
-fn percent_decode(v: &str) -> Option<String> {
-    let bytes = v.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
 }
 
 #[cfg(test)]

@@ -447,6 +447,7 @@ mod tests {
             executable_name: Some(service.into()),
             service_name: service.into(),
             container_id: None,
+            attributes: Vec::new(),
         })
     }
 

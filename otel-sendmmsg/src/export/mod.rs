@@ -274,6 +274,7 @@ mod tests {
             executable_name: Some("dns-server".into()),
             service_name: "dns".into(),
             container_id: None,
+            attributes: Vec::new(),
         };
         assert_eq!(
             console_line(&span, &resource_for(&[], &process)),
@@ -303,6 +304,7 @@ mod tests {
             executable_name: None,
             service_name: "evil\x1b[2J\tname".into(),
             container_id: None,
+            attributes: Vec::new(),
         };
         let line = console_line(&span, &resource_for(&[], &process));
         assert!(!line.contains(|c: char| c.is_control()), "{line:?}");
@@ -312,8 +314,13 @@ mod tests {
     #[tokio::test]
     async fn the_console_counts_a_line_for_the_call_and_its_children() {
         let spans = call(3);
-        let process =
-            ProcessInfo { pid: 7, executable_name: None, service_name: "svc".into(), container_id: None };
+        let process = ProcessInfo {
+            pid: 7,
+            executable_name: None,
+            service_name: "svc".into(),
+            container_id: None,
+            attributes: Vec::new(),
+        };
         let resource = Arc::new(resource_for(&[], &process));
         let mut console = Exporter::new(&Output::Console, BatchConfig::default()).unwrap();
         console.export(spans.clone(), resource.clone());

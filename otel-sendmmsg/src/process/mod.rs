@@ -17,6 +17,7 @@ use std::{num::NonZeroUsize, path::Path, sync::Arc};
 
 use lru::LruCache;
 
+pub mod identity;
 pub mod read;
 pub mod resolver;
 
@@ -39,11 +40,15 @@ pub struct ProcessInfo {
     /// `/proc/PID/stat`) when that link cannot be read (a kernel thread, a zombie), or the
     /// calling thread's name when the process was gone before it was looked at.
     pub executable_name: Option<String>,
-    /// `service.name`: the process's own `OTEL_SERVICE_NAME` when it has one, else its
-    /// executable name, else [`UNKNOWN_SERVICE`].
+    /// `service.name`: the process's own `OTEL_SERVICE_NAME` when it has one, else the
+    /// `service.name` of its `OTEL_RESOURCE_ATTRIBUTES`, else its executable name, else
+    /// [`UNKNOWN_SERVICE`].
     pub service_name: String,
     /// `container.id`, from `/proc/PID/cgroup`, when the process runs in a container.
     pub container_id: Option<String>,
+    /// The rest of the resource the process declares (its `OTEL_RESOURCE_ATTRIBUTES`: e.g.
+    /// `service.namespace`, `service.version`, `deployment.environment.name`).
+    pub attributes: Vec<opentelemetry::KeyValue>,
 }
 
 impl ProcessInfo {
@@ -55,6 +60,7 @@ impl ProcessInfo {
             service_name: name.clone().unwrap_or_else(|| UNKNOWN_SERVICE.to_owned()),
             executable_name: name,
             container_id: None,
+            attributes: Vec::new(),
         }
     }
 }
@@ -254,15 +260,23 @@ pub fn read_process(root: &Path, request: &ReadRequest) -> ReadOutcome {
         .and_then(|target| executable_name(&target))
         .or_else(|| (!stat.comm.is_empty()).then(|| stat.comm.clone()))
         .or_else(|| (!comm.is_empty()).then(|| comm.clone()));
-    let service_name = read::open(&dir, "environ")
-        .ok()
-        .and_then(|environ| service_name_from_environ(environ, read::ENVIRON_SCAN_CAP))
+    let declared = read::open(&dir, "environ")
+        .map(|environ| declared_in_environ(environ, read::ENVIRON_SCAN_CAP))
+        .unwrap_or_default();
+    let service_name = declared
+        .service_name
         .or_else(|| executable_name.clone())
         .unwrap_or_else(|| UNKNOWN_SERVICE.to_owned());
     let container_id = read::read_capped(&dir, "cgroup", read::CGROUP_CAP)
         .ok()
         .and_then(|cgroups| container_id(&String::from_utf8_lossy(&cgroups)));
-    let info = ProcessInfo { pid: *pid, executable_name, service_name, container_id };
+    let info = ProcessInfo {
+        pid: *pid,
+        executable_name,
+        service_name,
+        container_id,
+        attributes: declared.attributes,
+    };
     ReadOutcome::Read(Entry {
         identity: Some(stat),
         gone: false,
@@ -325,10 +339,18 @@ fn executable_name(target: &Path) -> Option<String> {
 /// first entry is the one `getenv` returns (glibc, musl, Go and CPython all take the first),
 /// and an empty value means unset, as the specification says. Reads at most `scan_cap` bytes.
 pub fn service_name_from_environ(environ: impl std::io::Read, scan_cap: u64) -> Option<String> {
-    let value = read::find_variable(environ, b"OTEL_SERVICE_NAME", scan_cap)?;
-    let value = String::from_utf8_lossy(&value);
-    let value = value.trim();
-    (!value.is_empty()).then(|| value.to_owned())
+    declared_in_environ(environ, scan_cap).service_name
+}
+
+/// What the process declares in its environment block ([`identity::declared`]), read in one
+/// pass of at most `scan_cap` bytes.
+pub fn declared_in_environ(environ: impl std::io::Read, scan_cap: u64) -> identity::Declared {
+    let [service, attributes] = read::find_variables(
+        environ,
+        [b"OTEL_SERVICE_NAME".as_slice(), b"OTEL_RESOURCE_ATTRIBUTES"],
+        scan_cap,
+    );
+    identity::declared(service.as_deref(), attributes.as_deref())
 }
 
 /// Unit name prefixes container runtimes give the cgroup of a container, before its 64-hex id:
@@ -573,6 +595,7 @@ mod tests {
                 executable_name: Some("checkout-server".into()),
                 service_name: "checkout".into(),
                 container_id: Some(ID.into()),
+                attributes: Vec::new(),
             }
         );
         let dnsd = cache.get(11, "dnsd");
@@ -597,6 +620,7 @@ mod tests {
                 executable_name: Some("sendmmsg-worklo".into()),
                 service_name: "sendmmsg-worklo".into(),
                 container_id: None,
+                attributes: Vec::new(),
             }
         );
         assert_eq!(cache.get(78, "").service_name, UNKNOWN_SERVICE);

@@ -39,23 +39,37 @@ pub fn read_capped(dir: &Path, name: &str, cap: u64) -> io::Result<Vec<u8>> {
     Ok(bytes)
 }
 
-/// The first value of variable `name` in a NUL-separated environment block read from `block`,
-/// as `getenv` would return it (the first entry of a repeated name), scanning at most
-/// `scan_cap` bytes and keeping no entry but the one wanted; `None` when absent within the cap,
-/// or when its value is longer than [`ENV_VALUE_CAP`].
+/// The first value of variable `name` in a NUL-separated environment block read from `block`
+/// (see [`find_variables`]).
 pub fn find_variable(block: impl Read, name: &[u8], scan_cap: u64) -> Option<Vec<u8>> {
+    let [value] = find_variables(block, [name], scan_cap);
+    value
+}
+
+/// The first value of each variable of `names` in a NUL-separated environment block read from
+/// `block`, as `getenv` would return it (the first entry of a repeated name), in one pass over at
+/// most `scan_cap` bytes, keeping no entry but the ones wanted; `None` for a name absent within
+/// the cap, or whose value is longer than [`ENV_VALUE_CAP`].
+pub fn find_variables<const N: usize>(
+    block: impl Read,
+    names: [&[u8]; N],
+    scan_cap: u64,
+) -> [Option<Vec<u8>>; N] {
     enum State {
-        /// The start of an entry, up to `name=`: still possibly the one wanted.
+        /// The start of an entry, up to its `=`: still possibly one wanted.
         Head(Vec<u8>),
-        /// Inside the wanted entry's value.
-        Value(Vec<u8>),
-        /// Inside another entry, until its NUL.
+        /// Inside the value of wanted name `i`.
+        Value(usize, Vec<u8>),
+        /// Inside another entry (or a value over the cap), until its NUL.
         Skip,
     }
-    let key_len = name.len() + 1;
+    let longest = names.iter().map(|n| n.len()).max().unwrap_or(0) + 1;
+    let mut found: [Option<Vec<u8>>; N] = std::array::from_fn(|_| None);
+    // A wanted name's entry that was too long: its later entries are not what getenv returns.
+    let mut settled = [false; N];
     let mut block = block.take(scan_cap);
     let mut chunk = [0u8; 16 * 1024];
-    let mut state = State::Head(Vec::with_capacity(key_len));
+    let mut state = State::Head(Vec::with_capacity(longest));
     let mut scanned = 0u64;
     loop {
         let n = match block.read(&mut chunk) {
@@ -67,34 +81,49 @@ pub fn find_variable(block: impl Read, name: &[u8], scan_cap: u64) -> Option<Vec
         scanned += n as u64;
         for &byte in &chunk[..n] {
             state = match (state, byte) {
-                (State::Value(value), 0) => return Some(value),
-                (State::Value(mut value), b) => {
-                    if value.len() == ENV_VALUE_CAP {
-                        return None;
+                (State::Value(i, value), 0) => {
+                    found[i] = Some(value);
+                    settled[i] = true;
+                    if settled.iter().all(|s| *s) {
+                        return found;
                     }
-                    value.push(b);
-                    State::Value(value)
+                    State::Head(Vec::with_capacity(longest))
                 }
-                (_, 0) => State::Head(Vec::with_capacity(key_len)),
+                (State::Value(i, mut value), b) => {
+                    if value.len() == ENV_VALUE_CAP {
+                        settled[i] = true;
+                        State::Skip
+                    } else {
+                        value.push(b);
+                        State::Value(i, value)
+                    }
+                }
+                (_, 0) => State::Head(Vec::with_capacity(longest)),
                 (State::Skip, _) => State::Skip,
                 (State::Head(mut head), b) => {
-                    head.push(b);
-                    if head.len() == key_len && head.starts_with(name) && b == b'=' {
-                        State::Value(Vec::new())
-                    } else if head.len() < key_len && name.starts_with(&head) {
-                        State::Head(head)
-                    } else {
-                        State::Skip
+                    let wanted = |i: usize| !settled[i] && names[i].len() == head.len();
+                    match (0..N).find(|&i| b == b'=' && wanted(i) && names[i] == head.as_slice()) {
+                        Some(i) => State::Value(i, Vec::new()),
+                        None => {
+                            head.push(b);
+                            if names.iter().any(|name| name.starts_with(&head)) {
+                                State::Head(head)
+                            } else {
+                                State::Skip
+                            }
+                        }
                     }
                 }
             };
         }
     }
     // The block may end without a NUL after its last entry; one cut by the cap is not whole.
-    match state {
-        State::Value(value) if scanned < scan_cap => Some(value),
-        _ => None,
+    if let State::Value(i, value) = state {
+        if scanned < scan_cap {
+            found[i] = Some(value);
+        }
     }
+    found
 }
 
 #[cfg(test)]
@@ -137,6 +166,26 @@ mod tests {
         assert_eq!(find(&block, 4 << 20).as_deref(), Some("too-far"));
         let long = [b"OTEL_SERVICE_NAME=".as_slice(), &vec![b'v'; ENV_VALUE_CAP + 1], b"\0"].concat();
         assert_eq!(find(&long, 1 << 20), None);
+    }
+
+    #[test]
+    fn several_variables_are_found_in_one_pass_each_by_its_first_entry() {
+        let block =
+            b"OTEL_RESOURCE_ATTRIBUTES=a=1\0PATH=/bin\0OTEL_SERVICE_NAME=svc\0OTEL_RESOURCE_ATTRIBUTES=b=2\0";
+        let [service, attributes, missing] = find_variables(
+            &block[..],
+            [b"OTEL_SERVICE_NAME".as_slice(), b"OTEL_RESOURCE_ATTRIBUTES", b"HOME"],
+            1 << 20,
+        );
+        assert_eq!(service.as_deref(), Some(b"svc".as_slice()));
+        assert_eq!(attributes.as_deref(), Some(b"a=1".as_slice()));
+        assert_eq!(missing, None);
+        // A name that is a prefix of another is still told apart.
+        let [short, long] = find_variables(&b"AB=2\0A=1\0"[..], [b"A".as_slice(), b"AB"], 1 << 20);
+        assert_eq!((short.as_deref(), long.as_deref()), (Some(b"1".as_slice()), Some(b"2".as_slice())));
+        // A first entry over the cap is not replaced by a later one: getenv returns the first.
+        let long_first = [b"A=".as_slice(), &vec![b'v'; ENV_VALUE_CAP + 1], b"\0A=second\0"].concat();
+        assert_eq!(find_variable(&long_first[..], b"A", 1 << 20), None);
     }
 
     /// A block that never ends, as a process can make its environment look: the scan stops at

@@ -15,20 +15,31 @@ use crate::{config::ResourceSettings, process::ProcessInfo};
 /// The sidecar's own resource attributes, which every process's resource starts from: the
 /// SDK's `telemetry.sdk.*` and `OTEL_RESOURCE_ATTRIBUTES` (e.g. `host.name`, `k8s.node.name`).
 /// The sidecar's own `OTEL_SERVICE_NAME` is not among them: a span's service is its process's.
+///
+/// `host.name` is this host's name unless the settings name it (a DaemonSet names its node, the
+/// pod's own hostname being the pod's name).
 pub fn base_resource(settings: &ResourceSettings) -> Vec<KeyValue> {
     let sdk = TelemetryResourceDetector.detect();
     let sdk = sdk.iter().map(|(k, v)| KeyValue::new(k.clone(), v.clone()));
+    let host = nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).filter(|h| !h.is_empty());
+    let host = host
+        .filter(|_| !settings.attributes.iter().any(|(k, _)| k == "host.name"))
+        .map(|h| KeyValue::new("host.name", h));
     let configured = settings.attributes.iter().map(|(k, v)| KeyValue::new(k.clone(), v.clone()));
-    sdk.chain(configured).collect()
+    sdk.chain(host).chain(configured).collect()
 }
 
-/// The resource of a process's spans: `base`, overridden by what the process says of itself
-/// (`service.name` always its own).
+/// The resource of a process's spans, as its own SDK would build it over the sidecar's: `base`,
+/// then what the process declares (its `OTEL_RESOURCE_ATTRIBUTES`), then its service name, then
+/// what the sidecar measured itself (pid, executable, container), which a process cannot
+/// override by declaring otherwise.
 pub fn resource_for(base: &[KeyValue], process: &ProcessInfo) -> Resource {
-    let mut own = vec![
+    let mut own = Vec::with_capacity(process.attributes.len() + 4);
+    own.extend(process.attributes.iter().cloned());
+    own.extend([
         KeyValue::new("service.name", process.service_name.clone()),
         KeyValue::new("process.pid", i64::from(process.pid)),
-    ];
+    ]);
     if let Some(name) = &process.executable_name {
         own.push(KeyValue::new("process.executable.name", name.clone()));
     }
@@ -87,6 +98,7 @@ mod tests {
             executable_name: Some("checkout-server".into()),
             service_name: "checkout".into(),
             container_id: Some("ab".repeat(32)),
+            attributes: Vec::new(),
         }
     }
 
@@ -111,6 +123,43 @@ mod tests {
         assert_eq!(attr(&resource, "process.executable.name"), None);
         assert_eq!(attr(&resource, "container.id"), None);
         assert_eq!(resource.len(), 2);
+    }
+
+    #[test]
+    fn what_a_process_declares_is_over_the_sidecars_and_under_what_was_measured() {
+        let base = vec![KeyValue::new("host.name", "node-1"), KeyValue::new("k8s.node.name", "node-1")];
+        let process = ProcessInfo {
+            attributes: vec![
+                KeyValue::new("service.version", "2.1"),
+                KeyValue::new("host.name", "app-host"),
+                // A process cannot pass for another.
+                KeyValue::new("process.pid", 1),
+                KeyValue::new("container.id", "forged"),
+            ],
+            ..checkout()
+        };
+        let resource = resource_for(&base, &process);
+        assert_eq!(attr(&resource, "service.version"), Some(Value::from("2.1")));
+        assert_eq!(attr(&resource, "host.name"), Some(Value::from("app-host")));
+        assert_eq!(attr(&resource, "k8s.node.name"), Some(Value::from("node-1")));
+        assert_eq!(attr(&resource, "process.pid"), Some(Value::I64(4242)));
+        assert_eq!(attr(&resource, "container.id"), Some(Value::from("ab".repeat(32))));
+        assert_eq!(attr(&resource, "service.name"), Some(Value::from("checkout")));
+    }
+
+    #[test]
+    fn host_name_is_this_hosts_unless_configured() {
+        let unset = ResourceSettings { attributes: vec![], service_name: "s".into() };
+        let host = base_resource(&unset);
+        let named = |base: &[KeyValue]| base.iter().filter(|kv| kv.key.as_str() == "host.name").count();
+        assert_eq!(named(&host), 1, "{host:?}");
+        let configured = ResourceSettings {
+            attributes: vec![("host.name".into(), "node-7".into())],
+            service_name: "s".into(),
+        };
+        let base = base_resource(&configured);
+        assert_eq!(named(&base), 1, "{base:?}");
+        assert!(base.contains(&KeyValue::new("host.name", "node-7")));
     }
 
     #[test]
