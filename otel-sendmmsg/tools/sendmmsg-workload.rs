@@ -16,6 +16,10 @@
 //!                                         PAYLOAD_BYTES (default 64) back to back, or paced to
 //!                                         CALLS_PER_SECOND in all (0: unpaced); prints one JSON
 //!                                         line at the end (calls, messages, seconds, rates)
+//!     sendmmsg-workload at-pid PID SCENARIO...
+//!                                         runs the scenarios in a child process that gets
+//!                                         exactly pid PID (clone3 with set_tid; root only), as a
+//!                                         reused pid would; exits with the child's status
 
 use otel_sendmmsg::sendmmsg::{gettid, Batch};
 use std::{
@@ -529,8 +533,72 @@ fn loop_spec(args: &[String]) -> io::Result<LoopSpec> {
     Ok(spec)
 }
 
+/// `clone3(2)`'s argument (linux/sched.h), up to `set_tid_size`.
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+}
+
+/// Runs this program with `args` as a child whose pid is `pid`, and waits for it: the kernel
+/// reuses pids, and this makes a reuse happen when a test wants it.
+fn run_at_pid(pid: &str, args: &[String]) -> io::Result<ExitCode> {
+    let pid: libc::pid_t = pid.parse().map_err(|_| io::Error::other("at-pid: PID must be a number"))?;
+    // Everything the child needs is made before the clone: between clone and exec it may only
+    // make system calls.
+    let exe = std::ffi::CString::new("/proc/self/exe").expect("no NUL");
+    let argv: Vec<std::ffi::CString> = std::iter::once("sendmmsg-workload")
+        .chain(args.iter().map(String::as_str))
+        .map(|a| std::ffi::CString::new(a).map_err(|_| io::Error::other("an argument holds a NUL")))
+        .collect::<io::Result<_>>()?;
+    let mut argv_ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+    argv_ptrs.push(std::ptr::null());
+    let set_tid = [pid];
+    let clone = CloneArgs {
+        exit_signal: libc::SIGCHLD as u64,
+        set_tid: set_tid.as_ptr() as u64,
+        set_tid_size: 1,
+        ..CloneArgs::default()
+    };
+    // SAFETY: a valid clone_args of the size given; this program is single-threaded here (it
+    // runs first in main), so the child may run on after the clone until its exec.
+    let child = unsafe { libc::syscall(libc::SYS_clone3, &clone, std::mem::size_of::<CloneArgs>()) };
+    if child < 0 {
+        return Err(io::Error::other(format!("clone3 at pid {pid}: {}", io::Error::last_os_error())));
+    }
+    if child == 0 {
+        // SAFETY: the pointers outlive the call (execv returns only on failure).
+        unsafe {
+            libc::execv(exe.as_ptr(), argv_ptrs.as_ptr());
+            libc::_exit(127);
+        }
+    }
+    let mut status = 0;
+    // SAFETY: waits for our own child.
+    if unsafe { libc::waitpid(child as libc::pid_t, &mut status, 0) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let ok = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
+    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if let (Some("at-pid"), Some(pid)) = (args.first().map(String::as_str), args.get(1)) {
+        return run_at_pid(pid, &args[2..]).unwrap_or_else(|e| {
+            eprintln!("sendmmsg-workload: {e}");
+            ExitCode::FAILURE
+        });
+    }
     let result = match args.first().map(String::as_str) {
         None => Err(io::Error::new(
             io::ErrorKind::InvalidInput,
