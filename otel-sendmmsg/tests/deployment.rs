@@ -1,7 +1,8 @@
 //! The deployment files, checked where no Docker engine, collector or cluster runs: docker-compose
 //! validates the compose file; every collector configuration is complete and has no leftovers;
-//! the Kubernetes manifests hang together; and the Dockerfile, docker-compose.yml and the
-//! DaemonSet grant exactly the capabilities `privileges::CAPABILITIES` lists, no more, no fewer.
+//! the Kubernetes manifests hang together; the agent collector adds Kubernetes metadata by
+//! `container.id` and may read exactly what that needs; and the Dockerfile, docker-compose.yml and
+//! the DaemonSet grant exactly the capabilities `privileges::CAPABILITIES` lists, no more, no fewer.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -202,7 +203,7 @@ fn the_compose_services_connect() {
 /// caught before a collector refuses to start.
 const KNOWN_TYPES: &[(&str, &[&str])] = &[
     ("receivers", &["otlp"]),
-    ("processors", &["memory_limiter", "batch", "resource"]),
+    ("processors", &["memory_limiter", "batch", "resource", "k8sattributes"]),
     ("exporters", &["otlp", "loadbalancing", "debug"]),
     ("extensions", &["health_check"]),
 ];
@@ -344,6 +345,9 @@ fn manifests() -> Vec<(String, Yaml)> {
     docs
 }
 
+/// Kinds that live outside any namespace.
+const CLUSTER_SCOPED: &[&str] = &["Namespace", "ClusterRole", "ClusterRoleBinding"];
+
 fn find<'a>(docs: &'a [(String, Yaml)], kind: &str, name: &str) -> &'a Yaml {
     docs.iter()
         .map(|(_, d)| d)
@@ -366,8 +370,26 @@ fn the_manifests_share_one_namespace_and_their_references_resolve() {
     assert_eq!(namespaces.len(), 1);
     let namespace = string(at(namespaces[0], "metadata.name"), "namespace");
     for (file, doc) in &docs {
-        if doc["kind"].as_str() != Some("Namespace") {
+        let kind = string(&doc["kind"], file);
+        if CLUSTER_SCOPED.contains(&kind.as_str()) {
+            assert!(at(doc, "metadata.namespace").is_badvalue(), "{file}: a {kind} has no namespace");
+        } else {
             assert_eq!(string(at(doc, "metadata.namespace"), file), namespace, "{file}");
+        }
+    }
+    // A binding names a role and service accounts that are all here.
+    for (file, binding) in
+        docs.iter().filter(|(_, d)| matches!(d["kind"].as_str(), Some("ClusterRoleBinding" | "RoleBinding")))
+    {
+        let role = &binding["roleRef"];
+        assert_eq!(string(&role["apiGroup"], file), "rbac.authorization.k8s.io", "{file}");
+        find(&docs, &string(&role["kind"], file), &string(&role["name"], file));
+        let subjects = binding["subjects"].as_vec().unwrap_or_else(|| panic!("{file}: subjects"));
+        assert!(!subjects.is_empty(), "{file}: a binding without subjects");
+        for subject in subjects {
+            assert_eq!(string(&subject["kind"], file), "ServiceAccount", "{file}");
+            assert_eq!(string(&subject["namespace"], file), namespace, "{file}");
+            find(&docs, "ServiceAccount", &string(&subject["name"], file));
         }
     }
     for (file, ds) in docs.iter().filter(|(_, d)| d["kind"].as_str() == Some("DaemonSet")) {
@@ -488,6 +510,192 @@ fn the_agent_runs_the_checked_in_agent_config() {
     assert_eq!(strings(&container["args"], "args"), ["--config=/etc/otelcol-contrib/agent.yaml"]);
     let env: Vec<String> = env_list(container).into_iter().map(|(n, _)| n).collect();
     assert!(env.contains(&"K8S_NODE_NAME".to_owned()), "agent.yaml reads ${{env:K8S_NODE_NAME}}");
+}
+
+/// The agent's k8sattributes processor (the only one of that type).
+fn k8sattributes(agent: &Yaml) -> (String, &Yaml) {
+    let names: Vec<String> = keys(&agent["processors"])
+        .into_iter()
+        .filter(|n| n.split('/').next() == Some("k8sattributes"))
+        .collect();
+    assert_eq!(names.len(), 1, "one k8sattributes processor in agent.yaml: {names:?}");
+    let processor = &agent["processors"][names[0].as_str()];
+    (names[0].clone(), processor)
+}
+
+/// What the k8sattributes processor reads through the API for what it is configured to extract,
+/// as (API group, resource): its README ("Cluster-scoped RBAC", collector 0.129.0) asks for pods
+/// and namespaces always, replicasets for the deployment's name or uid, nodes for the node's uid
+/// or labels and annotations; and deployments for a deployment's labels and annotations.
+fn resources_read_by(processor: &Yaml) -> BTreeSet<(String, String)> {
+    let metadata = as_set(strings(at(processor, "extract.metadata"), "extract.metadata"));
+    let from: BTreeSet<String> = ["labels", "annotations"]
+        .iter()
+        .filter_map(|kind| processor["extract"][*kind].as_vec())
+        .flatten()
+        .map(|rule| if rule["from"].is_badvalue() { "pod".to_owned() } else { string(&rule["from"], "from") })
+        .collect();
+    let mut needed: BTreeSet<(String, String)> =
+        [("", "pods"), ("", "namespaces")].map(|(g, r)| (g.to_owned(), r.to_owned())).into();
+    if metadata.contains("k8s.deployment.name") || metadata.contains("k8s.deployment.uid") {
+        needed.insert(("apps".to_owned(), "replicasets".to_owned()));
+    }
+    if metadata.contains("k8s.node.uid") || from.contains("node") {
+        needed.insert((String::new(), "nodes".to_owned()));
+    }
+    if from.contains("deployment") {
+        needed.insert(("apps".to_owned(), "deployments".to_owned()));
+    }
+    needed
+}
+
+#[test]
+fn the_agent_adds_the_kubernetes_metadata_of_each_spans_container() {
+    let agent = parse("collector-config/agent.yaml");
+    let (name, processor) = k8sattributes(&agent);
+
+    // In every traces and metrics pipeline, after the memory limiter and before the batch.
+    let pipelines = at(&agent, "service.pipelines");
+    assert!(keys(pipelines).iter().any(|p| p.starts_with("traces")), "agent.yaml has a traces pipeline");
+    for pipeline in
+        keys(pipelines).into_iter().filter(|p| p.starts_with("traces") || p.starts_with("metrics"))
+    {
+        let processors = strings(&pipelines[pipeline.as_str()]["processors"], &pipeline);
+        let position = |wanted: &str| {
+            processors
+                .iter()
+                .position(|p| p == wanted)
+                .unwrap_or_else(|| panic!("agent.yaml {pipeline}: no {wanted} in {processors:?}"))
+        };
+        let (limiter, k8s, batch) = (position("memory_limiter"), position(&name), position("batch"));
+        assert!(limiter < k8s && k8s < batch, "agent.yaml {pipeline}: {processors:?}");
+    }
+
+    // It looks pods up itself (not passthrough) with the pod's service account.
+    assert!(!matches!(processor["passthrough"], Yaml::Boolean(true)), "passthrough extracts nothing");
+    if !processor["auth_type"].is_badvalue() {
+        assert_eq!(string(&processor["auth_type"], "auth_type"), "serviceAccount");
+    }
+
+    // By the resource's container.id, and never by connection: every span arrives from the
+    // sidecar, so the connection's address would name the sidecar's pod for all of them (and
+    // an empty list means exactly that).
+    let associations: Vec<Vec<(String, String)>> = processor["pod_association"]
+        .as_vec()
+        .expect("pod_association: a list (none means by connection)")
+        .iter()
+        .map(|association| {
+            association["sources"]
+                .as_vec()
+                .expect("pod_association: sources")
+                .iter()
+                .map(|source| {
+                    let name = if source["name"].is_badvalue() {
+                        String::new()
+                    } else {
+                        string(&source["name"], "name")
+                    };
+                    (string(&source["from"], "from"), name)
+                })
+                .collect()
+        })
+        .collect();
+    let by_container_id = vec![("resource_attribute".to_owned(), "container.id".to_owned())];
+    assert!(associations.contains(&by_container_id), "associated by container.id: {associations:?}");
+    assert!(
+        associations.iter().flatten().all(|(from, _)| from != "connection"),
+        "not by connection: {associations:?}"
+    );
+
+    // What it adds. A container attribute is needed too: without one the processor does not
+    // index pods by their containers' ids, and container.id matches nothing.
+    let metadata = as_set(strings(at(processor, "extract.metadata"), "extract.metadata"));
+    for field in ["k8s.pod.name", "k8s.namespace.name", "k8s.deployment.name", "k8s.container.name"] {
+        assert!(metadata.contains(field), "extract.metadata lacks {field}: {metadata:?}");
+    }
+
+    // Only this node's pods: the variable it reads is the agent's node, from the downward API.
+    let variable = string(at(processor, "filter.node_from_env_var"), "filter.node_from_env_var");
+    let docs = manifests();
+    let daemonset = find(&docs, "DaemonSet", "otel-collector-agent");
+    let container = &at(daemonset, "spec.template.spec.containers")[0];
+    let env = env_list(container);
+    let (_, node) = env
+        .iter()
+        .find(|(n, _)| *n == variable)
+        .unwrap_or_else(|| panic!("the agent's container does not set {variable}"));
+    assert_eq!(string(at(node, "valueFrom.fieldRef.fieldPath"), &variable), "spec.nodeName");
+
+    // Association by container.id matches nothing before collector 0.129.0.
+    let image = string(&container["image"], "image");
+    let (repository, tag) = image.rsplit_once(':').unwrap_or_else(|| panic!("{image}: pinned"));
+    assert_eq!(
+        repository, "otel/opentelemetry-collector-contrib",
+        "the contrib distribution has k8sattributes"
+    );
+    let version: Vec<u32> =
+        tag.split('.').map(|part| part.parse().unwrap_or_else(|_| panic!("{image}: a version"))).collect();
+    assert!(version >= vec![0, 129, 0], "{image}: k8sattributes matches container.id from 0.129.0 on");
+}
+
+#[test]
+fn the_agent_may_read_exactly_what_its_k8sattributes_processor_needs() {
+    let agent = parse("collector-config/agent.yaml");
+    let needed = resources_read_by(k8sattributes(&agent).1);
+    let docs = manifests();
+    let daemonset = find(&docs, "DaemonSet", "otel-collector-agent");
+    let spec = at(daemonset, "spec.template.spec");
+    let account_name = string(&spec["serviceAccountName"], "serviceAccountName");
+    let account = find(&docs, "ServiceAccount", &account_name);
+    let namespace = string(at(daemonset, "metadata.namespace"), "namespace");
+
+    // The pod has the account's token: the pod's setting wins over the account's.
+    let mounted = match spec["automountServiceAccountToken"] {
+        Yaml::Boolean(pod) => pod,
+        _ => account["automountServiceAccountToken"] != Yaml::Boolean(false),
+    };
+    assert!(mounted, "the agent's pod mounts no service account token: the processor cannot read");
+
+    // Everything bound to the account, in every namespace its pods may be: cluster-wide.
+    let bindings: Vec<&Yaml> = docs
+        .iter()
+        .map(|(_, d)| d)
+        .filter(|d| matches!(d["kind"].as_str(), Some("ClusterRoleBinding" | "RoleBinding")))
+        .filter(|d| {
+            d["subjects"].as_vec().is_some_and(|subjects| {
+                subjects.iter().any(|s| {
+                    s["kind"].as_str() == Some("ServiceAccount")
+                        && s["name"].as_str() == Some(account_name.as_str())
+                        && s["namespace"].as_str() == Some(namespace.as_str())
+                })
+            })
+        })
+        .collect();
+    assert!(!bindings.is_empty(), "no ClusterRoleBinding binds the ServiceAccount {account_name}");
+    let mut granted = BTreeSet::new();
+    for binding in bindings {
+        let what = string(at(binding, "metadata.name"), "binding");
+        assert_eq!(string(&binding["kind"], &what), "ClusterRoleBinding", "{what}: pods of all namespaces");
+        assert_eq!(string(at(binding, "roleRef.kind"), &what), "ClusterRole", "{what}");
+        let role = find(&docs, "ClusterRole", &string(at(binding, "roleRef.name"), &what));
+        assert!(role["aggregationRule"].is_badvalue(), "{what}: an aggregated role grants what it collects");
+        for rule in role["rules"].as_vec().unwrap_or_else(|| panic!("{what}: rules")) {
+            // Read only, and all three: the processor lists, then watches.
+            let verbs = as_set(strings(&rule["verbs"], "verbs"));
+            assert_eq!(verbs, ["get", "list", "watch"].map(String::from).into(), "{what}: {rule:?}");
+            assert!(rule["nonResourceURLs"].is_badvalue(), "{what}: {rule:?}");
+            assert!(
+                rule["resourceNames"].is_badvalue(),
+                "{what}: the processor reads every object: {rule:?}"
+            );
+            for group in strings(&rule["apiGroups"], "apiGroups") {
+                for resource in strings(&rule["resources"], "resources") {
+                    granted.insert((group.clone(), resource));
+                }
+            }
+        }
+    }
+    assert_eq!(granted, needed, "granted (API group, resource) vs what the processor reads");
 }
 
 // ---------------------------------------------------------------------------------------------
