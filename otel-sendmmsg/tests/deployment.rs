@@ -754,3 +754,24 @@ fn the_image_gives_the_binary_exactly_the_documented_capabilities_and_runs_as_no
         assert_eq!(string(&build["dockerfile"], service), file);
     }
 }
+
+/// `kubectl apply -f deploy/kubernetes/` applies the files in name order: the namespace must
+/// exist before the first object that lives in it, or a fresh cluster refuses that object.
+#[test]
+fn the_namespace_is_applied_before_anything_in_it() {
+    let docs = manifests();
+    let first_namespaced = docs
+        .iter()
+        .position(|(_, doc)| !at(doc, "metadata.namespace").is_badvalue())
+        .expect("namespaced objects");
+    let namespace = docs
+        .iter()
+        .position(|(_, doc)| at(doc, "kind").as_str() == Some("Namespace"))
+        .expect("a Namespace manifest");
+    assert!(
+        namespace < first_namespaced,
+        "{} (the Namespace) comes after {}, which lives in it",
+        docs[namespace].0,
+        docs[first_namespaced].0
+    );
+}
