@@ -26,7 +26,7 @@ if ! [[ $seconds =~ ^[1-9][0-9]*$ ]]; then
   exit 2
 fi
 CARGO_FUZZ_VERSION=0.13.2
-TARGETS=(records_decode records_structured config proc_files maps_lines elf_symbols)
+TARGETS=(records_decode records_structured config proc_files maps_lines elf_symbols process_context)
 
 log() { printf 'fuzz: %s\n' "$*" >&2; }
 

@@ -43,6 +43,11 @@ int main(int argc, char **argv) {
         perror("socket");
         return 1;
     }
+    /* The resource the sidecar puts this process's spans under (OTEP 4719 process context). */
+    const char *keys[] = {"service.version", "deployment.environment.name"};
+    const char *values[] = {"1.0.0", "example"};
+    if (otel_sendmmsg_publish_resource("publish-example", keys, values, 2) != 0)
+        fprintf(stderr, "publishing the resource failed; the sidecar falls back to the environment\n");
     printf("pid %d\n", getpid());
     if (argc > 2 && strcmp(argv[1], "wait") == 0) {
         char line[16];

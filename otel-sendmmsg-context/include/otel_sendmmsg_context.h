@@ -38,6 +38,24 @@ static inline void otel_sendmmsg_publish(const uint8_t trace_id[16], const uint8
 
 static inline void otel_sendmmsg_clear(void) { otel_sendmmsg_set_context(0, 0, 0, 0); }
 
+#include <stddef.h>
+
+/*
+ * Publishes the process's resource as an OTEP 4719 process context (a mapping named OTEL_CTX),
+ * which the sidecar puts this process's spans under: service_name and `count` string attributes
+ * keys[i]=values[i] (e.g. service.version, service.instance.id, deployment.environment.name),
+ * UTF-8. Called again, it updates the published resource in place. Returns 0, -EINVAL (NULL or
+ * non-UTF-8 string), -E2BIG (over 64 KiB encoded) or -errno of the failed system call.
+ */
+int otel_sendmmsg_publish_resource(const char *service_name, const char *const *keys,
+                                   const char *const *values, size_t count);
+
+/* The same call, named for updates. */
+static inline int otel_sendmmsg_update_resource(const char *service_name, const char *const *keys,
+                                                const char *const *values, size_t count) {
+    return otel_sendmmsg_publish_resource(service_name, keys, values, count);
+}
+
 #ifdef __cplusplus
 }
 #endif

@@ -13,8 +13,55 @@
 //! ```
 //! With the `opentelemetry` feature, [`publish_current`] publishes the current span of the
 //! OpenTelemetry context.
+//!
+//! [`publish_resource`] publishes the application's resource (its `service.name` and other
+//! attributes) as an OTEP 4719 process context, which the sidecar puts its spans under.
+//!
+//! ```no_run
+//! otel_sendmmsg_context::publish_resource("checkout", &[("service.version", "1.4.2")]).unwrap();
+//! ```
 
-use std::cell::Cell;
+use std::{cell::Cell, ffi::c_char};
+
+pub mod process_context;
+pub use process_context::{publish_resource, unpublish_resource, update_resource, PublishError};
+
+/// C: publishes (or, when published already, updates) the process's resource as an OTEP 4719
+/// process context: `service_name` and `count` attributes, `keys[i]` = `values[i]`, all
+/// NUL-terminated UTF-8. Returns 0, `-EINVAL` for a NULL or non-UTF-8 string, `-E2BIG` for a
+/// resource over 64 KiB encoded, or `-errno` of the system call that failed.
+///
+/// # Safety
+/// `service_name` is a valid C string; `keys` and `values` point to `count` valid C strings each
+/// (or may be NULL when `count` is 0).
+#[no_mangle]
+pub unsafe extern "C" fn otel_sendmmsg_publish_resource(
+    service_name: *const c_char,
+    keys: *const *const c_char,
+    values: *const *const c_char,
+    count: usize,
+) -> i32 {
+    // SAFETY: as the caller promises.
+    let text = |p: *const c_char| {
+        (!p.is_null()).then(|| unsafe { std::ffi::CStr::from_ptr(p) }.to_str().ok()).flatten()
+    };
+    let Some(service_name) = text(service_name) else { return -libc::EINVAL };
+    let mut attributes = Vec::with_capacity(count);
+    for i in 0..count {
+        if keys.is_null() || values.is_null() {
+            return -libc::EINVAL;
+        }
+        // SAFETY: `i` < `count` entries of each array, as the caller promises.
+        let (key, value) = unsafe { (text(*keys.add(i)), text(*values.add(i))) };
+        let (Some(key), Some(value)) = (key, value) else { return -libc::EINVAL };
+        attributes.push((key, value));
+    }
+    match publish_resource(service_name, &attributes) {
+        Ok(()) => 0,
+        Err(PublishError::TooLarge) => -libc::E2BIG,
+        Err(PublishError::Os(errno)) => -errno,
+    }
+}
 
 /// The W3C "sampled" trace flag; only sampled spans become parents (others are not exported).
 pub const SAMPLED: u64 = 1;

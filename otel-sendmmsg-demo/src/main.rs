@@ -78,9 +78,18 @@ fn publish_batch(socket: &UdpSocket, batch: usize, seq: u64) {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let service = std::env::var("OTEL_SERVICE_NAME").unwrap_or_else(|_| "my-app".into());
+    let resource = Resource::builder().with_service_name(service.clone()).build();
+    // The same resource for the sidecar, as an OTEP 4719 process context: its sendmmsg spans go
+    // under exactly the resource of this app's own spans (the library publishes strings).
+    let attributes: Vec<(String, String)> =
+        resource.iter().map(|(k, v)| (k.to_string(), v.as_str().into_owned())).collect();
+    let attributes: Vec<(&str, &str)> = attributes.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    if let Err(e) = otel_sendmmsg_context::publish_resource(&service, &attributes) {
+        eprintln!("publishing the process context: {e}; the sidecar reads the environment instead");
+    }
     let provider = SdkTracerProvider::builder()
         .with_batch_exporter(opentelemetry_otlp::SpanExporter::builder().build()?)
-        .with_resource(Resource::builder().with_service_name(service).build())
+        .with_resource(resource)
         .build();
     global::set_tracer_provider(provider.clone());
 

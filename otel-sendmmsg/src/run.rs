@@ -147,6 +147,7 @@ impl Pipeline {
             ("spans", self.spans),
             ("undecodable_records", self.undecodable),
             ("process_metadata_unavailable", self.metadata_unavailable),
+            ("process_contexts_refused", self.processes.contexts_refused()),
             ("context_files_refused", self.context_files_refused.load(Ordering::Relaxed)),
         ]);
         counts.extend(export_counters(&self.exporter.stats()));
@@ -339,7 +340,7 @@ pub async fn run(config: Config, mut signals: StopSignals) -> Result<()> {
             }
             _ = sweep.tick() => {
                 // Read on a resolver thread; the answer comes back through the drain.
-                pipeline.resolver.submit(Job::Sweep(pipeline.processes.pids()));
+                pipeline.resolver.submit(Job::Sweep(pipeline.processes.to_sweep()));
                 sweep_inflight(&mut probes);
             }
         }
@@ -358,6 +359,7 @@ pub async fn run(config: Config, mut signals: StopSignals) -> Result<()> {
     let mut counts = vec![
         ("undecodable_records", pipeline.undecodable),
         ("process_metadata_unavailable", pipeline.metadata_unavailable),
+        ("process_contexts_refused", pipeline.processes.contexts_refused()),
         ("context_files_refused", pipeline.context_files_refused.load(Ordering::Relaxed)),
     ];
     match probes.counters() {

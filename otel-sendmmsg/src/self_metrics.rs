@@ -47,6 +47,8 @@ const METRICS: &[(&str, &str, Option<&str>)] = &[
     // Spans still delivered, under a resource named after their thread.
     ("process_metadata_unavailable", "otel_sendmmsg.processes.unread", None),
     ("context_files_refused", "otel_sendmmsg.context_files.refused", None),
+    // Processes still described, from their environment instead of their process context.
+    ("process_contexts_refused", "otel_sendmmsg.process_contexts.refused", None),
 ];
 
 /// Not a running total: the calls inside `sendmmsg` right now.
@@ -202,6 +204,9 @@ fn description(metric: &str) -> &'static str {
         }
         "otel_sendmmsg.context_files.refused" => {
             "files exporting the context marker left unattached at OTEL_SENDMMSG_MAX_CONTEXT_FILES"
+        }
+        "otel_sendmmsg.process_contexts.refused" => {
+            "reads of a process's OTEP 4719 process context refused (torn, malformed or over the bounds): its resource came from its environment"
         }
         _ => "",
     }

@@ -20,6 +20,13 @@
 //!                                         runs the scenarios in a child process that gets
 //!                                         exactly pid PID (clone3 with set_tid; root only), as a
 //!                                         reused pid would; exits with the child's status
+//!
+//! `$WORKLOAD_PROCESS_CONTEXT=KIND[:KEY=VALUE,...]` first publishes an OTEP 4719 process context
+//! with these string attributes, written here to the OTEP's layout (not through our context
+//! library, so the sidecar is checked against an independent writer): KIND `valid`, `torn`
+//! (its timestamp left at 0, forever mid-update) or `malformed` (a payload that is not
+//! protobuf). `$WORKLOAD_PROCESS_CONTEXT_UPDATE=SECONDS:KEY=VALUE,...` republishes it with these
+//! attributes after SECONDS, by the OTEP's updating protocol.
 
 use otel_sendmmsg::sendmmsg::{gettid, Batch};
 use std::{
@@ -591,13 +598,145 @@ fn run_at_pid(pid: &str, args: &[String]) -> io::Result<ExitCode> {
     Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
+/// A process context published by this process: the header's page, and the payloads it has
+/// pointed to (kept, so a pointer never dangles).
+struct PublishedContext {
+    header: *mut u8,
+    payloads: Vec<Vec<u8>>,
+}
+
+// SAFETY: the page is written by one thread at a time (the update thread, after main is done
+// with it).
+unsafe impl Send for PublishedContext {}
+
+/// `KEY=VALUE,...` as a `ProcessContext{resource = 1}` payload.
+fn context_payload(attributes: &str) -> Vec<u8> {
+    use opentelemetry_proto::tonic::{
+        common::v1::{any_value::Value, AnyValue, KeyValue},
+        resource::v1::Resource,
+    };
+    use prost::Message;
+    let attributes = attributes
+        .split(',')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| KeyValue {
+            key: k.into(),
+            value: Some(AnyValue { value: Some(Value::StringValue(v.into())) }),
+            ..Default::default()
+        })
+        .collect();
+    let resource = Resource { attributes, ..Default::default() }.encode_to_vec();
+    // Field 1, length-delimited.
+    let mut payload = vec![0x0a];
+    prost::encoding::encode_varint(resource.len() as u64, &mut payload);
+    payload.extend(resource);
+    payload
+}
+
+fn boottime_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: a valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// `$WORKLOAD_PROCESS_CONTEXT`: maps a memfd named OTEL_CTX as the OTEP's publication protocol
+/// does, and writes the header last-timestamp-last.
+fn publish_context(spec: &str) -> io::Result<PublishedContext> {
+    let (kind, attributes) = spec.split_once(':').unwrap_or((spec, ""));
+    // SAFETY: plain syscalls; the mapping lives to the end of the process.
+    let header = unsafe {
+        let fd = libc::memfd_create(c"OTEL_CTX".as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING);
+        if fd < 0 || libc::ftruncate(fd, 4096) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let page = libc::mmap(
+            std::ptr::null_mut(),
+            4096,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE,
+            fd,
+            0,
+        );
+        libc::close(fd);
+        if page == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        libc::madvise(page, 4096, libc::MADV_DONTFORK);
+        page.cast::<u8>()
+    };
+    let payload = match kind {
+        "valid" | "torn" => context_payload(attributes),
+        "malformed" => vec![0xff; 64],
+        other => return Err(io::Error::other(format!("WORKLOAD_PROCESS_CONTEXT: unknown kind {other:?}"))),
+    };
+    // SAFETY: the header lies in the page mapped above, 8-byte aligned.
+    unsafe {
+        std::ptr::copy_nonoverlapping(b"OTEL_CTX".as_ptr(), header, 8);
+        header.add(8).cast::<u32>().write_volatile(2);
+        header.add(12).cast::<u32>().write_volatile(payload.len() as u32);
+        header.add(24).cast::<u64>().write_volatile(payload.as_ptr() as u64);
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+        let stamp = if kind == "torn" { 0 } else { boottime_ns() };
+        (*header.add(16).cast::<std::sync::atomic::AtomicU64>())
+            .store(stamp, std::sync::atomic::Ordering::SeqCst);
+        libc::prctl(0x5356_4d41, 0, header as libc::c_ulong, 4096, c"OTEL_CTX".as_ptr());
+    }
+    Ok(PublishedContext { header, payloads: vec![payload] })
+}
+
+/// The OTEP's updating protocol: timestamp 0, new payload fields, a new (later) timestamp.
+fn update_context(context: &mut PublishedContext, attributes: &str) {
+    use std::sync::atomic::{fence, AtomicU64, Ordering};
+    let payload = context_payload(attributes);
+    // SAFETY: the header page of `publish_context`, which is never unmapped.
+    unsafe {
+        let stamp = &*context.header.add(16).cast::<AtomicU64>();
+        let old = stamp.swap(0, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        context.header.add(12).cast::<u32>().write_volatile(payload.len() as u32);
+        context.header.add(24).cast::<u64>().write_volatile(payload.as_ptr() as u64);
+        fence(Ordering::SeqCst);
+        stamp.store(boottime_ns().max(old + 1), Ordering::SeqCst);
+    }
+    context.payloads.push(payload);
+}
+
+/// `$WORKLOAD_PROCESS_CONTEXT` and `$WORKLOAD_PROCESS_CONTEXT_UPDATE`, if set.
+fn process_context_from_env() -> io::Result<()> {
+    let Ok(spec) = std::env::var("WORKLOAD_PROCESS_CONTEXT") else { return Ok(()) };
+    let mut context = publish_context(&spec)?;
+    match std::env::var("WORKLOAD_PROCESS_CONTEXT_UPDATE") {
+        Ok(update) => {
+            let (after, attributes) = update.split_once(':').unwrap_or((&update, ""));
+            let after: f64 = after
+                .parse()
+                .map_err(|_| io::Error::other("WORKLOAD_PROCESS_CONTEXT_UPDATE: bad SECONDS"))?;
+            let attributes = attributes.to_owned();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_secs_f64(after));
+                update_context(&mut context, &attributes);
+                // Kept published to the end of the process.
+                std::mem::forget(context);
+            });
+        }
+        Err(_) => std::mem::forget(context),
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    // Before the context is published: the child of at-pid publishes its own.
     if let (Some("at-pid"), Some(pid)) = (args.first().map(String::as_str), args.get(1)) {
         return run_at_pid(pid, &args[2..]).unwrap_or_else(|e| {
             eprintln!("sendmmsg-workload: {e}");
             ExitCode::FAILURE
         });
+    }
+    if let Err(e) = process_context_from_env() {
+        eprintln!("sendmmsg-workload: publishing the process context: {e}");
+        return ExitCode::FAILURE;
     }
     let result = match args.first().map(String::as_str) {
         None => Err(io::Error::new(

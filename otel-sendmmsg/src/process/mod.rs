@@ -12,12 +12,19 @@
 //! name not seen before for a cached pid has the entry checked at once (one read of
 //! `/proc/PID/stat`): its spans carry the new program from its first call, not from the next
 //! sweep.
+//!
+//! What a process declares about itself comes first from the OTEP 4719 process context its SDK
+//! publishes ([`process_context`]), else from its environment. A context is re-checked by each
+//! sweep (one 8-byte read of its timestamp): a process that publishes again has its entry
+//! forgotten and read anew at its next call, so its spans carry the new resource at most one
+//! sweep period ([`crate::run`]: 10 s) after the update.
 
 use std::{num::NonZeroUsize, path::Path, sync::Arc};
 
 use lru::LruCache;
 
 pub mod identity;
+pub mod process_context;
 pub mod read;
 pub mod resolver;
 
@@ -40,14 +47,15 @@ pub struct ProcessInfo {
     /// `/proc/PID/stat`) when that link cannot be read (a kernel thread, a zombie), or the
     /// calling thread's name when the process was gone before it was looked at.
     pub executable_name: Option<String>,
-    /// `service.name`: the process's own `OTEL_SERVICE_NAME` when it has one, else the
-    /// `service.name` of its `OTEL_RESOURCE_ATTRIBUTES`, else its executable name, else
-    /// [`UNKNOWN_SERVICE`].
+    /// `service.name`: the one of the process's context when it publishes a valid one with a
+    /// service name, else its own `OTEL_SERVICE_NAME`, else the `service.name` of its
+    /// `OTEL_RESOURCE_ATTRIBUTES`, else its executable name, else [`UNKNOWN_SERVICE`].
     pub service_name: String,
     /// `container.id`, from `/proc/PID/cgroup`, when the process runs in a container.
     pub container_id: Option<String>,
-    /// The rest of the resource the process declares (its `OTEL_RESOURCE_ATTRIBUTES`: e.g.
-    /// `service.namespace`, `service.version`, `deployment.environment.name`).
+    /// The rest of the resource the process declares, from its process context when it
+    /// publishes a valid one, else from its `OTEL_RESOURCE_ATTRIBUTES` (e.g. `service.namespace`,
+    /// `service.version`, `deployment.environment.name`).
     pub attributes: Vec<opentelemetry::KeyValue>,
 }
 
@@ -71,6 +79,9 @@ impl ProcessInfo {
 /// [`ProcessCache::apply`] takes its answer in.
 pub struct ProcessCache {
     entries: LruCache<u32, Entry>,
+    /// Reads that found a process context and refused it (torn, malformed, over the bounds):
+    /// those processes were described from their environment. For the summary.
+    contexts_refused: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -87,6 +98,11 @@ pub struct Entry {
     /// Names of the threads whose calls were checked against this entry; at most
     /// [`THREAD_NAMES`], beyond which new names are left to the sweep.
     threads: Vec<String>,
+    /// The process context the entry was read from, which each sweep checks is still the one
+    /// published.
+    context: Option<process_context::Stamp>,
+    /// The read found a process context and refused it.
+    context_refused: bool,
 }
 
 /// What a resolver thread must do for a call of `pid` from thread `comm`.
@@ -117,7 +133,7 @@ pub enum ReadOutcome {
 
 impl ProcessCache {
     pub fn new(capacity: NonZeroUsize) -> ProcessCache {
-        ProcessCache { entries: LruCache::new(capacity) }
+        ProcessCache { entries: LruCache::new(capacity), contexts_refused: 0 }
     }
 
     /// The process `pid` for a call from thread `comm`, if the cache can say without reading
@@ -161,6 +177,7 @@ impl ProcessCache {
                 self.entries.get_mut(&request.pid).expect("just put")
             }
             (ReadOutcome::Read(entry), _) => {
+                self.contexts_refused += u64::from(entry.context_refused);
                 self.entries.put(request.pid, entry);
                 self.entries.get_mut(&request.pid).expect("just put")
             }
@@ -188,22 +205,32 @@ impl ProcessCache {
         self.entries.iter().map(|(pid, _)| *pid).collect()
     }
 
+    /// What a sweep must look at: each pid, with the process context its entry was read from.
+    pub fn to_sweep(&self) -> Vec<(u32, Option<process_context::Stamp>)> {
+        self.entries.iter().map(|(pid, entry)| (*pid, entry.context)).collect()
+    }
+
+    /// Process contexts found and refused so far (see [`process_context::Refused`]).
+    pub fn contexts_refused(&self) -> u64 {
+        self.contexts_refused
+    }
+
     /// Forgets processes that are no longer what their entry describes, given each one's
     /// identity now (`None`: gone): at once when the pid now belongs to another process (another
     /// start time) or the process changed its name (an `exec`, which may bring another
-    /// executable and environment); one sweep after it is first found gone. Returns how many
-    /// entries were forgotten.
-    pub fn apply_sweep(&mut self, now: Vec<(u32, Option<Stat>)>) -> usize {
+    /// executable and environment) or published its process context again; one sweep after it
+    /// is first found gone. Returns how many entries were forgotten.
+    pub fn apply_sweep(&mut self, now: Vec<Checked>) -> usize {
         let mut forgotten = 0;
-        for (pid, now) in now {
+        for Checked { pid, stat, republished } in now {
             let Some(entry) = self.entries.peek_mut(&pid) else { continue };
-            let forget = match now {
+            let forget = match stat {
                 None if entry.gone => true,
                 None => {
                     entry.gone = true;
                     false
                 }
-                Some(now) => entry.identity.as_ref() != Some(&now),
+                Some(now) => entry.identity.as_ref() != Some(&now) || republished,
             };
             if forget {
                 self.entries.pop(&pid);
@@ -231,6 +258,8 @@ impl Entry {
             provisional,
             info: Arc::new(ProcessInfo::from_comm(pid, comm)),
             threads: vec![comm.to_owned()],
+            context: None,
+            context_refused: false,
         }
     }
 }
@@ -260,9 +289,30 @@ pub fn read_process(root: &Path, request: &ReadRequest) -> ReadOutcome {
         .and_then(|target| executable_name(&target))
         .or_else(|| (!stat.comm.is_empty()).then(|| stat.comm.clone()))
         .or_else(|| (!comm.is_empty()).then(|| comm.clone()));
-    let declared = read::open(&dir, "environ")
-        .map(|environ| declared_in_environ(environ, read::ENVIRON_SCAN_CAP))
-        .unwrap_or_default();
+    let environ = || {
+        read::open(&dir, "environ")
+            .map(|environ| declared_in_environ(environ, read::ENVIRON_SCAN_CAP))
+            .unwrap_or_default()
+    };
+    // The process context, when valid, is the resource the app's own spans carry; the
+    // environment is what it was started with, and stands in for a missing or refused context.
+    // A refused one keeps its stamp too: the sweep reads the process again once it publishes anew.
+    let (stamp, context_refused, declared) = match process_context::read(root, *pid) {
+        Ok(Some(context)) => {
+            let service_name = context.service_name.or_else(|| environ().service_name);
+            let declared =
+                identity::Declared { service_name, attributes: context.attributes, refused: false };
+            (Some(context.stamp), false, declared)
+        }
+        Ok(None) => (None, false, environ()),
+        Err(refused) => {
+            tracing::debug!(
+                "process {pid}: its process context is refused ({}); its environment is read",
+                refused.why
+            );
+            (refused.stamp, true, environ())
+        }
+    };
     let service_name = declared
         .service_name
         .or_else(|| executable_name.clone())
@@ -283,6 +333,8 @@ pub fn read_process(root: &Path, request: &ReadRequest) -> ReadOutcome {
         provisional: false,
         info: Arc::new(info),
         threads: vec![comm.clone()],
+        context: stamp,
+        context_refused,
     })
 }
 
@@ -298,9 +350,27 @@ pub fn start_ticks(start_ns: u64) -> Option<u64> {
     (start_ns != 0).then(|| start_ns / ns_per_tick)
 }
 
-/// Each pid's identity now, for [`ProcessCache::apply_sweep`]; on a resolver thread.
-pub fn read_identities(root: &Path, pids: Vec<u32>) -> Vec<(u32, Option<Stat>)> {
-    pids.into_iter().map(|pid| (pid, read_stat(&root.join(pid.to_string())))).collect()
+/// What a sweep found of one cached process.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Checked {
+    pub pid: u32,
+    /// Its identity now; `None`: gone.
+    pub stat: Option<Stat>,
+    /// The process context its entry was read from is no longer the one published.
+    pub republished: bool,
+}
+
+/// Each process's identity now, and whether its context changed, for
+/// [`ProcessCache::apply_sweep`]; on a resolver thread.
+pub fn read_identities(root: &Path, processes: Vec<(u32, Option<process_context::Stamp>)>) -> Vec<Checked> {
+    processes
+        .into_iter()
+        .map(|(pid, context)| Checked {
+            pid,
+            stat: read_stat(&root.join(pid.to_string())),
+            republished: context.is_some_and(|stamp| !process_context::still_published(pid, stamp)),
+        })
+        .collect()
 }
 
 /// What identifies a process behind a pid: its start time (clock ticks after boot) and name.
@@ -527,8 +597,8 @@ mod tests {
         }
 
         fn sweep(&mut self) -> usize {
-            let pids = self.cache.pids();
-            self.cache.apply_sweep(read_identities(&self.root, pids))
+            let processes = self.cache.to_sweep();
+            self.cache.apply_sweep(read_identities(&self.root, processes))
         }
 
         fn len(&self) -> usize {
@@ -723,6 +793,65 @@ mod tests {
         // ...which never answers for the old process's late records.
         assert_eq!(cache.get_started(60, Some(400), "old-sender").service_name, "old-sender");
         assert_eq!(cache.get_started(60, Some(500), "liar").service_name, "victim");
+    }
+
+    #[test]
+    fn a_process_context_comes_before_the_environment_and_a_refused_one_is_counted() {
+        let proc = FakeProc::new("context");
+        // The process is this one (its memory is read for real); its maps are the test's.
+        let me = std::process::id();
+        let environ = b"OTEL_SERVICE_NAME=from-env\0OTEL_RESOURCE_ATTRIBUTES=service.version=env,team=env\0";
+        proc.process(me, "app", 100, "/srv/app", environ, "");
+        let mut page = vec![0u8; 4096];
+        let context =
+            [("service.name", "from-context"), ("service.version", "2.0"), ("service.instance.id", "i-9")];
+        process_context::lay_out_for_test(&mut page, 7, &context);
+        let start = page.as_ptr() as u64;
+        let maps = format!("{start:x}-{:x} rw-p 00000000 00:00 0    [anon:OTEL_CTX]\n", start + 4096);
+        std::fs::write(proc.0.join(format!("{me}/maps")), maps).unwrap();
+        let mut cache = proc.cache(4);
+        let info = cache.get(me, "app");
+        assert_eq!(info.service_name, "from-context");
+        assert_eq!(
+            info.attributes,
+            vec![
+                opentelemetry::KeyValue::new("service.version", "2.0"),
+                opentelemetry::KeyValue::new("service.instance.id", "i-9"),
+            ],
+            "the context's resource whole, nothing of the environment's"
+        );
+        assert_eq!(cache.cache.contexts_refused(), 0);
+        assert_eq!(cache.sweep(), 0, "still the same publication");
+
+        // Published again: the sweep forgets the entry, the next call reads the new resource.
+        process_context::lay_out_for_test(&mut page, 8, &[("service.name", "renamed")]);
+        assert_eq!(cache.sweep(), 1);
+        let info = cache.get(me, "app");
+        assert_eq!((info.service_name.as_str(), info.attributes.len()), ("renamed", 0));
+
+        // Without a service name, the environment's.
+        process_context::lay_out_for_test(&mut page, 9, &[("service.version", "3")]);
+        cache.sweep();
+        assert_eq!(cache.get(me, "app").service_name, "from-env");
+
+        // Torn (being updated at every read), then malformed: the environment, and counted.
+        page[16..24].fill(0);
+        cache.sweep();
+        let info = cache.get(me, "app");
+        assert_eq!(info.service_name, "from-env");
+        assert_eq!(
+            info.attributes,
+            vec![
+                opentelemetry::KeyValue::new("service.version", "env"),
+                opentelemetry::KeyValue::new("team", "env")
+            ]
+        );
+        assert_eq!(cache.cache.contexts_refused(), 1);
+        process_context::lay_out_for_test(&mut page, 10, &[("service.name", "x")]);
+        page[64] = 0xff;
+        assert_eq!(cache.sweep(), 1);
+        assert_eq!(cache.get(me, "app").service_name, "from-env");
+        assert_eq!(cache.cache.contexts_refused(), 2);
     }
 
     #[test]

@@ -22,7 +22,7 @@ use std::{
 
 use tracing::warn;
 
-use super::{read_identities, read_process, ReadOutcome, ReadRequest, Stat};
+use super::{process_context::Stamp, read_identities, read_process, Checked, ReadOutcome, ReadRequest};
 
 /// Threads that read at once while none is stalled: one read waits on the disk now and then.
 const THREADS: usize = 2;
@@ -33,14 +33,15 @@ pub const STALLED_AFTER: Duration = Duration::from_secs(1);
 
 pub enum Job {
     Read(ReadRequest),
-    /// The identities of these pids now.
-    Sweep(Vec<u32>),
+    /// The identities of these pids now, and whether these process contexts are still the ones
+    /// published.
+    Sweep(Vec<(u32, Option<Stamp>)>),
 }
 
 pub enum Answer {
     /// `None`: not read, because a read of another process of the same user is stalled.
     Read(ReadRequest, Option<ReadOutcome>),
-    Sweep(Vec<(u32, Option<Stat>)>),
+    Sweep(Vec<Checked>),
 }
 
 /// What each thread is doing, shared with the event loop's checks.
