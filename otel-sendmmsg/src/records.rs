@@ -4,9 +4,49 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use otel_sendmmsg_common::{
-    name_status, record_flags, CallRecord, Destination, MessageResult, SocketInfo, TraceContext,
-    DETAIL_OFFSET, MAX_VLEN, RECORD_VERSION,
+    identity_flags, name_status, record_flags, CallRecord, Destination, IdentityRecord, MessageResult,
+    SocketInfo, TraceContext, DETAIL_OFFSET, ENV_PAGE, ENV_WINDOW, IDENTITY_NAME_LEN,
+    IDENTITY_RECORD_VERSION, MAX_VLEN, RECORD_VERSION,
 };
+
+/// One ring-buffer item: a call, or the identity of a process, sent before its first call's.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Record {
+    Call(Call),
+    Identity(Identity),
+}
+
+/// Who a process was at its first traced call (or its first after an `exec`), as the kernel
+/// read it then. Everything in it is the process's to shape.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Identity {
+    pub pid: u32,
+    /// When the process started, ns after boot, as in [`Call::process_start_ns`].
+    pub process_start_ns: u64,
+    /// The process's name (its thread group leader's), as `/proc/PID/stat` shows it.
+    pub comm: String,
+    /// The executable's file name, when it could be read.
+    pub executable: Option<String>,
+    /// Its cgroup v2 directory's name and its parent's, when they could be read.
+    pub cgroup: Option<String>,
+    pub cgroup_parent: Option<String>,
+    pub cgroup_id: u64,
+    /// The environment block, or as much of its start as was read.
+    pub environ: Vec<u8>,
+    /// `environ` is the whole block (nothing past the window, no page unreadable).
+    pub environ_complete: bool,
+    /// Bits of `identity_flags` as the kernel set them.
+    pub flags: u32,
+}
+
+impl Identity {
+    /// Something the kernel could not read: the environment past its window or a page of it,
+    /// the executable, or the cgroup.
+    pub fn incomplete(&self) -> bool {
+        !self.environ_complete
+            || self.flags & (identity_flags::EXE_UNREADABLE | identity_flags::CGROUP_UNREADABLE) != 0
+    }
+}
 
 /// One `sendmmsg` call, as the kernel saw it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -125,6 +165,8 @@ pub enum DecodeError {
     FailedExceedsSeen { failed: u32, seen: u32 },
     #[error("record ends at {end_ns} ns, before it starts at {start_ns} ns")]
     EndsBeforeStart { start_ns: u64, end_ns: u64 },
+    #[error("identity record claims {what} = {value}, beyond its bounds")]
+    IdentityOutOfBounds { what: &'static str, value: u64 },
 }
 
 /// Decodes one ring-buffer item (a one-off [`Decoder`]).
@@ -147,7 +189,15 @@ impl Default for Decoder {
 }
 
 impl Decoder {
-    /// Decodes one ring-buffer item.
+    /// Decodes one ring-buffer item of either kind: the first `u32` tells them apart.
+    pub fn decode_record(&mut self, bytes: &[u8]) -> Result<Record, DecodeError> {
+        match bytes.get(..4).map(|b| u32::from_ne_bytes(b.try_into().expect("4 bytes"))) {
+            Some(IDENTITY_RECORD_VERSION) => decode_identity(bytes).map(Record::Identity),
+            _ => self.decode(bytes).map(Record::Call),
+        }
+    }
+
+    /// Decodes one ring-buffer item that must be a call record.
     pub fn decode(&mut self, bytes: &[u8]) -> Result<Call, DecodeError> {
         // The header's first two u32 are the layout version and size, whatever the layout.
         if bytes.len() >= 4 {
@@ -174,6 +224,71 @@ impl Decoder {
         }
         check_and_convert(rec, bytes.len())
     }
+}
+
+/// Decodes an identity record, read field by field from the item (33 KiB: never copied whole).
+pub fn decode_identity(bytes: &[u8]) -> Result<Identity, DecodeError> {
+    use core::mem::offset_of;
+    let layout = size_of::<IdentityRecord>();
+    if bytes.len() != layout {
+        return Err(DecodeError::SizeMismatch { got: bytes.len(), expected: layout });
+    }
+    let u32_at = |at: usize| u32::from_ne_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
+    let u64_at = |at: usize| u64::from_ne_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
+    let size = u32_at(offset_of!(IdentityRecord, size)) as usize;
+    if size != layout {
+        return Err(DecodeError::SizeMismatch { got: size, expected: layout });
+    }
+    let out_of_bounds = |what, value: u64| DecodeError::IdentityOutOfBounds { what, value };
+    // A name: its bytes up to the claimed length (refused past the field) and any NUL.
+    let name = |field: usize, len_field: usize, what| -> Result<Option<String>, DecodeError> {
+        let len = u32_at(len_field) as usize;
+        if len >= IDENTITY_NAME_LEN {
+            return Err(out_of_bounds(what, len as u64));
+        }
+        let raw = &bytes[field..field + len];
+        let raw = raw.split(|&b| b == 0).next().unwrap_or_default();
+        Ok((!raw.is_empty()).then(|| String::from_utf8_lossy(raw).into_owned()))
+    };
+    let executable =
+        name(offset_of!(IdentityRecord, exe), offset_of!(IdentityRecord, exe_len), "exe_len")?;
+    let cgroup =
+        name(offset_of!(IdentityRecord, cgroup), offset_of!(IdentityRecord, cgroup_len), "cgroup_len")?;
+    let cgroup_parent = name(
+        offset_of!(IdentityRecord, cgroup_parent),
+        offset_of!(IdentityRecord, cgroup_parent_len),
+        "cgroup_parent_len",
+    )?;
+    let skip = u32_at(offset_of!(IdentityRecord, env_skip)) as usize;
+    let read = u32_at(offset_of!(IdentityRecord, env_read)) as usize;
+    let claimed = u64_at(offset_of!(IdentityRecord, env_len));
+    if skip >= ENV_PAGE {
+        return Err(out_of_bounds("env_skip", skip as u64));
+    }
+    if read > ENV_WINDOW || read % ENV_PAGE != 0 {
+        return Err(out_of_bounds("env_read", read as u64));
+    }
+    // The block within what was read; the claimed length is the process's to make up.
+    let end = (skip as u64).saturating_add(claimed);
+    let available = read.min(usize::try_from(end).unwrap_or(usize::MAX));
+    let env = offset_of!(IdentityRecord, env);
+    let environ = bytes[env + skip.min(available)..env + available].to_vec();
+    let flags = u32_at(offset_of!(IdentityRecord, flags));
+    let comm = &bytes[offset_of!(IdentityRecord, comm)..offset_of!(IdentityRecord, comm) + 16];
+    let comm = comm.split(|&b| b == 0).next().unwrap_or_default();
+    Ok(Identity {
+        pid: u32_at(offset_of!(IdentityRecord, pid)),
+        process_start_ns: u64_at(offset_of!(IdentityRecord, process_start_ns)),
+        comm: String::from_utf8_lossy(comm).into_owned(),
+        executable,
+        cgroup,
+        cgroup_parent,
+        cgroup_id: u64_at(offset_of!(IdentityRecord, cgroup_id)),
+        environ,
+        environ_complete: end <= read as u64
+            && flags & (identity_flags::ENV_CUT | identity_flags::ENV_UNREADABLE) == 0,
+        flags,
+    })
 }
 
 fn check_and_convert(rec: &CallRecord, len: usize) -> Result<Call, DecodeError> {

@@ -17,6 +17,8 @@ use std::{num::NonZeroUsize, path::Path, sync::Arc};
 
 use lru::LruCache;
 
+use crate::records::Identity;
+
 pub mod identity;
 pub mod read;
 pub mod resolver;
@@ -71,6 +73,9 @@ impl ProcessInfo {
 /// [`ProcessCache::apply`] takes its answer in.
 pub struct ProcessCache {
     entries: LruCache<u32, Entry>,
+    /// Counts the identities taken in ([`ProcessCache::capture`]), so a read's answer can tell
+    /// whether it was asked for the capture the entry holds now.
+    captures: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -87,6 +92,38 @@ pub struct Entry {
     /// Names of the threads whose calls were checked against this entry; at most
     /// [`THREAD_NAMES`], beyond which new names are left to the sweep.
     threads: Vec<String>,
+    /// Made from the identity the kernel captured at the process's first call: it answers for
+    /// every thread of the process, with no `/proc` read, until the kernel captures it again
+    /// (after an `exec`) or the process is swept.
+    capture: Option<Capture>,
+}
+
+#[derive(Clone, Debug)]
+struct Capture {
+    /// Which capture of [`ProcessCache::captures`] this is.
+    number: u64,
+    /// What the kernel's capture alone says, to tell a repeat of it (another thread's first
+    /// call, an entry the kernel's map evicted) from a new one.
+    captured: Arc<ProcessInfo>,
+    /// The environment block was read whole (else the variables may lie past what was read).
+    environ_complete: bool,
+    /// Something was missing and a `/proc` read to complete it is under way.
+    completing: bool,
+}
+
+/// What [`ProcessCache::capture`] made of a captured identity.
+#[derive(Debug)]
+pub enum Captured {
+    /// The same as the one the entry already holds: nothing to do.
+    Repeat,
+    New {
+        /// For the calls of the pid still waiting for a `/proc` read: they came before this
+        /// capture, so it does not describe them (it may follow an `exec`); this does.
+        earlier: Option<Arc<ProcessInfo>>,
+        /// The capture lacks something: read `/proc` for it while the process may still live.
+        /// Its calls wait for the answer as for any read.
+        read: Option<ReadRequest>,
+    },
 }
 
 /// What a resolver thread must do for a call of `pid` from thread `comm`.
@@ -101,6 +138,8 @@ pub struct ReadRequest {
     /// The identity the cache holds for `pid` (a thread name not seen before: perhaps the
     /// first call after an exec), or `None` when nothing is cached.
     pub known: Option<Option<Stat>>,
+    /// The kernel capture this read completes ([`Captured::New`]), by number.
+    pub completes: Option<u64>,
 }
 
 /// A resolver thread's answer to a [`ReadRequest`].
@@ -117,7 +156,60 @@ pub enum ReadOutcome {
 
 impl ProcessCache {
     pub fn new(capacity: NonZeroUsize) -> ProcessCache {
-        ProcessCache { entries: LruCache::new(capacity) }
+        ProcessCache { entries: LruCache::new(capacity), captures: 0 }
+    }
+
+    /// Takes in the identity the kernel captured for a process at its first traced call (or its
+    /// first after an `exec`): its entry is made from it at once, replacing whatever the pid had.
+    /// `waiting` is the read the pid's earlier calls wait for, if any.
+    pub fn capture(&mut self, identity: &Identity, waiting: Option<&ReadRequest>) -> Captured {
+        let Some(start) = start_ticks(identity.process_start_ns) else {
+            return Captured::Repeat; // the kernel never sends one without
+        };
+        let captured = Arc::new(info_from_identity(identity));
+        let held = self.entries.peek(&identity.pid).filter(|e| e.started() == Some(start));
+        if let Some(capture) = held.and_then(|e| e.capture.as_ref()) {
+            if capture.captured == captured {
+                return Captured::Repeat;
+            }
+        }
+        let earlier = waiting.map(|request| match held {
+            // Waiting for the completion of this process's previous capture: that capture
+            // described these calls.
+            Some(entry) if entry.capture.as_ref().is_some_and(|c| request.completes == Some(c.number)) => {
+                entry.info.clone()
+            }
+            // A read asked with no capture (this process's first was lost to a full ring
+            // buffer): this is the first capture of it, and the best there is.
+            _ if request.start_ticks == Some(start) && request.completes.is_none() => captured.clone(),
+            _ => Arc::new(ProcessInfo::from_comm(request.pid, &request.comm)),
+        });
+        self.captures += 1;
+        let number = self.captures;
+        let incomplete = identity.incomplete();
+        let comm = identity.comm.clone();
+        let read = incomplete.then(|| ReadRequest {
+            pid: identity.pid,
+            start_ticks: Some(start),
+            comm: comm.clone(),
+            known: None,
+            completes: Some(number),
+        });
+        let entry = Entry {
+            identity: Some(Stat { comm: comm.clone(), start_time: start }),
+            gone: false,
+            provisional: false,
+            info: captured.clone(),
+            threads: vec![comm],
+            capture: Some(Capture {
+                number,
+                captured,
+                environ_complete: identity.environ_complete,
+                completing: incomplete,
+            }),
+        };
+        self.entries.put(identity.pid, entry);
+        Captured::New { earlier, read }
     }
 
     /// The process `pid` for a call from thread `comm`, if the cache can say without reading
@@ -130,7 +222,7 @@ impl ProcessCache {
         start_ticks: Option<u64>,
         comm: &str,
     ) -> Result<Arc<ProcessInfo>, ReadRequest> {
-        let request = |known| ReadRequest { pid, start_ticks, comm: comm.to_owned(), known };
+        let request = |known| ReadRequest { pid, start_ticks, comm: comm.to_owned(), known, completes: None };
         let Some(entry) = self.entries.get_mut(&pid) else {
             return Err(request(None));
         };
@@ -142,6 +234,11 @@ impl ProcessCache {
         if other_process {
             return Err(request(None));
         }
+        if entry.capture.is_some() {
+            // The kernel captures the process again after an exec, before the new program's
+            // first call: no thread name needs checking.
+            return Ok(entry.info.clone());
+        }
         if entry.threads.iter().any(|known| known == comm) || entry.threads.len() >= THREAD_NAMES {
             return Ok(entry.info.clone());
         }
@@ -152,6 +249,14 @@ impl ProcessCache {
     /// whose threads' names are `comms`: the read happened after all of them, so it describes
     /// each.
     pub fn apply(&mut self, request: &ReadRequest, outcome: ReadOutcome, comms: &[&str]) -> Arc<ProcessInfo> {
+        if let Some(entry) = self.entries.get_mut(&request.pid) {
+            if entry.capture.is_some() && request.start_ticks.is_some() && entry.started() == request.start_ticks {
+                // The kernel's capture of this very process is newer than any read asked for
+                // before it; only the read asked to complete it adds anything.
+                entry.complete_capture(request, outcome);
+                return entry.info.clone();
+            }
+        }
         let entry = match (outcome, self.entries.get_mut(&request.pid)) {
             (ReadOutcome::Gone, _) => return Arc::new(ProcessInfo::from_comm(request.pid, &request.comm)),
             (ReadOutcome::Unchanged, Some(entry)) => entry,
@@ -177,6 +282,13 @@ impl ProcessCache {
     /// The process `pid` when its read did not answer in time: named after its thread for now,
     /// and so for its later calls until the read answers.
     pub fn provisional(&mut self, pid: u32, comm: &str) -> Arc<ProcessInfo> {
+        if let Some(entry) = self.entries.get_mut(&pid) {
+            if let Some(capture) = entry.capture.as_mut() {
+                // What the kernel captured beats the thread's name.
+                capture.completing = false;
+                return entry.info.clone();
+            }
+        }
         let entry = Entry::from_comm(pid, comm, true);
         let info = entry.info.clone();
         self.entries.put(pid, entry);
@@ -231,15 +343,75 @@ impl Entry {
             provisional,
             info: Arc::new(ProcessInfo::from_comm(pid, comm)),
             threads: vec![comm.to_owned()],
+            capture: None,
         }
     }
+
+    /// When the process the entry describes started, in clock ticks, if known.
+    fn started(&self) -> Option<u64> {
+        self.identity.as_ref().map(|stat| stat.start_time)
+    }
+
+    /// Takes in the answer of the read that completes an incomplete capture: what the kernel
+    /// could not read comes from `/proc` if the process was still there (the same process: the
+    /// read checked its start time); if it was gone, the capture stands as it is.
+    fn complete_capture(&mut self, request: &ReadRequest, outcome: ReadOutcome) {
+        let Some(capture) = self.capture.as_mut() else { return };
+        if !capture.completing || request.completes != Some(capture.number) {
+            return;
+        }
+        capture.completing = false;
+        let ReadOutcome::Read(read) = outcome else { return };
+        if read.identity.is_none() {
+            return; // gone before it could be read
+        }
+        let (captured, read) = (&capture.captured, &read.info);
+        let executable_name = captured.executable_name.clone().or_else(|| read.executable_name.clone());
+        let (service_name, attributes) = if capture.environ_complete {
+            (captured.service_name.clone(), captured.attributes.clone())
+        } else {
+            (read.service_name.clone(), read.attributes.clone())
+        };
+        self.info = Arc::new(ProcessInfo {
+            pid: captured.pid,
+            executable_name,
+            service_name,
+            container_id: captured.container_id.clone().or_else(|| read.container_id.clone()),
+            attributes,
+        });
+    }
+}
+
+/// A process's resource from what the kernel captured of it: its declared service and
+/// attributes from its environment block (as [`declared_in_environ`] reads `/proc/PID/environ`),
+/// its executable's name (else its name), its container from its cgroup's names.
+pub fn info_from_identity(identity: &Identity) -> ProcessInfo {
+    let mut environ = identity.environ.as_slice();
+    if !identity.environ_complete {
+        // An entry cut at the end of what was read is not the variable's value.
+        let whole = environ.iter().rposition(|&b| b == 0).map_or(0, |nul| nul + 1);
+        environ = &environ[..whole];
+    }
+    let declared = declared_in_environ(environ, read::ENVIRON_SCAN_CAP);
+    let executable_name = identity
+        .executable
+        .clone()
+        .or_else(|| (!identity.comm.is_empty()).then(|| identity.comm.clone()));
+    let service_name = declared
+        .service_name
+        .or_else(|| executable_name.clone())
+        .unwrap_or_else(|| UNKNOWN_SERVICE.to_owned());
+    // The innermost container wins, as in `container_id`.
+    let container_id =
+        [&identity.cgroup, &identity.cgroup_parent].into_iter().flatten().find_map(|s| container_id_in_segment(s));
+    ProcessInfo { pid: identity.pid, executable_name, service_name, container_id, attributes: declared.attributes }
 }
 
 /// Answers a [`ReadRequest`] from `/proc` (`root`): the only code that reads a traced process's
 /// files for its resource, each read bounded ([`read`]). Runs on a resolver thread: any of these
 /// reads may take as long as the process makes it.
 pub fn read_process(root: &Path, request: &ReadRequest) -> ReadOutcome {
-    let ReadRequest { pid, start_ticks, comm, known } = request;
+    let ReadRequest { pid, start_ticks, comm, known, .. } = request;
     let dir = root.join(pid.to_string());
     let stat = read_stat(&dir);
     if let (Some(stat), Some(start)) = (&stat, start_ticks) {
@@ -283,6 +455,7 @@ pub fn read_process(root: &Path, request: &ReadRequest) -> ReadOutcome {
         provisional: false,
         info: Arc::new(info),
         threads: vec![comm.clone()],
+        capture: None,
     })
 }
 
