@@ -538,6 +538,152 @@ pub(crate) mod tests {
         assert!(matches!(decode(&bytes_of(&rec)), Err(DecodeError::EndsBeforeStart { .. })));
     }
 
+    /// An identity record as the BPF side writes it: `environ` from the start of a page at
+    /// `skip`, read in whole pages.
+    pub(crate) fn identity_record(pid: u32, environ: &[u8], skip: usize) -> Box<IdentityRecord> {
+        // SAFETY: plain integers: all-zero bytes are a valid value.
+        let mut rec = unsafe { Box::<IdentityRecord>::new_zeroed().assume_init() };
+        rec.version = IDENTITY_RECORD_VERSION;
+        rec.size = size_of::<IdentityRecord>() as u32;
+        rec.pid = pid;
+        rec.process_start_ns = 5_000_000_000;
+        rec.cgroup_id = 77;
+        rec.comm[..8].copy_from_slice(b"launcher");
+        let name = |field: &mut [u8; IDENTITY_NAME_LEN], value: &[u8]| {
+            field[..value.len()].copy_from_slice(value);
+            value.len() as u32
+        };
+        rec.exe_len = name(&mut rec.exe, b"checkout-server");
+        rec.cgroup_len = name(&mut rec.cgroup, b"docker-0123.scope");
+        rec.cgroup_parent_len = name(&mut rec.cgroup_parent, b"system.slice");
+        let end = (skip + environ.len()).min(ENV_WINDOW);
+        rec.env[skip..end].copy_from_slice(&environ[..end - skip]);
+        rec.env_len = environ.len() as u64;
+        rec.env_skip = skip as u32;
+        rec.env_read = end.div_ceil(ENV_PAGE) as u32 * ENV_PAGE as u32;
+        if skip + environ.len() > ENV_WINDOW {
+            rec.flags |= identity_flags::ENV_CUT;
+        }
+        rec
+    }
+
+    pub(crate) fn identity_bytes(rec: &IdentityRecord) -> Vec<u8> {
+        // SAFETY: `#[repr(C)]` integers and arrays with every padding an explicit field.
+        unsafe { std::slice::from_raw_parts((rec as *const IdentityRecord).cast::<u8>(), size_of::<IdentityRecord>()) }
+            .to_vec()
+    }
+
+    fn decode_any(bytes: &[u8]) -> Result<Record, DecodeError> {
+        Decoder::default().decode_record(bytes)
+    }
+
+    #[test]
+    fn an_identity_record_decodes_with_its_environment_and_names() {
+        let environ = b"PATH=/bin\0OTEL_SERVICE_NAME=checkout\0";
+        let rec = identity_record(4242, environ, 3000);
+        let Ok(Record::Identity(identity)) = decode_any(&identity_bytes(&rec)) else { panic!("an identity") };
+        assert_eq!(identity.pid, 4242);
+        assert_eq!(identity.process_start_ns, 5_000_000_000);
+        assert_eq!(identity.comm, "launcher");
+        assert_eq!(identity.executable.as_deref(), Some("checkout-server"));
+        assert_eq!(identity.cgroup.as_deref(), Some("docker-0123.scope"));
+        assert_eq!(identity.cgroup_parent.as_deref(), Some("system.slice"));
+        assert_eq!(identity.cgroup_id, 77);
+        assert_eq!(identity.environ, environ);
+        assert!(identity.environ_complete && !identity.incomplete());
+        // Call records still decode through the same entry point, as before.
+        let call = record(&[10]);
+        assert_eq!(decode_any(&bytes_of(&call)), Ok(Record::Call(decode(&bytes_of(&call)).unwrap())));
+    }
+
+    #[test]
+    fn an_identity_record_of_another_length_is_refused() {
+        let bytes = identity_bytes(&identity_record(1, b"A=1\0", 0));
+        let expected = size_of::<IdentityRecord>();
+        for len in [expected - 1, 8, 4] {
+            assert_eq!(
+                decode_any(&bytes[..len]),
+                Err(DecodeError::SizeMismatch { got: len, expected }),
+                "truncated to {len}"
+            );
+        }
+        let mut long = bytes.clone();
+        long.extend_from_slice(&[0; 8]);
+        assert_eq!(decode_any(&long), Err(DecodeError::SizeMismatch { got: expected + 8, expected }));
+        let mut rec = identity_record(1, b"A=1\0", 0);
+        rec.size -= 8;
+        assert_eq!(
+            decode_any(&identity_bytes(&rec)),
+            Err(DecodeError::SizeMismatch { got: expected - 8, expected })
+        );
+    }
+
+    #[test]
+    fn garbled_identity_lengths_are_refused_not_trusted() {
+        let garble: [(&str, fn(&mut IdentityRecord)); 6] = [
+            ("exe_len", |r| r.exe_len = IDENTITY_NAME_LEN as u32),
+            ("cgroup_len", |r| r.cgroup_len = u32::MAX),
+            ("cgroup_parent_len", |r| r.cgroup_parent_len = 1000),
+            ("env_skip", |r| r.env_skip = ENV_PAGE as u32),
+            ("env_read", |r| r.env_read = (ENV_WINDOW + ENV_PAGE) as u32),
+            ("env_read", |r| r.env_read = 100),
+        ];
+        for (what, garble) in garble {
+            let mut rec = identity_record(1, b"A=1\0", 10);
+            garble(&mut rec);
+            assert!(
+                matches!(decode_any(&identity_bytes(&rec)), Err(DecodeError::IdentityOutOfBounds { what: w, .. }) if w == what),
+                "{what}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_environment_is_only_what_was_read_whatever_its_length_claims() {
+        // A claimed length far beyond the window (prctl(PR_SET_MM) lets a process claim any).
+        let mut rec = identity_record(1, b"OTEL_SERVICE_NAME=x\0", 100);
+        rec.env_len = u64::MAX;
+        let Ok(Record::Identity(identity)) = decode_any(&identity_bytes(&rec)) else { panic!() };
+        assert_eq!(identity.environ.len(), ENV_PAGE - 100, "up to the end of the page read");
+        assert!(!identity.environ_complete && identity.incomplete());
+        // A block cut by the window: what fits, marked incomplete.
+        let big = vec![b'x'; ENV_WINDOW];
+        let Ok(Record::Identity(cut)) = decode_any(&identity_bytes(&identity_record(1, &big, 500))) else {
+            panic!()
+        };
+        assert_eq!(cut.environ.len(), ENV_WINDOW - 500);
+        assert!(!cut.environ_complete);
+        // A page that could not be read: only the pages before it.
+        let mut rec = identity_record(1, &vec![b'y'; 3 * ENV_PAGE], 0);
+        rec.env_read = ENV_PAGE as u32;
+        rec.flags |= identity_flags::ENV_UNREADABLE;
+        let Ok(Record::Identity(partial)) = decode_any(&identity_bytes(&rec)) else { panic!() };
+        assert_eq!(partial.environ.len(), ENV_PAGE);
+        assert!(partial.incomplete());
+        // Nothing read at all (no mm), and unreadable names.
+        let mut rec = identity_record(1, b"", 0);
+        rec.env_read = 0;
+        rec.exe_len = 0;
+        rec.flags = identity_flags::EXE_UNREADABLE;
+        let Ok(Record::Identity(bare)) = decode_any(&identity_bytes(&rec)) else { panic!() };
+        assert_eq!((bare.environ.len(), bare.executable.as_deref()), (0, None));
+        assert!(bare.incomplete());
+    }
+
+    #[test]
+    fn names_stop_at_a_nul_and_bad_utf8_is_replaced() {
+        let mut rec = identity_record(1, b"", 0);
+        rec.exe[..6].copy_from_slice(b"ab\0cde");
+        rec.exe_len = 6;
+        rec.cgroup[..3].copy_from_slice(&[0xff, b'z', 0xfe]);
+        rec.cgroup_len = 3;
+        rec.comm = [b'c'; 16];
+        let Ok(Record::Identity(identity)) = decode_any(&identity_bytes(&rec)) else { panic!() };
+        assert_eq!(identity.executable.as_deref(), Some("ab"));
+        assert_eq!(identity.cgroup.as_deref(), Some("\u{fffd}z\u{fffd}"));
+        assert_eq!(identity.comm, "c".repeat(16));
+    }
+
     #[test]
     fn a_reused_decoder_reads_each_record_as_a_fresh_one_would() {
         let mut decoder = Decoder::default();

@@ -898,6 +898,162 @@ mod tests {
         assert_eq!(cache.get_started(60, Some(500), "liar").service_name, "victim");
     }
 
+    /// An identity as the kernel captures it, of a process started at tick 500.
+    fn captured(pid: u32, environ: &[u8], exe: &str, cgroup: &str) -> Identity {
+        Identity {
+            pid,
+            process_start_ns: 5_000_000_000,
+            comm: "launcher".into(),
+            executable: Some(exe.into()),
+            cgroup: Some(cgroup.into()),
+            cgroup_parent: Some("system.slice".into()),
+            cgroup_id: 1,
+            environ: environ.to_vec(),
+            environ_complete: true,
+            flags: 0,
+        }
+    }
+
+    fn new_read(outcome: Captured) -> (Option<Arc<ProcessInfo>>, Option<ReadRequest>) {
+        match outcome {
+            Captured::New { earlier, read } => (earlier, read),
+            Captured::Repeat => panic!("a new capture"),
+        }
+    }
+
+    #[test]
+    fn a_captured_identity_answers_every_thread_with_no_proc_read() {
+        // /proc knows nothing of the process: it is gone.
+        let proc = FakeProc::new("captured");
+        let mut cache = proc.cache(8);
+        let identity = captured(
+            70,
+            b"OTEL_SERVICE_NAME=checkout\0OTEL_RESOURCE_ATTRIBUTES=service.namespace=a,deployment.environment.name=b\0",
+            "checkout-server",
+            &format!("docker-{ID}.scope"),
+        );
+        let (earlier, read) = new_read(cache.cache.capture(&identity, None));
+        assert!(earlier.is_none() && read.is_none(), "complete: nothing to read");
+        for thread in ["launcher", "worker-1", "worker-2"] {
+            let info = cache.cache.lookup(70, Some(500), thread).expect("answered from the capture");
+            assert_eq!(info.service_name, "checkout");
+            assert_eq!(info.executable_name.as_deref(), Some("checkout-server"));
+            assert_eq!(info.container_id.as_deref(), Some(ID));
+            let attributes: Vec<(String, String)> =
+                info.attributes.iter().map(|kv| (kv.key.to_string(), kv.value.to_string())).collect();
+            assert_eq!(
+                attributes,
+                [("service.namespace", "a"), ("deployment.environment.name", "b")]
+                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            );
+        }
+        // The same identity again (another thread's first call): nothing changes.
+        assert!(matches!(cache.cache.capture(&identity, None), Captured::Repeat));
+        // A later process given the same pid is not answered by it.
+        assert!(cache.cache.lookup(70, Some(900), "other").is_err());
+    }
+
+    #[test]
+    fn a_capture_falls_back_to_the_executable_and_the_cgroups_parent() {
+        let mut cache = ProcessCache::new(NonZeroUsize::new(4).unwrap());
+        let mut podman = captured(71, b"PATH=/bin\0", "dnsd", "container");
+        podman.cgroup_parent = Some(format!("libpod-{ID}.scope"));
+        cache.capture(&podman, None);
+        let info = cache.lookup(71, Some(500), "t").unwrap();
+        assert_eq!((info.service_name.as_str(), info.container_id.as_deref()), ("dnsd", Some(ID)));
+        // No executable name: the process's name; no container in a host cgroup.
+        let mut bare = captured(72, b"", "x", "session-2.scope");
+        bare.executable = None;
+        bare.flags = otel_sendmmsg_common::identity_flags::EXE_UNREADABLE;
+        cache.capture(&bare, None);
+        let info = cache.lookup(72, Some(500), "t").unwrap();
+        assert_eq!((info.service_name.as_str(), info.container_id.as_deref()), ("launcher", None));
+    }
+
+    #[test]
+    fn an_exec_brings_a_new_capture_and_earlier_waiting_calls_keep_what_described_them() {
+        let proc = FakeProc::new("captured-exec");
+        let mut cache = proc.cache(8);
+        cache.cache.capture(&captured(73, b"OTEL_SERVICE_NAME=before\0", "launcher", "x"), None);
+        assert_eq!(cache.cache.lookup(73, Some(500), "launcher").unwrap().service_name, "before");
+        // exec: same pid, same start, another program; its record comes before its calls.
+        let after = captured(73, b"OTEL_SERVICE_NAME=after\0", "server", "x");
+        let (earlier, read) = new_read(cache.cache.capture(&after, None));
+        assert!(earlier.is_none() && read.is_none());
+        let info = cache.cache.lookup(73, Some(500), "launcher").unwrap();
+        assert_eq!((info.service_name.as_str(), info.executable_name.as_deref()), ("after", Some("server")));
+        // A read asked before the capture (its first identity was lost) answers late: the
+        // capture stands.
+        let stale = ReadRequest {
+            pid: 73,
+            start_ticks: Some(500),
+            comm: "launcher".into(),
+            known: None,
+            completes: None,
+        };
+        proc.process(73, "launcher", 500, "/bin/stale", b"OTEL_SERVICE_NAME=stale\0", "");
+        let outcome = read_process(&proc.0, &stale);
+        assert_eq!(cache.cache.apply(&stale, outcome, &[]).service_name, "after");
+        assert_eq!(cache.cache.lookup(73, Some(500), "t").unwrap().service_name, "after");
+    }
+
+    #[test]
+    fn calls_waiting_for_a_read_when_a_capture_arrives_get_what_came_before_it() {
+        let mut cache = ProcessCache::new(NonZeroUsize::new(4).unwrap());
+        let waiting = cache.lookup(74, Some(500), "old-name").unwrap_err();
+        // Same process, no capture before: the capture is the first and best there is.
+        let first = captured(74, b"OTEL_SERVICE_NAME=first\0", "a", "x");
+        let (earlier, _) = new_read(cache.capture(&first, Some(&waiting)));
+        assert_eq!(earlier.unwrap().service_name, "first");
+        // Waiting for another process by that pid (another start): its thread's name.
+        let mut cache = ProcessCache::new(NonZeroUsize::new(4).unwrap());
+        let older = cache.lookup(75, Some(400), "old-name").unwrap_err();
+        let (earlier, _) = new_read(cache.capture(&captured(75, b"", "a", "x"), Some(&older)));
+        assert_eq!(earlier.unwrap().service_name, "old-name");
+    }
+
+    #[test]
+    fn an_incomplete_capture_is_completed_from_proc_while_the_process_lives() {
+        let proc = FakeProc::new("captured-incomplete");
+        let mut cache = proc.cache(8);
+        // The environment was cut inside the window: the service name lies beyond.
+        let mut cut = captured(76, b"A=1\0OTEL_SERVICE_NA", "server", &format!("docker-{ID}.scope"));
+        cut.environ_complete = false;
+        cut.flags = otel_sendmmsg_common::identity_flags::ENV_CUT;
+        let (_, read) = new_read(cache.cache.capture(&cut, None));
+        let read = read.expect("a read to complete it");
+        assert_eq!((read.pid, read.start_ticks), (76, Some(500)));
+        // Until then, what was captured (a cut entry is not a value).
+        assert_eq!(cache.cache.lookup(76, Some(500), "t").unwrap().service_name, "server");
+        // Alive: the environment comes from /proc, the container from the capture.
+        proc.process(76, "launcher", 500, "/srv/server", b"A=1\0OTEL_SERVICE_NAME=far\0", "0::/\n");
+        let outcome = read_process(&proc.0, &read);
+        let info = cache.cache.apply(&read, outcome, &["t"]);
+        assert_eq!(info.service_name, "far");
+        assert_eq!(info.container_id.as_deref(), Some(ID));
+        assert_eq!(cache.cache.lookup(76, Some(500), "t").unwrap().service_name, "far");
+
+        // Gone before the read (or its pid another's): the capture stands.
+        let mut gone = cut.clone();
+        gone.pid = 77;
+        let (_, read) = new_read(cache.cache.capture(&gone, None));
+        let read = read.unwrap();
+        let outcome = read_process(&proc.0, &read);
+        assert_eq!(cache.cache.apply(&read, outcome, &["t"]).service_name, "server");
+        proc.process(78, "launcher", 900, "/bin/other", b"OTEL_SERVICE_NAME=not-it\0", "");
+        let mut reused = cut.clone();
+        reused.pid = 78;
+        let (_, read) = new_read(cache.cache.capture(&reused, None));
+        let read = read.unwrap();
+        let outcome = read_process(&proc.0, &read);
+        assert_eq!(cache.cache.apply(&read, outcome, &["t"]).service_name, "server");
+        // A read that never answers in time: the capture, not the thread's name.
+        let mut slow = cut.clone();
+        slow.pid = 79;
+        cache.cache.capture(&slow, None);
+        assert_eq!(cache.cache.provisional(79, "thread").service_name, "server");
+    }
+
     #[test]
     fn start_times_convert_to_the_ticks_proc_shows() {
         assert_eq!(start_ticks(0), None, "unknown");
