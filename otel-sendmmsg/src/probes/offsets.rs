@@ -38,7 +38,9 @@ pub fn from_btf_file(path: &str) -> Result<KernelOffsets, String> {
         task_start_boottime: field("task_struct", "start_boottime")
             .or_else(|_| field("task_struct", "real_start_time"))
             .unwrap_or(0),
-        ..identity_offsets(&btf).unwrap_or_default()
+        ..identity_offsets(&btf)
+            .inspect_err(|why| tracing::info!("{why}: no identity capture in the kernel"))
+            .unwrap_or_default()
     })
 }
 

@@ -1,5 +1,8 @@
-//! pid -> who the process is: its service name, executable and container, read from `/proc` once
-//! per process and kept in a bounded cache, so each process's spans get a resource of their own.
+//! pid -> who the process is: its service name, executable and container, kept in a bounded
+//! cache, so each process's spans get a resource of their own. It comes first from the identity
+//! the kernel captured at the process's first traced call ([`ProcessCache::capture`]: race-free
+//! for a process that exits or execs right after calling), else from `/proc`, read once per
+//! process, which also completes a capture that lacks something while the process lives.
 //!
 //! A record names its process only by pid, which the kernel reuses. A cached entry therefore
 //! remembers the process's start time (`/proc/PID/stat` field 22) and is checked against it by
