@@ -20,11 +20,11 @@ use otel_sendmmsg::{
     records::{decode, Call, DecodeError, Decoder, Dest, MessageTotals, Record, Socket},
 };
 use otel_sendmmsg_common::{
-    name_status, record_flags, CallRecord, Destination, MessageResult, SocketInfo, TraceContext,
-    MAX_MESSAGE_DETAIL, MAX_VLEN, RECORD_VERSION,
+    identity_flags, IdentityRecord, ENV_PAGE, ENV_WINDOW, IDENTITY_NAME_LEN, IDENTITY_RECORD_VERSION,
 };
 use otel_sendmmsg_common::{
-    identity_flags, IdentityRecord, ENV_PAGE, ENV_WINDOW, IDENTITY_NAME_LEN, IDENTITY_RECORD_VERSION,
+    name_status, record_flags, CallRecord, Destination, MessageResult, SocketInfo, TraceContext,
+    MAX_MESSAGE_DETAIL, MAX_VLEN, RECORD_VERSION,
 };
 use otel_sendmmsg_fuzz::{map_call, map_identity};
 
@@ -389,7 +389,9 @@ fn identity_record(input: &IdentityInput) -> Box<IdentityRecord> {
 
 /// What the decoder must make of an identity record with a right header.
 fn check_identity(rec: &IdentityRecord, decoded: Result<Record, DecodeError>) {
-    let in_bounds = [rec.exe_len, rec.cgroup_len, rec.cgroup_parent_len].iter().all(|&l| (l as usize) < IDENTITY_NAME_LEN)
+    let in_bounds = [rec.exe_len, rec.cgroup_len, rec.cgroup_parent_len]
+        .iter()
+        .all(|&l| (l as usize) < IDENTITY_NAME_LEN)
         && (rec.env_skip as usize) < ENV_PAGE
         && rec.env_read as usize <= ENV_WINDOW
         && rec.env_read as usize % ENV_PAGE == 0;
@@ -397,8 +399,13 @@ fn check_identity(rec: &IdentityRecord, decoded: Result<Record, DecodeError>) {
         assert!(matches!(decoded, Err(DecodeError::IdentityOutOfBounds { .. })), "{decoded:?}");
         return;
     }
-    let Ok(Record::Identity(identity)) = decoded else { panic!("an in-bounds identity decodes: {decoded:?}") };
-    assert_eq!((identity.pid, identity.process_start_ns, identity.cgroup_id), (rec.pid, rec.process_start_ns, rec.cgroup_id));
+    let Ok(Record::Identity(identity)) = decoded else {
+        panic!("an in-bounds identity decodes: {decoded:?}")
+    };
+    assert_eq!(
+        (identity.pid, identity.process_start_ns, identity.cgroup_id),
+        (rec.pid, rec.process_start_ns, rec.cgroup_id)
+    );
     // Exactly the block's bytes within what was read.
     let (skip, read) = (rec.env_skip as usize, rec.env_read as usize);
     let end = (skip as u64).saturating_add(rec.env_len).min(read as u64) as usize;
@@ -422,7 +429,10 @@ fuzz_target!(|item: Item| {
             let rec = identity_record(&input);
             // SAFETY: `#[repr(C)]` integers and arrays with every padding an explicit field.
             let bytes = unsafe {
-                std::slice::from_raw_parts((&*rec as *const IdentityRecord).cast::<u8>(), size_of::<IdentityRecord>())
+                std::slice::from_raw_parts(
+                    (&*rec as *const IdentityRecord).cast::<u8>(),
+                    size_of::<IdentityRecord>(),
+                )
             }
             .to_vec();
             check_identity(&rec, Decoder::default().decode_record(&bytes));

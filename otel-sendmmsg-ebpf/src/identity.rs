@@ -19,8 +19,7 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use otel_sendmmsg_common::{
-    identity_flags, Counter, IdentityRecord, ENV_PAGE, ENV_WINDOW, IDENTITY_NAME_LEN,
-    IDENTITY_RECORD_VERSION,
+    identity_flags, Counter, IdentityRecord, ENV_PAGE, ENV_WINDOW, IDENTITY_NAME_LEN, IDENTITY_RECORD_VERSION,
 };
 
 use crate::{
@@ -137,7 +136,8 @@ unsafe fn read_env(mm: u64, off: &otel_sendmmsg_common::KernelOffsets, rec: *mut
         core::ptr::write_volatile(&mut (*rec).env_skip, 0);
         core::ptr::write_volatile(&mut (*rec).env_read, 0);
     }
-    let (Some(start), Some(end)) = (read::<u64>(mm, off.mm_env_start), read::<u64>(mm, off.mm_env_end)) else {
+    let (Some(start), Some(end)) = (read::<u64>(mm, off.mm_env_start), read::<u64>(mm, off.mm_env_end))
+    else {
         return identity_flags::ENV_UNREADABLE;
     };
     if mm == 0 || end < start {
@@ -185,7 +185,11 @@ unsafe fn read_name(name: Option<u64>, dst: *mut u8) -> Option<u32> {
     let name = name.filter(|&n| n != 0)?;
     // SAFETY: `dst` has IDENTITY_NAME_LEN writable bytes; the helper checks the source.
     let n = unsafe { bpf_probe_read_kernel_str(dst.cast(), IDENTITY_NAME_LEN as u32, name as *const _) };
-    if n > 0 { Some((n - 1) as u32) } else { None }
+    if n > 0 {
+        Some((n - 1) as u32)
+    } else {
+        None
+    }
 }
 
 /// `sched:sched_process_exec`, in the task that exec'd: the process is another program now, with

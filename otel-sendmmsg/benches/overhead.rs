@@ -192,7 +192,11 @@ enum Setup {
     Floor,
     /// `capture`: false clears the sidecar's identity capture after start-up (`first_call`),
     /// to compare the steady state with the capture's once-per-process check and without.
-    Sidecar { family: String, detail: String, capture: bool },
+    Sidecar {
+        family: String,
+        detail: String,
+        capture: bool,
+    },
     Bpftrace,
 }
 
@@ -422,15 +426,18 @@ fn overhead(settings: &Settings) -> String {
         match start(&probe, settings) {
             Ok(session) => {
                 stop(session);
-                setups.extend(
-                    settings
-                        .details
-                        .iter()
-                        .map(|d| Setup::Sidecar { family: family.clone(), detail: d.clone(), capture: true }),
-                );
+                setups.extend(settings.details.iter().map(|d| Setup::Sidecar {
+                    family: family.clone(),
+                    detail: d.clone(),
+                    capture: true,
+                }));
                 // The steady state before the identity capture: the same, capture off.
                 if settings.capture_off {
-                    setups.push(Setup::Sidecar { family: family.clone(), detail: "events".into(), capture: false });
+                    setups.push(Setup::Sidecar {
+                        family: family.clone(),
+                        detail: "events".into(),
+                        capture: false,
+                    });
                 }
             }
             Err(why) => {

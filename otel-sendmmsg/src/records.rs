@@ -250,8 +250,7 @@ pub fn decode_identity(bytes: &[u8]) -> Result<Identity, DecodeError> {
         let raw = raw.split(|&b| b == 0).next().unwrap_or_default();
         Ok((!raw.is_empty()).then(|| String::from_utf8_lossy(raw).into_owned()))
     };
-    let executable =
-        name(offset_of!(IdentityRecord, exe), offset_of!(IdentityRecord, exe_len), "exe_len")?;
+    let executable = name(offset_of!(IdentityRecord, exe), offset_of!(IdentityRecord, exe_len), "exe_len")?;
     let cgroup =
         name(offset_of!(IdentityRecord, cgroup), offset_of!(IdentityRecord, cgroup_len), "cgroup_len")?;
     let cgroup_parent = name(
@@ -569,8 +568,13 @@ pub(crate) mod tests {
 
     pub(crate) fn identity_bytes(rec: &IdentityRecord) -> Vec<u8> {
         // SAFETY: `#[repr(C)]` integers and arrays with every padding an explicit field.
-        unsafe { std::slice::from_raw_parts((rec as *const IdentityRecord).cast::<u8>(), size_of::<IdentityRecord>()) }
-            .to_vec()
+        unsafe {
+            std::slice::from_raw_parts(
+                (rec as *const IdentityRecord).cast::<u8>(),
+                size_of::<IdentityRecord>(),
+            )
+        }
+        .to_vec()
     }
 
     fn decode_any(bytes: &[u8]) -> Result<Record, DecodeError> {

@@ -345,11 +345,22 @@ fn each_signals_headers_reach_the_collector() {
 }
 
 /// What a span's resource must say of a process that declared itself.
-fn check_declared(span: &ReceivedSpan, pid: u32, service: &str, namespace: &str, environment: &str, exe: &str) {
+fn check_declared(
+    span: &ReceivedSpan,
+    pid: u32,
+    service: &str,
+    namespace: &str,
+    environment: &str,
+    exe: &str,
+) {
     let resource = &span.resource;
     assert_eq!(str_attr(resource, "service.name"), Some(service), "pid {pid}: {resource:#?}");
     assert_eq!(str_attr(resource, "service.namespace"), Some(namespace), "pid {pid}: {resource:#?}");
-    assert_eq!(str_attr(resource, "deployment.environment.name"), Some(environment), "pid {pid}: {resource:#?}");
+    assert_eq!(
+        str_attr(resource, "deployment.environment.name"),
+        Some(environment),
+        "pid {pid}: {resource:#?}"
+    );
     assert_eq!(str_attr(resource, "process.executable.name"), Some(exe), "pid {pid}: {resource:#?}");
     assert_eq!(int_attr(resource, "process.pid"), Some(pid as i64), "{resource:#?}");
     assert_eq!(str_attr(resource, "host.name"), Some("export-test-host"), "{resource:#?}");
@@ -368,7 +379,9 @@ fn processes_gone_right_after_their_call_carry_their_own_resource() {
     wait_until_draining(&receiver);
     let exec_into = renamed_workload("exec-target");
     const EACH: usize = 25;
-    let attributes = |who: &str, i: usize| format!("service.namespace=ns-{who}-{i},deployment.environment.name=env-{who}-{i}");
+    let attributes = |who: &str, i: usize| {
+        format!("service.namespace=ns-{who}-{i},deployment.environment.name=env-{who}-{i}")
+    };
     let mut children = Vec::new();
     for i in 0..EACH {
         let once = Command::new(WORKLOAD)
@@ -423,14 +436,35 @@ fn processes_gone_right_after_their_call_carry_their_own_resource() {
         spans.sort_by_key(|s| s.span.start_time_unix_nano);
         if !exec {
             assert_eq!(spans.len(), 1, "pid {pid}:\n{}", stopped.stderr);
-            check_declared(&spans[0], pid, &format!("once-{i}"), &format!("ns-once-{i}"), &format!("env-once-{i}"), "sendmmsg-workload");
+            check_declared(
+                &spans[0],
+                pid,
+                &format!("once-{i}"),
+                &format!("ns-once-{i}"),
+                &format!("env-once-{i}"),
+                "sendmmsg-workload",
+            );
             continue;
         }
         assert_eq!((calls.len(), calls[1].pid), (2, pid), "the exec keeps the pid");
         assert_eq!(spans.len(), 2, "pid {pid}:\n{}", stopped.stderr);
         // The call before the exec under the first program, the one after under the second.
-        check_declared(&spans[0], pid, &format!("before-exec-{i}"), &format!("ns-before-{i}"), &format!("env-before-{i}"), "sendmmsg-workload");
-        check_declared(&spans[1], pid, &format!("after-exec-{i}"), &format!("ns-after-{i}"), &format!("env-after-{i}"), "exec-target");
+        check_declared(
+            &spans[0],
+            pid,
+            &format!("before-exec-{i}"),
+            &format!("ns-before-{i}"),
+            &format!("env-before-{i}"),
+            "sendmmsg-workload",
+        );
+        check_declared(
+            &spans[1],
+            pid,
+            &format!("after-exec-{i}"),
+            &format!("ns-after-{i}"),
+            &format!("env-after-{i}"),
+            "exec-target",
+        );
     }
 }
 
@@ -444,9 +478,9 @@ fn a_process_gone_right_after_its_call_in_a_container_cgroup_carries_its_contain
     let sidecar =
         sidecar(&receiver, Protocol::Grpc, &[("OTEL_RESOURCE_ATTRIBUTES", "host.name=export-test-host")]);
     wait_until_draining(&receiver);
-    let script =
-        format!("echo $$ > {} && exec {WORKLOAD} udp4", cgroup.scope.join("cgroup.procs").display());
-    let calls = workload_calls(Command::new("sh").args(["-c", &script]).env("OTEL_SERVICE_NAME", "in-a-container"));
+    let script = format!("echo $$ > {} && exec {WORKLOAD} udp4", cgroup.scope.join("cgroup.procs").display());
+    let calls =
+        workload_calls(Command::new("sh").args(["-c", &script]).env("OTEL_SERVICE_NAME", "in-a-container"));
     assert_eq!(calls.len(), 1);
     let pid = calls[0].pid;
     let deadline = Instant::now() + Duration::from_secs(30);

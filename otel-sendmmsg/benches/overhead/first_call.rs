@@ -100,7 +100,10 @@ pub fn first_call(settings: &Settings) -> String {
                     match support::Sidecar::try_start(&sidecar_vars("tracepoint", "events", settings)) {
                         Ok(s) => Some(s),
                         Err((status, log)) => {
-                            return format!("\nfirst call: the sidecar did not start ({status}): {}\n", super::reason(&log));
+                            return format!(
+                                "\nfirst call: the sidecar did not start ({status}): {}\n",
+                                super::reason(&log)
+                            );
                         }
                     }
                 }
@@ -111,7 +114,13 @@ pub fn first_call(settings: &Settings) -> String {
                 }
             }
             let runs = run_processes(workload, n);
-            eprintln!("first call round {}/{}: {:<32} {} processes", round + 1, settings.rounds, config.label(), runs.len());
+            eprintln!(
+                "first call round {}/{}: {:<32} {} processes",
+                round + 1,
+                settings.rounds,
+                config.label(),
+                runs.len()
+            );
             samples[i].extend(runs);
             if let Some(sidecar) = sidecar {
                 let stopped = sidecar.stop();

@@ -253,7 +253,10 @@ impl ProcessCache {
     /// each.
     pub fn apply(&mut self, request: &ReadRequest, outcome: ReadOutcome, comms: &[&str]) -> Arc<ProcessInfo> {
         if let Some(entry) = self.entries.get_mut(&request.pid) {
-            if entry.capture.is_some() && request.start_ticks.is_some() && entry.started() == request.start_ticks {
+            if entry.capture.is_some()
+                && request.start_ticks.is_some()
+                && entry.started() == request.start_ticks
+            {
                 // The kernel's capture of this very process is newer than any read asked for
                 // before it; only the read asked to complete it adds anything.
                 entry.complete_capture(request, outcome);
@@ -396,18 +399,24 @@ pub fn info_from_identity(identity: &Identity) -> ProcessInfo {
         environ = &environ[..whole];
     }
     let declared = declared_in_environ(environ, read::ENVIRON_SCAN_CAP);
-    let executable_name = identity
-        .executable
-        .clone()
-        .or_else(|| (!identity.comm.is_empty()).then(|| identity.comm.clone()));
+    let executable_name =
+        identity.executable.clone().or_else(|| (!identity.comm.is_empty()).then(|| identity.comm.clone()));
     let service_name = declared
         .service_name
         .or_else(|| executable_name.clone())
         .unwrap_or_else(|| UNKNOWN_SERVICE.to_owned());
     // The innermost container wins, as in `container_id`.
-    let container_id =
-        [&identity.cgroup, &identity.cgroup_parent].into_iter().flatten().find_map(|s| container_id_in_segment(s));
-    ProcessInfo { pid: identity.pid, executable_name, service_name, container_id, attributes: declared.attributes }
+    let container_id = [&identity.cgroup, &identity.cgroup_parent]
+        .into_iter()
+        .flatten()
+        .find_map(|s| container_id_in_segment(s));
+    ProcessInfo {
+        pid: identity.pid,
+        executable_name,
+        service_name,
+        container_id,
+        attributes: declared.attributes,
+    }
 }
 
 /// Answers a [`ReadRequest`] from `/proc` (`root`): the only code that reads a traced process's
