@@ -425,7 +425,7 @@ const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 32 * 4);
 const _: () = assert!(core::mem::size_of::<FilterSettings>() == 16);
 const _: () = assert!(core::mem::size_of::<IdentityRecord>() == 64 + 16 + 3 * IDENTITY_NAME_LEN + ENV_WINDOW);
 const _: () = assert!(core::mem::offset_of!(IdentityRecord, env) % 8 == 0);
-const _: () = assert!(ENV_WINDOW % ENV_PAGE == 0);
+const _: () = assert!(ENV_WINDOW.is_multiple_of(ENV_PAGE));
 // Never mistaken for a call record's version, nor the other way round.
 const _: () = assert!(IDENTITY_RECORD_VERSION != RECORD_VERSION && IDENTITY_RECORD_VERSION > 0xffff);
 

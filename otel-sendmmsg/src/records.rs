@@ -264,7 +264,7 @@ pub fn decode_identity(bytes: &[u8]) -> Result<Identity, DecodeError> {
     if skip >= ENV_PAGE {
         return Err(out_of_bounds("env_skip", skip as u64));
     }
-    if read > ENV_WINDOW || read % ENV_PAGE != 0 {
+    if read > ENV_WINDOW || !read.is_multiple_of(ENV_PAGE) {
         return Err(out_of_bounds("env_read", read as u64));
     }
     // The block within what was read; the claimed length is the process's to make up.
@@ -624,7 +624,8 @@ pub(crate) mod tests {
 
     #[test]
     fn garbled_identity_lengths_are_refused_not_trusted() {
-        let garble: [(&str, fn(&mut IdentityRecord)); 6] = [
+        type Garble = (&'static str, fn(&mut IdentityRecord));
+        let garble: [Garble; 6] = [
             ("exe_len", |r| r.exe_len = IDENTITY_NAME_LEN as u32),
             ("cgroup_len", |r| r.cgroup_len = u32::MAX),
             ("cgroup_parent_len", |r| r.cgroup_parent_len = 1000),
