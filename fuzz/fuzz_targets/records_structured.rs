@@ -3,7 +3,9 @@
 //! header and `min(vlen, 64)` detail slots) and decoded; the decoder must refuse exactly the
 //! records that break the invariants `DecodeError` names, and what it accepts must say what the
 //! record's fields document (otel-sendmmsg-common); then the call goes through the span mapping
-//! and the console line (`map_call`), on an arbitrary clock.
+//! and the console line (`map_call`), on an arbitrary clock. Identity records are built the same
+//! way (`IdentityInput`): the decoder must refuse exactly those whose lengths leave their fields,
+//! and return exactly the environment bytes read for the others (`map_identity`).
 //!
 //! Families, protocols and socket types are drawn mostly from the values the decoder and the
 //! mapping tell apart, so those branches are reached at once; the rest are raw numbers.
@@ -15,13 +17,16 @@ use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use otel_sendmmsg::{
     clock::WallClock,
-    records::{decode, Call, DecodeError, Dest, MessageTotals, Socket},
+    records::{decode, Call, DecodeError, Decoder, Dest, MessageTotals, Record, Socket},
+};
+use otel_sendmmsg_common::{
+    identity_flags, IdentityRecord, ENV_PAGE, ENV_WINDOW, IDENTITY_NAME_LEN, IDENTITY_RECORD_VERSION,
 };
 use otel_sendmmsg_common::{
     name_status, record_flags, CallRecord, Destination, MessageResult, SocketInfo, TraceContext,
     MAX_MESSAGE_DETAIL, MAX_VLEN, RECORD_VERSION,
 };
-use otel_sendmmsg_fuzz::map_call;
+use otel_sendmmsg_fuzz::{map_call, map_identity};
 
 #[derive(Arbitrary, Debug, Clone, Copy)]
 enum Family {
@@ -332,7 +337,108 @@ fn check_decoded(rec: &CallRecord, call: &Call) {
     assert_eq!(call.sizes_only, rec.flags_out & record_flags::SIZES_FROM_MSG_LEN != 0);
 }
 
-fuzz_target!(|input: Input| {
+/// Every field of `IdentityRecord` but `version` and `size`: lengths mostly within their
+/// fields (so most inputs decode), sometimes as drawn.
+#[derive(Arbitrary, Debug)]
+struct IdentityInput {
+    in_bounds: bool,
+    pid: u32,
+    flags: u32,
+    process_start_ns: u64,
+    cgroup_id: u64,
+    env_len: u64,
+    env_skip: u32,
+    env_read: u32,
+    lens: [u32; 3],
+    comm: [u8; 16],
+    names: [Vec<u8>; 3],
+    environ: Vec<u8>,
+}
+
+fn identity_record(input: &IdentityInput) -> Box<IdentityRecord> {
+    // SAFETY: plain integers: all-zero bytes are a valid value.
+    let mut rec = unsafe { Box::<IdentityRecord>::new_zeroed().assume_init() };
+    rec.version = IDENTITY_RECORD_VERSION;
+    rec.size = size_of::<IdentityRecord>() as u32;
+    rec.pid = input.pid;
+    rec.flags = input.flags;
+    rec.process_start_ns = input.process_start_ns;
+    rec.cgroup_id = input.cgroup_id;
+    rec.comm = input.comm;
+    let (mut skip, mut read, mut lens) = (input.env_skip, input.env_read, input.lens);
+    let mut env_len = input.env_len;
+    if input.in_bounds {
+        skip %= ENV_PAGE as u32;
+        read = (read % (ENV_WINDOW / ENV_PAGE + 1) as u32) * ENV_PAGE as u32;
+        lens = lens.map(|l| l % IDENTITY_NAME_LEN as u32);
+        env_len = env_len.min(input.environ.len() as u64);
+    }
+    rec.env_skip = skip;
+    rec.env_read = read;
+    rec.env_len = env_len;
+    let n = input.environ.len().min(ENV_WINDOW);
+    rec.env[..n].copy_from_slice(&input.environ[..n]);
+    let fields = [&mut rec.exe, &mut rec.cgroup, &mut rec.cgroup_parent];
+    for (field, name) in fields.into_iter().zip(&input.names) {
+        let n = name.len().min(IDENTITY_NAME_LEN);
+        field[..n].copy_from_slice(&name[..n]);
+    }
+    (rec.exe_len, rec.cgroup_len, rec.cgroup_parent_len) = (lens[0], lens[1], lens[2]);
+    rec
+}
+
+/// What the decoder must make of an identity record with a right header.
+fn check_identity(rec: &IdentityRecord, decoded: Result<Record, DecodeError>) {
+    let in_bounds = [rec.exe_len, rec.cgroup_len, rec.cgroup_parent_len]
+        .iter()
+        .all(|&l| (l as usize) < IDENTITY_NAME_LEN)
+        && (rec.env_skip as usize) < ENV_PAGE
+        && rec.env_read as usize <= ENV_WINDOW
+        && rec.env_read as usize % ENV_PAGE == 0;
+    if !in_bounds {
+        assert!(matches!(decoded, Err(DecodeError::IdentityOutOfBounds { .. })), "{decoded:?}");
+        return;
+    }
+    let Ok(Record::Identity(identity)) = decoded else {
+        panic!("an in-bounds identity decodes: {decoded:?}")
+    };
+    assert_eq!(
+        (identity.pid, identity.process_start_ns, identity.cgroup_id),
+        (rec.pid, rec.process_start_ns, rec.cgroup_id)
+    );
+    // Exactly the block's bytes within what was read.
+    let (skip, read) = (rec.env_skip as usize, rec.env_read as usize);
+    let end = (skip as u64).saturating_add(rec.env_len).min(read as u64) as usize;
+    let expected = if skip < end { &rec.env[skip..end] } else { &[][..] };
+    assert_eq!(identity.environ, expected);
+    let cut = rec.flags & (identity_flags::ENV_CUT | identity_flags::ENV_UNREADABLE) != 0;
+    assert_eq!(identity.environ_complete, !cut && (skip as u64).saturating_add(rec.env_len) <= read as u64);
+    map_identity(&identity);
+}
+
+#[derive(Arbitrary, Debug)]
+enum Item {
+    Call(Input),
+    Identity(IdentityInput),
+}
+
+fuzz_target!(|item: Item| {
+    let input = match item {
+        Item::Call(input) => input,
+        Item::Identity(input) => {
+            let rec = identity_record(&input);
+            // SAFETY: `#[repr(C)]` integers and arrays with every padding an explicit field.
+            let bytes = unsafe {
+                std::slice::from_raw_parts(
+                    (&*rec as *const IdentityRecord).cast::<u8>(),
+                    size_of::<IdentityRecord>(),
+                )
+            }
+            .to_vec();
+            check_identity(&rec, Decoder::default().decode_record(&bytes));
+            return;
+        }
+    };
     let rec = record(&input);
     // In a buffer of exactly its length, so AddressSanitizer sees any read past it.
     let decoded = decode(&rec.wire_bytes().to_vec());

@@ -8,8 +8,8 @@ use opentelemetry::{trace::Status, KeyValue};
 use otel_sendmmsg::{
     clock::WallClock,
     export::console_line,
-    process::ProcessInfo,
-    records::Call,
+    process::{info_from_identity, ProcessInfo},
+    records::{Call, Identity},
     config::MessageView,
     span::{build, resource::resource_for, SpanOptions},
 };
@@ -90,4 +90,24 @@ pub fn map_call(call: &Call, clock: &WallClock) {
         let line = console_line(span, &resource);
         assert!(!line.contains(|c: char| c.is_control()), "a control character in {line:?}");
     }
+}
+
+/// A decoded identity as the sidecar uses it: its bounds as the record's layout allows, and the
+/// process's resource made from it (its environment block parsed as `/proc/PID/environ` is).
+pub fn map_identity(identity: &Identity) {
+    use otel_sendmmsg_common::{ENV_WINDOW, IDENTITY_NAME_LEN};
+    assert!(identity.environ.len() <= ENV_WINDOW, "{} bytes of environment", identity.environ.len());
+    for name in [&identity.executable, &identity.cgroup, &identity.cgroup_parent].into_iter().flatten() {
+        // Lossy UTF-8 may triple a byte; never more than the field holds.
+        assert!(!name.is_empty() && name.len() <= 3 * IDENTITY_NAME_LEN, "{name:?}");
+    }
+    assert!(identity.comm.len() <= 3 * 16);
+    let info = info_from_identity(identity);
+    assert_eq!(info.pid, identity.pid);
+    assert!(!info.service_name.is_empty());
+    if let Some(id) = &info.container_id {
+        assert_eq!(id.len(), 64, "{id:?}");
+    }
+    let resource = resource_for(&[], &info);
+    assert!(resource.len() >= 2);
 }

@@ -139,7 +139,26 @@ pub struct KernelOffsets {
     /// `task_struct.start_boottime` (`real_start_time` before Linux 5.5), or 0 when the kernel
     /// has neither: the process's start time then stays unknown.
     pub task_start_boottime: u32,
-    pub _pad: u32,
+    /// 1 when every offset below was found (and `task_start_boottime` too): the entry hook may
+    /// then capture each traced process's identity ([`IdentityRecord`]); 0 leaves that to `/proc`.
+    pub identity_valid: u32,
+    pub task_mm: u32,
+    /// `mm_struct.env_start` / `env_end`: the environment block's user addresses.
+    pub mm_env_start: u32,
+    pub mm_env_end: u32,
+    pub mm_exe_file: u32,
+    /// `file.f_path.dentry` (the two offsets added up).
+    pub file_dentry: u32,
+    /// `dentry.d_name.name` (the two offsets added up).
+    pub dentry_name: u32,
+    /// `task_struct.cgroups` (a `css_set`), `css_set.dfl_cgrp` (the cgroup v2 one).
+    pub task_cgroups: u32,
+    pub css_set_dfl_cgrp: u32,
+    /// `cgroup.kn`, its directory's kernfs node.
+    pub cgroup_kn: u32,
+    /// `kernfs_node.name` and `kernfs_node.parent` (`__parent` since Linux 6.15).
+    pub kernfs_name: u32,
+    pub kernfs_parent: u32,
 }
 
 /// Which filters are on, and their scalar settings; the sets live in BPF hash maps.
@@ -276,16 +295,29 @@ pub enum Counter {
     /// found when the thread's next call entered. User space adds those of threads that died
     /// first, which it removes from the in-flight map.
     ExitMissed = 5,
+    /// A process's identity (environment, executable, cgroup) was captured at its first traced
+    /// call ([`IdentityRecord`]): the span's resource needs no `/proc` read.
+    IdentitiesCaptured = 6,
+    /// ...of them, those with something missing: the environment block cut at
+    /// [`ENV_WINDOW`] or a page of it unreadable, or the executable or cgroup unreadable. User
+    /// space completes them from `/proc` while the process lives.
+    IdentitiesIncomplete = 7,
+    /// An identity could not be put in the full ring buffer; the process's next call tries again
+    /// (its spans meanwhile come from `/proc`, as without capture).
+    IdentitiesDropped = 8,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 6] = [
+    pub const ALL: [Counter; 9] = [
         Counter::RingBufferFull,
         Counter::InflightFull,
         Counter::StrayMessages,
         Counter::ExitWithoutEntry,
         Counter::FilteredAtExit,
         Counter::ExitMissed,
+        Counter::IdentitiesCaptured,
+        Counter::IdentitiesIncomplete,
+        Counter::IdentitiesDropped,
     ];
     pub const COUNT: u32 = Self::ALL.len() as u32;
 
@@ -297,8 +329,83 @@ impl Counter {
             Counter::ExitWithoutEntry => "exit_without_entry",
             Counter::FilteredAtExit => "filtered_at_exit",
             Counter::ExitMissed => "exit_missed",
+            Counter::IdentitiesCaptured => "identities_captured",
+            Counter::IdentitiesIncomplete => "identities_incomplete",
+            Counter::IdentitiesDropped => "identities_dropped",
         }
     }
+}
+
+/// Tells an [`IdentityRecord`] from a [`CallRecord`]: every record starts with a `u32` that is
+/// [`RECORD_VERSION`] for a call and this for an identity (its own layout version in the low
+/// byte), so call records keep decoding exactly as before.
+pub const IDENTITY_RECORD_VERSION: u32 = 0x1d00_0001;
+
+/// Bytes of a process's environment block an [`IdentityRecord`] carries: eight pages, read page
+/// by page from the page that holds the block's start. Real environments are a few KiB; one cut
+/// here is completed from `/proc` while its process lives.
+pub const ENV_WINDOW: usize = 32 * 1024;
+/// The unit of those reads (`bpf_probe_read_user` does not fault pages in, so each page is read
+/// on its own and the first one missing ends the read).
+pub const ENV_PAGE: usize = 4096;
+/// Room for a file or cgroup name: `NAME_MAX` (255) and its NUL.
+pub const IDENTITY_NAME_LEN: usize = 256;
+
+pub mod identity_flags {
+    /// The environment block goes on past [`super::ENV_WINDOW`].
+    pub const ENV_CUT: u32 = 1;
+    /// A page of the environment block (or the mm holding its address) could not be read.
+    pub const ENV_UNREADABLE: u32 = 2;
+    /// The executable's name could not be read (a kernel thread, an `exe_file` gone).
+    pub const EXE_UNREADABLE: u32 = 4;
+    /// The cgroup's names could not be read.
+    pub const CGROUP_UNREADABLE: u32 = 8;
+    /// Any of the above: user space completes the identity from `/proc` if it can.
+    pub const INCOMPLETE: u32 = ENV_CUT | ENV_UNREADABLE | EXE_UNREADABLE | CGROUP_UNREADABLE;
+}
+
+/// Who a process is, captured in the kernel at its first traced call (and again after an
+/// `exec`), before that call's own record: so a process that exits right after its call still
+/// gets its own resource. Reserved in the ring buffer directly (~33 KiB, far above the BPF
+/// stack); sent whole. Invariant: `version` and `size` first, as in [`CallRecord`].
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct IdentityRecord {
+    /// [`IDENTITY_RECORD_VERSION`].
+    pub version: u32,
+    /// `size_of::<IdentityRecord>()` as the BPF object saw it.
+    pub size: u32,
+    /// Thread group id.
+    pub pid: u32,
+    /// Bits of [`identity_flags`].
+    pub flags: u32,
+    /// The thread group leader's `start_boottime`, as in [`CallRecord::process_start_ns`].
+    pub process_start_ns: u64,
+    /// The cgroup v2 id (its directory's inode number).
+    pub cgroup_id: u64,
+    /// `env_end - env_start`: the block's length as the kernel has it (a claim: the process can
+    /// move both with `prctl(PR_SET_MM)`).
+    pub env_len: u64,
+    /// Where in `env` the block starts (`env_start` modulo the page size).
+    pub env_skip: u32,
+    /// Bytes of `env` read, whole pages from its start; the rest of `env` is garbage.
+    pub env_read: u32,
+    /// Bytes of `exe`, `cgroup` and `cgroup_parent` that hold the name (no NUL); the rest is
+    /// garbage.
+    pub exe_len: u32,
+    pub cgroup_len: u32,
+    pub cgroup_parent_len: u32,
+    pub _pad: u32,
+    /// The thread group leader's `comm`, NUL-padded (what `/proc/PID/stat` shows).
+    pub comm: [u8; 16],
+    /// The executable's file name (`mm->exe_file`'s dentry).
+    pub exe: [u8; IDENTITY_NAME_LEN],
+    /// The process's cgroup v2 directory's name (`docker-<id>.scope`, `<id>`, ...), and its
+    /// parent's (podman puts the process in `libpod-<id>.scope/container`).
+    pub cgroup: [u8; IDENTITY_NAME_LEN],
+    pub cgroup_parent: [u8; IDENTITY_NAME_LEN],
+    /// The pages holding the environment block, from the one where it starts.
+    pub env: [u8; ENV_WINDOW],
 }
 
 /// Where the detail slots start; everything before is the fixed header.
@@ -314,8 +421,13 @@ const _: () = assert!(core::mem::align_of::<CallRecord>() == 8);
 const _: () = assert!(core::mem::offset_of!(CallRecord, socket) == 120);
 const _: () = assert!(core::mem::offset_of!(CallRecord, parent) == 168);
 const _: () = assert!(core::mem::offset_of!(CallRecord, detail) == 192);
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 21 * 4);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 32 * 4);
 const _: () = assert!(core::mem::size_of::<FilterSettings>() == 16);
+const _: () = assert!(core::mem::size_of::<IdentityRecord>() == 64 + 16 + 3 * IDENTITY_NAME_LEN + ENV_WINDOW);
+const _: () = assert!(core::mem::offset_of!(IdentityRecord, env) % 8 == 0);
+const _: () = assert!(ENV_WINDOW.is_multiple_of(ENV_PAGE));
+// Never mistaken for a call record's version, nor the other way round.
+const _: () = assert!(IDENTITY_RECORD_VERSION != RECORD_VERSION && IDENTITY_RECORD_VERSION > 0xffff);
 
 #[cfg(feature = "user")]
 mod user {
@@ -326,4 +438,5 @@ mod user {
     unsafe impl aya::Pod for super::KernelOffsets {}
     unsafe impl aya::Pod for super::FilterSettings {}
     unsafe impl aya::Pod for super::TraceContext {}
+    unsafe impl aya::Pod for super::IdentityRecord {}
 }

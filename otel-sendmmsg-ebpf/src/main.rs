@@ -8,6 +8,7 @@
 mod context;
 mod fentry;
 mod filters;
+mod identity;
 mod kprobe;
 mod msgname;
 mod pairing;

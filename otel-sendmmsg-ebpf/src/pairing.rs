@@ -21,7 +21,7 @@ use aya_ebpf::{
 };
 use otel_sendmmsg_common::{filter, record_flags, CallRecord, Counter, MAX_VLEN, RECORD_VERSION};
 
-use crate::{context, filters, msgname, socket, task};
+use crate::{context, filters, identity, msgname, socket, task};
 
 /// Calls in flight, by thread id. A plain hash map, not an LRU one: an LRU map makes room by
 /// evicting another thread's call in progress, silently (its exit then looks like a call begun
@@ -55,7 +55,7 @@ const EEXIST: i64 = 17;
 
 /// Finished calls for user space. User space resizes it at load time.
 #[map]
-static RECORDS: RingBuf = RingBuf::with_byte_size(4 * 1024 * 1024, 0);
+pub(crate) static RECORDS: RingBuf = RingBuf::with_byte_size(4 * 1024 * 1024, 0);
 
 /// Where a new call's record is put together: it is too large for the 512-byte BPF stack.
 #[map]
@@ -132,7 +132,7 @@ fn refuse(tid: u32) {
 }
 
 #[inline(always)]
-fn count(counter: Counter) {
+pub(crate) fn count(counter: Counter) {
     if let Some(n) = COUNTERS.get_ptr_mut(counter as u32) {
         // SAFETY: this CPU's slot. Tracepoint, kprobe and raw tracepoint programs run with
         // preemption off, so nothing else touches it between the load and the store. (fentry
@@ -170,6 +170,8 @@ pub fn on_entry(args: CallArgs) {
             set_untraced(tid, untraced::FILTERED);
             return;
         }
+        // Before the call's own record, so user space knows the process before its first span.
+        identity::capture_once(tgid);
     }
     let Some(rec) = SCRATCH.get_ptr_mut(0) else {
         return;

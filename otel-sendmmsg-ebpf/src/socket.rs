@@ -32,7 +32,18 @@ pub static OFFSETS: KernelOffsets = KernelOffsets {
     sk_v6_daddr: 0,
     sk_v6_rcv_saddr: 0,
     task_start_boottime: 0,
-    _pad: 0,
+    identity_valid: 0,
+    task_mm: 0,
+    mm_env_start: 0,
+    mm_env_end: 0,
+    mm_exe_file: 0,
+    file_dentry: 0,
+    dentry_name: 0,
+    task_cgroups: 0,
+    css_set_dfl_cgrp: 0,
+    cgroup_kn: 0,
+    kernfs_name: 0,
+    kernfs_parent: 0,
 };
 
 #[inline(always)]

@@ -14,9 +14,15 @@
 //! sidecar's own loss counters, whether they account for every call, its CPU per 10k spans/s and
 //! its peak RSS.
 //!
+//! Part 3, first call (`first_call.rs`): what a short-lived process's first traced call pays for
+//! the kernel's capture of its identity, against the capture off and untraced, and its second
+//! call.
+//!
 //! Everything is configurable through `BENCH_*` variables (see `Settings`); every number printed
 //! is measured in this run.
 
+#[path = "overhead/first_call.rs"]
+mod first_call;
 #[path = "overhead/floor.rs"]
 mod floor;
 #[path = "../tests/support/mod.rs"]
@@ -43,7 +49,7 @@ const PIPELINE_COMM: &str = "otelbench-load";
 
 /// What to run, from the environment.
 struct Settings {
-    /// `BENCH_PARTS`: `overhead`, `pipeline` (default both).
+    /// `BENCH_PARTS`: `overhead`, `pipeline`, `first-call` (default all three).
     parts: Vec<String>,
     /// `BENCH_ROUNDS` (5): rounds of every configuration.
     rounds: usize,
@@ -61,6 +67,9 @@ struct Settings {
     details: Vec<String>,
     /// `BENCH_BPFTRACE` (bpftrace): the bpftrace binary; empty to leave the peer out.
     bpftrace: String,
+    /// `BENCH_CAPTURE_OFF` (true): also run each family, detail events, with the identity
+    /// capture off (the steady state before it).
+    capture_off: bool,
     /// `BENCH_PIPELINE_PROTOCOLS` (grpc,http).
     protocols: Vec<Protocol>,
     /// `BENCH_PIPELINE_RATES` (10000,25000,50000,100000,150000): calls/s asked of the workload.
@@ -115,7 +124,7 @@ impl Settings {
             })
             .collect();
         Settings {
-            parts: env_list("BENCH_PARTS", "overhead,pipeline"),
+            parts: env_list("BENCH_PARTS", "overhead,pipeline,first-call"),
             rounds: env_num("BENCH_ROUNDS", "5"),
             seconds: env_num("BENCH_SECONDS", "3"),
             vlens: env_list("BENCH_VLENS", "1,64"),
@@ -124,6 +133,7 @@ impl Settings {
             families: env_list("BENCH_FAMILIES", "tracepoint,kprobe,fentry"),
             details: env_list("BENCH_DETAILS", "events,spans,sizes,none"),
             bpftrace: env_or("BENCH_BPFTRACE", "bpftrace"),
+            capture_off: env_num("BENCH_CAPTURE_OFF", "true"),
             protocols,
             rates: env_list("BENCH_PIPELINE_RATES", "10000,25000,50000,100000,150000"),
             pipeline_seconds: env_num("BENCH_PIPELINE_SECONDS", "5"),
@@ -180,7 +190,13 @@ fn run_workload(
 enum Setup {
     Untraced,
     Floor,
-    Sidecar { family: String, detail: String },
+    /// `capture`: false clears the sidecar's identity capture after start-up (`first_call`),
+    /// to compare the steady state with the capture's once-per-process check and without.
+    Sidecar {
+        family: String,
+        detail: String,
+        capture: bool,
+    },
     Bpftrace,
 }
 
@@ -189,7 +205,10 @@ impl Setup {
         match self {
             Setup::Untraced => "untraced".into(),
             Setup::Floor => "floor (empty programs)".into(),
-            Setup::Sidecar { family, detail } => format!("sidecar {family}, detail {detail}"),
+            Setup::Sidecar { family, detail, capture: true } => format!("sidecar {family}, detail {detail}"),
+            Setup::Sidecar { family, detail, capture: false } => {
+                format!("sidecar {family}, detail {detail}, capture off")
+            }
             Setup::Bpftrace => "bpftrace peer.bt".into(),
         }
     }
@@ -252,9 +271,14 @@ fn start(setup: &Setup, settings: &Settings) -> Result<Session, String> {
     match setup {
         Setup::Untraced => Ok(Session::Nothing),
         Setup::Floor => Floor::attach().map(Session::Floor).map_err(|e| format!("{e:#}")),
-        Setup::Sidecar { family, detail } => Sidecar::try_start(&sidecar_vars(family, detail, settings))
-            .map(Session::Sidecar)
-            .map_err(|(status, log)| format!("{status}: {}", reason(&log))),
+        Setup::Sidecar { family, detail, capture } => {
+            let sidecar = Sidecar::try_start(&sidecar_vars(family, detail, settings))
+                .map_err(|(status, log)| format!("{status}: {}", reason(&log)))?;
+            if !capture {
+                first_call::capture_off()?;
+            }
+            Ok(Session::Sidecar(sidecar))
+        }
         Setup::Bpftrace => Bpftrace::start(&settings.bpftrace).map(Session::Bpftrace),
     }
 }
@@ -398,16 +422,23 @@ fn overhead(settings: &Settings) -> String {
     let mut unavailable: Vec<(String, String)> = Vec::new();
     // Which families the kernel gives: the sidecar itself says (exit 2 with the reason).
     for family in &settings.families {
-        let probe = Setup::Sidecar { family: family.clone(), detail: "events".into() };
+        let probe = Setup::Sidecar { family: family.clone(), detail: "events".into(), capture: true };
         match start(&probe, settings) {
             Ok(session) => {
                 stop(session);
-                setups.extend(
-                    settings
-                        .details
-                        .iter()
-                        .map(|d| Setup::Sidecar { family: family.clone(), detail: d.clone() }),
-                );
+                setups.extend(settings.details.iter().map(|d| Setup::Sidecar {
+                    family: family.clone(),
+                    detail: d.clone(),
+                    capture: true,
+                }));
+                // The steady state before the identity capture: the same, capture off.
+                if settings.capture_off {
+                    setups.push(Setup::Sidecar {
+                        family: family.clone(),
+                        detail: "events".into(),
+                        capture: false,
+                    });
+                }
             }
             Err(why) => {
                 eprintln!("sidecar {family}: unavailable: {why}");
@@ -583,8 +614,11 @@ fn pipeline(settings: &Settings) -> String {
             // A receiver per rate, counting spans by process: one that kept them all would cost
             // more CPU, on the same cores, than the sidecar it measures.
             let receiver = Receiver::start_counting(protocol);
-            let setup =
-                Setup::Sidecar { family: "tracepoint".into(), detail: settings.pipeline_detail.clone() };
+            let setup = Setup::Sidecar {
+                family: "tracepoint".into(),
+                detail: settings.pipeline_detail.clone(),
+                capture: true,
+            };
             let mut vars = vec![
                 ("OTEL_SENDMMSG_ATTACH", "tracepoint"),
                 ("OTEL_SENDMMSG_MESSAGE_DETAIL", settings.pipeline_detail.as_str()),
@@ -714,6 +748,9 @@ fn main() {
     }
     if settings.part("pipeline") {
         report.push_str(&pipeline(&settings));
+    }
+    if settings.part("first-call") {
+        report.push_str(&first_call::first_call(&settings));
     }
     let _ = writeln!(report, "\ntotal time {:.0} s", started.elapsed().as_secs_f64());
     println!("{report}");

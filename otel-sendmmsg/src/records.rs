@@ -4,9 +4,49 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use otel_sendmmsg_common::{
-    name_status, record_flags, CallRecord, Destination, MessageResult, SocketInfo, TraceContext,
-    DETAIL_OFFSET, MAX_VLEN, RECORD_VERSION,
+    identity_flags, name_status, record_flags, CallRecord, Destination, IdentityRecord, MessageResult,
+    SocketInfo, TraceContext, DETAIL_OFFSET, ENV_PAGE, ENV_WINDOW, IDENTITY_NAME_LEN,
+    IDENTITY_RECORD_VERSION, MAX_VLEN, RECORD_VERSION,
 };
+
+/// One ring-buffer item: a call, or the identity of a process, sent before its first call's.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Record {
+    Call(Call),
+    Identity(Identity),
+}
+
+/// Who a process was at its first traced call (or its first after an `exec`), as the kernel
+/// read it then. Everything in it is the process's to shape.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Identity {
+    pub pid: u32,
+    /// When the process started, ns after boot, as in [`Call::process_start_ns`].
+    pub process_start_ns: u64,
+    /// The process's name (its thread group leader's), as `/proc/PID/stat` shows it.
+    pub comm: String,
+    /// The executable's file name, when it could be read.
+    pub executable: Option<String>,
+    /// Its cgroup v2 directory's name and its parent's, when they could be read.
+    pub cgroup: Option<String>,
+    pub cgroup_parent: Option<String>,
+    pub cgroup_id: u64,
+    /// The environment block, or as much of its start as was read.
+    pub environ: Vec<u8>,
+    /// `environ` is the whole block (nothing past the window, no page unreadable).
+    pub environ_complete: bool,
+    /// Bits of `identity_flags` as the kernel set them.
+    pub flags: u32,
+}
+
+impl Identity {
+    /// Something the kernel could not read: the environment past its window or a page of it,
+    /// the executable, or the cgroup.
+    pub fn incomplete(&self) -> bool {
+        !self.environ_complete
+            || self.flags & (identity_flags::EXE_UNREADABLE | identity_flags::CGROUP_UNREADABLE) != 0
+    }
+}
 
 /// One `sendmmsg` call, as the kernel saw it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -125,6 +165,8 @@ pub enum DecodeError {
     FailedExceedsSeen { failed: u32, seen: u32 },
     #[error("record ends at {end_ns} ns, before it starts at {start_ns} ns")]
     EndsBeforeStart { start_ns: u64, end_ns: u64 },
+    #[error("identity record claims {what} = {value}, beyond its bounds")]
+    IdentityOutOfBounds { what: &'static str, value: u64 },
 }
 
 /// Decodes one ring-buffer item (a one-off [`Decoder`]).
@@ -147,7 +189,15 @@ impl Default for Decoder {
 }
 
 impl Decoder {
-    /// Decodes one ring-buffer item.
+    /// Decodes one ring-buffer item of either kind: the first `u32` tells them apart.
+    pub fn decode_record(&mut self, bytes: &[u8]) -> Result<Record, DecodeError> {
+        match bytes.get(..4).map(|b| u32::from_ne_bytes(b.try_into().expect("4 bytes"))) {
+            Some(IDENTITY_RECORD_VERSION) => decode_identity(bytes).map(Record::Identity),
+            _ => self.decode(bytes).map(Record::Call),
+        }
+    }
+
+    /// Decodes one ring-buffer item that must be a call record.
     pub fn decode(&mut self, bytes: &[u8]) -> Result<Call, DecodeError> {
         // The header's first two u32 are the layout version and size, whatever the layout.
         if bytes.len() >= 4 {
@@ -174,6 +224,70 @@ impl Decoder {
         }
         check_and_convert(rec, bytes.len())
     }
+}
+
+/// Decodes an identity record, read field by field from the item (33 KiB: never copied whole).
+pub fn decode_identity(bytes: &[u8]) -> Result<Identity, DecodeError> {
+    use core::mem::offset_of;
+    let layout = size_of::<IdentityRecord>();
+    if bytes.len() != layout {
+        return Err(DecodeError::SizeMismatch { got: bytes.len(), expected: layout });
+    }
+    let u32_at = |at: usize| u32::from_ne_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
+    let u64_at = |at: usize| u64::from_ne_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
+    let size = u32_at(offset_of!(IdentityRecord, size)) as usize;
+    if size != layout {
+        return Err(DecodeError::SizeMismatch { got: size, expected: layout });
+    }
+    let out_of_bounds = |what, value: u64| DecodeError::IdentityOutOfBounds { what, value };
+    // A name: its bytes up to the claimed length (refused past the field) and any NUL.
+    let name = |field: usize, len_field: usize, what| -> Result<Option<String>, DecodeError> {
+        let len = u32_at(len_field) as usize;
+        if len >= IDENTITY_NAME_LEN {
+            return Err(out_of_bounds(what, len as u64));
+        }
+        let raw = &bytes[field..field + len];
+        let raw = raw.split(|&b| b == 0).next().unwrap_or_default();
+        Ok((!raw.is_empty()).then(|| String::from_utf8_lossy(raw).into_owned()))
+    };
+    let executable = name(offset_of!(IdentityRecord, exe), offset_of!(IdentityRecord, exe_len), "exe_len")?;
+    let cgroup =
+        name(offset_of!(IdentityRecord, cgroup), offset_of!(IdentityRecord, cgroup_len), "cgroup_len")?;
+    let cgroup_parent = name(
+        offset_of!(IdentityRecord, cgroup_parent),
+        offset_of!(IdentityRecord, cgroup_parent_len),
+        "cgroup_parent_len",
+    )?;
+    let skip = u32_at(offset_of!(IdentityRecord, env_skip)) as usize;
+    let read = u32_at(offset_of!(IdentityRecord, env_read)) as usize;
+    let claimed = u64_at(offset_of!(IdentityRecord, env_len));
+    if skip >= ENV_PAGE {
+        return Err(out_of_bounds("env_skip", skip as u64));
+    }
+    if read > ENV_WINDOW || !read.is_multiple_of(ENV_PAGE) {
+        return Err(out_of_bounds("env_read", read as u64));
+    }
+    // The block within what was read; the claimed length is the process's to make up.
+    let end = (skip as u64).saturating_add(claimed);
+    let available = read.min(usize::try_from(end).unwrap_or(usize::MAX));
+    let env = offset_of!(IdentityRecord, env);
+    let environ = bytes[env + skip.min(available)..env + available].to_vec();
+    let flags = u32_at(offset_of!(IdentityRecord, flags));
+    let comm = &bytes[offset_of!(IdentityRecord, comm)..offset_of!(IdentityRecord, comm) + 16];
+    let comm = comm.split(|&b| b == 0).next().unwrap_or_default();
+    Ok(Identity {
+        pid: u32_at(offset_of!(IdentityRecord, pid)),
+        process_start_ns: u64_at(offset_of!(IdentityRecord, process_start_ns)),
+        comm: String::from_utf8_lossy(comm).into_owned(),
+        executable,
+        cgroup,
+        cgroup_parent,
+        cgroup_id: u64_at(offset_of!(IdentityRecord, cgroup_id)),
+        environ,
+        environ_complete: end <= read as u64
+            && flags & (identity_flags::ENV_CUT | identity_flags::ENV_UNREADABLE) == 0,
+        flags,
+    })
 }
 
 fn check_and_convert(rec: &CallRecord, len: usize) -> Result<Call, DecodeError> {
@@ -421,6 +535,158 @@ pub(crate) mod tests {
         let mut rec = record(&[1]);
         rec.end_ns = rec.start_ns - 1;
         assert!(matches!(decode(&bytes_of(&rec)), Err(DecodeError::EndsBeforeStart { .. })));
+    }
+
+    /// An identity record as the BPF side writes it: `environ` from the start of a page at
+    /// `skip`, read in whole pages.
+    pub(crate) fn identity_record(pid: u32, environ: &[u8], skip: usize) -> Box<IdentityRecord> {
+        // SAFETY: plain integers: all-zero bytes are a valid value.
+        let mut rec = unsafe { Box::<IdentityRecord>::new_zeroed().assume_init() };
+        rec.version = IDENTITY_RECORD_VERSION;
+        rec.size = size_of::<IdentityRecord>() as u32;
+        rec.pid = pid;
+        rec.process_start_ns = 5_000_000_000;
+        rec.cgroup_id = 77;
+        rec.comm[..8].copy_from_slice(b"launcher");
+        let name = |field: &mut [u8; IDENTITY_NAME_LEN], value: &[u8]| {
+            field[..value.len()].copy_from_slice(value);
+            value.len() as u32
+        };
+        rec.exe_len = name(&mut rec.exe, b"checkout-server");
+        rec.cgroup_len = name(&mut rec.cgroup, b"docker-0123.scope");
+        rec.cgroup_parent_len = name(&mut rec.cgroup_parent, b"system.slice");
+        let end = (skip + environ.len()).min(ENV_WINDOW);
+        rec.env[skip..end].copy_from_slice(&environ[..end - skip]);
+        rec.env_len = environ.len() as u64;
+        rec.env_skip = skip as u32;
+        rec.env_read = end.div_ceil(ENV_PAGE) as u32 * ENV_PAGE as u32;
+        if skip + environ.len() > ENV_WINDOW {
+            rec.flags |= identity_flags::ENV_CUT;
+        }
+        rec
+    }
+
+    pub(crate) fn identity_bytes(rec: &IdentityRecord) -> Vec<u8> {
+        // SAFETY: `#[repr(C)]` integers and arrays with every padding an explicit field.
+        unsafe {
+            std::slice::from_raw_parts(
+                (rec as *const IdentityRecord).cast::<u8>(),
+                size_of::<IdentityRecord>(),
+            )
+        }
+        .to_vec()
+    }
+
+    fn decode_any(bytes: &[u8]) -> Result<Record, DecodeError> {
+        Decoder::default().decode_record(bytes)
+    }
+
+    #[test]
+    fn an_identity_record_decodes_with_its_environment_and_names() {
+        let environ = b"PATH=/bin\0OTEL_SERVICE_NAME=checkout\0";
+        let rec = identity_record(4242, environ, 3000);
+        let Ok(Record::Identity(identity)) = decode_any(&identity_bytes(&rec)) else { panic!("an identity") };
+        assert_eq!(identity.pid, 4242);
+        assert_eq!(identity.process_start_ns, 5_000_000_000);
+        assert_eq!(identity.comm, "launcher");
+        assert_eq!(identity.executable.as_deref(), Some("checkout-server"));
+        assert_eq!(identity.cgroup.as_deref(), Some("docker-0123.scope"));
+        assert_eq!(identity.cgroup_parent.as_deref(), Some("system.slice"));
+        assert_eq!(identity.cgroup_id, 77);
+        assert_eq!(identity.environ, environ);
+        assert!(identity.environ_complete && !identity.incomplete());
+        // Call records still decode through the same entry point, as before.
+        let call = record(&[10]);
+        assert_eq!(decode_any(&bytes_of(&call)), Ok(Record::Call(decode(&bytes_of(&call)).unwrap())));
+    }
+
+    #[test]
+    fn an_identity_record_of_another_length_is_refused() {
+        let bytes = identity_bytes(&identity_record(1, b"A=1\0", 0));
+        let expected = size_of::<IdentityRecord>();
+        for len in [expected - 1, 8, 4] {
+            assert_eq!(
+                decode_any(&bytes[..len]),
+                Err(DecodeError::SizeMismatch { got: len, expected }),
+                "truncated to {len}"
+            );
+        }
+        let mut long = bytes.clone();
+        long.extend_from_slice(&[0; 8]);
+        assert_eq!(decode_any(&long), Err(DecodeError::SizeMismatch { got: expected + 8, expected }));
+        let mut rec = identity_record(1, b"A=1\0", 0);
+        rec.size -= 8;
+        assert_eq!(
+            decode_any(&identity_bytes(&rec)),
+            Err(DecodeError::SizeMismatch { got: expected - 8, expected })
+        );
+    }
+
+    #[test]
+    fn garbled_identity_lengths_are_refused_not_trusted() {
+        type Garble = (&'static str, fn(&mut IdentityRecord));
+        let garble: [Garble; 6] = [
+            ("exe_len", |r| r.exe_len = IDENTITY_NAME_LEN as u32),
+            ("cgroup_len", |r| r.cgroup_len = u32::MAX),
+            ("cgroup_parent_len", |r| r.cgroup_parent_len = 1000),
+            ("env_skip", |r| r.env_skip = ENV_PAGE as u32),
+            ("env_read", |r| r.env_read = (ENV_WINDOW + ENV_PAGE) as u32),
+            ("env_read", |r| r.env_read = 100),
+        ];
+        for (what, garble) in garble {
+            let mut rec = identity_record(1, b"A=1\0", 10);
+            garble(&mut rec);
+            assert!(
+                matches!(decode_any(&identity_bytes(&rec)), Err(DecodeError::IdentityOutOfBounds { what: w, .. }) if w == what),
+                "{what}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_environment_is_only_what_was_read_whatever_its_length_claims() {
+        // A claimed length far beyond the window (prctl(PR_SET_MM) lets a process claim any).
+        let mut rec = identity_record(1, b"OTEL_SERVICE_NAME=x\0", 100);
+        rec.env_len = u64::MAX;
+        let Ok(Record::Identity(identity)) = decode_any(&identity_bytes(&rec)) else { panic!() };
+        assert_eq!(identity.environ.len(), ENV_PAGE - 100, "up to the end of the page read");
+        assert!(!identity.environ_complete && identity.incomplete());
+        // A block cut by the window: what fits, marked incomplete.
+        let big = vec![b'x'; ENV_WINDOW];
+        let Ok(Record::Identity(cut)) = decode_any(&identity_bytes(&identity_record(1, &big, 500))) else {
+            panic!()
+        };
+        assert_eq!(cut.environ.len(), ENV_WINDOW - 500);
+        assert!(!cut.environ_complete);
+        // A page that could not be read: only the pages before it.
+        let mut rec = identity_record(1, &vec![b'y'; 3 * ENV_PAGE], 0);
+        rec.env_read = ENV_PAGE as u32;
+        rec.flags |= identity_flags::ENV_UNREADABLE;
+        let Ok(Record::Identity(partial)) = decode_any(&identity_bytes(&rec)) else { panic!() };
+        assert_eq!(partial.environ.len(), ENV_PAGE);
+        assert!(partial.incomplete());
+        // Nothing read at all (no mm), and unreadable names.
+        let mut rec = identity_record(1, b"", 0);
+        rec.env_read = 0;
+        rec.exe_len = 0;
+        rec.flags = identity_flags::EXE_UNREADABLE;
+        let Ok(Record::Identity(bare)) = decode_any(&identity_bytes(&rec)) else { panic!() };
+        assert_eq!((bare.environ.len(), bare.executable.as_deref()), (0, None));
+        assert!(bare.incomplete());
+    }
+
+    #[test]
+    fn names_stop_at_a_nul_and_bad_utf8_is_replaced() {
+        let mut rec = identity_record(1, b"", 0);
+        rec.exe[..6].copy_from_slice(b"ab\0cde");
+        rec.exe_len = 6;
+        rec.cgroup[..3].copy_from_slice(&[0xff, b'z', 0xfe]);
+        rec.cgroup_len = 3;
+        rec.comm = [b'c'; 16];
+        let Ok(Record::Identity(identity)) = decode_any(&identity_bytes(&rec)) else { panic!() };
+        assert_eq!(identity.executable.as_deref(), Some("ab"));
+        assert_eq!(identity.cgroup.as_deref(), Some("\u{fffd}z\u{fffd}"));
+        assert_eq!(identity.comm, "c".repeat(16));
     }
 
     #[test]

@@ -35,7 +35,7 @@ use crate::{
         resolver::{Answer, Job, Resolver},
         ProcessCache, ProcessInfo, ReadRequest,
     },
-    records::Decoder,
+    records::{Decoder, Identity, Record},
     self_metrics::{self, SelfMetrics},
     shutdown::StopSignals,
     span::{
@@ -96,8 +96,9 @@ struct Pipeline {
 
 impl Pipeline {
     fn handle(&mut self, item: &[u8]) {
-        match self.decoder.decode(item) {
-            Ok(call) => {
+        match self.decoder.decode_record(item) {
+            Ok(Record::Identity(identity)) => self.identity(&identity),
+            Ok(Record::Call(call)) => {
                 let call = match self.self_test.as_mut() {
                     // The self-test's calls prove the hooks; they are no span.
                     Some(trial) if trial.tid() == call.tid => return trial.record(call),
@@ -136,6 +137,33 @@ impl Pipeline {
                     warn!("dropped an undecodable record ({e}); {} so far", self.undecodable);
                 }
             }
+        }
+    }
+
+    /// A process's identity as the kernel captured it before its call's record: its entry is
+    /// made from it at once. Its pid's calls still waiting for `/proc` came before it and go
+    /// now; an incomplete capture is completed from `/proc`, its calls waiting as for any read.
+    fn identity(&mut self, identity: &Identity) {
+        if identity.incomplete() {
+            debug!(
+                "process {} ({}): captured identity incomplete (flags {:#x}, {} bytes of environment)",
+                identity.pid,
+                identity.comm,
+                identity.flags,
+                identity.environ.len()
+            );
+        }
+        let waiting = self.waiting.by_pid.get(&identity.pid).map(|w| &w.request);
+        let process::Captured::New { earlier, read } = self.processes.capture(identity, waiting) else {
+            return;
+        };
+        if let (Some(process), Some(waiting)) = (earlier, self.waiting.by_pid.remove(&identity.pid)) {
+            self.release(waiting, process);
+        }
+        if let Some(request) = read {
+            self.resolver.submit(Job::Read(request.clone()));
+            let waiting = WaitingFor { request, since: Instant::now(), spans: Vec::new() };
+            self.waiting.by_pid.insert(identity.pid, waiting);
         }
     }
 

@@ -46,6 +46,11 @@ const METRICS: &[(&str, &str, Option<&str>)] = &[
     ("kretprobe_missed", "otel_sendmmsg.kretprobes.missed", None),
     // Spans still delivered, under a resource named after their thread.
     ("process_metadata_unavailable", "otel_sendmmsg.processes.unread", None),
+    // Identities captured in the kernel at a process's first call; those missing something
+    // (completed from /proc while the process lives); those lost to a full ring buffer.
+    ("identities_captured", "otel_sendmmsg.identities.captured", None),
+    ("identities_incomplete", "otel_sendmmsg.identities.incomplete", None),
+    ("identities_dropped", "otel_sendmmsg.identities.dropped", None),
     ("context_files_refused", "otel_sendmmsg.context_files.refused", None),
     // Processes still described, from their environment instead of their process context.
     ("process_contexts_refused", "otel_sendmmsg.process_contexts.refused", None),
@@ -201,6 +206,15 @@ fn description(metric: &str) -> &'static str {
         }
         "otel_sendmmsg.processes.unread" => {
             "processes whose spans went under a resource named after their thread: reading /proc took too long"
+        }
+        "otel_sendmmsg.identities.captured" => {
+            "process identities (environment, executable, cgroup) captured in the kernel at a process's first call"
+        }
+        "otel_sendmmsg.identities.incomplete" => {
+            "captured identities missing part of the environment, the executable or the cgroup (completed from /proc while the process lives)"
+        }
+        "otel_sendmmsg.identities.dropped" => {
+            "identities the kernel could not send, the ring buffer being full (the process's next call tries again)"
         }
         "otel_sendmmsg.context_files.refused" => {
             "files exporting the context marker left unattached at OTEL_SENDMMSG_MAX_CONTEXT_FILES"

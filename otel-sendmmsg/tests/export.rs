@@ -343,3 +343,160 @@ fn each_signals_headers_reach_the_collector() {
         assert!(metrics.iter().all(|v| v.as_deref() == Some("metrics-only")), "{protocol:?}: {metrics:?}");
     }
 }
+
+/// What a span's resource must say of a process that declared itself.
+fn check_declared(
+    span: &ReceivedSpan,
+    pid: u32,
+    service: &str,
+    namespace: &str,
+    environment: &str,
+    exe: &str,
+) {
+    let resource = &span.resource;
+    assert_eq!(str_attr(resource, "service.name"), Some(service), "pid {pid}: {resource:#?}");
+    assert_eq!(str_attr(resource, "service.namespace"), Some(namespace), "pid {pid}: {resource:#?}");
+    assert_eq!(
+        str_attr(resource, "deployment.environment.name"),
+        Some(environment),
+        "pid {pid}: {resource:#?}"
+    );
+    assert_eq!(str_attr(resource, "process.executable.name"), Some(exe), "pid {pid}: {resource:#?}");
+    assert_eq!(int_attr(resource, "process.pid"), Some(pid as i64), "{resource:#?}");
+    assert_eq!(str_attr(resource, "host.name"), Some("export-test-host"), "{resource:#?}");
+}
+
+/// Processes that call once and exit at once, and processes that call once and exec another
+/// program that calls once and exits, 50 at a time: each is gone long before a `/proc` read
+/// could find it, and each span still carries exactly its own program's resource, captured in
+/// the kernel at its call.
+#[test]
+fn processes_gone_right_after_their_call_carry_their_own_resource() {
+    require_root();
+    let receiver = Receiver::start(Protocol::Grpc);
+    let sidecar =
+        sidecar(&receiver, Protocol::Grpc, &[("OTEL_RESOURCE_ATTRIBUTES", "host.name=export-test-host")]);
+    wait_until_draining(&receiver);
+    let exec_into = renamed_workload("exec-target");
+    const EACH: usize = 25;
+    let attributes = |who: &str, i: usize| {
+        format!("service.namespace=ns-{who}-{i},deployment.environment.name=env-{who}-{i}")
+    };
+    let mut children = Vec::new();
+    for i in 0..EACH {
+        let once = Command::new(WORKLOAD)
+            .arg("udp4")
+            .env("OTEL_SERVICE_NAME", format!("once-{i}"))
+            .env("OTEL_RESOURCE_ATTRIBUTES", attributes("once", i))
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let exec = Command::new(WORKLOAD)
+            .arg("udp4-then-exec")
+            .env("OTEL_SERVICE_NAME", format!("before-exec-{i}"))
+            .env("OTEL_RESOURCE_ATTRIBUTES", attributes("before", i))
+            .env("WORKLOAD_EXEC_INTO", &*exec_into)
+            .env("WORKLOAD_EXEC_ENV_OTEL_SERVICE_NAME", format!("after-exec-{i}"))
+            .env("WORKLOAD_EXEC_ENV_OTEL_RESOURCE_ATTRIBUTES", attributes("after", i))
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        children.push((i, false, once));
+        children.push((i, true, exec));
+    }
+    let runs: Vec<(usize, bool, Vec<CallReport>)> = children
+        .into_iter()
+        .map(|(i, exec, child)| {
+            let out = child.wait_with_output().unwrap();
+            assert!(out.status.success(), "workload {i} failed");
+            let calls = String::from_utf8(out.stdout)
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str::<CallReport>(l).unwrap())
+                .collect();
+            (i, exec, calls)
+        })
+        .collect();
+    // Every span reaches the receiver before the sidecar stops.
+    let expected: usize = runs.iter().map(|(_, _, calls)| calls.len()).sum();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let pids: Vec<u32> = runs.iter().map(|(_, _, calls)| calls[0].pid).collect();
+    while pids.iter().map(|&pid| receiver.spans_of(pid).len()).sum::<usize>() < expected {
+        assert!(Instant::now() < deadline, "not every span arrived");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let stopped = sidecar.stop();
+    assert!(stopped.status.success(), "{}", stopped.stderr);
+    assert!(summary_count(&stopped.stderr, "identities_captured") >= 3 * EACH as u64, "{}", stopped.stderr);
+    assert_eq!(summary_count(&stopped.stderr, "identities_dropped"), 0, "{}", stopped.stderr);
+
+    for (i, exec, calls) in &runs {
+        let pid = calls[0].pid;
+        let mut spans = receiver.spans_of(pid);
+        spans.sort_by_key(|s| s.span.start_time_unix_nano);
+        if !exec {
+            assert_eq!(spans.len(), 1, "pid {pid}:\n{}", stopped.stderr);
+            check_declared(
+                &spans[0],
+                pid,
+                &format!("once-{i}"),
+                &format!("ns-once-{i}"),
+                &format!("env-once-{i}"),
+                "sendmmsg-workload",
+            );
+            continue;
+        }
+        assert_eq!((calls.len(), calls[1].pid), (2, pid), "the exec keeps the pid");
+        assert_eq!(spans.len(), 2, "pid {pid}:\n{}", stopped.stderr);
+        // The call before the exec under the first program, the one after under the second.
+        check_declared(
+            &spans[0],
+            pid,
+            &format!("before-exec-{i}"),
+            &format!("ns-before-{i}"),
+            &format!("env-before-{i}"),
+            "sendmmsg-workload",
+        );
+        check_declared(
+            &spans[1],
+            pid,
+            &format!("after-exec-{i}"),
+            &format!("ns-after-{i}"),
+            &format!("env-after-{i}"),
+            "exec-target",
+        );
+    }
+}
+
+/// A process that enters a container-like cgroup, calls once and exits at once still carries its
+/// container.id: the kernel captured its cgroup's name at the call.
+#[test]
+fn a_process_gone_right_after_its_call_in_a_container_cgroup_carries_its_container_id() {
+    require_root();
+    let receiver = Receiver::start(Protocol::Grpc);
+    let cgroup = ContainerCgroup::new();
+    let sidecar =
+        sidecar(&receiver, Protocol::Grpc, &[("OTEL_RESOURCE_ATTRIBUTES", "host.name=export-test-host")]);
+    wait_until_draining(&receiver);
+    let script = format!("echo $$ > {} && exec {WORKLOAD} udp4", cgroup.scope.join("cgroup.procs").display());
+    let calls =
+        workload_calls(Command::new("sh").args(["-c", &script]).env("OTEL_SERVICE_NAME", "in-a-container"));
+    assert_eq!(calls.len(), 1);
+    let pid = calls[0].pid;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while receiver.spans_of(pid).is_empty() {
+        assert!(Instant::now() < deadline, "no span of pid {pid}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The container is gone too before the sidecar stops.
+    let container = cgroup.id.clone();
+    drop(cgroup);
+    let stopped = sidecar.stop();
+    assert!(stopped.status.success(), "{}", stopped.stderr);
+    let spans = receiver.spans_of(pid);
+    assert_eq!(spans.len(), 1, "{}", stopped.stderr);
+    let resource = &spans[0].resource;
+    assert_eq!(str_attr(resource, "service.name"), Some("in-a-container"), "{resource:#?}");
+    assert_eq!(str_attr(resource, "process.executable.name"), Some("sendmmsg-workload"), "{resource:#?}");
+    assert_eq!(str_attr(resource, "container.id"), Some(container.as_str()), "{resource:#?}");
+}

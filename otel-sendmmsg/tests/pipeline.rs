@@ -257,6 +257,34 @@ fn without_a_collector_each_call_is_one_console_line() {
     assert!(stopped.stderr.contains("spans go to stdout"), "{}", stopped.stderr);
 }
 
+/// A process that calls once and execs at once into a program that calls once and exits: each
+/// call's line names its own program's service and executable, from the identity the kernel
+/// captured at the call (both programs are gone before any `/proc` read could find them). In
+/// the 6.1 matrix too, for every family.
+#[test]
+fn programs_gone_right_after_their_call_are_named_by_their_own_environment() {
+    require_root();
+    let _host = native_test();
+    let sidecar = Sidecar::start(&[]);
+    let calls = workload_calls(
+        std::process::Command::new(WORKLOAD)
+            .arg("udp4-then-exec")
+            .env("OTEL_SERVICE_NAME", "before-exec")
+            .env("WORKLOAD_EXEC_ENV_OTEL_SERVICE_NAME", "after-exec"),
+    );
+    let stopped = sidecar.stop();
+    assert!(stopped.status.success(), "{}", stopped.stderr);
+    assert_eq!(calls.len(), 2);
+    let pid = format!("process.pid={}", calls[0].pid);
+    let mut lines: Vec<&str> = stopped.stdout.lines().filter(|l| l.split(' ').any(|w| w == pid)).collect();
+    // Each line starts with the span's start time (RFC 3339, UTC): in call order when sorted.
+    lines.sort();
+    assert_eq!(lines.len(), 2, "{}\n{}", stopped.stdout, stopped.stderr);
+    assert!(lines[0].contains(" service.name=before-exec "), "{}\n{}", lines[0], stopped.stderr);
+    assert!(lines[1].contains(" service.name=after-exec "), "{}\n{}", lines[1], stopped.stderr);
+    assert!(support::summary_count(&stopped.stderr, "identities_captured") >= 2, "{}", stopped.stderr);
+}
+
 /// Each family either traces correctly or is refused at start-up with exit code 2 and the
 /// kernel's reason; which, must match what the kernel offers.
 #[test]
@@ -412,10 +440,11 @@ fn blocked_run<'a>(console: &'a str, run: &str) -> (u64, u64, Vec<&'a str>) {
 }
 
 /// The end-to-end tests above that every family must pass on 6.1, exactly as they pass here.
-const TESTS_PER_FAMILY: [&str; 3] = [
+const TESTS_PER_FAMILY: [&str; 4] = [
     "every_scenario_reaches_a_grpc_collector_exactly",
     "every_scenario_reaches_an_http_protobuf_collector_exactly",
     "without_a_collector_each_call_is_one_console_line",
+    "programs_gone_right_after_their_call_are_named_by_their_own_environment",
 ];
 
 /// The kernel matrix: the tests above, inside Debian's 6.1 kernel (kprobes and BTF, no
@@ -483,6 +512,9 @@ sed "s/^/LOG /" /tmp/log
         for reason in passed_over {
             assert!(log(reason), "{ctx}: no \"{reason}\"");
         }
+        // 6.1's BTF has every field the identity capture reads (kernfs_node.parent under its
+        // old name), and its exec hook attaches.
+        assert!(log("process identities are captured in the kernel"), "{ctx}: identity capture");
         let summary = console.lines().find(|l| l.starts_with("LOG ") && l.contains("stopped: "));
         let summary = summary.unwrap_or_else(|| panic!("{ctx}: no closing summary"));
         if family == "kprobe" {

@@ -1,13 +1,41 @@
 //! `otel-sendmmsg-fuzz-seeds DIR`: writes one file per record into DIR, each the bytes the BPF
 //! side submits for a call (the header and `min(vlen, 64)` detail slots), for calls like those
-//! the end-to-end tests make.
+//! the end-to-end tests make, and for the identity of a process that declares its service.
 
 use std::{error::Error, fs, path::PathBuf};
 
 use otel_sendmmsg_common::{
-    name_status, record_flags, CallRecord, Destination, MessageResult, SocketInfo, TraceContext,
-    MAX_MESSAGE_DETAIL, RECORD_VERSION,
+    name_status, record_flags, CallRecord, Destination, IdentityRecord, MessageResult, SocketInfo,
+    TraceContext, ENV_PAGE, IDENTITY_RECORD_VERSION, MAX_MESSAGE_DETAIL, RECORD_VERSION,
 };
+
+/// The identity record of a process in a Docker container that declares its service and
+/// attributes, its environment block starting `skip` bytes into its first page.
+fn identity(skip: usize) -> Vec<u8> {
+    // SAFETY: plain integers: all-zero bytes are a valid value.
+    let mut rec = unsafe { Box::<IdentityRecord>::new_zeroed().assume_init() };
+    rec.version = IDENTITY_RECORD_VERSION;
+    rec.size = size_of::<IdentityRecord>() as u32;
+    rec.pid = 31378;
+    rec.process_start_ns = 4_000_000_000;
+    rec.comm[..15].copy_from_slice(b"sendmmsg-worklo");
+    let environ = b"PATH=/usr/bin\0OTEL_SERVICE_NAME=checkout\0OTEL_RESOURCE_ATTRIBUTES=service.namespace=shop,deployment.environment.name=prod%20eu\0";
+    rec.env[skip..skip + environ.len()].copy_from_slice(environ);
+    rec.env_len = environ.len() as u64;
+    rec.env_skip = skip as u32;
+    rec.env_read = (skip + environ.len()).div_ceil(ENV_PAGE) as u32 * ENV_PAGE as u32;
+    let exe = b"sendmmsg-workload";
+    rec.exe[..exe.len()].copy_from_slice(exe);
+    rec.exe_len = exe.len() as u32;
+    let cgroup = b"docker-3f1c0a9e8b7d6c5f4e3d2c1b0a9f8e7d6c5b4a3f2e1d0c9b8a7f6e5d4c3b2a19.scope";
+    rec.cgroup[..cgroup.len()].copy_from_slice(cgroup);
+    rec.cgroup_len = cgroup.len() as u32;
+    // SAFETY: `#[repr(C)]` integers and arrays with every padding an explicit field.
+    unsafe {
+        std::slice::from_raw_parts((&*rec as *const IdentityRecord).cast::<u8>(), size_of::<IdentityRecord>())
+    }
+    .to_vec()
+}
 
 /// A call of `results` messages (bytes sent, or a negative errno), counted as the BPF side
 /// counts them.
@@ -157,5 +185,7 @@ fn main() -> Result<(), Box<dyn Error>> {
     for (name, rec) in seeds() {
         fs::write(dir.join(format!("seed-{name}")), rec.wire_bytes())?;
     }
+    fs::write(dir.join("seed-identity"), identity(0))?;
+    fs::write(dir.join("seed-identity-mid-page"), identity(4000))?;
     Ok(())
 }

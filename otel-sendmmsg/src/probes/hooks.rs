@@ -261,6 +261,13 @@ pub const CONTEXT_CLEANUP: [Hook; 2] = [
     },
 ];
 
+/// Lets a process that execs be captured again ([`super::Probes::start_identity_capture`]).
+pub const IDENTITY_EXEC: Hook = Hook {
+    program: program::IDENTITY_EXEC,
+    kind: Kind::Tracepoint { category: "sched", event: "sched_process_exec" },
+    needs: Needs::Nothing,
+};
+
 impl Hook {
     /// Whether the running kernel offers the facility this hook needs; Err says what is missing.
     /// The function itself is looked for by [`Hook::point`].
@@ -340,6 +347,9 @@ pub mod program {
     pub const CONTEXT_THREAD_EXIT: &str = "context_thread_exit";
     /// `sched:sched_process_exec`: drops the context of a thread that runs a new program.
     pub const CONTEXT_EXEC: &str = "context_exec";
+    /// `sched:sched_process_exec`: forgets a process's captured identity when it runs a new
+    /// program, so the new program's next call captures it again.
+    pub const IDENTITY_EXEC: &str = "identity_exec";
     /// (program, target function), one program per function: fexit binds at load time.
     pub const FEXIT_PROTOCOL: [(&str, &str); 3] = [
         ("sendmmsg_fexit_inet_sendmsg", "inet_sendmsg"),

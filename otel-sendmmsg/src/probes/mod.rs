@@ -30,7 +30,7 @@ use tracing::{info, warn};
 
 use self::{
     attach::{Attached, Point, Programs, Set},
-    hooks::{program, Family, MessageHook, CONTEXT_CLEANUP},
+    hooks::{program, Family, MessageHook, CONTEXT_CLEANUP, IDENTITY_EXEC},
     kernel::Kernel,
     markers::{printable, proc_maps::FileId, Found, Marker},
 };
@@ -42,6 +42,7 @@ pub struct Probes {
     entry_exit: Set,
     message: Set,
     context_cleanup: Set,
+    identity_exec: Set,
     /// The context-marker uprobes, one per file; dropping one releases that file.
     markers: StdHashMap<FileId, Attached>,
     /// In-flight entries removed because their thread is gone: calls whose exit never ran.
@@ -61,6 +62,7 @@ impl Probes {
             entry_exit: Set::default(),
             message: Set::default(),
             context_cleanup: Set::default(),
+            identity_exec: Set::default(),
             markers: StdHashMap::new(),
             exits_missed_swept: 0,
             exit_maxactive: kretprobe_events::maxactive(config.max_inflight),
@@ -70,7 +72,34 @@ impl Probes {
                 "{e}: a thread that gets the tid of one that published a context may inherit its parent span"
             );
         }
+        let identity_offsets = kernel.offsets.as_ref().is_ok_and(|off| off.identity_valid == 1);
+        match probes.start_identity_capture(identity_offsets) {
+            Ok(()) => info!("process identities are captured in the kernel at each process's first call"),
+            Err(e) => warn!(
+                "{e}: process identities come from /proc only (a process that exits right after its call \
+                 is named after its thread)"
+            ),
+        }
         Ok(probes)
+    }
+
+    /// Turns on the capture of each traced process's identity at its first call, once its exec
+    /// hook is attached: without that hook an exec'd program would keep the old one's identity.
+    fn start_identity_capture(&mut self, offsets_known: bool) -> Result<(), String> {
+        if !offsets_known {
+            return Err("the kernel's BTF does not describe the fields the identity capture reads".into());
+        }
+        let hooks::Kind::Tracepoint { category, event } = IDENTITY_EXEC.kind else {
+            unreachable!("the identity exec hook is a tracepoint")
+        };
+        self.identity_exec.attach_all(
+            &mut self.programs,
+            &mut self.ebpf,
+            [(IDENTITY_EXEC.program, Point::Tracepoint { category, event })],
+        )?;
+        let map = self.ebpf.map_mut("IDENTITY_ON").ok_or("map IDENTITY_ON missing from the BPF object")?;
+        let mut on = Array::<_, u32>::try_from(map).map_err(|e| e.to_string())?;
+        on.set(0, 1, 0).map_err(|e| format!("turning the identity capture on: {e}"))
     }
 
     /// Hands over the ring buffer the records arrive in; start reading it before attaching.
@@ -170,6 +199,7 @@ impl Probes {
         self.detach_message();
         self.markers.clear();
         self.context_cleanup.detach();
+        self.identity_exec.detach();
     }
 
     /// What is attached now, for the log.

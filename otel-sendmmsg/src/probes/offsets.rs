@@ -38,7 +38,30 @@ pub fn from_btf_file(path: &str) -> Result<KernelOffsets, String> {
         task_start_boottime: field("task_struct", "start_boottime")
             .or_else(|_| field("task_struct", "real_start_time"))
             .unwrap_or(0),
-        _pad: 0,
+        ..identity_offsets(&btf)
+            .inspect_err(|why| tracing::info!("{why}: no identity capture in the kernel"))
+            .unwrap_or_default()
+    })
+}
+
+/// The offsets the identity capture reads (see [`KernelOffsets::identity_valid`]): all or none.
+fn identity_offsets(btf: &Types) -> Result<KernelOffsets, String> {
+    let field = |s: &str, f: &str| member_offset(btf, s, f);
+    Ok(KernelOffsets {
+        identity_valid: 1,
+        task_mm: field("task_struct", "mm")?,
+        mm_env_start: field("mm_struct", "env_start")?,
+        mm_env_end: field("mm_struct", "env_end")?,
+        mm_exe_file: field("mm_struct", "exe_file")?,
+        file_dentry: field("file", "f_path")? + field("path", "dentry")?,
+        dentry_name: field("dentry", "d_name")? + field("qstr", "name")?,
+        task_cgroups: field("task_struct", "cgroups")?,
+        css_set_dfl_cgrp: field("css_set", "dfl_cgrp")?,
+        cgroup_kn: field("cgroup", "kn")?,
+        kernfs_name: field("kernfs_node", "name")?,
+        // Renamed when it became RCU-protected (Linux 6.15).
+        kernfs_parent: field("kernfs_node", "__parent").or_else(|_| field("kernfs_node", "parent"))?,
+        ..KernelOffsets::default()
     })
 }
 
@@ -91,6 +114,10 @@ mod tests {
         assert!(off.sk_v6_rcv_saddr == off.sk_v6_daddr + 16 && off.sk_family < off.sk_v6_daddr);
         assert!(off.sk_protocol > off.sk_v6_rcv_saddr, "sk_protocol lies past sock_common");
         assert_eq!(off.fdt_max_fds, 0);
+        assert_eq!(off.identity_valid, 1, "the identity capture's offsets resolve too");
+        assert!(off.task_start_boottime != 0);
+        assert_eq!(off.mm_env_end, off.mm_env_start + 8, "env_start and env_end are neighbours");
+        assert!(off.task_mm != 0 && off.task_cgroups != 0 && off.mm_exe_file != 0);
     }
 
     #[test]

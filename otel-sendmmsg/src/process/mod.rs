@@ -1,5 +1,8 @@
-//! pid -> who the process is: its service name, executable and container, read from `/proc` once
-//! per process and kept in a bounded cache, so each process's spans get a resource of their own.
+//! pid -> who the process is: its service name, executable and container, kept in a bounded
+//! cache, so each process's spans get a resource of their own. It comes first from the identity
+//! the kernel captured at the process's first traced call ([`ProcessCache::capture`]: race-free
+//! for a process that exits or execs right after calling), else from `/proc`, read once per
+//! process, which also completes a capture that lacks something while the process lives.
 //!
 //! A record names its process only by pid, which the kernel reuses. A cached entry therefore
 //! remembers the process's start time (`/proc/PID/stat` field 22) and is checked against it by
@@ -22,6 +25,8 @@
 use std::{num::NonZeroUsize, path::Path, sync::Arc};
 
 use lru::LruCache;
+
+use crate::records::Identity;
 
 pub mod identity;
 pub mod process_context;
@@ -82,6 +87,9 @@ pub struct ProcessCache {
     /// Reads that found a process context and refused it (torn, malformed, over the bounds):
     /// those processes were described from their environment. For the summary.
     contexts_refused: u64,
+    /// Counts the identities taken in ([`ProcessCache::capture`]), so a read's answer can tell
+    /// whether it was asked for the capture the entry holds now.
+    captures: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -103,6 +111,38 @@ pub struct Entry {
     context: Option<process_context::Stamp>,
     /// The read found a process context and refused it.
     context_refused: bool,
+    /// Made from the identity the kernel captured at the process's first call: it answers for
+    /// every thread of the process, with no `/proc` read, until the kernel captures it again
+    /// (after an `exec`) or the process is swept.
+    capture: Option<Capture>,
+}
+
+#[derive(Clone, Debug)]
+struct Capture {
+    /// Which capture of [`ProcessCache::captures`] this is.
+    number: u64,
+    /// What the kernel's capture alone says, to tell a repeat of it (another thread's first
+    /// call, an entry the kernel's map evicted) from a new one.
+    captured: Arc<ProcessInfo>,
+    /// The environment block was read whole (else the variables may lie past what was read).
+    environ_complete: bool,
+    /// Something was missing and a `/proc` read to complete it is under way.
+    completing: bool,
+}
+
+/// What [`ProcessCache::capture`] made of a captured identity.
+#[derive(Debug)]
+pub enum Captured {
+    /// The same as the one the entry already holds: nothing to do.
+    Repeat,
+    New {
+        /// For the calls of the pid still waiting for a `/proc` read: they came before this
+        /// capture, so it does not describe them (it may follow an `exec`); this does.
+        earlier: Option<Arc<ProcessInfo>>,
+        /// The capture lacks something: read `/proc` for it while the process may still live.
+        /// Its calls wait for the answer as for any read.
+        read: Option<ReadRequest>,
+    },
 }
 
 /// What a resolver thread must do for a call of `pid` from thread `comm`.
@@ -117,6 +157,8 @@ pub struct ReadRequest {
     /// The identity the cache holds for `pid` (a thread name not seen before: perhaps the
     /// first call after an exec), or `None` when nothing is cached.
     pub known: Option<Option<Stat>>,
+    /// The kernel capture this read completes ([`Captured::New`]), by number.
+    pub completes: Option<u64>,
 }
 
 /// A resolver thread's answer to a [`ReadRequest`].
@@ -133,7 +175,64 @@ pub enum ReadOutcome {
 
 impl ProcessCache {
     pub fn new(capacity: NonZeroUsize) -> ProcessCache {
-        ProcessCache { entries: LruCache::new(capacity), contexts_refused: 0 }
+        ProcessCache { entries: LruCache::new(capacity), contexts_refused: 0, captures: 0 }
+    }
+
+    /// Takes in the identity the kernel captured for a process at its first traced call (or its
+    /// first after an `exec`): its entry is made from it at once, replacing whatever the pid had.
+    /// `waiting` is the read the pid's earlier calls wait for, if any.
+    pub fn capture(&mut self, identity: &Identity, waiting: Option<&ReadRequest>) -> Captured {
+        let Some(start) = start_ticks(identity.process_start_ns) else {
+            return Captured::Repeat; // the kernel never sends one without
+        };
+        let captured = Arc::new(info_from_identity(identity));
+        let held = self.entries.peek(&identity.pid).filter(|e| e.started() == Some(start));
+        if let Some(capture) = held.and_then(|e| e.capture.as_ref()) {
+            if capture.captured == captured {
+                return Captured::Repeat;
+            }
+        }
+        let earlier = waiting.map(|request| match held {
+            // Waiting for the completion of this process's previous capture: that capture
+            // described these calls.
+            Some(entry) if entry.capture.as_ref().is_some_and(|c| request.completes == Some(c.number)) => {
+                entry.info.clone()
+            }
+            // A read asked with no capture (this process's first was lost to a full ring
+            // buffer): this is the first capture of it, and the best there is.
+            _ if request.start_ticks == Some(start) && request.completes.is_none() => captured.clone(),
+            _ => Arc::new(ProcessInfo::from_comm(request.pid, &request.comm)),
+        });
+        self.captures += 1;
+        let number = self.captures;
+        let comm = identity.comm.clone();
+        // Read `/proc` as well while the process may live: for what the capture lacks, and for
+        // the process context its SDK may publish (OTEP 4719), which only user space can read
+        // and which outranks its environment. A process already gone keeps its capture.
+        let read = Some(ReadRequest {
+            pid: identity.pid,
+            start_ticks: Some(start),
+            comm: comm.clone(),
+            known: None,
+            completes: Some(number),
+        });
+        let entry = Entry {
+            identity: Some(Stat { comm: comm.clone(), start_time: start }),
+            gone: false,
+            provisional: false,
+            info: captured.clone(),
+            threads: vec![comm],
+            context: None,
+            context_refused: false,
+            capture: Some(Capture {
+                number,
+                captured,
+                environ_complete: identity.environ_complete,
+                completing: true,
+            }),
+        };
+        self.entries.put(identity.pid, entry);
+        Captured::New { earlier, read }
     }
 
     /// The process `pid` for a call from thread `comm`, if the cache can say without reading
@@ -146,7 +245,7 @@ impl ProcessCache {
         start_ticks: Option<u64>,
         comm: &str,
     ) -> Result<Arc<ProcessInfo>, ReadRequest> {
-        let request = |known| ReadRequest { pid, start_ticks, comm: comm.to_owned(), known };
+        let request = |known| ReadRequest { pid, start_ticks, comm: comm.to_owned(), known, completes: None };
         let Some(entry) = self.entries.get_mut(&pid) else {
             return Err(request(None));
         };
@@ -158,6 +257,11 @@ impl ProcessCache {
         if other_process {
             return Err(request(None));
         }
+        if entry.capture.is_some() {
+            // The kernel captures the process again after an exec, before the new program's
+            // first call: no thread name needs checking.
+            return Ok(entry.info.clone());
+        }
         if entry.threads.iter().any(|known| known == comm) || entry.threads.len() >= THREAD_NAMES {
             return Ok(entry.info.clone());
         }
@@ -168,6 +272,17 @@ impl ProcessCache {
     /// whose threads' names are `comms`: the read happened after all of them, so it describes
     /// each.
     pub fn apply(&mut self, request: &ReadRequest, outcome: ReadOutcome, comms: &[&str]) -> Arc<ProcessInfo> {
+        if let Some(entry) = self.entries.get_mut(&request.pid) {
+            if entry.capture.is_some()
+                && request.start_ticks.is_some()
+                && entry.started() == request.start_ticks
+            {
+                // The kernel's capture of this very process is newer than any read asked for
+                // before it; only the read asked to complete it adds anything.
+                self.contexts_refused += u64::from(entry.complete_capture(request, outcome));
+                return entry.info.clone();
+            }
+        }
         let entry = match (outcome, self.entries.get_mut(&request.pid)) {
             (ReadOutcome::Gone, _) => return Arc::new(ProcessInfo::from_comm(request.pid, &request.comm)),
             (ReadOutcome::Unchanged, Some(entry)) => entry,
@@ -194,6 +309,13 @@ impl ProcessCache {
     /// The process `pid` when its read did not answer in time: named after its thread for now,
     /// and so for its later calls until the read answers.
     pub fn provisional(&mut self, pid: u32, comm: &str) -> Arc<ProcessInfo> {
+        if let Some(entry) = self.entries.get_mut(&pid) {
+            if let Some(capture) = entry.capture.as_mut() {
+                // What the kernel captured beats the thread's name.
+                capture.completing = false;
+                return entry.info.clone();
+            }
+        }
         let entry = Entry::from_comm(pid, comm, true);
         let info = entry.info.clone();
         self.entries.put(pid, entry);
@@ -260,7 +382,85 @@ impl Entry {
             threads: vec![comm.to_owned()],
             context: None,
             context_refused: false,
+            capture: None,
         }
+    }
+
+    /// When the process the entry describes started, in clock ticks, if known.
+    fn started(&self) -> Option<u64> {
+        self.identity.as_ref().map(|stat| stat.start_time)
+    }
+
+    /// Takes in the answer of the read that completes a capture, if the process was still there
+    /// (the same process: the read checked its start time) and still runs the program captured
+    /// (an `exec` since would make the read describe the next program): its process context
+    /// replaces what its environment declared, and what the kernel could not read comes from
+    /// `/proc`. If it was gone, or exec'd, the capture stands as it is. Returns whether the read
+    /// found a process context of this program and refused it.
+    fn complete_capture(&mut self, request: &ReadRequest, outcome: ReadOutcome) -> bool {
+        let Some(capture) = self.capture.as_mut() else { return false };
+        if !capture.completing || request.completes != Some(capture.number) {
+            return false;
+        }
+        capture.completing = false;
+        let ReadOutcome::Read(read) = outcome else { return false };
+        if read.identity.is_none() {
+            return false; // gone before it could be read
+        }
+        let captured = &capture.captured;
+        let same_program = match (&captured.executable_name, &read.info.executable_name) {
+            (Some(then), Some(now)) => then == now,
+            _ => true,
+        };
+        if !same_program {
+            return false;
+        }
+        let (from_proc, context) = (&read.info, read.context);
+        let (service_name, attributes) = if context.is_some() || !capture.environ_complete {
+            (from_proc.service_name.clone(), from_proc.attributes.clone())
+        } else {
+            (captured.service_name.clone(), captured.attributes.clone())
+        };
+        self.info = Arc::new(ProcessInfo {
+            pid: captured.pid,
+            executable_name: captured.executable_name.clone().or_else(|| from_proc.executable_name.clone()),
+            service_name,
+            container_id: captured.container_id.clone().or_else(|| from_proc.container_id.clone()),
+            attributes,
+        });
+        self.context = context;
+        read.context_refused
+    }
+}
+
+/// A process's resource from what the kernel captured of it: its declared service and
+/// attributes from its environment block (as [`declared_in_environ`] reads `/proc/PID/environ`),
+/// its executable's name (else its name), its container from its cgroup's names.
+pub fn info_from_identity(identity: &Identity) -> ProcessInfo {
+    let mut environ = identity.environ.as_slice();
+    if !identity.environ_complete {
+        // An entry cut at the end of what was read is not the variable's value.
+        let whole = environ.iter().rposition(|&b| b == 0).map_or(0, |nul| nul + 1);
+        environ = &environ[..whole];
+    }
+    let declared = declared_in_environ(environ, read::ENVIRON_SCAN_CAP);
+    let executable_name =
+        identity.executable.clone().or_else(|| (!identity.comm.is_empty()).then(|| identity.comm.clone()));
+    let service_name = declared
+        .service_name
+        .or_else(|| executable_name.clone())
+        .unwrap_or_else(|| UNKNOWN_SERVICE.to_owned());
+    // The innermost container wins, as in `container_id`.
+    let container_id = [&identity.cgroup, &identity.cgroup_parent]
+        .into_iter()
+        .flatten()
+        .find_map(|s| container_id_in_segment(s));
+    ProcessInfo {
+        pid: identity.pid,
+        executable_name,
+        service_name,
+        container_id,
+        attributes: declared.attributes,
     }
 }
 
@@ -268,7 +468,7 @@ impl Entry {
 /// files for its resource, each read bounded ([`read`]). Runs on a resolver thread: any of these
 /// reads may take as long as the process makes it.
 pub fn read_process(root: &Path, request: &ReadRequest) -> ReadOutcome {
-    let ReadRequest { pid, start_ticks, comm, known } = request;
+    let ReadRequest { pid, start_ticks, comm, known, .. } = request;
     let dir = root.join(pid.to_string());
     let stat = read_stat(&dir);
     if let (Some(stat), Some(start)) = (&stat, start_ticks) {
@@ -335,6 +535,7 @@ pub fn read_process(root: &Path, request: &ReadRequest) -> ReadOutcome {
         threads: vec![comm.clone()],
         context: stamp,
         context_refused,
+        capture: None,
     })
 }
 
@@ -793,6 +994,178 @@ mod tests {
         // ...which never answers for the old process's late records.
         assert_eq!(cache.get_started(60, Some(400), "old-sender").service_name, "old-sender");
         assert_eq!(cache.get_started(60, Some(500), "liar").service_name, "victim");
+    }
+
+    /// An identity as the kernel captures it, of a process started at tick 500.
+    fn captured(pid: u32, environ: &[u8], exe: &str, cgroup: &str) -> Identity {
+        Identity {
+            pid,
+            process_start_ns: 5_000_000_000,
+            comm: "launcher".into(),
+            executable: Some(exe.into()),
+            cgroup: Some(cgroup.into()),
+            cgroup_parent: Some("system.slice".into()),
+            cgroup_id: 1,
+            environ: environ.to_vec(),
+            environ_complete: true,
+            flags: 0,
+        }
+    }
+
+    fn new_read(outcome: Captured) -> (Option<Arc<ProcessInfo>>, Option<ReadRequest>) {
+        match outcome {
+            Captured::New { earlier, read } => (earlier, read),
+            Captured::Repeat => panic!("a new capture"),
+        }
+    }
+
+    #[test]
+    fn a_captured_identity_answers_every_thread_without_waiting_for_proc() {
+        // /proc knows nothing of the process: it is gone.
+        let proc = FakeProc::new("captured");
+        let mut cache = proc.cache(8);
+        let identity = captured(
+            70,
+            b"OTEL_SERVICE_NAME=checkout\0OTEL_RESOURCE_ATTRIBUTES=service.namespace=a,deployment.environment.name=b\0",
+            "checkout-server",
+            &format!("docker-{ID}.scope"),
+        );
+        let (earlier, read) = new_read(cache.cache.capture(&identity, None));
+        // Complete: /proc is read only for a process context its SDK may publish.
+        assert!(earlier.is_none() && read.is_some_and(|r| r.completes.is_some()));
+        for thread in ["launcher", "worker-1", "worker-2"] {
+            let info = cache.cache.lookup(70, Some(500), thread).expect("answered from the capture");
+            assert_eq!(info.service_name, "checkout");
+            assert_eq!(info.executable_name.as_deref(), Some("checkout-server"));
+            assert_eq!(info.container_id.as_deref(), Some(ID));
+            let attributes: Vec<(String, String)> =
+                info.attributes.iter().map(|kv| (kv.key.to_string(), kv.value.to_string())).collect();
+            assert_eq!(
+                attributes,
+                [("service.namespace", "a"), ("deployment.environment.name", "b")]
+                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            );
+        }
+        // The same identity again (another thread's first call): nothing changes.
+        assert!(matches!(cache.cache.capture(&identity, None), Captured::Repeat));
+        // A later process given the same pid is not answered by it.
+        assert!(cache.cache.lookup(70, Some(900), "other").is_err());
+    }
+
+    #[test]
+    fn a_capture_falls_back_to_the_executable_and_the_cgroups_parent() {
+        let mut cache = ProcessCache::new(NonZeroUsize::new(4).unwrap());
+        let mut podman = captured(71, b"PATH=/bin\0", "dnsd", "container");
+        podman.cgroup_parent = Some(format!("libpod-{ID}.scope"));
+        cache.capture(&podman, None);
+        let info = cache.lookup(71, Some(500), "t").unwrap();
+        assert_eq!((info.service_name.as_str(), info.container_id.as_deref()), ("dnsd", Some(ID)));
+        // No executable name: the process's name; no container in a host cgroup.
+        let mut bare = captured(72, b"", "x", "session-2.scope");
+        bare.executable = None;
+        bare.flags = otel_sendmmsg_common::identity_flags::EXE_UNREADABLE;
+        cache.capture(&bare, None);
+        let info = cache.lookup(72, Some(500), "t").unwrap();
+        assert_eq!((info.service_name.as_str(), info.container_id.as_deref()), ("launcher", None));
+    }
+
+    #[test]
+    fn an_exec_brings_a_new_capture_and_earlier_waiting_calls_keep_what_described_them() {
+        let proc = FakeProc::new("captured-exec");
+        let mut cache = proc.cache(8);
+        cache.cache.capture(&captured(73, b"OTEL_SERVICE_NAME=before\0", "launcher", "x"), None);
+        assert_eq!(cache.cache.lookup(73, Some(500), "launcher").unwrap().service_name, "before");
+        // exec: same pid, same start, another program; its record comes before its calls.
+        let after = captured(73, b"OTEL_SERVICE_NAME=after\0", "server", "x");
+        let (earlier, read) = new_read(cache.cache.capture(&after, None));
+        assert!(earlier.is_none() && read.is_some());
+        let info = cache.cache.lookup(73, Some(500), "launcher").unwrap();
+        assert_eq!((info.service_name.as_str(), info.executable_name.as_deref()), ("after", Some("server")));
+        // A read asked before the capture (its first identity was lost) answers late: the
+        // capture stands.
+        let stale = ReadRequest {
+            pid: 73,
+            start_ticks: Some(500),
+            comm: "launcher".into(),
+            known: None,
+            completes: None,
+        };
+        proc.process(73, "launcher", 500, "/bin/stale", b"OTEL_SERVICE_NAME=stale\0", "");
+        let outcome = read_process(&proc.0, &stale);
+        assert_eq!(cache.cache.apply(&stale, outcome, &[]).service_name, "after");
+        assert_eq!(cache.cache.lookup(73, Some(500), "t").unwrap().service_name, "after");
+    }
+
+    #[test]
+    fn a_completing_read_that_finds_the_next_program_after_an_exec_is_not_taken() {
+        let proc = FakeProc::new("captured-exec-race");
+        let mut cache = proc.cache(8);
+        let mut cut = captured(77, b"A=1\0OTEL_SERVICE_NA", "launcher-bin", "x");
+        cut.environ_complete = false;
+        cut.flags = otel_sendmmsg_common::identity_flags::ENV_CUT;
+        let (_, read) = new_read(cache.cache.capture(&cut, None));
+        let read = read.expect("a read to complete it");
+        // It exec'd before the read: /proc shows the next program, same pid and start.
+        proc.process(77, "server", 500, "/usr/bin/server", b"OTEL_SERVICE_NAME=next\0", "");
+        let outcome = read_process(&proc.0, &read);
+        assert_eq!(cache.cache.apply(&read, outcome, &[]).service_name, "launcher-bin");
+    }
+
+    #[test]
+    fn calls_waiting_for_a_read_when_a_capture_arrives_get_what_came_before_it() {
+        let mut cache = ProcessCache::new(NonZeroUsize::new(4).unwrap());
+        let waiting = cache.lookup(74, Some(500), "old-name").unwrap_err();
+        // Same process, no capture before: the capture is the first and best there is.
+        let first = captured(74, b"OTEL_SERVICE_NAME=first\0", "a", "x");
+        let (earlier, _) = new_read(cache.capture(&first, Some(&waiting)));
+        assert_eq!(earlier.unwrap().service_name, "first");
+        // Waiting for another process by that pid (another start): its thread's name.
+        let mut cache = ProcessCache::new(NonZeroUsize::new(4).unwrap());
+        let older = cache.lookup(75, Some(400), "old-name").unwrap_err();
+        let (earlier, _) = new_read(cache.capture(&captured(75, b"", "a", "x"), Some(&older)));
+        assert_eq!(earlier.unwrap().service_name, "old-name");
+    }
+
+    #[test]
+    fn an_incomplete_capture_is_completed_from_proc_while_the_process_lives() {
+        let proc = FakeProc::new("captured-incomplete");
+        let mut cache = proc.cache(8);
+        // The environment was cut inside the window: the service name lies beyond.
+        let mut cut = captured(76, b"A=1\0OTEL_SERVICE_NA", "server", &format!("docker-{ID}.scope"));
+        cut.environ_complete = false;
+        cut.flags = otel_sendmmsg_common::identity_flags::ENV_CUT;
+        let (_, read) = new_read(cache.cache.capture(&cut, None));
+        let read = read.expect("a read to complete it");
+        assert_eq!((read.pid, read.start_ticks), (76, Some(500)));
+        // Until then, what was captured (a cut entry is not a value).
+        assert_eq!(cache.cache.lookup(76, Some(500), "t").unwrap().service_name, "server");
+        // Alive: the environment comes from /proc, the container from the capture.
+        proc.process(76, "launcher", 500, "/srv/server", b"A=1\0OTEL_SERVICE_NAME=far\0", "0::/\n");
+        let outcome = read_process(&proc.0, &read);
+        let info = cache.cache.apply(&read, outcome, &["t"]);
+        assert_eq!(info.service_name, "far");
+        assert_eq!(info.container_id.as_deref(), Some(ID));
+        assert_eq!(cache.cache.lookup(76, Some(500), "t").unwrap().service_name, "far");
+
+        // Gone before the read (or its pid another's): the capture stands.
+        let mut gone = cut.clone();
+        gone.pid = 77;
+        let (_, read) = new_read(cache.cache.capture(&gone, None));
+        let read = read.unwrap();
+        let outcome = read_process(&proc.0, &read);
+        assert_eq!(cache.cache.apply(&read, outcome, &["t"]).service_name, "server");
+        proc.process(78, "launcher", 900, "/bin/other", b"OTEL_SERVICE_NAME=not-it\0", "");
+        let mut reused = cut.clone();
+        reused.pid = 78;
+        let (_, read) = new_read(cache.cache.capture(&reused, None));
+        let read = read.unwrap();
+        let outcome = read_process(&proc.0, &read);
+        assert_eq!(cache.cache.apply(&read, outcome, &["t"]).service_name, "server");
+        // A read that never answers in time: the capture, not the thread's name.
+        let mut slow = cut.clone();
+        slow.pid = 79;
+        cache.cache.capture(&slow, None);
+        assert_eq!(cache.cache.provisional(79, "thread").service_name, "server");
     }
 
     #[test]
