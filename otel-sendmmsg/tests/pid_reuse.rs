@@ -35,8 +35,10 @@ fn call_at(pid: u32, service: &str, attributes: &str, linger_ms: u32) -> CallRep
     calls.into_iter().next().unwrap()
 }
 
-#[test]
-fn a_reused_pid_never_inherits_the_old_process_identity() {
+/// Each owner of a reused pid makes one call and exits at once (`linger_ms` 0: gone before any
+/// `/proc` read, so only the kernel's capture can tell them apart) or stays a while (read and
+/// cached under the pid first).
+fn check_reuse(linger_ms: u32) {
     require_root();
     let _one = one_sidecar_at_a_time();
     let receiver = Receiver::start(Protocol::Grpc);
@@ -48,8 +50,8 @@ fn a_reused_pid_never_inherits_the_old_process_identity() {
     // The first process lives long enough to be read and cached under its pid; the second,
     // started at the same pid right after it exits, must be read anew.
     let pid = free_pid();
-    call_at(pid, "first-owner", "service.namespace=one,deployment.environment.name=prod%20eu", 1500);
-    call_at(pid, "second-owner", "service.namespace=two,service.name=not-this", 1500);
+    call_at(pid, "first-owner", "service.namespace=one,deployment.environment.name=prod%20eu", linger_ms);
+    call_at(pid, "second-owner", "service.namespace=two,service.name=not-this", linger_ms);
 
     let deadline = Instant::now() + Duration::from_secs(30);
     while receiver.spans_of(pid).len() < 2 && Instant::now() < deadline {
@@ -70,4 +72,14 @@ fn a_reused_pid_never_inherits_the_old_process_identity() {
         assert_eq!(str_attr(resource, "deployment.environment.name"), environment, "{resource:#?}");
         assert_eq!(int_attr(resource, "process.pid"), Some(pid as i64), "{resource:#?}");
     }
+}
+
+#[test]
+fn a_reused_pid_never_inherits_the_old_process_identity() {
+    check_reuse(1500);
+}
+
+#[test]
+fn owners_of_a_reused_pid_gone_at_once_keep_their_own_identity() {
+    check_reuse(0);
 }

@@ -186,13 +186,16 @@ impl ProcessCache {
             return Captured::Repeat; // the kernel never sends one without
         };
         let captured = Arc::new(info_from_identity(identity));
-        let held = self.entries.peek(&identity.pid).filter(|e| e.started() == Some(start));
+        let current = self.entries.peek(&identity.pid);
+        let held = current.filter(|e| e.started() == Some(start));
         if let Some(capture) = held.and_then(|e| e.capture.as_ref()) {
             if capture.captured == captured {
                 return Captured::Repeat;
             }
         }
-        let earlier = waiting.map(|request| match held {
+        // The calls waiting belong to the process whose capture their read completes, even when
+        // this capture is of another process that got its pid since.
+        let earlier = waiting.map(|request| match current {
             // Waiting for the completion of this process's previous capture: that capture
             // described these calls.
             Some(entry) if entry.capture.as_ref().is_some_and(|c| request.completes == Some(c.number)) => {
@@ -1109,6 +1112,20 @@ mod tests {
         proc.process(77, "server", 500, "/usr/bin/server", b"OTEL_SERVICE_NAME=next\0", "");
         let outcome = read_process(&proc.0, &read);
         assert_eq!(cache.cache.apply(&read, outcome, &[]).service_name, "launcher-bin");
+    }
+
+    #[test]
+    fn calls_of_a_process_gone_before_its_pid_was_reused_keep_its_capture() {
+        let mut cache = ProcessCache::new(NonZeroUsize::new(4).unwrap());
+        let first = captured(80, b"OTEL_SERVICE_NAME=first\0", "a", "x");
+        let (_, read) = new_read(cache.capture(&first, None));
+        let completing = read.expect("a read for its context");
+        // Before that read answers, another process gets the pid and calls.
+        let mut second = captured(80, b"OTEL_SERVICE_NAME=second\0", "b", "x");
+        second.process_start_ns = 9_000_000_000;
+        let (earlier, _) = new_read(cache.capture(&second, Some(&completing)));
+        assert_eq!(earlier.expect("the first's calls released").service_name, "first");
+        assert_eq!(cache.lookup(80, start_ticks(9_000_000_000), "b").unwrap().service_name, "second");
     }
 
     #[test]
