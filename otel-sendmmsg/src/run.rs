@@ -199,9 +199,13 @@ impl Pipeline {
         for answer in answers {
             match answer {
                 Answer::Read(request, outcome) => {
-                    let Some(waiting) = self.waiting.by_pid.remove(&request.pid) else {
-                        // Its spans went on at the deadline; the answer still replaces the
-                        // provisional entry for the process's later calls.
+                    // The spans waiting for the pid may wait for a later read: that of another
+                    // capture of it (an exec, or another process given the pid since).
+                    let asked = self.waiting.by_pid.get(&request.pid).is_some_and(|w| w.request == request);
+                    let Some(waiting) = asked.then(|| self.waiting.by_pid.remove(&request.pid)).flatten()
+                    else {
+                        // Its spans went on at the deadline, or with a later capture; the answer
+                        // still replaces the provisional entry for the process's later calls.
                         if let Some(outcome) = outcome {
                             self.processes.apply(&request, outcome, &[]);
                         }

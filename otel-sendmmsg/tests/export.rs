@@ -23,18 +23,6 @@ fn sidecar(receiver: &Receiver, protocol: Protocol, extra: &[(&str, &str)]) -> S
     Sidecar::start(&vars)
 }
 
-/// Returns once a call made now reaches the receiver: the sidecar is reading records, so the
-/// processes started next are looked up while they still run (one already gone is known only
-/// by its thread's name).
-fn wait_until_draining(receiver: &Receiver) {
-    let probe = run_workload(&["vlen-zero"]);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while receiver.spans_of(probe[0].pid).is_empty() {
-        assert!(Instant::now() < deadline, "the sidecar exported no span of pid {}", probe[0].pid);
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// Every span of `pid` came with this resource.
 fn check_resource(spans: &[ReceivedSpan], pid: u32, service: &str) {
     assert!(!spans.is_empty(), "no spans of pid {pid}");
@@ -63,7 +51,7 @@ fn each_process_is_exported_under_its_own_service() {
             ("OTEL_RESOURCE_ATTRIBUTES", "host.name=export-test-host,service.name=not-this-either"),
         ],
     );
-    wait_until_draining(&receiver);
+    receiver.wait_until_draining();
     let named = loop_workload(2.0, 2, 20, &[("OTEL_SERVICE_NAME", "svc-a")]).spawn().unwrap();
     let unnamed = loop_workload(2.0, 2, 20, &[]).env_remove("OTEL_SERVICE_NAME").spawn().unwrap();
     let (named, unnamed) = (loop_report(named), loop_report(unnamed));
@@ -165,7 +153,7 @@ fn a_process_in_a_container_cgroup_carries_its_container_id() {
     assert_eq!(cgroup.id.len(), 64);
     let sidecar =
         sidecar(&receiver, Protocol::Grpc, &[("OTEL_RESOURCE_ATTRIBUTES", "host.name=export-test-host")]);
-    wait_until_draining(&receiver);
+    receiver.wait_until_draining();
     let script =
         format!("echo $$ > {} && exec {WORKLOAD} loop 2 2 20", cgroup.scope.join("cgroup.procs").display());
     let inside =
@@ -330,7 +318,7 @@ fn each_signals_headers_reach_the_collector() {
                 ("OTEL_METRIC_EXPORT_INTERVAL", "300"),
             ],
         );
-        wait_until_draining(&receiver);
+        receiver.wait_until_draining();
         let stopped = sidecar.stop();
         assert!(stopped.status.success(), "{}", stopped.stderr);
         let seen = receiver.test_headers();
@@ -376,7 +364,7 @@ fn processes_gone_right_after_their_call_carry_their_own_resource() {
     let receiver = Receiver::start(Protocol::Grpc);
     let sidecar =
         sidecar(&receiver, Protocol::Grpc, &[("OTEL_RESOURCE_ATTRIBUTES", "host.name=export-test-host")]);
-    wait_until_draining(&receiver);
+    receiver.wait_until_draining();
     let exec_into = renamed_workload("exec-target");
     const EACH: usize = 25;
     let attributes = |who: &str, i: usize| {
@@ -477,7 +465,7 @@ fn a_process_gone_right_after_its_call_in_a_container_cgroup_carries_its_contain
     let cgroup = ContainerCgroup::new();
     let sidecar =
         sidecar(&receiver, Protocol::Grpc, &[("OTEL_RESOURCE_ATTRIBUTES", "host.name=export-test-host")]);
-    wait_until_draining(&receiver);
+    receiver.wait_until_draining();
     let script = format!("echo $$ > {} && exec {WORKLOAD} udp4", cgroup.scope.join("cgroup.procs").display());
     let calls =
         workload_calls(Command::new("sh").args(["-c", &script]).env("OTEL_SERVICE_NAME", "in-a-container"));

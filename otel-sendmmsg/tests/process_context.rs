@@ -4,25 +4,12 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
-
 use support::*;
 
 const VALID: &str = "valid:service.name=ctx-svc,service.instance.id=inst-7f3a,service.version=1.0,\
                      deployment.environment.name=staging";
 const UPDATED: &str = "1:service.name=ctx-svc,service.instance.id=inst-7f3a,service.version=2.0,\
                        deployment.environment.name=staging";
-
-/// Returns once a call made now reaches the receiver, so the processes started next are read
-/// while they run.
-fn wait_until_draining(receiver: &Receiver) {
-    let probe = run_workload(&["vlen-zero"]);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while receiver.spans_of(probe[0].pid).is_empty() {
-        assert!(Instant::now() < deadline, "the sidecar exported no span of pid {}", probe[0].pid);
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 #[test]
 fn a_published_context_is_the_resource_and_bad_ones_fall_back_to_the_environment() {
@@ -34,7 +21,7 @@ fn a_published_context_is_the_resource_and_bad_ones_fall_back_to_the_environment
         ("OTEL_EXPORTER_OTLP_PROTOCOL", Protocol::Grpc.env_value()),
         ("OTEL_BSP_SCHEDULE_DELAY", "100"),
     ]);
-    wait_until_draining(&receiver);
+    receiver.wait_until_draining();
     let environment =
         [("OTEL_SERVICE_NAME", "env-svc"), ("OTEL_RESOURCE_ATTRIBUTES", "service.version=env,team=from-env")];
     // Publishes, then updates after 1 s; runs past the next sweep (every 10 s) and then some.

@@ -285,6 +285,15 @@ impl ProcessCache {
                 self.contexts_refused += u64::from(entry.complete_capture(request, outcome));
                 return entry.info.clone();
             }
+            if matches!((request.start_ticks, entry.started()), (Some(asked), Some(held)) if asked < held) {
+                // Asked for a process that has since given its pid to the one the entry holds
+                // (captured by the kernel, or read): the answer describes the earlier process
+                // at most, and must not replace the entry.
+                return match outcome {
+                    ReadOutcome::Read(read) if read.identity.is_some() => read.info,
+                    _ => Arc::new(ProcessInfo::from_comm(request.pid, &request.comm)),
+                };
+            }
         }
         let entry = match (outcome, self.entries.get_mut(&request.pid)) {
             (ReadOutcome::Gone, _) => return Arc::new(ProcessInfo::from_comm(request.pid, &request.comm)),
@@ -1126,6 +1135,22 @@ mod tests {
         let (earlier, _) = new_read(cache.capture(&second, Some(&completing)));
         assert_eq!(earlier.expect("the first's calls released").service_name, "first");
         assert_eq!(cache.lookup(80, start_ticks(9_000_000_000), "b").unwrap().service_name, "second");
+    }
+
+    #[test]
+    fn a_late_answer_about_an_earlier_owner_of_the_pid_leaves_the_later_capture() {
+        let proc = FakeProc::new("late-answer");
+        let mut cache = proc.cache(8);
+        let first = captured(81, b"OTEL_SERVICE_NAME=first\0", "a", "x");
+        let (_, read) = new_read(cache.cache.capture(&first, None));
+        let stale = read.expect("a read for its context");
+        let mut second = captured(81, b"OTEL_SERVICE_NAME=second\0", "b", "x");
+        second.process_start_ns = 9_000_000_000;
+        cache.cache.capture(&second, Some(&stale));
+        // Both gone when the first's read runs: it finds nothing, and must not erase the second.
+        let outcome = read_process(&proc.0, &stale);
+        cache.cache.apply(&stale, outcome, &[]);
+        assert_eq!(cache.cache.lookup(81, start_ticks(9_000_000_000), "b").unwrap().service_name, "second");
     }
 
     #[test]

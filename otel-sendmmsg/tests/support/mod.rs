@@ -371,6 +371,18 @@ impl Receiver {
     }
 
     /// Every metric data point received, oldest first.
+    /// Returns once a call made now reaches the receiver: the sidecar is reading records, so the
+    /// processes started next are looked up while they still run (one already gone is known only
+    /// by what the kernel captured of it, or its thread's name).
+    pub fn wait_until_draining(&self) {
+        let probe = run_workload(&["vlen-zero"]);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.spans_of(probe[0].pid).is_empty() {
+            assert!(Instant::now() < deadline, "the sidecar exported no span of pid {}", probe[0].pid);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Each request's signal and [`TEST_HEADER`] value, in the order they came.
     pub fn test_headers(&self) -> Vec<(&'static str, Option<String>)> {
         self.headers.lock().unwrap().clone()
