@@ -275,14 +275,27 @@ impl ProcessCache {
     /// whose threads' names are `comms`: the read happened after all of them, so it describes
     /// each.
     pub fn apply(&mut self, request: &ReadRequest, outcome: ReadOutcome, comms: &[&str]) -> Arc<ProcessInfo> {
+        if let Some(number) = request.completes {
+            // A read asked to complete a capture completes that capture or nothing: another
+            // capture may hold the pid by now (an exec, or another process given the pid).
+            return match self.entries.get_mut(&request.pid) {
+                Some(entry) if entry.capture.as_ref().is_some_and(|c| c.number == number) => {
+                    self.contexts_refused += u64::from(entry.complete_capture(request, outcome));
+                    entry.info.clone()
+                }
+                _ => match outcome {
+                    ReadOutcome::Read(read) if read.identity.is_some() => read.info,
+                    _ => Arc::new(ProcessInfo::from_comm(request.pid, &request.comm)),
+                },
+            };
+        }
         if let Some(entry) = self.entries.get_mut(&request.pid) {
             if entry.capture.is_some()
                 && request.start_ticks.is_some()
                 && entry.started() == request.start_ticks
             {
                 // The kernel's capture of this very process is newer than any read asked for
-                // before it; only the read asked to complete it adds anything.
-                self.contexts_refused += u64::from(entry.complete_capture(request, outcome));
+                // before it: the read adds nothing.
                 return entry.info.clone();
             }
             if matches!((request.start_ticks, entry.started()), (Some(asked), Some(held)) if asked < held) {
@@ -363,6 +376,12 @@ impl ProcessCache {
                 None => {
                     entry.gone = true;
                     false
+                }
+                // A captured entry follows an exec through the kernel's next capture, so only
+                // another start time (another process) makes it stale: this sweep may have read
+                // the process before the capture the entry now holds.
+                Some(now) if entry.capture.is_some() => {
+                    entry.started() != Some(now.start_time) || republished
                 }
                 Some(now) => entry.identity.as_ref() != Some(&now) || republished,
             };
@@ -1151,6 +1170,25 @@ mod tests {
         let outcome = read_process(&proc.0, &stale);
         cache.cache.apply(&stale, outcome, &[]);
         assert_eq!(cache.cache.lookup(81, start_ticks(9_000_000_000), "b").unwrap().service_name, "second");
+    }
+
+    #[test]
+    fn a_sweep_that_read_the_program_before_an_exec_leaves_the_new_capture() {
+        let mut cache = ProcessCache::new(NonZeroUsize::new(4).unwrap());
+        cache.capture(&captured(82, b"OTEL_SERVICE_NAME=before\0", "a", "x"), None);
+        // The sweep reads the process as it was before its exec...
+        let before = Stat { comm: "before-name".into(), start_time: 500 };
+        // ...and answers after the kernel captured the program it exec'd into.
+        let mut after = captured(82, b"OTEL_SERVICE_NAME=after\0", "b", "x");
+        after.comm = "after-name".into();
+        cache.capture(&after, None);
+        let checked = Checked { pid: 82, stat: Some(before), republished: false };
+        assert_eq!(cache.apply_sweep(vec![checked]), 0);
+        assert_eq!(cache.lookup(82, Some(500), "after-name").unwrap().service_name, "after");
+        // Another process at the pid (another start time) still makes it stale.
+        let reused =
+            Checked { pid: 82, stat: Some(Stat { comm: "x".into(), start_time: 900 }), republished: false };
+        assert_eq!(cache.apply_sweep(vec![reused]), 1);
     }
 
     #[test]
