@@ -160,7 +160,6 @@ enum Signal {
 
 impl StandardVars {
     pub(super) fn output(&self) -> Result<Output, ConfigError> {
-        self.check_common()?;
         let target = self.otlp(Signal::Traces)?;
         match self.otel_traces_exporter.as_deref().map(|v| (v, v.trim())) {
             // No exporter named: OTLP only when the user pointed us at a collector.
@@ -263,19 +262,9 @@ impl StandardVars {
         self.rust_log.clone()
     }
 
-    /// The variables both signals' exporters read, checked whichever output is chosen: a bad
-    /// value is a mistake worth hearing about.
-    fn check_common(&self) -> Result<(), ConfigError> {
-        self.batch()?;
-        for signal in [Signal::Traces, Signal::Metrics] {
-            self.timeout(signal)?;
-            self.headers(signal)?;
-        }
-        Ok(())
-    }
-
     /// A signal's exporter, and whether an endpoint was named for it (its own or the generic
-    /// one). Its own variables win over the generic ones.
+    /// one). Its own variables win over the generic ones. Made whichever output is chosen, so a
+    /// bad value of any exporter variable is heard about, even when that exporter is off.
     fn otlp(&self, signal: Signal) -> Result<(Otlp, bool), ConfigError> {
         let (endpoint, protocol) = match signal {
             Signal::Traces => (
