@@ -13,7 +13,7 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use opentelemetry::{metrics::MeterProvider as _, KeyValue};
-use opentelemetry_otlp::{MetricExporter, WithExportConfig as _, WithHttpConfig as _, WithTonicConfig as _};
+use opentelemetry_otlp::MetricExporter;
 use opentelemetry_sdk::{
     metrics::{PeriodicReader, SdkMeterProvider},
     Resource,
@@ -21,7 +21,7 @@ use opentelemetry_sdk::{
 
 use crate::{
     config::{Otlp, Protocol},
-    export::{grpc_metadata, http_headers},
+    export::{grpc_settings, http_settings},
 };
 
 /// How often the run loop copies the counters for the reader: the most a metric lags.
@@ -110,18 +110,8 @@ impl SelfMetrics {
         service_name: &str,
     ) -> Result<SelfMetrics> {
         let exporter = match otlp.protocol {
-            Protocol::Grpc => MetricExporter::builder()
-                .with_tonic()
-                .with_endpoint(&otlp.endpoint)
-                .with_timeout(otlp.timeout)
-                .with_metadata(grpc_metadata(otlp)?)
-                .build(),
-            Protocol::HttpProtobuf => MetricExporter::builder()
-                .with_http()
-                .with_endpoint(&otlp.endpoint)
-                .with_timeout(otlp.timeout)
-                .with_headers(http_headers(otlp))
-                .build(),
+            Protocol::Grpc => grpc_settings(MetricExporter::builder().with_tonic(), otlp)?.build(),
+            Protocol::HttpProtobuf => http_settings(MetricExporter::builder().with_http(), otlp).build(),
         }
         .context("building the OTLP metric exporter")?;
         let provider = SdkMeterProvider::builder()
