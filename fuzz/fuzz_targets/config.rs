@@ -68,7 +68,7 @@ fn check_accepted(config: &Config) {
     let rb = u64::from(config.ring_buffer_bytes);
     assert!(rb.is_power_of_two() && (4096..=1 << 30).contains(&rb), "{config:?}");
     assert!((1..=1 << 20).contains(&config.max_inflight), "{config:?}");
-    assert!((1..=4096).contains(&config.max_context_files), "{config:?}");
+    assert!((1..=1 << 18).contains(&config.max_context_processes), "{config:?}");
     let f = &config.filters;
     assert!((0.0..=1.0).contains(&f.sample_ratio), "{config:?}");
     assert!(f.pids.iter().all(|&p| p > 0), "{config:?}");

@@ -10,7 +10,7 @@
 use std::{cell::Cell, io};
 
 use libfuzzer_sys::fuzz_target;
-use otel_sendmmsg::probes::markers::elf_marker::{marker_offset, ReadAt, READ_BUDGET};
+use otel_sendmmsg::probes::thread_context::elf_marker::{marker_offset, ReadAt, READ_BUDGET};
 
 /// The input, then zeros up to `size`; counts the bytes asked for.
 struct Sparse<'a> {

@@ -7,7 +7,7 @@
 use std::os::unix::ffi::OsStrExt;
 
 use libfuzzer_sys::fuzz_target;
-use otel_sendmmsg::probes::markers::proc_maps::executable_mappings;
+use otel_sendmmsg::probes::thread_context::proc_maps::executable_mappings;
 
 fuzz_target!(|text: &[u8]| {
     let mappings = executable_mappings(text);

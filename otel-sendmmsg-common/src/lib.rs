@@ -104,14 +104,49 @@ pub mod record_flags {
     pub const SIZES_FROM_MSG_LEN: u32 = 2;
 }
 
-/// The W3C trace flag the context marker passes when the span is sampled.
-pub const TRACE_FLAG_SAMPLED: u64 = 1;
+/// OTEP 4947 (opentelemetry-specification `oteps/profiles/4947-thread-ctx.md`): the ELF TLS
+/// symbol through which an SDK or tracer publishes each thread's active span, a pointer to a
+/// Thread-Local Context Record.
+pub mod thread_context {
+    /// The symbol's name, as `.dynsym` holds it.
+    pub const SYMBOL: &str = "otel_thread_ctx_v1";
+    /// The record's fixed header: trace-id[16], span-id[8], valid u8, trace-flags u8,
+    /// attrs-data-size u16 (packed, host-endian). Nothing past it is ever read: the attributes
+    /// are for profilers, a span needs only the ids.
+    pub const HEADER_BYTES: usize = 28;
+    pub const VALID_AT: usize = 24;
+    pub const FLAGS_AT: usize = 25;
+    pub const ATTRS_SIZE_AT: usize = 26;
+    /// The OTEP recommends a whole record of at most 640 bytes (the eBPF profiler's limit): a
+    /// header claiming more attributes than fit is not a record a conformant writer made.
+    pub const MAX_ATTRS_BYTES: u16 = 640 - HEADER_BYTES as u16;
+    /// The W3C trace flag "sampled".
+    pub const FLAG_SAMPLED: u8 = 1;
+}
 
-/// The name of the no-op function applications call to publish their active span; the sidecar
-/// attaches a uprobe to it wherever it is found.
-pub const CONTEXT_MARKER_SYMBOL: &str = "otel_sendmmsg_set_context";
+/// How the BPF side reaches a thread's `otel_thread_ctx_v1` in one process, worked out by user
+/// space from the process's ELF files and relocations (x86-64: the thread pointer is the task's
+/// `fsbase`; variant II TLS, the DTV pointer at TP+8 in glibc and musl).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ThreadContextAccess {
+    /// The process's start as `/proc/PID/stat` gives it (clock ticks), and the ns per tick: the
+    /// BPF side compares it with its leader's `start_boottime`, so an entry is used only by the
+    /// process it was made for, never by a later one given the same pid.
+    pub start_ticks: u64,
+    pub ns_per_tick: u64,
+    /// 0: the variable is in static TLS, at `TP + offset`. Otherwise its module's id: the
+    /// variable is at `dtv[module] + offset`.
+    pub module: u64,
+    pub offset: i64,
+    /// Bytes per DTV entry (glibc 16, musl 8), for `module` != 0.
+    pub dtv_stride: u32,
+    /// Where the DTV's length is, in bytes from the DTV pointer (glibc `dtv[-1]`: -16; musl
+    /// `dtv[0]`: 0): a module id past it is not the thread's yet.
+    pub dtv_len_at: i32,
+}
 
-/// Byte offsets of the kernel fields the BPF side reads, found in the running kernel's BTF by
+/// Byte offsets of the kernel fields/// Byte offsets of the kernel fields the BPF side reads, found in the running kernel's BTF by
 /// user space at load time, so no offset is compiled in for one kernel.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -159,6 +194,10 @@ pub struct KernelOffsets {
     /// `kernfs_node.name` and `kernfs_node.parent` (`__parent` since Linux 6.15).
     pub kernfs_name: u32,
     pub kernfs_parent: u32,
+    /// `task_struct.thread.fsbase` (the two offsets added up): the thread pointer, on x86-64. 0
+    /// when the kernel has none (other architectures): no OTEP 4947 thread context is read.
+    pub task_fsbase: u32,
+    pub _pad: u32,
 }
 
 /// Which filters are on, and their scalar settings; the sets live in BPF hash maps.
@@ -186,6 +225,8 @@ pub mod filter {
     pub const SAMPLE: u32 = 16;
     /// The filters decided at entry (before any per-call work).
     pub const AT_ENTRY: u32 = PIDS | COMMS | CGROUPS | SAMPLE;
+    /// The filters that are properties of the process, not draws.
+    pub const PROCESS: u32 = PIDS | COMMS | CGROUPS;
 }
 
 /// One `sendmmsg` call, from entry to exit.
@@ -305,10 +346,19 @@ pub enum Counter {
     /// An identity could not be put in the full ring buffer; the process's next call tries again
     /// (its spans meanwhile come from `/proc`, as without capture).
     IdentitiesDropped = 8,
+    /// A call whose thread published an OTEP 4947 record with the sampled flag clear: the app
+    /// does not export that trace, so the call is not traced (the parent-based sampler's rule).
+    ParentNotSampled = 9,
+    /// A thread's context pointer, or the record it points to, could not be read (unmapped or
+    /// paged-out memory): the call is traced as if nothing were published.
+    ThreadContextUnreadable = 10,
+    /// A record whose `attrs-data-size` claims more than a record may hold: refused whole, as
+    /// nothing a conformant writer makes (the call is traced without that parent).
+    ThreadContextMalformed = 11,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 9] = [
+    pub const ALL: [Counter; 12] = [
         Counter::RingBufferFull,
         Counter::InflightFull,
         Counter::StrayMessages,
@@ -318,6 +368,9 @@ impl Counter {
         Counter::IdentitiesCaptured,
         Counter::IdentitiesIncomplete,
         Counter::IdentitiesDropped,
+        Counter::ParentNotSampled,
+        Counter::ThreadContextUnreadable,
+        Counter::ThreadContextMalformed,
     ];
     pub const COUNT: u32 = Self::ALL.len() as u32;
 
@@ -332,6 +385,9 @@ impl Counter {
             Counter::IdentitiesCaptured => "identities_captured",
             Counter::IdentitiesIncomplete => "identities_incomplete",
             Counter::IdentitiesDropped => "identities_dropped",
+            Counter::ParentNotSampled => "parent_not_sampled",
+            Counter::ThreadContextUnreadable => "thread_context_unreadable",
+            Counter::ThreadContextMalformed => "thread_context_malformed",
         }
     }
 }
@@ -421,7 +477,8 @@ const _: () = assert!(core::mem::align_of::<CallRecord>() == 8);
 const _: () = assert!(core::mem::offset_of!(CallRecord, socket) == 120);
 const _: () = assert!(core::mem::offset_of!(CallRecord, parent) == 168);
 const _: () = assert!(core::mem::offset_of!(CallRecord, detail) == 192);
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 32 * 4);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 34 * 4);
+const _: () = assert!(core::mem::size_of::<ThreadContextAccess>() == 40);
 const _: () = assert!(core::mem::size_of::<FilterSettings>() == 16);
 const _: () = assert!(core::mem::size_of::<IdentityRecord>() == 64 + 16 + 3 * IDENTITY_NAME_LEN + ENV_WINDOW);
 const _: () = assert!(core::mem::offset_of!(IdentityRecord, env) % 8 == 0);
@@ -438,5 +495,6 @@ mod user {
     unsafe impl aya::Pod for super::KernelOffsets {}
     unsafe impl aya::Pod for super::FilterSettings {}
     unsafe impl aya::Pod for super::TraceContext {}
+    unsafe impl aya::Pod for super::ThreadContextAccess {}
     unsafe impl aya::Pod for super::IdentityRecord {}
 }

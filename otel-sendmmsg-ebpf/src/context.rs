@@ -1,9 +1,8 @@
-//! The calling thread's active application span, so a `sendmmsg` span can be its child.
+//! The calling thread's active application span as OpenTelemetry eBPF Instrumentation shares it,
+//! the fallback when the thread published no OTEP 4947 record (`thread_context`).
 //!
-//! The map is the ecosystem's: OpenTelemetry eBPF Instrumentation pins it as
-//! `/sys/fs/bpf/otel/traces_ctx_v1` and the eBPF profiler reads it; user space opens it there,
-//! or creates and pins it. Applications without OBI fill it through a no-op marker function of
-//! the otel-sendmmsg-context library, to which user space attaches `sendmmsg_context_marker`.
+//! The map is the ecosystem's: OBI pins it as `/sys/fs/bpf/otel/traces_ctx_v1` and the eBPF
+//! profiler reads it; user space opens it there, or creates and pins it.
 //!
 //! An entry outlives its thread unless someone removes it, and the kernel hands a dead thread's
 //! tid to the next thread it creates: that thread (of the same process, or of another process
@@ -12,11 +11,11 @@
 
 use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid,
-    macros::{map, tracepoint, uprobe},
+    macros::{map, tracepoint},
     maps::LruHashMap,
-    programs::{ProbeContext, TracePointContext},
+    programs::TracePointContext,
 };
-use otel_sendmmsg_common::{TraceContext, TRACE_FLAG_SAMPLED};
+use otel_sendmmsg_common::TraceContext;
 
 /// Keyed by `bpf_get_current_pid_tgid()`: one entry per thread.
 #[map]
@@ -36,25 +35,6 @@ pub fn copy_current(dst: &mut TraceContext) -> bool {
         unsafe { core::ptr::write_volatile(dst.add(i), core::ptr::read_volatile(src.add(i))) };
     }
     true
-}
-
-/// `void otel_sendmmsg_set_context(uint64_t trace_id_high, uint64_t trace_id_low,
-/// uint64_t span_id, uint64_t flags)`: the thread's active span from now on; an unsampled or
-/// all-zero one clears it (no span, or one that will not be exported, makes no parent).
-#[uprobe]
-pub fn sendmmsg_context_marker(ctx: ProbeContext) -> u32 {
-    let arg = |n| ctx.arg::<u64>(n).unwrap_or(0);
-    let (high, low, span, flags) = (arg(0), arg(1), arg(2), arg(3));
-    let key = bpf_get_current_pid_tgid();
-    if flags & TRACE_FLAG_SAMPLED == 0 || span == 0 || (high | low) == 0 {
-        let _ = TRACES_CTX.remove(&key);
-        return 0;
-    }
-    let mut value = TraceContext { trace_id: [0; 16], span_id: span.to_be_bytes() };
-    value.trace_id[..8].copy_from_slice(&high.to_be_bytes());
-    value.trace_id[8..].copy_from_slice(&low.to_be_bytes());
-    let _ = TRACES_CTX.insert(&key, &value, 0);
-    0
 }
 
 // sched/sched_process_exec: `pid_t old_pid` at 16 (after `__data_loc char[] filename` at 8 and

@@ -33,19 +33,14 @@ pub fn settings() -> FilterSettings {
     unsafe { core::ptr::read_volatile(&FILTERS) }
 }
 
-/// Whether the current task's calls are traced: it must match every kind of entry filter that
-/// is on (any value within a kind).
+/// The root sampler's draw, for a call without a parent (a parent's own flag decides the others,
+/// see `pairing::on_entry`): false when the sampler is on and leaves this call out.
 #[inline(always)]
-pub fn traced_at_entry(tgid: u32, flags: u32) -> bool {
-    // The cheapest check first: a sampled-out call costs one helper call.
-    if flags & filter::SAMPLE != 0 && unsafe { bpf_get_prandom_u32() } >= settings().sample_below {
-        return false;
-    }
-    process_traced(tgid, flags)
+pub fn sampled_as_root(flags: u32) -> bool {
+    flags & filter::SAMPLE == 0 || unsafe { bpf_get_prandom_u32() } < settings().sample_below
 }
 
-/// Whether the current task matches every process filter that is on (pids, cgroups, names):
-/// the entry filters but the sampler, which is a draw, not a property of the task.
+/// Whether the current task matches every process filter that is on (pids, cgroups, names).
 #[inline(always)]
 pub fn process_traced(tgid: u32, flags: u32) -> bool {
     if flags & filter::PIDS != 0 && unsafe { FILTER_PIDS.get(&tgid) }.is_none() {

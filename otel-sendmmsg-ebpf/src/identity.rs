@@ -193,10 +193,12 @@ unsafe fn read_name(name: Option<u64>, dst: *mut u8) -> Option<u32> {
 }
 
 /// `sched:sched_process_exec`, in the task that exec'd: the process is another program now, with
-/// another environment; its next traced call captures it again.
+/// another environment and other TLS; its next traced call captures it again (which tells user
+/// space to look for the new program's thread context).
 #[tracepoint]
 pub fn identity_exec(_ctx: TracePointContext) -> u32 {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    crate::thread_context::forget(tgid);
     // A lookup takes no lock; most exec'ing processes were never captured.
     // SAFETY: only the presence is used.
     if unsafe { IDENTITY_SEEN.get(&tgid) }.is_some() {

@@ -14,6 +14,7 @@ mod msgname;
 mod pairing;
 mod socket;
 mod task;
+mod thread_context;
 mod tracepoint;
 
 #[cfg(not(test))]

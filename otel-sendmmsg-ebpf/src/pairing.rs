@@ -19,9 +19,12 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
-use otel_sendmmsg_common::{filter, record_flags, CallRecord, Counter, MAX_VLEN, RECORD_VERSION};
+use otel_sendmmsg_common::{filter, record_flags, CallRecord, Counter, TraceContext, MAX_VLEN, RECORD_VERSION};
 
-use crate::{context, filters, identity, msgname, socket, task};
+use crate::{
+    context, filters, identity, msgname, socket, task,
+    thread_context::{self, Published},
+};
 
 /// Calls in flight, by thread id. A plain hash map, not an LRU one: an LRU map makes room by
 /// evicting another thread's call in progress, silently (its exit then looks like a call begun
@@ -155,6 +158,26 @@ fn is_self(tgid: u32) -> bool {
     tgid == unsafe { core::ptr::read_volatile(&SELF_TGID) }
 }
 
+/// The calling thread's parent span, as the sampler sees it.
+enum Parent {
+    Sampled,
+    NotSampled,
+    None,
+}
+
+/// Fills `dst` with the calling thread's active span. Precedence as OTEP 4947 says: a valid
+/// record its SDK published is authoritative (with its sampled flag); the shared map (OBI's, no
+/// flags: an entry there is a span someone traces) only stands in when there is none.
+#[inline(always)]
+fn parent(tgid: u32, dst: &mut TraceContext) -> Parent {
+    match thread_context::read_current(tgid, dst) {
+        Published::Span(true) => Parent::Sampled,
+        Published::Span(false) => Parent::NotSampled,
+        Published::Nothing if context::copy_current(dst) => Parent::Sampled,
+        Published::Nothing => Parent::None,
+    }
+}
+
 /// Entry of a call: remember its arguments and start time for this thread.
 #[inline(always)]
 pub fn on_entry(args: CallArgs) {
@@ -164,20 +187,38 @@ pub fn on_entry(args: CallArgs) {
         if SELF_TEST_TID.get(0).copied() != Some(tid) {
             return;
         }
-    } else {
-        let flags = filters::settings().flags;
-        if flags & filter::AT_ENTRY != 0 && !filters::traced_at_entry(tgid, flags) {
-            set_untraced(tid, untraced::FILTERED);
-            return;
-        }
-        // Before the call's own record, so user space knows the process before its first span.
-        identity::capture_once(tgid);
     }
     let Some(rec) = SCRATCH.get_ptr_mut(0) else {
         return;
     };
     // SAFETY: this CPU's scratch slot, valid for the whole program run.
     let rec = unsafe { &mut *rec };
+    let has_parent = if is_self(tgid) {
+        false
+    } else {
+        let flags = filters::settings().flags;
+        if flags & filter::PROCESS != 0 && !filters::process_traced(tgid, flags) {
+            set_untraced(tid, untraced::FILTERED);
+            return;
+        }
+        // The parent-based sampler: a parent's own flag decides; only roots are drawn for.
+        let has_parent = match parent(tgid, &mut rec.parent) {
+            Parent::Sampled => true,
+            Parent::NotSampled => {
+                count(Counter::ParentNotSampled);
+                set_untraced(tid, untraced::FILTERED);
+                return;
+            }
+            Parent::None => false,
+        };
+        if !has_parent && !filters::sampled_as_root(flags) {
+            set_untraced(tid, untraced::FILTERED);
+            return;
+        }
+        // Before the call's own record, so user space knows the process before its first span.
+        identity::capture_once(tgid);
+        has_parent
+    };
     rec.version = RECORD_VERSION;
     rec.size = core::mem::size_of::<CallRecord>() as u32;
     rec.pid = tgid;
@@ -205,7 +246,7 @@ pub fn on_entry(args: CallArgs) {
     // the helper zeroes the buffer, which reads as an empty name.
     // SAFETY: `comm` is 16 writable bytes, TASK_COMM_LEN.
     unsafe { bpf_get_current_comm(rec.comm.as_mut_ptr().cast(), rec.comm.len() as u32) };
-    if context::copy_current(&mut rec.parent) {
+    if has_parent {
         rec.flags_out = record_flags::PARENT;
     }
     // The rest of `detail` is filled by the per-message hook; slots past what the counters say

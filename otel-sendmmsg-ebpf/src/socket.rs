@@ -44,6 +44,8 @@ pub static OFFSETS: KernelOffsets = KernelOffsets {
     cgroup_kn: 0,
     kernfs_name: 0,
     kernfs_parent: 0,
+    task_fsbase: 0,
+    _pad: 0,
 };
 
 #[inline(always)]

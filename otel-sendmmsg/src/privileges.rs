@@ -8,12 +8,12 @@
 //! | `CAP_BPF` | creating the first map fails: `failed to create map ...: Operation not permitted` |
 //! | `CAP_PERFMON` | the kernel refuses tracing programs (`BPF_PROG_LOAD`: EPERM), so no hook attaches; it also guards `perf_event_open` on tracepoints |
 //! | `CAP_DAC_OVERRIDE` | tracefs (`/sys/kernel/tracing`, mode 0700 root) cannot even be looked into, nor other users' `/proc/PID/environ` (0400) read; with `CAP_DAC_READ_SEARCH` instead, both work but OBI's `/sys/fs/bpf/otel/traces_ctx_v1` (0600 root) cannot be opened read-write, nor created in a 0700 bpffs |
-//! | `CAP_SYS_PTRACE` | other users' processes are opaque: `/proc/PID/exe` and `/proc/PID/root/...` (the binaries of other containers, where the context marker is looked for) are refused |
-//! | `CAP_SYS_ADMIN` | everything but the context-marker uprobe works: the kernel refuses uprobe `perf_event_open` with EACCES (Linux 6.16 and the stable kernels since July 2025 require `CAP_SYS_ADMIN` for uprobes again, upstream commit ba677dbe77af) |
+//! | `CAP_SYS_PTRACE` | other users' processes are opaque: `/proc/PID/exe`, `/proc/PID/auxv`, `/proc/PID/root/...` (the binaries of other containers, where `otel_thread_ctx_v1` is looked for) and their memory (`process_vm_readv`: the relocations the dynamic linker applied, the OTEP 4719 process context) are refused |
+//! | `CAP_CHECKPOINT_RESTORE` (optional) | `/proc/PID/map_files/` cannot be followed (`proc_map_files_get_link` wants it or `CAP_SYS_ADMIN`): a library deleted since it was mapped (an upgraded package) cannot be looked into; files are still reached by their path under `/proc/PID/root` |
 //!
-//! `CAP_SYS_RESOURCE` is not needed: since Linux 5.11 BPF memory is charged to the cgroup, not to
-//! `RLIMIT_MEMLOCK`. `CAP_SYS_ADMIN` implies `CAP_BPF` and `CAP_PERFMON` in the kernel's own
-//! checks; they are listed anyway so the sidecar keeps tracing when `CAP_SYS_ADMIN` is withheld.
+//! `CAP_SYS_ADMIN` is not needed: nothing is attached to user space (no uprobe), the thread
+//! context being read by the entry hook itself. `CAP_SYS_RESOURCE` is not needed: since Linux
+//! 5.11 BPF memory is charged to the cgroup, not to `RLIMIT_MEMLOCK`.
 //!
 //! Containers start a non-root user with an empty effective set: the image gives the binary
 //! these capabilities as file capabilities, permitted only (`setcap ...=p`), and [`check`]
@@ -30,9 +30,9 @@ use tracing::{debug, warn};
 pub enum Need {
     /// Without it nothing can be traced: start-up stops.
     Required,
-    /// Only apps that publish their span through the context marker lose their parent span;
+    /// Only a library deleted since it was mapped is not looked into for the thread context;
     /// start-up goes on with a warning.
-    ContextMarker,
+    MapFiles,
 }
 
 /// A capability, by the name and number of `linux/capability.h`.
@@ -87,15 +87,15 @@ pub const CAPABILITIES: &[Capability] = &[
     Capability {
         name: "CAP_SYS_PTRACE",
         number: 19,
-        purpose: "read other users' processes: /proc/PID/exe, and /proc/PID/root to find the context \
-                  marker in other containers' binaries",
+        purpose: "read other users' processes: /proc/PID/exe, /proc/PID/root to find \
+                  otel_thread_ctx_v1 in other containers' binaries, and their memory",
         need: Need::Required,
     },
     Capability {
-        name: "CAP_SYS_ADMIN",
-        number: 21,
-        purpose: "attach the context-marker uprobe; the kernel allows uprobes only with it",
-        need: Need::ContextMarker,
+        name: "CAP_CHECKPOINT_RESTORE",
+        number: 40,
+        purpose: "follow /proc/PID/map_files to a library deleted since it was mapped",
+        need: Need::MapFiles,
     },
 ];
 
@@ -126,7 +126,7 @@ pub fn assess(effective: u64) -> Result<Vec<&'static Capability>, MissingCapabil
     };
     let required = missing(Need::Required);
     if required.is_empty() {
-        Ok(missing(Need::ContextMarker))
+        Ok(missing(Need::MapFiles))
     } else {
         Err(MissingCapabilities(required))
     }
@@ -159,8 +159,8 @@ pub fn check() -> Result<(), MissingCapabilities> {
     }
     for c in assess(effective)? {
         warn!(
-            "missing {} ({}): the sendmmsg spans of apps that publish their span through the context \
-             marker are not children of it; context from OBI's shared map still works",
+            "missing {} ({}): a library that defines otel_thread_ctx_v1 and was deleted or replaced \
+             since its process mapped it is not looked into; every other file is, by its path",
             c.name, c.purpose
         );
     }
@@ -230,7 +230,7 @@ mod tests {
 
     #[test]
     fn each_missing_required_capability_is_named_with_its_purpose() {
-        let all = mask(&["CAP_BPF", "CAP_PERFMON", "CAP_DAC_OVERRIDE", "CAP_SYS_PTRACE", "CAP_SYS_ADMIN"]);
+        let all = mask(&["CAP_BPF", "CAP_PERFMON", "CAP_DAC_OVERRIDE", "CAP_SYS_PTRACE", "CAP_CHECKPOINT_RESTORE"]);
         for c in CAPABILITIES.iter().filter(|c| c.need == Need::Required) {
             let err = assess(all & !c.bit()).unwrap_err();
             assert_eq!(err.0, vec![c]);
@@ -242,14 +242,15 @@ mod tests {
         for c in CAPABILITIES.iter().filter(|c| c.need == Need::Required) {
             assert!(none.contains(&format!("missing {} (", c.name)), "{none}");
         }
-        assert!(!none.contains("missing CAP_SYS_ADMIN"), "optional, so not a reason to stop: {none}");
+        assert!(!none.contains("missing CAP_CHECKPOINT_RESTORE"), "optional, so not a reason to stop: {none}");
     }
 
     #[test]
-    fn without_sys_admin_only_the_context_marker_is_lost() {
+    fn without_checkpoint_restore_only_map_files_is_lost_and_sys_admin_is_never_asked_for() {
         let required = mask(&["CAP_BPF", "CAP_PERFMON", "CAP_DAC_OVERRIDE", "CAP_SYS_PTRACE"]);
         let lost = assess(required).unwrap();
-        assert_eq!(lost.iter().map(|c| c.name).collect::<Vec<_>>(), ["CAP_SYS_ADMIN"]);
+        assert_eq!(lost.iter().map(|c| c.name).collect::<Vec<_>>(), ["CAP_CHECKPOINT_RESTORE"]);
+        assert!(CAPABILITIES.iter().all(|c| c.name != "CAP_SYS_ADMIN"));
     }
 
     #[test]

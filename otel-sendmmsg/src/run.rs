@@ -26,8 +26,8 @@ use crate::{
     probes::{
         choose::{Choosing, Next},
         kernel::Kernel,
-        markers,
         selftest::Trial,
+        thread_context,
         Probes,
     },
     process::{
@@ -88,8 +88,11 @@ struct Pipeline {
     /// Processes named after their thread because reading them took too long or could not be
     /// done (see [`process::resolver`]).
     metadata_unavailable: u64,
-    /// Files exporting the context marker left unattached at the cap; the scan thread counts.
-    context_files_refused: Arc<AtomicU64>,
+    /// Processes defining the thread context left unread at the cap; the scan thread counts.
+    context_processes_refused: Arc<AtomicU64>,
+    /// Where to name a process whose new program made its first call, for the thread-context
+    /// scan to look at (none when the thread context is not read).
+    look_again: Option<std::sync::mpsc::Sender<u32>>,
     /// The start-up self-test under way, which takes its own thread's calls.
     self_test: Option<Trial>,
 }
@@ -144,6 +147,9 @@ impl Pipeline {
     /// made from it at once. Its pid's calls still waiting for `/proc` came before it and go
     /// now; an incomplete capture is completed from `/proc`, its calls waiting as for any read.
     fn identity(&mut self, identity: &Identity) {
+        if let Some(look_again) = &self.look_again {
+            let _ = look_again.send(identity.pid);
+        }
         if identity.incomplete() {
             debug!(
                 "process {} ({}): captured identity incomplete (flags {:#x}, {} bytes of environment)",
@@ -176,7 +182,7 @@ impl Pipeline {
             ("undecodable_records", self.undecodable),
             ("process_metadata_unavailable", self.metadata_unavailable),
             ("process_contexts_refused", self.processes.contexts_refused()),
-            ("context_files_refused", self.context_files_refused.load(Ordering::Relaxed)),
+            ("context_processes_refused", self.context_processes_refused.load(Ordering::Relaxed)),
         ]);
         counts.extend(export_counters(&self.exporter.stats()));
         Some(counts)
@@ -271,6 +277,14 @@ impl Pipeline {
     }
 }
 
+/// The thread-context scan's next finding; never, when it is not running.
+async fn next_found(scan: &mut Option<tokio::sync::mpsc::UnboundedReceiver<thread_context::Found>>) -> Option<thread_context::Found> {
+    match scan {
+        Some(receiver) => receiver.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Traces until the first stop signal, then detaches, drains what the kernel already reported,
 /// and flushes the exporter, all within `config.shutdown_timeout`; a second signal cuts that
 /// short. The closing summary is logged either way.
@@ -299,7 +313,8 @@ pub async fn run(config: Config, mut signals: StopSignals) -> Result<()> {
         resolver: Resolver::start("/proc").context("starting the /proc reader threads")?,
         waiting: Waiting::default(),
         metadata_unavailable: 0,
-        context_files_refused: Arc::default(),
+        context_processes_refused: Arc::default(),
+        look_again: None,
         self_test: None,
     };
     let metrics = start_self_metrics(&config);
@@ -324,6 +339,7 @@ pub async fn run(config: Config, mut signals: StopSignals) -> Result<()> {
     pipeline.options.per_message = choice.message.is_some();
     // The kernel's BTF, parsed twice to load and place the hooks, is tens of MiB no longer
     // needed; hand it, and the allocator's freed pages, back.
+    let reads_thread_context = probes.reads_thread_context(&kernel);
     drop(kernel);
     release_freed_memory();
     // The signal handlers were installed before start-up began, so a SIGTERM right after the
@@ -342,8 +358,20 @@ pub async fn run(config: Config, mut signals: StopSignals) -> Result<()> {
 
     let mut losses = LossLog::default();
     let mut report = tokio::time::interval(config.loss_report_interval);
-    let mut markers =
-        markers::scan::spawn(config.max_context_files as usize, pipeline.context_files_refused.clone())?;
+    let mut thread_contexts = if reads_thread_context {
+        let scan = thread_context::scan::spawn(
+            config.max_context_processes as usize,
+            pipeline.context_processes_refused.clone(),
+        )?;
+        pipeline.look_again = Some(scan.again);
+        Some(scan.found)
+    } else {
+        warn!(
+            "the OTEP 4947 thread context is not read (no thread-pointer offset in the kernel's BTF, \
+             or no identity capture): apps publishing their span that way get no parent here"
+        );
+        None
+    };
     let mut sweep = tokio::time::interval(SWEEP_PROCESSES);
     // The BPF side wakes us only once WAKEUP_BYTES are pending; this bounds the latency of the
     // records below that.
@@ -359,7 +387,7 @@ pub async fn run(config: Config, mut signals: StopSignals) -> Result<()> {
                 guard.clear_ready();
             }
             _ = drain.tick() => pipeline.drain(records.get_mut()),
-            Some(found) = markers.recv() => probes.follow_marker(found),
+            Some(found) = next_found(&mut thread_contexts) => probes.follow_thread_context(found),
             _ = report.tick() => {
                 if let Some(counts) = pipeline.counts(&probes) {
                     losses.report_growth(counts);
@@ -392,7 +420,7 @@ pub async fn run(config: Config, mut signals: StopSignals) -> Result<()> {
         ("undecodable_records", pipeline.undecodable),
         ("process_metadata_unavailable", pipeline.metadata_unavailable),
         ("process_contexts_refused", pipeline.processes.contexts_refused()),
-        ("context_files_refused", pipeline.context_files_refused.load(Ordering::Relaxed)),
+        ("context_processes_refused", pipeline.context_processes_refused.load(Ordering::Relaxed)),
     ];
     match probes.counters() {
         Ok(counters) => counts.extend(counters),

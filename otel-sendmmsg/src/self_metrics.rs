@@ -51,7 +51,13 @@ const METRICS: &[(&str, &str, Option<&str>)] = &[
     ("identities_captured", "otel_sendmmsg.identities.captured", None),
     ("identities_incomplete", "otel_sendmmsg.identities.incomplete", None),
     ("identities_dropped", "otel_sendmmsg.identities.dropped", None),
-    ("context_files_refused", "otel_sendmmsg.context_files.refused", None),
+    // The OTEP 4947 thread context: calls left out under an unsampled parent (the sampler, not a
+    // loss); records that could not be read or were malformed (calls traced without that
+    // parent); processes not read at the cap.
+    ("parent_not_sampled", "otel_sendmmsg.calls.unsampled", None),
+    ("thread_context_unreadable", "otel_sendmmsg.thread_contexts.refused", Some("unreadable")),
+    ("thread_context_malformed", "otel_sendmmsg.thread_contexts.refused", Some("malformed")),
+    ("context_processes_refused", "otel_sendmmsg.context_processes.refused", None),
     // Processes still described, from their environment instead of their process context.
     ("process_contexts_refused", "otel_sendmmsg.process_contexts.refused", None),
 ];
@@ -206,8 +212,14 @@ fn description(metric: &str) -> &'static str {
         "otel_sendmmsg.identities.dropped" => {
             "identities the kernel could not send, the ring buffer being full (the process's next call tries again)"
         }
-        "otel_sendmmsg.context_files.refused" => {
-            "files exporting the context marker left unattached at OTEL_SENDMMSG_MAX_CONTEXT_FILES"
+        "otel_sendmmsg.calls.unsampled" => {
+            "calls not traced because the thread's published OTEP 4947 span is not sampled (the parent-based sampler; not a loss)"
+        }
+        "otel_sendmmsg.thread_contexts.refused" => {
+            "OTEP 4947 thread contexts not taken as a call's parent, by reason: unreadable memory, or a malformed record"
+        }
+        "otel_sendmmsg.context_processes.refused" => {
+            "processes defining the OTEP 4947 thread context not read because OTEL_SENDMMSG_MAX_CONTEXT_PROCESSES were"
         }
         "otel_sendmmsg.process_contexts.refused" => {
             "reads of a process's OTEP 4719 process context refused (torn, malformed or over the bounds): its resource came from its environment"

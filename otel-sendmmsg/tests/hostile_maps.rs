@@ -223,7 +223,7 @@ fn hostile_scene(caps: &[&Capability]) -> (Stopped, SharedDir, u32, u32) {
             ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint.as_str()),
             ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
             ("OTEL_BSP_SCHEDULE_DELAY", "100"),
-            ("RUST_LOG", "info,otel_sendmmsg::probes::markers=debug"),
+            ("RUST_LOG", "info,otel_sendmmsg::probes::thread_context=debug"),
         ],
     );
 
@@ -354,7 +354,7 @@ fn many_marker_files_are_capped_counted_and_released_with_their_processes() {
         &[
             ("OTEL_TRACES_EXPORTER", "none"),
             ("OTEL_SENDMMSG_MAX_CONTEXT_FILES", cap.as_str()),
-            ("RUST_LOG", "info,otel_sendmmsg::probes::markers=debug"),
+            ("RUST_LOG", "info,otel_sendmmsg::probes::thread_context=debug"),
         ],
     );
     // Settle: whatever else runs on the host is attached before our baseline.
@@ -642,7 +642,7 @@ fn files_on_fuse_are_never_asked_for_anything() {
             ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint.as_str()),
             ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
             ("OTEL_BSP_SCHEDULE_DELAY", "100"),
-            ("RUST_LOG", "info,otel_sendmmsg::probes::markers=debug"),
+            ("RUST_LOG", "info,otel_sendmmsg::probes::thread_context=debug"),
         ],
     );
     // Dropped before the sidecar if the test fails: a thread waiting on a FUSE request the

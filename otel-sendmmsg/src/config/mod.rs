@@ -35,9 +35,9 @@ struct OwnVars {
     /// How many threads can be inside `sendmmsg` at once and still be traced. Default
     /// [`DEFAULT_MAX_INFLIGHT`].
     max_inflight: Option<String>,
-    /// How many files (executables, libraries) exporting the context marker carry its uprobe at
-    /// once, 1 to [`MAX_CONTEXT_FILES_LIMIT`]. Default [`DEFAULT_MAX_CONTEXT_FILES`].
-    max_context_files: Option<String>,
+    /// How many processes that define the OTEP 4947 thread context have it read at once, 1 to
+    /// [`MAX_CONTEXT_PROCESSES_LIMIT`]. Default [`DEFAULT_MAX_CONTEXT_PROCESSES`].
+    max_context_processes: Option<String>,
     /// `auto` (default: the cheapest family that works here), `fentry`, `kprobe` or `tracepoint`.
     attach: Option<String>,
     /// `events` (default), `spans`, `sizes` or `none`: how each message of a call is shown.
@@ -74,17 +74,17 @@ const MAX_INFLIGHT_LIMIT: u64 = 1 << 20;
 /// Kubernetes sends SIGKILL 30 s after SIGTERM by default: 20 s leaves room for the rest of the
 /// pod's shutdown.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(20);
-/// Files with the context-marker uprobe at once. Each is one uprobe (a perf event) and a few
-/// hundred bytes of bookkeeping; applications using the context library are usually a handful
-/// of binaries, and 64 leaves room for many versions of them side by side.
-pub const DEFAULT_MAX_CONTEXT_FILES: u32 = 64;
-pub const MAX_CONTEXT_FILES_LIMIT: u64 = 4096;
+/// Processes whose threads' OTEP 4947 context is read, at once: each is one 40-byte entry of a
+/// BPF hash map (its key, how to reach the variable); 4096 is more publishing processes than a
+/// node runs, for 200 KiB.
+pub const DEFAULT_MAX_CONTEXT_PROCESSES: u32 = 4096;
+pub const MAX_CONTEXT_PROCESSES_LIMIT: u64 = 1 << 18;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
     pub ring_buffer_bytes: u32,
     pub max_inflight: u32,
-    pub max_context_files: u32,
+    pub max_context_processes: u32,
     pub attach: Attach,
     /// What the kernel collects about each message (`OTEL_SENDMMSG_MESSAGE_DETAIL`).
     pub kernel_messages: KernelMessages,
@@ -245,9 +245,12 @@ impl Config {
         };
         let max_inflight = bounded_int("OTEL_SENDMMSG_MAX_INFLIGHT", &own.max_inflight, MAX_INFLIGHT_LIMIT)?
             .unwrap_or(DEFAULT_MAX_INFLIGHT);
-        let max_context_files =
-            bounded_int("OTEL_SENDMMSG_MAX_CONTEXT_FILES", &own.max_context_files, MAX_CONTEXT_FILES_LIMIT)?
-                .unwrap_or(DEFAULT_MAX_CONTEXT_FILES);
+        let max_context_processes = bounded_int(
+            "OTEL_SENDMMSG_MAX_CONTEXT_PROCESSES",
+            &own.max_context_processes,
+            MAX_CONTEXT_PROCESSES_LIMIT,
+        )?
+        .unwrap_or(DEFAULT_MAX_CONTEXT_PROCESSES);
         let attach = match own.attach.as_deref().map(|v| (v, v.trim())) {
             None | Some((_, "auto")) => Attach::Auto,
             Some((v, name)) => Family::BY_COST
@@ -287,7 +290,7 @@ impl Config {
         Ok(Config {
             ring_buffer_bytes,
             max_inflight,
-            max_context_files,
+            max_context_processes,
             attach,
             kernel_messages,
             message_view,
@@ -418,7 +421,7 @@ mod tests {
             Config {
                 ring_buffer_bytes: DEFAULT_RING_BUFFER_BYTES,
                 max_inflight: DEFAULT_MAX_INFLIGHT,
-                max_context_files: DEFAULT_MAX_CONTEXT_FILES,
+                max_context_processes: DEFAULT_MAX_CONTEXT_PROCESSES,
                 attach: Attach::Auto,
                 kernel_messages: KernelMessages::Hooked,
                 message_view: MessageView::Events,
@@ -748,13 +751,14 @@ mod tests {
     }
 
     #[test]
-    fn max_context_files_is_bounded() {
-        let files = |v: &str| config(&[("OTEL_SENDMMSG_MAX_CONTEXT_FILES", v)]).map(|c| c.max_context_files);
-        assert_eq!(files("4"), Ok(4));
-        assert_eq!(files("4096"), Ok(4096));
-        assert_eq!(files("0").unwrap_err().variable, "OTEL_SENDMMSG_MAX_CONTEXT_FILES");
-        assert!(files("4097").is_err());
-        assert!(files("many").is_err());
+    fn max_context_processes_is_bounded() {
+        let processes =
+            |v: &str| config(&[("OTEL_SENDMMSG_MAX_CONTEXT_PROCESSES", v)]).map(|c| c.max_context_processes);
+        assert_eq!(processes("4"), Ok(4));
+        assert_eq!(processes("262144"), Ok(262144));
+        assert_eq!(processes("0").unwrap_err().variable, "OTEL_SENDMMSG_MAX_CONTEXT_PROCESSES");
+        assert!(processes("262145").is_err());
+        assert!(processes("many").is_err());
     }
 
     #[test]

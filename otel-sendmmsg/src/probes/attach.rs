@@ -5,13 +5,9 @@ use std::{any::Any, collections::HashSet, os::fd::AsFd, path::Path};
 
 use anyhow::anyhow;
 use aya::{
-    programs::{
-        uprobe::{UProbeAttachLocation, UProbeScope},
-        FEntry, FExit, KProbe, Program, TracePoint, UProbe,
-    },
+    programs::{FEntry, FExit, KProbe, Program, TracePoint},
     Btf, Ebpf,
 };
-use otel_sendmmsg_common::CONTEXT_MARKER_SYMBOL;
 use tracing::{debug, warn};
 
 use super::{kernel::TRACEFS, kretprobe_events::KretprobeEvent};
@@ -39,16 +35,6 @@ pub enum Point<'a> {
     Fexit {
         function: &'a str,
         btf: &'a Btf,
-    },
-    /// The context marker at `offset` in a file the marker scan opened and checked. `target` is
-    /// `/proc/self/fd/N` of that descriptor: the kernel follows the link to exactly the inode
-    /// checked, and aya neither opens nor parses any path (with an absolute offset and a path
-    /// that is not a bare name, `UProbe::attach` hands the path straight to
-    /// `perf_event_open`). `name` is the path the log shows.
-    Uprobe {
-        target: &'a Path,
-        offset: u64,
-        name: &'a Path,
     },
 }
 
@@ -160,19 +146,6 @@ impl Programs {
                 }
                 let id = prog.attach().map_err(|e| format!("attach refused: {e}"))?;
                 aya_link(prog.take_link(id), format!("fexit {function}"))
-            }
-            Point::Uprobe { target, offset, name } => {
-                let prog: &mut UProbe = typed(prog, program)?;
-                if first {
-                    prog.load().map_err(|e| load_error(program, e))?;
-                }
-                let id = prog
-                    .attach(UProbeAttachLocation::AbsoluteOffset(offset), target, UProbeScope::AllProcesses)
-                    .map_err(|e| format!("attach refused: {:#}", anyhow!(e)))?;
-                aya_link(
-                    prog.take_link(id),
-                    format!("uprobe {}+{offset:#x} ({CONTEXT_MARKER_SYMBOL})", name.display()),
-                )
             }
         }
     }

@@ -342,13 +342,13 @@ pub mod program {
     pub const KRETPROBE_MESSAGE: &str = "sendmmsg_kretprobe_message";
     pub const FENTRY_ENTER: &str = "sendmmsg_fentry_enter";
     pub const FEXIT_EXIT: &str = "sendmmsg_fexit_exit";
-    pub const CONTEXT_MARKER: &str = "sendmmsg_context_marker";
     /// `sched:sched_process_exit`: drops an exiting thread's published context.
     pub const CONTEXT_THREAD_EXIT: &str = "context_thread_exit";
     /// `sched:sched_process_exec`: drops the context of a thread that runs a new program.
     pub const CONTEXT_EXEC: &str = "context_exec";
-    /// `sched:sched_process_exec`: forgets a process's captured identity when it runs a new
-    /// program, so the new program's next call captures it again.
+    /// `sched:sched_process_exec`: forgets a process's captured identity, and where its threads
+    /// kept their OTEP 4947 context, when it runs a new program, so the new program's next call
+    /// captures it again.
     pub const IDENTITY_EXEC: &str = "identity_exec";
     /// (program, target function), one program per function: fexit binds at load time.
     pub const FEXIT_PROTOCOL: [(&str, &str); 3] = [

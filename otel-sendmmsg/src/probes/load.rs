@@ -85,6 +85,7 @@ pub fn object(config: &Config, kernel: &Kernel) -> Result<Loaded> {
             // Wake the reader once an eighth of the ring is pending; its timer drains the rest.
             .override_global("WAKEUP_BYTES", &u64::from(config.ring_buffer_bytes / 8), true)
             .map_max_entries("INFLIGHT", config.max_inflight)
+            .map_max_entries("THREAD_CONTEXT_ACCESS", config.max_context_processes)
             .map_max_entries("RECORDS", config.ring_buffer_bytes)
             .load(BPF_OBJECT)
     };

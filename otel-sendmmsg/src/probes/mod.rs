@@ -1,7 +1,7 @@
 //! Kernel hooks: loads the BPF object ([`load`]), attaches the programs of the hooks the
 //! catalogue lists ([`hooks`]) through one path ([`attach`]) once [`choose`] has picked them for
-//! the running kernel, and detaches them again. [`markers`] finds the files for the
-//! context-marker uprobe.
+//! the running kernel, and detaches them again. [`thread_context`] finds the processes whose
+//! OTEP 4947 thread context the BPF side reads, and how.
 
 pub mod attach;
 pub mod btf_types;
@@ -12,27 +12,27 @@ pub mod kernel;
 pub mod kernel_misses;
 pub mod kretprobe_events;
 pub mod load;
-pub mod markers;
 pub mod offsets;
 pub mod pin_dir;
 pub mod selftest;
 pub mod shared_context;
+pub mod thread_context;
 
-use std::{collections::HashMap as StdHashMap, os::fd::AsFd, os::fd::AsRawFd, path::Path, path::PathBuf};
+use std::{os::fd::AsFd, path::Path};
 
 use anyhow::{Context, Result};
 use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
     Ebpf,
 };
-use otel_sendmmsg_common::{CallRecord, Counter};
-use tracing::{info, warn};
+use otel_sendmmsg_common::{CallRecord, Counter, ThreadContextAccess};
+use tracing::{debug, info, warn};
 
 use self::{
-    attach::{Attached, Point, Programs, Set},
-    hooks::{program, Family, MessageHook, CONTEXT_CLEANUP, IDENTITY_EXEC},
+    attach::{Point, Programs, Set},
+    hooks::{Family, MessageHook, CONTEXT_CLEANUP, IDENTITY_EXEC},
     kernel::Kernel,
-    markers::{printable, proc_maps::FileId, Found, Marker},
+    thread_context::{printable, Found},
 };
 use crate::config::Config;
 
@@ -43,8 +43,6 @@ pub struct Probes {
     message: Set,
     context_cleanup: Set,
     identity_exec: Set,
-    /// The context-marker uprobes, one per file; dropping one releases that file.
-    markers: StdHashMap<FileId, Attached>,
     /// In-flight entries removed because their thread is gone: calls whose exit never ran.
     exits_missed_swept: u64,
     /// `maxactive` of the kretprobe on the syscall (the kprobe family's exit).
@@ -63,7 +61,6 @@ impl Probes {
             message: Set::default(),
             context_cleanup: Set::default(),
             identity_exec: Set::default(),
-            markers: StdHashMap::new(),
             exits_missed_swept: 0,
             exit_maxactive: kretprobe_events::maxactive(config.max_inflight),
         };
@@ -142,45 +139,40 @@ impl Probes {
         Ok(())
     }
 
-    /// Attaches the context-marker uprobe to a file the scan found and checked, for every
-    /// process that runs it, now or later, through the descriptor the scan opened
-    /// ([`Point::Uprobe`]). The uprobe holds the inode; the caller closes the descriptor.
-    pub fn attach_marker(&mut self, marker: &Marker) -> Result<(), String> {
-        let target = PathBuf::from(format!("/proc/self/fd/{}", marker.file.as_raw_fd()));
-        let point = Point::Uprobe { target: &target, offset: marker.offset, name: &marker.name };
-        let attached = self.programs.attach(&mut self.ebpf, program::CONTEXT_MARKER, &point)?;
-        self.markers.insert(marker.id, attached);
-        Ok(())
+    /// Whether the OTEP 4947 thread context can be read: the thread pointer's offset is known
+    /// and the identity capture runs (its exec hook forgets a process's entry when its program
+    /// changes, and its records name the processes to look at).
+    pub fn reads_thread_context(&self, kernel: &Kernel) -> bool {
+        kernel.offsets.as_ref().is_ok_and(|off| off.task_fsbase != 0) && self.identity_exec.describe().next().is_some()
     }
 
-    /// Attaches the context-marker uprobe to a file the scan found, then closes the file; or
-    /// releases the uprobe of a file no process maps any more.
-    pub fn follow_marker(&mut self, found: Found) {
-        match found {
-            Found::Attach(marker) => match self.attach_marker(&marker) {
-                Ok(()) => info!("context marker: attached to {}", printable(&marker.name)),
-                Err(e) => warn!("context marker: not attached to {}: {e}", printable(&marker.name)),
-            },
-            Found::Release { id, name } => {
-                if self.release_marker(id) {
-                    info!(
-                        "context marker: released {} (no process maps it any more; {} files attached)",
-                        printable(&name),
-                        self.markers_attached()
-                    );
-                }
+    /// Lets the BPF side read the threads' context of a process the scan reached, or stops it.
+    pub fn follow_thread_context(&mut self, found: Found) {
+        let result = self.ebpf.map_mut("THREAD_CONTEXT_ACCESS").ok_or("map missing".to_owned()).and_then(|map| {
+            let mut map = HashMap::<_, u32, ThreadContextAccess>::try_from(map).map_err(|e| e.to_string())?;
+            match &found {
+                Found::Reach { pid, access, .. } => map.insert(pid, access, 0),
+                Found::Forget { pid } => map.remove(pid),
             }
+            .map_err(|e| e.to_string())
+        });
+        match (found, result) {
+            (Found::Reach { pid, again: true, .. }, Ok(())) => {
+                debug!("thread context: process {pid} runs a program again, read as before")
+            }
+            (Found::Reach { pid, access, file, .. }, Ok(())) => info!(
+                "thread context: reading otel_thread_ctx_v1 of process {pid} (defined in {}, {})",
+                printable(&file),
+                match access.module {
+                    0 => format!("static TLS at thread pointer {:+}", access.offset),
+                    module => format!("module {module} at {:+} in its block", access.offset),
+                }
+            ),
+            (Found::Reach { pid, .. }, Err(e)) => warn!("thread context: not read in process {pid}: {e}"),
+            (Found::Forget { pid }, Ok(())) => debug!("thread context: process {pid} forgotten"),
+            // The BPF side removed it first (the process exec'd).
+            (Found::Forget { .. }, Err(_)) => {}
         }
-    }
-
-    /// Detaches the context-marker uprobe from a file; whether it was attached.
-    pub fn release_marker(&mut self, id: FileId) -> bool {
-        self.markers.remove(&id).is_some()
-    }
-
-    /// How many files carry a context-marker uprobe now.
-    pub fn markers_attached(&self) -> usize {
-        self.markers.len()
     }
 
     /// Detaches the entry and exit hooks, entry first (it was attached last), so calls already
@@ -197,7 +189,6 @@ impl Probes {
     pub fn detach(&mut self) {
         self.detach_entry_exit();
         self.detach_message();
-        self.markers.clear();
         self.context_cleanup.detach();
         self.identity_exec.detach();
     }

@@ -38,6 +38,12 @@ pub fn from_btf_file(path: &str) -> Result<KernelOffsets, String> {
         task_start_boottime: field("task_struct", "start_boottime")
             .or_else(|_| field("task_struct", "real_start_time"))
             .unwrap_or(0),
+        // Optional: x86-64 keeps the thread pointer there; without it (another architecture)
+        // only the OTEP 4947 thread context is not read.
+        task_fsbase: field("task_struct", "thread")
+            .and_then(|thread| Ok(thread + field("thread_struct", "fsbase")?))
+            .inspect_err(|why| tracing::info!("{why}: no OTEP 4947 thread context"))
+            .unwrap_or(0),
         ..identity_offsets(&btf)
             .inspect_err(|why| tracing::info!("{why}: no identity capture in the kernel"))
             .unwrap_or_default()
@@ -118,6 +124,7 @@ mod tests {
         assert!(off.task_start_boottime != 0);
         assert_eq!(off.mm_env_end, off.mm_env_start + 8, "env_start and env_end are neighbours");
         assert!(off.task_mm != 0 && off.task_cgroups != 0 && off.mm_exe_file != 0);
+        assert!(off.task_fsbase > off.task_cgroups, "the thread pointer lies in thread, at the end of task_struct");
     }
 
     #[test]

@@ -573,13 +573,17 @@ pub fn read_process(root: &Path, request: &ReadRequest) -> ReadOutcome {
 /// A process start time the BPF side gives (`start_boottime`, ns after boot) in the clock ticks
 /// `/proc/PID/stat` shows (`nsec_to_clock_t`); `None` when the kernel did not give it.
 pub fn start_ticks(start_ns: u64) -> Option<u64> {
+    (start_ns != 0).then(|| start_ns / ns_per_tick())
+}
+
+/// Nanoseconds per clock tick (`USER_HZ`), the unit of `/proc/PID/stat`'s times.
+pub fn ns_per_tick() -> u64 {
     static NS_PER_TICK: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    let ns_per_tick = *NS_PER_TICK.get_or_init(|| {
+    *NS_PER_TICK.get_or_init(|| {
         // SAFETY: sysconf has no preconditions.
         let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
         1_000_000_000 / u64::try_from(hz).ok().filter(|&hz| hz > 0).unwrap_or(100)
-    });
-    (start_ns != 0).then(|| start_ns / ns_per_tick)
+    })
 }
 
 /// What a sweep found of one cached process.

@@ -44,7 +44,7 @@ use prost::Message as _;
 
 use super::read;
 use crate::{
-    probes::markers::proc_maps::MAPS_BYTES,
+    probes::thread_context::proc_maps::MAPS_BYTES,
     resource_attributes::{MAX_ATTRIBUTES, MAX_KEY_BYTES, MAX_VALUE_BYTES},
 };
 

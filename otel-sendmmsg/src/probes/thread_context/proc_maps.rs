@@ -33,6 +33,8 @@ pub struct Mapping {
     /// The mapped range: also the name of its entry in `/proc/PID/map_files/`.
     pub start: u64,
     pub end: u64,
+    /// Where in the file the mapping begins (page-aligned).
+    pub offset: u64,
     pub file: FileId,
     /// Absolute, as the kernel printed it (relative to the reader's root), `\012` read as a
     /// newline and a trailing ` (deleted)` taken off.
@@ -88,7 +90,7 @@ struct Parsed {
 /// then padding spaces and the path up to the end of the line; no path for anonymous memory.
 fn parse_line(line: &[u8]) -> Option<Parsed> {
     let mut fields = line.splitn(6, |&b| b == b' ');
-    let (range, perms, _offset, dev, inode) =
+    let (range, perms, offset, dev, inode) =
         (fields.next()?, fields.next()?, fields.next()?, fields.next()?, fields.next()?);
     let rest = fields.next()?;
     let (start, end) = split_once(range, b'-')?;
@@ -96,6 +98,7 @@ fn parse_line(line: &[u8]) -> Option<Parsed> {
     let (major, minor) = split_once(dev, b':')?;
     let dev = libc::makedev(u32::try_from(hex(major)?).ok()?, u32::try_from(hex(minor)?).ok()?);
     let ino = decimal(inode)?;
+    let offset = hex(offset)?;
     let printed = rest.trim_ascii_start();
     // Pseudo-files ([vdso], [heap]), anonymous memory, and names not reachable as a path
     // (`anon_inode:...`) have nothing to open; NUL never appears in a real path.
@@ -109,7 +112,15 @@ fn parse_line(line: &[u8]) -> Option<Parsed> {
     let path = PathBuf::from(OsStr::from_bytes(&unescape(printed)));
     Some(Parsed {
         is_executable: perms.len() == 4 && perms[2] == b'x',
-        mapping: Mapping { start, end, file: FileId { dev, ino }, path, deleted, printed: printed.to_vec() },
+        mapping: Mapping {
+            start,
+            end,
+            offset,
+            file: FileId { dev, ino },
+            path,
+            deleted,
+            printed: printed.to_vec(),
+        },
     })
 }
 

@@ -181,7 +181,7 @@ mod tests {
     use std::os::unix::fs::MetadataExt;
 
     use super::*;
-    use crate::probes::markers::proc_maps::executable_mappings;
+    use crate::probes::thread_context::proc_maps::executable_mappings;
 
     /// This test process's own executable mapping of `path` (mapped by the test first).
     fn mapping_of(path: &Path) -> Mapping {
