@@ -24,7 +24,7 @@ RUN --mount=type=bind,from=build,source=/src/target/release/otel-sendmmsg,target
     apt-get update \
     && apt-get install -y --no-install-recommends libcap2-bin \
     && install -m 0755 /tmp/otel-sendmmsg /usr/local/bin/otel-sendmmsg \
-    && setcap cap_bpf,cap_perfmon,cap_dac_override,cap_sys_ptrace,cap_sys_admin=p /usr/local/bin/otel-sendmmsg \
+    && setcap cap_bpf,cap_perfmon,cap_dac_override,cap_sys_ptrace,cap_checkpoint_restore=p /usr/local/bin/otel-sendmmsg \
     && apt-get purge -y --auto-remove libcap2-bin \
     && rm -rf /var/lib/apt/lists/*
 USER 65534:65534

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Fuzzes the record decoder, the span mapping, the configuration parser and the context-marker
+# Fuzzes the record decoder, the span mapping, the configuration parser and the thread-context
 # discovery's maps and ELF parsers (see fuzz/README.md):
 #   scripts/fuzz.sh           every target for 20 s (what CI runs)
 #   scripts/fuzz.sh 1800      every target for 30 minutes
@@ -51,13 +51,14 @@ log "$(rustc --version); cargo fuzz build ${profile[*]:-(release)}"
 corpus=fuzz/corpus
 mkdir -p "$corpus/records_decode"
 cargo run --quiet --manifest-path fuzz/Cargo.toml -p otel-sendmmsg-fuzz-seeds -- "$corpus/records_decode"
-# Real inputs for the context-marker parsers: this shell's maps, and a small library that defines
-# the marker (gcc, stripped: the dynamic symbol table alone), so the ELF scan starts past the
-# header checks.
+# Real inputs for the thread-context discovery's parsers: this shell's maps, and a small library
+# that defines otel_thread_ctx_v1 and accesses it through TLSDESC (gcc, stripped: the dynamic
+# symbol table alone), so the ELF scan starts past the header checks and reaches the relocations.
 mkdir -p "$corpus/maps_lines" "$corpus/elf_symbols"
 cp /proc/self/maps "$corpus/maps_lines/seed-self-maps"
-printf 'void otel_sendmmsg_set_context(void) {}\n' |
-  gcc -shared -fPIC -s -nostdlib -o "$corpus/elf_symbols/seed-marker.so" -x c -
+rm -f "$corpus/elf_symbols/seed-marker.so"
+printf '__thread void *otel_thread_ctx_v1;\nvoid set(void *p) { otel_thread_ctx_v1 = p; }\n' |
+  gcc -shared -fPIC -s -mtls-dialect=gnu2 -o "$corpus/elf_symbols/seed-tls.so" -x c -
 
 cargo fuzz build "${profile[@]}"
 

@@ -1,5 +1,6 @@
-//! Any bytes into the bounded ELF marker scan, as a file another process controls. It never
-//! panics; an offset it returns lies inside the file; and it asks for at most `READ_BUDGET` bytes,
+//! Any bytes into the bounded ELF scan for the OTEP 4947 TLS variable, as a file another process
+//! controls. It never panics; what it returns stays within its caps (16 relocations, 256 program
+//! headers); and it asks for at most `READ_BUDGET` bytes,
 //! however large the sizes the bytes claim. Each input is scanned twice: as a file of its own
 //! length, and as the start of a sparse 1 TiB file (zeros after the input), where a claimed table
 //! of gigabytes is inside the file and only the budget bounds what is read and allocated.
@@ -10,7 +11,7 @@
 use std::{cell::Cell, io};
 
 use libfuzzer_sys::fuzz_target;
-use otel_sendmmsg::probes::thread_context::elf_marker::{marker_offset, ReadAt, READ_BUDGET};
+use otel_sendmmsg::probes::thread_context::elf_tls::{thread_context_variable, Defined, ReadAt, READ_BUDGET};
 
 /// The input, then zeros up to `size`; counts the bytes asked for.
 struct Sparse<'a> {
@@ -39,13 +40,17 @@ impl ReadAt for Sparse<'_> {
     }
 }
 
+/// What the scan returns is bounded whatever the file claims.
+fn check(defined: &Defined) {
+    if let Defined::Tls(variable) = defined {
+        assert!(variable.relocations.len() <= 16 && variable.loads.len() <= 256, "{variable:?}");
+        assert!(variable.exported || variable.relocations.is_empty(), "relocations name .dynsym only");
+    }
+}
+
 fuzz_target!(|data: &[u8]| {
-    if let Some(offset) = marker_offset(data) {
-        assert!(offset < data.len() as u64);
-    }
+    check(&thread_context_variable(data));
     let sparse = Sparse { data, size: 1 << 40, asked: Cell::new(0) };
-    if let Some(offset) = marker_offset(&sparse) {
-        assert!(offset < sparse.size);
-    }
+    check(&thread_context_variable(&sparse));
     assert!(sparse.asked.get() <= READ_BUDGET + 64, "asked for {} bytes", sparse.asked.get());
 });
