@@ -7,7 +7,8 @@
  * Readers find otel_thread_ctx_v1 in the dynamic symbol table (.dynsym):
  *  - linking libotel_sendmmsg_context.a into an executable, add
  *        -Wl,--export-dynamic-symbol=otel_thread_ctx_v1
- *    (executables export nothing by default; GNU ld 2.35+, lld and mold take this flag).
+ *    (executables export nothing by default; GNU ld 2.35+, lld and mold take this flag);
+ *  - linking libotel_sendmmsg_context.so, nothing: the shared object exports it.
  */
 #ifndef OTEL_SENDMMSG_CONTEXT_H
 #define OTEL_SENDMMSG_CONTEXT_H

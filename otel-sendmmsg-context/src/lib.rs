@@ -30,6 +30,8 @@
 //!   to its dependents' binaries.
 //! - A C application linking `libotel_sendmmsg_context.a`: the link flag
 //!   `-Wl,--export-dynamic-symbol=otel_thread_ctx_v1` (GNU ld 2.35+, lld, mold).
+//! - Linking `libotel_sendmmsg_context.so`: nothing; the shared object exports it (when built
+//!   with lld, rustc's default linker on x86_64 Linux; build.rs says why and warns otherwise).
 //!
 //! [`publish_resource`] publishes the application's resource (its `service.name` and other
 //! attributes) as an OTEP 4719 process context, which the sidecar puts its spans under.
