@@ -55,6 +55,8 @@ static inline void otel_sendmmsg_clear(void) { otel_sendmmsg_set_context(0, 0, 0
  * keys[i]=values[i] (e.g. service.version, service.instance.id, deployment.environment.name),
  * UTF-8. Called again, it updates the published resource in place. Returns 0, -EINVAL (NULL or
  * non-UTF-8 string), -E2BIG (over 64 KiB encoded) or -errno of the failed system call.
+ * Readers look for thread contexts only in processes with a process context, so the first span
+ * published publishes one without a resource if this has not been called yet; this replaces it.
  */
 int otel_sendmmsg_publish_resource(const char *service_name, const char *const *keys,
                                    const char *const *values, size_t count);

@@ -34,7 +34,9 @@
 //!   with lld, rustc's default linker on x86_64 Linux; build.rs says why and warns otherwise).
 //!
 //! [`publish_resource`] publishes the application's resource (its `service.name` and other
-//! attributes) as an OTEP 4719 process context, which the sidecar puts its spans under.
+//! attributes) as an OTEP 4719 process context, which the sidecar puts its spans under. The
+//! process context also tells readers that this process publishes thread contexts, so the first
+//! span published publishes one (without a resource) if the application has not yet.
 //!
 //! ```no_run
 //! otel_sendmmsg_context::publish_resource("checkout", &[("service.version", "1.4.2")]).unwrap();

@@ -3,6 +3,16 @@
 //! because stable Rust can neither define an exported TLS symbol nor pick the TLSDESC dialect.
 //! This module only calls it, and reads back what an external reader would read.
 
+use crate::process_context;
+
+/// `threadlocal.schema_version` in the process context: the record layout and TLS discovery of
+/// OTEP 4947, under the name the OTEP gives its experimental version.
+pub(crate) const SCHEMA_VERSION: &str = "tlsdesc_v1_dev";
+
+/// `threadlocal.attribute_key_map` in the process context: attribute names by record key index.
+/// Empty: the records carry no attributes (`attrs-data-size` 0).
+pub(crate) const ATTRIBUTE_KEYS: &[&str] = &[];
+
 /// A span as the record holds it: ids in W3C byte order, the W3C trace-flags byte.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Span {
@@ -43,6 +53,8 @@ extern "C" {
 pub(crate) fn set(span: Option<Span>) {
     match span {
         Some(span) => {
+            // Readers look for the thread context only once the process context names its schema.
+            process_context::ensure_thread_context_announced();
             // SAFETY: both pointers are to arrays of the sizes the C side copies.
             unsafe {
                 otel_sendmmsg_thread_ctx_store(
