@@ -2,7 +2,11 @@
  * A C sender publishing its active span to otel-sendmmsg: one batch inside a span, one outside.
  *
  *   cargo build -p otel-sendmmsg-context
- *   cc -O2 publish.c -I ../include ../../target/debug/libotel_sendmmsg_context.a -lpthread -ldl -lm
+ *   cc -O2 publish.c -I ../include ../../target/debug/libotel_sendmmsg_context.a -lpthread -ldl -lm \
+ *      -Wl,--export-dynamic-symbol=otel_thread_ctx_v1
+ *
+ * The last flag puts the thread context's TLS variable in the executable's .dynsym, where
+ * readers look it up (OTEP 4947).
  *
  * With an argument of "wait" it waits for a line on stdin first (for tests). It sends to the
  * UDP port given as its last argument on 127.0.0.1.

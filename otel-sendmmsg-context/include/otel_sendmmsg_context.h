@@ -1,7 +1,14 @@
 /*
- * otel-sendmmsg context hand-off: publish the calling thread's active span, so the sidecar makes
- * the sendmmsg(2) calls this thread makes children of it. Link with libotel_sendmmsg_context
- * (static or shared). The call costs one function call when no sidecar runs.
+ * otel-sendmmsg context: publish the calling thread's active span as an OTEP 4947 thread context,
+ * which out-of-process readers (the otel-sendmmsg sidecar, which makes this thread's sendmmsg(2)
+ * calls children of the span; the OpenTelemetry eBPF profiler) read from the thread-local
+ * variable otel_thread_ctx_v1. Publishing costs a call and a few thread-local stores.
+ *
+ * Readers find otel_thread_ctx_v1 in the dynamic symbol table (.dynsym):
+ *  - linking libotel_sendmmsg_context.a into an executable, add
+ *        -Wl,--export-dynamic-symbol=otel_thread_ctx_v1
+ *    (executables export nothing by default; GNU ld 2.35+, lld and mold take this flag);
+ *  - linking libotel_sendmmsg_context.so, nothing: the shared object exports it.
  */
 #ifndef OTEL_SENDMMSG_CONTEXT_H
 #define OTEL_SENDMMSG_CONTEXT_H
@@ -13,13 +20,15 @@
 extern "C" {
 #endif
 
-/* W3C trace flag: the span is sampled (only sampled spans become parents). */
+/* W3C trace flag: the span is sampled (exported); bit 0 of the trace-flags byte. */
 #define OTEL_SENDMMSG_SAMPLED 1u
 
 /*
- * The marker the sidecar's uprobe reads. trace_id_high/low are the 16 trace-id bytes as two
- * big-endian integers (bytes 0-7, 8-15), span_id the 8 span-id bytes big-endian. All zero, or
- * flags without OTEL_SENDMMSG_SAMPLED, means "no span" from now on.
+ * Publishes a span as the calling thread's context. trace_id_high/low are the 16 trace-id bytes
+ * as two big-endian integers (bytes 0-7, 8-15), span_id the 8 span-id bytes big-endian, flags
+ * the W3C trace-flags byte (low 8 bits). Unsampled spans are published too, with
+ * OTEL_SENDMMSG_SAMPLED clear: readers decide what to do with them. A zero trace id or span id
+ * means "no span" from now on.
  */
 void otel_sendmmsg_set_context(uint64_t trace_id_high, uint64_t trace_id_low, uint64_t span_id,
                                uint64_t flags);
@@ -46,6 +55,8 @@ static inline void otel_sendmmsg_clear(void) { otel_sendmmsg_set_context(0, 0, 0
  * keys[i]=values[i] (e.g. service.version, service.instance.id, deployment.environment.name),
  * UTF-8. Called again, it updates the published resource in place. Returns 0, -EINVAL (NULL or
  * non-UTF-8 string), -E2BIG (over 64 KiB encoded) or -errno of the failed system call.
+ * Readers look for thread contexts only in processes with a process context, so the first span
+ * published publishes one without a resource if this has not been called yet; this replaces it.
  */
 int otel_sendmmsg_publish_resource(const char *service_name, const char *const *keys,
                                    const char *const *values, size_t count);

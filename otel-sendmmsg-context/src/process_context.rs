@@ -8,21 +8,29 @@
 //! resource; the mapping named `OTEL_CTX` with `prctl(PR_SET_VMA_ANON_NAME)` (an error on kernels
 //! without `CONFIG_ANON_VMA_NAME` is ignored, except for the anonymous fallback, which readers
 //! could not find). The 32-byte header sits at the start of the mapping; the payload, a protobuf
-//! `ProcessContext{Resource resource = 1}`, in memory of its own. `monotonic_published_at_ns`
-//! (`CLOCK_BOOTTIME`) is written last, after a full fence, and set to 0 while an update changes
-//! the payload, so a reader never takes a half-written context.
+//! `ProcessContext{Resource resource = 1; repeated KeyValue attributes = 2}`, in memory of its
+//! own. `monotonic_published_at_ns` (`CLOCK_BOOTTIME`) is written last, after a full fence, and
+//! set to 0 while an update changes the payload, so a reader never takes a half-written context.
 //!
-//! The payload is encoded here by hand: the message needs four field kinds (varint lengths,
-//! strings, nested messages), about forty lines, and this library is linked into applications
+//! Every payload carries, in `attributes`, the thread context's reference data (OTEP 4947):
+//! `threadlocal.schema_version` and `threadlocal.attribute_key_map`. Readers look for the TLS
+//! variable only once they have seen them, so the first span a thread publishes publishes a
+//! context without a resource if the application has not published one; [`publish_resource`]
+//! then replaces it.
+//!
+//! The payload is encoded here by hand: the message needs three field kinds (varint lengths,
+//! strings, nested messages), a few dozen lines, and this library is linked into applications
 //! that should not carry a protobuf runtime for it.
 
 use std::{
     ffi::CStr,
     sync::{
-        atomic::{fence, AtomicU64, Ordering},
-        Mutex,
+        atomic::{fence, AtomicBool, AtomicU64, Ordering},
+        Mutex, Once, TryLockError,
     },
 };
+
+use crate::thread_context::{ATTRIBUTE_KEYS, SCHEMA_VERSION};
 
 /// The header's size; the mapping is one page.
 const HEADER_BYTES: usize = 32;
@@ -81,19 +89,69 @@ pub fn publish_resource(service_name: &str, attributes: &[(&str, &str)]) -> Resu
         return Err(PublishError::TooLarge);
     }
     let mut published = PUBLISHED.lock().unwrap_or_else(|p| p.into_inner());
+    put_payload(&mut published, payload)?;
+    mark_thread_context_announced();
+    Ok(())
+}
+
+/// Puts `payload` in the context: an update of this process's, else a new one.
+fn put_payload(published: &mut Option<Published>, payload: Box<[u8]>) -> Result<(), PublishError> {
     // SAFETY: getpid has no preconditions.
     let pid = unsafe { libc::getpid() };
     match published.as_mut() {
-        Some(current) if current.pid == pid => {
-            current.update(payload);
-            Ok(())
-        }
-        _ => {
-            // A context inherited through fork is not mapped here: a fresh one.
-            *published = Some(Published::create(pid, payload)?);
-            Ok(())
-        }
+        Some(current) if current.pid == pid => current.update(payload),
+        // A context inherited through fork is not mapped here: a fresh one.
+        _ => *published = Some(Published::create(pid, payload)?),
     }
+    Ok(())
+}
+
+/// Whether this process's context already carries the thread context's reference data, or an
+/// attempt to publish it failed (it is not retried on every span).
+static THREAD_CONTEXT_ANNOUNCED: AtomicBool = AtomicBool::new(false);
+
+/// Makes sure a process context names the thread context's schema before a span is published:
+/// one relaxed load on every publish, the rest once per process.
+#[inline]
+pub(crate) fn ensure_thread_context_announced() {
+    if !THREAD_CONTEXT_ANNOUNCED.load(Ordering::Relaxed) {
+        announce_thread_context();
+    }
+}
+
+fn mark_thread_context_announced() {
+    // A child after fork has no mapping (MADV_DONTFORK) but a copy of the flag: let its first
+    // span announce again. Registered once, before the flag is first set; handlers survive fork.
+    static AT_FORK: Once = Once::new();
+    AT_FORK.call_once(|| {
+        extern "C" fn in_child() {
+            THREAD_CONTEXT_ANNOUNCED.store(false, Ordering::Relaxed);
+        }
+        // SAFETY: registers a handler that only stores to an atomic. Failing (ENOMEM) only
+        // means a forked child's spans go unannounced.
+        unsafe { libc::pthread_atfork(None, None, Some(in_child)) };
+    });
+    THREAD_CONTEXT_ANNOUNCED.store(true, Ordering::Relaxed);
+}
+
+#[cold]
+fn announce_thread_context() {
+    // Not `lock`: in a child forked while another thread held the lock, it would never be
+    // released. Busy means another thread is publishing, and every payload carries the
+    // reference data: try again on a later span.
+    let mut published = match PUBLISHED.try_lock() {
+        Ok(guard) => guard,
+        Err(TryLockError::Poisoned(p)) => p.into_inner(),
+        Err(TryLockError::WouldBlock) => return,
+    };
+    // SAFETY: getpid has no preconditions.
+    let ours = published.as_ref().is_some_and(|p| p.pid == unsafe { libc::getpid() });
+    if !ours {
+        // A failure leaves the thread context working, and readers without the schema, which
+        // they treat as no thread context; a later `publish_resource` may still succeed.
+        let _ = put_payload(&mut published, encode_payload(None).into_boxed_slice());
+    }
+    mark_thread_context_announced();
 }
 
 /// The same as [`publish_resource`], for code that reads better saying it updates.
@@ -102,7 +160,7 @@ pub fn update_resource(service_name: &str, attributes: &[(&str, &str)]) -> Resul
 }
 
 /// Removes the published context (e.g. at SDK shutdown); the OTEP also allows keeping it to the
-/// end of the process.
+/// end of the process. Spans published after it do not publish a new one.
 pub fn unpublish_resource() {
     let mut published = PUBLISHED.lock().unwrap_or_else(|p| p.into_inner());
     if let Some(current) = published.take() {
@@ -247,24 +305,52 @@ fn errno() -> i32 {
     std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO)
 }
 
-/// `ProcessContext{resource = 1: Resource{attributes = 1: repeated KeyValue{key = 1,
-/// value = 2: AnyValue{string_value = 1}}}}`, `service.name` first.
+/// The payload for a resource of `service.name` (first, when not empty) and `attributes`:
+/// `ProcessContext{resource = 1: Resource{attributes = 1: repeated KeyValue}, attributes = 2:
+/// repeated KeyValue}`, the second with the thread context's reference data.
 pub fn encode(service_name: &str, attributes: &[(&str, &str)]) -> Vec<u8> {
     let mut resource = Vec::new();
     let service = (!service_name.is_empty()).then_some(("service.name", service_name));
     for (key, value) in
         service.into_iter().chain(attributes.iter().copied().filter(|(k, _)| *k != "service.name"))
     {
-        let mut any_value = Vec::new();
-        field(&mut any_value, 1, value.as_bytes());
-        let mut key_value = Vec::new();
-        field(&mut key_value, 1, key.as_bytes());
-        field(&mut key_value, 2, &any_value);
-        field(&mut resource, 1, &key_value);
+        key_value(&mut resource, 1, key, &string_value(value));
     }
+    encode_payload(Some(&resource))
+}
+
+/// `resource` is an encoded `Resource`; `None` leaves the field out, which the proto defines as
+/// "no resource info is known" (a reader falls back on what it knows of the process).
+fn encode_payload(resource: Option<&[u8]>) -> Vec<u8> {
     let mut context = Vec::new();
-    field(&mut context, 1, &resource);
+    if let Some(resource) = resource {
+        field(&mut context, 1, resource);
+    }
+    // OTEP 4947, "Thread-Local Reference Data".
+    key_value(&mut context, 2, "threadlocal.schema_version", &string_value(SCHEMA_VERSION));
+    let mut names = Vec::new();
+    for name in ATTRIBUTE_KEYS {
+        field(&mut names, 1, &string_value(name)); // ArrayValue.values = 1, by key index
+    }
+    let mut key_map = Vec::new();
+    field(&mut key_map, 5, &names); // AnyValue.array_value = 5, present even when empty
+    key_value(&mut context, 2, "threadlocal.attribute_key_map", &key_map);
     context
+}
+
+/// Field `number` of `out`: a `KeyValue{key = 1, value = 2}` of an encoded `AnyValue`.
+fn key_value(out: &mut Vec<u8>, number: u64, key: &str, any_value: &[u8]) {
+    let mut kv = Vec::new();
+    field(&mut kv, 1, key.as_bytes());
+    field(&mut kv, 2, any_value);
+    field(out, number, &kv);
+}
+
+/// `AnyValue{string_value = 1}`.
+fn string_value(value: &str) -> Vec<u8> {
+    let mut any_value = Vec::new();
+    field(&mut any_value, 1, value.as_bytes());
+    any_value
 }
 
 /// A length-delimited field (wire type 2): strings and nested messages alike.
@@ -283,22 +369,40 @@ fn varint(out: &mut Vec<u8>, mut v: u64) {
 }
 
 #[cfg(test)]
+#[path = "../tests/support/protobuf.rs"]
+mod protobuf;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn the_payload_is_the_otep_message() {
-        // Checked by hand against the proto: 0a (resource) len, 0a (attribute) len,
-        // 0a 01 'k' (key), 12 03 (value) 0a 01 'v' (string_value).
-        assert_eq!(
-            encode("", &[("k", "v")]),
-            [0x0a, 0x0a, 0x0a, 0x08, 0x0a, 0x01, b'k', 0x12, 0x03, 0x0a, 0x01, b'v']
-        );
+        // Checked by hand against the protos: 0a (resource) len, 0a (attribute) len,
+        // 0a 01 'k' (key), 12 03 (value) 0a 01 'v' (string_value); the attributes follow.
+        let resource = [0x0a, 0x0a, 0x0a, 0x08, 0x0a, 0x01, b'k', 0x12, 0x03, 0x0a, 0x01, b'v'];
+        assert!(encode("", &[("k", "v")]).starts_with(&resource));
         let long = "x".repeat(300);
         let bytes = encode(&long, &[]);
         // A 300-byte string's length is the two-byte varint ac 02.
         assert!(bytes.windows(2).any(|w| w == [0xac, 0x02]));
         assert_eq!(encode("s", &[("service.name", "ignored")]), encode("s", &[]));
+    }
+
+    #[test]
+    fn every_payload_names_the_thread_context_schema() {
+        let decoded = protobuf::process_context(&encode("svc", &[("service.version", "1")]));
+        let resource = [("service.name", "svc"), ("service.version", "1")];
+        let resource = resource.map(|(k, v)| (k.to_owned(), v.to_owned())).to_vec();
+        assert_eq!(decoded.resource, Some(resource));
+        assert_eq!(decoded.attributes, protobuf::threadlocal_attributes());
+
+        // Before the application publishes a resource: no resource field at all.
+        let decoded = protobuf::process_context(&encode_payload(None));
+        assert_eq!(decoded.resource, None);
+        assert_eq!(decoded.attributes, protobuf::threadlocal_attributes());
+        // The empty key map is still an array: 12 (value) 02, 2a 00 (array_value, empty).
+        assert!(encode_payload(None).ends_with(b"attribute_key_map\x12\x02\x2a\x00"));
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! A UDP metrics publisher, the kind of app otel-sendmmsg is for: every interval it opens a span
 //! `publish-batch`, encodes a batch of statsd lines and sends them with one `sendmmsg` call.
-//! The span goes to the app's collector like any OpenTelemetry app's; the only addition for
-//! otel-sendmmsg is `publish_current()`, which hands the span to the sidecar so the syscall
-//! span appears as its child.
+//! The span goes to the app's collector like any OpenTelemetry app's; the only additions for
+//! otel-sendmmsg are `publish_current()`, which publishes the span as this thread's OTEP 4947
+//! context so the sidecar makes the syscall span its child, and build.rs, which exports the
+//! context's TLS variable where the sidecar looks it up.
 //!
 //! Environment: `OTEL_SERVICE_NAME` (default `my-app`), the standard `OTEL_EXPORTER_OTLP_*`,
 //! `DEMO_TARGET` (default `127.0.0.1:8125`), `DEMO_INTERVAL_MS` (default 500),
