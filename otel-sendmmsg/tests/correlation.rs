@@ -1,6 +1,7 @@
 //! End to end, as root: syscall spans inside the application's own trace. The demo app and the
 //! sidecar export to one real OTLP receiver; the app publishes its span through the context
-//! library's marker, and (as OBI would) the test also fills the shared map directly.
+//! library, the OTEP 4947 way (the TLS variable `otel_thread_ctx_v1`, read by the entry hook: no
+//! uprobe), and (as OBI would) the test also fills the shared map directly.
 
 mod support;
 
@@ -25,7 +26,6 @@ struct Demo {
     child: Child,
     stdin: ChildStdin,
     tids: HashMap<String, u32>,
-    binary: std::path::PathBuf,
 }
 
 impl Demo {
@@ -63,7 +63,7 @@ impl Demo {
             }
             waiting |= line == "waiting";
         }
-        Demo { child, stdin, tids, binary }
+        Demo { child, stdin, tids }
     }
 
     fn pid(&self) -> u32 {
@@ -78,14 +78,12 @@ impl Demo {
     }
 }
 
-/// Waits until the sidecar has attached the marker uprobe to this very binary (seen through
-/// whichever process ran it first; other copies of the demo elsewhere do not count).
-fn wait_for_marker(sidecar: &Sidecar, binary: &std::path::Path) {
-    let suffix = format!("/root{}", binary.display());
+/// Waits until the sidecar reads the thread context of process `pid`.
+fn wait_until_read(sidecar: &Sidecar, pid: u32) {
+    let line = format!("thread context: reading otel_thread_ctx_v1 of process {pid} ");
     let deadline = Instant::now() + Duration::from_secs(30);
-    let attached = |l: &str| l.contains("context marker: attached to /proc/") && l.ends_with(&suffix);
-    while !sidecar.stderr().lines().any(attached) {
-        assert!(Instant::now() < deadline, "the sidecar never attached to the demo:\n{}", sidecar.stderr());
+    while !sidecar.stderr().contains(&line) {
+        assert!(Instant::now() < deadline, "the sidecar never read process {pid}:\n{}", sidecar.stderr());
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -117,7 +115,7 @@ fn run_demo(before_go: impl FnOnce(&Demo)) -> Outcome {
     ]);
     let demo = Demo::start(&receiver.endpoint, &sink);
     let pid = demo.pid();
-    wait_for_marker(&sidecar, &demo.binary);
+    wait_until_read(&sidecar, pid);
     before_go(&demo);
     demo.run();
     let stopped = sidecar.stop();
@@ -163,24 +161,30 @@ fn syscall_spans_are_children_of_the_app_span_that_made_them() {
 }
 
 /// What OBI does: write a thread's context into the pinned map. The heartbeat thread (which
-/// never calls the marker) gets that parent; the publisher keeps its own.
+/// publishes nothing itself) gets that parent; the publisher's own OTEP 4947 record is
+/// authoritative (the OTEP's precedence), even with an OBI entry for its thread too.
 #[test]
-fn a_context_written_to_the_shared_map_as_obi_does_becomes_the_parent() {
+fn a_context_written_to_the_shared_map_as_obi_does_is_the_fallback_parent() {
     let trace_id =
         [0x4b, 0xf9, 0x2f, 0x35, 0x77, 0xb3, 0x4d, 0xa6, 0xa3, 0xce, 0x92, 0x9d, 0x0e, 0x0e, 0x47, 0x36];
     let span_id = [0x00, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7];
-    let mut key = 0;
+    let mut keys = Vec::new();
     let outcome = run_demo(|demo| {
         let mut map: BpfHashMap<MapData, u64, TraceContext> =
             BpfHashMap::try_from(aya::maps::Map::LruHashMap(MapData::from_pin(PIN).expect("the pinned map")))
                 .unwrap();
-        key = (u64::from(demo.pid()) << 32) | u64::from(demo.tids["heartbeat"]);
-        map.insert(key, TraceContext { trace_id, span_id }, 0).unwrap();
+        for thread in ["heartbeat", "publisher"] {
+            let key = (u64::from(demo.pid()) << 32) | u64::from(demo.tids[thread]);
+            map.insert(key, TraceContext { trace_id, span_id }, 0).unwrap();
+            keys.push(key);
+        }
     });
     // The demo has exited, and the sidecar removed its threads' contexts as they did.
     let map: BpfHashMap<MapData, u64, TraceContext> =
         BpfHashMap::try_from(aya::maps::Map::LruHashMap(MapData::from_pin(PIN).unwrap())).unwrap();
-    assert!(map.get(&key, 0).is_err(), "the exited heartbeat thread's context is gone");
+    for key in keys {
+        assert!(map.get(&key, 0).is_err(), "the exited threads' contexts are gone");
+    }
 
     let heartbeat = outcome.of_thread("heartbeat");
     assert_eq!(heartbeat.len(), ITERATIONS);
@@ -191,13 +195,16 @@ fn a_context_written_to_the_shared_map_as_obi_does_becomes_the_parent() {
         );
     }
     let app_spans: Vec<&Vec<u8>> = outcome.app_spans.iter().map(|s| &s.span.span_id).collect();
-    for span in outcome.of_thread("publisher") {
-        assert!(app_spans.contains(&&span.span.parent_span_id), "the publisher's context did not leak away");
+    let publisher = outcome.of_thread("publisher");
+    assert_eq!(publisher.len(), ITERATIONS);
+    for span in publisher {
+        assert!(app_spans.contains(&&span.span.parent_span_id), "the app's own record wins over OBI's entry");
     }
 }
 
-/// The C header's path: a C program linked with the static library publishes a span for one
-/// batch and clears it for the next.
+/// The C header's path: a C program linked with the library publishes a span for one batch and
+/// clears it for the next, with the static library (the linker relaxes the access to
+/// initial-exec or local-exec in the executable) and with the shared one (TLSDESC).
 #[test]
 fn a_c_program_publishes_its_span_through_the_header() {
     require_root();
@@ -209,20 +216,21 @@ fn a_c_program_publishes_its_span_through_the_header() {
         .status()
         .unwrap();
     assert!(status.success(), "building the context library");
-    let binary = std::env::temp_dir().join(format!("otel-sendmmsg-c-publisher-{}", std::process::id()));
     let context = workspace.join("otel-sendmmsg-context");
-    let cc = Command::new("cc")
-        .arg("-O2")
-        .arg(context.join("examples/publish.c"))
-        .arg("-I")
-        .arg(context.join("include"))
-        .arg(profile_dir.join("libotel_sendmmsg_context.a"))
-        .args(["-lpthread", "-ldl", "-lm", "-o"])
-        .arg(&binary)
-        .status()
-        .expect("running cc");
-    assert!(cc.success(), "compiling the C example");
-
+    let dir = std::env::temp_dir().join(format!("otel-sendmmsg-c-publisher-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // The .so next to the program, as an app ships it.
+    std::fs::copy(profile_dir.join("libotel_sendmmsg_context.so"), dir.join("libotel_sendmmsg_context.so")).unwrap();
+    let builds: [(&str, Vec<std::ffi::OsString>); 2] = [
+        (
+            "static",
+            vec![
+                profile_dir.join("libotel_sendmmsg_context.a").into(),
+                "-Wl,--export-dynamic-symbol=otel_thread_ctx_v1".into(),
+            ],
+        ),
+        ("shared", vec!["-L".into(), dir.clone().into(), "-lotel_sendmmsg_context".into(), "-Wl,-rpath,$ORIGIN".into()]),
+    ];
     let receiver = Receiver::start(Protocol::Grpc);
     let sink = UdpSocket::bind("127.0.0.1:0").unwrap();
     let sidecar = Sidecar::start(&[
@@ -230,28 +238,49 @@ fn a_c_program_publishes_its_span_through_the_header() {
         ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
         ("OTEL_BSP_SCHEDULE_DELAY", "100"),
     ]);
-    let mut child = Command::new(&binary)
-        .args(["wait", &sink.local_addr().unwrap().port().to_string()])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines().map_while(Result::ok);
-    let pid: u32 = lines.next().unwrap().strip_prefix("pid ").unwrap().parse().unwrap();
-    assert_eq!(lines.next().as_deref(), Some("waiting"));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !sidecar.stderr().contains(&format!("context marker: attached to /proc/{pid}/root")) {
-        assert!(Instant::now() < deadline, "never attached to the C program:\n{}", sidecar.stderr());
-        std::thread::sleep(Duration::from_millis(100));
+    let mut pids = Vec::new();
+    for (kind, link) in builds {
+        let binary = dir.join(format!("publish-{kind}"));
+        let cc = Command::new("cc")
+            .arg("-O2")
+            .arg(context.join("examples/publish.c"))
+            .arg("-I")
+            .arg(context.join("include"))
+            .args(&link)
+            .args(["-lpthread", "-ldl", "-lm", "-o"])
+            .arg(&binary)
+            .status()
+            .expect("running cc");
+        assert!(cc.success(), "compiling the C example ({kind})");
+        let mut child = Command::new(&binary)
+            .args(["wait", &sink.local_addr().unwrap().port().to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines().map_while(Result::ok);
+        let pid: u32 = lines.next().unwrap().strip_prefix("pid ").unwrap().parse().unwrap();
+        assert_eq!(lines.next().as_deref(), Some("waiting"));
+        wait_until_read(&sidecar, pid);
+        writeln!(child.stdin.take().unwrap(), "go").unwrap();
+        assert!(child.wait().unwrap().success());
+        pids.push((kind, pid));
     }
-    writeln!(child.stdin.take().unwrap(), "go").unwrap();
-    assert!(child.wait().unwrap().success());
     let stopped = sidecar.stop();
-    let _ = std::fs::remove_file(&binary);
-    let spans = receiver.spans_of(pid);
-    assert_eq!(spans.len(), 2, "{}", stopped.stderr);
-    assert_eq!(hex(&spans[0].span.trace_id), "0af7651916cd43dd8448eb211c80319c");
-    assert_eq!(hex(&spans[0].span.parent_span_id), "b7ad6b7169203331");
-    assert!(spans[1].span.parent_span_id.is_empty(), "cleared: a root span");
-    assert_ne!(spans[1].span.trace_id, spans[0].span.trace_id);
+    let _ = std::fs::remove_dir_all(&dir);
+    for (kind, pid) in pids {
+        let mut spans = receiver.spans_of(pid);
+        spans.sort_by_key(|s| s.span.start_time_unix_nano);
+        assert_eq!(spans.len(), 2, "{kind}: {}", stopped.stderr);
+        assert_eq!(hex(&spans[0].span.trace_id), "0af7651916cd43dd8448eb211c80319c", "{kind}");
+        assert_eq!(hex(&spans[0].span.parent_span_id), "b7ad6b7169203331", "{kind}");
+        assert!(spans[1].span.parent_span_id.is_empty(), "{kind}: cleared, a root span");
+        assert_ne!(spans[1].span.trace_id, spans[0].span.trace_id, "{kind}");
+    }
+    let shared_line = stopped
+        .stderr
+        .lines()
+        .find(|l| l.contains("reading otel_thread_ctx_v1") && l.contains("libotel_sendmmsg_context.so"))
+        .map(str::to_owned);
+    assert!(shared_line.is_some(), "the shared library's variable was located:\n{}", stopped.stderr);
 }

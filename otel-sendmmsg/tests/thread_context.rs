@@ -20,7 +20,21 @@ use std::{
 
 use support::*;
 
-/// Builds the writers once per test binary into a fresh directory: (variant, binary).
+/// The writers, built by [`build_writers`], or already built where `THREAD_CONTEXT_WRITERS`
+/// says (in a qemu guest, which has no compiler).
+fn writers() -> PathBuf {
+    match std::env::var_os("THREAD_CONTEXT_WRITERS") {
+        Some(dir) => PathBuf::from(dir),
+        None => build_writers(),
+    }
+}
+
+/// The variants to run: all, or those `THREAD_CONTEXT_VARIANTS` lists (comma-separated).
+fn chosen(variant: &str) -> bool {
+    std::env::var("THREAD_CONTEXT_VARIANTS").map_or(true, |list| list.split(',').any(|v| v == variant))
+}
+
+/// Builds the writers into a fresh directory.
 fn build_writers() -> PathBuf {
     let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/thread_context");
     let dir = std::env::temp_dir().join(format!("otel-sendmmsg-thread-context-{}", std::process::id()));
@@ -209,13 +223,13 @@ fn start_sidecar(receiver: &Receiver) -> Sidecar {
 fn each_call_has_exactly_the_parent_published_at_that_moment_in_every_tls_model() {
     require_root();
     let _alone = one_sidecar_at_a_time();
-    let dir = build_writers();
+    let dir = writers();
     let receiver = Receiver::start(Protocol::Grpc);
     let sink = UdpSocket::bind("127.0.0.1:0").unwrap();
     let sidecar = start_sidecar(&receiver);
     let static_variants = ["writer", "writer_nopie", "writer_static_pie", "writer_tlsdesc", "writer_gd", "writer_ie"];
     let mut runs = Vec::new();
-    for variant in static_variants {
+    for variant in static_variants.into_iter().filter(|v| chosen(v)) {
         let mut writer = Writer::start(&dir.join(variant), &sink, &[]);
         // The program's first call names it to the sidecar, which reads it then.
         writer.send();
@@ -224,9 +238,9 @@ fn each_call_has_exactly_the_parent_published_at_that_moment_in_every_tls_model(
         runs.push((variant.to_owned(), writer.pid, expected));
         writer.exit();
     }
-    for (library, tunables) in
-        [("libwriter_tlsdesc.so", "glibc.rtld.optional_static_tls=0"), ("libwriter_gd.so", "")]
-    {
+    let dlopened = [("libwriter_tlsdesc.so", "glibc.rtld.optional_static_tls=0"), ("libwriter_gd.so", "")];
+    let dlopened: Vec<_> = dlopened.into_iter().filter(|(library, _)| chosen(&format!("dlopen-{library}"))).collect();
+    for &(library, tunables) in &dlopened {
         let mut writer = Writer::start(&dir.join("writer_dlopen"), &sink, &[("GLIBC_TUNABLES", tunables)]);
         writer.send();
         writer.run(&format!("dlopen {}", dir.join(library).display()));
@@ -238,7 +252,7 @@ fn each_call_has_exactly_the_parent_published_at_that_moment_in_every_tls_model(
         writer.exit();
     }
     let log = sidecar.stderr();
-    for (variant, pid, _) in &runs[runs.len() - 2..] {
+    for (variant, pid, _) in &runs[runs.len() - dlopened.len()..] {
         let line = log.lines().find(|l| l.contains(&format!("otel_thread_ctx_v1 of process {pid} "))).unwrap();
         assert!(line.contains("module 2 at"), "{variant} goes through the DTV: {line}");
     }
@@ -248,9 +262,46 @@ fn each_call_has_exactly_the_parent_published_at_that_moment_in_every_tls_model(
         check_parents(&receiver, *pid, expected, variant);
     }
     let n = runs.len() as u64;
+    assert!(n > 0, "no variant chosen");
     for counter in ["parent_not_sampled", "thread_context_unreadable", "thread_context_malformed"] {
         assert_eq!(summary_count(&stopped.stderr, counter), n, "{counter}: one per writer");
     }
+    if std::env::var_os("THREAD_CONTEXT_WRITERS").is_none() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+/// The same on Debian's 6.1 kernel under qemu (its own BTF offsets for the thread pointer, its
+/// own helpers), for an executable's own variable, a library's through TLSDESC, and a dlopen'd
+/// one through the DTV: the test above runs in the guest with writers built here.
+#[test]
+fn the_same_parents_on_debian_6_1() {
+    require_root();
+    let _alone = one_sidecar_at_a_time();
+    let dir = build_writers();
+    let binaries = support::qemu::release_binaries("otel-sendmmsg");
+    let tests = std::env::current_exe().unwrap();
+    let mut files: Vec<(PathBuf, PathBuf)> =
+        vec![(tests.clone(), tests.clone()), (binaries["otel-sendmmsg"].clone(), PathBuf::from(SIDECAR))];
+    for name in ["writer", "writer_tlsdesc", "libwriter_tlsdesc.so", "writer_dlopen", "libwriter_gd.so"] {
+        files.push((dir.join(name), dir.join(name)));
+    }
+    let staged: Vec<(&Path, &Path)> = files.iter().map(|(a, b)| (a.as_path(), b.as_path())).collect();
+    let guest = support::qemu::Guest::debian_6_1(&staged);
+    let kernel = guest.kernel_release();
+    let script = format!(
+        "echo \"KERNEL $(uname -r)\"\n\
+         THREAD_CONTEXT_WRITERS={dir} THREAD_CONTEXT_VARIANTS=writer,writer_tlsdesc,dlopen-libwriter_gd.so \
+         {tests} --exact each_call_has_exactly_the_parent_published_at_that_moment_in_every_tls_model \
+         --test-threads=1 2>&1\n",
+        dir = dir.display(),
+        tests = tests.display(),
+    );
+    let run = guest.run(&script, Duration::from_secs(300));
+    let console = run.console.replace('\r', "");
+    eprintln!("6.1 guest, {:?}:\n{console}", run.duration);
+    assert!(console.contains(&format!("KERNEL {kernel}")), "the guest did not boot:\n{console}");
+    assert!(console.contains("test result: ok. 1 passed"), "on {kernel}:\n{console}");
     let _ = std::fs::remove_dir_all(dir);
 }
 
