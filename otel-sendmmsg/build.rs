@@ -29,6 +29,9 @@ fn main() -> Result<()> {
     {
         println!("cargo:rerun-if-changed={}", workspace.join(input).display());
     }
+    // The workload tool publishes the OTEP 4947 thread context (WORKLOAD_THREAD_CONTEXT): readers
+    // look its variable up in .dynsym, which an executable fills only with what it is told to.
+    println!("cargo:rustc-link-arg-bin=sendmmsg-workload=-Wl,--export-dynamic-symbol=otel_thread_ctx_v1");
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
     let objects = build_bpf(workspace, &out_dir.join("bpf-target"))?;
     for binary in BPF_BINARIES {

@@ -19,7 +19,9 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
-use otel_sendmmsg_common::{filter, record_flags, CallRecord, Counter, TraceContext, MAX_VLEN, RECORD_VERSION};
+use otel_sendmmsg_common::{
+    filter, record_flags, CallRecord, Counter, TraceContext, MAX_VLEN, RECORD_VERSION,
+};
 
 use crate::{
     context, filters, identity, msgname, socket, task,

@@ -50,7 +50,10 @@ pub fn read_current(tgid: u32, dst: &mut TraceContext) -> Published {
         return Published::Nothing;
     };
     let off = offsets();
-    if off.task_fsbase == 0 || access.ns_per_tick == 0 || access.start_ticks != task::process_start_ns() / access.ns_per_tick {
+    if off.task_fsbase == 0
+        || access.ns_per_tick == 0
+        || access.start_ticks != task::process_start_ns() / access.ns_per_tick
+    {
         return Published::Nothing;
     }
     // SAFETY: reading the current task pointer has no preconditions.

@@ -70,6 +70,9 @@ struct Settings {
     /// `BENCH_CAPTURE_OFF` (true): also run each family, detail events, with the identity
     /// capture off (the steady state before it).
     capture_off: bool,
+    /// `BENCH_THREAD_CONTEXT` (true): also run each family, detail events, with the workload
+    /// publishing an OTEP 4947 thread context.
+    thread_context: bool,
     /// `BENCH_PIPELINE_PROTOCOLS` (grpc,http).
     protocols: Vec<Protocol>,
     /// `BENCH_PIPELINE_RATES` (10000,25000,50000,100000,150000): calls/s asked of the workload.
@@ -134,6 +137,7 @@ impl Settings {
             details: env_list("BENCH_DETAILS", "events,spans,sizes,none"),
             bpftrace: env_or("BENCH_BPFTRACE", "bpftrace"),
             capture_off: env_num("BENCH_CAPTURE_OFF", "true"),
+            thread_context: env_num("BENCH_THREAD_CONTEXT", "true"),
             protocols,
             rates: env_list("BENCH_PIPELINE_RATES", "10000,25000,50000,100000,150000"),
             pipeline_seconds: env_num("BENCH_PIPELINE_SECONDS", "5"),
@@ -167,10 +171,12 @@ fn run_workload(
     rate: u64,
     threads: usize,
     payload: usize,
+    publish: bool,
 ) -> LoopRun {
     let args =
         [seconds.to_string(), vlen.to_string(), rate.to_string(), threads.to_string(), payload.to_string()];
     let out = Command::new(program)
+        .env("WORKLOAD_THREAD_CONTEXT", if publish { "1" } else { "0" })
         .arg("loop")
         .args(&args)
         .stderr(Stdio::inherit())
@@ -192,10 +198,12 @@ enum Setup {
     Floor,
     /// `capture`: false clears the sidecar's identity capture after start-up (`first_call`),
     /// to compare the steady state with the capture's once-per-process check and without.
+    /// `published`: the workload's senders publish an OTEP 4947 thread context, read at each call.
     Sidecar {
         family: String,
         detail: String,
         capture: bool,
+        published: bool,
     },
     Bpftrace,
 }
@@ -205,10 +213,11 @@ impl Setup {
         match self {
             Setup::Untraced => "untraced".into(),
             Setup::Floor => "floor (empty programs)".into(),
-            Setup::Sidecar { family, detail, capture: true } => format!("sidecar {family}, detail {detail}"),
-            Setup::Sidecar { family, detail, capture: false } => {
-                format!("sidecar {family}, detail {detail}, capture off")
-            }
+            Setup::Sidecar { family, detail, capture, published } => format!(
+                "sidecar {family}, detail {detail}{}{}",
+                if *capture { "" } else { ", capture off" },
+                if *published { ", thread context published" } else { "" }
+            ),
             Setup::Bpftrace => "bpftrace peer.bt".into(),
         }
     }
@@ -271,7 +280,7 @@ fn start(setup: &Setup, settings: &Settings) -> Result<Session, String> {
     match setup {
         Setup::Untraced => Ok(Session::Nothing),
         Setup::Floor => Floor::attach().map(Session::Floor).map_err(|e| format!("{e:#}")),
-        Setup::Sidecar { family, detail, capture } => {
+        Setup::Sidecar { family, detail, capture, .. } => {
             let sidecar = Sidecar::try_start(&sidecar_vars(family, detail, settings))
                 .map_err(|(status, log)| format!("{status}: {}", reason(&log)))?;
             if !capture {
@@ -422,7 +431,12 @@ fn overhead(settings: &Settings) -> String {
     let mut unavailable: Vec<(String, String)> = Vec::new();
     // Which families the kernel gives: the sidecar itself says (exit 2 with the reason).
     for family in &settings.families {
-        let probe = Setup::Sidecar { family: family.clone(), detail: "events".into(), capture: true };
+        let probe = Setup::Sidecar {
+            family: family.clone(),
+            detail: "events".into(),
+            capture: true,
+            published: false,
+        };
         match start(&probe, settings) {
             Ok(session) => {
                 stop(session);
@@ -430,13 +444,24 @@ fn overhead(settings: &Settings) -> String {
                     family: family.clone(),
                     detail: d.clone(),
                     capture: true,
+                    published: false,
                 }));
+                // The same calls with a span published the OTEP 4947 way: what reading it costs.
+                if settings.thread_context {
+                    setups.push(Setup::Sidecar {
+                        family: family.clone(),
+                        detail: "events".into(),
+                        capture: true,
+                        published: true,
+                    });
+                }
                 // The steady state before the identity capture: the same, capture off.
                 if settings.capture_off {
                     setups.push(Setup::Sidecar {
                         family: family.clone(),
                         detail: "events".into(),
                         capture: false,
+                        published: false,
                     });
                 }
             }
@@ -460,7 +485,7 @@ fn overhead(settings: &Settings) -> String {
     let workload = PathBuf::from(support::WORKLOAD);
     // Warm-up: caches, page tables, CPU frequency; not counted.
     for &(threads, vlen) in &shapes {
-        run_workload(&workload, 1.0, vlen, 0, threads, settings.payload);
+        run_workload(&workload, 1.0, vlen, 0, threads, settings.payload, false);
     }
     let mut rates: Rates = BTreeMap::new();
     let mut seen: Vec<(Seen, u64)> = vec![(Seen::default(), 0); setups.len()];
@@ -482,7 +507,9 @@ fn overhead(settings: &Settings) -> String {
             let mut expected = 0;
             for &(threads, vlen) in &shapes {
                 let tracer_cpu = session.pid().map(cpu_seconds);
-                let run = run_workload(&workload, settings.seconds, vlen, 0, threads, settings.payload);
+                let published = matches!(setup, Setup::Sidecar { published: true, .. });
+                let run =
+                    run_workload(&workload, settings.seconds, vlen, 0, threads, settings.payload, published);
                 if let (Some(pid), Some(before)) = (session.pid(), tracer_cpu) {
                     let cpu = tracer_cpus.entry((i, threads, vlen)).or_default();
                     cpu.0 += cpu_seconds(pid) - before;
@@ -618,6 +645,7 @@ fn pipeline(settings: &Settings) -> String {
                 family: "tracepoint".into(),
                 detail: settings.pipeline_detail.clone(),
                 capture: true,
+                published: false,
             };
             let mut vars = vec![
                 ("OTEL_SENDMMSG_ATTACH", "tracepoint"),
@@ -644,6 +672,7 @@ fn pipeline(settings: &Settings) -> String {
                 rate,
                 settings.pipeline_threads,
                 settings.payload,
+                false,
             );
             // Let it catch up with what is pending, then read its peak memory and stop it (the
             // stop flushes every queued span).

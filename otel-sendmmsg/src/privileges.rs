@@ -230,7 +230,8 @@ mod tests {
 
     #[test]
     fn each_missing_required_capability_is_named_with_its_purpose() {
-        let all = mask(&["CAP_BPF", "CAP_PERFMON", "CAP_DAC_OVERRIDE", "CAP_SYS_PTRACE", "CAP_CHECKPOINT_RESTORE"]);
+        let all =
+            mask(&["CAP_BPF", "CAP_PERFMON", "CAP_DAC_OVERRIDE", "CAP_SYS_PTRACE", "CAP_CHECKPOINT_RESTORE"]);
         for c in CAPABILITIES.iter().filter(|c| c.need == Need::Required) {
             let err = assess(all & !c.bit()).unwrap_err();
             assert_eq!(err.0, vec![c]);
@@ -242,7 +243,10 @@ mod tests {
         for c in CAPABILITIES.iter().filter(|c| c.need == Need::Required) {
             assert!(none.contains(&format!("missing {} (", c.name)), "{none}");
         }
-        assert!(!none.contains("missing CAP_CHECKPOINT_RESTORE"), "optional, so not a reason to stop: {none}");
+        assert!(
+            !none.contains("missing CAP_CHECKPOINT_RESTORE"),
+            "optional, so not a reason to stop: {none}"
+        );
     }
 
     #[test]

@@ -27,8 +27,7 @@ use crate::{
         choose::{Choosing, Next},
         kernel::Kernel,
         selftest::Trial,
-        thread_context,
-        Probes,
+        thread_context, Probes,
     },
     process::{
         self,
@@ -278,7 +277,9 @@ impl Pipeline {
 }
 
 /// The thread-context scan's next finding; never, when it is not running.
-async fn next_found(scan: &mut Option<tokio::sync::mpsc::UnboundedReceiver<thread_context::Found>>) -> Option<thread_context::Found> {
+async fn next_found(
+    scan: &mut Option<tokio::sync::mpsc::UnboundedReceiver<thread_context::Found>>,
+) -> Option<thread_context::Found> {
     match scan {
         Some(receiver) => receiver.recv().await,
         None => std::future::pending().await,

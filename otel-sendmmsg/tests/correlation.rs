@@ -220,7 +220,8 @@ fn a_c_program_publishes_its_span_through_the_header() {
     let dir = std::env::temp_dir().join(format!("otel-sendmmsg-c-publisher-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     // The .so next to the program, as an app ships it.
-    std::fs::copy(profile_dir.join("libotel_sendmmsg_context.so"), dir.join("libotel_sendmmsg_context.so")).unwrap();
+    std::fs::copy(profile_dir.join("libotel_sendmmsg_context.so"), dir.join("libotel_sendmmsg_context.so"))
+        .unwrap();
     let builds: [(&str, Vec<std::ffi::OsString>); 2] = [
         (
             "static",
@@ -229,7 +230,15 @@ fn a_c_program_publishes_its_span_through_the_header() {
                 "-Wl,--export-dynamic-symbol=otel_thread_ctx_v1".into(),
             ],
         ),
-        ("shared", vec!["-L".into(), dir.clone().into(), "-lotel_sendmmsg_context".into(), "-Wl,-rpath,$ORIGIN".into()]),
+        (
+            "shared",
+            vec![
+                "-L".into(),
+                dir.clone().into(),
+                "-lotel_sendmmsg_context".into(),
+                "-Wl,-rpath,$ORIGIN".into(),
+            ],
+        ),
     ];
     let receiver = Receiver::start(Protocol::Grpc);
     let sink = UdpSocket::bind("127.0.0.1:0").unwrap();

@@ -45,20 +45,69 @@ fn build_writers() -> PathBuf {
     }
     let export = "-Wl,--export-dynamic-symbol=otel_thread_ctx_v1";
     let builds: &[&[&str]] = &[
-        &["-shared", "-fPIC", "-mtls-dialect=gnu2", "-Wl,-soname,libwriter_tlsdesc.so", "-o", "libwriter_tlsdesc.so", "writer_lib.c"],
-        &["-shared", "-fPIC", "-mtls-dialect=gnu", "-Wl,-soname,libwriter_gd.so", "-o", "libwriter_gd.so", "writer_lib.c"],
-        &["-shared", "-fPIC", "-ftls-model=initial-exec", "-Wl,-soname,libwriter_ie.so", "-o", "libwriter_ie.so", "writer_lib.c"],
+        &[
+            "-shared",
+            "-fPIC",
+            "-mtls-dialect=gnu2",
+            "-Wl,-soname,libwriter_tlsdesc.so",
+            "-o",
+            "libwriter_tlsdesc.so",
+            "writer_lib.c",
+        ],
+        &[
+            "-shared",
+            "-fPIC",
+            "-mtls-dialect=gnu",
+            "-Wl,-soname,libwriter_gd.so",
+            "-o",
+            "libwriter_gd.so",
+            "writer_lib.c",
+        ],
+        &[
+            "-shared",
+            "-fPIC",
+            "-ftls-model=initial-exec",
+            "-Wl,-soname,libwriter_ie.so",
+            "-o",
+            "libwriter_ie.so",
+            "writer_lib.c",
+        ],
         &["-pthread", export, "-o", "writer", "writer.c"],
         &["-pthread", "-no-pie", export, "-o", "writer_nopie", "writer.c"],
         &["-pthread", "-static-pie", export, "-o", "writer_static_pie", "writer.c"],
-        &["-pthread", "-DTLS_IN_LIBRARY", "-o", "writer_tlsdesc", "writer.c", "./libwriter_tlsdesc.so", "-Wl,-rpath,$ORIGIN"],
-        &["-pthread", "-DTLS_IN_LIBRARY", "-o", "writer_gd", "writer.c", "./libwriter_gd.so", "-Wl,-rpath,$ORIGIN"],
-        &["-pthread", "-DTLS_IN_LIBRARY", "-o", "writer_ie", "writer.c", "./libwriter_ie.so", "-Wl,-rpath,$ORIGIN"],
+        &[
+            "-pthread",
+            "-DTLS_IN_LIBRARY",
+            "-o",
+            "writer_tlsdesc",
+            "writer.c",
+            "./libwriter_tlsdesc.so",
+            "-Wl,-rpath,$ORIGIN",
+        ],
+        &[
+            "-pthread",
+            "-DTLS_IN_LIBRARY",
+            "-o",
+            "writer_gd",
+            "writer.c",
+            "./libwriter_gd.so",
+            "-Wl,-rpath,$ORIGIN",
+        ],
+        &[
+            "-pthread",
+            "-DTLS_IN_LIBRARY",
+            "-o",
+            "writer_ie",
+            "writer.c",
+            "./libwriter_ie.so",
+            "-Wl,-rpath,$ORIGIN",
+        ],
         &["-pthread", "-DTLS_DLOPEN", "-o", "writer_dlopen", "writer.c", "-ldl"],
         &["-pthread", export, "-o", "not_tls", "not_tls.c"],
     ];
     for args in builds {
-        let status = Command::new("gcc").arg("-O2").args(*args).current_dir(&dir).status().expect("running gcc");
+        let status =
+            Command::new("gcc").arg("-O2").args(*args).current_dir(&dir).status().expect("running gcc");
         assert!(status.success(), "gcc {args:?}");
     }
     dir
@@ -202,7 +251,10 @@ fn check_parents(receiver: &Receiver, pid: u32, expected: &[Parent], variant: &s
     assert_eq!(got, want, "{variant}");
     let published: Vec<String> = (1..=5).map(|n| ids(n).0).collect();
     for span in spans.iter().filter(|s| s.span.parent_span_id.is_empty()) {
-        assert!(!published.contains(&hex(&span.span.trace_id)), "{variant}: a root starts a trace of its own");
+        assert!(
+            !published.contains(&hex(&span.span.trace_id)),
+            "{variant}: a root starts a trace of its own"
+        );
     }
 }
 
@@ -227,7 +279,8 @@ fn each_call_has_exactly_the_parent_published_at_that_moment_in_every_tls_model(
     let receiver = Receiver::start(Protocol::Grpc);
     let sink = UdpSocket::bind("127.0.0.1:0").unwrap();
     let sidecar = start_sidecar(&receiver);
-    let static_variants = ["writer", "writer_nopie", "writer_static_pie", "writer_tlsdesc", "writer_gd", "writer_ie"];
+    let static_variants =
+        ["writer", "writer_nopie", "writer_static_pie", "writer_tlsdesc", "writer_gd", "writer_ie"];
     let mut runs = Vec::new();
     for variant in static_variants.into_iter().filter(|v| chosen(v)) {
         let mut writer = Writer::start(&dir.join(variant), &sink, &[]);
@@ -239,7 +292,8 @@ fn each_call_has_exactly_the_parent_published_at_that_moment_in_every_tls_model(
         writer.exit();
     }
     let dlopened = [("libwriter_tlsdesc.so", "glibc.rtld.optional_static_tls=0"), ("libwriter_gd.so", "")];
-    let dlopened: Vec<_> = dlopened.into_iter().filter(|(library, _)| chosen(&format!("dlopen-{library}"))).collect();
+    let dlopened: Vec<_> =
+        dlopened.into_iter().filter(|(library, _)| chosen(&format!("dlopen-{library}"))).collect();
     for &(library, tunables) in &dlopened {
         let mut writer = Writer::start(&dir.join("writer_dlopen"), &sink, &[("GLIBC_TUNABLES", tunables)]);
         writer.send();
@@ -253,7 +307,8 @@ fn each_call_has_exactly_the_parent_published_at_that_moment_in_every_tls_model(
     }
     let log = sidecar.stderr();
     for (variant, pid, _) in &runs[runs.len() - dlopened.len()..] {
-        let line = log.lines().find(|l| l.contains(&format!("otel_thread_ctx_v1 of process {pid} "))).unwrap();
+        let line =
+            log.lines().find(|l| l.contains(&format!("otel_thread_ctx_v1 of process {pid} "))).unwrap();
         assert!(line.contains("module 2 at"), "{variant} goes through the DTV: {line}");
     }
     let stopped = sidecar.stop();
@@ -332,4 +387,49 @@ fn a_symbol_of_that_name_that_is_not_tls_is_never_read() {
     assert_eq!(spans.len(), 2);
     assert!(spans.iter().all(|s| s.span.parent_span_id.is_empty()), "roots");
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// The parent-based sampler: with the root sampler at 0, calls under a sampled published span
+/// are still traced (the app exports that trace), roots and calls under an unsampled span not.
+#[test]
+fn a_published_sampled_flag_decides_over_the_root_sampler() {
+    require_root();
+    let _alone = one_sidecar_at_a_time();
+    let dir = writers();
+    let receiver = Receiver::start(Protocol::Grpc);
+    let sink = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let sidecar = Sidecar::start(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint.as_str()),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ("OTEL_SENDMMSG_SAMPLE_RATIO", "0"),
+    ]);
+    let mut writer = Writer::start(&dir.join("writer"), &sink, &[]);
+    // Unsampled as a root, but it names the process to the sidecar.
+    writer.send();
+    wait_until_read(&sidecar, writer.pid);
+    let sampled = publish(&mut writer, 6, 1);
+    writer.send();
+    publish(&mut writer, 7, 0);
+    writer.send();
+    writer.run("null");
+    writer.send();
+    let pid = writer.pid;
+    writer.exit();
+    let stopped = sidecar.stop();
+    assert!(stopped.status.success(), "{}", stopped.stderr);
+    check_parents_without_warm_up(&receiver, pid, &[sampled]);
+    assert_eq!(summary_count(&stopped.stderr, "parent_not_sampled"), 1);
+    if std::env::var_os("THREAD_CONTEXT_WRITERS").is_none() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+fn check_parents_without_warm_up(receiver: &Receiver, pid: u32, expected: &[Parent]) {
+    let got: Vec<Parent> = receiver
+        .spans_of(pid)
+        .iter()
+        .map(|s| Parent::Span(hex(&s.span.trace_id), hex(&s.span.parent_span_id)))
+        .collect();
+    assert_eq!(got, expected);
 }

@@ -28,6 +28,9 @@
 //! (its timestamp left at 0, forever mid-update) or `malformed` (a payload that is not
 //! protobuf). `$WORKLOAD_PROCESS_CONTEXT_UPDATE=SECONDS:KEY=VALUE,...` republishes it with these
 //! attributes after SECONDS, by the OTEP's updating protocol.
+//!
+//! `$WORKLOAD_THREAD_CONTEXT=1`: each `loop` sender publishes a sampled span through the context
+//! library (OTEP 4947) before its calls, so the benchmark measures reading it at every call.
 
 use otel_sendmmsg::sendmmsg::{gettid, Batch};
 use std::{
@@ -507,7 +510,9 @@ fn run_loop(spec: LoopSpec) -> io::Result<()> {
             while rx.recv(&mut buf).is_ok() {}
         });
         let start = start.clone();
+        let publish = std::env::var_os("WORKLOAD_THREAD_CONTEXT").is_some_and(|v| v == "1");
         senders.push(std::thread::spawn(move || {
+            let _published = publish.then(|| otel_sendmmsg_context::publish([0x4b; 16], [0xf9; 8], true));
             let sizes = vec![payload; vlen];
             let mut batch = Batch::new(&sizes, &[]);
             start.wait();

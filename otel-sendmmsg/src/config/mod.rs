@@ -52,7 +52,8 @@ struct OwnVars {
     min_duration: Option<String>,
     /// `true`: only calls that failed or had a failed message are exported.
     errors_only: Option<String>,
-    /// Share of calls traced, 0 to 1 (default 1), decided at random in the kernel at entry.
+    /// Share of root calls traced, 0 to 1 (default 1), decided at random in the kernel at entry;
+    /// a call under a published span follows its sampled flag.
     sample_ratio: Option<String>,
     /// How often growing loss counters are logged while running (default 60s).
     loss_report_interval: Option<String>,

@@ -143,19 +143,22 @@ impl Probes {
     /// and the identity capture runs (its exec hook forgets a process's entry when its program
     /// changes, and its records name the processes to look at).
     pub fn reads_thread_context(&self, kernel: &Kernel) -> bool {
-        kernel.offsets.as_ref().is_ok_and(|off| off.task_fsbase != 0) && self.identity_exec.describe().next().is_some()
+        kernel.offsets.as_ref().is_ok_and(|off| off.task_fsbase != 0)
+            && self.identity_exec.describe().next().is_some()
     }
 
     /// Lets the BPF side read the threads' context of a process the scan reached, or stops it.
     pub fn follow_thread_context(&mut self, found: Found) {
-        let result = self.ebpf.map_mut("THREAD_CONTEXT_ACCESS").ok_or("map missing".to_owned()).and_then(|map| {
-            let mut map = HashMap::<_, u32, ThreadContextAccess>::try_from(map).map_err(|e| e.to_string())?;
-            match &found {
-                Found::Reach { pid, access, .. } => map.insert(pid, access, 0),
-                Found::Forget { pid } => map.remove(pid),
-            }
-            .map_err(|e| e.to_string())
-        });
+        let result =
+            self.ebpf.map_mut("THREAD_CONTEXT_ACCESS").ok_or("map missing".to_owned()).and_then(|map| {
+                let mut map =
+                    HashMap::<_, u32, ThreadContextAccess>::try_from(map).map_err(|e| e.to_string())?;
+                match &found {
+                    Found::Reach { pid, access, .. } => map.insert(pid, access, 0),
+                    Found::Forget { pid } => map.remove(pid),
+                }
+                .map_err(|e| e.to_string())
+            });
         match (found, result) {
             (Found::Reach { pid, again: true, .. }, Ok(())) => {
                 debug!("thread context: process {pid} runs a program again, read as before")

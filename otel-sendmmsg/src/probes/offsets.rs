@@ -124,7 +124,10 @@ mod tests {
         assert!(off.task_start_boottime != 0);
         assert_eq!(off.mm_env_end, off.mm_env_start + 8, "env_start and env_end are neighbours");
         assert!(off.task_mm != 0 && off.task_cgroups != 0 && off.mm_exe_file != 0);
-        assert!(off.task_fsbase > off.task_cgroups, "the thread pointer lies in thread, at the end of task_struct");
+        assert!(
+            off.task_fsbase > off.task_cgroups,
+            "the thread pointer lies in thread, at the end of task_struct"
+        );
     }
 
     #[test]

@@ -119,9 +119,8 @@ pub fn thread_context_variable(source: &(impl ReadAt + ?Sized)) -> Defined {
     }
     let mut budget = Budget { left: READ_BUDGET, len: source.size() };
     match FileKind::parse(&ident[..]) {
-        Ok(FileKind::Elf64) => {
-            find::<elf::FileHeader64<Endianness>>(source, &mut budget, SYMBOL.as_bytes()).unwrap_or(Defined::No)
-        }
+        Ok(FileKind::Elf64) => find::<elf::FileHeader64<Endianness>>(source, &mut budget, SYMBOL.as_bytes())
+            .unwrap_or(Defined::No),
         _ => Defined::No,
     }
 }
@@ -191,7 +190,9 @@ where
     let header = header.values().first()?;
     let endian = header.endian().ok()?;
     // Relocatable objects (.o) are not what processes map; their symbols are section-relative.
-    if !matches!(header.e_type(endian), elf::ET_EXEC | elf::ET_DYN) || header.e_machine(endian) != elf::EM_X86_64 {
+    if !matches!(header.e_type(endian), elf::ET_EXEC | elf::ET_DYN)
+        || header.e_machine(endian) != elf::EM_X86_64
+    {
         return None;
     }
     if usize::from(header.e_shentsize(endian)) != size_of::<Elf::SectionHeader>() {
@@ -485,25 +486,48 @@ mod tests {
     #[test]
     fn the_variable_and_the_relocations_of_each_tls_model_are_found() {
         for (name, args, kind, binutils) in [
-            ("libdesc.so", &["-shared", "-fPIC", "-O2", "-mtls-dialect=gnu2"][..], RelocationKind::TlsDesc, "R_X86_64_TLSDESC"),
-            ("libgd.so", &["-shared", "-fPIC", "-O2", "-mtls-dialect=gnu"][..], RelocationKind::DtpMod, "R_X86_64_DTPMOD64"),
-            ("libie.so", &["-shared", "-fPIC", "-O2", "-ftls-model=initial-exec"][..], RelocationKind::TpOff, "R_X86_64_TPOFF64"),
+            (
+                "libdesc.so",
+                &["-shared", "-fPIC", "-O2", "-mtls-dialect=gnu2"][..],
+                RelocationKind::TlsDesc,
+                "R_X86_64_TLSDESC",
+            ),
+            (
+                "libgd.so",
+                &["-shared", "-fPIC", "-O2", "-mtls-dialect=gnu"][..],
+                RelocationKind::DtpMod,
+                "R_X86_64_DTPMOD64",
+            ),
+            (
+                "libie.so",
+                &["-shared", "-fPIC", "-O2", "-ftls-model=initial-exec"][..],
+                RelocationKind::TpOff,
+                "R_X86_64_TPOFF64",
+            ),
         ] {
             let library = compiled(name, DEFINE, args);
             let variable = tls(defined_in(&library));
             assert!(variable.exported, "{name}");
-            let expected: Vec<u64> =
-                relocations_by_binutils(&library).into_iter().filter(|(_, t)| t == binutils).map(|(at, _)| at).collect();
+            let expected: Vec<u64> = relocations_by_binutils(&library)
+                .into_iter()
+                .filter(|(_, t)| t == binutils)
+                .map(|(at, _)| at)
+                .collect();
             assert!(!expected.is_empty(), "{name}: binutils sees the relocation");
-            let found: Vec<u64> = variable.relocations.iter().filter(|r| r.kind == kind).map(|r| r.at).collect();
+            let found: Vec<u64> =
+                variable.relocations.iter().filter(|r| r.kind == kind).map(|r| r.at).collect();
             assert_eq!(found, expected, "{name}");
             assert!(variable.tls_segment.is_some() && !variable.loads.is_empty(), "{name}");
             // The same bytes in memory give the same answer.
-            assert_eq!(thread_context_variable(&std::fs::read(&library).unwrap()[..]), Defined::Tls(variable));
+            assert_eq!(
+                thread_context_variable(&std::fs::read(&library).unwrap()[..]),
+                Defined::Tls(variable)
+            );
             let _ = std::fs::remove_dir_all(library.parent().unwrap());
         }
         let main = format!("{DEFINE}int main(void) {{ set(0); return 0; }}\n");
-        let exported = compiled("exported", &main, &["-O2", "-Wl,--export-dynamic-symbol=otel_thread_ctx_v1"]);
+        let exported =
+            compiled("exported", &main, &["-O2", "-Wl,--export-dynamic-symbol=otel_thread_ctx_v1"]);
         let variable = tls(defined_in(&exported));
         assert!(variable.exported && variable.relocations.is_empty(), "local-exec: {variable:?}");
         let (memsz, align) = variable.tls_segment.expect("PT_TLS");
@@ -575,7 +599,11 @@ mod tests {
         ] {
             let mut elf = genuine.clone();
             claim(&mut elf, kind, at, value);
-            assert_eq!(thread_context_variable(&elf[..]), Defined::No, "type {kind} field {at:#x} = {value:#x}");
+            assert_eq!(
+                thread_context_variable(&elf[..]),
+                Defined::No,
+                "type {kind} field {at:#x} = {value:#x}"
+            );
         }
         let mut many_sections = genuine.clone();
         many_sections[0x3c..0x3e].copy_from_slice(&0xffffu16.to_le_bytes());

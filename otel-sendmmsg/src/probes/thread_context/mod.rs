@@ -178,8 +178,12 @@ impl Discovery {
         }
         let again = again.as_slice();
         let alive = self.live_processes();
-        let gone: Vec<u32> =
-            self.processes.iter().filter(|(pid, p)| alive.get(pid) != Some(&p.start)).map(|(pid, _)| *pid).collect();
+        let gone: Vec<u32> = self
+            .processes
+            .iter()
+            .filter(|(pid, p)| alive.get(pid) != Some(&p.start))
+            .map(|(pid, _)| *pid)
+            .collect();
         for pid in gone {
             self.forget(pid, &mut found);
         }
@@ -354,7 +358,8 @@ impl Discovery {
             _ => RETRIES,
         };
         let (dir_owned, start) = (dir.to_owned(), process.start);
-        let resolved = self.with_deadline(dir, None, move |_| Some(resolve(&dir_owned, pid, libc, &defining)));
+        let resolved =
+            self.with_deadline(dir, None, move |_| Some(resolve(&dir_owned, pid, libc, &defining)));
         let Some(process) = self.processes.get_mut(&pid) else {
             return;
         };
@@ -393,7 +398,10 @@ impl Discovery {
                 self.max_processes
             );
         } else {
-            debug!("thread context: not read in process {pid}: {} processes are read already", self.max_processes);
+            debug!(
+                "thread context: not read in process {pid}: {} processes are read already",
+                self.max_processes
+            );
         }
     }
 
@@ -487,10 +495,8 @@ impl Discovery {
         let (sender, receiver) = std::sync::mpsc::sync_channel(1);
         let opened = Arc::new(AtomicBool::new(false));
         let opened_there = opened.clone();
-        let spawned = std::thread::Builder::new()
-            .name("context-look".into())
-            .stack_size(256 << 10)
-            .spawn(move || {
+        let spawned =
+            std::thread::Builder::new().name("context-look".into()).stack_size(256 << 10).spawn(move || {
                 let _ = sender.send(work(&opened_there));
             });
         if let Err(e) = spawned {
@@ -576,7 +582,9 @@ fn resolve(
     let mut modules: Vec<(&Mapping, &TlsVariable, bool)> = defining
         .iter()
         .filter_map(|(mapping, defined)| match &**defined {
-            Defined::Tls(variable) => Some((mapping, variable, entry.is_some_and(|e| (mapping.start..mapping.end).contains(&e)))),
+            Defined::Tls(variable) => {
+                Some((mapping, variable, entry.is_some_and(|e| (mapping.start..mapping.end).contains(&e))))
+            }
             _ => None,
         })
         .collect();
@@ -668,7 +676,8 @@ mod tests {
             std::os::unix::fs::symlink("/", dir.join("root")).unwrap();
             let mut maps = String::new();
             // The first file is the executable: its entry point is in its mapping.
-            let auxv: Vec<u8> = [AT_ENTRY, self.next_range + 0x100, 0, 0].iter().flat_map(|v| v.to_ne_bytes()).collect();
+            let auxv: Vec<u8> =
+                [AT_ENTRY, self.next_range + 0x100, 0, 0].iter().flat_map(|v| v.to_ne_bytes()).collect();
             std::fs::write(dir.join("auxv"), auxv).unwrap();
             for (file, id) in files {
                 let (start, end) = (self.next_range, self.next_range + 0x1000);
@@ -722,7 +731,8 @@ mod tests {
     /// An executable that defines the variable (local-exec: no memory of the process is read
     /// to locate it).
     fn defining_executable(dir: &Path) -> Vec<u8> {
-        let source = "__thread void *otel_thread_ctx_v1;\nint main(void) { otel_thread_ctx_v1 = 0; return 0; }\n";
+        let source =
+            "__thread void *otel_thread_ctx_v1;\nint main(void) { otel_thread_ctx_v1 = 0; return 0; }\n";
         std::fs::write(dir.join("app.c"), source).unwrap();
         let out = dir.join("app");
         let status = std::process::Command::new("gcc")
@@ -772,7 +782,10 @@ mod tests {
         let refused = Arc::new(AtomicU64::new(0));
         let mut discovery = Discovery::new(&proc.proc(), 2, refused.clone());
 
-        assert_eq!(outcome(discovery.scan(&[])), (named(&[(100, "app0 with space"), (101, "app1 with space")]), vec![]));
+        assert_eq!(
+            outcome(discovery.scan(&[])),
+            (named(&[(100, "app0 with space"), (101, "app1 with space")]), vec![])
+        );
         assert_eq!((refused.load(Ordering::Relaxed), discovery.reached()), (1, 2), "102 over the cap");
         assert_eq!(outcome(discovery.scan(&[])), (vec![], vec![]), "nothing new");
         // A look again at a reached process (its program's first call) gives the same access.
@@ -790,7 +803,10 @@ mod tests {
         forgotten.sort();
         assert_eq!((reached, forgotten), (vec![], vec![101, 102]));
         assert_eq!(discovery.reached(), 0);
-        assert!(discovery.files.is_empty() && discovery.processes.is_empty(), "nothing kept of exited processes");
+        assert!(
+            discovery.files.is_empty() && discovery.processes.is_empty(),
+            "nothing kept of exited processes"
+        );
         assert_eq!(refused.load(Ordering::Relaxed), 1);
     }
 

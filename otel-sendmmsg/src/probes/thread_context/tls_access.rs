@@ -81,7 +81,8 @@ pub fn resolve(module: &Module, libc: Libc, memory: &impl Memory) -> Result<Thre
         let (memsz, align) = module.variable.tls_segment.ok_or_else(|| {
             Unresolved::Never("the executable defines the variable but has no TLS segment".into())
         })?;
-        let block = memsz.checked_next_multiple_of(align.max(1)).ok_or_else(|| never("absurd TLS segment"))?;
+        let block =
+            memsz.checked_next_multiple_of(align.max(1)).ok_or_else(|| never("absurd TLS segment"))?;
         let offset = i64::try_from(module.variable.offset).ok().zip(i64::try_from(block).ok());
         let (offset, block) = offset.ok_or_else(|| never("absurd TLS segment"))?;
         return Ok(access(0, offset - block));
@@ -100,7 +101,10 @@ fn never(why: &str) -> Unresolved {
 enum Location {
     /// Offset from the thread pointer.
     Static(i64),
-    Dynamic { module: u64, offset: i64 },
+    Dynamic {
+        module: u64,
+        offset: i64,
+    },
 }
 
 /// What the dynamic linker wrote at one relocation. The variable is at the relocation's target
@@ -208,7 +212,12 @@ mod tests {
         let descriptor = 0x5555_0000_1000;
         let cases = [
             // TLSDESC given static TLS by the linker: the argument is the offset.
-            (RelocationKind::TlsDesc, 0, vec![(got, words(&[0x7f11_2233_4455, (-0x48i64) as u64]))], (0, -0x48)),
+            (
+                RelocationKind::TlsDesc,
+                0,
+                vec![(got, words(&[0x7f11_2233_4455, (-0x48i64) as u64]))],
+                (0, -0x48),
+            ),
             // TLSDESC, dynamic: the argument points to {module, offset}.
             (
                 RelocationKind::TlsDesc,
