@@ -1,15 +1,19 @@
 //! End to end, as root: an unprivileged user's processes map files meant to mislead the
-//! sidecar's context-marker discovery — a path with a space and a newline, a FIFO named as the
-//! part before the space, a device node, a symlink to a marker library and a deleted file where
-//! mapped files were — and many distinct marker libraries. The sidecar runs as `nobody` with
-//! exactly its documented capabilities. It must keep tracing, never block, never open the
-//! FIFO or the device, attach to the genuine files only, at most
-//! `OTEL_SENDMMSG_MAX_CONTEXT_FILES` of them, and release them when their processes exit.
+//! sidecar's discovery of the OTEP 4947 thread context (files defining the TLS variable
+//! `otel_thread_ctx_v1`) — a path with a space and a newline, a FIFO named as the part before
+//! the space, a device node, a symlink to a defining library and a deleted file where mapped
+//! files were, files on FUSE filesystems that stop answering — and many processes running
+//! distinct defining executables. The sidecar runs as `nobody` with exactly its documented
+//! capabilities. It must keep tracing, never block, never open the FIFO or the device, look
+//! into the genuine files only (the debug line `otel_thread_ctx_v1 defined in PATH (...,
+//! through VIA)` says which, and how it reached each), read at most
+//! `OTEL_SENDMMSG_MAX_CONTEXT_PROCESSES` processes at once, give a slot freed by an exit to a
+//! process refused before, and forget processes when they exit.
 
 mod support;
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     ffi::CString,
     io::{BufRead, BufReader},
     os::{
@@ -26,14 +30,14 @@ use std::{
 };
 
 use otel_sendmmsg::privileges::{Capability, Need, CAPABILITIES};
-use otel_sendmmsg_common::CONTEXT_MARKER_SYMBOL;
+use otel_sendmmsg_common::thread_context::SYMBOL;
 use support::*;
 
 /// The unprivileged user whose processes map the files.
 const APP_USER: u32 = 4322;
 const WAIT: Duration = Duration::from_secs(60);
 
-/// gcc's output for `source` with `args`, as bytes.
+/// gcc's output for `source` with `args`, which every user may run.
 fn compiled(dir: &Path, name: &str, source: &str, args: &[&str]) -> PathBuf {
     let src = dir.join(format!("{name}.c"));
     std::fs::write(&src, source).unwrap();
@@ -44,10 +48,34 @@ fn compiled(dir: &Path, name: &str, source: &str, args: &[&str]) -> PathBuf {
     out
 }
 
-/// A small library defining the context marker.
-fn marker_library(dir: &Path) -> Vec<u8> {
-    let source = format!("void {CONTEXT_MARKER_SYMBOL}(void) {{}}\n");
-    std::fs::read(compiled(dir, "libmarker.so", &source, &["-shared", "-fPIC"])).unwrap()
+/// A small library defining `otel_thread_ctx_v1` as the OTEP has it (TLS, exported), with an
+/// accessor, so a TLSDESC relocation names it as in a library that publishes through it.
+fn defining_library(dir: &Path) -> Vec<u8> {
+    let source = format!("__thread void *{SYMBOL};\nvoid *thread_ctx(void) {{ return {SYMBOL}; }}\n");
+    let args = ["-shared", "-fPIC", "-O2", "-mtls-dialect=gnu2"];
+    std::fs::read(compiled(dir, "libctx.so", &source, &args)).unwrap()
+}
+
+/// What the debug line says of a defining library built by [`defining_library`] and looked into
+/// through `via`: `otel_thread_ctx_v1 defined in PATH (.dynsym, 1 relocations, through VIA`.
+fn defined_line(path: &str, via: &str) -> String {
+    format!("thread context: {SYMBOL} defined in {path} (.dynsym, 1 relocations, through {via}")
+}
+
+/// The debug lines saying a file under `dir` was looked into and defines the variable.
+fn defined_lines<'a>(log: &'a str, dir: &str) -> Vec<&'a str> {
+    let prefix = format!("thread context: {SYMBOL} defined in {dir}/");
+    log.lines().filter(|l| l.contains(&prefix)).collect()
+}
+
+/// An executable defining the variable and accessing it only itself: local-exec, so the
+/// sidecar locates it without reading the process's memory. It waits for a signal.
+fn defining_program(dir: &Path) -> PathBuf {
+    let source = format!(
+        "#include <unistd.h>\n__thread void *{SYMBOL};\nint main(void) {{ {SYMBOL} = 0; pause(); return 0; }}\n"
+    );
+    let export = format!("-Wl,--export-dynamic-symbol={SYMBOL}");
+    compiled(dir, "ctx-app", &source, &["-O2", &export])
 }
 
 /// A program that maps each file named on its command line executable (as the loader maps a
@@ -191,22 +219,23 @@ fn mknod_null(path: &Path) {
     assert_eq!(made, 0, "mknod {}", path.display());
 }
 
-/// The hostile user's scene; then a genuine marker library mapped afterwards must be attached.
+/// The hostile user's scene; then a genuine defining library mapped afterwards must be looked
+/// into.
 fn hostile_scene(caps: &[&Capability]) -> (Stopped, SharedDir, u32, u32) {
-    let scratch = SharedDir::new(if caps.len() == CAPABILITIES.len() { "all" } else { "nosysadmin" });
+    let scratch = SharedDir::new(if caps.len() == CAPABILITIES.len() { "all" } else { "nocheckpoint" });
     let dir = &scratch.0;
-    let marker = marker_library(dir);
+    let library = defining_library(dir);
     let mapper = mapper(dir);
-    // A marker library under a name with a space and a newline; the old parser took the part
+    // A defining library under a name with a space and a newline; the old parser took the part
     // before the space for the path, where a FIFO waits (opening it for reading blocks).
-    let spaced = scratch.file("lib x\nmarker.so", &marker);
+    let spaced = scratch.file("lib x\ndefines.so", &library);
     mkfifo(&dir.join("lib"));
-    // Files mapped, then unlinked and replaced by a device node, a symlink to a marker library
-    // elsewhere, or nothing (a deleted marker library, still mapped).
+    // Files mapped, then unlinked and replaced by a device node, a symlink to a defining library
+    // elsewhere, or nothing (a deleted defining library, still mapped).
     let device = scratch.file("dev.so", b"not ELF: the original of the device decoy");
     let symlinked = scratch.file("sym.so", b"not ELF: the original of the symlink decoy");
-    let deleted = scratch.file("gone.so", &marker);
-    let elsewhere = scratch.file("elsewhere.so", &marker);
+    let deleted = scratch.file("gone.so", &library);
+    let elsewhere = scratch.file("elsewhere.so", &library);
     let decoys = Mapper::start(&mapper, &[&spaced, &device, &symlinked, &deleted]);
     std::fs::remove_file(&device).unwrap();
     mknod_null(&device);
@@ -251,14 +280,12 @@ fn hostile_scene(caps: &[&Capability]) -> (Stopped, SharedDir, u32, u32) {
         std::thread::sleep(Duration::from_millis(5));
     }
 
-    // The scan thread still goes on: a genuine marker library mapped now is found.
-    let later = scratch.file("later.so", &marker);
+    // The scan thread still goes on: a genuine defining library mapped now (by a process it
+    // has never seen: found by the scan of new processes) is looked into.
+    let later = scratch.file("later.so", &library);
     let genuine = Mapper::start(&mapper, &[&later]);
-    let later_line = format!("/proc/{}/root{}", genuine.pid(), later.display());
-    // The event loop's word on it ("attached to" or "not attached to"), not the scan's debug
-    // line "found in", which comes first.
-    let outcome = format!("attached to {later_line}");
-    wait_for(&sidecar, "the later library", |log| log.lines().any(|l| l.contains(&outcome)));
+    let looked_into = format!("{SYMBOL} defined in {} (", later.display());
+    wait_for(&sidecar, "the later library looked into", |log| log.contains(&looked_into));
     watched("after the scan");
 
     // The ring buffer's reader still goes on: a call made now arrives as a span.
@@ -279,12 +306,6 @@ fn hostile_scene(caps: &[&Capability]) -> (Stopped, SharedDir, u32, u32) {
     (stopped, scratch, decoys_pid, genuine_pid)
 }
 
-/// The log lines that say a file was attached (or refused by the kernel).
-fn marker_lines<'a>(log: &'a str, outcome: &str) -> Vec<&'a str> {
-    let prefix = format!("context marker: {outcome} ");
-    log.lines().filter(|l| l.contains(&prefix)).collect()
-}
-
 #[test]
 fn with_every_capability_hostile_mappings_neither_block_nor_mislead_it() {
     require_root();
@@ -293,39 +314,53 @@ fn with_every_capability_hostile_mappings_neither_block_nor_mislead_it() {
     let (stopped, scratch, decoys, genuine) = hostile_scene(&all);
     let log = &stopped.stderr;
     let dir = scratch.0.display().to_string();
-    let root = |pid: u32, name: &str| format!("context marker: attached to /proc/{pid}/root{dir}/{name}");
-    let attached: Vec<&str> =
-        marker_lines(log, "attached to").into_iter().filter(|l| l.contains(&dir)).collect();
-    // Through map_files: the file with the odd name (logged escaped, on one line), the deleted
-    // one, and the later one; never the symlink's target under the symlink's name, nor a decoy.
-    let expected =
-        [root(decoys, "lib x\\nmarker.so"), root(decoys, "gone.so (deleted)"), root(genuine, "later.so")];
+    let defined = defined_lines(log, &dir);
+    // Read through map_files, the kernel's link to the very file mapped: the file with the odd
+    // name (logged escaped, on one line), the deleted one, and the later one; never the
+    // symlink's target under the symlink's name, nor a decoy.
+    let map_files = |pid: u32| format!("/proc/{pid}/map_files/");
+    let expected = [
+        defined_line(&format!("{dir}/lib x\\ndefines.so"), &map_files(decoys)),
+        defined_line(&format!("{dir}/gone.so"), &map_files(decoys)),
+        defined_line(&format!("{dir}/later.so"), &map_files(genuine)),
+    ];
     for line in &expected {
-        assert_eq!(attached.iter().filter(|l| l.ends_with(line.as_str())).count(), 1, "{line}:\n{log}");
+        assert_eq!(defined.iter().filter(|l| l.contains(line.as_str())).count(), 1, "{line}:\n{log}");
     }
-    assert_eq!(attached.len(), expected.len(), "{log}");
-    assert!(!log.lines().any(|l| l.starts_with("marker.so")), "a forged log line:\n{log}");
+    assert_eq!(defined.len(), expected.len(), "{log}");
+    // Through map_files the device and symlink decoys are their mapped originals (not ELF):
+    // nothing is refused, and nothing else is read.
+    let refused: Vec<&str> =
+        log.lines().filter(|l| l.contains("not looked into") && l.contains(&dir)).collect();
+    assert!(refused.is_empty(), "{refused:#?}");
+    assert!(!log.lines().any(|l| l.starts_with("defines.so")), "a forged log line:\n{log}");
 }
 
 #[test]
-fn without_sys_admin_the_path_fallback_refuses_every_decoy() {
+fn without_checkpoint_restore_the_path_fallback_refuses_every_decoy() {
     require_root();
     let _alone = one_sidecar_at_a_time();
     let required: Vec<&Capability> = CAPABILITIES.iter().filter(|c| c.need == Need::Required).collect();
+    assert_eq!(
+        CAPABILITIES.iter().filter(|c| c.need != Need::Required).map(|c| c.name).collect::<Vec<_>>(),
+        ["CAP_CHECKPOINT_RESTORE"],
+        "the one left out here is what map_files needs"
+    );
     let (stopped, scratch, decoys, genuine) = hostile_scene(&required);
     let log = &stopped.stderr;
     let dir = scratch.0.display().to_string();
-    // Found through the path (the kernel then refuses the uprobe without CAP_SYS_ADMIN).
-    let tried: Vec<&str> =
-        marker_lines(log, "not attached to").into_iter().filter(|l| l.contains(&dir)).collect();
-    for name in [
-        format!("/proc/{decoys}/root{dir}/lib x\\nmarker.so:"),
-        format!("/proc/{genuine}/root{dir}/later.so:"),
-    ] {
-        let line = tried.iter().find(|l| l.contains(&name)).unwrap_or_else(|| panic!("{name}:\n{log}"));
-        assert!(line.contains("perf_event_open"), "{line}");
+    // Without map_files, each genuine file is found by its path under the process's root.
+    let defined = defined_lines(log, &dir);
+    let root = |pid: u32, name: &str| format!("/proc/{pid}/root{dir}/{name})");
+    let expected = [
+        defined_line(&format!("{dir}/lib x\\ndefines.so"), &root(decoys, "lib x\\ndefines.so")),
+        defined_line(&format!("{dir}/later.so"), &root(genuine, "later.so")),
+    ];
+    for line in &expected {
+        assert_eq!(defined.iter().filter(|l| l.contains(line.as_str())).count(), 1, "{line}:\n{log}");
     }
-    assert_eq!(tried.len(), 2, "no decoy got as far as the kernel:\n{log}");
+    assert_eq!(defined.len(), expected.len(), "no decoy was read:\n{log}");
+    assert!(!log.lines().any(|l| l.starts_with("defines.so")), "a forged log line:\n{log}");
     // Each decoy was looked at and refused for what it is.
     let looked = |name: &str, why: &str| {
         log.lines()
@@ -337,87 +372,192 @@ fn without_sys_admin_the_path_fallback_refuses_every_decoy() {
     assert!(looked("gone.so", "No such file"), "{log}");
 }
 
+/// A process of [`APP_USER`] running a program that waits for a signal; killed and reaped when
+/// dropped.
+struct Running(Child);
+
+impl Running {
+    /// Returns once the process runs `program` itself, no longer `setpriv`: a process is looked
+    /// into as it is when the scan first sees it (and again only at its first `sendmmsg` call,
+    /// which this one never makes).
+    fn start(program: &Path) -> Running {
+        let child = setpriv(APP_USER, &[], false, program)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", program.display()));
+        let running = Running(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::fs::read_link(format!("/proc/{}/exe", running.pid())).ok().as_deref() != Some(program) {
+            assert!(Instant::now() < deadline, "{} never ran", program.display());
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        running
+    }
+
+    fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The info line of a process whose thread context is read from now on.
+const READING: (&str, &str) = ("thread context: reading otel_thread_ctx_v1 of process ", " (defined in ");
+/// The debug line of a reached process that exited.
+const FORGOTTEN: (&str, &str) = ("thread context: process ", " forgotten");
+
+/// The pid between `prefix` and `suffix` on `line`, if it is such a line.
+fn pid_in(line: &str, (prefix, suffix): (&str, &str)) -> Option<u32> {
+    let rest = &line[line.find(prefix)? + prefix.len()..];
+    let end = rest.find(|c: char| !c.is_ascii_digit())?;
+    rest[end..].starts_with(suffix).then(|| rest[..end].parse().ok())?
+}
+
+/// The pids of the lines of one kind, in the order logged.
+fn pids(log: &str, kind: (&str, &str)) -> Vec<u32> {
+    log.lines().filter_map(|l| pid_in(l, kind)).collect()
+}
+
+/// The processes read now, by the log: reached and not forgotten since.
+fn live_reached(log: &str) -> HashSet<u32> {
+    let mut live = HashSet::new();
+    for line in log.lines() {
+        if let Some(pid) = pid_in(line, READING) {
+            live.insert(pid);
+        } else if let Some(pid) = pid_in(line, FORGOTTEN) {
+            live.remove(&pid);
+        }
+    }
+    live
+}
+
 #[test]
-fn many_marker_files_are_capped_counted_and_released_with_their_processes() {
+fn many_defining_processes_are_capped_counted_and_forgotten_when_they_exit() {
     require_root();
     let _alone = one_sidecar_at_a_time();
     const COPIES: usize = 12;
     const CAP: usize = 4;
     let scratch = SharedDir::new("many");
-    let marker = marker_library(&scratch.0);
-    let mapper = mapper(&scratch.0);
-    let copies: Vec<PathBuf> = (0..COPIES).map(|i| scratch.file(&format!("copy{i}.so"), &marker)).collect();
+    let built = defining_program(&scratch.0);
+    // Distinct files: what is capped is processes, whatever files they run.
+    let copies: Vec<PathBuf> = (0..COPIES)
+        .map(|i| {
+            let copy = scratch.0.join(format!("copy{i}"));
+            copy_executable(&built, &copy);
+            copy
+        })
+        .collect();
+    // Running before the sidecar starts, so its first scan sees each as it stays.
+    let apps: Vec<Running> = copies.iter().map(|c| Running::start(c)).collect();
+    let ours: HashMap<u32, &PathBuf> = apps.iter().map(Running::pid).zip(&copies).collect();
     let cap = CAP.to_string();
+    let refusal = format!(": {CAP} processes are read already");
+    let refused_line = ("thread context: not read in process ", refusal.as_str());
     let all: Vec<&Capability> = CAPABILITIES.iter().collect();
     let (sidecar, _copy) = start_sidecar(
         &all,
         &[
             ("OTEL_TRACES_EXPORTER", "none"),
-            ("OTEL_SENDMMSG_MAX_CONTEXT_FILES", cap.as_str()),
-            ("RUST_LOG", "info,otel_sendmmsg::probes::thread_context=debug"),
+            ("OTEL_SENDMMSG_MAX_CONTEXT_PROCESSES", cap.as_str()),
+            // The "forgotten" line is the event loop's (probes), the rest the scan's.
+            ("RUST_LOG", "info,otel_sendmmsg::probes=debug"),
         ],
     );
-    // Settle: whatever else runs on the host is attached before our baseline.
-    std::thread::sleep(Duration::from_secs(3));
-    let before = descriptors(sidecar.pid()).len();
-    let attached_before = live_attachments(&sidecar.stderr());
-
-    let dir = scratch.0.display().to_string();
-    let mine = |l: &&str| l.contains(&dir);
-    let mappers: Vec<Mapper> = copies.iter().map(|c| Mapper::start(&mapper, &[c])).collect();
-    let log = wait_for(&sidecar, "every copy attached or refused", |log| {
-        let attached = marker_lines(log, "attached to").into_iter().filter(mine).count();
-        let refused = log.lines().filter(|l| l.contains("files are attached already")).filter(mine).count();
-        attached + refused == COPIES
+    let mine = |pids: Vec<u32>| -> Vec<u32> { pids.into_iter().filter(|p| ours.contains_key(p)).collect() };
+    // Processes of others that define the variable (another test binary's), which compete for
+    // the slots: when there are none, the counts below are exact.
+    let others = |log: &str| -> Vec<u32> {
+        let mut all = pids(log, READING);
+        all.extend(pids(log, refused_line));
+        all.retain(|p| !ours.contains_key(p));
+        all
+    };
+    let log = wait_for(&sidecar, "each of ours read or refused", |log| {
+        let decided: HashSet<u32> = pids(log, READING).into_iter().chain(pids(log, refused_line)).collect();
+        ours.keys().all(|p| decided.contains(p))
     });
-    let attached: Vec<&str> = marker_lines(&log, "attached to").into_iter().filter(mine).collect();
-    assert!(!attached.is_empty() && attached.len() <= CAP, "{log}");
-    assert!(log.contains("raise it to trace more"), "the cap is logged with its remedy:\n{log}");
-    // A few more scans change nothing, and no descriptor is kept per file: the sidecar holds
-    // one perf event per uprobe, and nothing for the files themselves.
+    let reached = mine(pids(&log, READING));
+    let refused = mine(pids(&log, refused_line));
+    assert_eq!(reached.len() + refused.len(), COPIES, "each once, read or refused:\n{log}");
+    assert!(!reached.is_empty() && reached.len() <= CAP, "{log}");
+    if others(&log).is_empty() {
+        assert_eq!(reached.len(), CAP, "{log}");
+    }
+    for pid in &reached {
+        // Local-exec: an 8-byte TLS block of its own, right below the thread pointer.
+        let line = format!(
+            "reading otel_thread_ctx_v1 of process {pid} (defined in {}, static TLS at thread pointer -8)",
+            ours[pid].display()
+        );
+        assert!(log.contains(&line), "{line}:\n{log}");
+    }
+    assert!(log.contains("raise it to read more"), "the cap is logged with its remedy:\n{log}");
+
+    // A few more scans change nothing (a process refused is told once, not at every scan), and
+    // nothing is held per process read.
     std::thread::sleep(Duration::from_secs(3));
     let log = sidecar.stderr();
-    assert_eq!(marker_lines(&log, "attached to").into_iter().filter(mine).count(), attached.len(), "{log}");
-    let live = live_attachments(&log);
-    assert!(live <= CAP, "{live} attached at once:\n{log}");
+    assert_eq!(
+        (mine(pids(&log, READING)), mine(pids(&log, refused_line))),
+        (reached.clone(), refused.clone())
+    );
+    assert!(live_reached(&log).len() <= CAP, "{:?} read at once:\n{log}", live_reached(&log));
+    let held = descriptors(sidecar.pid()).len();
+
+    // The processes read exit: each is forgotten, and processes refused take their slots.
+    let (gone, kept): (Vec<Running>, Vec<Running>) =
+        apps.into_iter().partition(|a| reached.contains(&a.pid()));
+    drop(gone);
+    wait_for(&sidecar, "the exited ones forgotten, a refused one read", |log| {
+        let forgotten = pids(log, FORGOTTEN);
+        let now = pids(log, READING);
+        reached.iter().all(|p| forgotten.contains(p)) && refused.iter().any(|p| now.contains(p))
+    });
+    // The rest of that scan's lines, and another scan.
+    std::thread::sleep(Duration::from_millis(1500));
+    let log = sidecar.stderr();
+    let now = pids(&log, READING);
+    let taken: Vec<u32> = refused.iter().copied().filter(|p| now.contains(p)).collect();
+    assert!(taken.len() <= CAP, "{log}");
+    if others(&log).is_empty() {
+        assert_eq!(taken.len(), reached.len().min(refused.len()), "every free slot taken:\n{log}");
+    }
+    assert!(live_reached(&log).len() <= CAP, "{:?} read at once:\n{log}", live_reached(&log));
+    assert_eq!(mine(pids(&log, refused_line)), refused, "no refusal again:\n{log}");
+
+    // The rest exit: every one of ours read is forgotten, and nothing is left of them.
+    drop(kept);
+    let log = wait_for(&sidecar, "every one of ours forgotten", |log| {
+        let forgotten = pids(log, FORGOTTEN);
+        reached.iter().chain(&taken).all(|p| forgotten.contains(p))
+    });
+    let left: Vec<u32> = live_reached(&log).into_iter().filter(|p| ours.contains_key(p)).collect();
+    assert!(left.is_empty(), "{left:?} still read:\n{log}");
     let after = descriptors(sidecar.pid()).len();
     assert!(
-        after <= before + live.saturating_sub(attached_before) + 2,
-        "{before} descriptors before, {after} with {live} files attached:\n{:?}",
+        held <= after + 2,
+        "{held} descriptors with {} processes read, {after} with none of ours:\n{:?}",
+        reached.len(),
         descriptors(sidecar.pid())
     );
-
-    // The processes exit: every one of our files is released, and the slots are free again.
-    drop(mappers);
-    let log = wait_for(&sidecar, "our files released", |log| {
-        let attached = marker_lines(log, "attached to").into_iter().filter(mine).count();
-        marker_lines(log, "released").into_iter().filter(mine).count() == attached
-    });
-    assert!(live_attachments(&log) <= attached_before, "{log}");
     let stopped = sidecar.stop();
     assert!(stopped.status.success(), "{}", stopped.stderr);
-    let refusals = stopped.stderr.lines().filter(|l| l.contains("files are attached already")).count();
+    let refusals = pids(&stopped.stderr, refused_line).len();
     assert_eq!(
-        summary_count(&stopped.stderr, "context_files_refused"),
+        summary_count(&stopped.stderr, "context_processes_refused"),
         refusals as u64,
         "{}",
         stopped.stderr
     );
     assert!(refusals >= COPIES - CAP, "{}", stopped.stderr);
-}
-
-/// Files attached and not released, from the log, checked never to exceed what it says.
-fn live_attachments(log: &str) -> usize {
-    let mut live: HashMap<String, ()> = HashMap::new();
-    for line in log.lines() {
-        if let Some(name) = line.split("context marker: attached to ").nth(1) {
-            live.insert(name.to_owned(), ());
-        } else if let Some(rest) = line.split("context marker: released ").nth(1) {
-            let name = rest.split(" (no process maps it").next().unwrap_or(rest);
-            live.remove(name);
-        }
+    if others(&stopped.stderr).is_empty() {
+        assert_eq!(refusals, COPIES - CAP, "{}", stopped.stderr);
     }
-    live.len()
 }
 
 /// A one-file FUSE filesystem served from this test process through /dev/fuse, which can be told
@@ -617,16 +757,16 @@ fn files_on_fuse_are_never_asked_for_anything() {
     require_root();
     let _alone = one_sidecar_at_a_time();
     let scratch = SharedDir::new("fuse");
-    let marker = marker_library(&scratch.0);
+    let library = defining_library(&scratch.0);
     let mapper = mapper(&scratch.0);
     let (mounted, detached) = (scratch.0.join("mounted"), scratch.0.join("detached"));
     for dir in [&mounted, &detached] {
         std::fs::create_dir(dir).unwrap();
     }
-    // Two FUSE filesystems serving a marker library: one stays mounted, the other is detached
+    // Two FUSE filesystems serving a defining library: one stays mounted, the other is detached
     // once the file is mapped. Neither answers anything from then on.
-    let fuse = FuseFile::mount(&mounted, "lib.so", marker.clone());
-    let gone = FuseFile::mount(&detached, "lib.so", marker.clone());
+    let fuse = FuseFile::mount(&mounted, "lib.so", library.clone());
+    let gone = FuseFile::mount(&detached, "lib.so", library.clone());
     let on_fuse = Mapper::start(&mapper, &[&mounted.join("lib.so"), &detached.join("lib.so")]);
     let gone_device =
         std::os::unix::fs::MetadataExt::dev(&std::fs::metadata(detached.join("lib.so")).unwrap());
@@ -666,11 +806,12 @@ fn files_on_fuse_are_never_asked_for_anything() {
         .collect();
     assert!(waiting_on_fuse.is_empty(), "{waiting_on_fuse:?}");
 
-    // The scan goes on: a genuine library mapped now is attached; a call arrives as a span.
-    let later = scratch.file("later.so", &marker);
+    // The scan goes on: a genuine library mapped now is looked into; a call arrives as a span.
+    let later = scratch.file("later.so", &library);
     let genuine = Mapper::start(&mapper, &[&later]);
-    let attached = format!("context marker: attached to /proc/{}/root{}", genuine.pid(), later.display());
-    wait_for(&sidecar, "the later library", |log| log.lines().any(|l| l.ends_with(&attached)));
+    let looked_into =
+        defined_line(&later.display().to_string(), &format!("/proc/{}/map_files/", genuine.pid()));
+    wait_for(&sidecar, "the later library looked into", |log| log.contains(&looked_into));
     let calls = run_workload(&["udp4"]);
     let deadline = Instant::now() + WAIT;
     while receiver.spans_of(calls[0].pid).is_empty() {
@@ -682,4 +823,8 @@ fn files_on_fuse_are_never_asked_for_anything() {
     assert!(sidecar.is_running());
     let stopped = sidecar.stop();
     assert!(stopped.status.success(), "{}", stopped.stderr);
+    for name in [format!("{}/lib.so", mounted.display()), "/lib.so".to_owned()] {
+        let read = format!("{SYMBOL} defined in {name} (");
+        assert!(!stopped.stderr.contains(&read), "{read}:\n{}", stopped.stderr);
+    }
 }

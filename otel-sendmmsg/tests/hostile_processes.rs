@@ -371,17 +371,18 @@ fn an_environment_whose_reading_never_returns_costs_only_its_own_metadata() {
     let stuck_read = stuck_read.unwrap_or_else(|_| panic!("the hostile process never read the FUSE file"));
     assert!(stuck_read.starts_with("read "), "{stuck_read}");
     // The process jams whatever waits on its memory lock: the /proc reader that asked for its
-    // environment, and (if discovery reached it by then) the look into one of its mapped files
-    // through /proc/PID/map_files. One of each at most, and nothing else: both stop asking that
-    // user's processes once one of theirs stalls.
+    // environment, and (when the thread-context scan looks at it once jammed: its first call
+    // has it looked at again) the look into one of its mapped files through
+    // /proc/PID/map_files. One of each at most, and nothing else: both stop asking that user's
+    // processes once one of theirs stalls.
     let count = |threads: &[String], name: &str| threads.iter().filter(|t| t.contains(name)).count();
     assert_eq!(count(&stuck_threads, "proc-reader"), 1, "the reader is blocked: {stuck_threads:?}");
     for threads in [&stuck_threads, &still_stuck] {
         assert!(
-            threads.iter().all(|t| t.contains("proc-reader") || t.contains("marker-file")),
-            "only the reader and a marker look: {threads:?}"
+            threads.iter().all(|t| t.contains("proc-reader") || t.contains("context-look")),
+            "only the reader and a thread-context look: {threads:?}"
         );
-        assert!(count(threads, "proc-reader") <= 1 && count(threads, "marker-file") <= 1, "{threads:?}");
+        assert!(count(threads, "proc-reader") <= 1 && count(threads, "context-look") <= 1, "{threads:?}");
     }
     assert!(stuck_threads.iter().all(|t| still_stuck.contains(t)), "still the same ones: {still_stuck:?}");
     assert_hostile_spans(&hostile_spans, "hostile-stuck-env", "hostile-stuck-env");

@@ -1,9 +1,11 @@
 //! Least privilege, end to end, as root: the real sidecar started as `nobody` with only the
 //! capabilities `privileges::CAPABILITIES` documents traces real calls, even another user's
-//! inside that user's spans; without a required one it stops naming it; without the optional
-//! one it traces and the kernel refuses only the context-marker uprobe. And the container way
-//! (non-root, file capabilities from the Dockerfile's own `setcap` line, the rest decided by the
-//! bounding set) works the same.
+//! inside that user's spans (published through the OTEP 4947 thread context, read through
+//! `/proc/PID/map_files`); without a required one it stops naming it; without the optional one
+//! (`CAP_CHECKPOINT_RESTORE`) it says so, traces, and still reads that thread context, finding
+//! the file by its path under `/proc/PID/root`. And the container way (non-root, file
+//! capabilities from the Dockerfile's own `setcap` line, the rest decided by the bounding set)
+//! works the same.
 
 mod support;
 
@@ -73,6 +75,14 @@ fn otlp_vars(receiver: &Receiver) -> Vec<(&str, &str)> {
         ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
         ("OTEL_BSP_SCHEDULE_DELAY", "100"),
     ]
+}
+
+/// [`otlp_vars`], with the thread-context scan's debug lines, which say how each file was
+/// reached.
+fn otlp_vars_debug(receiver: &Receiver) -> Vec<(&str, &str)> {
+    let mut vars = otlp_vars(receiver);
+    vars.push(("RUST_LOG", "info,otel_sendmmsg::probes::thread_context=debug"));
+    vars
 }
 
 fn start_as_nobody(
@@ -189,16 +199,29 @@ impl App {
         App { child, stdin, binary }
     }
 
-    /// Waits for the sidecar's word on the marker in this very binary: attached or not.
-    fn marker_outcome(&self, sidecar: &Sidecar) -> String {
-        let suffix = format!("/root{}", self.binary.0.display());
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits until the sidecar reads this process's `otel_thread_ctx_v1`, found in this very
+    /// binary, and returns the scan's debug line on the binary (which says through which path
+    /// it was read).
+    fn wait_until_read(&self, sidecar: &Sidecar) -> String {
+        let pid = self.pid();
+        let binary = self.binary.0.display();
+        let reading =
+            format!("thread context: reading otel_thread_ctx_v1 of process {pid} (defined in {binary}, ");
+        let not_read = format!("thread context: process {pid} defines otel_thread_ctx_v1, not read");
+        let defined = format!("thread context: otel_thread_ctx_v1 defined in {binary} (");
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let log = sidecar.stderr();
-            if let Some(line) = log.lines().find(|l| l.contains("context marker: ") && l.contains(&suffix)) {
-                return line.to_owned();
+            assert!(!log.contains(&not_read), "the demo's thread context cannot be located:\n{log}");
+            if log.contains(&reading) {
+                let line = log.lines().find(|l| l.contains(&defined));
+                return line.unwrap_or_else(|| panic!("no word on the demo's binary:\n{log}")).to_owned();
             }
-            assert!(Instant::now() < deadline, "the sidecar never tried the demo's marker:\n{log}");
+            assert!(Instant::now() < deadline, "the sidecar never read the demo's thread context:\n{log}");
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -230,11 +253,12 @@ fn with_them_another_users_calls_land_inside_that_users_spans() {
     let binary = sidecar_binary();
     let receiver = Receiver::start(Protocol::Grpc);
     let sink = UdpSocket::bind("127.0.0.1:0").unwrap();
-    let sidecar = start_as_nobody(&binary, &names(CAPABILITIES), &otlp_vars(&receiver))
+    let sidecar = start_as_nobody(&binary, &names(CAPABILITIES), &otlp_vars_debug(&receiver))
         .unwrap_or_else(|(status, log)| panic!("it did not start ({status}):\n{log}"));
     let app = App::start(&receiver.endpoint, &sink);
-    let outcome = app.marker_outcome(&sidecar);
-    assert!(outcome.contains("context marker: attached to /proc/"), "{outcome}");
+    // Through the kernel's link to the file the process maps (CAP_CHECKPOINT_RESTORE).
+    let defined = app.wait_until_read(&sidecar);
+    assert!(defined.contains(&format!("through /proc/{}/map_files/", app.pid())), "{defined}");
     let pid = app.run();
     let stopped = stop_cleanly(sidecar);
     let (app_spans, calls) = app_and_syscall_spans(&receiver, pid);
@@ -248,29 +272,36 @@ fn with_them_another_users_calls_land_inside_that_users_spans() {
     }
 }
 
-/// CAP_SYS_ADMIN is listed for one reason: the kernel refuses uprobes without it. Without it the
-/// sidecar says so at start-up, traces as before, and the app's calls are roots of their own.
+/// CAP_CHECKPOINT_RESTORE is listed for one reason: following `/proc/PID/map_files`. Without
+/// it the sidecar says so at start-up, traces as before, and finds the file defining
+/// `otel_thread_ctx_v1` by its path instead: the app's calls still land inside its spans.
 #[test]
-fn without_sys_admin_it_traces_but_the_kernel_refuses_the_marker_uprobe() {
+fn without_checkpoint_restore_it_traces_and_reads_the_thread_context_by_path() {
     require_root();
     let _alone = one_sidecar_at_a_time();
     let binary = sidecar_binary();
-    let optional: Vec<&Capability> = CAPABILITIES.iter().filter(|c| c.need == Need::ContextMarker).collect();
-    assert_eq!(optional.iter().map(|c| c.name).collect::<Vec<_>>(), ["CAP_SYS_ADMIN"]);
+    let optional: Vec<&Capability> = CAPABILITIES.iter().filter(|c| c.need == Need::MapFiles).collect();
+    assert_eq!(optional.iter().map(|c| c.name).collect::<Vec<_>>(), ["CAP_CHECKPOINT_RESTORE"]);
+    assert_eq!(optional.len() + required().count(), CAPABILITIES.len(), "no other kind of need");
     let receiver = Receiver::start(Protocol::Grpc);
     let sink = UdpSocket::bind("127.0.0.1:0").unwrap();
-    let sidecar = start_as_nobody(&binary, &names(required()), &otlp_vars(&receiver))
+    let sidecar = start_as_nobody(&binary, &names(required()), &otlp_vars_debug(&receiver))
         .unwrap_or_else(|(status, log)| panic!("it did not start ({status}):\n{log}"));
     let log = sidecar.stderr();
-    assert!(log.contains(&format!("missing CAP_SYS_ADMIN ({})", optional[0].purpose)), "{log}");
+    assert!(log.contains(&format!("missing CAP_CHECKPOINT_RESTORE ({})", optional[0].purpose)), "{log}");
+    assert_eq!(log.matches("missing CAP_").count(), 1, "only that one is named:\n{log}");
     let app = App::start(&receiver.endpoint, &sink);
-    let outcome = app.marker_outcome(&sidecar);
-    assert!(outcome.contains("not attached") && outcome.contains("perf_event_open"), "{outcome}");
+    let defined = app.wait_until_read(&sidecar);
+    let by_path = format!("through /proc/{}/root{})", app.pid(), app.binary.0.display());
+    assert!(defined.ends_with(&by_path), "{defined}");
     let pid = app.run();
     let stopped = stop_cleanly(sidecar);
-    let (_, calls) = app_and_syscall_spans(&receiver, pid);
+    let (app_spans, calls) = app_and_syscall_spans(&receiver, pid);
+    let parents: HashSet<&Vec<u8>> = app_spans.iter().map(|s| &s.span.span_id).collect();
     assert_eq!(calls.len(), ITERATIONS, "traced all the same:\n{}", stopped.stderr);
-    assert!(calls.iter().all(|c| c.span.parent_span_id.is_empty()), "no parent without the marker");
+    for call in &calls {
+        assert!(parents.contains(&call.span.parent_span_id), "not inside an app span: {:?}", call.span);
+    }
 }
 
 /// The image's way: `nobody`, file capabilities from the Dockerfile's `setcap` line (permitted

@@ -232,7 +232,7 @@ fn collector_outage_under_load(protocol: Protocol, comm: &str) {
         "RSS reached {} MiB during the outage ({} MiB before it):\n{peak_mappings}\n{}",
         peak_rss >> 20,
         rss_before >> 20,
-        log.lines().filter(|l| l.contains("context marker")).collect::<Vec<_>>().join("\n")
+        log.lines().filter(|l| l.contains("thread context")).collect::<Vec<_>>().join("\n")
     );
     assert!(log.lines().any(|l| l.contains("losses so far") && l.contains("export_")), "{log}");
 

@@ -310,9 +310,9 @@ impl<E: SpanExporter + 'static> Worker<E> {
             let task = self.in_flight.spawn(async move {
                 let export = exporter.export(spans);
                 let outcome = match limit {
-                    Some(limit) => tokio::time::timeout(limit, export)
-                        .await
-                        .unwrap_or_else(|_| Err(OTelSdkError::Timeout(limit))),
+                    Some(limit) => {
+                        tokio::time::timeout(limit, export).await.unwrap_or(Err(OTelSdkError::Timeout(limit)))
+                    }
                     None => export.await,
                 };
                 Export { exporter, resource, count, outcome }

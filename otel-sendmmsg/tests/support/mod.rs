@@ -778,7 +778,7 @@ impl Sidecar {
     }
 }
 
-/// One sidecar at a time within a test binary: sidecars share the host's marker uprobes and
+/// One sidecar at a time within a test binary: sidecars share the host's tracepoints and the
 /// pinned context map, scan every process (each other's included), and a peak RSS measured must
 /// be one sidecar's work alone.
 pub fn one_sidecar_at_a_time() -> std::sync::MutexGuard<'static, ()> {

@@ -114,6 +114,8 @@ struct Process {
     reach: Reach,
     /// What the BPF side was given for it, when reached.
     access: Option<ThreadContextAccess>,
+    /// Its name when it was looked at (`/proc/PID/stat`).
+    comm: String,
     /// It calls `sendmmsg` (its program's first call named it): while it is not reached, its
     /// mappings are read again every [`RELOOK_EVERY`] scans, for a library it loads late.
     calls: bool,
@@ -173,28 +175,42 @@ impl Discovery {
         let mut found = Vec::new();
         self.scans += 1;
         let mut again = again.to_vec();
-        if self.scans % RELOOK_EVERY == 0 {
+        if self.scans.is_multiple_of(RELOOK_EVERY) {
             again.extend(self.changed_callers());
         }
-        let again = again.as_slice();
         let alive = self.live_processes();
         let gone: Vec<u32> = self
             .processes
             .iter()
-            .filter(|(pid, p)| alive.get(pid) != Some(&p.start))
+            .filter(|(pid, p)| alive.get(pid).map(|(start, _)| start) != Some(&p.start))
             .map(|(pid, _)| *pid)
             .collect();
         for pid in gone {
             self.forget(pid, &mut found);
         }
-        for &pid in again {
+        // A process seen between its fork and its exec was read as the program it was then; the
+        // exec keeps pid and start time but, nearly always, changes its name.
+        let renamed: Vec<u32> = self
+            .processes
+            .iter()
+            .filter(|(pid, p)| alive.get(pid).is_some_and(|(_, comm)| *comm != p.comm))
+            .map(|(pid, _)| *pid)
+            .collect();
+        again.extend(renamed);
+        again.sort_unstable();
+        again.dedup();
+        for &pid in &again {
             let Some(before) = self.processes.get(&pid).map(|p| p.access) else {
                 continue;
             };
             let start = self.processes[&pid].start;
+            let comm = alive.get(&pid).map(|(_, comm)| comm.clone()).unwrap_or_default();
             self.forget(pid, &mut Vec::new());
             let mut now = Vec::new();
             self.look_at(pid, start, &mut now);
+            if let Some(process) = self.processes.get_mut(&pid) {
+                process.comm = comm;
+            }
             for item in &mut now {
                 if let Found::Reach { access, again, .. } = item {
                     *again = before == Some(*access);
@@ -205,13 +221,16 @@ impl Discovery {
             }
             found.extend(now);
         }
-        let mut new: Vec<(u32, u64)> =
+        let mut new: Vec<(u32, (u64, String))> =
             alive.into_iter().filter(|(pid, _)| !self.processes.contains_key(pid)).collect();
         new.sort_unstable();
-        for (pid, start) in new {
+        for (pid, (start, comm)) in new {
             self.look_at(pid, start, &mut found);
+            if let Some(process) = self.processes.get_mut(&pid) {
+                process.comm = comm;
+            }
         }
-        for pid in again {
+        for pid in &again {
             if let Some(process) = self.processes.get_mut(pid) {
                 process.calls = true;
             }
@@ -254,7 +273,8 @@ impl Discovery {
         self.reached
     }
 
-    fn live_processes(&self) -> HashMap<u32, u64> {
+    /// pid -> (start time, name) of every process but ours.
+    fn live_processes(&self) -> HashMap<u32, (u64, String)> {
         let mut alive = HashMap::new();
         for entry in std::fs::read_dir(&self.proc_root).into_iter().flatten().flatten() {
             let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
@@ -263,8 +283,8 @@ impl Discovery {
             if pid == self.own_pid {
                 continue;
             }
-            if let Some(start) = read_stat(&entry.path()).map(|stat| stat.start_time) {
-                alive.insert(pid, start);
+            if let Some(stat) = read_stat(&entry.path()) {
+                alive.insert(pid, (stat.start_time, stat.comm));
             }
         }
         alive
@@ -314,7 +334,8 @@ impl Discovery {
             }
         }
         let reach = if defining.is_empty() { Reach::Nothing } else { Reach::Retry(RETRIES) };
-        self.processes.insert(pid, Process { start, files, reach, access: None, calls: false });
+        self.processes
+            .insert(pid, Process { start, files, reach, access: None, comm: String::new(), calls: false });
         if reach != Reach::Nothing {
             let libc = libc_of(&mappings);
             self.try_reach(pid, &dir, libc, defining, found);
@@ -808,6 +829,27 @@ mod tests {
             "nothing kept of exited processes"
         );
         assert_eq!(refused.load(Ordering::Relaxed), 1);
+    }
+
+    /// A process seen between its fork and its exec: the exec keeps pid and start time, and is
+    /// noticed by the name it brings.
+    #[test]
+    fn a_process_that_execs_after_it_was_seen_is_looked_at_again() {
+        let mut proc = FakeProc::new("exec");
+        let app = defining_executable(&proc.dir);
+        let (shell, program) = (proc.dir.join("sh"), proc.dir.join("program"));
+        std::fs::write(&shell, b"not an ELF file").unwrap();
+        std::fs::write(&program, &app).unwrap();
+        proc.process(500, &[&shell], false);
+        let mut discovery = Discovery::new(&proc.proc(), 8, Arc::default());
+        assert_eq!(outcome(discovery.scan(&[])), (vec![], vec![]));
+        proc.exit(500);
+        proc.process(500, &[&program], false);
+        assert_eq!(outcome(discovery.scan(&[])), (vec![], vec![]), "the same name: not noticed");
+        let stat = proc.proc().join("500/stat");
+        let renamed = std::fs::read_to_string(&stat).unwrap().replace("(app)", "(program)");
+        std::fs::write(&stat, renamed).unwrap();
+        assert_eq!(outcome(discovery.scan(&[])), (named(&[(500, "program")]), vec![]));
     }
 
     #[test]
