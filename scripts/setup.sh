@@ -3,7 +3,9 @@
 # there, so every README command can call it first. Needs root (apt-get, mounts).
 #   scripts/setup.sh            the build, and tracefs/bpffs mounted (to run the sidecar)
 #   scripts/setup.sh --tests    also what the tests use: the 6.1 kernel under qemu
-#                               (scripts/setup-kernels.sh), docker-compose, setcap/capsh
+#                               (scripts/setup-kernels.sh), Jaeger v2 and an OpenTelemetry
+#                               Collector built from Go modules (scripts/setup-observability.sh),
+#                               docker-compose, setcap/capsh
 #   scripts/setup.sh --no-mounts   the build only (image builds: nothing traces there)
 set -euo pipefail
 
@@ -60,4 +62,6 @@ fi
 
 if ((tests)); then
   "$(dirname "$0")/setup-kernels.sh"
+  # The real backends of the compose stack, built from Go modules (pinned in tools/*/go.mod).
+  "$(dirname "$0")/setup-observability.sh"
 fi

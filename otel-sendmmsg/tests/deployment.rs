@@ -149,6 +149,16 @@ fn the_compose_sidecar_is_unprivileged_with_exactly_the_documented_capabilities(
     assert_sidecar_accepts(&env, "docker-compose.yml sidecar");
 }
 
+/// What a Collector's `${env:NAME:-default}` gives when NAME is unset (the compose stack sets none
+/// of them); any other value as it is.
+fn env_default(value: &str) -> &str {
+    value
+        .strip_prefix("${env:")
+        .and_then(|rest| rest.strip_suffix('}'))
+        .and_then(|inner| inner.split_once(":-"))
+        .map_or(value, |(_, default)| default)
+}
+
 #[test]
 fn the_compose_services_connect() {
     let compose = parse("docker-compose.yml");
@@ -165,10 +175,10 @@ fn the_compose_services_connect() {
     );
     let config = parse("collector-config/compose.yaml");
     let grpc = string(at(&config, "receivers.otlp.protocols.grpc.endpoint"), "grpc endpoint");
-    assert_eq!(grpc, "0.0.0.0:4317", "reachable from the other containers");
+    assert_eq!(env_default(&grpc), "0.0.0.0:4317", "reachable from the other containers");
     // ... and it exports to the jaeger service over OTLP.
     let to_jaeger = string(at(&config, "exporters.otlp/jaeger.endpoint"), "jaeger endpoint");
-    assert_eq!(to_jaeger, "jaeger:4317");
+    assert_eq!(env_default(&to_jaeger), "jaeger:4317");
     let jaeger = compose_service("jaeger");
     assert!(strings(&jaeger["ports"], "jaeger ports").iter().any(|p| p == "16686:16686"), "the UI");
 
@@ -773,5 +783,46 @@ fn the_namespace_is_applied_before_anything_in_it() {
         "{} (the Namespace) comes after {}, which lives in it",
         docs[namespace].0,
         docs[first_namespaced].0
+    );
+}
+
+/// The version `module` is required at in the Go module `dir` (tools/otelcol, tools/jaeger).
+fn go_requirement(dir: &str, module: &str) -> String {
+    let go_mod = read(&format!("{dir}/go.mod"));
+    go_mod
+        .lines()
+        .find_map(|l| {
+            let mut words = l.split_whitespace();
+            (words.next() == Some(module)).then(|| words.next().unwrap().to_owned())
+        })
+        .unwrap_or_else(|| panic!("{dir}/go.mod requires no {module}"))
+}
+
+/// The images the compose file and the DaemonSet's agent run are the releases the tests build
+/// and run (tools/otelcol, tools/jaeger): what is tested is what is deployed.
+#[test]
+fn the_deployed_images_are_the_releases_the_tests_run() {
+    let collector = go_requirement("tools/otelcol", "go.opentelemetry.io/collector/otelcol");
+    let collector = collector.trim_start_matches('v');
+    let compose = string(&compose_service("collector")["image"], "collector");
+    assert_eq!(compose, format!("otel/opentelemetry-collector-contrib:{collector}"));
+    let agent = read("deploy/kubernetes/collector-agent.yaml");
+    assert!(
+        agent.contains(&format!("image: otel/opentelemetry-collector-contrib:{collector}\n")),
+        "the agent runs the collector release the tests build ({collector})"
+    );
+    // tools/jaeger/go.mod pins module github.com/jaegertracing/jaeger v1.N, and names the Jaeger
+    // v2 release that is.
+    let jaeger_mod = read("tools/jaeger/go.mod");
+    let module = go_requirement("tools/jaeger", "github.com/jaegertracing/jaeger");
+    let release = jaeger_mod
+        .split(&format!("{module} is Jaeger v"))
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !(c.is_ascii_digit() || c == '.')).next())
+        .map(|v| v.trim_end_matches('.'))
+        .expect("tools/jaeger/go.mod names the Jaeger release of its module version");
+    assert_eq!(
+        string(&compose_service("jaeger")["image"], "jaeger"),
+        format!("jaegertracing/jaeger:{release}")
     );
 }
