@@ -25,7 +25,6 @@ use otel_sendmmsg_common::{
 use crate::{
     pairing::{count, RECORDS},
     socket::{offsets, read},
-    task,
 };
 
 /// tgid -> start time of the process whose identity was sent. LRU: an entry evicted while its
@@ -39,13 +38,12 @@ static IDENTITY_SEEN: LruHashMap<u32, u64> = LruHashMap::with_max_entries(16384,
 static IDENTITY_ON: Array<u32> = Array::with_max_entries(1, 0);
 
 /// At a traced call's entry, in the calling task: sends the process's identity unless it was
-/// already sent for this process.
+/// already sent for this process (`start`: `task::process_start_ns`, read once per call).
 #[inline(always)]
-pub fn capture_once(tgid: u32) {
+pub fn capture_once(tgid: u32, start: u64) {
     if IDENTITY_ON.get(0).copied() != Some(1) {
         return;
     }
-    let start = task::process_start_ns();
     if start == 0 {
         return;
     }

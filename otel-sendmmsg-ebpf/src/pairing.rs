@@ -171,8 +171,8 @@ enum Parent {
 /// record its SDK published is authoritative (with its sampled flag); the shared map (OBI's, no
 /// flags: an entry there is a span someone traces) only stands in when there is none.
 #[inline(always)]
-fn parent(tgid: u32, dst: &mut TraceContext) -> Parent {
-    match thread_context::read_current(tgid, dst) {
+fn parent(tgid: u32, start: u64, dst: &mut TraceContext) -> Parent {
+    match thread_context::read_current(tgid, start, dst) {
         Published::Span(true) => Parent::Sampled,
         Published::Span(false) => Parent::NotSampled,
         Published::Nothing if context::copy_current(dst) => Parent::Sampled,
@@ -195,6 +195,8 @@ pub fn on_entry(args: CallArgs) {
     };
     // SAFETY: this CPU's scratch slot, valid for the whole program run.
     let rec = unsafe { &mut *rec };
+    // Once per call, for the thread context's and the identity's checks and for the record.
+    let start = task::process_start_ns();
     let has_parent = if is_self(tgid) {
         false
     } else {
@@ -204,7 +206,7 @@ pub fn on_entry(args: CallArgs) {
             return;
         }
         // The parent-based sampler: a parent's own flag decides; only roots are drawn for.
-        let has_parent = match parent(tgid, &mut rec.parent) {
+        let has_parent = match parent(tgid, start, &mut rec.parent) {
             Parent::Sampled => true,
             Parent::NotSampled => {
                 count(Counter::ParentNotSampled);
@@ -218,7 +220,7 @@ pub fn on_entry(args: CallArgs) {
             return;
         }
         // Before the call's own record, so user space knows the process before its first span.
-        identity::capture_once(tgid);
+        identity::capture_once(tgid, start);
         has_parent
     };
     rec.version = RECORD_VERSION;
@@ -227,6 +229,7 @@ pub fn on_entry(args: CallArgs) {
     rec.tid = tid;
     rec.start_ns = unsafe { bpf_ktime_get_ns() };
     rec.end_ns = 0;
+    rec.process_start_ns = start;
     rec.msgvec = args.msgvec;
     rec.ret = 0;
     rec.sockfd = args.sockfd;
@@ -355,7 +358,6 @@ pub fn on_exit(ret: i64) {
         count(Counter::FilteredAtExit);
     } else {
         let _ = socket::read_socket(rec.sockfd, &mut rec.socket);
-        rec.process_start_ns = task::process_start_ns();
         // One copy, map value -> ring buffer. The self-test waits on its records: they always
         // wake the reader.
         // SAFETY: a global the loader overwrites; volatile keeps the compiler from folding it.

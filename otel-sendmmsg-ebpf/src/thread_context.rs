@@ -19,7 +19,6 @@ use otel_sendmmsg_common::{thread_context as record, Counter, ThreadContextAcces
 use crate::{
     pairing::count,
     socket::{offsets, read},
-    task,
 };
 
 /// tgid -> how to reach its threads' `otel_thread_ctx_v1`. User space sizes it at load time
@@ -42,9 +41,10 @@ pub enum Published {
     Span(bool),
 }
 
-/// Reads the current thread's record into `dst` when its process exports the symbol.
+/// Reads the current thread's record into `dst` when its process exports the symbol (`start`:
+/// the process's start, `task::process_start_ns`, read once per call).
 #[inline(always)]
-pub fn read_current(tgid: u32, dst: &mut TraceContext) -> Published {
+pub fn read_current(tgid: u32, start: u64, dst: &mut TraceContext) -> Published {
     // SAFETY: a copy of the value is taken at once.
     let Some(access) = (unsafe { THREAD_CONTEXT_ACCESS.get(&tgid) }).copied() else {
         return Published::Nothing;
@@ -52,7 +52,7 @@ pub fn read_current(tgid: u32, dst: &mut TraceContext) -> Published {
     let off = offsets();
     if off.task_fsbase == 0
         || access.ns_per_tick == 0
-        || access.start_ticks != task::process_start_ns() / access.ns_per_tick
+        || access.start_ticks != start / access.ns_per_tick
     {
         return Published::Nothing;
     }
