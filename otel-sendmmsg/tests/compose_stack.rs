@@ -217,12 +217,7 @@ fn jaeger_shows_the_demo_apps_spans_with_their_sendmmsg_children() {
     let pid = app.id();
     let mut lines = BufReader::new(app.stdout.take().unwrap()).lines().map_while(Result::ok);
     assert!(lines.any(|l| l == "waiting"), "the demo app did not get ready");
-    let read = format!("thread context: reading otel_thread_ctx_v1 of process {pid} ");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !sidecar.stderr().contains(&read) {
-        assert!(Instant::now() < deadline, "the sidecar never read the demo app:\n{}", sidecar.stderr());
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_until_thread_context_read(&sidecar, pid);
     writeln!(app.stdin.take().unwrap(), "go").unwrap();
     assert!(app.wait().unwrap().success());
     let stopped = sidecar.stop();

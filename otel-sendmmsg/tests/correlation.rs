@@ -11,7 +11,7 @@ use std::{
     net::UdpSocket,
     process::{Child, ChildStdin, Command, Stdio},
     sync::mpsc,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use aya::maps::{HashMap as BpfHashMap, MapData};
@@ -78,16 +78,6 @@ impl Demo {
     }
 }
 
-/// Waits until the sidecar reads the thread context of process `pid`.
-fn wait_until_read(sidecar: &Sidecar, pid: u32) {
-    let line = format!("thread context: reading otel_thread_ctx_v1 of process {pid} ");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !sidecar.stderr().contains(&line) {
-        assert!(Instant::now() < deadline, "the sidecar never read process {pid}:\n{}", sidecar.stderr());
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -115,7 +105,7 @@ fn run_demo(before_go: impl FnOnce(&Demo)) -> Outcome {
     ]);
     let demo = Demo::start(&receiver.endpoint, &sink);
     let pid = demo.pid();
-    wait_until_read(&sidecar, pid);
+    wait_until_thread_context_read(&sidecar, pid);
     before_go(&demo);
     demo.run();
     let stopped = sidecar.stop();
@@ -270,7 +260,7 @@ fn a_c_program_publishes_its_span_through_the_header() {
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines().map_while(Result::ok);
         let pid: u32 = lines.next().unwrap().strip_prefix("pid ").unwrap().parse().unwrap();
         assert_eq!(lines.next().as_deref(), Some("waiting"));
-        wait_until_read(&sidecar, pid);
+        wait_until_thread_context_read(&sidecar, pid);
         writeln!(child.stdin.take().unwrap(), "go").unwrap();
         assert!(child.wait().unwrap().success());
         pids.push((kind, pid));

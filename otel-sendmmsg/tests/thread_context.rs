@@ -162,16 +162,6 @@ impl Writer {
     }
 }
 
-/// Waits for the sidecar's line saying it reads the process's thread context.
-fn wait_until_read(sidecar: &Sidecar, pid: u32) {
-    let line = format!("thread context: reading otel_thread_ctx_v1 of process {pid} ");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !sidecar.stderr().contains(&line) {
-        assert!(Instant::now() < deadline, "process {pid} was never read:\n{}", sidecar.stderr());
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -286,7 +276,7 @@ fn each_call_has_exactly_the_parent_published_at_that_moment_in_every_tls_model(
         let mut writer = Writer::start(&dir.join(variant), &sink, &[]);
         // The program's first call names it to the sidecar, which reads it then.
         writer.send();
-        wait_until_read(&sidecar, writer.pid);
+        wait_until_thread_context_read(&sidecar, writer.pid);
         let expected = switch_detach_and_mislead(&mut writer);
         runs.push((variant.to_owned(), writer.pid, expected));
         writer.exit();
@@ -300,7 +290,7 @@ fn each_call_has_exactly_the_parent_published_at_that_moment_in_every_tls_model(
         writer.run(&format!("dlopen {}", dir.join(library).display()));
         // Loaded after the first call: found when the sidecar reads the calling process's
         // mappings again.
-        wait_until_read(&sidecar, writer.pid);
+        wait_until_thread_context_read(&sidecar, writer.pid);
         let expected = switch_detach_and_mislead(&mut writer);
         runs.push((format!("dlopen {library}"), writer.pid, expected));
         writer.exit();
@@ -407,7 +397,7 @@ fn a_published_sampled_flag_decides_over_the_root_sampler() {
     let mut writer = Writer::start(&dir.join("writer"), &sink, &[]);
     // Unsampled as a root, but it names the process to the sidecar.
     writer.send();
-    wait_until_read(&sidecar, writer.pid);
+    wait_until_thread_context_read(&sidecar, writer.pid);
     let sampled = publish(&mut writer, 6, 1);
     writer.send();
     publish(&mut writer, 7, 0);

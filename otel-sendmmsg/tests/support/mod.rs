@@ -778,6 +778,17 @@ impl Sidecar {
     }
 }
 
+/// Waits until the sidecar logs that it reads process `pid`'s OTEP 4947 thread context (found
+/// by its scan of new processes, or at the process's first call).
+pub fn wait_until_thread_context_read(sidecar: &Sidecar, pid: u32) {
+    let line = format!("thread context: reading otel_thread_ctx_v1 of process {pid} ");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !sidecar.stderr().contains(&line) {
+        assert!(Instant::now() < deadline, "the sidecar never read process {pid}:\n{}", sidecar.stderr());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// One sidecar at a time within a test binary: sidecars share the host's tracepoints and the
 /// pinned context map, scan every process (each other's included), and a peak RSS measured must
 /// be one sidecar's work alone.
