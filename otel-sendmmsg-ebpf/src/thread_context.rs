@@ -50,10 +50,7 @@ pub fn read_current(tgid: u32, start: u64, dst: &mut TraceContext) -> Published 
         return Published::Nothing;
     };
     let off = offsets();
-    if off.task_fsbase == 0
-        || access.ns_per_tick == 0
-        || access.start_ticks != start / access.ns_per_tick
-    {
+    if off.task_fsbase == 0 || access.ns_per_tick == 0 || access.start_ticks != start / access.ns_per_tick {
         return Published::Nothing;
     }
     // SAFETY: reading the current task pointer has no preconditions.
