@@ -168,13 +168,13 @@ impl Discovery {
         }
     }
 
-    /// Forgets the processes that exited, reads the new ones and those named in `again` (their
+    /// Forgets the processes that exited, reads the new ones and those `named` (their
     /// program changed or started calling), and retries those waiting for a slot or for their
     /// dynamic linker.
-    pub fn scan(&mut self, again: &[u32]) -> Vec<Found> {
+    pub fn scan(&mut self, named: &[u32]) -> Vec<Found> {
         let mut found = Vec::new();
         self.scans += 1;
-        let mut again = again.to_vec();
+        let mut again = named.to_vec();
         if self.scans.is_multiple_of(RELOOK_EVERY) {
             again.extend(self.changed_callers());
         }
@@ -203,13 +203,13 @@ impl Discovery {
             let Some(before) = self.processes.get(&pid).map(|p| p.access) else {
                 continue;
             };
-            let start = self.processes[&pid].start;
+            let (start, calls) = (self.processes[&pid].start, self.processes[&pid].calls);
             let comm = alive.get(&pid).map(|(_, comm)| comm.clone()).unwrap_or_default();
             self.forget(pid, &mut Vec::new());
             let mut now = Vec::new();
-            self.look_at(pid, start, &mut now);
+            self.look_at(pid, start, comm, &mut now);
             if let Some(process) = self.processes.get_mut(&pid) {
-                process.comm = comm;
+                process.calls = calls;
             }
             for item in &mut now {
                 if let Found::Reach { access, again, .. } = item {
@@ -225,12 +225,10 @@ impl Discovery {
             alive.into_iter().filter(|(pid, _)| !self.processes.contains_key(pid)).collect();
         new.sort_unstable();
         for (pid, (start, comm)) in new {
-            self.look_at(pid, start, &mut found);
-            if let Some(process) = self.processes.get_mut(&pid) {
-                process.comm = comm;
-            }
+            self.look_at(pid, start, comm, &mut found);
         }
-        for pid in &again {
+        // Only the processes whose first call named them are known callers; a renamed one is not.
+        for pid in named {
             if let Some(process) = self.processes.get_mut(pid) {
                 process.calls = true;
             }
@@ -310,7 +308,7 @@ impl Discovery {
 
     /// Reads a process's maps, looks into the files it maps that were not looked into yet, and
     /// reaches it if one of them defines the variable.
-    fn look_at(&mut self, pid: u32, start: u64, found: &mut Vec<Found>) {
+    fn look_at(&mut self, pid: u32, start: u64, comm: String, found: &mut Vec<Found>) {
         let dir = self.proc_root.join(pid.to_string());
         let maps = read_maps(&dir.join("maps")).unwrap_or_default();
         let mappings = executable_mappings(&maps);
@@ -334,8 +332,7 @@ impl Discovery {
             }
         }
         let reach = if defining.is_empty() { Reach::Nothing } else { Reach::Retry(RETRIES) };
-        self.processes
-            .insert(pid, Process { start, files, reach, access: None, comm: String::new(), calls: false });
+        self.processes.insert(pid, Process { start, files, reach, access: None, comm, calls: false });
         if reach != Reach::Nothing {
             let libc = libc_of(&mappings);
             self.try_reach(pid, &dir, libc, defining, found);
