@@ -8,7 +8,10 @@
 //! Environment: `OTEL_SERVICE_NAME` (default `my-app`), the standard `OTEL_EXPORTER_OTLP_*`,
 //! `DEMO_TARGET` (default `127.0.0.1:8125`), `DEMO_INTERVAL_MS` (default 500),
 //! `DEMO_BATCH` (messages per call, default 16), `DEMO_ITERATIONS` (default: forever),
-//! `DEMO_WAIT_FOR_STDIN=1` (start when a line arrives: lets a test attach first).
+//! `DEMO_WAIT_FOR_STDIN=1` (start when a line arrives: lets a test attach first),
+//! `DEMO_OVERSIZED_EVERY=N` (every Nth batch, counting from the first, carries one datagram over
+//! UDP's 65,507-byte limit in its middle: the kernel refuses it with EMSGSIZE and the call stops
+//! there, the partial send a syscall span is for; default 0, never).
 //! A `heartbeat` thread also sends, without publishing a span: its syscall spans stay roots.
 
 use std::{
@@ -59,7 +62,10 @@ fn announce(thread: &str) {
     println!("thread {thread} {tid}");
 }
 
-fn publish_batch(socket: &UdpSocket, batch: usize, seq: u64) {
+/// Larger than any UDP payload (65,535 minus the IPv4 and UDP headers).
+const OVERSIZED: usize = 70_000;
+
+fn publish_batch(socket: &UdpSocket, batch: usize, seq: u64, oversized: bool) {
     let tracer = global::tracer("otel-sendmmsg-demo");
     let mut span = tracer.start("publish-batch");
     span.set_attribute(KeyValue::new("batch.size", batch as i64));
@@ -68,10 +74,19 @@ fn publish_batch(socket: &UdpSocket, batch: usize, seq: u64) {
     // The one line otel-sendmmsg needs: this thread's sendmmsg calls are children of the span
     // until the guard drops.
     let _published = otel_sendmmsg_context::publish_current();
-    let payloads: Vec<Vec<u8>> =
+    let mut payloads: Vec<Vec<u8>> =
         (0..batch).map(|i| format!("demo.sent:{}|c|#seq:{seq}", i + 1).into_bytes()).collect();
+    if oversized {
+        payloads[batch / 2] = vec![b'x'; OVERSIZED];
+    }
     match send_batch(socket, &payloads) {
-        Ok(sent) => cx.span().set_attribute(KeyValue::new("batch.sent", sent as i64)),
+        Ok(sent) => {
+            cx.span().set_attribute(KeyValue::new("batch.sent", sent as i64));
+            // sendmmsg reports how many went, not why the rest did not: the syscall span says.
+            if sent < batch {
+                cx.span().set_status(opentelemetry::trace::Status::error(format!("sent {sent} of {batch}")));
+            }
+        }
         Err(e) => cx.span().set_status(opentelemetry::trace::Status::error(e.to_string())),
     }
 }
@@ -98,6 +113,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let interval = Duration::from_millis(env_or("DEMO_INTERVAL_MS", 500));
     let batch: usize = env_or("DEMO_BATCH", 16);
     let iterations: u64 = env_or("DEMO_ITERATIONS", u64::MAX);
+    let oversized_every: u64 = env_or("DEMO_OVERSIZED_EVERY", 0);
     let wait = std::env::var("DEMO_WAIT_FOR_STDIN").is_ok_and(|v| v == "1");
 
     let socket = UdpSocket::bind(if target.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" })?;
@@ -112,7 +128,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         announce("publisher");
         go.wait();
         for seq in 0..iterations {
-            publish_batch(&socket, batch, seq);
+            let oversized = oversized_every > 0 && seq % oversized_every == 0 && batch > 0;
+            publish_batch(&socket, batch, seq, oversized);
             std::thread::sleep(interval);
         }
     })?;
