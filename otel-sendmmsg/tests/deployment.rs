@@ -177,7 +177,7 @@ fn the_compose_services_connect() {
     let grpc = string(at(&config, "receivers.otlp.protocols.grpc.endpoint"), "grpc endpoint");
     assert_eq!(env_default(&grpc), "0.0.0.0:4317", "reachable from the other containers");
     // ... and it exports to the jaeger service over OTLP.
-    let to_jaeger = string(at(&config, "exporters.otlp/jaeger.endpoint"), "jaeger endpoint");
+    let to_jaeger = string(at(&config, "exporters.otlp_grpc/jaeger.endpoint"), "jaeger endpoint");
     assert_eq!(env_default(&to_jaeger), "jaeger:4317");
     let jaeger = compose_service("jaeger");
     assert!(strings(&jaeger["ports"], "jaeger ports").iter().any(|p| p == "16686:16686"), "the UI");
@@ -213,8 +213,8 @@ fn the_compose_services_connect() {
 /// caught before a collector refuses to start.
 const KNOWN_TYPES: &[(&str, &[&str])] = &[
     ("receivers", &["otlp"]),
-    ("processors", &["memory_limiter", "batch", "resource", "k8sattributes"]),
-    ("exporters", &["otlp", "loadbalancing", "debug"]),
+    ("processors", &["memory_limiter", "batch", "resource", "k8s_attributes"]),
+    ("exporters", &["otlp_grpc", "load_balancing", "debug"]),
     ("extensions", &["health_check"]),
 ];
 
@@ -305,9 +305,9 @@ fn the_config_check_finds_what_is_missing_and_what_is_left_over() {
     let broken = &parse_all(
         "receivers: {otlp: {}}\n\
          processors: {batch: {}, batch/unused: {}}\n\
-         exporters: {otlp/jaeger: {}, otlphttp: {}}\n\
+         exporters: {otlp_grpc/jaeger: {}, otlphttp: {}}\n\
          service:\n  pipelines:\n    traces:\n      receivers: [otlp, zipkin]\n      \
-         processors: [batch]\n      exporters: [otlp/jaeger, otlp/missing]\n",
+         processors: [batch]\n      exporters: [otlp_grpc/jaeger, otlp_grpc/missing]\n",
         "the broken example",
     )[0];
     assert_eq!(
@@ -315,7 +315,7 @@ fn the_config_check_finds_what_is_missing_and_what_is_left_over() {
         [
             "receivers: zipkin is used but not defined",
             "processors: batch/unused is defined but no pipeline uses it",
-            "exporters: otlp/missing is used but not defined",
+            "exporters: otlp_grpc/missing is used but not defined",
             "exporters: otlphttp is defined but no pipeline uses it",
             "exporters: otlphttp is of an unknown type otlphttp",
         ]
@@ -325,11 +325,11 @@ fn the_config_check_finds_what_is_missing_and_what_is_left_over() {
 #[test]
 fn the_gateway_balances_by_trace_id() {
     let gateway = parse("collector-config/gateway.yaml");
-    assert_eq!(string(at(&gateway, "exporters.loadbalancing.routing_key"), "routing_key"), "traceID");
-    let resolver = keys(at(&gateway, "exporters.loadbalancing.resolver"));
+    assert_eq!(string(at(&gateway, "exporters.load_balancing.routing_key"), "routing_key"), "traceID");
+    let resolver = keys(at(&gateway, "exporters.load_balancing.resolver"));
     assert!(!resolver.is_empty(), "a resolver for the tier's members");
     let agent = parse("collector-config/agent.yaml");
-    assert_eq!(keys(at(&agent, "exporters")), ["otlp/gateway"], "the agent forwards to the gateway");
+    assert_eq!(keys(at(&agent, "exporters")), ["otlp_grpc/gateway"], "the agent forwards to the gateway");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -522,18 +522,18 @@ fn the_agent_runs_the_checked_in_agent_config() {
     assert!(env.contains(&"K8S_NODE_NAME".to_owned()), "agent.yaml reads ${{env:K8S_NODE_NAME}}");
 }
 
-/// The agent's k8sattributes processor (the only one of that type).
-fn k8sattributes(agent: &Yaml) -> (String, &Yaml) {
+/// The agent's k8s_attributes processor (the only one of that type).
+fn k8s_attributes(agent: &Yaml) -> (String, &Yaml) {
     let names: Vec<String> = keys(&agent["processors"])
         .into_iter()
-        .filter(|n| n.split('/').next() == Some("k8sattributes"))
+        .filter(|n| n.split('/').next() == Some("k8s_attributes"))
         .collect();
-    assert_eq!(names.len(), 1, "one k8sattributes processor in agent.yaml: {names:?}");
+    assert_eq!(names.len(), 1, "one k8s_attributes processor in agent.yaml: {names:?}");
     let processor = &agent["processors"][names[0].as_str()];
     (names[0].clone(), processor)
 }
 
-/// What the k8sattributes processor reads through the API for what it is configured to extract,
+/// What the k8s_attributes processor reads through the API for what it is configured to extract,
 /// as (API group, resource): its README ("Cluster-scoped RBAC", collector 0.129.0) asks for pods
 /// and namespaces always, replicasets for the deployment's name or uid, nodes for the node's uid
 /// or labels and annotations; and deployments for a deployment's labels and annotations.
@@ -562,7 +562,7 @@ fn resources_read_by(processor: &Yaml) -> BTreeSet<(String, String)> {
 #[test]
 fn the_agent_adds_the_kubernetes_metadata_of_each_spans_container() {
     let agent = parse("collector-config/agent.yaml");
-    let (name, processor) = k8sattributes(&agent);
+    let (name, processor) = k8s_attributes(&agent);
 
     // In every traces and metrics pipeline, after the memory limiter and before the batch.
     let pipelines = at(&agent, "service.pipelines");
@@ -641,17 +641,17 @@ fn the_agent_adds_the_kubernetes_metadata_of_each_spans_container() {
     let (repository, tag) = image.rsplit_once(':').unwrap_or_else(|| panic!("{image}: pinned"));
     assert_eq!(
         repository, "otel/opentelemetry-collector-contrib",
-        "the contrib distribution has k8sattributes"
+        "the contrib distribution has k8s_attributes"
     );
     let version: Vec<u32> =
         tag.split('.').map(|part| part.parse().unwrap_or_else(|_| panic!("{image}: a version"))).collect();
-    assert!(version >= vec![0, 129, 0], "{image}: k8sattributes matches container.id from 0.129.0 on");
+    assert!(version >= vec![0, 129, 0], "{image}: k8s_attributes matches container.id from 0.129.0 on");
 }
 
 #[test]
-fn the_agent_may_read_exactly_what_its_k8sattributes_processor_needs() {
+fn the_agent_may_read_exactly_what_its_k8s_attributes_processor_needs() {
     let agent = parse("collector-config/agent.yaml");
-    let needed = resources_read_by(k8sattributes(&agent).1);
+    let needed = resources_read_by(k8s_attributes(&agent).1);
     let docs = manifests();
     let daemonset = find(&docs, "DaemonSet", "otel-collector-agent");
     let spec = at(daemonset, "spec.template.spec");
