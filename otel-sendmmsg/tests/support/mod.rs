@@ -2,6 +2,7 @@
 //! the official protocol definitions), the real sidecar binary, and the real workload binary.
 #![allow(dead_code)] // each test binary uses its own part of this
 
+pub mod backends;
 pub mod qemu;
 
 use std::{
