@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Builds what the tests run as real backends, from Go modules, and skips what is already built:
+# Builds the Go programs the tests run, from Go modules, and skips what is already built:
 #   otelcol  an OpenTelemetry Collector with exactly the components collector-config/ uses
 #            (the Go module tools/otelcol)
 #   jaeger   Jaeger v2 (the Go module tools/jaeger; run it with tools/jaeger/config.yaml)
-# Their versions are pinned in tools/otelcol/go.mod and tools/jaeger/go.mod, nowhere else. Each
+#   dockerfile-check  whether a Dockerfile builds with Debian's docker (tools/dockerfile-check)
+# Their versions are pinned in tools/*/go.mod, nowhere else. Each
 # binary is named after a hash of its module's files and the Go version, so a changed pin builds a
 # new one and an unchanged one is never rebuilt; `otelcol` and `jaeger` beside them are symlinks
 # to the current ones. The first run downloads the modules into the default module cache
@@ -28,7 +29,7 @@ trap '[[ -z $tmp ]] || rm -f "$tmp"' EXIT
 go_version=$(go env GOVERSION)
 
 # The version of module $2 that $1/go.mod requires, for the log.
-required_version() { awk -v m="$2" '$1 == m { print $2; exit }' "$1/go.mod"; }
+required_version() { awk -v m="$2" '$1 == m { print $2; exit } $1 == "require" && $2 == m { print $3; exit }' "$1/go.mod"; }
 
 # build NAME MODULE_DIR PACKAGE VERSION: $bin_dir/NAME-HASH unless it exists, then NAME -> it.
 build() {
@@ -66,3 +67,5 @@ build otelcol "$root/tools/otelcol" . \
   "$(required_version "$root/tools/otelcol" go.opentelemetry.io/collector/otelcol)"
 build jaeger "$root/tools/jaeger" github.com/jaegertracing/jaeger/cmd/jaeger \
   "v2 (module $(required_version "$root/tools/jaeger" github.com/jaegertracing/jaeger))"
+build dockerfile-check "$root/tools/dockerfile-check" . \
+  "(Docker 20.10's Dockerfile parser, BuildKit $(required_version "$root/tools/dockerfile-check" github.com/moby/buildkit))"

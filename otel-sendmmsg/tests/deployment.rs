@@ -2,7 +2,10 @@
 //! validates the compose file; every collector configuration is complete and has no leftovers;
 //! the Kubernetes manifests hang together; the agent collector adds Kubernetes metadata by
 //! `container.id` and may read exactly what that needs; and the Dockerfile, docker-compose.yml and
-//! the DaemonSet grant exactly the capabilities `privileges::CAPABILITIES` lists, no more, no fewer.
+//! the DaemonSet grant exactly the capabilities `privileges::CAPABILITIES` lists, no more, no fewer;
+//! and the images build with Debian's docker (Docker 20.10's own Dockerfile parser).
+
+mod support;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -12,6 +15,7 @@ use std::{
 };
 
 use otel_sendmmsg::{config::Config, privileges::CAPABILITIES};
+use support::backends::backend;
 use yaml_rust2::{Yaml, YamlLoader};
 
 fn repo() -> PathBuf {
@@ -763,6 +767,33 @@ fn the_image_gives_the_binary_exactly_the_documented_capabilities_and_runs_as_no
         assert_eq!(string(&build["context"], service), ".", "{service}: the workspace is the context");
         assert_eq!(string(&build["dockerfile"], service), file);
     }
+}
+
+/// Both images build with Debian 12's docker.io and docker-compose, whose builder is Docker's
+/// classic one: tools/dockerfile-check (Docker 20.10's Dockerfile parser and the classic builder's
+/// refusals) accepts them, and refuses what only BuildKit builds.
+#[test]
+fn the_images_build_with_debians_docker_without_buildkit() {
+    let check = |path: &Path| Command::new(backend("dockerfile-check")).arg(path).output().unwrap();
+    for file in ["Dockerfile", "otel-sendmmsg-demo/Dockerfile"] {
+        let out = check(&repo().join(file));
+        assert!(out.status.success(), "{file}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let dir = std::env::temp_dir().join(format!("otel-sendmmsg-dockerfile-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for (line, refusal) in [
+        ("RUN --mount=type=bind,from=build,source=/a,target=/b true", "RUN --mount needs BuildKit"),
+        ("COPY --chmod=0755 a /a", "COPY --chmod needs BuildKit"),
+        ("COPY --link a /a", "Unknown flag: link"),
+        ("RUN <<EOF\necho heredoc\nEOF", "unknown instruction: ECHO"),
+    ] {
+        let file = dir.join("Dockerfile");
+        std::fs::write(&file, format!("FROM debian:bookworm-slim\n{line}\n")).unwrap();
+        let out = check(&file);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && stderr.contains(refusal), "{line}: {stderr}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// `kubectl apply -f deploy/kubernetes/` applies the files in name order: the namespace must
