@@ -20,7 +20,7 @@
 use std::{collections::HashSet, sync::OnceLock, time::Duration};
 
 use libfuzzer_sys::fuzz_target;
-use otel_sendmmsg::config::{variables, Config, ConfigError, PREFIX};
+use otel_sendmmsg::config::{variables, Config, ConfigError, ParentRule, PREFIX};
 
 /// Every variable the settings read.
 fn known() -> &'static [String] {
@@ -70,7 +70,10 @@ fn check_accepted(config: &Config) {
     assert!((1..=1 << 20).contains(&config.max_inflight), "{config:?}");
     assert!((1..=1 << 18).contains(&config.max_context_processes), "{config:?}");
     let f = &config.filters;
-    assert!((0.0..=1.0).contains(&f.sample_ratio), "{config:?}");
+    assert!((0.0..=1.0).contains(&f.sampler.root_ratio), "{config:?}");
+    if let ParentRule::TraceIdRatio(ratio) = f.sampler.with_parent {
+        assert!((0.0..=1.0).contains(&ratio), "{config:?}");
+    }
     assert!(f.pids.iter().all(|&p| p > 0), "{config:?}");
     assert!(f.comms.iter().all(|c| !c.is_empty() && c.len() <= 15 && !c.contains('\0')), "{config:?}");
     assert!(f.cgroups.iter().all(|c| !c.as_os_str().is_empty()), "{config:?}");

@@ -206,10 +206,14 @@ pub struct KernelOffsets {
 pub struct FilterSettings {
     /// Bits of [`filter`].
     pub flags: u32,
-    /// With [`filter::SAMPLE`]: a call is traced when a random u32 falls below this.
-    pub sample_below: u32,
+    /// With [`filter::SAMPLE_ROOTS`]: a call without a parent is traced when a random u32 falls
+    /// below this.
+    pub root_below: u32,
     /// Calls shorter than this are dropped at exit (0: none).
     pub min_duration_ns: u64,
+    /// With [`filter::TRACE_ID_RATIO`]: a call with a parent is traced when the lowest 56 bits
+    /// of the parent's trace id fall below this (`1 << 56`: every one), whatever its flag.
+    pub trace_id_below: u64,
 }
 
 pub mod filter {
@@ -221,12 +225,16 @@ pub mod filter {
     pub const CGROUPS: u32 = 4;
     /// Export only calls that failed or had a failed message.
     pub const ERRORS_ONLY: u32 = 8;
-    /// Trace a random share of calls (head sampling, decided at entry).
-    pub const SAMPLE: u32 = 16;
-    /// The filters decided at entry (before any per-call work).
-    pub const AT_ENTRY: u32 = PIDS | COMMS | CGROUPS | SAMPLE;
+    /// Trace a random share of the calls without a parent (head sampling, decided at entry).
+    pub const SAMPLE_ROOTS: u32 = 16;
+    /// A call with a parent is decided by the parent's trace id (`trace_id_below`), not by the
+    /// parent's sampled flag (the samplers that are not parent-based).
+    pub const TRACE_ID_RATIO: u32 = 32;
     /// The filters that are properties of the process, not draws.
     pub const PROCESS: u32 = PIDS | COMMS | CGROUPS;
+    /// How many of the lowest bits of a trace id are its randomness, as the W3C Trace Context
+    /// (level 2) and OpenTelemetry's consistent samplers use them.
+    pub const TRACE_ID_RANDOM_BITS: u32 = 56;
 }
 
 /// One `sendmmsg` call, from entry to exit.
@@ -479,7 +487,7 @@ const _: () = assert!(core::mem::offset_of!(CallRecord, parent) == 168);
 const _: () = assert!(core::mem::offset_of!(CallRecord, detail) == 192);
 const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 34 * 4);
 const _: () = assert!(core::mem::size_of::<ThreadContextAccess>() == 40);
-const _: () = assert!(core::mem::size_of::<FilterSettings>() == 16);
+const _: () = assert!(core::mem::size_of::<FilterSettings>() == 24);
 const _: () = assert!(core::mem::size_of::<IdentityRecord>() == 64 + 16 + 3 * IDENTITY_NAME_LEN + ENV_WINDOW);
 const _: () = assert!(core::mem::offset_of!(IdentityRecord, env) % 8 == 0);
 const _: () = assert!(ENV_WINDOW.is_multiple_of(ENV_PAGE));

@@ -13,7 +13,8 @@ use otel_sendmmsg_common::{filter, CallRecord, FilterSettings};
 use crate::socket::{offsets, read};
 
 #[unsafe(no_mangle)]
-static FILTERS: FilterSettings = FilterSettings { flags: 0, sample_below: 0, min_duration_ns: 0 };
+static FILTERS: FilterSettings =
+    FilterSettings { flags: 0, root_below: 0, min_duration_ns: 0, trace_id_below: 0 };
 
 /// Process ids (thread group ids) to trace.
 #[map]
@@ -33,11 +34,26 @@ pub fn settings() -> FilterSettings {
     unsafe { core::ptr::read_volatile(&FILTERS) }
 }
 
-/// The root sampler's draw, for a call without a parent (a parent's own flag decides the others,
-/// see `pairing::on_entry`): false when the sampler is on and leaves this call out.
+/// The sampler's decision for a call without a parent: a random draw when roots are sampled.
 #[inline(always)]
 pub fn sampled_as_root(flags: u32) -> bool {
-    flags & filter::SAMPLE == 0 || unsafe { bpf_get_prandom_u32() } < settings().sample_below
+    flags & filter::SAMPLE_ROOTS == 0 || unsafe { bpf_get_prandom_u32() } < settings().root_below
+}
+
+/// The sampler's decision for a call under a parent span: the parent's own sampled flag (the
+/// parent-based samplers), or the parent's trace id against the ratio, so that every span of a
+/// trace gets the same answer, here and in any SDK that samples by the trace id's randomness.
+#[inline(always)]
+pub fn sampled_with_parent(flags: u32, parent_sampled: bool, trace_id: &[u8; 16]) -> bool {
+    if flags & filter::TRACE_ID_RATIO == 0 {
+        return parent_sampled;
+    }
+    let mut random = 0u64;
+    // Byte by byte (big-endian, the trace id's own order): a slice copy would be a `memcpy`.
+    for byte in &trace_id[16 - (filter::TRACE_ID_RANDOM_BITS / 8) as usize..] {
+        random = random << 8 | u64::from(*byte);
+    }
+    random < settings().trace_id_below
 }
 
 /// Whether the current task matches every process filter that is on (pids, cgroups, names).

@@ -162,8 +162,8 @@ fn is_self(tgid: u32) -> bool {
 
 /// The calling thread's parent span, as the sampler sees it.
 enum Parent {
-    Sampled,
-    NotSampled,
+    /// A span, with its sampled flag.
+    Span(bool),
     None,
 }
 
@@ -173,9 +173,8 @@ enum Parent {
 #[inline(always)]
 fn parent(tgid: u32, start: u64, dst: &mut TraceContext) -> Parent {
     match thread_context::read_current(tgid, start, dst) {
-        Published::Span(true) => Parent::Sampled,
-        Published::Span(false) => Parent::NotSampled,
-        Published::Nothing if context::copy_current(dst) => Parent::Sampled,
+        Published::Span(sampled) => Parent::Span(sampled),
+        Published::Nothing if context::copy_current(dst) => Parent::Span(true),
         Published::Nothing => Parent::None,
     }
 }
@@ -205,20 +204,26 @@ pub fn on_entry(args: CallArgs) {
             set_untraced(tid, untraced::FILTERED);
             return;
         }
-        // The parent-based sampler: a parent's own flag decides; only roots are drawn for.
+        // The sampler (OTEL_TRACES_SAMPLER), here so that a call left out costs no record.
         let has_parent = match parent(tgid, start, &mut rec.parent) {
-            Parent::Sampled => true,
-            Parent::NotSampled => {
-                count(Counter::ParentNotSampled);
-                set_untraced(tid, untraced::FILTERED);
-                return;
+            Parent::Span(sampled) => {
+                if !filters::sampled_with_parent(flags, sampled, &rec.parent.trace_id) {
+                    if !sampled && flags & filter::TRACE_ID_RATIO == 0 {
+                        count(Counter::ParentNotSampled);
+                    }
+                    set_untraced(tid, untraced::FILTERED);
+                    return;
+                }
+                true
             }
-            Parent::None => false,
+            Parent::None => {
+                if !filters::sampled_as_root(flags) {
+                    set_untraced(tid, untraced::FILTERED);
+                    return;
+                }
+                false
+            }
         };
-        if !has_parent && !filters::sampled_as_root(flags) {
-            set_untraced(tid, untraced::FILTERED);
-            return;
-        }
         // Before the call's own record, so user space knows the process before its first span.
         identity::capture_once(tgid, start);
         has_parent
@@ -335,7 +340,7 @@ pub fn on_exit(ret: i64) {
         // filters trace (the sampler cannot be asked after the fact: such a call counts).
         if take_untraced(tid) == 0
             && !is_self(tgid)
-            && (settings.flags & filter::AT_ENTRY == 0 || filters::process_traced(tgid, settings.flags))
+            && (settings.flags & filter::PROCESS == 0 || filters::process_traced(tgid, settings.flags))
         {
             count(Counter::ExitWithoutEntry);
         }

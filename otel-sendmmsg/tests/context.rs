@@ -208,12 +208,18 @@ fn errors_only_keeps_failed_calls_and_calls_with_a_failed_message() {
     assert!(summary_count(&stopped.stderr, "filtered_at_exit") >= 2, "{}", stopped.stderr);
 }
 
+/// The ratio samplers draw for roots at random in the kernel: about the given share of 2000
+/// calls, and none at 0.
 #[test]
-fn head_sampling_traces_about_the_given_share_and_zero_traces_none() {
+fn head_sampling_draws_the_given_share_of_roots() {
     require_root();
-    for (ratio, low, high) in [("0.5", 0.4, 0.6), ("0", 0.0, 0.0)] {
+    for (sampler, ratio, low, high) in [
+        ("traceidratio", "0.5", 0.4, 0.6),
+        ("parentbased_traceidratio", "0.5", 0.4, 0.6),
+        ("parentbased_traceidratio", "0", 0.0, 0.0),
+    ] {
         let (receiver, vars) = collector();
-        let sidecar = start(&vars, &[("OTEL_SENDMMSG_SAMPLE_RATIO", ratio)]);
+        let sidecar = start(&vars, &[("OTEL_TRACES_SAMPLER", sampler), ("OTEL_TRACES_SAMPLER_ARG", ratio)]);
         let out = Command::new(WORKLOAD).args(["loop", "2", "4", "1000"]).output().unwrap();
         let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         let stopped = sidecar.stop();
@@ -222,7 +228,7 @@ fn head_sampling_traces_about_the_given_share_and_zero_traces_none() {
         let pid = report["pid"].as_u64().unwrap() as u32;
         let share = receiver.spans_of(pid).len() as f64 / calls;
         // 2000 draws at p = 0.5: the bounds are 9 standard deviations out.
-        assert!((low..=high).contains(&share), "ratio {ratio}: {share} of {calls} calls traced");
+        assert!((low..=high).contains(&share), "{sampler} {ratio}: {share} of {calls} calls traced");
     }
 }
 

@@ -379,47 +379,80 @@ fn a_symbol_of_that_name_that_is_not_tls_is_never_read() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-/// The parent-based sampler: with the root sampler at 0, calls under a sampled published span
-/// are still traced (the app exports that trace), roots and calls under an unsampled span not.
+/// Every standard sampler (`OTEL_TRACES_SAMPLER`) with published contexts: sampled and unsampled
+/// parents whose trace ids' random bits (the lowest 56) lie below and above one half, and roots.
+/// Exactly the calls each sampler keeps are exported, each with its published parent.
 #[test]
-fn a_published_sampled_flag_decides_over_the_root_sampler() {
+fn each_standard_sampler_keeps_exactly_its_calls_under_published_parents() {
     require_root();
     let _alone = one_sidecar_at_a_time();
     let dir = writers();
-    let receiver = Receiver::start(Protocol::Grpc);
-    let sink = UdpSocket::bind("127.0.0.1:0").unwrap();
-    let sidecar = Sidecar::start(&[
-        ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint.as_str()),
-        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
-        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
-        ("OTEL_SENDMMSG_SAMPLE_RATIO", "0"),
-    ]);
-    let mut writer = Writer::start(&dir.join("writer"), &sink, &[]);
-    // Unsampled as a root, but it names the process to the sidecar.
-    writer.send();
-    wait_until_thread_context_read(&sidecar, writer.pid);
-    let sampled = publish(&mut writer, 6, 1);
-    writer.send();
-    publish(&mut writer, 7, 0);
-    writer.send();
-    writer.run("null");
-    writer.send();
-    let pid = writer.pid;
-    writer.exit();
-    let stopped = sidecar.stop();
-    assert!(stopped.status.success(), "{}", stopped.stderr);
-    check_parents_without_warm_up(&receiver, pid, &[sampled]);
-    assert_eq!(summary_count(&stopped.stderr, "parent_not_sampled"), 1);
+    // (trace id, span id, sampled): random bits (the trace id's lowest 56) below and above one
+    // half, sampled and not; the bits above them say the opposite, so only those 56 decide.
+    let parents = [
+        ("ee".repeat(9) + &"11".repeat(7), "a1".repeat(8), 1),
+        ("dd".repeat(9) + &"22".repeat(7), "a2".repeat(8), 0),
+        ("11".repeat(9) + &"ee".repeat(7), "a3".repeat(8), 1),
+        ("22".repeat(9) + &"dd".repeat(7), "a4".repeat(8), 0),
+    ];
+    // Which of the four parents' calls each sampler keeps, whether it keeps roots (None: a
+    // random half of them), and how many calls it counts as parent_not_sampled.
+    let samplers: [(&str, Option<&str>, [bool; 4], Option<bool>, u64); 6] = [
+        ("parentbased_always_on", None, [true, false, true, false], Some(true), 2),
+        ("parentbased_always_off", None, [true, false, true, false], Some(false), 2),
+        ("parentbased_traceidratio", Some("0.5"), [true, false, true, false], None, 2),
+        ("always_on", None, [true, true, true, true], Some(true), 0),
+        ("always_off", None, [false, false, false, false], Some(false), 0),
+        ("traceidratio", Some("0.5"), [true, true, false, false], None, 0),
+    ];
+    for (sampler, arg, kept, roots_kept, unsampled) in samplers {
+        let receiver = Receiver::start(Protocol::Grpc);
+        let sink = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let mut vars = vec![
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint.as_str()),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+            ("OTEL_TRACES_SAMPLER", sampler),
+        ];
+        vars.extend(arg.map(|a| ("OTEL_TRACES_SAMPLER_ARG", a)));
+        let sidecar = Sidecar::start(&vars);
+        let mut writer = Writer::start(&dir.join("writer"), &sink, &[]);
+        // A root, which also names the process to the sidecar (when the sampler keeps it).
+        writer.send();
+        wait_until_thread_context_read(&sidecar, writer.pid);
+        let mut expected = Vec::new();
+        for ((trace, span, flags), keep) in parents.iter().zip(kept) {
+            writer.run(&format!("publish {trace} {span} {flags}"));
+            writer.send();
+            if keep {
+                expected.push(Parent::Span(trace.clone(), span.clone()));
+            }
+        }
+        writer.run("null");
+        writer.send();
+        let pid = writer.pid;
+        writer.exit();
+        let stopped = sidecar.stop();
+        assert!(stopped.status.success(), "{sampler}: {}", stopped.stderr);
+        let got: Vec<Parent> = receiver
+            .spans_of(pid)
+            .iter()
+            .map(|s| match s.span.parent_span_id.is_empty() {
+                true => Parent::Root,
+                false => Parent::Span(hex(&s.span.trace_id), hex(&s.span.parent_span_id)),
+            })
+            .collect();
+        let (roots, children): (Vec<Parent>, Vec<Parent>) = got.into_iter().partition(|p| *p == Parent::Root);
+        assert_eq!(children, expected, "{sampler}: the calls under published parents");
+        match roots_kept {
+            Some(true) => assert_eq!(roots.len(), 2, "{sampler}: every root"),
+            Some(false) => assert_eq!(roots.len(), 0, "{sampler}: no root"),
+            // Drawn at random: head_sampling_draws_the_given_share_of_roots counts the share.
+            None => assert!(roots.len() <= 2, "{sampler}"),
+        }
+        assert_eq!(summary_count(&stopped.stderr, "parent_not_sampled"), unsampled, "{sampler}");
+    }
     if std::env::var_os("THREAD_CONTEXT_WRITERS").is_none() {
         let _ = std::fs::remove_dir_all(dir);
     }
-}
-
-fn check_parents_without_warm_up(receiver: &Receiver, pid: u32, expected: &[Parent]) {
-    let got: Vec<Parent> = receiver
-        .spans_of(pid)
-        .iter()
-        .map(|s| Parent::Span(hex(&s.span.trace_id), hex(&s.span.parent_span_id)))
-        .collect();
-    assert_eq!(got, expected);
 }

@@ -15,7 +15,7 @@ use std::{path::PathBuf, time::Duration};
 use serde::Deserialize;
 
 pub use self::standard::{
-    BatchConfig, Headers, MetricsOutput, Otlp, Output, Protocol, ResourceSettings,
+    BatchConfig, Headers, MetricsOutput, Otlp, Output, ParentRule, Protocol, ResourceSettings, Sampler,
     DEFAULT_CONCURRENT_EXPORTS, DEFAULT_SERVICE_NAME,
 };
 use self::{
@@ -24,6 +24,13 @@ use self::{
 };
 
 pub const PREFIX: &str = "OTEL_SENDMMSG_";
+
+/// Settings that are gone, and what replaces each: a user who still sets one hears how to say
+/// it now, rather than only that it is unknown.
+const RETIRED: &[(&str, &str)] = &[(
+    "SAMPLE_RATIO",
+    "OTEL_TRACES_SAMPLER=parentbased_traceidratio with OTEL_TRACES_SAMPLER_ARG=<ratio> does what it did",
+)];
 
 /// The project's own variables as given, each `OTEL_SENDMMSG_<FIELD>`; [`Config::from_vars`]
 /// validates them.
@@ -52,9 +59,6 @@ struct OwnVars {
     min_duration: Option<String>,
     /// `true`: only calls that failed or had a failed message are exported.
     errors_only: Option<String>,
-    /// Share of root calls traced, 0 to 1 (default 1), decided at random in the kernel at entry;
-    /// a call under a published span follows its sampled flag.
-    sample_ratio: Option<String>,
     /// How often growing loss counters are logged while running (default 60s).
     loss_report_interval: Option<String>,
     /// The longest SIGTERM's drain and flush may take before the sidecar exits anyway (default
@@ -116,8 +120,8 @@ pub struct Filters {
     pub cgroups: Vec<PathBuf>,
     pub min_duration: Duration,
     pub errors_only: bool,
-    /// 1.0 traces every call.
-    pub sample_ratio: f64,
+    /// `OTEL_TRACES_SAMPLER`: which calls are traced at all.
+    pub sampler: Sampler,
 }
 
 impl Default for Filters {
@@ -128,7 +132,7 @@ impl Default for Filters {
             cgroups: Vec::new(),
             min_duration: Duration::ZERO,
             errors_only: false,
-            sample_ratio: 1.0,
+            sampler: Sampler::default(),
         }
     }
 }
@@ -220,6 +224,9 @@ impl Config {
         let vars: Vec<(String, String)> = vars.into_iter().collect();
         for (name, value) in &vars {
             if let Some(field) = name.strip_prefix(PREFIX) {
+                if let Some((_, instead)) = RETIRED.iter().find(|(retired, _)| *retired == field) {
+                    return Err(invalid(name, value, format!("no such setting any more: {instead}")));
+                }
                 let own = fields::<OwnVars>();
                 if !own.iter().any(|f| f.to_ascii_uppercase() == field) {
                     let known: Vec<String> =
@@ -270,7 +277,7 @@ impl Config {
                 return Err(invalid("OTEL_SENDMMSG_MESSAGE_DETAIL", v, "events, spans, sizes or none"))
             }
         };
-        let filters = own.filters()?;
+        let filters = Filters { sampler: std_vars.sampler()?, ..own.filters()? };
         let loss_report_interval =
             positive_duration("OTEL_SENDMMSG_LOSS_REPORT_INTERVAL", &own.loss_report_interval, "60s or 5m")?
                 .unwrap_or(Duration::from_secs(60));
@@ -340,12 +347,6 @@ impl OwnVars {
         if let Some(v) = &self.errors_only {
             filters.errors_only =
                 parse_bool(v).ok_or_else(|| invalid("OTEL_SENDMMSG_ERRORS_ONLY", v, "true or false"))?;
-        }
-        if let Some(v) = &self.sample_ratio {
-            filters.sample_ratio =
-                v.trim().parse::<f64>().ok().filter(|r| (0.0..=1.0).contains(r)).ok_or_else(|| {
-                    invalid("OTEL_SENDMMSG_SAMPLE_RATIO", v, "a number from 0 to 1, e.g. 0.1")
-                })?;
         }
         Ok(filters)
     }
@@ -682,7 +683,8 @@ mod tests {
             ("OTEL_SENDMMSG_CGROUPS", "system.slice/docker-ab.scope,/sys/fs/cgroup/kubepods"),
             ("OTEL_SENDMMSG_MIN_DURATION", "50us"),
             ("OTEL_SENDMMSG_ERRORS_ONLY", "true"),
-            ("OTEL_SENDMMSG_SAMPLE_RATIO", "0.25"),
+            ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
+            ("OTEL_TRACES_SAMPLER_ARG", "0.25"),
         ])
         .unwrap();
         assert_eq!(
@@ -693,7 +695,7 @@ mod tests {
                 cgroups: vec!["system.slice/docker-ab.scope".into(), "/sys/fs/cgroup/kubepods".into()],
                 min_duration: Duration::from_micros(50),
                 errors_only: true,
-                sample_ratio: 0.25,
+                sampler: Sampler { root_ratio: 0.25, with_parent: ParentRule::FollowFlag },
             }
         );
         assert_eq!(config(&[]).unwrap().filters, Filters::default());
@@ -707,14 +709,50 @@ mod tests {
             ("OTEL_SENDMMSG_COMMS", "a-name-longer-than-15"),
             ("OTEL_SENDMMSG_MIN_DURATION", "fast"),
             ("OTEL_SENDMMSG_ERRORS_ONLY", "yes please"),
-            ("OTEL_SENDMMSG_SAMPLE_RATIO", "1.5"),
-            ("OTEL_SENDMMSG_SAMPLE_RATIO", "NaN"),
+            ("OTEL_TRACES_SAMPLER", "traceid_ratio"),
+            ("OTEL_TRACES_SAMPLER", "jaeger_remote"),
             ("OTEL_SENDMMSG_LOSS_REPORT_INTERVAL", "0s"),
             ("OTEL_SENDMMSG_LOSS_REPORT_INTERVAL", "soon"),
         ] {
             let err = config(&[(name, value)]).unwrap_err();
             assert_eq!((err.variable.as_str(), err.value.as_str()), (name, value));
         }
+    }
+
+    #[test]
+    fn each_standard_sampler_is_a_root_ratio_and_a_rule_for_calls_with_a_parent() {
+        use ParentRule::{FollowFlag, TraceIdRatio};
+        let sampler = |name: &str, arg: Option<&str>| {
+            let mut vars = vec![("OTEL_TRACES_SAMPLER", name)];
+            vars.extend(arg.map(|a| ("OTEL_TRACES_SAMPLER_ARG", a)));
+            let s = config(&vars).unwrap().filters.sampler;
+            (s.root_ratio, s.with_parent)
+        };
+        assert_eq!(sampler("always_on", None), (1.0, TraceIdRatio(1.0)));
+        assert_eq!(sampler("always_off", None), (0.0, TraceIdRatio(0.0)));
+        assert_eq!(sampler("traceidratio", Some("0.5")), (0.5, TraceIdRatio(0.5)));
+        assert_eq!(sampler("traceidratio", None), (1.0, TraceIdRatio(1.0)), "the spec's default argument");
+        assert_eq!(sampler("parentbased_always_on", None), (1.0, FollowFlag));
+        assert_eq!(sampler("parentbased_always_off", None), (0.0, FollowFlag));
+        assert_eq!(sampler(" parentbased_traceidratio ", Some(" 0.1 ")), (0.1, FollowFlag));
+        // The argument is only read by the ratio samplers, as in the SDKs.
+        assert_eq!(sampler("always_on", Some("2")), (1.0, TraceIdRatio(1.0)));
+        for bad in ["1.5", "-0.1", "NaN", "half"] {
+            for name in ["traceidratio", "parentbased_traceidratio"] {
+                let e =
+                    config(&[("OTEL_TRACES_SAMPLER", name), ("OTEL_TRACES_SAMPLER_ARG", bad)]).unwrap_err();
+                assert_eq!((e.variable.as_str(), e.value.as_str()), ("OTEL_TRACES_SAMPLER_ARG", bad));
+            }
+        }
+        assert_eq!(config(&[]).unwrap().filters.sampler, Sampler::default());
+        assert_eq!(Sampler::default(), Sampler { root_ratio: 1.0, with_parent: FollowFlag });
+    }
+
+    #[test]
+    fn the_retired_sample_ratio_says_what_replaces_it() {
+        let e = config(&[("OTEL_SENDMMSG_SAMPLE_RATIO", "0.5")]).unwrap_err();
+        assert_eq!(e.variable, "OTEL_SENDMMSG_SAMPLE_RATIO");
+        assert!(e.accepts.contains("OTEL_TRACES_SAMPLER=parentbased_traceidratio"), "{e}");
     }
 
     #[test]

@@ -16,6 +16,8 @@ use crate::resource_attributes::{parse_resource_attributes, percent_decode, Malf
 #[derive(Debug, Default, Deserialize)]
 pub(super) struct StandardVars {
     otel_traces_exporter: Option<String>,
+    otel_traces_sampler: Option<String>,
+    otel_traces_sampler_arg: Option<String>,
     otel_exporter_otlp_endpoint: Option<String>,
     otel_exporter_otlp_traces_endpoint: Option<String>,
     otel_exporter_otlp_protocol: Option<String>,
@@ -49,6 +51,33 @@ pub enum Output {
     Otlp(Otlp),
     /// Trace, count, export nothing (`OTEL_TRACES_EXPORTER=none`).
     Discard,
+}
+
+/// Which calls are traced (`OTEL_TRACES_SAMPLER`, `OTEL_TRACES_SAMPLER_ARG`), decided in the
+/// kernel at each call's entry, so a call left out costs no record. A call's parent is the span
+/// its thread published (OTEP 4947), or OBI's entry for the thread (which has no flags: sampled).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Sampler {
+    /// The share of calls without a parent that are traced, drawn at random.
+    pub root_ratio: f64,
+    /// What decides for a call with a parent.
+    pub with_parent: ParentRule,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum ParentRule {
+    /// The parent's sampled flag (the `parentbased_*` samplers).
+    FollowFlag,
+    /// This share of trace ids, by the randomness in the parent's trace id, whatever its flag
+    /// (`always_on`: 1, `always_off`: 0, `traceidratio`).
+    TraceIdRatio(f64),
+}
+
+impl Default for Sampler {
+    /// The specification's default, `parentbased_always_on`.
+    fn default() -> Self {
+        Sampler { root_ratio: 1.0, with_parent: ParentRule::FollowFlag }
+    }
 }
 
 /// Where the sidecar's metrics about itself (its loss and export counters) go.
@@ -172,6 +201,39 @@ impl StandardVars {
             Some((_, "none")) => Ok(Output::Discard),
             Some((v, _)) => Err(invalid("OTEL_TRACES_EXPORTER", v, "otlp, console or none")),
         }
+    }
+
+    pub(super) fn sampler(&self) -> Result<Sampler, ConfigError> {
+        const NAMES: &str = "always_on, always_off, traceidratio, parentbased_always_on, \
+                             parentbased_always_off or parentbased_traceidratio";
+        let ratio = || match &self.otel_traces_sampler_arg {
+            // The specification's default when the argument is not given.
+            None => Ok(1.0),
+            Some(v) => v.trim().parse::<f64>().ok().filter(|r| (0.0..=1.0).contains(r)).ok_or_else(|| {
+                invalid("OTEL_TRACES_SAMPLER_ARG", v, "a sampling probability from 0 to 1, e.g. 0.25")
+            }),
+        };
+        use ParentRule::{FollowFlag, TraceIdRatio};
+        let (root_ratio, with_parent) = match self.otel_traces_sampler.as_deref().map(|v| (v, v.trim())) {
+            None | Some((_, "parentbased_always_on")) => (1.0, FollowFlag),
+            Some((_, "parentbased_always_off")) => (0.0, FollowFlag),
+            Some((_, "parentbased_traceidratio")) => (ratio()?, FollowFlag),
+            Some((_, "always_on")) => (1.0, TraceIdRatio(1.0)),
+            Some((_, "always_off")) => (0.0, TraceIdRatio(0.0)),
+            Some((_, "traceidratio")) => {
+                let ratio = ratio()?;
+                (ratio, TraceIdRatio(ratio))
+            }
+            Some((v, "jaeger_remote" | "parentbased_jaeger_remote" | "xray")) => {
+                return Err(invalid(
+                    "OTEL_TRACES_SAMPLER",
+                    v,
+                    format!("{NAMES}: the sampler is decided in the kernel, not by a remote service"),
+                ))
+            }
+            Some((v, _)) => return Err(invalid("OTEL_TRACES_SAMPLER", v, NAMES)),
+        };
+        Ok(Sampler { root_ratio, with_parent })
     }
 
     pub(super) fn metrics(&self) -> Result<MetricsOutput, ConfigError> {

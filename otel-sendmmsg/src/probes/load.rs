@@ -18,7 +18,7 @@ use super::{
 };
 use crate::{
     cgroup,
-    config::{Config, ConfigError, KernelMessages},
+    config::{Config, ConfigError, KernelMessages, ParentRule},
 };
 
 static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/otel-sendmmsg.bpf.o"));
@@ -50,20 +50,30 @@ pub fn object(config: &Config, kernel: &Kernel) -> Result<Loaded> {
         warn!("without kernel BTF, OTEL_SENDMMSG_COMMS matches thread names, not process names");
     }
     let cgroup_ids = cgroup_ids(&filters.cgroups)?;
+    let sampler = &filters.sampler;
+    // Shares of the ranges the kernel compares with: a random u32 for roots, the trace id's
+    // random bits for calls with a parent (always_on's 1 takes all of it: an unsampled parent's
+    // calls are traced too).
+    let trace_id_range = 1u64 << filter::TRACE_ID_RANDOM_BITS;
+    let (trace_id_ratio, trace_id_below) = match sampler.with_parent {
+        ParentRule::FollowFlag => (false, 0),
+        ParentRule::TraceIdRatio(ratio) => (true, (ratio * trace_id_range as f64) as u64),
+    };
     let settings = FilterSettings {
         flags: [
             (!filters.pids.is_empty(), filter::PIDS),
             (!filters.comms.is_empty(), filter::COMMS),
             (!filters.cgroups.is_empty(), filter::CGROUPS),
             (filters.errors_only, filter::ERRORS_ONLY),
-            (filters.sample_ratio < 1.0, filter::SAMPLE),
+            (sampler.root_ratio < 1.0, filter::SAMPLE_ROOTS),
+            (trace_id_ratio, filter::TRACE_ID_RATIO),
         ]
         .iter()
         .filter(|(on, _)| *on)
         .fold(0, |flags, (_, bit)| flags | bit),
-        // The share of the u32 range below which a random draw traces the call.
-        sample_below: (filters.sample_ratio * f64::from(u32::MAX)) as u32,
+        root_below: (sampler.root_ratio * f64::from(u32::MAX)) as u32,
         min_duration_ns: u64::try_from(filters.min_duration.as_nanos()).unwrap_or(u64::MAX),
+        trace_id_below,
     };
     let load = |pin: Option<PathBuf>| {
         let mut loader = EbpfLoader::new();
