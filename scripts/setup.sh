@@ -28,6 +28,8 @@ APT_PACKAGES=(rustc-web cargo-web libstd-rust-web-dev-bpf llvm-22-dev libpolly-2
 ((tests)) && APT_PACKAGES+=(docker-compose libcap2-bin util-linux)
 # tests/hostile_processes.rs serves a FUSE file whose read never returns.
 ((tests)) && APT_PACKAGES+=(python3-fusepy)
+# tests/tls.rs and the TLS settings' unit tests make certificates at test time.
+((tests)) && APT_PACKAGES+=(openssl)
 BPF_LINKER_VERSION=0.13.0
 
 missing=()

@@ -13,7 +13,7 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use opentelemetry::{metrics::MeterProvider as _, KeyValue};
-use opentelemetry_otlp::MetricExporter;
+use opentelemetry_otlp::{MetricExporter, WithHttpConfig};
 use opentelemetry_sdk::{
     metrics::{PeriodicReader, SdkMeterProvider},
     Resource,
@@ -21,7 +21,7 @@ use opentelemetry_sdk::{
 
 use crate::{
     config::{Otlp, Protocol},
-    export::{grpc_settings, http_settings},
+    export::transport::{blocking_http_client, grpc_settings, http_settings},
 };
 
 /// How often the run loop copies the counters for the reader: the most a metric lags.
@@ -117,7 +117,10 @@ impl SelfMetrics {
     ) -> Result<SelfMetrics> {
         let exporter = match otlp.protocol {
             Protocol::Grpc => grpc_settings(MetricExporter::builder().with_tonic(), otlp)?.build(),
-            Protocol::HttpProtobuf => http_settings(MetricExporter::builder().with_http(), otlp).build(),
+            Protocol::HttpProtobuf => {
+                let client = blocking_http_client(otlp)?;
+                http_settings(MetricExporter::builder().with_http().with_http_client(client), otlp).build()
+            }
         }
         .context("building the OTLP metric exporter")?;
         let provider = SdkMeterProvider::builder()

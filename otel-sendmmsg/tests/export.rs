@@ -332,6 +332,42 @@ fn each_signals_headers_reach_the_collector() {
     }
 }
 
+/// `OTEL_EXPORTER_OTLP_COMPRESSION` as the receiver sees it on the wire: every request of each
+/// signal says the configured encoding (`grpc-encoding`, `content-encoding`), its body decodes
+/// as such, and every call's span arrives, over both protocols; the signal's own setting wins.
+#[test]
+fn compression_is_what_the_receiver_gets_on_the_wire() {
+    require_root();
+    let _one = one_sidecar_at_a_time();
+    for protocol in [Protocol::Grpc, Protocol::HttpProtobuf] {
+        for (traces, metrics) in [("gzip", "zstd"), ("zstd", "none")] {
+            let receiver = Receiver::start(protocol);
+            let sidecar = sidecar(
+                &receiver,
+                protocol,
+                &[
+                    ("OTEL_EXPORTER_OTLP_COMPRESSION", traces),
+                    ("OTEL_EXPORTER_OTLP_METRICS_COMPRESSION", metrics),
+                    ("OTEL_METRIC_EXPORT_INTERVAL", "300"),
+                ],
+            );
+            let calls = run_workload(&["udp4", "refused-mid-batch", "unix"]);
+            receiver.wait_until_draining();
+            let stopped = sidecar.stop();
+            assert!(stopped.status.success(), "{}", stopped.stderr);
+            assert_eq!(receiver.spans_of(calls[0].pid).len(), calls.len(), "{protocol:?} {traces}");
+            let seen = receiver.encodings();
+            for (signal, expected) in [("traces", traces), ("metrics", metrics)] {
+                let encodings: Vec<Option<&str>> =
+                    seen.iter().filter(|(s, _)| *s == signal).map(|(_, e)| e.as_deref()).collect();
+                let expected = (expected != "none").then_some(expected);
+                assert!(!encodings.is_empty(), "{protocol:?}: no {signal} request");
+                assert!(encodings.iter().all(|e| *e == expected), "{protocol:?} {signal}: {encodings:?}");
+            }
+        }
+    }
+}
+
 /// What a span's resource must say of a process that declared itself.
 fn check_declared(
     span: &ReceivedSpan,

@@ -8,6 +8,7 @@
 //! README.md's Configuration table (a test holds the two together), and its consumer.
 
 mod standard;
+mod tls;
 mod values;
 
 use std::{path::PathBuf, time::Duration};
@@ -15,9 +16,10 @@ use std::{path::PathBuf, time::Duration};
 use serde::Deserialize;
 
 pub use self::standard::{
-    BatchConfig, Headers, MetricsOutput, Otlp, Output, ParentRule, Protocol, ResourceSettings, Sampler,
-    DEFAULT_CONCURRENT_EXPORTS, DEFAULT_SERVICE_NAME,
+    BatchConfig, Compression, Headers, MetricsOutput, Otlp, Output, ParentRule, Protocol, ResourceSettings,
+    Sampler, DEFAULT_CONCURRENT_EXPORTS, DEFAULT_SERVICE_NAME,
 };
+pub use self::tls::{ClientIdentity, Pem, Tls};
 use self::{
     standard::StandardVars,
     values::{bounded_int, fields, invalid, list, parse_bool, parse_int, positive_duration},
@@ -801,6 +803,105 @@ mod tests {
     }
 
     #[test]
+    fn compression_is_chosen_per_signal_and_validated() {
+        let of = |vars: &[(&str, &str)]| {
+            let c = config(&[&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318")], vars].concat()).unwrap();
+            let MetricsOutput::Otlp { otlp: metrics, .. } = c.metrics else { panic!("metrics on") };
+            let Output::Otlp(traces) = c.output else { panic!("OTLP") };
+            (traces.compression, metrics.compression)
+        };
+        assert_eq!(of(&[]), (Compression::None, Compression::None));
+        assert_eq!(of(&[("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip")]), (Compression::Gzip, Compression::Gzip));
+        assert_eq!(
+            of(&[
+                ("OTEL_EXPORTER_OTLP_COMPRESSION", "GZIP"),
+                ("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "zstd")
+            ]),
+            (Compression::Zstd, Compression::Gzip)
+        );
+        assert_eq!(
+            of(&[
+                ("OTEL_EXPORTER_OTLP_COMPRESSION", "zstd"),
+                ("OTEL_EXPORTER_OTLP_METRICS_COMPRESSION", "none")
+            ]),
+            (Compression::Zstd, Compression::None)
+        );
+    }
+
+    #[test]
+    fn https_endpoints_and_schemeless_grpc_follow_insecure() {
+        let endpoint = |vars: &[(&str, &str)]| match config(vars).unwrap().output {
+            Output::Otlp(otlp) => (otlp.endpoint.clone(), otlp.is_https()),
+            other => panic!("{other:?}"),
+        };
+        let grpc = ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc");
+        assert_eq!(
+            endpoint(&[grpc, ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://c:4317")]),
+            ("https://c:4317".into(), true)
+        );
+        assert_eq!(
+            endpoint(&[grpc, ("OTEL_EXPORTER_OTLP_ENDPOINT", "c:4317")]),
+            ("https://c:4317".into(), true)
+        );
+        assert_eq!(
+            endpoint(&[
+                grpc,
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "c:4317"),
+                ("OTEL_EXPORTER_OTLP_INSECURE", "true")
+            ]),
+            ("http://c:4317".into(), false)
+        );
+        // A scheme wins over INSECURE, as the specification says.
+        assert_eq!(
+            endpoint(&[
+                grpc,
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://c:4317"),
+                ("OTEL_EXPORTER_OTLP_INSECURE", "true")
+            ]),
+            ("https://c:4317".into(), true)
+        );
+        assert_eq!(
+            endpoint(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "https://c:4318")]),
+            ("https://c:4318/v1/traces".into(), true)
+        );
+        // Over HTTP the scheme is required.
+        assert!(config(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "c:4318")]).is_err());
+    }
+
+    #[test]
+    fn a_client_certificate_needs_its_key() {
+        let dir = std::env::temp_dir().join(format!("otel-sendmmsg-config-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let openssl = std::process::Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"])
+            .args(["-keyout", "key.pem", "-out", "cert.pem", "-days", "1", "-subj", "/CN=client"])
+            .current_dir(&dir)
+            .output()
+            .expect("openssl");
+        assert!(openssl.status.success());
+        let (cert, key) =
+            (dir.join("cert.pem").display().to_string(), dir.join("key.pem").display().to_string());
+        let endpoint = ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://c:4318");
+        let e = config(&[endpoint, ("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", &cert)]).unwrap_err();
+        assert_eq!(e.variable, "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE");
+        let e = config(&[endpoint, ("OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY", &key)]).unwrap_err();
+        assert_eq!(e.variable, "OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY");
+        let both = config(&[
+            endpoint,
+            ("OTEL_EXPORTER_OTLP_CERTIFICATE", &cert),
+            ("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", &cert),
+            ("OTEL_EXPORTER_OTLP_CLIENT_KEY", &key),
+        ])
+        .unwrap();
+        let Output::Otlp(otlp) = &both.output else { panic!("OTLP") };
+        assert_eq!(otlp.tls.ca.as_ref().map(|p| p.path.as_str()), Some(cert.as_str()));
+        assert_eq!(otlp.tls.client.as_ref().map(|c| c.key.path.as_str()), Some(key.as_str()));
+        // A key's bytes never reach a log line.
+        assert!(!format!("{both:?}").contains("PRIVATE KEY"));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
     fn bad_standard_values_name_the_variable() {
         let cases: &[(&str, &str)] = &[
             ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
@@ -808,8 +909,15 @@ mod tests {
             ("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4317"),
             ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:99999"),
             ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://"),
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://collector:4317"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "ftp://collector:4317"),
             ("OTEL_EXPORTER_OTLP_TIMEOUT", "10s"),
+            ("OTEL_EXPORTER_OTLP_COMPRESSION", "gz"),
+            ("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "deflate"),
+            ("OTEL_EXPORTER_OTLP_METRICS_COMPRESSION", "zip"),
+            ("OTEL_EXPORTER_OTLP_INSECURE", "yes"),
+            ("OTEL_EXPORTER_OTLP_CERTIFICATE", "/nonexistent/ca.pem"),
+            ("OTEL_EXPORTER_OTLP_METRICS_CLIENT_KEY", "/nonexistent/key.pem"),
+            ("OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE", "/proc/self/status"),
             ("OTEL_EXPORTER_OTLP_HEADERS", "novalue"),
             ("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "=x"),
             ("OTEL_BSP_SCHEDULE_DELAY", "-1"),

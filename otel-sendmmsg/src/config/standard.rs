@@ -7,7 +7,8 @@ use std::{fmt, time::Duration};
 use serde::Deserialize;
 
 use super::{
-    values::{bounded_int, invalid, millis, parse_int},
+    tls::{self, ClientIdentity, Tls},
+    values::{bounded_int, invalid, millis, parse_bool, parse_int},
     ConfigError,
 };
 use crate::resource_attributes::{parse_resource_attributes, percent_decode, Malformed};
@@ -26,6 +27,21 @@ pub(super) struct StandardVars {
     otel_exporter_otlp_traces_timeout: Option<String>,
     otel_exporter_otlp_headers: Option<String>,
     otel_exporter_otlp_traces_headers: Option<String>,
+    otel_exporter_otlp_compression: Option<String>,
+    otel_exporter_otlp_traces_compression: Option<String>,
+    otel_exporter_otlp_metrics_compression: Option<String>,
+    otel_exporter_otlp_certificate: Option<String>,
+    otel_exporter_otlp_traces_certificate: Option<String>,
+    otel_exporter_otlp_metrics_certificate: Option<String>,
+    otel_exporter_otlp_client_certificate: Option<String>,
+    otel_exporter_otlp_traces_client_certificate: Option<String>,
+    otel_exporter_otlp_metrics_client_certificate: Option<String>,
+    otel_exporter_otlp_client_key: Option<String>,
+    otel_exporter_otlp_traces_client_key: Option<String>,
+    otel_exporter_otlp_metrics_client_key: Option<String>,
+    otel_exporter_otlp_insecure: Option<String>,
+    otel_exporter_otlp_traces_insecure: Option<String>,
+    otel_exporter_otlp_metrics_insecure: Option<String>,
     otel_bsp_schedule_delay: Option<String>,
     otel_bsp_export_timeout: Option<String>,
     otel_bsp_max_queue_size: Option<String>,
@@ -43,6 +59,8 @@ pub(super) struct StandardVars {
 }
 
 /// Where spans go.
+// Made once at start-up: the OTLP variant's size costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Output {
     /// One line per call on stdout: the default when no OTLP endpoint is configured.
@@ -81,6 +99,7 @@ impl Default for Sampler {
 }
 
 /// Where the sidecar's metrics about itself (its loss and export counters) go.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum MetricsOutput {
     /// Not exported; the loss log and the closing summary still say it all.
@@ -99,6 +118,25 @@ pub struct Otlp {
     pub headers: Headers,
     /// One request's limit (`OTEL_EXPORTER_OTLP_*TIMEOUT`, default 10 s).
     pub timeout: Duration,
+    /// How requests are compressed (`OTEL_EXPORTER_OTLP_*COMPRESSION`, default none).
+    pub compression: Compression,
+    /// The certificates of an `https://` endpoint (`OTEL_EXPORTER_OTLP_*CERTIFICATE`,
+    /// `..._CLIENT_CERTIFICATE`, `..._CLIENT_KEY`); unused over `http://`.
+    pub tls: Tls,
+}
+
+impl Otlp {
+    /// Whether requests go over TLS.
+    pub fn is_https(&self) -> bool {
+        self.endpoint.starts_with("https://")
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Compression {
+    None,
+    Gzip,
+    Zstd,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -350,18 +388,30 @@ impl StandardVars {
         let own = set(endpoint);
         let generic = set(("OTEL_EXPORTER_OTLP_ENDPOINT", &self.otel_exporter_otlp_endpoint));
         for (name, v) in own.into_iter().chain(generic) {
-            check_endpoint(v).map_err(|why| invalid(name, v, why))?;
+            check_endpoint(v, protocol).map_err(|why| invalid(name, v, why))?;
         }
         let named = own.is_some() || generic.is_some();
+        // A gRPC endpoint without a scheme is TLS unless `..._INSECURE` says otherwise.
+        let insecure = self.insecure(signal)?;
+        let scheme = |v: &str| match v.contains("://") {
+            true => v.to_owned(),
+            false => format!("{}://{v}", if insecure { "http" } else { "https" }),
+        };
         let endpoint = match (own, generic, protocol) {
-            (Some((_, v)), _, _) => v.trim().to_owned(),
-            (None, Some((_, v)), Protocol::Grpc) => v.trim().to_owned(),
+            (Some((_, v)), _, _) => scheme(v.trim()),
+            (None, Some((_, v)), Protocol::Grpc) => scheme(v.trim()),
             (None, Some((_, v)), Protocol::HttpProtobuf) => with_path(v.trim(), signal),
             (None, None, Protocol::Grpc) => "http://localhost:4317".to_owned(),
             (None, None, Protocol::HttpProtobuf) => with_path("http://localhost:4318", signal),
         };
-        let otlp =
-            Otlp { protocol, endpoint, headers: self.headers(signal)?, timeout: self.timeout(signal)? };
+        let otlp = Otlp {
+            protocol,
+            endpoint,
+            headers: self.headers(signal)?,
+            timeout: self.timeout(signal)?,
+            compression: self.compression(signal)?,
+            tls: self.tls(signal)?,
+        };
         Ok((otlp, named))
     }
 
@@ -375,6 +425,112 @@ impl StandardVars {
         let own = millis(own.0, own.1)?;
         let generic = millis("OTEL_EXPORTER_OTLP_TIMEOUT", &self.otel_exporter_otlp_timeout)?;
         Ok(own.or(generic).unwrap_or(DEFAULT_OTLP_TIMEOUT))
+    }
+
+    /// The signal's own variable if set, else the generic one: (name, value) of the one that
+    /// counts. Both are checked by `check` (a mistake in either is worth hearing about).
+    fn either<'a>(
+        &'a self,
+        signal: Signal,
+        traces: (&'static str, &'a Option<String>),
+        metrics: (&'static str, &'a Option<String>),
+        generic: (&'static str, &'a Option<String>),
+        check: impl Fn(&'static str, &str) -> Result<(), ConfigError>,
+    ) -> Result<Option<(&'static str, &'a String)>, ConfigError> {
+        let own = match signal {
+            Signal::Traces => traces,
+            Signal::Metrics => metrics,
+        };
+        for (name, value) in [set(own), set(generic)].into_iter().flatten() {
+            check(name, value)?;
+        }
+        Ok(pick(own, generic))
+    }
+
+    fn compression(&self, signal: Signal) -> Result<Compression, ConfigError> {
+        let parse = |v: &str| match v.trim().to_ascii_lowercase().as_str() {
+            "none" => Some(Compression::None),
+            "gzip" => Some(Compression::Gzip),
+            "zstd" => Some(Compression::Zstd),
+            _ => None,
+        };
+        let chosen = self.either(
+            signal,
+            ("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", &self.otel_exporter_otlp_traces_compression),
+            ("OTEL_EXPORTER_OTLP_METRICS_COMPRESSION", &self.otel_exporter_otlp_metrics_compression),
+            ("OTEL_EXPORTER_OTLP_COMPRESSION", &self.otel_exporter_otlp_compression),
+            |name, v| parse(v).map(|_| ()).ok_or_else(|| invalid(name, v, "gzip, zstd or none")),
+        )?;
+        Ok(chosen.and_then(|(_, v)| parse(v)).unwrap_or(Compression::None))
+    }
+
+    /// Whether a gRPC endpoint given without a scheme is plain text (`..._INSECURE=true`);
+    /// without, it is TLS, as the specification says.
+    fn insecure(&self, signal: Signal) -> Result<bool, ConfigError> {
+        let chosen = self.either(
+            signal,
+            ("OTEL_EXPORTER_OTLP_TRACES_INSECURE", &self.otel_exporter_otlp_traces_insecure),
+            ("OTEL_EXPORTER_OTLP_METRICS_INSECURE", &self.otel_exporter_otlp_metrics_insecure),
+            ("OTEL_EXPORTER_OTLP_INSECURE", &self.otel_exporter_otlp_insecure),
+            |name, v| parse_bool(v).map(|_| ()).ok_or_else(|| invalid(name, v, "true or false")),
+        )?;
+        Ok(chosen.and_then(|(_, v)| parse_bool(v)).unwrap_or(false))
+    }
+
+    fn tls(&self, signal: Signal) -> Result<Tls, ConfigError> {
+        let file = |check: fn(&str) -> Result<tls::Pem, &'static str>| {
+            move |name: &'static str, v: &str| check(v).map(|_| ()).map_err(|why| invalid(name, v, why))
+        };
+        let ca = self.either(
+            signal,
+            ("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", &self.otel_exporter_otlp_traces_certificate),
+            ("OTEL_EXPORTER_OTLP_METRICS_CERTIFICATE", &self.otel_exporter_otlp_metrics_certificate),
+            ("OTEL_EXPORTER_OTLP_CERTIFICATE", &self.otel_exporter_otlp_certificate),
+            file(tls::certificates),
+        )?;
+        let certificate = self.either(
+            signal,
+            (
+                "OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE",
+                &self.otel_exporter_otlp_traces_client_certificate,
+            ),
+            (
+                "OTEL_EXPORTER_OTLP_METRICS_CLIENT_CERTIFICATE",
+                &self.otel_exporter_otlp_metrics_client_certificate,
+            ),
+            ("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", &self.otel_exporter_otlp_client_certificate),
+            file(tls::certificates),
+        )?;
+        let key = self.either(
+            signal,
+            ("OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY", &self.otel_exporter_otlp_traces_client_key),
+            ("OTEL_EXPORTER_OTLP_METRICS_CLIENT_KEY", &self.otel_exporter_otlp_metrics_client_key),
+            ("OTEL_EXPORTER_OTLP_CLIENT_KEY", &self.otel_exporter_otlp_client_key),
+            file(tls::private_key),
+        )?;
+        // Checked above: these reads succeed.
+        let read = |chosen: Option<(&str, &String)>, check: fn(&str) -> Result<tls::Pem, &'static str>| {
+            chosen.map(|(name, v)| check(v).map_err(|why| invalid(name, v, why))).transpose()
+        };
+        let client = match (read(certificate, tls::certificates)?, read(key, tls::private_key)?) {
+            (Some(certificate), Some(key)) => Some(ClientIdentity { certificate, key }),
+            (None, None) => None,
+            (Some(c), None) => {
+                return Err(invalid(
+                    certificate.map_or("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", |(n, _)| n),
+                    &c.path,
+                    "a client certificate together with its key (OTEL_EXPORTER_OTLP_CLIENT_KEY)",
+                ))
+            }
+            (None, Some(k)) => {
+                return Err(invalid(
+                    key.map_or("OTEL_EXPORTER_OTLP_CLIENT_KEY", |(n, _)| n),
+                    &k.path,
+                    "a client key together with its certificate (OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE)",
+                ))
+            }
+        };
+        Ok(Tls { ca: read(ca, tls::certificates)?, client })
     }
 
     fn headers(&self, signal: Signal) -> Result<Headers, ConfigError> {
@@ -421,14 +577,15 @@ fn with_path(endpoint: &str, signal: Signal) -> String {
     format!("{}/{path}", endpoint.trim_end_matches('/'))
 }
 
-fn check_endpoint(v: &str) -> Result<(), &'static str> {
+/// An endpoint URL: `http://` or `https://`, a host and an optional port, and for gRPC also
+/// `host:port` alone (its scheme then follows `..._INSECURE`).
+fn check_endpoint(v: &str, protocol: Protocol) -> Result<(), &'static str> {
     let v = v.trim();
-    if v.starts_with("https://") {
-        // Refused here rather than failing at every export: no TLS stack is compiled in.
-        return Err("an http:// URL: this build has no TLS; export to a local or node collector over \
-             http:// and let it forward over TLS");
-    }
-    let rest = v.strip_prefix("http://").ok_or("a URL starting with http://, e.g. http://localhost:4317")?;
+    let rest = match (v.split_once("://"), protocol) {
+        (Some(("http" | "https", rest)), _) => rest,
+        (None, Protocol::Grpc) => v,
+        _ => return Err("a URL starting with http:// or https://, e.g. http://localhost:4317"),
+    };
     let authority = rest.split('/').next().unwrap_or("");
     let host_ok = !authority.is_empty() && !authority.contains(char::is_whitespace);
     let port_ok = match authority.rsplit_once(':') {

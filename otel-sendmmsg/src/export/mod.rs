@@ -5,16 +5,18 @@
 //! [`ExportStats`].
 
 pub mod batcher;
+pub mod transport;
 
-use std::{collections::HashMap, io::Write, sync::Arc};
+use std::{io::Write, sync::Arc};
 
 use anyhow::{Context as _, Result};
 use opentelemetry::{trace::Status, Key, Value};
-use opentelemetry_otlp::{SpanExporter, WithExportConfig, WithHttpConfig, WithTonicConfig};
+use opentelemetry_otlp::{SpanExporter, WithHttpConfig};
 use opentelemetry_sdk::{trace::SpanData, Resource};
 
 use crate::config::{BatchConfig, Otlp, Output, Protocol};
 use batcher::Batcher;
+use transport::{grpc_settings, http_client, http_settings};
 
 /// What became of the spans handed to the exporter, each counted once: a call's span and each
 /// of its message child spans (`OTEL_SENDMMSG_MESSAGE_DETAIL=spans`) count one each, so
@@ -119,35 +121,11 @@ fn otlp_exporter(otlp: &Otlp) -> Result<SpanExporter> {
     let exporter = match otlp.protocol {
         Protocol::Grpc => grpc_settings(SpanExporter::builder().with_tonic(), otlp)?.build(),
         Protocol::HttpProtobuf => {
-            let client = reqwest::Client::builder()
-                .timeout(otlp.timeout)
-                .build()
-                .context("building the HTTP client")?;
+            let client = http_client(otlp)?;
             http_settings(SpanExporter::builder().with_http().with_http_client(client), otlp).build()
         }
     };
     exporter.context("building the OTLP exporter")
-}
-
-/// The settings' endpoint, request timeout and headers on a gRPC exporter builder, of spans or
-/// of metrics.
-pub fn grpc_settings<B: WithExportConfig + WithTonicConfig>(builder: B, otlp: &Otlp) -> Result<B> {
-    let mut metadata = tonic::metadata::MetadataMap::new();
-    for (key, value) in &otlp.headers.0 {
-        // config has checked both: a key is a header name, a value has no control character.
-        // HTTP/2 wants the keys lower-cased.
-        let key = tonic::metadata::MetadataKey::from_bytes(key.to_ascii_lowercase().as_bytes())
-            .context("a configured header name")?;
-        metadata.insert(key, value.parse().context("a configured header value")?);
-    }
-    Ok(builder.with_endpoint(&otlp.endpoint).with_timeout(otlp.timeout).with_metadata(metadata))
-}
-
-/// The settings' endpoint, request timeout and headers on an HTTP exporter builder, of spans
-/// or of metrics.
-pub fn http_settings<B: WithExportConfig + WithHttpConfig>(builder: B, otlp: &Otlp) -> B {
-    let headers: HashMap<String, String> = otlp.headers.0.iter().cloned().collect();
-    builder.with_endpoint(&otlp.endpoint).with_timeout(otlp.timeout).with_headers(headers)
 }
 
 /// One line per call, from the call's own span: time, name, duration, status, the

@@ -29,6 +29,7 @@ use opentelemetry_proto::tonic::{
 };
 use prost::Message;
 use serde::Deserialize;
+use tonic::codec::CompressionEncoding;
 
 pub const SIDECAR: &str = env!("CARGO_BIN_EXE_otel-sendmmsg");
 pub const WORKLOAD: &str = env!("CARGO_BIN_EXE_sendmmsg-workload");
@@ -127,12 +128,47 @@ type PointStore = Arc<Mutex<Vec<ReceivedPoint>>>;
 /// The header every test request may carry, as the receiver saw it on each request.
 pub const TEST_HEADER: &str = "x-sendmmsg-test";
 
-/// Per request: its signal (`traces`, `metrics`) and its [`TEST_HEADER`] value.
-type HeaderLog = Arc<Mutex<Vec<(&'static str, Option<String>)>>>;
+/// What the receiver saw of one request besides its body.
+#[derive(Clone, Debug)]
+struct RequestSeen {
+    /// `traces` or `metrics`.
+    signal: &'static str,
+    /// Its [`TEST_HEADER`] value.
+    test_header: Option<String>,
+    /// How its body was compressed, as it said on the wire (`grpc-encoding`,
+    /// `content-encoding`).
+    encoding: Option<String>,
+}
 
-fn log_header(log: &HeaderLog, signal: &'static str, value: Option<&[u8]>) {
-    let value = value.map(|v| String::from_utf8_lossy(v).into_owned());
-    log.lock().unwrap().push((signal, value));
+type HeaderLog = Arc<Mutex<Vec<RequestSeen>>>;
+
+fn log_request(
+    log: &HeaderLog,
+    signal: &'static str,
+    headers: &axum::http::HeaderMap,
+    encoding_header: &str,
+) {
+    let text = |name: &str| headers.get(name).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    log.lock().unwrap().push(RequestSeen {
+        signal,
+        test_header: text(TEST_HEADER),
+        encoding: text(encoding_header),
+    });
+}
+
+/// An OTLP/HTTP body as it was sent, decompressed as its `content-encoding` says.
+fn decompressed(headers: &axum::http::HeaderMap, body: axum::body::Bytes) -> Vec<u8> {
+    use std::io::Read as _;
+    match headers.get("content-encoding").map(|v| v.as_bytes()) {
+        None => body.to_vec(),
+        Some(b"gzip") => {
+            let mut out = Vec::new();
+            flate2::read::GzDecoder::new(&body[..]).read_to_end(&mut out).expect("a gzip body");
+            out
+        }
+        Some(b"zstd") => zstd::decode_all(&body[..]).expect("a zstd body"),
+        Some(other) => panic!("an OTLP/HTTP body in {:?}", String::from_utf8_lossy(other)),
+    }
 }
 
 fn store_metrics(store: &PointStore, request: ExportMetricsServiceRequest) {
@@ -182,7 +218,7 @@ impl TraceService for GrpcCollector {
         if is_down(&self.1) {
             return Err(tonic::Status::unavailable("shutting down"));
         }
-        log_header(&self.2, "traces", request.metadata().get(TEST_HEADER).map(|v| v.as_bytes()));
+        log_request(&self.2, "traces", &request.metadata().clone().into_headers(), "grpc-encoding");
         self.0.store(request.into_inner());
         Ok(tonic::Response::new(ExportTraceServiceResponse { partial_success: None }))
     }
@@ -199,7 +235,7 @@ impl MetricsService for GrpcMetricsCollector {
         if is_down(&self.1) {
             return Err(tonic::Status::unavailable("shutting down"));
         }
-        log_header(&self.2, "metrics", request.metadata().get(TEST_HEADER).map(|v| v.as_bytes()));
+        log_request(&self.2, "metrics", &request.metadata().clone().into_headers(), "grpc-encoding");
         store_metrics(&self.0, request.into_inner());
         Ok(tonic::Response::new(ExportMetricsServiceResponse { partial_success: None }))
     }
@@ -278,12 +314,16 @@ impl Receiver {
                     let incoming =
                         tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
                     tonic::transport::Server::builder()
-                        .add_service(TraceServiceServer::new(GrpcCollector(
-                            spans,
-                            down.clone(),
-                            headers.clone(),
-                        )))
-                        .add_service(MetricsServiceServer::new(GrpcMetricsCollector(points, down, headers)))
+                        .add_service(
+                            TraceServiceServer::new(GrpcCollector(spans, down.clone(), headers.clone()))
+                                .accept_compressed(CompressionEncoding::Gzip)
+                                .accept_compressed(CompressionEncoding::Zstd),
+                        )
+                        .add_service(
+                            MetricsServiceServer::new(GrpcMetricsCollector(points, down, headers))
+                                .accept_compressed(CompressionEncoding::Gzip)
+                                .accept_compressed(CompressionEncoding::Zstd),
+                        )
                         .serve_with_incoming(incoming)
                         .await
                         .expect("gRPC receiver failed");
@@ -302,9 +342,10 @@ impl Receiver {
                                 if is_down(&down) {
                                     return Err(axum::http::StatusCode::SERVICE_UNAVAILABLE);
                                 }
-                                log_header(&log, "traces", sent.get(TEST_HEADER).map(|v| v.as_bytes()));
-                                let request = ExportTraceServiceRequest::decode(body)
-                                    .expect("a protobuf export request");
+                                log_request(&log, "traces", &sent, "content-encoding");
+                                let request =
+                                    ExportTraceServiceRequest::decode(&decompressed(&sent, body)[..])
+                                        .expect("a protobuf export request");
                                 spans.store(request);
                                 Ok(protobuf_response(ExportTraceServiceResponse { partial_success: None }))
                             }
@@ -318,9 +359,10 @@ impl Receiver {
                                 if is_down(&down) {
                                     return Err(axum::http::StatusCode::SERVICE_UNAVAILABLE);
                                 }
-                                log_header(&log, "metrics", sent.get(TEST_HEADER).map(|v| v.as_bytes()));
-                                let request = ExportMetricsServiceRequest::decode(body)
-                                    .expect("a protobuf metrics export request");
+                                log_request(&log, "metrics", &sent, "content-encoding");
+                                let request =
+                                    ExportMetricsServiceRequest::decode(&decompressed(&sent, body)[..])
+                                        .expect("a protobuf metrics export request");
                                 store_metrics(&points, request);
                                 Ok(protobuf_response(ExportMetricsServiceResponse { partial_success: None }))
                             }
@@ -386,7 +428,12 @@ impl Receiver {
 
     /// Each request's signal and [`TEST_HEADER`] value, in the order they came.
     pub fn test_headers(&self) -> Vec<(&'static str, Option<String>)> {
-        self.headers.lock().unwrap().clone()
+        self.headers.lock().unwrap().iter().map(|r| (r.signal, r.test_header.clone())).collect()
+    }
+
+    /// Each request's signal and the compression it said it used, in the order they came.
+    pub fn encodings(&self) -> Vec<(&'static str, Option<String>)> {
+        self.headers.lock().unwrap().iter().map(|r| (r.signal, r.encoding.clone())).collect()
     }
 
     pub fn metric_points(&self) -> Vec<ReceivedPoint> {
