@@ -8,6 +8,7 @@ pub mod cgroup;
 pub mod clock;
 pub mod config;
 pub mod export;
+pub mod health;
 pub mod memory;
 pub mod names;
 pub mod privileges;

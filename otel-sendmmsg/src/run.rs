@@ -22,6 +22,7 @@ use crate::{
     clock::WallClock,
     config::{Config, KernelMessages, MetricsOutput, Output},
     export::{ExportStats, Exporter},
+    health::{self, Health},
     memory::release_freed_memory,
     probes::{
         choose::{Choosing, Next},
@@ -290,6 +291,11 @@ async fn next_found(
 /// and flushes the exporter, all within `config.shutdown_timeout`; a second signal cuts that
 /// short. The closing summary is logged either way.
 pub async fn run(config: Config, mut signals: StopSignals) -> Result<()> {
+    // First, so an orchestrator sees "not ready" through the whole start-up.
+    let health = Arc::new(Health::new(matches!(config.output, Output::Otlp(_))));
+    if let Some(settings) = config.health {
+        health::serve(settings.address, health.clone(), settings.stall_after).await?;
+    }
     let kernel = Kernel::inspect();
     let mut probes = Probes::load(&config, &kernel)?;
     // Read before attaching, so nothing is reported to a ring buffer nobody watches.
@@ -298,7 +304,7 @@ pub async fn run(config: Config, mut signals: StopSignals) -> Result<()> {
     let mut records = unsafe { AsyncFd::register_with_interest(probes.take_records()?, Interest::READABLE) }
         .map_err(|e| anyhow::anyhow!("watching the ring buffer: {e}"))?;
     let mut pipeline = Pipeline {
-        exporter: Exporter::new(&config.output, config.batch)?,
+        exporter: Exporter::new(&config.output, config.batch, health.export.clone().unwrap_or_default())?,
         processes: ProcessCache::new(process::DEFAULT_CAPACITY),
         resources: Resources::new(base_resource(&config.resource), process::DEFAULT_CAPACITY),
         // Until a per-message hook has proved itself, calls carry no trustworthy message detail.
@@ -357,6 +363,7 @@ pub async fn run(config: Config, mut signals: StopSignals) -> Result<()> {
         }
     );
 
+    health.set_ready();
     let mut losses = LossLog::default();
     let mut report = tokio::time::interval(config.loss_report_interval);
     let mut thread_contexts = if reads_thread_context {
@@ -380,6 +387,8 @@ pub async fn run(config: Config, mut signals: StopSignals) -> Result<()> {
     let mut refresh_metrics = tokio::time::interval(self_metrics::REFRESH);
     let mut stopping = false;
     while !stopping {
+        // Every turn, at least each DRAIN_INTERVAL: what the liveness check watches.
+        health.drain.beat();
         tokio::select! {
             _ = signals.next() => stopping = true,
             ready = records.readable_mut() => {

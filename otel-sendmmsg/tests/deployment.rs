@@ -376,6 +376,31 @@ fn env_list(container: &Yaml) -> Vec<(String, Yaml)> {
     }
 }
 
+/// The DaemonSet's probes ask the sidecar's own health endpoints, on the port it serves them.
+#[test]
+fn the_daemonsets_probes_use_the_sidecars_health_endpoints() {
+    let docs = manifests();
+    let ds = find(&docs, "DaemonSet", "otel-sendmmsg");
+    let container = &at(ds, "spec.template.spec.containers")[0];
+    let env = env_list(container);
+    let (_, endpoint) = env
+        .iter()
+        .find(|(n, _)| n == "OTEL_SENDMMSG_HEALTH_ENDPOINT")
+        .expect("the health endpoints are on in the DaemonSet");
+    let endpoint: SocketAddr = string(&endpoint["value"], "health endpoint").parse().expect("IP:port");
+    let ports = container["ports"].as_vec().expect("container ports");
+    let health = ports.iter().find(|p| p["name"].as_str() == Some("health")).expect("a port named health");
+    assert_eq!(health["containerPort"], Yaml::Integer(i64::from(endpoint.port())));
+    assert!(endpoint.ip().is_unspecified(), "the kubelet reaches the pod's address, not loopback");
+    for (probe, path) in [("readinessProbe", "/readyz"), ("livenessProbe", "/livez")] {
+        let get = at(&container[probe], "httpGet");
+        assert_eq!(string(&get["path"], probe), path);
+        assert_eq!(string(&get["port"], probe), "health");
+    }
+    let compose = compose_environment(&compose_service("sidecar"), "sidecar");
+    assert!(compose.contains_key("OTEL_SENDMMSG_HEALTH_ENDPOINT"), "on in the compose file too");
+}
+
 #[test]
 fn the_manifests_share_one_namespace_and_their_references_resolve() {
     let docs = manifests();

@@ -210,27 +210,6 @@ fn with_the_collector_down_every_span_is_counted_and_the_sidecar_stops() {
     assert_eq!(exported + queue_full + failed, spans, "every span accounted for:\n{}", stopped.stderr);
 }
 
-/// A collector that accepts connections and never reads or answers: the worst a network or a
-/// hung collector can do to an exporter, whose every request then waits for its timeout.
-struct SilentCollector {
-    endpoint: String,
-}
-
-impl SilentCollector {
-    fn start() -> SilentCollector {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let endpoint = format!("http://{}", listener.local_addr().unwrap());
-        std::thread::spawn(move || {
-            // Held open, never read: the test process's exit closes them.
-            let mut held = Vec::new();
-            for stream in listener.incoming().flatten() {
-                held.push(stream);
-            }
-        });
-        SilentCollector { endpoint }
-    }
-}
-
 /// Starts a sidecar exporting to a collector that never answers, with exports under way (the
 /// schedule sends them at once and each waits out its long timeout).
 fn sidecar_with_a_silent_collector(

@@ -69,6 +69,10 @@ struct OwnVars {
     /// `true`: spans carry `sendmmsg.msgvec`, the caller's pointer (default false: it reveals
     /// the caller's memory layout to whoever reads the traces).
     msgvec_address: Option<String>,
+    /// `host:port` to serve `GET /livez` and `/readyz` on (default: no listener).
+    health_endpoint: Option<String>,
+    /// How long a part of the pipeline may stand still before `/livez` fails.
+    health_stall_after: Option<String>,
 }
 
 /// 4 MiB holds ~3,600 records: about 36 ms of a 100k calls/s burst while the sidecar is busy.
@@ -110,7 +114,19 @@ pub struct Config {
     pub resource: ResourceSettings,
     /// `RUST_LOG`, for the logger.
     pub log_filter: Option<String>,
+    /// The health endpoints, when asked for (`OTEL_SENDMMSG_HEALTH_ENDPOINT`).
+    pub health: Option<HealthSettings>,
 }
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HealthSettings {
+    pub address: std::net::SocketAddr,
+    /// `/livez` fails once the drain or the export task stood still this long.
+    pub stall_after: Duration,
+}
+
+/// Long enough for any export the defaults allow (30 s) after a schedule delay (5 s), with room.
+pub const DEFAULT_HEALTH_STALL_AFTER: Duration = Duration::from_secs(60);
 
 /// Which calls are traced, decided in the kernel. Empty lists filter nothing.
 #[derive(Clone, Debug, PartialEq)]
@@ -294,6 +310,21 @@ impl Config {
         };
         let output = std_vars.output()?;
         let batch = std_vars.batch()?;
+        let health = match own.health_endpoint.as_deref().filter(|v| !v.trim().is_empty()) {
+            None => None,
+            Some(v) => {
+                let address = v.trim().parse().map_err(|_| {
+                    invalid("OTEL_SENDMMSG_HEALTH_ENDPOINT", v, "an IP address and port, e.g. 0.0.0.0:13133")
+                })?;
+                // An export may rightly take its whole timeout after a schedule delay: liveness
+                // must not fail on that unless the user says so.
+                let longest_quiet = batch.schedule_delay + batch.export_timeout.unwrap_or_default();
+                let stall_after =
+                    positive_duration("OTEL_SENDMMSG_HEALTH_STALL_AFTER", &own.health_stall_after, "60s")?
+                        .unwrap_or(DEFAULT_HEALTH_STALL_AFTER.max(longest_quiet + Duration::from_secs(10)));
+                Some(HealthSettings { address, stall_after })
+            }
+        };
         let metrics = std_vars.metrics()?;
         let resource = std_vars.resource()?;
         let log_filter = std_vars.log_filter();
@@ -313,6 +344,7 @@ impl Config {
             metrics,
             resource,
             log_filter,
+            health,
         })
     }
 }
@@ -438,8 +470,36 @@ mod tests {
                 metrics: MetricsOutput::Off,
                 resource: ResourceSettings { attributes: vec![], service_name: DEFAULT_SERVICE_NAME.into() },
                 log_filter: None,
+                health: None,
             }
         );
+    }
+
+    #[test]
+    fn the_health_endpoint_and_its_stall_limit() {
+        let health = |vars: &[(&str, &str)]| config(vars).map(|c| c.health);
+        let at = ("OTEL_SENDMMSG_HEALTH_ENDPOINT", "0.0.0.0:13133");
+        let h = health(&[at]).unwrap().unwrap();
+        assert_eq!(
+            (h.address.to_string().as_str(), h.stall_after),
+            ("0.0.0.0:13133", DEFAULT_HEALTH_STALL_AFTER)
+        );
+        // Never shorter than an export the settings allow after a schedule delay.
+        let slow = health(&[at, ("OTEL_BSP_EXPORT_TIMEOUT", "120000")]).unwrap().unwrap();
+        assert_eq!(slow.stall_after, Duration::from_secs(5 + 120 + 10));
+        let set = health(&[at, ("OTEL_SENDMMSG_HEALTH_STALL_AFTER", "5s")]).unwrap().unwrap();
+        assert_eq!(set.stall_after, Duration::from_secs(5));
+        assert_eq!(
+            health(&[("OTEL_SENDMMSG_HEALTH_STALL_AFTER", "5s")]),
+            Ok(None),
+            "off without an endpoint"
+        );
+        for bad in ["13133", "localhost:13133", "0.0.0.0"] {
+            let e = health(&[("OTEL_SENDMMSG_HEALTH_ENDPOINT", bad)]).unwrap_err();
+            assert_eq!(e.variable, "OTEL_SENDMMSG_HEALTH_ENDPOINT");
+        }
+        let e = health(&[at, ("OTEL_SENDMMSG_HEALTH_STALL_AFTER", "0s")]).unwrap_err();
+        assert_eq!(e.variable, "OTEL_SENDMMSG_HEALTH_STALL_AFTER");
     }
 
     #[test]

@@ -29,7 +29,7 @@ use tokio::{
 use tracing::{debug, warn};
 
 use super::ExportStats;
-use crate::config::BatchConfig;
+use crate::{config::BatchConfig, health::Beat};
 
 /// One call's spans, waiting, with the resource they go under.
 struct Queued {
@@ -67,9 +67,11 @@ pub struct Batcher {
 impl Batcher {
     /// Starts the export task on the current tokio runtime.
     /// `new_exporter` makes one exporter per concurrent export (`max_concurrent_exports`).
+    /// `beat` is the export task's heartbeat for the health endpoint: once per loop.
     pub fn start<E: SpanExporter + 'static>(
         mut new_exporter: impl FnMut() -> E,
         config: BatchConfig,
+        beat: Arc<Beat>,
     ) -> Batcher {
         let (sender, receiver) = mpsc::unbounded_channel();
         let queued = Arc::new(AtomicUsize::new(0));
@@ -85,6 +87,7 @@ impl Batcher {
             queued: queued.clone(),
             counters: counters.clone(),
             failed_exports: 0,
+            beat,
         };
         let task = tokio::spawn(worker.run(receiver));
         Batcher {
@@ -196,6 +199,7 @@ struct Worker<E> {
     counters: Arc<Counters>,
     /// Exports that failed, to log the first and then every power of two.
     failed_exports: u64,
+    beat: Arc<Beat>,
 }
 
 /// A finished export: its exporter, the resource of its spans, how many, and how it went.
@@ -212,6 +216,7 @@ impl<E: SpanExporter + 'static> Worker<E> {
         let mut timer = tokio::time::interval_at(Instant::now() + delay, delay);
         timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
+            self.beat.beat();
             tokio::select! {
                 queued = receiver.recv() => match queued {
                     Some(queued) => {
@@ -434,7 +439,7 @@ mod tests {
     fn start(behaviour: Behaviour, config: BatchConfig) -> (Batcher, Exports) {
         let exports = Exports::default();
         let recorder = || Recorder { behaviour, resource: None, exports: exports.clone() };
-        (Batcher::start(recorder, config), exports.clone())
+        (Batcher::start(recorder, config, Arc::default()), exports.clone())
     }
 
     fn base() -> Vec<KeyValue> {

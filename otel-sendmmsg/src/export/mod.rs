@@ -14,7 +14,10 @@ use opentelemetry::{trace::Status, Key, Value};
 use opentelemetry_otlp::{SpanExporter, WithHttpConfig};
 use opentelemetry_sdk::{trace::SpanData, Resource};
 
-use crate::config::{BatchConfig, Otlp, Output, Protocol};
+use crate::{
+    config::{BatchConfig, Otlp, Output, Protocol},
+    health::Beat,
+};
 use batcher::Batcher;
 use transport::{grpc_settings, http_client, http_settings};
 
@@ -48,7 +51,8 @@ impl Exporter {
     /// Builds the exporter for `output`, for OTLP with a queue bounded and timed by `batch`.
     /// Must run inside the tokio runtime: the export task and the clients' connections live
     /// there.
-    pub fn new(output: &Output, batch: BatchConfig) -> Result<Self> {
+    /// `beat`: the export task's heartbeat (health.rs), for OTLP.
+    pub fn new(output: &Output, batch: BatchConfig, beat: Arc<Beat>) -> Result<Self> {
         Ok(match output {
             Output::Console => Exporter::Console { out: std::io::stdout(), stats: ExportStats::default() },
             Output::Discard => Exporter::Discard,
@@ -60,6 +64,7 @@ impl Exporter {
                 Exporter::Otlp(Batcher::start(
                     move || exporters.pop().expect("one exporter per concurrent export"),
                     batch,
+                    beat,
                 ))
             }
         })
@@ -293,12 +298,12 @@ mod tests {
             attributes: Vec::new(),
         };
         let resource = Arc::new(resource_for(&[], &process));
-        let mut console = Exporter::new(&Output::Console, BatchConfig::default()).unwrap();
+        let mut console = Exporter::new(&Output::Console, BatchConfig::default(), Arc::default()).unwrap();
         console.export(spans.clone(), resource.clone());
         let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
         console.flush(deadline).await.unwrap();
         assert_eq!(console.final_stats(), ExportStats { exported: 4, dropped_queue_full: 0, failed: 0 });
-        let mut discard = Exporter::new(&Output::Discard, BatchConfig::default()).unwrap();
+        let mut discard = Exporter::new(&Output::Discard, BatchConfig::default(), Arc::default()).unwrap();
         discard.export(spans, resource);
         discard.flush(deadline).await.unwrap();
         assert_eq!(discard.final_stats(), ExportStats::default());

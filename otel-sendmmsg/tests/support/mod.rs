@@ -918,3 +918,24 @@ pub fn start_as_nobody(dir: &SharedDir, vars: &[(&str, &str)]) -> Sidecar {
     assert_eq!(status_field(sidecar.pid(), "Uid"), NOBODY.to_string(), "the sidecar runs as nobody");
     sidecar
 }
+
+/// A collector that accepts connections and never reads or answers: the worst a network or a
+/// hung collector can do to an exporter, whose every request then waits for its timeout.
+pub struct SilentCollector {
+    pub endpoint: String,
+}
+
+impl SilentCollector {
+    pub fn start() -> SilentCollector {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        std::thread::spawn(move || {
+            // Held open, never read: the test process's exit closes them.
+            let mut held = Vec::new();
+            for stream in listener.incoming().flatten() {
+                held.push(stream);
+            }
+        });
+        SilentCollector { endpoint }
+    }
+}
