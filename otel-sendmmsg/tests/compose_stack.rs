@@ -68,7 +68,9 @@ fn jaeger_shows_the_demo_apps_spans_with_their_sendmmsg_children() {
     let found = traces_when(
         &jaeger,
         SERVICE,
-        |traces| traces.iter().filter(|t| has(t, "publish-batch") && has(t, "sendmmsg")).count() == ITERATIONS,
+        |traces| {
+            traces.iter().filter(|t| has(t, "publish-batch") && has(t, "sendmmsg")).count() == ITERATIONS
+        },
         &[&collector],
     );
     // The demo's heartbeat thread publishes no span: its calls are traces of their own, one root
@@ -100,7 +102,11 @@ fn jaeger_shows_the_demo_apps_spans_with_their_sendmmsg_children() {
         assert!(p0 <= c0 && c0 + cd <= p0 + pd, "the syscall lies inside its batch: {trace:#}");
         // Both under the app's own service (the sidecar read its process context).
         for span in [parent, child] {
-            assert_eq!(process_tag(trace, span, "service.name").and_then(Value::as_str), Some(SERVICE), "{trace:#}");
+            assert_eq!(
+                process_tag(trace, span, "service.name").and_then(Value::as_str),
+                Some(SERVICE),
+                "{trace:#}"
+            );
         }
         let int = |key| tag(child, key).and_then(Value::as_i64);
         let text = |span, key| tag(span, key).and_then(Value::as_str);
@@ -136,7 +142,10 @@ fn jaeger_shows_the_demo_apps_spans_with_their_sendmmsg_children() {
     // app sets up no meter provider, so every metric there is the sidecar's.
     let log = collector.log();
     for metric in ["otel_sendmmsg.spans", "otel_sendmmsg.spans.exported"] {
-        assert!(log.contains(&format!("-> Name: {metric}\n")), "{metric} did not reach the collector:\n{log}");
+        assert!(
+            log.contains(&format!("-> Name: {metric}\n")),
+            "{metric} did not reach the collector:\n{log}"
+        );
     }
 }
 

@@ -24,7 +24,9 @@ const ITERATIONS: usize = 30;
 /// pipeline, before `processors` (the config's own, in order).
 fn stamp(key: &str, value: &str, processors: &[&str]) -> Vec<String> {
     vec![
-        format!("processors::resource/test-stamp::attributes: [{{key: {key}, value: {value}, action: upsert}}]"),
+        format!(
+            "processors::resource/test-stamp::attributes: [{{key: {key}, value: {value}, action: upsert}}]"
+        ),
         format!("service::pipelines::traces::processors: [resource/test-stamp, {}]", processors.join(", ")),
     ]
 }
@@ -97,7 +99,9 @@ fn every_trace_arrives_whole_through_the_agent_gateways_and_tier() {
     let found = traces_when(
         &jaeger,
         SERVICE,
-        |traces| traces.iter().filter(|t| has(t, "publish-batch") && has(t, "sendmmsg")).count() == ITERATIONS,
+        |traces| {
+            traces.iter().filter(|t| has(t, "publish-batch") && has(t, "sendmmsg")).count() == ITERATIONS
+        },
         &logs,
     );
     let mut tiers_used: BTreeSet<&str> = BTreeSet::new();

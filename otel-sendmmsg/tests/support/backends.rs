@@ -166,13 +166,16 @@ impl Collector {
         let mut command = match &self.hosts {
             None => Command::new(backend("otelcol")),
             Some(hosts) => {
-                let file = std::env::temp_dir().join(format!("otel-sendmmsg-hosts-{}-{}", std::process::id(), self.name));
+                let file = std::env::temp_dir().join(format!(
+                    "otel-sendmmsg-hosts-{}-{}",
+                    std::process::id(),
+                    self.name
+                ));
                 std::fs::write(&file, hosts).unwrap();
                 let mut command = Command::new("unshare");
-                command.args(["--mount", "--propagation", "private", "sh", "-c"]).arg(format!(
-                    "mount --bind {} /etc/hosts && exec \"$0\" \"$@\"",
-                    file.display()
-                ));
+                command
+                    .args(["--mount", "--propagation", "private", "sh", "-c"])
+                    .arg(format!("mount --bind {} /etc/hosts && exec \"$0\" \"$@\"", file.display()));
                 command.arg(backend("otelcol"));
                 command
             }
@@ -231,7 +234,12 @@ pub fn traces(jaeger: &Jaeger, service: &str) -> Vec<Value> {
 
 /// Jaeger's traces of `service` once `done` holds for them (within 30 s; the Collectors batch
 /// for up to 1 s each).
-pub fn traces_when(jaeger: &Jaeger, service: &str, done: impl Fn(&[Value]) -> bool, logs: &[&Running]) -> Vec<Value> {
+pub fn traces_when(
+    jaeger: &Jaeger,
+    service: &str,
+    done: impl Fn(&[Value]) -> bool,
+    logs: &[&Running],
+) -> Vec<Value> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let found = traces(jaeger, service);
