@@ -5,8 +5,10 @@
 //! self-metrics are built from it; nothing else reads the environment.
 //!
 //! Adding a variable: a field here (or in `standard.rs`), its parsing into `Config`, its row in
-//! README.md's Configuration table (a test holds the two together), and its consumer.
+//! README.md's Configuration table (a test holds the two together; `--help` prints that row,
+//! see [`documented`]), and its consumer.
 
+pub mod documented;
 mod standard;
 mod values;
 
