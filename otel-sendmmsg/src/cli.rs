@@ -80,8 +80,8 @@ pub fn version() -> String {
 const EXAMPLES: &[(&str, &str)] = &[
     ("One line per call on stdout (no collector set):", "otel-sendmmsg"),
     (
-        "Only calls slower than 1 ms, of two processes:",
-        "OTEL_SENDMMSG_MIN_DURATION=1ms OTEL_SENDMMSG_PIDS=1234,5678 otel-sendmmsg",
+        "Failed calls only, one JSON object per span, for jq:",
+        "OTEL_SENDMMSG_CONSOLE_FORMAT=json OTEL_SENDMMSG_ERRORS_ONLY=true otel-sendmmsg | jq .attributes",
     ),
     (
         "To a collector over gRPC:",
