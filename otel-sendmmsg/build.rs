@@ -1,6 +1,8 @@
 //! Builds the BPF crate for `bpfel-unknown-none` and leaves its objects in `OUT_DIR`, so a plain
 //! `cargo build` of the sidecar builds everything: the sidecar's (`otel-sendmmsg.bpf.o`) and the
 //! overhead benchmark's empty programs (`otel-sendmmsg-floor.bpf.o`, which only the bench loads).
+//! It also finds what `--version` says: the git commit the sources are at, and the SHA-256 of the
+//! sidecar's object, the bytes `probes/load.rs` compiles in.
 //!
 //! It runs cargo itself rather than through `aya-build`: aya-build 0.2.0 asks for
 //! `-Z build-std=core` (and so rust-src) whenever `RUSTC_BOOTSTRAP` is set, while Debian's Rust
@@ -13,6 +15,7 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
+use sha2::{Digest, Sha256};
 
 /// The rustup toolchain that `scripts/setup.sh` links to Debian's Rust.
 const BPF_TOOLCHAIN: &str = "system";
@@ -39,7 +42,47 @@ fn main() -> Result<()> {
         std::fs::copy(&object, out_dir.join(format!("{binary}.bpf.o")))
             .with_context(|| format!("copying {}", object.display()))?;
     }
+    let embedded = out_dir.join(format!("{}.bpf.o", BPF_BINARIES[0]));
+    let bytes = std::fs::read(&embedded).with_context(|| format!("reading {}", embedded.display()))?;
+    println!("cargo:rustc-env=BUILD_BPF_OBJECT_SHA256={}", hex(&Sha256::digest(&bytes)));
+    println!("cargo:rustc-env=BUILD_GIT_COMMIT={}", git_commit(workspace));
     Ok(())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The commit the workspace is checked out at, or `unknown` when it is not a git checkout of its
+/// own (the image build leaves `.git` out; a source tree unpacked inside another repository must
+/// not report that one's commit) or git is missing: a version string is never worth a failed
+/// build. Uncommitted changes are not noted: telling would mean running this script on every
+/// change of every file.
+fn git_commit(workspace: &Path) -> String {
+    let git = |args: &[&str]| -> Option<String> {
+        let out = Command::new("git").current_dir(workspace).args(args).output().ok()?;
+        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    };
+    let own_checkout = git(&["rev-parse", "--show-toplevel"])
+        .and_then(|top| Path::new(&top).canonicalize().ok())
+        .is_some_and(|top| workspace.canonicalize().is_ok_and(|w| w == top));
+    let commit = own_checkout.then(|| git(&["rev-parse", "--verify", "HEAD"])).flatten();
+    let Some(commit) = commit.filter(|c| c.len() == 40 && c.bytes().all(|b| b.is_ascii_hexdigit())) else {
+        return "unknown".to_owned();
+    };
+    // Run again when HEAD moves: a checkout rewrites HEAD, a commit the branch's ref (loose, or
+    // in packed-refs). `--git-path` knows where a worktree keeps each. Only files that exist:
+    // cargo would take a missing one as changed on every build.
+    let branch = git(&["symbolic-ref", "--quiet", "HEAD"]);
+    for file in ["HEAD", "packed-refs"].into_iter().map(str::to_owned).chain(branch) {
+        if let Some(path) = git(&["rev-parse", "--git-path", &file]) {
+            let path = workspace.join(path);
+            if path.is_file() {
+                println!("cargo:rerun-if-changed={}", path.display());
+            }
+        }
+    }
+    commit
 }
 
 /// Builds every binary of the BPF crate; returns the directory they are in.

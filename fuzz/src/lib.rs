@@ -1,13 +1,13 @@
 //! What the record targets share: every decoded call goes through the span mapping with each
-//! set of options the sidecar can run with, and through the console exporter's line, and the
-//! results are checked against what README.md ("The span") promises.
+//! set of options the sidecar can run with, and through the console exporter's lines (text and
+//! JSON), and the results are checked against what README.md ("The span") promises.
 
 use std::collections::HashSet;
 
 use opentelemetry::{trace::Status, KeyValue};
 use otel_sendmmsg::{
     clock::WallClock,
-    export::console_line,
+    export::{console_line, json_lines::json_line},
     process::{info_from_identity, ProcessInfo},
     records::{Call, Identity},
     config::MessageView,
@@ -89,6 +89,12 @@ pub fn map_call(call: &Call, clock: &WallClock) {
         // control characters (terminal escapes) to whoever reads the output.
         let line = console_line(span, &resource);
         assert!(!line.contains(|c: char| c.is_control()), "a control character in {line:?}");
+        // As JSON, each span is a line of its own (children too), escaped the same way.
+        for span in &spans {
+            let line = json_line(span, &resource);
+            assert!(!line.contains(|c: char| c.is_control()), "a control character in {line:?}");
+            assert!(line.starts_with('{') && line.ends_with('}'), "{line}");
+        }
     }
 }
 

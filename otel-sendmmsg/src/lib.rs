@@ -5,6 +5,7 @@
 //! ([`export`]); [`run`] wires it together.
 
 pub mod cgroup;
+pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod export;

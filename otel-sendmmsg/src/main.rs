@@ -1,6 +1,7 @@
-use std::process::ExitCode;
+use std::{io::Write as _, process::ExitCode};
 
 use otel_sendmmsg::{
+    cli::{self, Action, EXIT_CONFIG, EXIT_ENVIRONMENT},
     config::{Config, ConfigError},
     probes::choose::FamilyUnavailable,
     run::run,
@@ -9,11 +10,18 @@ use otel_sendmmsg::{
 use tracing::error;
 use tracing_subscriber::EnvFilter;
 
-/// Exit codes: 2 for configuration the user must fix, 1 for anything the environment refused.
-const EXIT_CONFIG: u8 = 2;
-const EXIT_ENVIRONMENT: u8 = 1;
-
 fn main() -> ExitCode {
+    // Arguments first: asking for help or the version must work whatever the environment holds
+    // and whatever this process may do, and must do nothing else.
+    match cli::parse(std::env::args_os().skip(1)) {
+        Ok(Action::Run) => {}
+        Ok(Action::Help) => return cli::print(&cli::help()),
+        Ok(Action::Version) => return cli::print(&cli::version()),
+        Err(unexpected) => {
+            let _ = writeln!(std::io::stderr(), "{unexpected}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    }
     let config = Config::from_env();
     // A configuration that cannot be read is still reported, through the default filter.
     init_logging(config.as_ref().ok().and_then(|c| c.log_filter.as_deref()));

@@ -304,7 +304,12 @@ pub async fn run(config: Config, mut signals: StopSignals) -> Result<()> {
     let mut records = unsafe { AsyncFd::register_with_interest(probes.take_records()?, Interest::READABLE) }
         .map_err(|e| anyhow::anyhow!("watching the ring buffer: {e}"))?;
     let mut pipeline = Pipeline {
-        exporter: Exporter::new(&config.output, config.batch, health.export.clone().unwrap_or_default())?,
+        exporter: Exporter::new(
+            &config.output,
+            config.console_format,
+            config.batch,
+            health.export.clone().unwrap_or_default(),
+        )?,
         processes: ProcessCache::new(process::DEFAULT_CAPACITY),
         resources: Resources::new(base_resource(&config.resource), process::DEFAULT_CAPACITY),
         // Until a per-message hook has proved itself, calls carry no trustworthy message detail.

@@ -27,6 +27,7 @@ fn each_bad_value_exits_2_naming_the_variable_and_what_it_accepts() {
         ("OTEL_TRACES_EXPORTER", "zipkin", "otlp, console or none"),
         ("OTEL_METRICS_EXPORTER", "prometheus", "otlp or none"),
         ("OTEL_METRIC_EXPORT_INTERVAL", "1m", "milliseconds"),
+        ("OTEL_SENDMMSG_CONSOLE_FORMAT", "yaml", "text or json"),
     ] {
         let (code, stderr) = start_with(var, value);
         assert_eq!(code, Some(2), "{var}={value}: {stderr}");

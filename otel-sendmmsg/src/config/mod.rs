@@ -5,8 +5,10 @@
 //! self-metrics are built from it; nothing else reads the environment.
 //!
 //! Adding a variable: a field here (or in `standard.rs`), its parsing into `Config`, its row in
-//! README.md's Configuration table (a test holds the two together), and its consumer.
+//! README.md's Configuration table (a test holds the two together; `--help` prints that row,
+//! see [`documented`]), and its consumer.
 
+pub mod documented;
 mod standard;
 mod tls;
 mod values;
@@ -73,6 +75,8 @@ struct OwnVars {
     health_endpoint: Option<String>,
     /// How long a part of the pipeline may stand still before `/livez` fails.
     health_stall_after: Option<String>,
+    /// `text` (default): the console's readable lines; `json`: one JSON object per span.
+    console_format: Option<String>,
 }
 
 /// 4 MiB holds ~3,600 records: about 36 ms of a 100k calls/s burst while the sidecar is busy.
@@ -108,6 +112,8 @@ pub struct Config {
     /// Whether spans show the caller's `msgvec` pointer.
     pub msgvec_address: bool,
     pub output: Output,
+    /// How the console prints spans, when `output` is the console.
+    pub console_format: ConsoleFormat,
     /// The export queue's bounds and timing (`OTEL_BSP_*`).
     pub batch: BatchConfig,
     pub metrics: MetricsOutput,
@@ -199,6 +205,16 @@ pub enum MessageView {
     Spans,
     /// Counters only.
     None,
+}
+
+/// How the console exporter prints spans (`OTEL_SENDMMSG_CONSOLE_FORMAT`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ConsoleFormat {
+    /// One readable line per call: time, duration, status, `key=value` attributes.
+    #[default]
+    Text,
+    /// One JSON object per span, as OTLP has it (see `export/json_lines.rs`): for `jq`.
+    Json,
 }
 
 /// Which attach family to use for a call's entry and exit.
@@ -308,6 +324,11 @@ impl Config {
                 parse_bool(v).ok_or_else(|| invalid("OTEL_SENDMMSG_MSGVEC_ADDRESS", v, "true or false"))?
             }
         };
+        let console_format = match own.console_format.as_deref().map(|v| (v, v.trim())) {
+            None | Some((_, "text")) => ConsoleFormat::Text,
+            Some((_, "json")) => ConsoleFormat::Json,
+            Some((v, _)) => return Err(invalid("OTEL_SENDMMSG_CONSOLE_FORMAT", v, "text or json")),
+        };
         let output = std_vars.output()?;
         let batch = std_vars.batch()?;
         let health = match own.health_endpoint.as_deref().filter(|v| !v.trim().is_empty()) {
@@ -340,6 +361,7 @@ impl Config {
             shutdown_timeout,
             msgvec_address,
             output,
+            console_format,
             batch,
             metrics,
             resource,
@@ -466,6 +488,7 @@ mod tests {
                 shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
                 msgvec_address: false,
                 output: Output::Console,
+                console_format: ConsoleFormat::Text,
                 batch: BatchConfig::default(),
                 metrics: MetricsOutput::Off,
                 resource: ResourceSettings { attributes: vec![], service_name: DEFAULT_SERVICE_NAME.into() },
@@ -825,6 +848,23 @@ mod tests {
         for (name, bad) in [("OTEL_SENDMMSG_SHUTDOWN_TIMEOUT", "0s"), ("OTEL_SENDMMSG_MSGVEC_ADDRESS", "yes")]
         {
             assert_eq!(config(&[(name, bad)]).unwrap_err().variable, name);
+        }
+    }
+
+    #[test]
+    fn console_format_is_text_or_json() {
+        let format = |v: &str| config(&[("OTEL_SENDMMSG_CONSOLE_FORMAT", v)]).map(|c| c.console_format);
+        assert_eq!(config(&[]).unwrap().console_format, ConsoleFormat::Text);
+        assert_eq!(
+            (format("text"), format("json"), format(" json ")),
+            (Ok(ConsoleFormat::Text), Ok(ConsoleFormat::Json), Ok(ConsoleFormat::Json))
+        );
+        for bad in ["JSON", "jsonl", "", "otlp"] {
+            let err = format(bad).unwrap_err();
+            assert_eq!(
+                (err.variable.as_str(), err.value.as_str(), err.accepts.as_str()),
+                ("OTEL_SENDMMSG_CONSOLE_FORMAT", bad, "text or json")
+            );
         }
     }
 

@@ -3,29 +3,20 @@
 
 use std::collections::BTreeSet;
 
-use super::{variables, Config};
-
-const README: &str = include_str!("../../../README.md");
+use super::{documented::code_spans, variables, Config};
 
 /// The table's rows: (variable, default cell), one variable per row.
 fn documented() -> Vec<(String, String)> {
-    let section = README.split("\n## Configuration\n").nth(1).expect("README.md has a Configuration section");
-    let section = section.split("\n## ").next().unwrap_or(section);
-    section
-        .lines()
-        .filter(|line| line.starts_with("| `"))
-        .map(|line| {
-            let cells: Vec<&str> = line.trim_matches('|').split(" | ").map(str::trim).collect();
-            let names = code_spans(cells[0]);
-            assert_eq!(names.len(), 1, "one variable per row: {line}");
-            (names[0].to_owned(), cells.get(1).copied().unwrap_or_default().to_owned())
+    let rows = super::documented::documented();
+    assert!(!rows.is_empty(), "README.md has a Configuration section with a table");
+    rows.iter()
+        .map(|row| {
+            let names = code_spans(row.variable);
+            assert_eq!(names.len(), 1, "one variable per row: {row:?}");
+            assert_eq!(row.variable, format!("`{}`", names[0]), "only the variable in its cell: {row:?}");
+            (names[0].to_owned(), row.default.to_owned())
         })
         .collect()
-}
-
-/// The `code` spans of a cell, in order.
-fn code_spans(cell: &str) -> Vec<&str> {
-    cell.split('`').skip(1).step_by(2).collect()
 }
 
 #[test]

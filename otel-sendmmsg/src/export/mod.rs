@@ -1,10 +1,11 @@
 //! Finished spans -> the configured destination: an OTLP collector (gRPC or HTTP/protobuf,
-//! through [`batcher`], each process's spans under its own resource), or one readable line per
-//! call on stdout. Spans come complete, with their resource ([`crate::span`]): export only
+//! through [`batcher`], each process's spans under its own resource), or stdout: one readable
+//! line per call, or one JSON object per span ([`json_lines`]). Spans come complete, with their resource ([`crate::span`]): export only
 //! queues, batches, sends and counts. Every span handed over is accounted for in
 //! [`ExportStats`].
 
 pub mod batcher;
+pub mod json_lines;
 pub mod transport;
 
 use std::{io::Write, sync::Arc};
@@ -15,10 +16,11 @@ use opentelemetry_otlp::{SpanExporter, WithHttpConfig};
 use opentelemetry_sdk::{trace::SpanData, Resource};
 
 use crate::{
-    config::{BatchConfig, Otlp, Output, Protocol},
+    config::{BatchConfig, ConsoleFormat, Otlp, Output, Protocol},
     health::Beat,
 };
 use batcher::Batcher;
+use json_lines::json_line;
 use transport::{grpc_settings, http_client, http_settings};
 
 /// What became of the spans handed to the exporter, each counted once: a call's span and each
@@ -26,8 +28,8 @@ use transport::{grpc_settings, http_client, http_settings};
 /// `exported + dropped_queue_full + failed` is every span handed over.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ExportStats {
-    /// Accepted by the collector (OTLP), or written to stdout (console: a call's line stands
-    /// for its span and its children).
+    /// Accepted by the collector (OTLP), or written to stdout (console text: a call's line
+    /// stands for its span and its children; JSON: a line each).
     pub exported: u64,
     /// Dropped on arrival because `OTEL_BSP_MAX_QUEUE_SIZE` spans were already waiting.
     pub dropped_queue_full: u64,
@@ -40,6 +42,7 @@ pub struct ExportStats {
 pub enum Exporter {
     Console {
         out: std::io::Stdout,
+        format: ConsoleFormat,
         stats: ExportStats,
     },
     Otlp(Batcher),
@@ -48,13 +51,14 @@ pub enum Exporter {
 }
 
 impl Exporter {
-    /// Builds the exporter for `output`, for OTLP with a queue bounded and timed by `batch`.
-    /// Must run inside the tokio runtime: the export task and the clients' connections live
-    /// there.
-    /// `beat`: the export task's heartbeat (health.rs), for OTLP.
-    pub fn new(output: &Output, batch: BatchConfig, beat: Arc<Beat>) -> Result<Self> {
+    /// Builds the exporter for `output`: the console printing in `format`, OTLP with a queue
+    /// bounded and timed by `batch` and `beat` as its task's heartbeat (health.rs). Must run
+    /// inside the tokio runtime: the export task and the clients' connections live there.
+    pub fn new(output: &Output, format: ConsoleFormat, batch: BatchConfig, beat: Arc<Beat>) -> Result<Self> {
         Ok(match output {
-            Output::Console => Exporter::Console { out: std::io::stdout(), stats: ExportStats::default() },
+            Output::Console => {
+                Exporter::Console { out: std::io::stdout(), format, stats: ExportStats::default() }
+            }
             Output::Discard => Exporter::Discard,
             Output::Otlp(otlp) => {
                 // Built before starting, so an error comes back here; one per concurrent export.
@@ -74,10 +78,11 @@ impl Exporter {
     /// [`crate::span::build`] makes them) and the resource they go under. Never blocks.
     pub fn export(&mut self, spans: Vec<SpanData>, resource: Arc<Resource>) {
         match self {
-            Exporter::Console { out, stats } => {
+            Exporter::Console { out, format, stats } => {
                 let count = spans.len() as u64;
-                // A closed stdout (the reader went away) must not stop tracing: counted.
-                match writeln!(out.lock(), "{}", console_line(&spans[0], &resource)) {
+                // Written at once, so a call's lines stay together and are counted together. A
+                // closed stdout (the reader went away) must not stop tracing: counted.
+                match writeln!(out.lock(), "{}", console_lines(*format, &spans, &resource)) {
                     Ok(()) => stats.exported += count,
                     Err(_) => stats.failed += count,
                 }
@@ -131,6 +136,17 @@ fn otlp_exporter(otlp: &Otlp) -> Result<SpanExporter> {
         }
     };
     exporter.context("building the OTLP exporter")
+}
+
+/// What the console prints for one call's spans (its own first), without the last newline:
+/// as text, one line for the call; as JSON, a line per span, children too, as OTLP has them.
+pub fn console_lines(format: ConsoleFormat, spans: &[SpanData], resource: &Resource) -> String {
+    match format {
+        ConsoleFormat::Text => spans.first().map(|call| console_line(call, resource)).unwrap_or_default(),
+        ConsoleFormat::Json => {
+            spans.iter().map(|span| json_line(span, resource)).collect::<Vec<_>>().join("\n")
+        }
+    }
 }
 
 /// One line per call, from the call's own span: time, name, duration, status, the
@@ -287,6 +303,41 @@ mod tests {
         assert!(line
             .ends_with(r#" service.name="evil\u{1b}[2J\tname" thread.name="w\n2023-11-14T22:13:20Z fake""#));
     }
+    #[test]
+    fn as_json_each_span_of_a_call_is_a_line_of_its_own() {
+        let process = ProcessInfo {
+            pid: 7,
+            executable_name: None,
+            service_name: "svc".into(),
+            container_id: None,
+            attributes: Vec::new(),
+        };
+        let resource = resource_for(&[], &process);
+        let clock = crate::clock::WallClock::from_readings(1_700_000_000_000_000_000, 0);
+        let record = crate::records::tests::record(&[100, -libc::EMSGSIZE]);
+        let call = crate::records::decode(&crate::records::tests::bytes_of(&record)).unwrap();
+        let options = crate::span::SpanOptions {
+            per_message: true,
+            view: crate::config::MessageView::Spans,
+            msgvec_address: false,
+        };
+        let spans = crate::span::build(&call, &clock, options);
+        assert_eq!(spans.len(), 3);
+        assert_eq!(console_lines(ConsoleFormat::Text, &spans, &resource).lines().count(), 1);
+        let json = console_lines(ConsoleFormat::Json, &spans, &resource);
+        let lines: Vec<serde_json::Value> =
+            json.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"))).collect();
+        assert_eq!(lines.len(), 3, "{json}");
+        assert_eq!(lines[0]["name"], SPAN_NAME);
+        for (index, child) in lines[1..].iter().enumerate() {
+            assert_eq!(child["name"], MESSAGE_SPAN_NAME);
+            assert_eq!(child["trace_id"], lines[0]["trace_id"]);
+            assert_eq!(child["parent_span_id"], lines[0]["span_id"]);
+            assert_eq!(child["attributes"]["sendmmsg.message.index"], index);
+        }
+        assert_eq!(lines[2]["status"]["code"], "STATUS_CODE_ERROR");
+    }
+
     #[tokio::test]
     async fn the_console_counts_a_line_for_the_call_and_its_children() {
         let spans = call(3);
@@ -298,12 +349,16 @@ mod tests {
             attributes: Vec::new(),
         };
         let resource = Arc::new(resource_for(&[], &process));
-        let mut console = Exporter::new(&Output::Console, BatchConfig::default(), Arc::default()).unwrap();
+        let mut console =
+            Exporter::new(&Output::Console, ConsoleFormat::Text, BatchConfig::default(), Arc::default())
+                .unwrap();
         console.export(spans.clone(), resource.clone());
         let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
         console.flush(deadline).await.unwrap();
         assert_eq!(console.final_stats(), ExportStats { exported: 4, dropped_queue_full: 0, failed: 0 });
-        let mut discard = Exporter::new(&Output::Discard, BatchConfig::default(), Arc::default()).unwrap();
+        let mut discard =
+            Exporter::new(&Output::Discard, ConsoleFormat::Text, BatchConfig::default(), Arc::default())
+                .unwrap();
         discard.export(spans, resource);
         discard.flush(deadline).await.unwrap();
         assert_eq!(discard.final_stats(), ExportStats::default());
