@@ -2,7 +2,8 @@
 //! endpoint: certificates made now by openssl (a private CA, the collector's certificate for
 //! 127.0.0.1, a client certificate), the Collector requiring a client certificate (mTLS) on its
 //! gRPC and HTTP receivers and passing what it accepts to the test's plain OTLP receiver. With the
-//! CA and the client certificate every call's span arrives; without the client certificate, or
+//! CA and the client certificate every call's span, and the sidecar's own metrics, arrive; without the
+//! client certificate, or
 //! trusting only the system's roots, nothing does and every span is counted as failed.
 
 mod support;
@@ -92,7 +93,8 @@ fn tls_collector(certs: &Certificates, to: &str) -> (Running, String, String) {
          exporters:\n  otlp_grpc: {{endpoint: {to}, tls: {{insecure: true}}}}\n\
          extensions:\n  health_check: {{endpoint: 127.0.0.1:{health}}}\n\
          service:\n  extensions: [health_check]\n  telemetry: {{metrics: {{level: none}}}}\n  pipelines:\n    \
-         traces: {{receivers: [otlp], exporters: [otlp_grpc]}}\n"
+         traces: {{receivers: [otlp], exporters: [otlp_grpc]}}\n    \
+         metrics: {{receivers: [otlp], exporters: [otlp_grpc]}}\n"
     );
     let file = certs.0.join("collector.yaml");
     std::fs::write(&file, config).unwrap();
@@ -129,9 +131,10 @@ fn https_export_with_a_private_ca_and_a_client_certificate() {
                 ("OTEL_BSP_SCHEDULE_DELAY", "100"),
                 ("OTEL_EXPORTER_OTLP_TIMEOUT", "2000"),
                 ("OTEL_BSP_EXPORT_TIMEOUT", "3000"),
-                ("OTEL_METRICS_EXPORTER", "none"),
+                ("OTEL_METRIC_EXPORT_INTERVAL", "300"),
             ];
             vars.extend_from_slice(tls);
+            let points_before = receiver.metric_points().len();
             let sidecar = Sidecar::start(&vars);
             let calls = run_workload(&["udp4", "refused-mid-batch"]);
             let pid = calls[0].pid;
@@ -148,6 +151,12 @@ fn https_export_with_a_private_ca_and_a_client_certificate() {
             if accepted {
                 assert_eq!(receiver.spans_of(pid).len(), calls.len(), "{what}:\n{}", stopped.stderr);
                 assert_eq!(summary_count(&stopped.stderr, "export_failed"), 0, "{what}");
+                // The sidecar's own metrics took the same TLS (its final export at the latest).
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while receiver.metric_points().len() == points_before && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                assert!(receiver.metric_points().len() > points_before, "{what}: no metrics arrived");
             } else {
                 assert!(receiver.spans_of(pid).is_empty(), "{what}: the collector took spans");
                 // Every span of the calls, and of nothing else the sidecar saw, failed.
