@@ -2,9 +2,9 @@
 //! endpoint: certificates made now by openssl (a private CA, the collector's certificate for
 //! 127.0.0.1, a client certificate), the Collector requiring a client certificate (mTLS) on its
 //! gRPC and HTTP receivers and passing what it accepts to the test's plain OTLP receiver. With the
-//! CA and the client certificate every call's span, and the sidecar's own metrics, arrive; without the
-//! client certificate, or
-//! trusting only the system's roots, nothing does and every span is counted as failed.
+//! CA and the client certificate every call's span, and the sidecar's own metrics, arrive;
+//! without the client certificate, or trusting only the system's roots, nothing does and every
+//! span is counted as failed.
 
 mod support;
 
