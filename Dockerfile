@@ -22,8 +22,9 @@ COPY --from=build /src/target/release/otel-sendmmsg /usr/local/bin/otel-sendmmsg
 # to exec the binary with no reason given. setcap rewrites the binary's layer once more (about
 # 10 MB): a COPY does not carry file capabilities in every builder, a RUN's layer does, and
 # RUN --mount (which would spare the copy) needs BuildKit.
+# ca-certificates stays: the system's roots for https:// collectors (managed backends).
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends libcap2-bin \
+    && apt-get install -y --no-install-recommends libcap2-bin ca-certificates \
     && setcap cap_bpf,cap_perfmon,cap_dac_override,cap_sys_ptrace,cap_checkpoint_restore=p /usr/local/bin/otel-sendmmsg \
     && apt-get purge -y --auto-remove libcap2-bin \
     && rm -rf /var/lib/apt/lists/*
