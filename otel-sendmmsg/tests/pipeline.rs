@@ -339,6 +339,7 @@ fn each_attach_family_traces_or_is_refused_with_the_reason() {
 }
 
 /// What a kernel gives one attach family, as the sidecar's start-up log says it.
+#[derive(Clone, Copy)]
 struct Choice {
     family: &'static str,
     entry_exit: &'static str,
@@ -350,31 +351,55 @@ struct Choice {
 const FENTRY_SYS_SENDMMSG: &str = "fexit __sys_sendmmsg, fentry __sys_sendmmsg";
 const FEXIT_PROTOCOL: &str = "fexit inet_sendmsg/inet6_sendmsg/unix_dgram_sendmsg";
 
-/// What Debian's 6.1 gives each family. It has no `sock:sock_send_length`, and `sock_sendmsg`
-/// is off sendmmsg's path (Debian's 6.1 carries the 6.6 fix "net: prevent rewrite of msg_name
-/// in sock_sendmsg()"), so only the protocol send functions see every message.
-const CHOICES_ON_DEBIAN_6_1: [Choice; 4] = [
-    Choice {
-        family: "auto",
-        entry_exit: FENTRY_SYS_SENDMMSG,
-        message: FEXIT_PROTOCOL,
-        passed_over: &["not trying tracepoint, kprobe for entry/exit: a cheaper hook works"],
-    },
-    Choice { family: "fentry", entry_exit: FENTRY_SYS_SENDMMSG, message: FEXIT_PROTOCOL, passed_over: &[] },
-    Choice {
-        family: "kprobe",
-        // OTEL_SENDMMSG_MAX_INFLIGHT's default, 4096, is also the kernel's limit on maxactive.
-        entry_exit: "kretprobe __x64_sys_sendmmsg (maxactive 4096), kprobe __x64_sys_sendmmsg",
-        message: "kretprobe inet_sendmsg/inet6_sendmsg/unix_dgram_sendmsg",
-        passed_over: &[
-            "not using kretprobe sock_sendmsg for messages: attached, but saw 0 of call 0's 3 messages",
-        ],
-    },
+const AUTO_TAKES_FENTRY: Choice = Choice {
+    family: "auto",
+    entry_exit: FENTRY_SYS_SENDMMSG,
+    message: FEXIT_PROTOCOL,
+    passed_over: &["not trying tracepoint, kprobe for entry/exit: a cheaper hook works"],
+};
+const FENTRY: Choice =
+    Choice { family: "fentry", entry_exit: FENTRY_SYS_SENDMMSG, message: FEXIT_PROTOCOL, passed_over: &[] };
+/// A kretprobe on `sock_sendmsg` sees none of sendmmsg's messages: from 6.6 on (and in Debian's
+/// 6.1, which carries the fix "net: prevent rewrite of msg_name in sock_sendmsg()") sendmmsg
+/// does not call it, and on Debian's 5.10 the self-test finds it silent too (its call on that
+/// path is not the out-of-line copy a probe sees). The protocol send functions see every message.
+const KPROBE: Choice = Choice {
+    family: "kprobe",
+    // OTEL_SENDMMSG_MAX_INFLIGHT's default, 4096, is also the kernel's limit on maxactive.
+    entry_exit: "kretprobe __x64_sys_sendmmsg (maxactive 4096), kprobe __x64_sys_sendmmsg",
+    message: "kretprobe inet_sendmsg/inet6_sendmsg/unix_dgram_sendmsg",
+    passed_over: &[
+        "not using kretprobe sock_sendmsg for messages: attached, but saw 0 of call 0's 3 messages",
+    ],
+};
+const SYSCALL_TRACEPOINTS: &str =
+    "tracepoint syscalls:sys_exit_sendmmsg, tracepoint syscalls:sys_enter_sendmmsg";
+/// Before 6.3 there is no `sock:sock_send_length`: the tracepoint family takes fexit for messages.
+const TRACEPOINT_BEFORE_6_3: Choice = Choice {
+    family: "tracepoint",
+    entry_exit: SYSCALL_TRACEPOINTS,
+    message: FEXIT_PROTOCOL,
+    passed_over: &["sock:sock_send_length for messages: tracepoint sock:sock_send_length not present"],
+};
+
+/// What Debian's 6.1 gives each family: fentry/fexit trampolines load under qemu, no
+/// `sock:sock_send_length`.
+const CHOICES_ON_DEBIAN_6_1: [Choice; 4] = [AUTO_TAKES_FENTRY, FENTRY, KPROBE, TRACEPOINT_BEFORE_6_3];
+/// Debian 11's 5.10 gives each family the same as 6.1 (its BTF has every field the identity
+/// capture reads, and fentry/fexit load).
+const CHOICES_ON_DEBIAN_5_10: [Choice; 4] = [AUTO_TAKES_FENTRY, FENTRY, KPROBE, TRACEPOINT_BEFORE_6_3];
+/// Debian 12's 6.12 has `sock:sock_send_length`: the tracepoint family needs no other hook.
+const CHOICES_ON_DEBIAN_6_12: [Choice; 4] = [
+    AUTO_TAKES_FENTRY,
+    FENTRY,
+    KPROBE,
     Choice {
         family: "tracepoint",
-        entry_exit: "tracepoint syscalls:sys_exit_sendmmsg, tracepoint syscalls:sys_enter_sendmmsg",
-        message: FEXIT_PROTOCOL,
-        passed_over: &["sock:sock_send_length for messages: tracepoint sock:sock_send_length not present"],
+        entry_exit: SYSCALL_TRACEPOINTS,
+        message: "tracepoint sock:sock_send_length",
+        passed_over: &[
+            "not trying fexit inet_sendmsg/inet6_sendmsg/unix_dgram_sendmsg, kretprobe sock_sendmsg",
+        ],
     },
 ];
 
@@ -439,7 +464,8 @@ fn blocked_run<'a>(console: &'a str, run: &str) -> (u64, u64, Vec<&'a str>) {
     (count("calls="), count("spans="), log)
 }
 
-/// The end-to-end tests above that every family must pass on 6.1, exactly as they pass here.
+/// The end-to-end tests above that every family must pass on each kernel of the matrix,
+/// exactly as they pass here.
 const TESTS_PER_FAMILY: [&str; 4] = [
     "every_scenario_reaches_a_grpc_collector_exactly",
     "every_scenario_reaches_an_http_protobuf_collector_exactly",
@@ -447,10 +473,11 @@ const TESTS_PER_FAMILY: [&str; 4] = [
     "programs_gone_right_after_their_call_are_named_by_their_own_environment",
 ];
 
-/// The kernel matrix: the tests above, inside Debian's 6.1 kernel (kprobes and BTF, no
-/// `sock:sock_send_length`, `sock_sendmsg` no longer on sendmmsg's path), by running this very
-/// test binary in a qemu guest, one boot per attach family, in turn. Each boot first starts the
-/// sidecar alone to check what the family chose (`CHOICES_ON_DEBIAN_6_1`), then runs
+/// The kernel matrix: the tests above, inside Debian's 5.10, 6.1 and 6.12 kernels (kprobes and
+/// BTF; `sock:sock_send_length` on 6.12 only; `sock_sendmsg` off sendmmsg's path on all three),
+/// by running this very test binary in a qemu guest, one boot per attach family, in turn. Each
+/// boot first starts the sidecar alone to check what the family chose (`CHOICES_ON_DEBIAN_*`),
+/// then runs
 /// `TESTS_PER_FAMILY` with `OTEL_SENDMMSG_ATTACH` set to the family; the auto boot also runs
 /// `each_attach_family_traces_or_is_refused_with_the_reason`.
 ///
@@ -461,18 +488,31 @@ const TESTS_PER_FAMILY: [&str; 4] = [
 /// binaries, ~5); each is bounded at 5 minutes.
 #[test]
 fn the_same_tests_pass_on_debian_6_1_for_every_family_it_offers() {
+    the_same_tests_pass_on(support::qemu::Debian::V6_1, &CHOICES_ON_DEBIAN_6_1);
+}
+
+#[test]
+fn the_same_tests_pass_on_debian_6_12_for_every_family_it_offers() {
+    the_same_tests_pass_on(support::qemu::Debian::V6_12, &CHOICES_ON_DEBIAN_6_12);
+}
+
+#[test]
+fn the_same_tests_pass_on_debian_5_10_for_every_family_it_offers() {
+    the_same_tests_pass_on(support::qemu::Debian::V5_10, &CHOICES_ON_DEBIAN_5_10);
+}
+
+fn the_same_tests_pass_on(debian: support::qemu::Debian, choices: &[Choice]) {
     require_root();
     let _host = HOST.write().unwrap_or_else(std::sync::PoisonError::into_inner);
     let binaries = support::qemu::release_binaries("otel-sendmmsg");
     let (sidecar, workload) = (&binaries["otel-sendmmsg"], &binaries["sendmmsg-workload"]);
     let tests = std::env::current_exe().unwrap();
-    let guest = support::qemu::Guest::debian_6_1(&[
-        (&tests, &tests),
-        (sidecar, Path::new(SIDECAR)),
-        (workload, Path::new(WORKLOAD)),
-    ]);
+    let guest = support::qemu::Guest::debian(
+        debian,
+        &[(&tests, &tests), (sidecar, Path::new(SIDECAR)), (workload, Path::new(WORKLOAD))],
+    );
     let kernel = guest.kernel_release();
-    for Choice { family, entry_exit, message, passed_over } in CHOICES_ON_DEBIAN_6_1 {
+    for &Choice { family, entry_exit, message, passed_over } in choices {
         let mut tests_here = TESTS_PER_FAMILY.to_vec();
         if family == "auto" {
             tests_here.push("each_attach_family_traces_or_is_refused_with_the_reason");
@@ -496,7 +536,7 @@ sed "s/^/LOG /" /tmp/log
         );
         let run = guest.run(&script, std::time::Duration::from_secs(300));
         let console = run.console.replace('\r', "");
-        eprintln!("6.1 guest, OTEL_SENDMMSG_ATTACH={family}, {:?}:\n{console}", run.duration);
+        eprintln!("{} guest, OTEL_SENDMMSG_ATTACH={family}, {:?}:\n{console}", debian.name(), run.duration);
         let ctx = format!("OTEL_SENDMMSG_ATTACH={family} on {kernel}");
         assert!(console.contains(&format!("KERNEL {kernel}")), "{ctx}: the guest did not boot:\n{console}");
         assert!(console.contains("SIDECAR exit=0"), "{ctx}: the sidecar did not start and stop cleanly");
@@ -512,8 +552,8 @@ sed "s/^/LOG /" /tmp/log
         for reason in passed_over {
             assert!(log(reason), "{ctx}: no \"{reason}\"");
         }
-        // 6.1's BTF has every field the identity capture reads (kernfs_node.parent under its
-        // old name), and its exec hook attaches.
+        // Each kernel's BTF has every field the identity capture reads (kernfs_node.parent under
+        // the name that kernel gives it), and its exec hook attaches.
         assert!(log("process identities are captured in the kernel"), "{ctx}: identity capture");
         let summary = console.lines().find(|l| l.starts_with("LOG ") && l.contains("stopped: "));
         let summary = summary.unwrap_or_else(|| panic!("{ctx}: no closing summary"));

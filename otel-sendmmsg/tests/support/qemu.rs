@@ -1,6 +1,6 @@
-//! Runs commands inside another kernel: Debian's 6.1 (kprobes and BTF, no
-//! `sock:sock_send_length`), booted under qemu with an initramfs that holds busybox and the
-//! given files at the paths the test binaries expect them, so a test binary runs there unchanged.
+//! Runs commands inside another kernel: Debian's cloud kernels (see [`Debian`]), booted under
+//! qemu with an initramfs that holds busybox and the given files at the paths the test binaries
+//! expect them, so a test binary runs there unchanged.
 
 use std::{
     collections::HashMap,
@@ -10,8 +10,30 @@ use std::{
     time::{Duration, Instant},
 };
 
-/// Written by scripts/setup-kernels.sh: the path of the unpacked vmlinuz.
-const KERNEL_POINTER: &str = "/var/cache/otel-sendmmsg/kernels/debian-6.1";
+/// Where scripts/setup-kernels.sh writes, per kernel, the path of the unpacked vmlinuz.
+const KERNEL_POINTERS: &str = "/var/cache/otel-sendmmsg/kernels";
+
+/// The kernels of the matrix besides the machine's own, as scripts/setup-kernels.sh prepares them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Debian {
+    /// Debian 11's 5.10: the oldest kernel in wide use with BTF; no `sock:sock_send_length`.
+    V5_10,
+    /// Debian 12's 6.1: kprobes and BTF, no `sock:sock_send_length`.
+    V6_1,
+    /// Debian 12's 6.12: kprobes, BTF and `sock:sock_send_length`; `sock_sendmsg` off
+    /// sendmmsg's path, as on every kernel from 6.6 on.
+    V6_12,
+}
+
+impl Debian {
+    pub fn name(self) -> &'static str {
+        match self {
+            Debian::V5_10 => "5.10",
+            Debian::V6_1 => "6.1",
+            Debian::V6_12 => "6.12",
+        }
+    }
+}
 /// Printed by /init after the script, with its exit code.
 const DONE_MARKER: &str = "GUEST-EXIT";
 
@@ -29,16 +51,25 @@ pub struct GuestRun {
 }
 
 impl Guest {
-    /// The 6.1 kernel prepared by scripts/setup-kernels.sh, booting into busybox plus `files`:
-    /// each `(host path, path in the guest)` with the shared libraries it needs. A test without
-    /// the kernel fails, saying so.
+    /// The 6.1 kernel, booting into busybox plus `files` (see [`Guest::debian`]).
     pub fn debian_6_1(files: &[(&Path, &Path)]) -> Guest {
-        let kernel = std::fs::read_to_string(KERNEL_POINTER)
+        Guest::debian(Debian::V6_1, files)
+    }
+
+    /// Debian's `kernel` prepared by scripts/setup-kernels.sh, booting into busybox plus
+    /// `files`: each `(host path, path in the guest)` with the shared libraries it needs. A test
+    /// without the kernel fails, saying so.
+    pub fn debian(kernel: Debian, files: &[(&Path, &Path)]) -> Guest {
+        let pointer = Path::new(KERNEL_POINTERS).join(format!("debian-{}", kernel.name()));
+        let kernel = std::fs::read_to_string(&pointer)
             .map(|p| PathBuf::from(p.trim()))
             .ok()
             .filter(|p| p.is_file())
             .unwrap_or_else(|| {
-                panic!("no 6.1 kernel prepared: run scripts/setup.sh --tests (scripts/setup-kernels.sh)")
+                panic!(
+                    "no {} kernel prepared: run scripts/setup.sh --tests (scripts/setup-kernels.sh)",
+                    kernel.name()
+                )
             });
         let guest = Guest { kernel, dir: tempdir() };
         let root = guest.root();
