@@ -31,18 +31,8 @@ struct Demo {
 impl Demo {
     fn start(endpoint: &str, sink: &UdpSocket) -> Demo {
         let binary = build_demo_app();
-        let mut child = Command::new(&binary)
-            .env_clear()
-            .env("OTEL_SERVICE_NAME", "my-app")
-            .env("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
-            .env("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
-            .env("OTEL_BSP_SCHEDULE_DELAY", "100")
-            .env("DEMO_TARGET", sink.local_addr().unwrap().to_string())
-            .env("DEMO_ITERATIONS", ITERATIONS.to_string())
-            .env("DEMO_INTERVAL_MS", "20")
-            .env("DEMO_WAIT_FOR_STDIN", "1")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
+        let target = sink.local_addr().unwrap();
+        let mut child = demo_app(&mut Command::new(&binary), "my-app", endpoint, target, ITERATIONS, 20)
             .spawn()
             .expect("starting the demo app");
         let stdin = child.stdin.take().unwrap();

@@ -14,7 +14,7 @@ use std::{
     io::{BufRead, BufReader, Write},
     net::UdpSocket,
     path::{Path, PathBuf},
-    process::{Child, ChildStdin, Command, Stdio},
+    process::{Child, ChildStdin, Command},
     sync::mpsc,
     time::{Duration, Instant},
 };
@@ -167,20 +167,11 @@ struct App {
 impl App {
     fn start(endpoint: &str, sink: &UdpSocket) -> App {
         let binary = Copied::of(&build_demo_app(), "otel-sendmmsg-demo");
-        let mut child = setpriv(APP_USER, &[], false, &binary)
-            .env_clear()
-            .env("OTEL_SERVICE_NAME", "my-app")
-            .env("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
-            .env("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
-            .env("OTEL_BSP_SCHEDULE_DELAY", "100")
-            .env("DEMO_TARGET", sink.local_addr().unwrap().to_string())
-            .env("DEMO_ITERATIONS", ITERATIONS.to_string())
-            .env("DEMO_INTERVAL_MS", "20")
-            .env("DEMO_WAIT_FOR_STDIN", "1")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("starting the demo app");
+        let target = sink.local_addr().unwrap();
+        let mut child =
+            demo_app(&mut setpriv(APP_USER, &[], false, &binary), "my-app", endpoint, target, ITERATIONS, 20)
+                .spawn()
+                .expect("starting the demo app");
         let stdin = child.stdin.take().unwrap();
         let (tx, rx) = mpsc::channel();
         let stdout = child.stdout.take().unwrap();

@@ -209,6 +209,17 @@ mod tests {
         span::{resource::resource_for, scope, MESSAGE_SPAN_NAME, SPAN_NAME},
     };
 
+    /// A process of pid 7 named `service`, without an executable or container.
+    fn process(service: &str) -> ProcessInfo {
+        ProcessInfo {
+            pid: 7,
+            executable_name: None,
+            service_name: service.into(),
+            container_id: None,
+            attributes: Vec::new(),
+        }
+    }
+
     /// A finished span as the span module makes them; only what export reads is set.
     pub(super) fn finished(
         name: &'static str,
@@ -291,13 +302,7 @@ mod tests {
             vec![],
             Status::Unset,
         );
-        let process = ProcessInfo {
-            pid: 7,
-            executable_name: None,
-            service_name: "evil\x1b[2J\tname".into(),
-            container_id: None,
-            attributes: Vec::new(),
-        };
+        let process = process("evil\x1b[2J\tname");
         let line = console_line(&span, &resource_for(&[], &process));
         assert!(!line.contains(|c: char| c.is_control()), "{line:?}");
         assert!(line
@@ -305,13 +310,7 @@ mod tests {
     }
     #[test]
     fn as_json_each_span_of_a_call_is_a_line_of_its_own() {
-        let process = ProcessInfo {
-            pid: 7,
-            executable_name: None,
-            service_name: "svc".into(),
-            container_id: None,
-            attributes: Vec::new(),
-        };
+        let process = process("svc");
         let resource = resource_for(&[], &process);
         let clock = crate::clock::WallClock::from_readings(1_700_000_000_000_000_000, 0);
         let record = crate::records::tests::record(&[100, -libc::EMSGSIZE]);
@@ -341,13 +340,7 @@ mod tests {
     #[tokio::test]
     async fn the_console_counts_a_line_for_the_call_and_its_children() {
         let spans = call(3);
-        let process = ProcessInfo {
-            pid: 7,
-            executable_name: None,
-            service_name: "svc".into(),
-            container_id: None,
-            attributes: Vec::new(),
-        };
+        let process = process("svc");
         let resource = Arc::new(resource_for(&[], &process));
         let mut console =
             Exporter::new(&Output::Console, ConsoleFormat::Text, BatchConfig::default(), Arc::default())

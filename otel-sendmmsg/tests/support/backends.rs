@@ -286,21 +286,18 @@ pub fn run_demo_app(
     env: &[(&str, &str)],
 ) -> u32 {
     let sink = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    let mut app = Command::new(super::build_demo_app())
-        .env_clear()
-        .env("OTEL_SERVICE_NAME", service)
-        .env("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
-        .env("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
-        .env("OTEL_BSP_SCHEDULE_DELAY", "100")
-        .env("DEMO_TARGET", sink.local_addr().unwrap().to_string())
-        .env("DEMO_ITERATIONS", iterations.to_string())
-        .env("DEMO_INTERVAL_MS", "50")
-        .env("DEMO_WAIT_FOR_STDIN", "1")
-        .envs(env.iter().copied())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let target = sink.local_addr().unwrap();
+    let mut app = super::demo_app(
+        &mut Command::new(super::build_demo_app()),
+        service,
+        endpoint,
+        target,
+        iterations,
+        50,
+    )
+    .envs(env.iter().copied())
+    .spawn()
+    .unwrap();
     let pid = app.id();
     let mut lines = BufReader::new(app.stdout.take().unwrap()).lines().map_while(Result::ok);
     assert!(lines.any(|l| l == "waiting"), "the demo app did not get ready");

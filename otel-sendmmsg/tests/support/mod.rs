@@ -778,6 +778,32 @@ pub fn build_demo_app() -> std::path::PathBuf {
     profile_dir.join("otel-sendmmsg-demo")
 }
 
+/// The demo app's settings as the tests run it, on `command` (the demo's binary, or a wrapper
+/// that runs it): service `service`, its spans over OTLP/gRPC to `endpoint`, `iterations`
+/// batches every `interval_ms` to `target`, starting when a line arrives on stdin (it prints
+/// `waiting` first, and each thread's id).
+pub fn demo_app<'a>(
+    command: &'a mut Command,
+    service: &str,
+    endpoint: &str,
+    target: SocketAddr,
+    iterations: usize,
+    interval_ms: u64,
+) -> &'a mut Command {
+    command
+        .env_clear()
+        .env("OTEL_SERVICE_NAME", service)
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
+        .env("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+        .env("OTEL_BSP_SCHEDULE_DELAY", "100")
+        .env("DEMO_TARGET", target.to_string())
+        .env("DEMO_ITERATIONS", iterations.to_string())
+        .env("DEMO_INTERVAL_MS", interval_ms.to_string())
+        .env("DEMO_WAIT_FOR_STDIN", "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+}
+
 /// What `sendmmsg-workload loop` reports when it is done.
 #[derive(Clone, Debug, Deserialize)]
 pub struct LoopReport {
