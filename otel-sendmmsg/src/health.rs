@@ -1,8 +1,8 @@
 //! Health for orchestrators (`OTEL_SENDMMSG_HEALTH_ENDPOINT`): an HTTP listener with
 //! `GET /readyz`, 200 once the probes are attached and spans flow, and `GET /livez`, 200 while
 //! the pipeline turns. Turning is two heartbeats: the loop that drains the ring buffer (every
-//! 20 ms at least) and the export task (every loop of it: at least once per schedule delay, and
-//! whenever an export ends, which its timeout bounds). If either stands still longer than
+//! 20 ms at least) and the export task (at each tick of its schedule, which comes round unless
+//! an export holds the task longer than its timeout allows). If either stands still longer than
 //! `OTEL_SENDMMSG_HEALTH_STALL_AFTER`, liveness fails and says which: a restart is the cure for a
 //! pipeline that stopped turning, whatever stopped it.
 //!

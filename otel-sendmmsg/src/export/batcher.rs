@@ -67,7 +67,7 @@ pub struct Batcher {
 impl Batcher {
     /// Starts the export task on the current tokio runtime.
     /// `new_exporter` makes one exporter per concurrent export (`max_concurrent_exports`).
-    /// `beat` is the export task's heartbeat for the health endpoint: once per loop.
+    /// `beat` is the export task's heartbeat for the health endpoint: once per schedule delay.
     pub fn start<E: SpanExporter + 'static>(
         mut new_exporter: impl FnMut() -> E,
         config: BatchConfig,
@@ -215,8 +215,8 @@ impl<E: SpanExporter + 'static> Worker<E> {
         let delay = self.config.schedule_delay;
         let mut timer = tokio::time::interval_at(Instant::now() + delay, delay);
         timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        self.beat.beat();
         loop {
-            self.beat.beat();
             tokio::select! {
                 queued = receiver.recv() => match queued {
                     Some(queued) => {
@@ -229,6 +229,9 @@ impl<E: SpanExporter + 'static> Worker<E> {
                     None => break,
                 },
                 _ = timer.tick() => {
+                    // Once per schedule delay, not per call: the tick comes round unless an
+                    // export holds the task, which is what the health check is to see.
+                    self.beat.beat();
                     while let Ok(queued) = receiver.try_recv() {
                         self.take(queued);
                     }
