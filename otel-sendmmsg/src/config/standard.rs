@@ -427,41 +427,43 @@ impl StandardVars {
         Ok(own.or(generic).unwrap_or(DEFAULT_OTLP_TIMEOUT))
     }
 
-    /// The signal's own variable if set, else the generic one: (name, value) of the one that
-    /// counts. Both are checked by `check` (a mistake in either is worth hearing about).
-    fn either<'a>(
-        &'a self,
+    /// The signal's own variable if set, else the generic one, parsed: (name, value) of the one
+    /// that counts. Each that is set is parsed, once: a mistake in either is worth hearing
+    /// about, named by its variable with what it accepts (`parse`'s error).
+    fn either<T>(
+        &self,
         signal: Signal,
-        traces: (&'static str, &'a Option<String>),
-        metrics: (&'static str, &'a Option<String>),
-        generic: (&'static str, &'a Option<String>),
-        check: impl Fn(&'static str, &str) -> Result<(), ConfigError>,
-    ) -> Result<Option<(&'static str, &'a String)>, ConfigError> {
+        traces: (&'static str, &Option<String>),
+        metrics: (&'static str, &Option<String>),
+        generic: (&'static str, &Option<String>),
+        parse: impl Fn(&str) -> Result<T, &'static str>,
+    ) -> Result<Option<(&'static str, T)>, ConfigError> {
         let own = match signal {
             Signal::Traces => traces,
             Signal::Metrics => metrics,
         };
+        let mut chosen = None;
         for (name, value) in [set(own), set(generic)].into_iter().flatten() {
-            check(name, value)?;
+            let parsed = parse(value).map_err(|why| invalid(name, value, why))?;
+            chosen = chosen.or(Some((name, parsed)));
         }
-        Ok(pick(own, generic))
+        Ok(chosen)
     }
 
     fn compression(&self, signal: Signal) -> Result<Compression, ConfigError> {
-        let parse = |v: &str| match v.trim().to_ascii_lowercase().as_str() {
-            "none" => Some(Compression::None),
-            "gzip" => Some(Compression::Gzip),
-            "zstd" => Some(Compression::Zstd),
-            _ => None,
-        };
         let chosen = self.either(
             signal,
             ("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", &self.otel_exporter_otlp_traces_compression),
             ("OTEL_EXPORTER_OTLP_METRICS_COMPRESSION", &self.otel_exporter_otlp_metrics_compression),
             ("OTEL_EXPORTER_OTLP_COMPRESSION", &self.otel_exporter_otlp_compression),
-            |name, v| parse(v).map(|_| ()).ok_or_else(|| invalid(name, v, "gzip, zstd or none")),
+            |v| match v.trim().to_ascii_lowercase().as_str() {
+                "none" => Ok(Compression::None),
+                "gzip" => Ok(Compression::Gzip),
+                "zstd" => Ok(Compression::Zstd),
+                _ => Err("gzip, zstd or none"),
+            },
         )?;
-        Ok(chosen.and_then(|(_, v)| parse(v)).unwrap_or(Compression::None))
+        Ok(chosen.map_or(Compression::None, |(_, c)| c))
     }
 
     /// Whether a gRPC endpoint given without a scheme is plain text (`..._INSECURE=true`);
@@ -472,21 +474,19 @@ impl StandardVars {
             ("OTEL_EXPORTER_OTLP_TRACES_INSECURE", &self.otel_exporter_otlp_traces_insecure),
             ("OTEL_EXPORTER_OTLP_METRICS_INSECURE", &self.otel_exporter_otlp_metrics_insecure),
             ("OTEL_EXPORTER_OTLP_INSECURE", &self.otel_exporter_otlp_insecure),
-            |name, v| parse_bool(v).map(|_| ()).ok_or_else(|| invalid(name, v, "true or false")),
+            |v| parse_bool(v).ok_or("true or false"),
         )?;
-        Ok(chosen.and_then(|(_, v)| parse_bool(v)).unwrap_or(false))
+        Ok(chosen.is_some_and(|(_, insecure)| insecure))
     }
 
+    /// The certificate files, each read once.
     fn tls(&self, signal: Signal) -> Result<Tls, ConfigError> {
-        let file = |check: fn(&str) -> Result<tls::Pem, &'static str>| {
-            move |name: &'static str, v: &str| check(v).map(|_| ()).map_err(|why| invalid(name, v, why))
-        };
         let ca = self.either(
             signal,
             ("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", &self.otel_exporter_otlp_traces_certificate),
             ("OTEL_EXPORTER_OTLP_METRICS_CERTIFICATE", &self.otel_exporter_otlp_metrics_certificate),
             ("OTEL_EXPORTER_OTLP_CERTIFICATE", &self.otel_exporter_otlp_certificate),
-            file(tls::certificates),
+            tls::certificates,
         )?;
         let certificate = self.either(
             signal,
@@ -499,38 +499,34 @@ impl StandardVars {
                 &self.otel_exporter_otlp_metrics_client_certificate,
             ),
             ("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", &self.otel_exporter_otlp_client_certificate),
-            file(tls::certificates),
+            tls::certificates,
         )?;
         let key = self.either(
             signal,
             ("OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY", &self.otel_exporter_otlp_traces_client_key),
             ("OTEL_EXPORTER_OTLP_METRICS_CLIENT_KEY", &self.otel_exporter_otlp_metrics_client_key),
             ("OTEL_EXPORTER_OTLP_CLIENT_KEY", &self.otel_exporter_otlp_client_key),
-            file(tls::private_key),
+            tls::private_key,
         )?;
-        // Checked above: these reads succeed.
-        let read = |chosen: Option<(&str, &String)>, check: fn(&str) -> Result<tls::Pem, &'static str>| {
-            chosen.map(|(name, v)| check(v).map_err(|why| invalid(name, v, why))).transpose()
-        };
-        let client = match (read(certificate, tls::certificates)?, read(key, tls::private_key)?) {
-            (Some(certificate), Some(key)) => Some(ClientIdentity { certificate, key }),
+        let client = match (certificate, key) {
+            (Some((_, certificate)), Some((_, key))) => Some(ClientIdentity { certificate, key }),
             (None, None) => None,
-            (Some(c), None) => {
+            (Some((name, c)), None) => {
                 return Err(invalid(
-                    certificate.map_or("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", |(n, _)| n),
+                    name,
                     &c.path,
                     "a client certificate together with its key (OTEL_EXPORTER_OTLP_CLIENT_KEY)",
                 ))
             }
-            (None, Some(k)) => {
+            (None, Some((name, k))) => {
                 return Err(invalid(
-                    key.map_or("OTEL_EXPORTER_OTLP_CLIENT_KEY", |(n, _)| n),
+                    name,
                     &k.path,
                     "a client key together with its certificate (OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE)",
                 ))
             }
         };
-        Ok(Tls { ca: read(ca, tls::certificates)?, client })
+        Ok(Tls { ca: ca.map(|(_, pem)| pem), client })
     }
 
     fn headers(&self, signal: Signal) -> Result<Headers, ConfigError> {
