@@ -208,7 +208,8 @@ pub fn on_entry(args: CallArgs) {
         let has_parent = match parent(tgid, start, &mut rec.parent) {
             Parent::Span(sampled) => {
                 if !filters::sampled_with_parent(flags, sampled, &rec.parent.trace_id) {
-                    if !sampled && flags & filter::TRACE_ID_RATIO == 0 {
+                    // Left out by the parent's own flag (a trace-id ratio is the sampler's draw).
+                    if flags & filter::TRACE_ID_RATIO == 0 {
                         count(Counter::ParentNotSampled);
                     }
                     set_untraced(tid, untraced::FILTERED);
