@@ -183,43 +183,11 @@ fn a_context_written_to_the_shared_map_as_obi_does_is_the_fallback_parent() {
 }
 
 /// The C header's path: a C program linked with the library publishes a span for one batch and
-/// clears it for the next, with the static library (the linker relaxes the access to
-/// initial-exec or local-exec in the executable) and with the shared one (TLSDESC).
+/// clears it for the next, linked statically and dynamically ([`build_c_publishers`]).
 #[test]
 fn a_c_program_publishes_its_span_through_the_header() {
     require_root();
-    let workspace = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned();
-    let profile_dir = std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().to_owned();
-    let status = Command::new(env!("CARGO"))
-        .args(["build", "--locked", "--package", "otel-sendmmsg-context"])
-        .args(profile_dir.ends_with("release").then_some("--release"))
-        .status()
-        .unwrap();
-    assert!(status.success(), "building the context library");
-    let context = workspace.join("otel-sendmmsg-context");
-    let dir = std::env::temp_dir().join(format!("otel-sendmmsg-c-publisher-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    // The .so next to the program, as an app ships it.
-    std::fs::copy(profile_dir.join("libotel_sendmmsg_context.so"), dir.join("libotel_sendmmsg_context.so"))
-        .unwrap();
-    let builds: [(&str, Vec<std::ffi::OsString>); 2] = [
-        (
-            "static",
-            vec![
-                profile_dir.join("libotel_sendmmsg_context.a").into(),
-                "-Wl,--export-dynamic-symbol=otel_thread_ctx_v1".into(),
-            ],
-        ),
-        (
-            "shared",
-            vec![
-                "-L".into(),
-                dir.clone().into(),
-                "-lotel_sendmmsg_context".into(),
-                "-Wl,-rpath,$ORIGIN".into(),
-            ],
-        ),
-    ];
+    let publishers = build_c_publishers();
     let receiver = Receiver::start(Protocol::Grpc);
     let sink = UdpSocket::bind("127.0.0.1:0").unwrap();
     let sidecar = Sidecar::start(&[
@@ -228,19 +196,7 @@ fn a_c_program_publishes_its_span_through_the_header() {
         ("OTEL_BSP_SCHEDULE_DELAY", "100"),
     ]);
     let mut pids = Vec::new();
-    for (kind, link) in builds {
-        let binary = dir.join(format!("publish-{kind}"));
-        let cc = Command::new("cc")
-            .arg("-O2")
-            .arg(context.join("examples/publish.c"))
-            .arg("-I")
-            .arg(context.join("include"))
-            .args(&link)
-            .args(["-lpthread", "-ldl", "-lm", "-o"])
-            .arg(&binary)
-            .status()
-            .expect("running cc");
-        assert!(cc.success(), "compiling the C example ({kind})");
+    for (kind, binary) in publishers {
         let mut child = Command::new(&binary)
             .args(["wait", &sink.local_addr().unwrap().port().to_string()])
             .stdin(Stdio::piped())
@@ -256,7 +212,6 @@ fn a_c_program_publishes_its_span_through_the_header() {
         pids.push((kind, pid));
     }
     let stopped = sidecar.stop();
-    let _ = std::fs::remove_dir_all(&dir);
     for (kind, pid) in pids {
         let mut spans = receiver.spans_of(pid);
         spans.sort_by_key(|s| s.span.start_time_unix_nano);

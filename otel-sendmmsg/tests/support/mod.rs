@@ -764,18 +764,83 @@ impl Sidecar {
     }
 }
 
-/// The demo app's binary, built now in this test's profile (another package: cargo does not
-/// build it for this one's tests, and a stale one would test old code).
-pub fn build_demo_app() -> std::path::PathBuf {
-    let profile_dir = std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().to_owned();
+/// Set in the kernel matrix's guests, which have no toolchain: what the tests would build there
+/// ([`build_demo_app`], [`build_c_publishers`]) the host built before the boot, at the same paths.
+pub const PREBUILT: &str = "OTEL_SENDMMSG_TESTS_PREBUILT";
+
+fn prebuilt() -> bool {
+    std::env::var_os(PREBUILT).is_some()
+}
+
+/// This test binary's profile directory (`target/debug`), where cargo puts the workspace's builds.
+fn profile_dir() -> std::path::PathBuf {
+    std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().to_owned()
+}
+
+/// Builds `package` in this test's profile (another package: cargo does not build it for this
+/// one's tests, and a stale one would test old code); in a guest, the host already did.
+fn build_package(package: &str) {
+    if prebuilt() {
+        return;
+    }
     let mut build = Command::new(env!("CARGO"));
-    build.args(["build", "--locked", "--package", "otel-sendmmsg-demo"]);
-    if profile_dir.ends_with("release") {
+    build.args(["build", "--locked", "--package", package]);
+    if profile_dir().ends_with("release") {
         build.arg("--release");
     }
-    let status = build.status().expect("running cargo to build the demo app");
-    assert!(status.success(), "building the demo app failed");
-    profile_dir.join("otel-sendmmsg-demo")
+    let status = build.status().expect("running cargo");
+    assert!(status.success(), "building {package} failed");
+}
+
+/// The demo app's binary, built now.
+pub fn build_demo_app() -> std::path::PathBuf {
+    build_package("otel-sendmmsg-demo");
+    profile_dir().join("otel-sendmmsg-demo")
+}
+
+/// The context library's C example (`examples/publish.c`), compiled against the library two
+/// ways: `("static", program)`, linked with the static library (the linker relaxes the access to
+/// initial-exec or local-exec in the executable), and `("shared", program)`, with the shared
+/// one beside it, as an app ships it (TLSDESC).
+pub fn build_c_publishers() -> [(&'static str, std::path::PathBuf); 2] {
+    let profile = profile_dir();
+    let dir = profile.join("c-publisher");
+    let programs = ["static", "shared"].map(|kind| (kind, dir.join(format!("publish-{kind}"))));
+    if prebuilt() {
+        return programs;
+    }
+    build_package("otel-sendmmsg-context");
+    let context =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().join("otel-sendmmsg-context");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(profile.join("libotel_sendmmsg_context.so"), dir.join("libotel_sendmmsg_context.so"))
+        .unwrap();
+    for (kind, program) in &programs {
+        let link: Vec<std::ffi::OsString> = match *kind {
+            "static" => vec![
+                profile.join("libotel_sendmmsg_context.a").into(),
+                "-Wl,--export-dynamic-symbol=otel_thread_ctx_v1".into(),
+            ],
+            _ => vec![
+                "-L".into(),
+                dir.clone().into(),
+                "-lotel_sendmmsg_context".into(),
+                "-Wl,-rpath,$ORIGIN".into(),
+            ],
+        };
+        let cc = Command::new("cc")
+            .arg("-O2")
+            .arg(context.join("examples/publish.c"))
+            .arg("-I")
+            .arg(context.join("include"))
+            .args(&link)
+            .args(["-lpthread", "-ldl", "-lm", "-o"])
+            .arg(program)
+            .status()
+            .expect("running cc");
+        assert!(cc.success(), "compiling the C example ({kind})");
+    }
+    programs
 }
 
 /// The demo app's settings as the tests run it, on `command` (the demo's binary, or a wrapper

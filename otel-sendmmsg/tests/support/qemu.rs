@@ -78,7 +78,7 @@ impl Guest {
         }
         copy_to(&busybox(), &root.join("bin/busybox"));
         for (host, path) in files {
-            copy_to(host, &under(&root, path));
+            stage(host, &under(&root, path));
             for lib in shared_libraries(host) {
                 copy_to(&lib, &under(&root, &lib));
             }
@@ -181,13 +181,31 @@ impl Drop for Guest {
 /// to date), for guests: software emulation multiplies the debug builds' slowness (BTF parsing
 /// and the self-test at start-up, the workload's calls) several times.
 pub fn release_binaries(package: &str) -> HashMap<String, PathBuf> {
+    cargo_executables(&["build", "--release", "--locked", "--package", package, "--bins"])
+}
+
+/// This package's test binaries `tests` (`tests/<name>.rs`), by name, in this test's profile:
+/// `cargo test` built them all before it ran the first, so this only asks cargo where they are.
+pub fn test_binaries(tests: &[&str]) -> HashMap<String, PathBuf> {
+    let mut args = vec!["test", "--no-run", "--locked", "--package", "otel-sendmmsg"];
+    for test in tests {
+        args.extend(["--test", test]);
+    }
+    if std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().ends_with("release") {
+        args.push("--release");
+    }
+    cargo_executables(&args)
+}
+
+/// The executables a cargo command produced, by target name.
+fn cargo_executables(args: &[&str]) -> HashMap<String, PathBuf> {
     let out = Command::new(env!("CARGO"))
-        .args(["build", "--release", "--locked", "--package", package, "--bins"])
+        .args(args)
         .arg("--message-format=json-render-diagnostics")
         .stderr(Stdio::inherit())
         .output()
-        .expect("running cargo to build the release binaries");
-    assert!(out.status.success(), "building {package}'s release binaries failed");
+        .expect("running cargo");
+    assert!(out.status.success(), "cargo {args:?} failed");
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
@@ -219,6 +237,23 @@ fn busybox() -> PathBuf {
 /// `path` (absolute) inside `root`.
 fn under(root: &Path, path: &Path) -> PathBuf {
     root.join(path.strip_prefix("/").unwrap_or(path))
+}
+
+/// Copies `file` to `target` without its debug information (the initramfs lives in the
+/// guest's memory, and a debug test binary is mostly DWARF: 140 MB against 20); a file that is
+/// not ELF is copied as it is.
+fn stage(file: &Path, target: &Path) {
+    std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+    let stripped = Command::new("objcopy")
+        .arg("--strip-debug")
+        .arg(file)
+        .arg(target)
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !stripped {
+        copy_to(file, target);
+    }
 }
 
 /// Copies `file` to `target`, following links.

@@ -1,0 +1,326 @@
+//! The kernel matrix: the end-to-end suite inside Debian's 5.10, 6.1 and 6.12 kernels under qemu
+//! (kprobes and BTF; `sock:sock_send_length` on 6.12 only; `sock_sendmsg` off sendmmsg's path
+//! on all three), once per attach family each kernel offers, exactly as it runs on this
+//! machine's kernel: the same test binaries, run in the guest.
+//!
+//! One boot per family. It first starts the sidecar alone to check what the family chose, as its
+//! start-up log says it (the `BOOTS_ON_DEBIAN_*` tables, which the README's kernel table
+//! repeats), then runs every test binary of [`SUITE`] with `OTEL_SENDMMSG_ATTACH` set to the
+//! family, which the tests' sidecars inherit. The guest runs the release builds of the sidecar
+//! and the workload (built here first, a no-op when up to date), placed where the test binaries
+//! look for them (`SIDECAR`, `WORKLOAD`): software emulation is several times slower than the
+//! host, and there a debug sidecar takes ~13 s to start, a release one ~5 s. What the tests would
+//! build in the guest (the demo app, the C publishers) is built here and staged
+//! ([`support::PREBUILT`]).
+
+mod support;
+
+use std::{path::Path, time::Duration};
+
+use support::{qemu, require_root, summary_count, SIDECAR, WORKLOAD};
+
+/// The test binaries (`tests/<name>.rs`) every family must pass on every kernel: exact spans
+/// over gRPC, HTTP/protobuf and the console (pipeline); socket context, destinations, filters and
+/// sampling (context); hostile and concurrent callers, killed threads, exec, a full ring buffer
+/// and collector outages (reliability); parents from the app's thread context and the shared
+/// map (correlation); resources, child spans, containers, a collector down or hung, headers
+/// (export).
+const SUITE: [&str; 5] = ["pipeline", "context", "reliability", "correlation", "export"];
+
+/// Bounds one boot: the start-up checks and the whole suite, under software emulation.
+const BOOT_TIMEOUT: Duration = Duration::from_secs(20 * 60);
+
+/// What a kernel gives one attach family, as the sidecar's start-up log says it.
+#[derive(Clone, Copy)]
+struct Choice {
+    family: &'static str,
+    entry_exit: &'static str,
+    message: &'static str,
+    /// Parts of the log lines that say why other hooks are not used.
+    passed_over: &'static [&'static str],
+}
+
+const FENTRY_SYS_SENDMMSG: &str = "fexit __sys_sendmmsg, fentry __sys_sendmmsg";
+const FEXIT_PROTOCOL: &str = "fexit inet_sendmsg/inet6_sendmsg/unix_dgram_sendmsg";
+
+const AUTO_TAKES_FENTRY: Choice = Choice {
+    family: "auto",
+    entry_exit: FENTRY_SYS_SENDMMSG,
+    message: FEXIT_PROTOCOL,
+    passed_over: &["not trying tracepoint, kprobe for entry/exit: a cheaper hook works"],
+};
+const FENTRY: Choice =
+    Choice { family: "fentry", entry_exit: FENTRY_SYS_SENDMMSG, message: FEXIT_PROTOCOL, passed_over: &[] };
+/// A kretprobe on `sock_sendmsg` sees none of sendmmsg's messages: from 6.6 on (and in Debian's
+/// 6.1, which carries the fix "net: prevent rewrite of msg_name in sock_sendmsg()") sendmmsg
+/// does not call it, and on Debian's 5.10 the self-test finds it silent too (its call on that
+/// path is not the out-of-line copy a probe sees). The protocol send functions see every message.
+const KPROBE: Choice = Choice {
+    family: "kprobe",
+    // OTEL_SENDMMSG_MAX_INFLIGHT's default, 4096, is also the kernel's limit on maxactive.
+    entry_exit: "kretprobe __x64_sys_sendmmsg (maxactive 4096), kprobe __x64_sys_sendmmsg",
+    message: "kretprobe inet_sendmsg/inet6_sendmsg/unix_dgram_sendmsg",
+    passed_over: &[
+        "not using kretprobe sock_sendmsg for messages: attached, but saw 0 of call 0's 3 messages",
+    ],
+};
+const SYSCALL_TRACEPOINTS: &str =
+    "tracepoint syscalls:sys_exit_sendmmsg, tracepoint syscalls:sys_enter_sendmmsg";
+/// Before 6.3 there is no `sock:sock_send_length`: the tracepoint family takes fexit for messages.
+const TRACEPOINT_BEFORE_6_3: Choice = Choice {
+    family: "tracepoint",
+    entry_exit: SYSCALL_TRACEPOINTS,
+    message: FEXIT_PROTOCOL,
+    passed_over: &["sock:sock_send_length for messages: tracepoint sock:sock_send_length not present"],
+};
+
+/// What Debian's 6.1 gives each family, one boot per family (`auto` is checked in the boot of
+/// the family it takes): fentry/fexit trampolines load under qemu, no `sock:sock_send_length`.
+const BOOTS_ON_DEBIAN_6_1: [&[Choice]; 3] =
+    [&[AUTO_TAKES_FENTRY, FENTRY], &[KPROBE], &[TRACEPOINT_BEFORE_6_3]];
+/// Debian 11's 5.10 gives each family the same as 6.1 (its BTF has every field the identity
+/// capture reads, and fentry/fexit load).
+const BOOTS_ON_DEBIAN_5_10: [&[Choice]; 3] =
+    [&[AUTO_TAKES_FENTRY, FENTRY], &[KPROBE], &[TRACEPOINT_BEFORE_6_3]];
+/// Debian 12's 6.12 has `sock:sock_send_length`: the tracepoint family needs no other hook.
+const BOOTS_ON_DEBIAN_6_12: [&[Choice]; 3] = [
+    &[AUTO_TAKES_FENTRY, FENTRY],
+    &[KPROBE],
+    &[Choice {
+        family: "tracepoint",
+        entry_exit: SYSCALL_TRACEPOINTS,
+        message: "tracepoint sock:sock_send_length",
+        passed_over: &[
+            "not trying fexit inet_sendmsg/inet6_sendmsg/unix_dgram_sendmsg, kretprobe sock_sendmsg",
+        ],
+    }],
+];
+
+/// Threads the kprobe boot blocks in `sendmmsg` at once (plus one blocked first): more than
+/// the kernel's default `maxactive` for a kretprobe, max(10, 2 x CPUs), 10 in the 2-CPU guest.
+const BLOCKED_IN_GUEST: usize = 40;
+
+/// The kprobe boot's extra script. A sidecar killed outright leaves its kretprobe events in
+/// tracefs (`EVENTS killed=`); then the workload's `blocked-N` runs under a console sidecar
+/// (`blocked RUN MAX_INFLIGHT`), which removes them at start: with its kretprobes sized through
+/// tracefs ("sized"; no event of ours is left after it stops, `EVENTS after=`), with
+/// `OTEL_SENDMMSG_MAX_INFLIGHT=10` so `maxactive` is 10 ("small"), and with `kprobe_events`
+/// made unwritable so it falls back to the kprobe PMU and the kernel's default ("default").
+/// Prints `BLOCKED <run> ...`.
+fn blocked_runs_script() -> String {
+    format!(
+        r#"NO_COLOR=1 RUST_LOG=info OTEL_TRACES_EXPORTER=none {SIDECAR} >/dev/null 2>/tmp/klog &
+kpid=$!; i=0
+while ! grep -q "ready:" /tmp/klog && kill -0 $kpid 2>/dev/null && [ $i -lt 600 ]; do
+  sleep 0.2; i=$((i+1))
+done
+kill -KILL $kpid; wait $kpid
+echo "EVENTS killed=$(grep -c "otel_sendmmsg/p${{kpid}}_" /sys/kernel/tracing/kprobe_events)"
+blocked() {{
+  OTEL_SENDMMSG_MAX_INFLIGHT=$2 NO_COLOR=1 RUST_LOG=info OTEL_TRACES_EXPORTER=console \
+    {SIDECAR} >/tmp/spans 2>/tmp/blog &
+  spid=$!; i=0
+  while ! grep -q "ready:" /tmp/blog && kill -0 $spid 2>/dev/null && [ $i -lt 600 ]; do
+    sleep 0.2; i=$((i+1))
+  done
+  echo go | {WORKLOAD} blocked-{BLOCKED_IN_GUEST} >/tmp/calls &
+  wpid=$!; wait $wpid; echo "BLOCKED $1 workload exit=$?"
+  kill -INT $spid; wait $spid; echo "BLOCKED $1 sidecar exit=$?"
+  echo "BLOCKED $1 calls=$(grep -c . /tmp/calls) spans=$(grep -c "process.pid=$wpid " /tmp/spans)"
+  grep -e "stopped: " -e "kretprobe __x64_sys_sendmmsg" -e "removed the kretprobe" /tmp/blog \
+    | sed "s/^/BLOCKED $1 LOG /"
+}}
+blocked sized 4096
+echo "EVENTS after=$(grep -c otel_sendmmsg /sys/kernel/tracing/kprobe_events)"
+blocked small 10
+mount --bind /proc/version /sys/kernel/tracing/kprobe_events
+blocked default 4096
+umount /sys/kernel/tracing/kprobe_events
+"#
+    )
+}
+
+/// What one `blocked` run of [`blocked_runs_script`] printed: (calls, spans, its log lines).
+fn blocked_run<'a>(console: &'a str, run: &str) -> (u64, u64, Vec<&'a str>) {
+    let prefix = format!("BLOCKED {run} ");
+    let lines: Vec<&str> = console.lines().filter_map(|l| l.strip_prefix(prefix.as_str())).collect();
+    let count = |key: &str| {
+        lines
+            .iter()
+            .flat_map(|l| l.split_whitespace())
+            .find_map(|w| w.strip_prefix(key)?.parse().ok())
+            .unwrap_or_else(|| panic!("{run}: no {key} in:\n{console}"))
+    };
+    assert!(lines.contains(&"workload exit=0"), "{run}: the workload failed:\n{console}");
+    assert!(lines.contains(&"sidecar exit=0"), "{run}: the sidecar failed:\n{console}");
+    let log = lines.iter().filter_map(|l| l.strip_prefix("LOG ")).collect();
+    (count("calls="), count("spans="), log)
+}
+
+#[test]
+fn the_suite_passes_on_debian_6_1_for_every_family_it_offers() {
+    the_suite_passes_on(qemu::Debian::V6_1, &BOOTS_ON_DEBIAN_6_1);
+}
+
+#[test]
+fn the_suite_passes_on_debian_6_12_for_every_family_it_offers() {
+    the_suite_passes_on(qemu::Debian::V6_12, &BOOTS_ON_DEBIAN_6_12);
+}
+
+#[test]
+fn the_suite_passes_on_debian_5_10_for_every_family_it_offers() {
+    the_suite_passes_on(qemu::Debian::V5_10, &BOOTS_ON_DEBIAN_5_10);
+}
+
+/// The script that checks one choice: the sidecar started alone with `OTEL_SENDMMSG_ATTACH` set
+/// to its family, its log printed as `LOG <family> ...`.
+fn choice_script(family: &str) -> String {
+    format!(
+        r#"OTEL_SENDMMSG_ATTACH={family} NO_COLOR=1 RUST_LOG=info OTEL_TRACES_EXPORTER=none {SIDECAR} >/dev/null 2>/tmp/log &
+pid=$!; i=0
+while ! grep -q "ready:" /tmp/log && kill -0 $pid 2>/dev/null && [ $i -lt 600 ]; do
+  sleep 0.2; i=$((i+1))
+done
+kill -INT $pid 2>/dev/null; wait $pid; echo "SIDECAR {family} exit=$?"
+sed "s/^/LOG {family} /" /tmp/log
+"#
+    )
+}
+
+/// Runs each test binary, its output between `SUITE <name>` and `SUITE <name> exit=N`.
+fn suite_script(binaries: &std::collections::HashMap<String, std::path::PathBuf>) -> String {
+    SUITE
+        .iter()
+        .map(|name| {
+            let binary = binaries[*name].display();
+            format!("echo \"SUITE {name}\"\n{binary} 2>&1\necho \"SUITE {name} exit=$?\"\n")
+        })
+        .collect()
+}
+
+/// What the sidecar chose for `choice`, from its start-up log in `console`.
+fn check_choice(console: &str, choice: &Choice, ctx: &str) {
+    let Choice { family, entry_exit, message, passed_over } = *choice;
+    assert!(
+        console.contains(&format!("SIDECAR {family} exit=0")),
+        "{ctx}: the sidecar did not start and stop cleanly"
+    );
+    let prefix = format!("LOG {family} ");
+    let log = |text: &str| console.lines().any(|l| l.starts_with(&prefix) && l.contains(text));
+    assert!(log(&format!("entry/exit hooks: {entry_exit} (self-test passed)")), "{ctx}: entry/exit hooks");
+    assert!(log(&format!("per-message hook: {message} (self-test saw every message)")), "{ctx}: per message");
+    for reason in passed_over {
+        assert!(log(reason), "{ctx}: no \"{reason}\"");
+    }
+    // Each kernel's BTF has every field the identity capture reads (kernfs_node.parent under
+    // the name that kernel gives it), and its exec hook attaches.
+    assert!(log("process identities are captured in the kernel"), "{ctx}: identity capture");
+    let summary = console.lines().find(|l| l.starts_with(&prefix) && l.contains("stopped: "));
+    let summary = summary.unwrap_or_else(|| panic!("{ctx}: no closing summary"));
+    assert!(summary.contains(" kretprobe_missed=0 "), "{ctx}: {summary}");
+    if family == "kprobe" {
+        // The per-message kretprobes see every send of the host: as many at once as allowed.
+        let kretprobes = ["inet_sendmsg", "inet6_sendmsg", "unix_dgram_sendmsg"]
+            .map(|f| format!("kretprobe {f} (maxactive 4096)"))
+            .join(", ");
+        assert!(log(&format!("(self-test saw every message): {kretprobes}")), "{ctx}: maxactive");
+    }
+}
+
+/// What the kprobe boot's [`blocked_runs_script`] printed.
+fn check_blocked_runs(console: &str, ctx: &str) {
+    // A killed sidecar's four kretprobes (the exit and three per-message) stay in tracefs until
+    // the next sidecar starts; a stopped one leaves none.
+    let events = |key: &str| console.lines().find_map(|l| l.strip_prefix(key)?.parse::<u64>().ok());
+    assert_eq!(events("EVENTS killed="), Some(4), "{ctx}: events of the killed sidecar");
+    assert_eq!(events("EVENTS after="), Some(0), "{ctx}: events left by a stopped sidecar");
+    let count = |log: &[&str], key: &str| summary_count(&log.join("\n"), key);
+    let (calls, spans, log) = blocked_run(console, "sized");
+    let removed = log.iter().filter(|l| l.contains("removed the kretprobe event")).count();
+    assert_eq!(removed, 4, "{ctx}: the killed sidecar's events: {log:#?}");
+    assert_eq!(calls, BLOCKED_IN_GUEST as u64 + 1, "{ctx}: sized: {log:#?}");
+    assert!(log.iter().any(|l| l.contains("kretprobe __x64_sys_sendmmsg (maxactive 4096)")), "{log:#?}");
+    // Every call inside at once came back: a span each, nothing missed.
+    assert_eq!(spans, calls, "{ctx}: sized: {log:#?}");
+    for key in ["kretprobe_missed", "exit_missed", "exit_without_entry", "inflight"] {
+        assert_eq!(count(&log, key), 0, "{ctx}: sized: {key}: {log:#?}");
+    }
+    // maxactive 10 (the map's size, the kernel's default here): the kernel counts each return it
+    // cannot catch, and every call is a span or counted.
+    let (calls, spans, log) = blocked_run(console, "small");
+    assert!(log.iter().any(|l| l.contains("kretprobe __x64_sys_sendmmsg (maxactive 10)")), "{log:#?}");
+    assert_eq!(count(&log, "kretprobe_missed"), calls - 10, "{ctx}: small: {log:#?}");
+    let accounted = spans + count(&log, "inflight_full") + count(&log, "exit_missed");
+    assert_eq!(accounted, calls, "{ctx}: small: {log:#?}");
+    // The old way, aya's kprobe PMU, allows the kernel's default: the returns beyond it are
+    // missed, found as exit_missed once the threads are gone.
+    let (calls, spans, log) = blocked_run(console, "default");
+    eprintln!("kprobe PMU fallback: {spans} spans of {calls} calls blocked at once");
+    assert!(log.iter().any(|l| l.contains("kretprobe __x64_sys_sendmmsg (kprobe PMU")), "{log:#?}");
+    assert!(spans < calls, "{ctx}: default maxactive: {spans} spans of {calls} calls: {log:#?}");
+    assert_eq!(spans + count(&log, "exit_missed"), calls, "{ctx}: default: {log:#?}");
+}
+
+/// Each test binary of the suite ran and every one of its tests passed.
+fn check_suite(console: &str, ctx: &str) {
+    for name in SUITE {
+        let begin = format!("SUITE {name}\n");
+        let start = console.find(&begin).unwrap_or_else(|| panic!("{ctx}: {name} did not run"));
+        let section = &console[start..];
+        let end = section
+            .find(&format!("SUITE {name} exit="))
+            .unwrap_or_else(|| panic!("{ctx}: {name} did not finish"));
+        let (section, rest) = section.split_at(end);
+        let failed: Vec<&str> =
+            section.lines().filter(|l| l.starts_with("test ") && l.ends_with(" FAILED")).collect();
+        assert!(failed.is_empty(), "{ctx}: {name}: {failed:#?}");
+        let passed = section
+            .lines()
+            .find_map(|l| l.strip_prefix("test result: ok. ")?.split(' ').next()?.parse::<u32>().ok());
+        assert!(passed.is_some_and(|n| n > 0), "{ctx}: {name}: no passing test result");
+        assert!(rest.starts_with(&format!("SUITE {name} exit=0")), "{ctx}: {name} failed");
+    }
+}
+
+fn the_suite_passes_on(debian: qemu::Debian, boots: &[&[Choice]]) {
+    require_root();
+    let release = qemu::release_binaries("otel-sendmmsg");
+    let tests = qemu::test_binaries(&SUITE);
+    let demo = support::build_demo_app();
+    let publishers = support::build_c_publishers();
+    let library = publishers[0].1.with_file_name("libotel_sendmmsg_context.so");
+    let mut files = vec![
+        (release["otel-sendmmsg"].as_path(), Path::new(SIDECAR)),
+        (release["sendmmsg-workload"].as_path(), Path::new(WORKLOAD)),
+        (demo.as_path(), demo.as_path()),
+        (library.as_path(), library.as_path()),
+    ];
+    files.extend(tests.values().map(|t| (t.as_path(), t.as_path())));
+    files.extend(publishers.iter().map(|(_, p)| (p.as_path(), p.as_path())));
+    let guest = qemu::Guest::debian(debian, &files);
+    let kernel = guest.kernel_release();
+    for choices in boots {
+        let family = choices.last().unwrap().family;
+        let checks: String = choices.iter().map(|c| choice_script(c.family)).collect();
+        let script = format!(
+            "echo \"KERNEL $(uname -r)\"\n{checks}export OTEL_SENDMMSG_ATTACH={family}\n{blocked}\
+             export {prebuilt}=1\n{suite}",
+            blocked = if family == "kprobe" { blocked_runs_script() } else { String::new() },
+            prebuilt = support::PREBUILT,
+            suite = suite_script(&tests),
+        );
+        let run = guest.run(&script, BOOT_TIMEOUT);
+        let console = run.console.replace('\r', "");
+        eprintln!("{} guest, OTEL_SENDMMSG_ATTACH={family}, {:?}:\n{console}", debian.name(), run.duration);
+        let ctx = format!("OTEL_SENDMMSG_ATTACH={family} on {kernel}");
+        assert!(console.contains(&format!("KERNEL {kernel}")), "{ctx}: the guest did not boot:\n{console}");
+        for choice in *choices {
+            check_choice(&console, choice, &format!("OTEL_SENDMMSG_ATTACH={} on {kernel}", choice.family));
+        }
+        if family == "kprobe" {
+            check_blocked_runs(&console, &ctx);
+        }
+        check_suite(&console, &ctx);
+        assert_eq!(run.exit_code, Some(0), "{ctx}: the guest's script failed, or the guest timed out");
+    }
+}
