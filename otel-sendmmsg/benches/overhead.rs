@@ -21,6 +21,8 @@
 //! Everything is configurable through `BENCH_*` variables (see `Settings`); every number printed
 //! is measured in this run.
 
+#[path = "overhead/bpf_stats.rs"]
+mod bpf_stats;
 #[path = "overhead/first_call.rs"]
 mod first_call;
 #[path = "overhead/floor.rs"]
@@ -195,7 +197,11 @@ fn run_workload(
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Setup {
     Untraced,
-    Floor,
+    /// Empty programs on the tracepoint family's entry and exit hooks, and on its per-message
+    /// hook when `per_message` (a detail level without one is compared with the floor without).
+    Floor {
+        per_message: bool,
+    },
     /// `capture`: false clears the sidecar's identity capture after start-up (`first_call`),
     /// to compare the steady state with the capture's once-per-process check and without.
     /// `published`: the workload's senders publish an OTEP 4947 thread context, read at each call.
@@ -212,7 +218,8 @@ impl Setup {
     fn label(&self) -> String {
         match self {
             Setup::Untraced => "untraced".into(),
-            Setup::Floor => "floor (empty programs)".into(),
+            Setup::Floor { per_message: true } => "floor (empty programs)".into(),
+            Setup::Floor { per_message: false } => "floor (empty programs), entry/exit only".into(),
             Setup::Sidecar { family, detail, capture, published } => format!(
                 "sidecar {family}, detail {detail}{}{}",
                 if *capture { "" } else { ", capture off" },
@@ -242,8 +249,8 @@ impl Session {
     }
 }
 
-/// What a tracer reported when stopped (host-wide): the sidecar's spans (with its counted
-/// losses), bpftrace's calls; and the records the sidecar lost.
+/// What a tracer reported when stopped (host-wide): the sidecar's spans, bpftrace's calls; and
+/// the losses it counted itself (the sidecar's lost records, bpftrace's "Lost N events").
 #[derive(Default, Clone, Copy)]
 struct Seen {
     traced: u64,
@@ -279,7 +286,9 @@ fn reason(log: &str) -> String {
 fn start(setup: &Setup, settings: &Settings) -> Result<Session, String> {
     match setup {
         Setup::Untraced => Ok(Session::Nothing),
-        Setup::Floor => Floor::attach().map(Session::Floor).map_err(|e| format!("{e:#}")),
+        Setup::Floor { per_message } => {
+            Floor::attach(*per_message).map(Session::Floor).map_err(|e| format!("{e:#}"))
+        }
         Setup::Sidecar { family, detail, capture, .. } => {
             let sidecar = Sidecar::try_start(&sidecar_vars(family, detail, settings))
                 .map_err(|(status, log)| format!("{status}: {}", reason(&log)))?;
@@ -303,16 +312,13 @@ fn stop(session: Session) -> Option<Seen> {
             let stopped = sidecar.stop();
             let summary = Summary::parse(&stopped.stderr);
             Some(Seen {
-                traced: summary.spans
-                    + summary.get("ring_buffer_full")
-                    + summary.get("inflight_full")
-                    + summary.get("exit_missed"),
+                traced: summary.spans,
                 lost: summary.get("ring_buffer_full")
                     + summary.get("inflight_full")
                     + summary.get("exit_missed"),
             })
         }
-        Session::Bpftrace(bpftrace) => Some(Seen { traced: bpftrace.stop(), lost: 0 }),
+        Session::Bpftrace(bpftrace) => Some(bpftrace.stop()),
     }
 }
 
@@ -375,18 +381,27 @@ impl Bpftrace {
         }
     }
 
-    /// SIGINT (bpftrace prints its maps and exits); returns its `@calls`.
-    fn stop(mut self) -> u64 {
+    /// SIGINT (bpftrace prints its maps and exits); returns its `@calls` and the events it
+    /// says it lost (`Lost N events`, on either stream).
+    fn stop(mut self) -> Seen {
         // SAFETY: signalling our own child.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let mut errors = String::new();
+        let _ = std::io::Read::read_to_string(self.child.stderr.as_mut().unwrap(), &mut errors);
         let status = self.child.wait().expect("waiting for bpftrace");
         let _ = self.reader.join();
         let output = self.output.lock().unwrap().clone();
-        output
+        let traced = output
             .lines()
             .find_map(|l| l.strip_prefix("@calls: "))
             .and_then(|n| n.trim().parse().ok())
-            .unwrap_or_else(|| panic!("bpftrace ({status}) printed no @calls:\n{output}"))
+            .unwrap_or_else(|| panic!("bpftrace ({status}) printed no @calls:\n{output}"));
+        let lost = output
+            .lines()
+            .chain(errors.lines())
+            .filter_map(|l| l.trim().strip_prefix("Lost ")?.split_whitespace().next()?.parse::<u64>().ok())
+            .sum();
+        Seen { traced, lost }
     }
 }
 
@@ -427,7 +442,11 @@ fn median(values: &mut [f64]) -> f64 {
 type Rates = BTreeMap<(usize, usize, usize), Vec<Option<f64>>>;
 
 fn overhead(settings: &Settings) -> String {
-    let mut setups = vec![Setup::Untraced, Setup::Floor];
+    let mut setups = vec![Setup::Untraced, Setup::Floor { per_message: true }];
+    // Detail `sizes` attaches no per-message hook: its floor attaches none either.
+    if settings.details.iter().any(|d| d == "sizes") {
+        setups.push(Setup::Floor { per_message: false });
+    }
     let mut unavailable: Vec<(String, String)> = Vec::new();
     // Which families the kernel gives: the sidecar itself says (exit 2 with the reason).
     for family in &settings.families {
@@ -472,7 +491,10 @@ fn overhead(settings: &Settings) -> String {
         }
     }
     setups.push(Setup::Bpftrace);
-    for setup in [Setup::Floor, Setup::Bpftrace] {
+    for setup in [Setup::Floor { per_message: true }, Setup::Floor { per_message: false }, Setup::Bpftrace] {
+        if !setups.contains(&setup) {
+            continue;
+        }
         if let Err(why) = start(&setup, settings).map(stop) {
             eprintln!("{}: unavailable: {why}", setup.label());
             unavailable.push((setup.label(), why));
@@ -488,6 +510,12 @@ fn overhead(settings: &Settings) -> String {
         run_workload(&workload, 1.0, vlen, 0, threads, settings.payload, false);
     }
     let mut rates: Rates = BTreeMap::new();
+    // The programs' own time, from the kernel's statistics, on for the whole part.
+    let stats = bpf_stats::enable();
+    if let Err(why) = &stats {
+        eprintln!("no per-program times: {why}");
+    }
+    let mut program_costs: BTreeMap<(usize, usize, usize), (Vec<bpf_stats::ProgramCost>, u64)> = BTreeMap::new();
     let mut seen: Vec<(Seen, u64)> = vec![(Seen::default(), 0); setups.len()];
     // The tracer process's CPU seconds while the workload ran, and the workload's seconds.
     let mut tracer_cpus: BTreeMap<(usize, usize, usize), (f64, f64)> = BTreeMap::new();
@@ -508,8 +536,22 @@ fn overhead(settings: &Settings) -> String {
             for &(threads, vlen) in &shapes {
                 let tracer_cpu = session.pid().map(cpu_seconds);
                 let published = matches!(setup, Setup::Sidecar { published: true, .. });
+                let before = bpf_stats::snapshot();
                 let run =
                     run_workload(&workload, settings.seconds, vlen, 0, threads, settings.payload, published);
+                if stats.is_ok() {
+                    let (costs, calls) = program_costs.entry((i, threads, vlen)).or_default();
+                    for cost in before.until(&bpf_stats::snapshot()) {
+                        match costs.iter_mut().find(|c| c.name == cost.name) {
+                            Some(c) => {
+                                c.runs += cost.runs;
+                                c.ns += cost.ns;
+                            }
+                            None => costs.push(cost),
+                        }
+                    }
+                    *calls += run.calls;
+                }
                 if let (Some(pid), Some(before)) = (session.pid(), tracer_cpu) {
                     let cpu = tracer_cpus.entry((i, threads, vlen)).or_default();
                     cpu.0 += cpu_seconds(pid) - before;
@@ -543,9 +585,18 @@ fn overhead(settings: &Settings) -> String {
     );
     let _ = writeln!(
         out,
-        "| threads | vlen | configuration | msgs/s (median) | ratio (median) | spread (min–max) | tracer process CPU | traced / expected | lost records |"
+        "| threads | vlen | configuration | msgs/s (median) | ratio (median) | spread (min–max) | BPF ns per call | x its floor | tracer process CPU | traced / expected | lost (counted) |"
     );
-    let _ = writeln!(out, "|---:|---:|---|---:|---:|---|---:|---:|---:|");
+    let _ = writeln!(out, "|---:|---:|---|---:|---:|---|---:|---:|---:|---:|---:|");
+    // Programs' ns per workload call, by setup and shape.
+    let ns_per_call = |i: usize, threads: usize, vlen: usize| {
+        let (costs, calls) = program_costs.get(&(i, threads, vlen))?;
+        (*calls > 0).then(|| costs.iter().map(|c| c.ns).sum::<u64>() as f64 / *calls as f64)
+    };
+    let floor_of = |setup: &Setup| {
+        let per_message = !matches!(setup, Setup::Sidecar { detail, .. } if detail == "sizes");
+        setups.iter().position(|s| *s == Setup::Floor { per_message })
+    };
     for &(threads, vlen) in &shapes {
         let base = rates.get(&(0, threads, vlen)).cloned().unwrap_or_default();
         for (i, setup) in setups.iter().enumerate() {
@@ -567,24 +618,60 @@ fn overhead(settings: &Settings) -> String {
                 Some((cpu, secs)) if *secs > 0.0 => format!("{:.0}%", cpu / secs * 100.0),
                 _ => "–".into(),
             };
+            let bpf_ns = ns_per_call(i, threads, vlen);
+            let versus_floor = match (setup, bpf_ns, floor_of(setup).and_then(|f| ns_per_call(f, threads, vlen))) {
+                (Setup::Sidecar { .. }, Some(ns), Some(floor)) if floor > 0.0 => format!("{:.1}", ns / floor),
+                _ => "–".into(),
+            };
+            let bpf_ns = bpf_ns.map_or("–".into(), |ns| format!("{ns:.0}"));
             let _ = writeln!(
                 out,
-                "| {threads} | {vlen} | {} | {:.0} | {:.3} | {lo:.3}–{hi:.3} | {tracer_cpu} | {saw} | {lost} |",
+                "| {threads} | {vlen} | {} | {:.0} | {:.3} | {lo:.3}–{hi:.3} | {bpf_ns} | {versus_floor} | {tracer_cpu} | {saw} | {lost} |",
                 setup.label(),
                 median(&mut msgs),
                 median(&mut ratios),
             );
         }
     }
+    // Where the programs' time goes: each program's runs per call and ns per run.
+    if !program_costs.is_empty() {
+        let _ = writeln!(out, "\n### Per program (the kernel's BPF statistics), over all rounds\n");
+        let _ = writeln!(out, "| threads | vlen | configuration | program | runs per call | ns per run | ns per call |");
+        let _ = writeln!(out, "|---:|---:|---|---|---:|---:|---:|");
+        for &(threads, vlen) in &shapes {
+            for (i, setup) in setups.iter().enumerate() {
+                let Some((costs, calls)) = program_costs.get(&(i, threads, vlen)) else { continue };
+                if *calls == 0 {
+                    continue;
+                }
+                for cost in costs {
+                    let _ = writeln!(
+                        out,
+                        "| {threads} | {vlen} | {} | `{}` | {:.2} | {:.0} | {:.0} |",
+                        setup.label(),
+                        cost.name,
+                        cost.runs as f64 / *calls as f64,
+                        cost.ns_per_run(),
+                        cost.ns as f64 / *calls as f64,
+                    );
+                }
+            }
+        }
+    }
     let _ = writeln!(
         out,
-        "\n\"tracer process CPU\": the sidecar's or bpftrace's own utime+stime while the workload \
+        "\n\"BPF ns per call\": the time the kernel's statistics (`BPF_ENABLE_STATS`) give all \
+         programs that ran during the workload, divided by its calls (host-wide: on an idle \
+         machine, the workload's); the hooks' own dispatch is not in it. \"x its floor\": that \
+         over the same for the empty programs on the same hooks (entry/exit only for detail \
+         sizes). \"tracer process CPU\": the sidecar's or bpftrace's own utime+stime while the workload \
          ran, in % of one core (BPF programs run in the workload's threads and count there). \
-         \"traced / expected\": what the tracer reported when stopped (the sidecar's spans plus \
-         its counted losses, bpftrace's @calls; host-wide, so other processes' calls add to it) \
+         \"traced / expected\": what the tracer reported when stopped (the sidecar's spans, \
+         bpftrace's @calls; host-wide, so other processes' calls add to it) \
          over what the workload's calls should give (one span per call; in detail spans, one more \
-         per message up to 64), over all rounds and shapes; \"lost records\": the sidecar's \
-         ring_buffer_full + inflight_full + exit_missed."
+         per message up to 64), over all rounds and shapes, losses not added; \"lost (counted)\": \
+         what the tracer itself counted as lost: the sidecar's ring_buffer_full + inflight_full + \
+         exit_missed, bpftrace's \"Lost N events\"."
     );
     for (what, why) in unavailable {
         let _ = writeln!(out, "\n{what}: unavailable: {why}");

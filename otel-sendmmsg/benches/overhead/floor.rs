@@ -4,7 +4,7 @@
 //! before any of our logic runs; the benchmark compares the sidecar against it. Only the
 //! benchmark builds this in: the sidecar neither carries nor loads these programs.
 //!
-//!     let floor = Floor::attach()?; // hooks in place
+//!     let floor = Floor::attach(true)?; // hooks in place
 //!     // ... measure ...
 //!     drop(floor); // detached
 
@@ -22,7 +22,8 @@ use otel_sendmmsg::probes::{
 static FLOOR_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/otel-sendmmsg-floor.bpf.o"));
 
-/// Each empty program and its tracepoint (category, event), exit first like the sidecar does.
+/// Each empty program and its tracepoint (category, event), exit first like the sidecar does;
+/// the per-message hook last.
 const HOOKS: [(&str, &str, &str); 3] = [
     ("floor_sendmmsg_exit", "syscalls", "sys_exit_sendmmsg"),
     ("floor_sendmmsg_enter", "syscalls", "sys_enter_sendmmsg"),
@@ -37,19 +38,21 @@ pub struct Floor {
 }
 
 impl Floor {
-    /// Loads the floor's BPF object and attaches every empty program. Needs what the sidecar needs (root, or CAP_BPF and
-    /// CAP_PERFMON, and tracefs).
-    pub fn attach() -> Result<Floor> {
+    /// Loads the floor's BPF object and attaches its empty programs: on the entry and exit
+    /// hooks, and on the per-message one when `per_message`. Needs what the sidecar needs (root,
+    /// or CAP_BPF and CAP_PERFMON, and tracefs).
+    pub fn attach(per_message: bool) -> Result<Floor> {
         ensure_tracefs()?;
         raise_memlock_limit();
-        for (_, category, event) in HOOKS {
+        let hooks = if per_message { &HOOKS[..] } else { &HOOKS[..2] };
+        for &(_, category, event) in hooks {
             if !Kernel::has_tracepoint(category, event) {
                 bail!("tracepoint {category}:{event} is not present on this kernel");
             }
         }
         let mut ebpf = EbpfLoader::new().load(FLOOR_OBJECT).context("loading the floor's BPF object")?;
-        let mut links = Vec::with_capacity(HOOKS.len());
-        for (name, category, event) in HOOKS {
+        let mut links = Vec::with_capacity(hooks.len());
+        for &(name, category, event) in hooks {
             let prog: &mut TracePoint = ebpf
                 .program_mut(name)
                 .ok_or_else(|| anyhow!("BPF program {name} missing from the object"))?

@@ -150,9 +150,17 @@ impl Guest {
             .spawn()
             .expect("starting qemu-system-x86_64 (scripts/setup-kernels.sh installs it)");
         let mut out = qemu.stdout.take().unwrap();
+        // Also written as it comes, for whoever watches a long boot (`tail -f .../console`).
+        let mut live = std::fs::File::create(self.dir.join("console")).ok();
         let reader = std::thread::spawn(move || {
             let mut console = Vec::new();
-            let _ = out.read_to_end(&mut console);
+            let mut chunk = [0u8; 4096];
+            while let Ok(n @ 1..) = out.read(&mut chunk) {
+                console.extend_from_slice(&chunk[..n]);
+                if let Some(file) = live.as_mut() {
+                    let _ = std::io::Write::write_all(file, &chunk[..n]);
+                }
+            }
             String::from_utf8_lossy(&console).into_owned()
         });
         while qemu.try_wait().unwrap().is_none() {
