@@ -515,7 +515,8 @@ fn overhead(settings: &Settings) -> String {
     if let Err(why) = &stats {
         eprintln!("no per-program times: {why}");
     }
-    let mut program_costs: BTreeMap<(usize, usize, usize), (Vec<bpf_stats::ProgramCost>, u64)> = BTreeMap::new();
+    let mut program_costs: BTreeMap<(usize, usize, usize), (Vec<bpf_stats::ProgramCost>, u64)> =
+        BTreeMap::new();
     let mut seen: Vec<(Seen, u64)> = vec![(Seen::default(), 0); setups.len()];
     // The tracer process's CPU seconds while the workload ran, and the workload's seconds.
     let mut tracer_cpus: BTreeMap<(usize, usize, usize), (f64, f64)> = BTreeMap::new();
@@ -619,10 +620,13 @@ fn overhead(settings: &Settings) -> String {
                 _ => "–".into(),
             };
             let bpf_ns = ns_per_call(i, threads, vlen);
-            let versus_floor = match (setup, bpf_ns, floor_of(setup).and_then(|f| ns_per_call(f, threads, vlen))) {
-                (Setup::Sidecar { .. }, Some(ns), Some(floor)) if floor > 0.0 => format!("{:.1}", ns / floor),
-                _ => "–".into(),
-            };
+            let versus_floor =
+                match (setup, bpf_ns, floor_of(setup).and_then(|f| ns_per_call(f, threads, vlen))) {
+                    (Setup::Sidecar { .. }, Some(ns), Some(floor)) if floor > 0.0 => {
+                        format!("{:.1}", ns / floor)
+                    }
+                    _ => "–".into(),
+                };
             let bpf_ns = bpf_ns.map_or("–".into(), |ns| format!("{ns:.0}"));
             let _ = writeln!(
                 out,
@@ -636,7 +640,10 @@ fn overhead(settings: &Settings) -> String {
     // Where the programs' time goes: each program's runs per call and ns per run.
     if !program_costs.is_empty() {
         let _ = writeln!(out, "\n### Per program (the kernel's BPF statistics), over all rounds\n");
-        let _ = writeln!(out, "| threads | vlen | configuration | program | runs per call | ns per run | ns per call |");
+        let _ = writeln!(
+            out,
+            "| threads | vlen | configuration | program | runs per call | ns per run | ns per call |"
+        );
         let _ = writeln!(out, "|---:|---:|---|---|---:|---:|---:|");
         for &(threads, vlen) in &shapes {
             for (i, setup) in setups.iter().enumerate() {

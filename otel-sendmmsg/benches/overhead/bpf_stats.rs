@@ -65,7 +65,8 @@ impl Snapshot {
             if runs == 0 {
                 continue;
             }
-            let cost = by_name.entry(name.clone()).or_insert(ProgramCost { name: name.clone(), runs: 0, ns: 0 });
+            let cost =
+                by_name.entry(name.clone()).or_insert(ProgramCost { name: name.clone(), runs: 0, ns: 0 });
             cost.runs += runs;
             cost.ns += ns;
         }
