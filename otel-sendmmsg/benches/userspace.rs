@@ -1,0 +1,281 @@
+//! What the sidecar's user space costs per span, without a kernel, a collector or a network:
+//! realistic ring-buffer records go through the real path, decode -> span -> export queue and
+//! batches -> the OTLP request's protobuf bytes as the exporter sends them, and are dropped.
+//!
+//!     scripts/userspace-cost.sh             instructions/span (callgrind) and ns/span
+//!     cargo bench --bench userspace -- --calls 200000 --vlen 1 --reps 5
+//!
+//! Left out: reading the ring buffer (an epoll wake-up per batch of records), the process
+//! lookup (an LRU hit per call), and sending the bytes. Instructions per span are counted by
+//! running this under callgrind twice with different call counts and dividing the difference
+//! (scripts/userspace-cost.sh), so start-up costs cancel and machine load does not matter;
+//! ns/span is the wall clock of the measured reps, meaningful on an idle machine only.
+
+use std::{
+    hint::black_box,
+    num::NonZeroUsize,
+    process::ExitCode,
+    sync::{
+        atomic::{AtomicU64, Ordering::Relaxed},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use otel_sendmmsg::{
+    clock::WallClock,
+    config::{BatchConfig, MessageView, ResourceSettings},
+    export::{batcher::Batcher, ExportStats},
+    process::ProcessInfo,
+    records::Decoder,
+    span::{
+        self,
+        resource::{base_resource, Resources},
+        SpanOptions,
+    },
+};
+use otel_sendmmsg_common::{
+    name_status, CallRecord, Destination, MessageResult, SocketInfo, TraceContext, MAX_MESSAGE_DETAIL,
+    RECORD_VERSION,
+};
+
+/// What to run, from the command line.
+struct Args {
+    /// Calls per rep.
+    calls: usize,
+    /// Messages per call.
+    vlen: u32,
+    /// Timed reps after one untimed warm-up rep (0: the warm-up alone, for callgrind).
+    reps: usize,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = Args { calls: 100_000, vlen: 1, reps: 5 };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        // `cargo bench` appends `--bench`; nothing else is expected.
+        if flag == "--bench" {
+            continue;
+        }
+        let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
+        let number = |v: &str| v.parse::<usize>().map_err(|e| format!("{flag} {v}: {e}"));
+        match flag.as_str() {
+            "--calls" => args.calls = number(&value)?,
+            "--vlen" => args.vlen = u32::try_from(number(&value)?).map_err(|e| e.to_string())?,
+            "--reps" => args.reps = number(&value)?,
+            _ => return Err(format!("unknown argument {flag}")),
+        }
+    }
+    if args.calls == 0 || args.vlen == 0 {
+        return Err("--calls and --vlen must be above 0".into());
+    }
+    Ok(args)
+}
+
+/// A record as the tracepoint family's BPF side writes it for the benchmark's workload: a call
+/// of `vlen` 64-byte messages, all sent, on a connected loopback UDP socket, no `msg_name`.
+fn record(vlen: u32) -> CallRecord {
+    let loopback = |port: u16| {
+        let mut addr = [0u8; 16];
+        addr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        (addr, port)
+    };
+    let (local_addr, local_port) = loopback(40_123);
+    let (peer_addr, peer_port) = loopback(40_124);
+    let mut rec = CallRecord {
+        version: RECORD_VERSION,
+        size: size_of::<CallRecord>() as u32,
+        pid: 31_378,
+        tid: 31_378,
+        start_ns: 5_000_000_000,
+        end_ns: 5_000_000_000 + 1_500 + 600 * u64::from(vlen),
+        msgvec: 0x563d_65f7_fae0,
+        ret: i64::from(vlen),
+        sockfd: 4,
+        vlen,
+        flags: 0,
+        messages: vlen,
+        messages_failed: 0,
+        first_error: 0,
+        first_error_index: 0,
+        flags_out: 0,
+        bytes: 64 * u64::from(vlen),
+        sk: 0,
+        process_start_ns: 1_000_000_000,
+        comm: *b"otelbench-load\0\0",
+        socket: SocketInfo {
+            family: libc::AF_INET as u16,
+            protocol: libc::IPPROTO_UDP as u16,
+            sock_type: libc::SOCK_DGRAM as u16,
+            local_port,
+            peer_port_be: peer_port.to_be(),
+            _pad: [0; 3],
+            local_addr,
+            peer_addr,
+        },
+        parent: TraceContext::default(),
+        detail: [MessageResult::default(); MAX_MESSAGE_DETAIL],
+    };
+    for (i, slot) in rec.detail.iter_mut().take(vlen as usize).enumerate() {
+        slot.ret = 64;
+        slot.offset_ns = 1_000 + 600 * i as u64;
+        slot.dest = Destination { status: name_status::NONE, ..Destination::default() };
+    }
+    rec
+}
+
+/// The process the calls come from, as the process cache knows it.
+fn process() -> Arc<ProcessInfo> {
+    Arc::new(ProcessInfo {
+        pid: 31_378,
+        executable_name: Some("otelbench-load".into()),
+        service_name: "otelbench-load".into(),
+        container_id: None,
+        attributes: Vec::new(),
+    })
+}
+
+/// What one rep did: spans exported and OTLP bytes encoded.
+struct Rep {
+    spans: u64,
+    bytes: u64,
+    took: Duration,
+}
+
+/// `calls` calls of `wire` through decode -> span -> queue -> encode, on a single-threaded
+/// runtime (deterministic for callgrind; the sidecar's export task runs on another thread, the
+/// work is the same).
+fn rep(wire: &[u8], calls: usize) -> Result<Rep, String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .map_err(|e| format!("tokio runtime: {e}"))?;
+    runtime.block_on(async {
+        let bytes = Arc::new(AtomicU64::new(0));
+        let options = SpanOptions { per_message: true, view: MessageView::Events, msgvec_address: false };
+        let batch = BatchConfig {
+            // Room for every span: nothing is dropped, whatever the schedule.
+            max_queue_size: calls * 2 + 1024,
+            // The schedule never fires: batches go out full, as at a high rate.
+            schedule_delay: Duration::from_secs(3600),
+            ..BatchConfig::default()
+        };
+        let encoder = {
+            let bytes = bytes.clone();
+            move || encoding::Encoder::new(bytes.clone())
+        };
+        let mut batcher = Batcher::start(encoder, batch, Arc::default());
+        let mut resources = Resources::new(
+            base_resource(&ResourceSettings { attributes: Vec::new(), service_name: "bench".into() }),
+            NonZeroUsize::new(64).expect("above 0"),
+        );
+        let process = process();
+        let clock = WallClock::from_readings(1_700_000_000_000_000_000, 0);
+        let mut decoder = Decoder::default();
+
+        let started = Instant::now();
+        for i in 0..calls {
+            let call = decoder.decode(black_box(wire)).map_err(|e| format!("decoding: {e}"))?;
+            let spans = span::build(&call, &clock, options);
+            batcher.enqueue(spans, resources.of(&process));
+            // The export task takes its turn, as it would on its own thread.
+            if i % 256 == 255 {
+                tokio::task::yield_now().await;
+            }
+        }
+        batcher.flush(None).await.map_err(|e| e.to_string())?;
+        let took = started.elapsed();
+        let stats = batcher.final_stats();
+        let expected = ExportStats { exported: calls as u64, dropped_queue_full: 0, failed: 0 };
+        if stats != expected {
+            return Err(format!("expected {expected:?}, got {stats:?}"));
+        }
+        Ok(Rep { spans: stats.exported, bytes: bytes.load(Relaxed), took })
+    })
+}
+
+/// The exporter's encoding, with the wire left out: what the SDK's OTLP exporter does with a
+/// batch before sending it (its HTTP/protobuf path; over gRPC it also clones the batch first).
+mod encoding {
+    use std::sync::{
+        atomic::{AtomicU64, Ordering::Relaxed},
+        Arc,
+    };
+
+    use opentelemetry_proto::{
+        tonic::collector::trace::v1::ExportTraceServiceRequest,
+        transform::{common::tonic::ResourceAttributesWithSchema, trace::tonic::group_spans_by_resource_and_scope},
+    };
+    use opentelemetry_sdk::{
+        error::OTelSdkResult,
+        trace::{SpanData, SpanExporter},
+        Resource,
+    };
+    use prost::Message as _;
+
+    #[derive(Debug)]
+    pub struct Encoder {
+        resource: ResourceAttributesWithSchema,
+        bytes: Arc<AtomicU64>,
+    }
+
+    impl Encoder {
+        pub fn new(bytes: Arc<AtomicU64>) -> Encoder {
+            Encoder { resource: ResourceAttributesWithSchema::default(), bytes }
+        }
+    }
+
+    impl SpanExporter for Encoder {
+        async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+            let resource_spans = group_spans_by_resource_and_scope(batch, &self.resource);
+            let body = ExportTraceServiceRequest { resource_spans }.encode_to_vec();
+            self.bytes.fetch_add(std::hint::black_box(body).len() as u64, Relaxed);
+            Ok(())
+        }
+
+        fn set_resource(&mut self, resource: &Resource) {
+            self.resource = resource.into();
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(args) => args,
+        Err(e) => {
+            eprintln!("userspace: {e}\nusage: userspace [--calls N] [--vlen V] [--reps R]");
+            return ExitCode::from(2);
+        }
+    };
+    let record = record(args.vlen);
+    let wire = record.wire_bytes();
+    let mut per_span = Vec::new();
+    // The first rep warms the allocator and the caches; under callgrind it is the whole run.
+    for n in 0..=args.reps {
+        match rep(wire, args.calls) {
+            Ok(rep) => {
+                let ns = rep.took.as_nanos() as f64 / rep.spans as f64;
+                eprintln!(
+                    "rep {n}: {} spans, {} OTLP bytes ({:.0}/span), {ns:.0} ns/span{}",
+                    rep.spans,
+                    rep.bytes,
+                    rep.bytes as f64 / rep.spans as f64,
+                    if n == 0 { " (warm-up)" } else { "" }
+                );
+                if n > 0 {
+                    per_span.push(ns);
+                }
+            }
+            Err(e) => {
+                eprintln!("userspace: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    if !per_span.is_empty() {
+        per_span.sort_by(f64::total_cmp);
+        // The median of the reps: one disturbed rep does not move it.
+        println!("ns_per_span={:.0}", per_span[per_span.len() / 2]);
+    }
+    ExitCode::SUCCESS
+}
