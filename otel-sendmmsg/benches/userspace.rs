@@ -194,47 +194,42 @@ fn rep(wire: &[u8], calls: usize) -> Result<Rep, String> {
     })
 }
 
-/// The exporter's encoding, with the wire left out: what the SDK's OTLP exporter does with a
-/// batch before sending it (its HTTP/protobuf path; over gRPC it also clones the batch first).
+/// The exporter's encoding, with the wire left out: what `export::otlp::OtlpSpanExporter` does
+/// with a batch before it sends the bytes (uncompressed, as by default).
 mod encoding {
     use std::sync::{
         atomic::{AtomicU64, Ordering::Relaxed},
         Arc,
     };
 
-    use opentelemetry_proto::{
-        tonic::collector::trace::v1::ExportTraceServiceRequest,
-        transform::{common::tonic::ResourceAttributesWithSchema, trace::tonic::group_spans_by_resource_and_scope},
-    };
     use opentelemetry_sdk::{
         error::OTelSdkResult,
         trace::{SpanData, SpanExporter},
         Resource,
     };
-    use prost::Message as _;
+    use otel_sendmmsg::export::otlp_encode::{EncodedResource, Encoder as RequestEncoder};
 
     #[derive(Debug)]
     pub struct Encoder {
-        resource: ResourceAttributesWithSchema,
+        resource: EncodedResource,
         bytes: Arc<AtomicU64>,
     }
 
     impl Encoder {
         pub fn new(bytes: Arc<AtomicU64>) -> Encoder {
-            Encoder { resource: ResourceAttributesWithSchema::default(), bytes }
+            Encoder { resource: EncodedResource::default(), bytes }
         }
     }
 
     impl SpanExporter for Encoder {
         async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
-            let resource_spans = group_spans_by_resource_and_scope(batch, &self.resource);
-            let body = ExportTraceServiceRequest { resource_spans }.encode_to_vec();
+            let body = RequestEncoder::default().request(&self.resource, &batch);
             self.bytes.fetch_add(std::hint::black_box(body).len() as u64, Relaxed);
             Ok(())
         }
 
         fn set_resource(&mut self, resource: &Resource) {
-            self.resource = resource.into();
+            self.resource = EncodedResource::new(resource);
         }
     }
 }
