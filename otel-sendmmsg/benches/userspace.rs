@@ -207,7 +207,7 @@ mod encoding {
         trace::{SpanData, SpanExporter},
         Resource,
     };
-    use otel_sendmmsg::export::otlp_encode::{EncodedResource, Encoder as RequestEncoder};
+    use otel_sendmmsg::export::otlp_encode::{request, EncodedResource};
 
     #[derive(Debug)]
     pub struct Encoder {
@@ -223,7 +223,7 @@ mod encoding {
 
     impl SpanExporter for Encoder {
         async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
-            let body = RequestEncoder::default().request(&self.resource, &batch);
+            let body = request(&self.resource, &batch);
             self.bytes.fetch_add(std::hint::black_box(body).len() as u64, Relaxed);
             Ok(())
         }

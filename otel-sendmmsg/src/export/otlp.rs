@@ -31,7 +31,7 @@ use tonic_types::StatusExt as _;
 use tracing::{debug, warn};
 
 use super::{
-    otlp_encode::{EncodedResource, Encoder as RequestEncoder},
+    otlp_encode::{request, EncodedResource},
     retry::{self, SDK_POLICY},
     transport::{grpc_channel, grpc_compression, grpc_metadata, http_client, http_headers},
 };
@@ -98,11 +98,10 @@ impl OtlpSpanExporter {
 
 impl SpanExporter for OtlpSpanExporter {
     async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
-        let body = RequestEncoder::default().request(&self.resource, &batch);
+        let body = request(&self.resource, &batch);
         drop(batch);
         match &self.sender {
             Sender::Grpc { client, metadata } => {
-                let body = Bytes::from(body);
                 let verdict = |status: &Status| {
                     retry::grpc(
                         status.code(),
@@ -128,7 +127,6 @@ impl SpanExporter for OtlpSpanExporter {
             }
             Sender::Http { client, endpoint, headers, compression } => {
                 let (body, encoding) = compress(*compression, body).map_err(OTelSdkError::InternalFailure)?;
-                let body = Bytes::from(body);
                 let verdict =
                     |failure: &HttpFailure| retry::http(failure.status, failure.retry_after.as_deref());
                 let sent = retry::with_backoff(SDK_POLICY, self.timeout, verdict, || {
@@ -213,17 +211,19 @@ async fn send_http(
 }
 
 /// The HTTP body compressed as configured, and its `Content-Encoding`.
-fn compress(compression: Compression, body: Vec<u8>) -> Result<(Vec<u8>, Option<&'static str>), String> {
+fn compress(compression: Compression, body: Bytes) -> Result<(Bytes, Option<&'static str>), String> {
     use std::io::Write as _;
-    match compression {
-        Compression::None => Ok((body, None)),
+    let compressed = match compression {
+        Compression::None => return Ok((body, None)),
         Compression::Gzip => {
             let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-            encoder.write_all(&body).and_then(|()| encoder.finish()).map(|b| (b, Some("gzip")))
+            encoder.write_all(&body).and_then(|()| encoder.finish()).map(|b| (b, "gzip"))
         }
-        Compression::Zstd => zstd::bulk::compress(&body, 0).map(|b| (b, Some("zstd"))),
-    }
-    .map_err(|e| format!("compressing the OTLP request: {e}"))
+        Compression::Zstd => zstd::bulk::compress(&body, 0).map(|b| (b, "zstd")),
+    };
+    compressed
+        .map(|(bytes, encoding)| (Bytes::from(bytes), Some(encoding)))
+        .map_err(|e| format!("compressing the OTLP request: {e}"))
 }
 
 /// A collector that took the request but refused some spans says so: logged, as the SDK does

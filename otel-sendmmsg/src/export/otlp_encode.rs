@@ -5,10 +5,14 @@
 //! `String` per attribute key and string value, a `Vec` per id) and prost then computes each
 //! nested message's length again at every level above it. Measured (benches/userspace.rs,
 //! callgrind), writing the bytes here instead took user space from 42,454 to 18,320
-//! instructions per span (vlen 1, detail events), the SDK's encoding's share. Here a
-//! message's length is computed from its fields and written before them, nothing is copied
-//! but into the output, and the bytes are the ones prost writes for the same request (the
-//! tests compare them with the SDK's encoding, byte for byte).
+//! instructions per span (vlen 1, detail events), the SDK's encoding's share.
+//!
+//! One pass over the spans: an attribute's length is known from its key and value, so it is
+//! written first; a span's or an event's is not known until it is written, so its length gets
+//! the room it usually needs and is written after it (moving the message in the rare case the
+//! room was wrong); the request's outer lengths go in room left before the spans, and the
+//! request starts where they end (a `Bytes` slice, nothing copied). The bytes are the ones prost
+//! writes for the same request: the tests compare them with the SDK's encoding, byte for byte.
 //!
 //! The request holds one resource (the batcher sends each process's spans apart), its spans
 //! grouped by instrumentation scope in the order scopes first appear, as the SDK groups them.
@@ -20,12 +24,24 @@ use opentelemetry::{
     Array, InstrumentationScope, KeyValue, Value,
 };
 use opentelemetry_sdk::{trace::SpanData, Resource};
+use prost::bytes::Bytes;
 
 /// Protobuf wire types.
-const VARINT: u32 = 0;
-const FIXED64: u32 = 1;
-const LEN: u32 = 2;
-const FIXED32: u32 = 5;
+const VARINT: u8 = 0;
+const FIXED64: u8 = 1;
+const LEN: u8 = 2;
+const FIXED32: u8 = 5;
+
+/// A field's tag: every field written here but one is numbered below 16, a one-byte tag.
+const fn tag(field: u8, wire_type: u8) -> u8 {
+    field << 3 | wire_type
+}
+
+/// `Span.flags`, field 16, fixed32: a two-byte tag.
+const SPAN_FLAGS_TAG: [u8; 2] = [16 << 3 | FIXED32 | 0x80, 1];
+
+/// Room for a length-delimited field's tag and length, whatever the length (a `usize` varint).
+const MAX_PREFIX: usize = 1 + 10;
 
 /// `SpanFlags` of `trace.proto`: whether the parent is remote is known, and its answer.
 const CONTEXT_HAS_IS_REMOTE: u32 = 0x100;
@@ -44,56 +60,94 @@ impl EncodedResource {
         let mut message = Vec::new();
         // In the resource's own order, as the SDK's exporter takes them.
         for (key, value) in resource.iter() {
-            put_key_value(&mut message, 1, key.as_str(), value);
+            put_key_value(&mut message, tag(1, LEN), key.as_str(), value);
         }
         EncodedResource { message, schema_url: resource.schema_url().unwrap_or_default().to_owned() }
     }
 }
 
-/// Reusable buffers for encoding requests: the output and each span's length.
-#[derive(Debug, Default)]
-pub struct Encoder {
-    span_lens: Vec<usize>,
+/// The request carrying `spans` under `resource`: the bytes an OTLP/HTTP body or a gRPC
+/// message holds (uncompressed).
+pub fn request(resource: &EncodedResource, spans: &[SpanData]) -> Bytes {
+    let resource_field = MAX_PREFIX + resource.message.len();
+    let mut out = Vec::new();
+    // Each scope's spans, after room for what comes before them: the request's and the
+    // resource's headers (first scope only), the scope's own header.
+    let mut groups = Vec::with_capacity(1);
+    for (i, (scope, members)) in scopes_of(spans).into_iter().enumerate() {
+        let mut scope_message = Vec::new();
+        put_scope(&mut scope_message, scope);
+        let room =
+            if i == 0 { MAX_PREFIX + resource_field } else { 0 } + 2 * MAX_PREFIX + scope_message.len();
+        out.resize(out.len() + room, 0);
+        let body = out.len();
+        for (n, &index) in members.iter().enumerate() {
+            put_span(&mut out, &spans[index]);
+            if n == 0 {
+                // The rest are much the same size as the first: grown once, not doubled.
+                let first = out.len() - body;
+                out.reserve((members.len() - 1) * (first + first / 8) + 64);
+            }
+        }
+        put_string_field(&mut out, tag(3, LEN), scope.schema_url().unwrap_or_default());
+        groups.push(Group { room_start: body - room, body, end: out.len(), scope: scope_message });
+    }
+
+    let resource_spans_len = field_len(resource.message.len())
+        + groups.iter().map(|g| field_len(g.scope_spans_len())).sum::<usize>()
+        + string_field_len(&resource.schema_url);
+    let mut start = 0;
+    let mut write = 0;
+    for (i, group) in groups.iter().enumerate() {
+        let mut header = Vec::with_capacity(group.body - group.room_start);
+        if i == 0 {
+            put_prefix(&mut header, tag(1, LEN), resource_spans_len);
+            put_resource(&mut header, resource);
+        }
+        put_prefix(&mut header, tag(2, LEN), group.scope_spans_len());
+        put_prefix(&mut header, tag(1, LEN), group.scope.len());
+        header.extend_from_slice(&group.scope);
+        // Right before the spans; the room left over before the first scope's header is where
+        // the request does not start yet, before another scope's it is closed up.
+        let from = group.body - header.len();
+        out[from..group.body].copy_from_slice(&header);
+        if i == 0 {
+            start = from;
+        } else {
+            out.copy_within(from..group.end, write);
+        }
+        write += if i == 0 { group.end } else { group.end - from };
+    }
+    if groups.is_empty() {
+        // No spans: the resource alone, as the SDK sends it.
+        put_prefix(&mut out, tag(1, LEN), resource_spans_len);
+        put_resource(&mut out, resource);
+        write = out.len();
+    }
+    out.truncate(write);
+    put_string_field(&mut out, tag(3, LEN), &resource.schema_url);
+    Bytes::from(out).slice(start..)
 }
 
-impl Encoder {
-    /// The request carrying `spans` under `resource`: the bytes an OTLP/HTTP body or a gRPC
-    /// message holds (uncompressed).
-    pub fn request(&mut self, resource: &EncodedResource, spans: &[SpanData]) -> Vec<u8> {
-        self.span_lens.clear();
-        self.span_lens.extend(spans.iter().map(span_len));
-        let scopes = scopes_of(spans);
+/// The resource as field 1 of its `ResourceSpans`: always there, even empty.
+fn put_resource(out: &mut Vec<u8>, resource: &EncodedResource) {
+    put_prefix(out, tag(1, LEN), resource.message.len());
+    out.extend_from_slice(&resource.message);
+}
 
-        let scope_spans_len = |scope: &InstrumentationScope, members: &[usize]| {
-            let spans: usize = members.iter().map(|&i| field_len(2, self.span_lens[i])).sum();
-            field_len(1, scope_len(scope))
-                + spans
-                + string_field_len(3, scope.schema_url().unwrap_or_default())
-        };
-        let resource_spans_len = field_len(1, resource.message.len())
-            + scopes
-                .iter()
-                .map(|(scope, members)| field_len(2, scope_spans_len(scope, members)))
-                .sum::<usize>()
-            + string_field_len(3, &resource.schema_url);
+/// One scope's spans as written, and its `InstrumentationScope` message.
+struct Group {
+    /// Where the room for its headers starts, where its spans start, where its schema URL ends.
+    room_start: usize,
+    body: usize,
+    end: usize,
+    scope: Vec<u8>,
+}
 
-        let mut out = Vec::with_capacity(field_len(1, resource_spans_len));
-        put_len_prefix(&mut out, 1, resource_spans_len);
-        put_len_prefix(&mut out, 1, resource.message.len());
-        out.extend_from_slice(&resource.message);
-        for (scope, members) in &scopes {
-            put_len_prefix(&mut out, 2, scope_spans_len(scope, members));
-            put_len_prefix(&mut out, 1, scope_len(scope));
-            put_scope(&mut out, scope);
-            for &i in members {
-                put_len_prefix(&mut out, 2, self.span_lens[i]);
-                put_span(&mut out, &spans[i]);
-            }
-            put_string_field(&mut out, 3, scope.schema_url().unwrap_or_default());
-        }
-        put_string_field(&mut out, 3, &resource.schema_url);
-        debug_assert_eq!(out.len(), field_len(1, resource_spans_len));
-        out
+impl Group {
+    /// Its `ScopeSpans` message's length.
+    fn scope_spans_len(&self) -> usize {
+        field_len(self.scope.len()) + (self.end - self.body)
     }
 }
 
@@ -156,45 +210,17 @@ fn varint_len(value: u64) -> usize {
     (64 - (value | 1).leading_zeros() as usize).div_ceil(7)
 }
 
-fn tag_len(field: u32) -> usize {
-    varint_len(u64::from(field << 3))
+/// A length-delimited field of `len` bytes with a one-byte tag: tag, length, bytes.
+fn field_len(len: usize) -> usize {
+    1 + varint_len(len as u64) + len
 }
 
-/// A length-delimited field of `len` bytes: tag, length, bytes.
-fn field_len(field: u32, len: usize) -> usize {
-    tag_len(field) + varint_len(len as u64) + len
-}
-
-/// A string or bytes field, left out when empty (proto3).
-fn string_field_len(field: u32, value: &str) -> usize {
+/// A string field, left out when empty (proto3).
+fn string_field_len(value: &str) -> usize {
     if value.is_empty() {
         0
     } else {
-        field_len(field, value.len())
-    }
-}
-
-fn varint_field_len(field: u32, value: u64) -> usize {
-    if value == 0 {
-        0
-    } else {
-        tag_len(field) + varint_len(value)
-    }
-}
-
-fn fixed64_field_len(field: u32, value: u64) -> usize {
-    if value == 0 {
-        0
-    } else {
-        tag_len(field) + 8
-    }
-}
-
-fn fixed32_field_len(field: u32, value: u32) -> usize {
-    if value == 0 {
-        0
-    } else {
-        tag_len(field) + 4
+        field_len(value.len())
     }
 }
 
@@ -202,11 +228,11 @@ fn fixed32_field_len(field: u32, value: u32) -> usize {
 fn any_value_len(value: &Value) -> usize {
     // A oneof member is written even when it holds its type's default.
     match value {
-        Value::Bool(_) => tag_len(2) + 1,
-        Value::I64(v) => tag_len(3) + varint_len(*v as u64),
-        Value::F64(_) => tag_len(4) + 8,
-        Value::String(s) => field_len(1, s.as_str().len()),
-        Value::Array(array) => field_len(5, array_value_len(array)),
+        Value::Bool(_) => 2,
+        Value::I64(v) => 1 + varint_len(*v as u64),
+        Value::F64(_) => 9,
+        Value::String(s) => field_len(s.as_str().len()),
+        Value::Array(array) => field_len(array_value_len(array)),
         // A kind of value newer than this encoder: an empty `AnyValue`, not a panic.
         _ => 0,
     }
@@ -215,70 +241,12 @@ fn any_value_len(value: &Value) -> usize {
 /// An `ArrayValue` message's length: each element an `AnyValue` of field 1.
 fn array_value_len(array: &Array) -> usize {
     match array {
-        Array::Bool(values) => values.len() * field_len(1, tag_len(2) + 1),
-        Array::I64(values) => values.iter().map(|v| field_len(1, tag_len(3) + varint_len(*v as u64))).sum(),
-        Array::F64(values) => values.len() * field_len(1, tag_len(4) + 8),
-        Array::String(values) => values.iter().map(|v| field_len(1, field_len(1, v.as_str().len()))).sum(),
+        Array::Bool(values) => values.len() * field_len(2),
+        Array::I64(values) => values.iter().map(|v| field_len(1 + varint_len(*v as u64))).sum(),
+        Array::F64(values) => values.len() * field_len(9),
+        Array::String(values) => values.iter().map(|v| field_len(field_len(v.as_str().len()))).sum(),
         _ => 0,
     }
-}
-
-/// A `KeyValue` message's length: its key, and its value, always present.
-fn key_value_len(key: &str, value: &Value) -> usize {
-    string_field_len(1, key) + field_len(2, any_value_len(value))
-}
-
-fn attributes_len(field: u32, attributes: &[KeyValue]) -> usize {
-    attributes.iter().map(|kv| field_len(field, key_value_len(kv.key.as_str(), &kv.value))).sum()
-}
-
-fn scope_len(scope: &InstrumentationScope) -> usize {
-    let attributes: usize =
-        scope.attributes().map(|kv| field_len(3, key_value_len(kv.key.as_str(), &kv.value))).sum();
-    string_field_len(1, scope.name()) + string_field_len(2, scope.version().unwrap_or_default()) + attributes
-}
-
-fn event_len(event: &Event) -> usize {
-    fixed64_field_len(1, nanos(event.timestamp))
-        + string_field_len(2, &event.name)
-        + attributes_len(3, &event.attributes)
-        + varint_field_len(4, u64::from(event.dropped_attributes_count))
-}
-
-fn link_len(link: &Link) -> usize {
-    let context = &link.span_context;
-    field_len(1, 16)
-        + field_len(2, 8)
-        + string_field_len(3, &context.trace_state().header())
-        + attributes_len(4, &link.attributes)
-        + varint_field_len(5, u64::from(link.dropped_attributes_count))
-        + fixed32_field_len(6, flags(context.trace_flags().to_u8(), context.is_remote()))
-}
-
-fn status_len(status: &Status) -> usize {
-    string_field_len(2, status_message(status)) + varint_field_len(3, status_code(status))
-}
-
-/// A `Span` message's length.
-fn span_len(span: &SpanData) -> usize {
-    let context = &span.span_context;
-    let parent = if span.parent_span_id == SpanId::INVALID { 0 } else { field_len(4, 8) };
-    field_len(1, 16)
-        + field_len(2, 8)
-        + string_field_len(3, &context.trace_state().header())
-        + parent
-        + string_field_len(5, &span.name)
-        + varint_field_len(6, kind(&span.span_kind))
-        + fixed64_field_len(7, nanos(span.start_time))
-        + fixed64_field_len(8, nanos(span.end_time))
-        + attributes_len(9, &span.attributes)
-        + varint_field_len(10, u64::from(span.dropped_attributes_count))
-        + span.events.iter().map(|e| field_len(11, event_len(e))).sum::<usize>()
-        + varint_field_len(12, u64::from(span.events.dropped_count))
-        + span.links.iter().map(|l| field_len(13, link_len(l))).sum::<usize>()
-        + varint_field_len(14, u64::from(span.links.dropped_count))
-        + field_len(15, status_len(&span.status))
-        + fixed32_field_len(16, flags(context.trace_flags().to_u8(), span.parent_span_is_remote))
 }
 
 // --- writing -------------------------------------------------------------------------------
@@ -291,44 +259,67 @@ fn put_varint(out: &mut Vec<u8>, mut value: u64) {
     out.push(value as u8);
 }
 
-fn put_tag(out: &mut Vec<u8>, field: u32, wire_type: u32) {
-    put_varint(out, u64::from(field << 3 | wire_type));
-}
-
 /// The tag and length of a length-delimited field whose `len` bytes follow.
-fn put_len_prefix(out: &mut Vec<u8>, field: u32, len: usize) {
-    put_tag(out, field, LEN);
+fn put_prefix(out: &mut Vec<u8>, tag: u8, len: usize) {
+    out.push(tag);
     put_varint(out, len as u64);
 }
 
-fn put_bytes_field(out: &mut Vec<u8>, field: u32, value: &[u8]) {
+/// A length-delimited field being written, whose length goes in `room` bytes at `at` once it
+/// is known ([`close`]).
+struct Open {
+    at: usize,
+    room: usize,
+}
+
+fn open(out: &mut Vec<u8>, tag: u8, room: usize) -> Open {
+    out.push(tag);
+    let at = out.len();
+    out.resize(at + room, 0);
+    Open { at, room }
+}
+
+/// Writes the length of the field `open` started, now that its bytes are all written; moves
+/// them when their length needs more or less room than was left.
+fn close(out: &mut Vec<u8>, Open { at, room }: Open) {
+    let body = at + room;
+    let len = out.len() - body;
+    let need = varint_len(len as u64);
+    if need != room {
+        if need > room {
+            out.resize(out.len() + need - room, 0);
+        }
+        out.copy_within(body..body + len, at + need);
+        out.truncate(at + need + len);
+    }
+    let mut value = len as u64;
+    for byte in &mut out[at..at + need] {
+        *byte = value as u8 & 0x7f | if value >= 0x80 { 0x80 } else { 0 };
+        value >>= 7;
+    }
+}
+
+fn put_bytes_field(out: &mut Vec<u8>, tag: u8, value: &[u8]) {
     if !value.is_empty() {
-        put_len_prefix(out, field, value.len());
+        put_prefix(out, tag, value.len());
         out.extend_from_slice(value);
     }
 }
 
-fn put_string_field(out: &mut Vec<u8>, field: u32, value: &str) {
-    put_bytes_field(out, field, value.as_bytes());
+fn put_string_field(out: &mut Vec<u8>, tag: u8, value: &str) {
+    put_bytes_field(out, tag, value.as_bytes());
 }
 
-fn put_varint_field(out: &mut Vec<u8>, field: u32, value: u64) {
+fn put_varint_field(out: &mut Vec<u8>, tag: u8, value: u64) {
     if value != 0 {
-        put_tag(out, field, VARINT);
+        out.push(tag);
         put_varint(out, value);
     }
 }
 
-fn put_fixed64_field(out: &mut Vec<u8>, field: u32, value: u64) {
+fn put_fixed64_field(out: &mut Vec<u8>, tag: u8, value: u64) {
     if value != 0 {
-        put_tag(out, field, FIXED64);
-        out.extend_from_slice(&value.to_le_bytes());
-    }
-}
-
-fn put_fixed32_field(out: &mut Vec<u8>, field: u32, value: u32) {
-    if value != 0 {
-        put_tag(out, field, FIXED32);
+        out.push(tag);
         out.extend_from_slice(&value.to_le_bytes());
     }
 }
@@ -336,24 +327,21 @@ fn put_fixed32_field(out: &mut Vec<u8>, field: u32, value: u32) {
 /// An `AnyValue`'s fields.
 fn put_any_value(out: &mut Vec<u8>, value: &Value) {
     match value {
-        Value::Bool(v) => {
-            put_tag(out, 2, VARINT);
-            out.push(u8::from(*v));
-        }
+        Value::Bool(v) => out.extend_from_slice(&[tag(2, VARINT), u8::from(*v)]),
         Value::I64(v) => {
-            put_tag(out, 3, VARINT);
+            out.push(tag(3, VARINT));
             put_varint(out, *v as u64);
         }
         Value::F64(v) => {
-            put_tag(out, 4, FIXED64);
+            out.push(tag(4, FIXED64));
             out.extend_from_slice(&v.to_bits().to_le_bytes());
         }
         Value::String(s) => {
-            put_len_prefix(out, 1, s.as_str().len());
+            put_prefix(out, tag(1, LEN), s.as_str().len());
             out.extend_from_slice(s.as_str().as_bytes());
         }
         Value::Array(array) => {
-            put_len_prefix(out, 5, array_value_len(array));
+            put_prefix(out, tag(5, LEN), array_value_len(array));
             put_array_value(out, array);
         }
         _ => {}
@@ -362,32 +350,30 @@ fn put_any_value(out: &mut Vec<u8>, value: &Value) {
 
 /// An `ArrayValue`'s fields: each element an `AnyValue` of field 1.
 fn put_array_value(out: &mut Vec<u8>, array: &Array) {
+    let element = tag(1, LEN);
     match array {
         Array::Bool(values) => {
             for v in values {
-                put_len_prefix(out, 1, tag_len(2) + 1);
-                put_tag(out, 2, VARINT);
-                out.push(u8::from(*v));
+                out.extend_from_slice(&[element, 2, tag(2, VARINT), u8::from(*v)]);
             }
         }
         Array::I64(values) => {
             for v in values {
-                put_len_prefix(out, 1, tag_len(3) + varint_len(*v as u64));
-                put_tag(out, 3, VARINT);
+                put_prefix(out, element, 1 + varint_len(*v as u64));
+                out.push(tag(3, VARINT));
                 put_varint(out, *v as u64);
             }
         }
         Array::F64(values) => {
             for v in values {
-                put_len_prefix(out, 1, tag_len(4) + 8);
-                put_tag(out, 4, FIXED64);
+                out.extend_from_slice(&[element, 9, tag(4, FIXED64)]);
                 out.extend_from_slice(&v.to_bits().to_le_bytes());
             }
         }
         Array::String(values) => {
             for v in values {
-                put_len_prefix(out, 1, field_len(1, v.as_str().len()));
-                put_len_prefix(out, 1, v.as_str().len());
+                put_prefix(out, element, field_len(v.as_str().len()));
+                put_prefix(out, tag(1, LEN), v.as_str().len());
                 out.extend_from_slice(v.as_str().as_bytes());
             }
         }
@@ -395,75 +381,90 @@ fn put_array_value(out: &mut Vec<u8>, array: &Array) {
     }
 }
 
-/// A `KeyValue` as field `field` of its message.
-fn put_key_value(out: &mut Vec<u8>, field: u32, key: &str, value: &Value) {
-    put_len_prefix(out, field, key_value_len(key, value));
-    put_string_field(out, 1, key);
-    put_len_prefix(out, 2, any_value_len(value));
+/// A `KeyValue` as the field of `tag`: its key, and its value, always present.
+fn put_key_value(out: &mut Vec<u8>, tag_: u8, key: &str, value: &Value) {
+    let value_len = any_value_len(value);
+    put_prefix(out, tag_, string_field_len(key) + field_len(value_len));
+    put_string_field(out, tag(1, LEN), key);
+    put_prefix(out, tag(2, LEN), value_len);
     put_any_value(out, value);
 }
 
-fn put_attributes(out: &mut Vec<u8>, field: u32, attributes: &[KeyValue]) {
+fn put_attributes(out: &mut Vec<u8>, tag: u8, attributes: &[KeyValue]) {
     for kv in attributes {
-        put_key_value(out, field, kv.key.as_str(), &kv.value);
+        put_key_value(out, tag, kv.key.as_str(), &kv.value);
     }
 }
 
 /// An `InstrumentationScope`'s fields.
 fn put_scope(out: &mut Vec<u8>, scope: &InstrumentationScope) {
-    put_string_field(out, 1, scope.name());
-    put_string_field(out, 2, scope.version().unwrap_or_default());
+    put_string_field(out, tag(1, LEN), scope.name());
+    put_string_field(out, tag(2, LEN), scope.version().unwrap_or_default());
     for kv in scope.attributes() {
-        put_key_value(out, 3, kv.key.as_str(), &kv.value);
+        put_key_value(out, tag(3, LEN), kv.key.as_str(), &kv.value);
     }
 }
 
 fn put_event(out: &mut Vec<u8>, event: &Event) {
-    put_len_prefix(out, 11, event_len(event));
-    put_fixed64_field(out, 1, nanos(event.timestamp));
-    put_string_field(out, 2, &event.name);
-    put_attributes(out, 3, &event.attributes);
-    put_varint_field(out, 4, u64::from(event.dropped_attributes_count));
+    // A message event with its three attributes takes under 128 bytes.
+    let field = open(out, tag(11, LEN), 1);
+    put_fixed64_field(out, tag(1, FIXED64), nanos(event.timestamp));
+    put_string_field(out, tag(2, LEN), &event.name);
+    put_attributes(out, tag(3, LEN), &event.attributes);
+    put_varint_field(out, tag(4, VARINT), u64::from(event.dropped_attributes_count));
+    close(out, field);
 }
 
 fn put_link(out: &mut Vec<u8>, link: &Link) {
     let context = &link.span_context;
-    put_len_prefix(out, 13, link_len(link));
-    put_bytes_field(out, 1, &context.trace_id().to_bytes());
-    put_bytes_field(out, 2, &context.span_id().to_bytes());
-    put_string_field(out, 3, &context.trace_state().header());
-    put_attributes(out, 4, &link.attributes);
-    put_varint_field(out, 5, u64::from(link.dropped_attributes_count));
-    put_fixed32_field(out, 6, flags(context.trace_flags().to_u8(), context.is_remote()));
+    let field = open(out, tag(13, LEN), 1);
+    put_bytes_field(out, tag(1, LEN), &context.trace_id().to_bytes());
+    put_bytes_field(out, tag(2, LEN), &context.span_id().to_bytes());
+    put_string_field(out, tag(3, LEN), &context.trace_state().header());
+    put_attributes(out, tag(4, LEN), &link.attributes);
+    put_varint_field(out, tag(5, VARINT), u64::from(link.dropped_attributes_count));
+    out.push(tag(6, FIXED32));
+    out.extend_from_slice(&flags(context.trace_flags().to_u8(), context.is_remote()).to_le_bytes());
+    close(out, field);
 }
 
-/// A `Span`'s fields, in the order of their numbers as prost writes them.
+/// A span as field 2 of its `ScopeSpans`, its fields in the order of their numbers, as prost
+/// writes them.
 fn put_span(out: &mut Vec<u8>, span: &SpanData) {
     let context = &span.span_context;
-    put_bytes_field(out, 1, &context.trace_id().to_bytes());
-    put_bytes_field(out, 2, &context.span_id().to_bytes());
-    put_string_field(out, 3, &context.trace_state().header());
+    // A call's span takes a few hundred bytes, with 64 message events a few thousand.
+    let field = open(out, tag(2, LEN), 2);
+    put_bytes_field(out, tag(1, LEN), &context.trace_id().to_bytes());
+    put_bytes_field(out, tag(2, LEN), &context.span_id().to_bytes());
+    put_string_field(out, tag(3, LEN), &context.trace_state().header());
     if span.parent_span_id != SpanId::INVALID {
-        put_bytes_field(out, 4, &span.parent_span_id.to_bytes());
+        put_bytes_field(out, tag(4, LEN), &span.parent_span_id.to_bytes());
     }
-    put_string_field(out, 5, &span.name);
-    put_varint_field(out, 6, kind(&span.span_kind));
-    put_fixed64_field(out, 7, nanos(span.start_time));
-    put_fixed64_field(out, 8, nanos(span.end_time));
-    put_attributes(out, 9, &span.attributes);
-    put_varint_field(out, 10, u64::from(span.dropped_attributes_count));
+    put_string_field(out, tag(5, LEN), &span.name);
+    put_varint_field(out, tag(6, VARINT), kind(&span.span_kind));
+    put_fixed64_field(out, tag(7, FIXED64), nanos(span.start_time));
+    put_fixed64_field(out, tag(8, FIXED64), nanos(span.end_time));
+    put_attributes(out, tag(9, LEN), &span.attributes);
+    put_varint_field(out, tag(10, VARINT), u64::from(span.dropped_attributes_count));
     for event in span.events.iter() {
         put_event(out, event);
     }
-    put_varint_field(out, 12, u64::from(span.events.dropped_count));
+    put_varint_field(out, tag(12, VARINT), u64::from(span.events.dropped_count));
     for link in span.links.iter() {
         put_link(out, link);
     }
-    put_varint_field(out, 14, u64::from(span.links.dropped_count));
-    put_len_prefix(out, 15, status_len(&span.status));
-    put_string_field(out, 2, status_message(&span.status));
-    put_varint_field(out, 3, status_code(&span.status));
-    put_fixed32_field(out, 16, flags(context.trace_flags().to_u8(), span.parent_span_is_remote));
+    put_varint_field(out, tag(14, VARINT), u64::from(span.links.dropped_count));
+    // The status is always there, even empty.
+    let message = status_message(&span.status);
+    let code = status_code(&span.status);
+    let code_len = if code == 0 { 0 } else { 2 };
+    put_prefix(out, tag(15, LEN), string_field_len(message) + code_len);
+    put_string_field(out, tag(2, LEN), message);
+    put_varint_field(out, tag(3, VARINT), code);
+    // Never 0: whether the parent is remote is always known.
+    out.extend_from_slice(&SPAN_FLAGS_TAG);
+    out.extend_from_slice(&flags(context.trace_flags().to_u8(), span.parent_span_is_remote).to_le_bytes());
+    close(out, field);
 }
 
 #[cfg(test)]
@@ -500,7 +501,7 @@ mod tests {
     }
 
     fn ours(resource: &Resource, spans: &[SpanData]) -> Vec<u8> {
-        Encoder::default().request(&EncodedResource::new(resource), spans)
+        request(&EncodedResource::new(resource), spans).to_vec()
     }
 
     fn process_resource() -> Resource {
@@ -618,11 +619,15 @@ mod tests {
         let resource = Resource::builder_empty()
             .with_schema_url([KeyValue::new("k", "v")], "https://opentelemetry.io/schemas/1.2.0")
             .build();
+        // Over 16 KiB: its length takes more room than a span's usually does.
+        let mut huge = full.clone();
+        huge.events.events = std::iter::repeat_n(huge.events.events[0].clone(), 40).collect();
         // Two scopes, interleaved: grouped in the order they first appear.
         let mut spans = calls();
         spans.insert(1, full.clone());
         spans.push(bare);
         spans.push(full);
+        spans.push(huge);
         assert_eq!(ours(&resource, &spans), sdks(&resource, &spans));
         let empty = Resource::builder_empty().build();
         assert_eq!(ours(&empty, &spans), sdks(&empty, &spans));
