@@ -289,9 +289,9 @@ impl<E: SpanExporter + 'static> Worker<E> {
     /// export timeout too.
     async fn export_batch(&mut self, deadline: Option<Instant>) {
         let n = self.pending.len().min(self.config.max_export_batch_size);
-        let batch: Vec<_> = self.pending.drain(..n).collect();
+        let groups = by_resource(self.pending.drain(..n));
         self.queued.fetch_sub(n, Relaxed);
-        for (resource, spans) in by_resource(batch) {
+        for (resource, spans) in groups {
             let count = spans.len() as u64;
             let mut exporter = loop {
                 if let Some(exporter) = self.idle.pop() {
@@ -373,12 +373,22 @@ impl<E: SpanExporter + 'static> Worker<E> {
 /// The batch's spans grouped by resource, groups in the order their first span came. A
 /// process's spans share one `Arc` ([`crate::span::resource::Resources`]): the pointer tells
 /// them apart, without comparing resources attribute by attribute.
-fn by_resource(batch: Vec<(Arc<Resource>, SpanData)>) -> Vec<(Arc<Resource>, Vec<SpanData>)> {
+///
+/// Spans are moved once, from the queue into their group: the first group is sized for the
+/// whole batch (most batches are one busy process's), instead of growing a span at a time.
+fn by_resource(
+    batch: impl ExactSizeIterator<Item = (Arc<Resource>, SpanData)>,
+) -> Vec<(Arc<Resource>, Vec<SpanData>)> {
     let mut groups: Vec<(Arc<Resource>, Vec<SpanData>)> = Vec::new();
+    let size = batch.len();
     for (resource, span) in batch {
         match groups.iter_mut().find(|(r, _)| Arc::ptr_eq(r, &resource)) {
             Some((_, spans)) => spans.push(span),
-            None => groups.push((resource, vec![span])),
+            None => {
+                let mut spans = Vec::with_capacity(if groups.is_empty() { size } else { 1 });
+                spans.push(span);
+                groups.push((resource, spans));
+            }
         }
     }
     groups
