@@ -4,6 +4,8 @@
 #   scripts/userspace-cost.sh [VLEN...]        default: 1 64
 # Prints, per VLEN, one line:
 #   userspace: vlen 1: N instructions/span, M ns/span
+# then what a span waiting in the export queue holds (benches/queue_memory.rs), for vlen 1 and 64:
+#   queue: vlen 1: N bytes/span
 # Instructions come from callgrind (valgrind), two runs of different lengths whose difference is
 # divided by the difference in spans: start-up cancels out and machine load changes nothing.
 # ns/span is the wall clock (median of 5 reps): compare it only between runs on an idle machine.
@@ -46,3 +48,5 @@ for vlen in "${vlens[@]}"; do
     callgrind_annotate --inclusive=yes "$work/callgrind.$vlen.$long" 2>/dev/null | head -60
   fi
 done
+
+cargo bench --locked -j "${USERSPACE_JOBS:-2}" -p otel-sendmmsg --bench queue_memory 2>/dev/null | grep '^queue:'
