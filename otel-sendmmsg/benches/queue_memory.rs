@@ -22,14 +22,11 @@ use std::{
     },
 };
 
-use opentelemetry_sdk::{
-    error::OTelSdkResult,
-    trace::{SpanData, SpanExporter},
-};
+use opentelemetry_sdk::error::OTelSdkResult;
 use otel_sendmmsg::{
     clock::WallClock,
     config::{BatchConfig, MessageView, ResourceSettings},
-    export::batcher::Batcher,
+    export::batcher::{Batcher, Sender},
     records::Decoder,
     span::{
         self,
@@ -37,6 +34,7 @@ use otel_sendmmsg::{
         SpanOptions,
     },
 };
+use prost::bytes::Bytes;
 
 /// The system allocator, counting the bytes allocated and not yet freed.
 struct Counting;
@@ -68,8 +66,8 @@ static ALLOCATOR: Counting = Counting;
 #[derive(Debug)]
 struct Unused;
 
-impl SpanExporter for Unused {
-    async fn export(&self, _batch: Vec<SpanData>) -> OTelSdkResult {
+impl Sender for Unused {
+    async fn send(&self, _request: Bytes) -> OTelSdkResult {
         Ok(())
     }
 }

@@ -1,6 +1,7 @@
 //! What the sidecar's user space costs per span, without a kernel, a collector or a network:
-//! realistic ring-buffer records go through the real path, decode -> span -> export queue and
-//! batches -> the OTLP request's protobuf bytes as the exporter sends them, and are dropped.
+//! realistic ring-buffer records go through the real path, decode -> span -> encoded into the
+//! export queue -> batches -> the OTLP request's protobuf bytes as the exporter sends them, and
+//! are dropped.
 //!
 //!     scripts/userspace-cost.sh             instructions/span (callgrind) and ns/span
 //!     cargo bench --bench userspace -- --calls 200000 --vlen 1 --reps 5
@@ -130,42 +131,33 @@ fn rep(wire: &[u8], calls: usize) -> Result<Rep, String> {
     })
 }
 
-/// The exporter's encoding, with the wire left out: what `export::otlp::OtlpSpanExporter` does
-/// with a batch before it sends the bytes (uncompressed, as by default).
+/// The exporter with the wire left out: takes each request's bytes, as the batcher put them
+/// together (encoded as queued), counts them and drops them.
 mod encoding {
     use std::sync::{
         atomic::{AtomicU64, Ordering::Relaxed},
         Arc,
     };
 
-    use opentelemetry_sdk::{
-        error::OTelSdkResult,
-        trace::{SpanData, SpanExporter},
-        Resource,
-    };
-    use otel_sendmmsg::export::otlp_encode::{request, EncodedResource};
+    use opentelemetry_sdk::error::OTelSdkResult;
+    use otel_sendmmsg::export::batcher::Sender;
+    use prost::bytes::Bytes;
 
     #[derive(Debug)]
     pub struct Encoder {
-        resource: EncodedResource,
         bytes: Arc<AtomicU64>,
     }
 
     impl Encoder {
         pub fn new(bytes: Arc<AtomicU64>) -> Encoder {
-            Encoder { resource: EncodedResource::default(), bytes }
+            Encoder { bytes }
         }
     }
 
-    impl SpanExporter for Encoder {
-        async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
-            let body = request(&self.resource, &batch);
-            self.bytes.fetch_add(std::hint::black_box(body).len() as u64, Relaxed);
+    impl Sender for Encoder {
+        async fn send(&self, request: Bytes) -> OTelSdkResult {
+            self.bytes.fetch_add(std::hint::black_box(request).len() as u64, Relaxed);
             Ok(())
-        }
-
-        fn set_resource(&mut self, resource: &Resource) {
-            self.resource = EncodedResource::new(resource);
         }
     }
 }

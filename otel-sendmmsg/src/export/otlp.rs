@@ -1,23 +1,18 @@
-//! The OTLP span exporter: each batch encoded straight into the request's protobuf bytes
-//! ([`otlp_encode`](super::otlp_encode)) and sent over gRPC or HTTP/protobuf as
+//! The OTLP span exporter: sends the requests the batcher put together from encoded spans
+//! ([`otlp_encode`](super::otlp_encode)) over gRPC or HTTP/protobuf as
 //! [`transport`](super::transport) configures it, retried as the SDK's exporter retries
 //! ([`retry`](super::retry)).
 //!
 //! Why not the SDK's exporter: it takes `SpanData` and does its own encoding, through copies
 //! that cost several times what making the spans did (see `otlp_encode`); it has no way to
-//! be handed bytes. This one implements the SDK's `SpanExporter` trait, so the batcher drives
-//! it as it drove the SDK's, and what reaches the collector is the same request.
+//! be handed bytes. What reaches the collector is the same request.
 
 use std::{fmt, time::Duration};
 
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTracePartialSuccess, ExportTraceServiceResponse,
 };
-use opentelemetry_sdk::{
-    error::{OTelSdkError, OTelSdkResult},
-    trace::{SpanData, SpanExporter},
-    Resource,
-};
+use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
 use prost::Message as _;
 use tonic::{
     client::Grpc,
@@ -31,7 +26,7 @@ use tonic_types::StatusExt as _;
 use tracing::{debug, warn};
 
 use super::{
-    otlp_encode::{request, EncodedResource},
+    batcher::Sender,
     retry::{self, SDK_POLICY},
     transport::{grpc_channel, grpc_compression, grpc_metadata, http_client, http_headers},
 };
@@ -44,13 +39,12 @@ const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 
 /// One exporter: one connection to the collector, one export at a time.
 pub struct OtlpSpanExporter {
-    resource: EncodedResource,
-    sender: Sender,
+    connection: Connection,
     /// The limit of one export, retries included (`OTEL_EXPORTER_OTLP_TIMEOUT`), as the SDK's.
     timeout: Duration,
 }
 
-enum Sender {
+enum Connection {
     Grpc {
         client: Grpc<Channel>,
         metadata: MetadataMap,
@@ -65,9 +59,9 @@ enum Sender {
 
 impl fmt::Debug for OtlpSpanExporter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let protocol = match self.sender {
-            Sender::Grpc { .. } => Protocol::Grpc,
-            Sender::Http { .. } => Protocol::HttpProtobuf,
+        let protocol = match self.connection {
+            Connection::Grpc { .. } => Protocol::Grpc,
+            Connection::Http { .. } => Protocol::HttpProtobuf,
         };
         f.debug_struct("OtlpSpanExporter").field("protocol", &protocol.name()).finish_non_exhaustive()
     }
@@ -77,31 +71,29 @@ impl OtlpSpanExporter {
     /// The exporter `otlp` describes, over a connection of its own (opened at the first export).
     /// Must run inside the tokio runtime.
     pub fn new(otlp: &Otlp) -> anyhow::Result<OtlpSpanExporter> {
-        let sender = match otlp.protocol {
+        let connection = match otlp.protocol {
             Protocol::Grpc => {
                 let mut client = Grpc::new(grpc_channel(otlp)?);
                 if let Some(encoding) = grpc_compression(otlp) {
                     client = client.send_compressed(encoding).accept_compressed(encoding);
                 }
-                Sender::Grpc { client, metadata: grpc_metadata(otlp)? }
+                Connection::Grpc { client, metadata: grpc_metadata(otlp)? }
             }
-            Protocol::HttpProtobuf => Sender::Http {
+            Protocol::HttpProtobuf => Connection::Http {
                 client: http_client(otlp)?,
                 endpoint: otlp.endpoint.clone(),
                 headers: http_headers(otlp)?,
                 compression: otlp.compression,
             },
         };
-        Ok(OtlpSpanExporter { resource: EncodedResource::default(), sender, timeout: otlp.timeout })
+        Ok(OtlpSpanExporter { connection, timeout: otlp.timeout })
     }
 }
 
-impl SpanExporter for OtlpSpanExporter {
-    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
-        let body = request(&self.resource, &batch);
-        drop(batch);
-        match &self.sender {
-            Sender::Grpc { client, metadata } => {
+impl Sender for OtlpSpanExporter {
+    async fn send(&self, body: Bytes) -> OTelSdkResult {
+        match &self.connection {
+            Connection::Grpc { client, metadata } => {
                 let verdict = |status: &Status| {
                     retry::grpc(
                         status.code(),
@@ -125,7 +117,7 @@ impl SpanExporter for OtlpSpanExporter {
                     OTelSdkError::InternalFailure(message)
                 })
             }
-            Sender::Http { client, endpoint, headers, compression } => {
+            Connection::Http { client, endpoint, headers, compression } => {
                 let (body, encoding) = compress(*compression, body).map_err(OTelSdkError::InternalFailure)?;
                 let verdict =
                     |failure: &HttpFailure| retry::http(failure.status, failure.retry_after.as_deref());
@@ -136,10 +128,6 @@ impl SpanExporter for OtlpSpanExporter {
                 sent.map_err(|failure| OTelSdkError::InternalFailure(failure.message))
             }
         }
-    }
-
-    fn set_resource(&mut self, resource: &Resource) {
-        self.resource = EncodedResource::new(resource);
     }
 }
 

@@ -14,8 +14,9 @@
 //! request starts where they end (a `Bytes` slice, nothing copied). The bytes are the ones prost
 //! writes for the same request: the tests compare them with the SDK's encoding, byte for byte.
 //!
-//! The request holds one resource (the batcher sends each process's spans apart), its spans
-//! grouped by instrumentation scope in the order scopes first appear, as the SDK groups them.
+//! Spans are encoded as they are queued ([`encode_call`]), so the queue holds their bytes, not
+//! the `SpanData`; a request ([`request`]) puts a batch's bytes under one resource (the batcher
+//! sends each process's spans apart), grouped by instrumentation scope as the SDK groups them.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -66,11 +67,93 @@ impl EncodedResource {
     }
 }
 
+/// Spans of one instrumentation scope, encoded as they go in their `ScopeSpans` (each the
+/// field `spans`, tag and length first), waiting to be put in a request. What the export queue
+/// holds: a third of the memory of the `SpanData` they were made from.
+#[derive(Debug)]
+pub struct EncodedSpans {
+    scope: InstrumentationScope,
+    bytes: Vec<u8>,
+    count: usize,
+}
+
+impl EncodedSpans {
+    /// How many spans.
+    pub fn count(&self) -> usize {
+        self.count
+    }
+
+    /// The first `at` spans (all when there are fewer); `self` keeps the rest.
+    pub fn split_to(&mut self, at: usize) -> EncodedSpans {
+        if at >= self.count {
+            let bytes = std::mem::take(&mut self.bytes);
+            return EncodedSpans { scope: self.scope.clone(), bytes, count: std::mem::take(&mut self.count) };
+        }
+        // Each span is a tag, its length and its bytes: step over `at` of them.
+        let mut end = 0;
+        for _ in 0..at {
+            let (len, len_bytes) = read_varint(self.bytes.get(end + 1..).unwrap_or_default());
+            end = (end + 1 + len_bytes).saturating_add(len as usize).min(self.bytes.len());
+        }
+        let first = self.bytes.drain(..end).collect();
+        self.count -= at;
+        EncodedSpans { scope: self.scope.clone(), bytes: first, count: at }
+    }
+}
+
+/// A varint at the start of `bytes`, and how many bytes it took (0 and 0 for none).
+fn read_varint(bytes: &[u8]) -> (u64, usize) {
+    let mut value = 0;
+    for (i, byte) in bytes.iter().take(10).enumerate() {
+        value |= u64::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            return (value, i + 1);
+        }
+    }
+    (value, bytes.len().min(10))
+}
+
+/// One call's spans, encoded: one `EncodedSpans` per run of spans of one scope (a call's spans
+/// all have the sidecar's, [`crate::span::scope`]: one).
+pub fn encode_call(spans: &[SpanData]) -> Vec<EncodedSpans> {
+    let mut encoded: Vec<EncodedSpans> = Vec::with_capacity(1);
+    for span in spans {
+        let scope = &span.instrumentation_scope;
+        let run = match encoded.last_mut() {
+            Some(run) if run.scope == *scope => run,
+            _ => {
+                let bytes = Vec::with_capacity(estimate(span));
+                encoded.push(EncodedSpans { scope: scope.clone(), bytes, count: 0 });
+                encoded.last_mut().expect("just pushed")
+            }
+        };
+        put_span(&mut run.bytes, span);
+        run.count += 1;
+    }
+    for run in &mut encoded {
+        // Queued until exported: no room to spare kept with it.
+        if run.bytes.capacity() > run.bytes.len() + run.bytes.len() / 8 {
+            run.bytes.shrink_to_fit();
+        }
+    }
+    encoded
+}
+
+/// About the bytes a span takes, to size its buffer once: an attribute's key, value and tags
+/// are rarely over 40 bytes, an event's fixed fields 30.
+fn estimate(span: &SpanData) -> usize {
+    let events: usize = span.events.iter().map(|e| 30 + 40 * e.attributes.len()).sum();
+    128 + 40 * span.attributes.len() + events
+}
+
 /// The request carrying `spans` under `resource`: the bytes an OTLP/HTTP body or a gRPC
-/// message holds (uncompressed).
-pub fn request(resource: &EncodedResource, spans: &[SpanData]) -> Bytes {
+/// message holds (uncompressed). Spans are grouped by scope, scopes in the order they first
+/// appear, as the SDK's exporter groups them.
+pub fn request(resource: &EncodedResource, spans: &[EncodedSpans]) -> Bytes {
     let resource_field = MAX_PREFIX + resource.message.len();
-    let mut out = Vec::new();
+    let mut out = Vec::with_capacity(
+        2 * MAX_PREFIX + resource_field + 256 + spans.iter().map(|s| s.bytes.len()).sum::<usize>(),
+    );
     // Each scope's spans, after room for what comes before them: the request's and the
     // resource's headers (first scope only), the scope's own header.
     let mut groups = Vec::with_capacity(1);
@@ -81,13 +164,8 @@ pub fn request(resource: &EncodedResource, spans: &[SpanData]) -> Bytes {
             if i == 0 { MAX_PREFIX + resource_field } else { 0 } + 2 * MAX_PREFIX + scope_message.len();
         out.resize(out.len() + room, 0);
         let body = out.len();
-        for (n, &index) in members.iter().enumerate() {
-            put_span(&mut out, &spans[index]);
-            if n == 0 {
-                // The rest are much the same size as the first: grown once, not doubled.
-                let first = out.len() - body;
-                out.reserve((members.len() - 1) * (first + first / 8) + 64);
-            }
+        for index in members {
+            out.extend_from_slice(&spans[index].bytes);
         }
         put_string_field(&mut out, tag(3, LEN), scope.schema_url().unwrap_or_default());
         groups.push(Group { room_start: body - room, body, end: out.len(), scope: scope_message });
@@ -151,18 +229,17 @@ impl Group {
     }
 }
 
-/// The spans' scopes in the order they first appear, each with the indexes of its spans. A
-/// sidecar's spans all have the same scope: one comparison per span.
-fn scopes_of(spans: &[SpanData]) -> Vec<(&InstrumentationScope, Vec<usize>)> {
+/// The scopes of `spans` in the order they first appear, each with the indexes of its runs of
+/// spans. A sidecar's spans all have the same scope: one comparison per call.
+fn scopes_of(spans: &[EncodedSpans]) -> Vec<(&InstrumentationScope, Vec<usize>)> {
     let mut scopes: Vec<(&InstrumentationScope, Vec<usize>)> = Vec::with_capacity(1);
-    for (i, span) in spans.iter().enumerate() {
-        let scope = &span.instrumentation_scope;
-        match scopes.iter_mut().find(|(s, _)| *s == scope) {
+    for (i, run) in spans.iter().enumerate() {
+        match scopes.iter_mut().find(|(s, _)| **s == run.scope) {
             Some((_, members)) => members.push(i),
             None => {
                 let mut members = Vec::with_capacity(spans.len() - i);
                 members.push(i);
-                scopes.push((scope, members));
+                scopes.push((&run.scope, members));
             }
         }
     }
@@ -501,7 +578,10 @@ mod tests {
     }
 
     fn ours(resource: &Resource, spans: &[SpanData]) -> Vec<u8> {
-        request(&EncodedResource::new(resource), spans).to_vec()
+        // A call at a time, as the batcher queues them.
+        let encoded: Vec<EncodedSpans> =
+            spans.iter().flat_map(|s| encode_call(std::slice::from_ref(s))).collect();
+        request(&EncodedResource::new(resource), &encoded).to_vec()
     }
 
     fn process_resource() -> Resource {
@@ -641,11 +721,29 @@ mod tests {
     }
 
     #[test]
+    fn a_calls_spans_split_anywhere_make_the_same_request() {
+        let resource = process_resource();
+        let spans = calls();
+        let whole = encode_call(&spans);
+        assert_eq!(whole.len(), 1, "one scope, one run");
+        let expected = request(&EncodedResource::new(&resource), &whole);
+        for at in [0, 1, 2, spans.len() - 1, spans.len(), spans.len() + 5] {
+            let mut rest = encode_call(&spans).pop().unwrap();
+            let first = rest.split_to(at);
+            assert_eq!(first.count() + rest.count(), spans.len());
+            assert_eq!(first.count(), at.min(spans.len()));
+            let parts: Vec<EncodedSpans> = [first, rest].into_iter().filter(|p| p.count() > 0).collect();
+            assert_eq!(request(&EncodedResource::new(&resource), &parts), expected, "split at {at}");
+        }
+    }
+
+    #[test]
     fn varint_lengths_match_what_is_written() {
         for value in [0, 1, 127, 128, 16_383, 16_384, u64::from(u32::MAX), u64::MAX] {
             let mut out = Vec::new();
             put_varint(&mut out, value);
             assert_eq!(out.len(), varint_len(value), "{value}");
+            assert_eq!(read_varint(&out), (value, out.len()));
         }
     }
 }
