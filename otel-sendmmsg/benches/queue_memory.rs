@@ -83,7 +83,7 @@ fn bytes_per_span(vlen: u32) -> Result<isize, String> {
         .map_err(|e| format!("tokio runtime: {e}"))?;
     runtime.block_on(async {
         let batch = BatchConfig { max_queue_size: CALLS + 1, ..BatchConfig::default() };
-        let batcher = Batcher::start(|| Unused, batch, Arc::default());
+        let mut batcher = Batcher::start(|| Unused, batch, Arc::default());
         let mut resources = Resources::new(
             base_resource(&ResourceSettings { attributes: Vec::new(), service_name: "bench".into() }),
             NonZeroUsize::new(64).expect("above 0"),

@@ -34,7 +34,7 @@ use tokio::{
 use tracing::{debug, warn};
 
 use super::{
-    otlp_encode::{encode_call, request, EncodedResource, EncodedSpans},
+    otlp_encode::{request, EncodedResource, EncodedSpans, Encoder},
     ExportStats,
 };
 use crate::{config::BatchConfig, health::Beat};
@@ -81,6 +81,8 @@ pub struct Batcher {
     capacity: usize,
     /// Calls dropped so far, to log the first and then every power of two.
     drops: AtomicU64,
+    /// Encodes what is queued.
+    encoder: Encoder,
     counters: Arc<Counters>,
     task: JoinHandle<()>,
 }
@@ -118,6 +120,7 @@ impl Batcher {
             queued,
             capacity: config.max_queue_size,
             drops: AtomicU64::new(0),
+            encoder: Encoder::default(),
             counters,
             task,
         }
@@ -126,12 +129,12 @@ impl Batcher {
     /// Queues a call's spans (its own and its message children) under `resource` without
     /// waiting, encoded on the caller's thread; when the queue has no room for all of them,
     /// drops them (not encoded), counts them, and returns false.
-    pub fn enqueue(&self, call: Vec<SpanData>, resource: Arc<Resource>) -> bool {
+    pub fn enqueue(&mut self, call: Vec<SpanData>, resource: Arc<Resource>) -> bool {
         let spans = call.len();
         let room =
             self.queued.fetch_update(Relaxed, Relaxed, |q| (q + spans <= self.capacity).then_some(q + spans));
         if room.is_ok() {
-            let queued = Queued { resource, call: encode_call(&call), spans };
+            let queued = Queued { resource, call: self.encoder.call(&call), spans };
             drop(call);
             if self.sender.as_ref().is_some_and(|sender| sender.send(queued).is_ok()) {
                 self.counters.accepted.fetch_add(spans as u64, Relaxed);
@@ -527,7 +530,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_batch_is_sent_at_once() {
-        let (batcher, exports) = start(Behaviour::Succeed, config(100, 4, HOUR, 1000));
+        let (mut batcher, exports) = start(Behaviour::Succeed, config(100, 4, HOUR, 1000));
         let app = process(1, "app");
         for _ in 0..9 {
             assert!(batcher.enqueue(call(0), app.clone()));
@@ -542,7 +545,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_call_with_more_spans_than_a_batch_goes_in_two() {
-        let (batcher, exports) = start(Behaviour::Succeed, config(100, 4, HOUR, 1000));
+        let (mut batcher, exports) = start(Behaviour::Succeed, config(100, 4, HOUR, 1000));
         assert!(batcher.enqueue(call(5), process(1, "app")));
         let stats = batcher.shutdown().await.unwrap();
         assert_eq!(stats, ExportStats { exported: 6, dropped_queue_full: 0, failed: 0 });
@@ -554,7 +557,7 @@ mod tests {
 
     #[tokio::test]
     async fn what_waits_is_sent_on_the_schedule() {
-        let (batcher, exports) = start(Behaviour::Succeed, config(100, 50, 30, 1000));
+        let (mut batcher, exports) = start(Behaviour::Succeed, config(100, 50, 30, 1000));
         batcher.enqueue(call(2), process(1, "app"));
         wait_for_exports(&exports, 1).await;
         assert_eq!(batcher.stats(), ExportStats { exported: 3, dropped_queue_full: 0, failed: 0 });
@@ -570,7 +573,7 @@ mod tests {
 
     #[tokio::test]
     async fn each_process_is_exported_under_its_own_resource() {
-        let (batcher, exports) = start(Behaviour::Succeed, config(100, 5, HOUR, 1000));
+        let (mut batcher, exports) = start(Behaviour::Succeed, config(100, 5, HOUR, 1000));
         let mut resources = Resources::new(base(), NonZeroUsize::new(8).unwrap());
         let (a, b) = (info(1, "svc-a"), info(2, "svc-b"));
         // Another Arc with the same process: one group.
@@ -594,7 +597,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_queue_drops_whole_calls_and_counts_their_spans() {
-        let (batcher, exports) = start(Behaviour::Hang, config(4, 4, HOUR, 300));
+        let (mut batcher, exports) = start(Behaviour::Hang, config(4, 4, HOUR, 300));
         let app = process(1, "app");
         for _ in 0..4 {
             assert!(batcher.enqueue(call(0), app.clone()));
@@ -613,7 +616,7 @@ mod tests {
 
     #[tokio::test]
     async fn failed_exports_are_counted() {
-        let (batcher, _) = start(Behaviour::Fail, config(100, 3, HOUR, 1000));
+        let (mut batcher, _) = start(Behaviour::Fail, config(100, 3, HOUR, 1000));
         for pid in 0..7 {
             batcher.enqueue(call(0), process(pid, "app"));
         }
@@ -623,7 +626,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_flush_at_shutdown_is_bounded_by_one_export_timeout() {
-        let (batcher, exports) = start(Behaviour::Hang, config(100, 100, HOUR, 200));
+        let (mut batcher, exports) = start(Behaviour::Hang, config(100, 100, HOUR, 200));
         for pid in 0..5 {
             batcher.enqueue(call(0), process(pid, &format!("svc-{pid}")));
         }
@@ -664,7 +667,7 @@ mod tests {
     #[tokio::test]
     async fn exports_run_concurrently_up_to_the_limit_and_all_are_counted() {
         let concurrent = BatchConfig { max_concurrent_exports: 2, ..config(100, 100, HOUR, 300) };
-        let (batcher, exports) = start(Behaviour::Hang, concurrent);
+        let (mut batcher, exports) = start(Behaviour::Hang, concurrent);
         for pid in 0..3 {
             batcher.enqueue(call(1), process(pid, &format!("svc-{pid}")));
         }

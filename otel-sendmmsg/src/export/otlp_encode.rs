@@ -14,7 +14,7 @@
 //! request starts where they end (a `Bytes` slice, nothing copied). The bytes are the ones prost
 //! writes for the same request: the tests compare them with the SDK's encoding, byte for byte.
 //!
-//! Spans are encoded as they are queued ([`encode_call`]), so the queue holds their bytes, not
+//! Spans are encoded as they are queued ([`Encoder::call`]), so the queue holds their bytes, not
 //! the `SpanData`; a request ([`request`]) puts a batch's bytes under one resource (the batcher
 //! sends each process's spans apart), grouped by instrumentation scope as the SDK groups them.
 
@@ -113,37 +113,29 @@ fn read_varint(bytes: &[u8]) -> (u64, usize) {
     (value, bytes.len().min(10))
 }
 
-/// One call's spans, encoded: one `EncodedSpans` per run of spans of one scope (a call's spans
-/// all have the sidecar's, [`crate::span::scope`]: one).
-pub fn encode_call(spans: &[SpanData]) -> Vec<EncodedSpans> {
-    let mut encoded: Vec<EncodedSpans> = Vec::with_capacity(1);
-    for span in spans {
-        let scope = &span.instrumentation_scope;
-        let run = match encoded.last_mut() {
-            Some(run) if run.scope == *scope => run,
-            _ => {
-                let bytes = Vec::with_capacity(estimate(span));
-                encoded.push(EncodedSpans { scope: scope.clone(), bytes, count: 0 });
-                encoded.last_mut().expect("just pushed")
-            }
-        };
-        put_span(&mut run.bytes, span);
-        run.count += 1;
-    }
-    for run in &mut encoded {
-        // Queued until exported: no room to spare kept with it.
-        if run.bytes.capacity() > run.bytes.len() + run.bytes.len() / 8 {
-            run.bytes.shrink_to_fit();
-        }
-    }
-    encoded
+/// Encodes calls' spans for the queue, in a buffer it keeps: each run is written there and
+/// copied out at its exact length (a buffer sized by guess was reallocated to fit, once per
+/// call, or kept its room to spare for as long as it waited).
+#[derive(Debug, Default)]
+pub struct Encoder {
+    scratch: Vec<u8>,
 }
 
-/// About the bytes a span takes, to size its buffer once: an attribute's key, value and tags
-/// are rarely over 40 bytes, an event's fixed fields 30.
-fn estimate(span: &SpanData) -> usize {
-    let events: usize = span.events.iter().map(|e| 30 + 40 * e.attributes.len()).sum();
-    128 + 40 * span.attributes.len() + events
+impl Encoder {
+    /// One call's spans, encoded: one `EncodedSpans` per run of spans of one scope (a call's
+    /// spans all have the sidecar's, [`crate::span::scope`]: one).
+    pub fn call(&mut self, spans: &[SpanData]) -> Vec<EncodedSpans> {
+        let mut encoded = Vec::with_capacity(1);
+        for run in spans.chunk_by(|a, b| a.instrumentation_scope == b.instrumentation_scope) {
+            self.scratch.clear();
+            for span in run {
+                put_span(&mut self.scratch, span);
+            }
+            let scope = run[0].instrumentation_scope.clone();
+            encoded.push(EncodedSpans { scope, bytes: self.scratch.as_slice().to_vec(), count: run.len() });
+        }
+        encoded
+    }
 }
 
 /// The request carrying `spans` under `resource`: the bytes an OTLP/HTTP body or a gRPC
@@ -580,7 +572,7 @@ mod tests {
     fn ours(resource: &Resource, spans: &[SpanData]) -> Vec<u8> {
         // A call at a time, as the batcher queues them.
         let encoded: Vec<EncodedSpans> =
-            spans.iter().flat_map(|s| encode_call(std::slice::from_ref(s))).collect();
+            spans.iter().flat_map(|s| Encoder::default().call(std::slice::from_ref(s))).collect();
         request(&EncodedResource::new(resource), &encoded).to_vec()
     }
 
@@ -724,11 +716,11 @@ mod tests {
     fn a_calls_spans_split_anywhere_make_the_same_request() {
         let resource = process_resource();
         let spans = calls();
-        let whole = encode_call(&spans);
+        let whole = Encoder::default().call(&spans);
         assert_eq!(whole.len(), 1, "one scope, one run");
         let expected = request(&EncodedResource::new(&resource), &whole);
         for at in [0, 1, 2, spans.len() - 1, spans.len(), spans.len() + 5] {
-            let mut rest = encode_call(&spans).pop().unwrap();
+            let mut rest = Encoder::default().call(&spans).pop().unwrap();
             let first = rest.split_to(at);
             assert_eq!(first.count() + rest.count(), spans.len());
             assert_eq!(first.count(), at.min(spans.len()));
