@@ -456,7 +456,7 @@ mod tests {
     #[derive(Debug)]
     struct Recorder {
         behaviour: Behaviour,
-        exports: Arc<Mutex<Vec<(String, Vec<String>)>>>,
+        exports: Exports,
     }
 
     impl Sender for Recorder {
