@@ -52,11 +52,19 @@ pub fn grpc_settings<B: WithExportConfig + WithTonicConfig>(builder: B, otlp: &O
     Ok(builder)
 }
 
+/// The span exporter's `User-Agent`, which the OTLP specification asks exporters to send: which
+/// exporter, in which language, at which version (the SDK's exporter sent its own). A configured
+/// `User-Agent` header still wins over HTTP; over gRPC tonic adds its own after it.
+pub const USER_AGENT: &str =
+    concat!(env!("CARGO_PKG_NAME"), "/", env!("CARGO_PKG_VERSION"), " (OTLP exporter, Rust)");
+
 /// The span exporter's gRPC channel (export/otlp.rs), as the SDK's exporter builds one from the
 /// same settings: TLS for `https://`, the request timeout, connected at the first export.
 pub fn grpc_channel(otlp: &Otlp) -> Result<Channel> {
     let endpoint = Endpoint::from_shared(otlp.endpoint.clone())
-        .with_context(|| format!("the OTLP endpoint {}", otlp.endpoint))?;
+        .with_context(|| format!("the OTLP endpoint {}", otlp.endpoint))?
+        .user_agent(USER_AGENT)
+        .context("the User-Agent")?;
     let endpoint = match otlp.is_https() {
         true => endpoint.tls_config(grpc_tls(&otlp.tls)).context("the gRPC TLS settings")?,
         false => endpoint,
@@ -108,6 +116,7 @@ fn grpc_tls(tls: &Tls) -> ClientTlsConfig {
 /// The client the span exporter sends OTLP/HTTP with, from the tokio export task.
 pub fn http_client(otlp: &Otlp) -> Result<reqwest::Client> {
     reqwest::Client::builder()
+        .user_agent(USER_AGENT)
         .timeout(otlp.timeout)
         .tls_backend_preconfigured(http_tls(otlp)?)
         .build()
