@@ -307,6 +307,13 @@ fn each_signals_headers_reach_the_collector() {
         let (traces, metrics) = (of("traces"), of("metrics"));
         assert!(!traces.is_empty() && !metrics.is_empty(), "{protocol:?}: {seen:?}");
         assert!(traces.iter().all(|v| v.as_deref() == Some("generic value")), "{protocol:?}: {traces:?}");
+        // The span exporter says what it is, as the OTLP specification asks.
+        let agents = receiver.user_agents();
+        let agents: Vec<_> = agents.iter().filter(|(s, _)| *s == "traces").map(|(_, v)| v).collect();
+        assert!(
+            agents.iter().all(|v| v.as_deref().is_some_and(|ua| ua.starts_with("otel-sendmmsg/"))),
+            "{protocol:?}: {agents:?}"
+        );
         assert!(metrics.iter().all(|v| v.as_deref() == Some("metrics-only")), "{protocol:?}: {metrics:?}");
     }
 }

@@ -1,12 +1,16 @@
 //! The export queue: finished spans wait in a bounded queue and a tokio task sends them to the
 //! OTLP exporter in batches, one export per resource (each process's spans go under their own),
 //! counting what happened to every span: exported, dropped because the queue was full, or failed.
+//! Spans are queued encoded ([`otlp_encode`]): a third of the memory of their `SpanData`, and
+//! the request is their bytes put together.
 //!
 //! The SDK's batch span processor cannot do this: it has one resource, and does not say how
 //! many spans it lost. The `OTEL_BSP_*` variables keep their meaning ([`BatchConfig`]).
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
+    fmt::Debug,
+    future::Future,
     sync::{
         atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed},
         Arc, OnceLock,
@@ -18,9 +22,10 @@ use anyhow::{anyhow, Result};
 use opentelemetry::Key;
 use opentelemetry_sdk::{
     error::{OTelSdkError, OTelSdkResult},
-    trace::{SpanData, SpanExporter},
+    trace::SpanData,
     Resource,
 };
+use prost::bytes::Bytes;
 use tokio::{
     sync::mpsc,
     task::{JoinHandle, JoinSet},
@@ -28,13 +33,29 @@ use tokio::{
 };
 use tracing::{debug, warn};
 
-use super::ExportStats;
+use super::{
+    otlp_encode::{request, EncodedResource, EncodedSpans, Encoder},
+    ExportStats,
+};
 use crate::{config::BatchConfig, health::Beat};
 
-/// One call's spans, waiting, with the resource they go under.
+/// Where the batches go: the OTLP exporter ([`super::otlp`]), which sends each request, retries
+/// included, and says how it went.
+pub trait Sender: Debug + Send + Sync + 'static {
+    /// Sends one OTLP request: an `ExportTraceServiceRequest`'s protobuf bytes.
+    fn send(&self, request: Bytes) -> impl Future<Output = OTelSdkResult> + Send;
+
+    /// Closes its connection; nothing is sent after.
+    fn shutdown(&self) -> OTelSdkResult {
+        Ok(())
+    }
+}
+
+/// One call's spans, encoded, waiting, with the resource they go under.
 struct Queued {
     resource: Arc<Resource>,
-    call: Vec<SpanData>,
+    call: Vec<EncodedSpans>,
+    spans: usize,
 }
 
 /// Spans counted as they are settled; shared with the task so losses can be reported while
@@ -60,6 +81,8 @@ pub struct Batcher {
     capacity: usize,
     /// Calls dropped so far, to log the first and then every power of two.
     drops: AtomicU64,
+    /// Encodes what is queued.
+    encoder: Encoder,
     counters: Arc<Counters>,
     task: JoinHandle<()>,
 }
@@ -68,7 +91,7 @@ impl Batcher {
     /// Starts the export task on the current tokio runtime.
     /// `new_exporter` makes one exporter per concurrent export (`max_concurrent_exports`).
     /// `beat` is the export task's heartbeat for the health endpoint: once per schedule delay.
-    pub fn start<E: SpanExporter + 'static>(
+    pub fn start<E: Sender>(
         mut new_exporter: impl FnMut() -> E,
         config: BatchConfig,
         beat: Arc<Beat>,
@@ -83,7 +106,8 @@ impl Batcher {
             in_flight: JoinSet::new(),
             in_flight_spans: HashMap::new(),
             config,
-            pending: Vec::new(),
+            pending: VecDeque::new(),
+            pending_spans: 0,
             queued: queued.clone(),
             counters: counters.clone(),
             failed_exports: 0,
@@ -96,20 +120,23 @@ impl Batcher {
             queued,
             capacity: config.max_queue_size,
             drops: AtomicU64::new(0),
+            encoder: Encoder::default(),
             counters,
             task,
         }
     }
 
     /// Queues a call's spans (its own and its message children) under `resource` without
-    /// waiting; when the queue has no room for all of them, drops them, counts them, and
-    /// returns false.
-    pub fn enqueue(&self, call: Vec<SpanData>, resource: Arc<Resource>) -> bool {
+    /// waiting, encoded on the caller's thread; when the queue has no room for all of them,
+    /// drops them (not encoded), counts them, and returns false.
+    pub fn enqueue(&mut self, call: Vec<SpanData>, resource: Arc<Resource>) -> bool {
         let spans = call.len();
         let room =
             self.queued.fetch_update(Relaxed, Relaxed, |q| (q + spans <= self.capacity).then_some(q + spans));
         if room.is_ok() {
-            if self.sender.as_ref().is_some_and(|sender| sender.send(Queued { resource, call }).is_ok()) {
+            let queued = Queued { resource, call: self.encoder.call(&call), spans };
+            drop(call);
+            if self.sender.as_ref().is_some_and(|sender| sender.send(queued).is_ok()) {
                 self.counters.accepted.fetch_add(spans as u64, Relaxed);
                 return true;
             }
@@ -193,8 +220,10 @@ struct Worker<E> {
     /// The spans of each export under way, to count them should its task die.
     in_flight_spans: HashMap<tokio::task::Id, u64>,
     config: BatchConfig,
-    /// Spans taken from the channel, oldest first, each with its resource.
-    pending: Vec<(Arc<Resource>, SpanData)>,
+    /// Spans taken from the channel, oldest first, each call's with its resource.
+    pending: VecDeque<(Arc<Resource>, EncodedSpans)>,
+    /// How many spans `pending` holds.
+    pending_spans: usize,
     queued: Arc<AtomicUsize>,
     counters: Arc<Counters>,
     /// Exports that failed, to log the first and then every power of two.
@@ -210,7 +239,7 @@ struct Export<E> {
     outcome: OTelSdkResult,
 }
 
-impl<E: SpanExporter + 'static> Worker<E> {
+impl<E: Sender> Worker<E> {
     async fn run(mut self, mut receiver: mpsc::UnboundedReceiver<Queued>) {
         let delay = self.config.schedule_delay;
         let mut timer = tokio::time::interval_at(Instant::now() + delay, delay);
@@ -221,7 +250,7 @@ impl<E: SpanExporter + 'static> Worker<E> {
                 queued = receiver.recv() => match queued {
                     Some(queued) => {
                         self.take(queued);
-                        while self.pending.len() >= self.config.max_export_batch_size {
+                        while self.pending_spans >= self.config.max_export_batch_size {
                             self.export_batch(None).await;
                         }
                     }
@@ -280,20 +309,44 @@ impl<E: SpanExporter + 'static> Worker<E> {
         }
     }
 
-    fn take(&mut self, Queued { resource, call }: Queued) {
-        self.pending.extend(call.into_iter().map(|span| (resource.clone(), span)));
+    fn take(&mut self, Queued { resource, call, spans }: Queued) {
+        self.pending.extend(call.into_iter().map(|encoded| (resource.clone(), encoded)));
+        self.pending_spans += spans;
+    }
+
+    /// The oldest `max_export_batch_size` pending spans (a call's are split if they straddle
+    /// the end), grouped by resource, groups in the order their first span came. A process's
+    /// spans share one `Arc` ([`crate::span::resource::Resources`]): the pointer tells them
+    /// apart, without comparing resources attribute by attribute.
+    fn next_batch(&mut self) -> Vec<(Arc<Resource>, Vec<EncodedSpans>)> {
+        let mut room = self.config.max_export_batch_size;
+        let mut groups: Vec<(Arc<Resource>, Vec<EncodedSpans>)> = Vec::new();
+        while room > 0 {
+            let Some((resource, mut spans)) = self.pending.pop_front() else { break };
+            if spans.count() > room {
+                let first = spans.split_to(room);
+                self.pending.push_front((resource.clone(), spans));
+                spans = first;
+            }
+            room -= spans.count();
+            match groups.iter_mut().find(|(r, _)| Arc::ptr_eq(r, &resource)) {
+                Some((_, group)) => group.push(spans),
+                None => groups.push((resource, vec![spans])),
+            }
+        }
+        let taken = self.config.max_export_batch_size - room;
+        self.pending_spans -= taken;
+        self.queued.fetch_sub(taken, Relaxed);
+        groups
     }
 
     /// Starts exporting the oldest batch of pending spans, one export per resource, each as soon
     /// as an exporter is free. `deadline` bounds them all (at shutdown); each is bounded by the
     /// export timeout too.
     async fn export_batch(&mut self, deadline: Option<Instant>) {
-        let n = self.pending.len().min(self.config.max_export_batch_size);
-        let batch: Vec<_> = self.pending.drain(..n).collect();
-        self.queued.fetch_sub(n, Relaxed);
-        for (resource, spans) in by_resource(batch) {
-            let count = spans.len() as u64;
-            let mut exporter = loop {
+        for (resource, spans) in self.next_batch() {
+            let count = spans.iter().map(EncodedSpans::count).sum::<usize>() as u64;
+            let exporter = loop {
                 if let Some(exporter) = self.idle.pop() {
                     break exporter;
                 }
@@ -314,9 +367,11 @@ impl<E: SpanExporter + 'static> Worker<E> {
                 self.finish(Export { exporter, resource, count, outcome: Err(timeout) });
                 continue;
             }
-            exporter.set_resource(&resource);
             let task = self.in_flight.spawn(async move {
-                let export = exporter.export(spans);
+                // Put together here, on the export's task, not the queue's.
+                let request = request(&EncodedResource::new(&resource), &spans);
+                drop(spans);
+                let export = exporter.send(request);
                 let outcome = match limit {
                     Some(limit) => {
                         tokio::time::timeout(limit, export).await.unwrap_or(Err(OTelSdkError::Timeout(limit)))
@@ -370,26 +425,16 @@ impl<E: SpanExporter + 'static> Worker<E> {
     }
 }
 
-/// The batch's spans grouped by resource, groups in the order their first span came. A
-/// process's spans share one `Arc` ([`crate::span::resource::Resources`]): the pointer tells
-/// them apart, without comparing resources attribute by attribute.
-fn by_resource(batch: Vec<(Arc<Resource>, SpanData)>) -> Vec<(Arc<Resource>, Vec<SpanData>)> {
-    let mut groups: Vec<(Arc<Resource>, Vec<SpanData>)> = Vec::new();
-    for (resource, span) in batch {
-        match groups.iter_mut().find(|(r, _)| Arc::ptr_eq(r, &resource)) {
-            Some((_, spans)) => spans.push(span),
-            None => groups.push((resource, vec![span])),
-        }
-    }
-    groups
-}
-
 #[cfg(test)]
 mod tests {
     use std::{num::NonZeroUsize, sync::Mutex};
 
     use opentelemetry::KeyValue;
+    use opentelemetry_proto::tonic::{
+        collector::trace::v1::ExportTraceServiceRequest, common::v1::any_value,
+    };
     use opentelemetry_sdk::error::OTelSdkResult;
+    use prost::Message as _;
 
     use super::*;
     use crate::{
@@ -411,19 +456,21 @@ mod tests {
     #[derive(Debug)]
     struct Recorder {
         behaviour: Behaviour,
-        resource: Option<Resource>,
-        exports: Arc<Mutex<Vec<(String, Vec<String>)>>>,
+        exports: Exports,
     }
 
-    impl SpanExporter for Recorder {
-        async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
-            let service = self
-                .resource
-                .as_ref()
-                .and_then(|r| r.get(&Key::from_static_str("service.name")))
-                .map(|v| v.to_string())
-                .unwrap_or_default();
-            let names = batch.iter().map(|s| s.name.to_string()).collect();
+    impl Sender for Recorder {
+        async fn send(&self, request: Bytes) -> OTelSdkResult {
+            let request = ExportTraceServiceRequest::decode(request).expect("a request");
+            let [resource_spans] = &request.resource_spans[..] else { panic!("one resource: {request:?}") };
+            let resource = resource_spans.resource.as_ref().expect("a resource");
+            let service = resource.attributes.iter().find(|kv| kv.key == "service.name");
+            let service = match service.and_then(|kv| kv.value.as_ref()?.value.as_ref()) {
+                Some(any_value::Value::StringValue(name)) => name.clone(),
+                other => panic!("service.name: {other:?}"),
+            };
+            let names =
+                resource_spans.scope_spans.iter().flat_map(|s| &s.spans).map(|s| s.name.clone()).collect();
             self.exports.lock().unwrap().push((service, names));
             match self.behaviour {
                 Behaviour::Succeed => Ok(()),
@@ -431,17 +478,13 @@ mod tests {
                 Behaviour::Hang => std::future::pending().await,
             }
         }
-
-        fn set_resource(&mut self, resource: &Resource) {
-            self.resource = Some(resource.clone());
-        }
     }
 
     type Exports = Arc<Mutex<Vec<(String, Vec<String>)>>>;
 
     fn start(behaviour: Behaviour, config: BatchConfig) -> (Batcher, Exports) {
         let exports = Exports::default();
-        let recorder = || Recorder { behaviour, resource: None, exports: exports.clone() };
+        let recorder = || Recorder { behaviour, exports: exports.clone() };
         (Batcher::start(recorder, config, Arc::default()), exports.clone())
     }
 
@@ -487,7 +530,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_batch_is_sent_at_once() {
-        let (batcher, exports) = start(Behaviour::Succeed, config(100, 4, HOUR, 1000));
+        let (mut batcher, exports) = start(Behaviour::Succeed, config(100, 4, HOUR, 1000));
         let app = process(1, "app");
         for _ in 0..9 {
             assert!(batcher.enqueue(call(0), app.clone()));
@@ -501,8 +544,20 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_call_with_more_spans_than_a_batch_goes_in_two() {
+        let (mut batcher, exports) = start(Behaviour::Succeed, config(100, 4, HOUR, 1000));
+        assert!(batcher.enqueue(call(5), process(1, "app")));
+        let stats = batcher.shutdown().await.unwrap();
+        assert_eq!(stats, ExportStats { exported: 6, dropped_queue_full: 0, failed: 0 });
+        let exports = exports.lock().unwrap();
+        assert_eq!(exports.iter().map(|(_, s)| s.len()).collect::<Vec<_>>(), [4, 2]);
+        assert_eq!(exports[0].1[0], "sendmmsg");
+        assert!(exports[1].1.iter().all(|name| name == "sendmmsg.message"));
+    }
+
+    #[tokio::test]
     async fn what_waits_is_sent_on_the_schedule() {
-        let (batcher, exports) = start(Behaviour::Succeed, config(100, 50, 30, 1000));
+        let (mut batcher, exports) = start(Behaviour::Succeed, config(100, 50, 30, 1000));
         batcher.enqueue(call(2), process(1, "app"));
         wait_for_exports(&exports, 1).await;
         assert_eq!(batcher.stats(), ExportStats { exported: 3, dropped_queue_full: 0, failed: 0 });
@@ -518,7 +573,7 @@ mod tests {
 
     #[tokio::test]
     async fn each_process_is_exported_under_its_own_resource() {
-        let (batcher, exports) = start(Behaviour::Succeed, config(100, 5, HOUR, 1000));
+        let (mut batcher, exports) = start(Behaviour::Succeed, config(100, 5, HOUR, 1000));
         let mut resources = Resources::new(base(), NonZeroUsize::new(8).unwrap());
         let (a, b) = (info(1, "svc-a"), info(2, "svc-b"));
         // Another Arc with the same process: one group.
@@ -542,7 +597,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_queue_drops_whole_calls_and_counts_their_spans() {
-        let (batcher, exports) = start(Behaviour::Hang, config(4, 4, HOUR, 300));
+        let (mut batcher, exports) = start(Behaviour::Hang, config(4, 4, HOUR, 300));
         let app = process(1, "app");
         for _ in 0..4 {
             assert!(batcher.enqueue(call(0), app.clone()));
@@ -561,7 +616,7 @@ mod tests {
 
     #[tokio::test]
     async fn failed_exports_are_counted() {
-        let (batcher, _) = start(Behaviour::Fail, config(100, 3, HOUR, 1000));
+        let (mut batcher, _) = start(Behaviour::Fail, config(100, 3, HOUR, 1000));
         for pid in 0..7 {
             batcher.enqueue(call(0), process(pid, "app"));
         }
@@ -571,7 +626,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_flush_at_shutdown_is_bounded_by_one_export_timeout() {
-        let (batcher, exports) = start(Behaviour::Hang, config(100, 100, HOUR, 200));
+        let (mut batcher, exports) = start(Behaviour::Hang, config(100, 100, HOUR, 200));
         for pid in 0..5 {
             batcher.enqueue(call(0), process(pid, &format!("svc-{pid}")));
         }
@@ -612,7 +667,7 @@ mod tests {
     #[tokio::test]
     async fn exports_run_concurrently_up_to_the_limit_and_all_are_counted() {
         let concurrent = BatchConfig { max_concurrent_exports: 2, ..config(100, 100, HOUR, 300) };
-        let (batcher, exports) = start(Behaviour::Hang, concurrent);
+        let (mut batcher, exports) = start(Behaviour::Hang, concurrent);
         for pid in 0..3 {
             batcher.enqueue(call(1), process(pid, &format!("svc-{pid}")));
         }

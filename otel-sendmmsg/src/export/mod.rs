@@ -6,22 +6,24 @@
 
 pub mod batcher;
 pub mod json_lines;
+pub mod otlp;
+pub mod otlp_encode;
+pub mod retry;
 pub mod transport;
 
 use std::{io::Write, sync::Arc};
 
 use anyhow::{Context as _, Result};
 use opentelemetry::{trace::Status, Key, Value};
-use opentelemetry_otlp::{SpanExporter, WithHttpConfig};
 use opentelemetry_sdk::{trace::SpanData, Resource};
 
 use crate::{
-    config::{BatchConfig, ConsoleFormat, Otlp, Output, Protocol},
+    config::{BatchConfig, ConsoleFormat, Output},
     health::Beat,
 };
 use batcher::Batcher;
 use json_lines::json_line;
-use transport::{grpc_settings, http_client, http_settings};
+use otlp::OtlpSpanExporter;
 
 /// What became of the spans handed to the exporter, each counted once: a call's span and each
 /// of its message child spans (`OTEL_SENDMMSG_MESSAGE_DETAIL=spans`) count one each, so
@@ -63,7 +65,7 @@ impl Exporter {
             Output::Otlp(otlp) => {
                 // Built before starting, so an error comes back here; one per concurrent export.
                 let mut exporters = (0..batch.max_concurrent_exports.max(1))
-                    .map(|_| otlp_exporter(otlp))
+                    .map(|_| OtlpSpanExporter::new(otlp).context("building the OTLP exporter"))
                     .collect::<Result<Vec<_>>>()?;
                 Exporter::Otlp(Batcher::start(
                     move || exporters.pop().expect("one exporter per concurrent export"),
@@ -122,20 +124,6 @@ impl Exporter {
             _ => self.stats(),
         }
     }
-}
-
-/// The OTLP span exporter `otlp` describes. Over HTTP it gets an async client, since it is
-/// called from the tokio export task (the crate's own choice of client follows its features,
-/// which the workspace unifies with the demo app's blocking one).
-fn otlp_exporter(otlp: &Otlp) -> Result<SpanExporter> {
-    let exporter = match otlp.protocol {
-        Protocol::Grpc => grpc_settings(SpanExporter::builder().with_tonic(), otlp)?.build(),
-        Protocol::HttpProtobuf => {
-            let client = http_client(otlp)?;
-            http_settings(SpanExporter::builder().with_http().with_http_client(client), otlp).build()
-        }
-    };
-    exporter.context("building the OTLP exporter")
 }
 
 /// What the console prints for one call's spans (its own first), without the last newline:

@@ -1,6 +1,6 @@
 //! How an OTLP exporter reaches its collector, from one signal's settings ([`Otlp`]): endpoint,
-//! timeout, headers, compression and TLS on the exporter builders of spans and of metrics, and
-//! the HTTP clients they are handed. TLS is rustls on aws-lc-rs for both protocols: tonic's own
+//! timeout, headers, compression and TLS for the span exporter (export/otlp.rs: a gRPC channel
+//! or an HTTP client, and the headers) and on the SDK's metrics exporter builders. TLS is rustls on aws-lc-rs for both protocols: tonic's own
 //! configuration for gRPC, a rustls client configuration for reqwest over HTTP. A private CA
 //! (`OTEL_EXPORTER_OTLP_CERTIFICATE`) is trusted instead of the system's roots, as the SDKs do.
 
@@ -8,8 +8,13 @@ use std::{collections::HashMap, sync::Arc};
 
 use anyhow::{anyhow, Context as _, Result};
 use opentelemetry_otlp::{WithExportConfig, WithHttpConfig, WithTonicConfig};
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use rustls_pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
-use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+use tonic::{
+    codec::CompressionEncoding,
+    metadata::MetadataMap,
+    transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity},
+};
 
 use crate::config::{Compression, Otlp, Tls};
 
@@ -21,9 +26,9 @@ fn compression(otlp: &Otlp) -> Option<opentelemetry_otlp::Compression> {
     }
 }
 
-/// The settings on a gRPC exporter builder, of spans or of metrics.
-pub fn grpc_settings<B: WithExportConfig + WithTonicConfig>(builder: B, otlp: &Otlp) -> Result<B> {
-    let mut metadata = tonic::metadata::MetadataMap::new();
+/// The configured headers as gRPC metadata.
+pub fn grpc_metadata(otlp: &Otlp) -> Result<MetadataMap> {
+    let mut metadata = MetadataMap::new();
     for (key, value) in &otlp.headers.0 {
         // config has checked both: a key is a header name, a value has no control character.
         // HTTP/2 wants the keys lower-cased.
@@ -31,8 +36,13 @@ pub fn grpc_settings<B: WithExportConfig + WithTonicConfig>(builder: B, otlp: &O
             .context("a configured header name")?;
         metadata.insert(key, value.parse().context("a configured header value")?);
     }
+    Ok(metadata)
+}
+
+/// The settings on a gRPC exporter builder (the SDK's, for metrics).
+pub fn grpc_settings<B: WithExportConfig + WithTonicConfig>(builder: B, otlp: &Otlp) -> Result<B> {
     let mut builder =
-        builder.with_endpoint(&otlp.endpoint).with_timeout(otlp.timeout).with_metadata(metadata);
+        builder.with_endpoint(&otlp.endpoint).with_timeout(otlp.timeout).with_metadata(grpc_metadata(otlp)?);
     if let Some(compression) = compression(otlp) {
         builder = builder.with_compression(compression);
     }
@@ -42,7 +52,46 @@ pub fn grpc_settings<B: WithExportConfig + WithTonicConfig>(builder: B, otlp: &O
     Ok(builder)
 }
 
-/// The settings on an HTTP exporter builder, of spans or of metrics (its client comes from
+/// The span exporter's `User-Agent`, which the OTLP specification asks exporters to send: which
+/// exporter, in which language, at which version (the SDK's exporter sent its own). A configured
+/// `User-Agent` header still wins over HTTP; over gRPC tonic adds its own after it.
+pub const USER_AGENT: &str =
+    concat!(env!("CARGO_PKG_NAME"), "/", env!("CARGO_PKG_VERSION"), " (OTLP exporter, Rust)");
+
+/// The span exporter's gRPC channel (export/otlp.rs), as the SDK's exporter builds one from the
+/// same settings: TLS for `https://`, the request timeout, connected at the first export.
+pub fn grpc_channel(otlp: &Otlp) -> Result<Channel> {
+    let endpoint = Endpoint::from_shared(otlp.endpoint.clone())
+        .with_context(|| format!("the OTLP endpoint {}", otlp.endpoint))?
+        .user_agent(USER_AGENT)
+        .context("the User-Agent")?;
+    let endpoint = match otlp.is_https() {
+        true => endpoint.tls_config(grpc_tls(&otlp.tls)).context("the gRPC TLS settings")?,
+        false => endpoint,
+    };
+    Ok(endpoint.timeout(otlp.timeout).connect_lazy())
+}
+
+/// The span exporter's gRPC compression.
+pub fn grpc_compression(otlp: &Otlp) -> Option<CompressionEncoding> {
+    match otlp.compression {
+        Compression::None => None,
+        Compression::Gzip => Some(CompressionEncoding::Gzip),
+        Compression::Zstd => Some(CompressionEncoding::Zstd),
+    }
+}
+
+/// The configured headers of the span exporter's HTTP requests.
+pub fn http_headers(otlp: &Otlp) -> Result<HeaderMap> {
+    let mut headers = HeaderMap::new();
+    for (key, value) in &otlp.headers.0 {
+        let name = HeaderName::from_bytes(key.as_bytes()).context("a configured header name")?;
+        headers.insert(name, HeaderValue::from_str(value).context("a configured header value")?);
+    }
+    Ok(headers)
+}
+
+/// The settings on an HTTP exporter builder (the SDK's, for metrics; its client comes from
 /// [`http_client`] or [`blocking_http_client`], which carry the TLS settings).
 pub fn http_settings<B: WithExportConfig + WithHttpConfig>(builder: B, otlp: &Otlp) -> B {
     let headers: HashMap<String, String> = otlp.headers.0.iter().cloned().collect();
@@ -67,6 +116,7 @@ fn grpc_tls(tls: &Tls) -> ClientTlsConfig {
 /// The client the span exporter sends OTLP/HTTP with, from the tokio export task.
 pub fn http_client(otlp: &Otlp) -> Result<reqwest::Client> {
     reqwest::Client::builder()
+        .user_agent(USER_AGENT)
         .timeout(otlp.timeout)
         .tls_backend_preconfigured(http_tls(otlp)?)
         .build()

@@ -138,6 +138,7 @@ struct RequestSeen {
     /// How its body was compressed, as it said on the wire (`grpc-encoding`,
     /// `content-encoding`).
     encoding: Option<String>,
+    user_agent: Option<String>,
 }
 
 type HeaderLog = Arc<Mutex<Vec<RequestSeen>>>;
@@ -153,6 +154,7 @@ fn log_request(
         signal,
         test_header: text(TEST_HEADER),
         encoding: text(encoding_header),
+        user_agent: text("user-agent"),
     });
 }
 
@@ -429,6 +431,11 @@ impl Receiver {
     /// Each request's signal and [`TEST_HEADER`] value, in the order they came.
     pub fn test_headers(&self) -> Vec<(&'static str, Option<String>)> {
         self.headers.lock().unwrap().iter().map(|r| (r.signal, r.test_header.clone())).collect()
+    }
+
+    /// Each request's signal and `User-Agent`, in the order they came.
+    pub fn user_agents(&self) -> Vec<(&'static str, Option<String>)> {
+        self.headers.lock().unwrap().iter().map(|r| (r.signal, r.user_agent.clone())).collect()
     }
 
     /// Each request's signal and the compression it said it used, in the order they came.

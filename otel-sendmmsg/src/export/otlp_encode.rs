@@ -1,0 +1,741 @@
+//! Finished spans -> the protobuf bytes of an OTLP `ExportTraceServiceRequest`, written in one
+//! pass straight from the SDK's `SpanData`, without the generated `opentelemetry-proto` types.
+//!
+//! Why not the SDK's own way: its exporter copies every span into the generated types (a
+//! `String` per attribute key and string value, a `Vec` per id) and prost then computes each
+//! nested message's length again at every level above it. Measured (benches/userspace.rs,
+//! callgrind), writing the bytes here instead took user space from 42,454 to 18,320
+//! instructions per span (vlen 1, detail events), the SDK's encoding's share.
+//!
+//! One pass over the spans: an attribute's length is known from its key and value, so it is
+//! written first; a span's or an event's is not known until it is written, so its length gets
+//! the room it usually needs and is written after it (moving the message in the rare case the
+//! room was wrong); the request's outer lengths go in room left before the spans, and the
+//! request starts where they end (a `Bytes` slice, nothing copied). The bytes are the ones prost
+//! writes for the same request: the tests compare them with the SDK's encoding, byte for byte.
+//!
+//! Spans are encoded as they are queued ([`Encoder::call`]), so the queue holds their bytes, not
+//! the `SpanData`; a request ([`request`]) puts a batch's bytes under one resource (the batcher
+//! sends each process's spans apart), grouped by instrumentation scope as the SDK groups them.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use opentelemetry::{
+    trace::{Event, Link, SpanId, SpanKind, Status},
+    Array, InstrumentationScope, KeyValue, Value,
+};
+use opentelemetry_sdk::{trace::SpanData, Resource};
+use prost::bytes::Bytes;
+
+/// Protobuf wire types.
+const VARINT: u8 = 0;
+const FIXED64: u8 = 1;
+const LEN: u8 = 2;
+const FIXED32: u8 = 5;
+
+/// A field's tag: every field written here but one is numbered below 16, a one-byte tag.
+const fn tag(field: u8, wire_type: u8) -> u8 {
+    field << 3 | wire_type
+}
+
+/// `Span.flags`, field 16, fixed32: a two-byte tag.
+const SPAN_FLAGS_TAG: [u8; 2] = [16 << 3 | FIXED32 | 0x80, 1];
+
+/// Room for a length-delimited field's tag and length, whatever the length (a `usize` varint).
+const MAX_PREFIX: usize = 1 + 10;
+
+/// `SpanFlags` of `trace.proto`: whether the parent is remote is known, and its answer.
+const CONTEXT_HAS_IS_REMOTE: u32 = 0x100;
+const CONTEXT_IS_REMOTE: u32 = 0x200;
+
+/// A process's resource as its `Resource` message, encoded once for all of its requests.
+#[derive(Clone, Debug, Default)]
+pub struct EncodedResource {
+    /// The `Resource` message's fields (its attributes).
+    message: Vec<u8>,
+    schema_url: String,
+}
+
+impl EncodedResource {
+    pub fn new(resource: &Resource) -> EncodedResource {
+        let mut message = Vec::new();
+        // In the resource's own order, as the SDK's exporter takes them.
+        for (key, value) in resource.iter() {
+            put_key_value(&mut message, tag(1, LEN), key.as_str(), value);
+        }
+        EncodedResource { message, schema_url: resource.schema_url().unwrap_or_default().to_owned() }
+    }
+}
+
+/// Spans of one instrumentation scope, encoded as they go in their `ScopeSpans` (each the
+/// field `spans`, tag and length first), waiting to be put in a request. What the export queue
+/// holds: a third of the memory of the `SpanData` they were made from.
+#[derive(Debug)]
+pub struct EncodedSpans {
+    scope: InstrumentationScope,
+    bytes: Vec<u8>,
+    count: usize,
+}
+
+impl EncodedSpans {
+    /// How many spans.
+    pub fn count(&self) -> usize {
+        self.count
+    }
+
+    /// The first `at` spans (all when there are fewer); `self` keeps the rest.
+    pub fn split_to(&mut self, at: usize) -> EncodedSpans {
+        if at >= self.count {
+            let bytes = std::mem::take(&mut self.bytes);
+            return EncodedSpans { scope: self.scope.clone(), bytes, count: std::mem::take(&mut self.count) };
+        }
+        // Each span is a tag, its length and its bytes: step over `at` of them.
+        let mut end = 0;
+        for _ in 0..at {
+            let (len, len_bytes) = read_varint(self.bytes.get(end + 1..).unwrap_or_default());
+            end = (end + 1 + len_bytes).saturating_add(len as usize).min(self.bytes.len());
+        }
+        let first = self.bytes.drain(..end).collect();
+        self.count -= at;
+        EncodedSpans { scope: self.scope.clone(), bytes: first, count: at }
+    }
+}
+
+/// A varint at the start of `bytes`, and how many bytes it took (0 and 0 for none).
+fn read_varint(bytes: &[u8]) -> (u64, usize) {
+    let mut value = 0;
+    for (i, byte) in bytes.iter().take(10).enumerate() {
+        value |= u64::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            return (value, i + 1);
+        }
+    }
+    (value, bytes.len().min(10))
+}
+
+/// Encodes calls' spans for the queue, in a buffer it keeps: each run is written there and
+/// copied out at its exact length (a buffer sized by guess was reallocated to fit, once per
+/// call, or kept its room to spare for as long as it waited).
+#[derive(Debug, Default)]
+pub struct Encoder {
+    scratch: Vec<u8>,
+}
+
+impl Encoder {
+    /// One call's spans, encoded: one `EncodedSpans` per run of spans of one scope (a call's
+    /// spans all have the sidecar's, [`crate::span::scope`]: one).
+    pub fn call(&mut self, spans: &[SpanData]) -> Vec<EncodedSpans> {
+        let mut encoded = Vec::with_capacity(1);
+        for run in spans.chunk_by(|a, b| a.instrumentation_scope == b.instrumentation_scope) {
+            self.scratch.clear();
+            for span in run {
+                put_span(&mut self.scratch, span);
+            }
+            let scope = run[0].instrumentation_scope.clone();
+            encoded.push(EncodedSpans { scope, bytes: self.scratch.as_slice().to_vec(), count: run.len() });
+        }
+        encoded
+    }
+}
+
+/// The request carrying `spans` under `resource`: the bytes an OTLP/HTTP body or a gRPC
+/// message holds (uncompressed). Spans are grouped by scope, scopes in the order they first
+/// appear, as the SDK's exporter groups them.
+pub fn request(resource: &EncodedResource, spans: &[EncodedSpans]) -> Bytes {
+    let resource_field = MAX_PREFIX + resource.message.len();
+    let mut out = Vec::with_capacity(
+        2 * MAX_PREFIX + resource_field + 256 + spans.iter().map(|s| s.bytes.len()).sum::<usize>(),
+    );
+    // Each scope's spans, after room for what comes before them: the request's and the
+    // resource's headers (first scope only), the scope's own header.
+    let mut groups = Vec::with_capacity(1);
+    for (i, (scope, members)) in scopes_of(spans).into_iter().enumerate() {
+        let mut scope_message = Vec::new();
+        put_scope(&mut scope_message, scope);
+        let room =
+            if i == 0 { MAX_PREFIX + resource_field } else { 0 } + 2 * MAX_PREFIX + scope_message.len();
+        out.resize(out.len() + room, 0);
+        let body = out.len();
+        for index in members {
+            out.extend_from_slice(&spans[index].bytes);
+        }
+        put_string_field(&mut out, tag(3, LEN), scope.schema_url().unwrap_or_default());
+        groups.push(Group { room_start: body - room, body, end: out.len(), scope: scope_message });
+    }
+
+    let resource_spans_len = field_len(resource.message.len())
+        + groups.iter().map(|g| field_len(g.scope_spans_len())).sum::<usize>()
+        + string_field_len(&resource.schema_url);
+    let mut start = 0;
+    let mut write = 0;
+    for (i, group) in groups.iter().enumerate() {
+        let mut header = Vec::with_capacity(group.body - group.room_start);
+        if i == 0 {
+            put_prefix(&mut header, tag(1, LEN), resource_spans_len);
+            put_resource(&mut header, resource);
+        }
+        put_prefix(&mut header, tag(2, LEN), group.scope_spans_len());
+        put_prefix(&mut header, tag(1, LEN), group.scope.len());
+        header.extend_from_slice(&group.scope);
+        // Right before the spans; the room left over before the first scope's header is where
+        // the request does not start yet, before another scope's it is closed up.
+        let from = group.body - header.len();
+        out[from..group.body].copy_from_slice(&header);
+        if i == 0 {
+            start = from;
+        } else {
+            out.copy_within(from..group.end, write);
+        }
+        write += if i == 0 { group.end } else { group.end - from };
+    }
+    if groups.is_empty() {
+        // No spans: the resource alone, as the SDK sends it.
+        put_prefix(&mut out, tag(1, LEN), resource_spans_len);
+        put_resource(&mut out, resource);
+        write = out.len();
+    }
+    out.truncate(write);
+    put_string_field(&mut out, tag(3, LEN), &resource.schema_url);
+    Bytes::from(out).slice(start..)
+}
+
+/// The resource as field 1 of its `ResourceSpans`: always there, even empty.
+fn put_resource(out: &mut Vec<u8>, resource: &EncodedResource) {
+    put_prefix(out, tag(1, LEN), resource.message.len());
+    out.extend_from_slice(&resource.message);
+}
+
+/// One scope's spans as written, and its `InstrumentationScope` message.
+struct Group {
+    /// Where the room for its headers starts, where its spans start, where its schema URL ends.
+    room_start: usize,
+    body: usize,
+    end: usize,
+    scope: Vec<u8>,
+}
+
+impl Group {
+    /// Its `ScopeSpans` message's length.
+    fn scope_spans_len(&self) -> usize {
+        field_len(self.scope.len()) + (self.end - self.body)
+    }
+}
+
+/// The scopes of `spans` in the order they first appear, each with the indexes of its runs of
+/// spans. A sidecar's spans all have the same scope: one comparison per call.
+fn scopes_of(spans: &[EncodedSpans]) -> Vec<(&InstrumentationScope, Vec<usize>)> {
+    let mut scopes: Vec<(&InstrumentationScope, Vec<usize>)> = Vec::with_capacity(1);
+    for (i, run) in spans.iter().enumerate() {
+        match scopes.iter_mut().find(|(s, _)| **s == run.scope) {
+            Some((_, members)) => members.push(i),
+            None => {
+                let mut members = Vec::with_capacity(spans.len() - i);
+                members.push(i);
+                scopes.push((&run.scope, members));
+            }
+        }
+    }
+    scopes
+}
+
+fn nanos(time: SystemTime) -> u64 {
+    // As the SDK's exporter converts times: before the epoch is 0.
+    time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+}
+
+fn kind(kind: &SpanKind) -> u64 {
+    match kind {
+        SpanKind::Internal => 1,
+        SpanKind::Server => 2,
+        SpanKind::Client => 3,
+        SpanKind::Producer => 4,
+        SpanKind::Consumer => 5,
+    }
+}
+
+fn status_code(status: &Status) -> u64 {
+    match status {
+        Status::Unset => 0,
+        Status::Ok => 1,
+        Status::Error { .. } => 2,
+    }
+}
+
+fn status_message(status: &Status) -> &str {
+    match status {
+        Status::Error { description } => description,
+        _ => "",
+    }
+}
+
+fn flags(trace_flags: u8, remote: bool) -> u32 {
+    u32::from(trace_flags) | CONTEXT_HAS_IS_REMOTE | if remote { CONTEXT_IS_REMOTE } else { 0 }
+}
+
+// --- lengths -------------------------------------------------------------------------------
+
+fn varint_len(value: u64) -> usize {
+    // 7 bits per byte, at least one byte.
+    (64 - (value | 1).leading_zeros() as usize).div_ceil(7)
+}
+
+/// A length-delimited field of `len` bytes with a one-byte tag: tag, length, bytes.
+fn field_len(len: usize) -> usize {
+    1 + varint_len(len as u64) + len
+}
+
+/// A string field, left out when empty (proto3).
+fn string_field_len(value: &str) -> usize {
+    if value.is_empty() {
+        0
+    } else {
+        field_len(value.len())
+    }
+}
+
+/// An `AnyValue` message's length.
+fn any_value_len(value: &Value) -> usize {
+    // A oneof member is written even when it holds its type's default.
+    match value {
+        Value::Bool(_) => 2,
+        Value::I64(v) => 1 + varint_len(*v as u64),
+        Value::F64(_) => 9,
+        Value::String(s) => field_len(s.as_str().len()),
+        Value::Array(array) => field_len(array_value_len(array)),
+        // A kind of value newer than this encoder: an empty `AnyValue`, not a panic.
+        _ => 0,
+    }
+}
+
+/// An `ArrayValue` message's length: each element an `AnyValue` of field 1.
+fn array_value_len(array: &Array) -> usize {
+    match array {
+        Array::Bool(values) => values.len() * field_len(2),
+        Array::I64(values) => values.iter().map(|v| field_len(1 + varint_len(*v as u64))).sum(),
+        Array::F64(values) => values.len() * field_len(9),
+        Array::String(values) => values.iter().map(|v| field_len(field_len(v.as_str().len()))).sum(),
+        _ => 0,
+    }
+}
+
+// --- writing -------------------------------------------------------------------------------
+
+fn put_varint(out: &mut Vec<u8>, mut value: u64) {
+    while value >= 0x80 {
+        out.push(value as u8 | 0x80);
+        value >>= 7;
+    }
+    out.push(value as u8);
+}
+
+/// The tag and length of a length-delimited field whose `len` bytes follow.
+fn put_prefix(out: &mut Vec<u8>, tag: u8, len: usize) {
+    out.push(tag);
+    put_varint(out, len as u64);
+}
+
+/// A length-delimited field being written, whose length goes in `room` bytes at `at` once it
+/// is known ([`close`]).
+struct Open {
+    at: usize,
+    room: usize,
+}
+
+fn open(out: &mut Vec<u8>, tag: u8, room: usize) -> Open {
+    out.push(tag);
+    let at = out.len();
+    out.resize(at + room, 0);
+    Open { at, room }
+}
+
+/// Writes the length of the field `open` started, now that its bytes are all written; moves
+/// them when their length needs more or less room than was left.
+fn close(out: &mut Vec<u8>, Open { at, room }: Open) {
+    let body = at + room;
+    let len = out.len() - body;
+    let need = varint_len(len as u64);
+    if need != room {
+        if need > room {
+            out.resize(out.len() + need - room, 0);
+        }
+        out.copy_within(body..body + len, at + need);
+        out.truncate(at + need + len);
+    }
+    let mut value = len as u64;
+    for byte in &mut out[at..at + need] {
+        *byte = value as u8 & 0x7f | if value >= 0x80 { 0x80 } else { 0 };
+        value >>= 7;
+    }
+}
+
+fn put_bytes_field(out: &mut Vec<u8>, tag: u8, value: &[u8]) {
+    if !value.is_empty() {
+        put_prefix(out, tag, value.len());
+        out.extend_from_slice(value);
+    }
+}
+
+fn put_string_field(out: &mut Vec<u8>, tag: u8, value: &str) {
+    put_bytes_field(out, tag, value.as_bytes());
+}
+
+fn put_varint_field(out: &mut Vec<u8>, tag: u8, value: u64) {
+    if value != 0 {
+        out.push(tag);
+        put_varint(out, value);
+    }
+}
+
+fn put_fixed64_field(out: &mut Vec<u8>, tag: u8, value: u64) {
+    if value != 0 {
+        out.push(tag);
+        out.extend_from_slice(&value.to_le_bytes());
+    }
+}
+
+/// An `AnyValue`'s fields.
+fn put_any_value(out: &mut Vec<u8>, value: &Value) {
+    match value {
+        Value::Bool(v) => out.extend_from_slice(&[tag(2, VARINT), u8::from(*v)]),
+        Value::I64(v) => {
+            out.push(tag(3, VARINT));
+            put_varint(out, *v as u64);
+        }
+        Value::F64(v) => {
+            out.push(tag(4, FIXED64));
+            out.extend_from_slice(&v.to_bits().to_le_bytes());
+        }
+        Value::String(s) => {
+            put_prefix(out, tag(1, LEN), s.as_str().len());
+            out.extend_from_slice(s.as_str().as_bytes());
+        }
+        Value::Array(array) => {
+            put_prefix(out, tag(5, LEN), array_value_len(array));
+            put_array_value(out, array);
+        }
+        _ => {}
+    }
+}
+
+/// An `ArrayValue`'s fields: each element an `AnyValue` of field 1.
+fn put_array_value(out: &mut Vec<u8>, array: &Array) {
+    let element = tag(1, LEN);
+    match array {
+        Array::Bool(values) => {
+            for v in values {
+                out.extend_from_slice(&[element, 2, tag(2, VARINT), u8::from(*v)]);
+            }
+        }
+        Array::I64(values) => {
+            for v in values {
+                put_prefix(out, element, 1 + varint_len(*v as u64));
+                out.push(tag(3, VARINT));
+                put_varint(out, *v as u64);
+            }
+        }
+        Array::F64(values) => {
+            for v in values {
+                out.extend_from_slice(&[element, 9, tag(4, FIXED64)]);
+                out.extend_from_slice(&v.to_bits().to_le_bytes());
+            }
+        }
+        Array::String(values) => {
+            for v in values {
+                put_prefix(out, element, field_len(v.as_str().len()));
+                put_prefix(out, tag(1, LEN), v.as_str().len());
+                out.extend_from_slice(v.as_str().as_bytes());
+            }
+        }
+        _ => {}
+    }
+}
+
+/// A `KeyValue` as the field of `tag`: its key, and its value, always present.
+fn put_key_value(out: &mut Vec<u8>, tag_: u8, key: &str, value: &Value) {
+    let value_len = any_value_len(value);
+    put_prefix(out, tag_, string_field_len(key) + field_len(value_len));
+    put_string_field(out, tag(1, LEN), key);
+    put_prefix(out, tag(2, LEN), value_len);
+    put_any_value(out, value);
+}
+
+fn put_attributes(out: &mut Vec<u8>, tag: u8, attributes: &[KeyValue]) {
+    for kv in attributes {
+        put_key_value(out, tag, kv.key.as_str(), &kv.value);
+    }
+}
+
+/// An `InstrumentationScope`'s fields.
+fn put_scope(out: &mut Vec<u8>, scope: &InstrumentationScope) {
+    put_string_field(out, tag(1, LEN), scope.name());
+    put_string_field(out, tag(2, LEN), scope.version().unwrap_or_default());
+    for kv in scope.attributes() {
+        put_key_value(out, tag(3, LEN), kv.key.as_str(), &kv.value);
+    }
+}
+
+fn put_event(out: &mut Vec<u8>, event: &Event) {
+    // A message event with its three attributes takes under 128 bytes.
+    let field = open(out, tag(11, LEN), 1);
+    put_fixed64_field(out, tag(1, FIXED64), nanos(event.timestamp));
+    put_string_field(out, tag(2, LEN), &event.name);
+    put_attributes(out, tag(3, LEN), &event.attributes);
+    put_varint_field(out, tag(4, VARINT), u64::from(event.dropped_attributes_count));
+    close(out, field);
+}
+
+fn put_link(out: &mut Vec<u8>, link: &Link) {
+    let context = &link.span_context;
+    let field = open(out, tag(13, LEN), 1);
+    put_bytes_field(out, tag(1, LEN), &context.trace_id().to_bytes());
+    put_bytes_field(out, tag(2, LEN), &context.span_id().to_bytes());
+    put_string_field(out, tag(3, LEN), &context.trace_state().header());
+    put_attributes(out, tag(4, LEN), &link.attributes);
+    put_varint_field(out, tag(5, VARINT), u64::from(link.dropped_attributes_count));
+    out.push(tag(6, FIXED32));
+    out.extend_from_slice(&flags(context.trace_flags().to_u8(), context.is_remote()).to_le_bytes());
+    close(out, field);
+}
+
+/// A span as field 2 of its `ScopeSpans`, its fields in the order of their numbers, as prost
+/// writes them.
+fn put_span(out: &mut Vec<u8>, span: &SpanData) {
+    let context = &span.span_context;
+    // A call's span takes a few hundred bytes, with 64 message events a few thousand.
+    let field = open(out, tag(2, LEN), 2);
+    put_bytes_field(out, tag(1, LEN), &context.trace_id().to_bytes());
+    put_bytes_field(out, tag(2, LEN), &context.span_id().to_bytes());
+    put_string_field(out, tag(3, LEN), &context.trace_state().header());
+    if span.parent_span_id != SpanId::INVALID {
+        put_bytes_field(out, tag(4, LEN), &span.parent_span_id.to_bytes());
+    }
+    put_string_field(out, tag(5, LEN), &span.name);
+    put_varint_field(out, tag(6, VARINT), kind(&span.span_kind));
+    put_fixed64_field(out, tag(7, FIXED64), nanos(span.start_time));
+    put_fixed64_field(out, tag(8, FIXED64), nanos(span.end_time));
+    put_attributes(out, tag(9, LEN), &span.attributes);
+    put_varint_field(out, tag(10, VARINT), u64::from(span.dropped_attributes_count));
+    for event in span.events.iter() {
+        put_event(out, event);
+    }
+    put_varint_field(out, tag(12, VARINT), u64::from(span.events.dropped_count));
+    for link in span.links.iter() {
+        put_link(out, link);
+    }
+    put_varint_field(out, tag(14, VARINT), u64::from(span.links.dropped_count));
+    // The status is always there, even empty.
+    let message = status_message(&span.status);
+    let code = status_code(&span.status);
+    let code_len = if code == 0 { 0 } else { 2 };
+    put_prefix(out, tag(15, LEN), string_field_len(message) + code_len);
+    put_string_field(out, tag(2, LEN), message);
+    put_varint_field(out, tag(3, VARINT), code);
+    // Never 0: whether the parent is remote is always known.
+    out.extend_from_slice(&SPAN_FLAGS_TAG);
+    out.extend_from_slice(&flags(context.trace_flags().to_u8(), span.parent_span_is_remote).to_le_bytes());
+    close(out, field);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use opentelemetry::{
+        trace::{SpanContext, TraceFlags, TraceId, TraceState},
+        StringValue,
+    };
+    use opentelemetry_proto::{
+        tonic::collector::trace::v1::ExportTraceServiceRequest,
+        transform::{
+            common::tonic::ResourceAttributesWithSchema, trace::tonic::group_spans_by_resource_and_scope,
+        },
+    };
+    use opentelemetry_sdk::trace::{SpanEvents, SpanLinks};
+    use prost::Message as _;
+
+    use super::*;
+    use crate::{
+        clock::WallClock,
+        config::MessageView,
+        process::ProcessInfo,
+        records::{decode, tests::bytes_of, tests::record},
+        span::{build, resource::resource_for, scope, SpanOptions},
+    };
+
+    /// What the SDK's OTLP exporter sends for the same spans and resource.
+    fn sdks(resource: &Resource, spans: &[SpanData]) -> Vec<u8> {
+        let resource = ResourceAttributesWithSchema::from(resource);
+        let resource_spans = group_spans_by_resource_and_scope(spans.to_vec(), &resource);
+        ExportTraceServiceRequest { resource_spans }.encode_to_vec()
+    }
+
+    fn ours(resource: &Resource, spans: &[SpanData]) -> Vec<u8> {
+        // A call at a time, as the batcher queues them.
+        let encoded: Vec<EncodedSpans> =
+            spans.iter().flat_map(|s| Encoder::default().call(std::slice::from_ref(s))).collect();
+        request(&EncodedResource::new(resource), &encoded).to_vec()
+    }
+
+    fn process_resource() -> Resource {
+        let process = ProcessInfo {
+            pid: 4242,
+            executable_name: Some("dns-server".into()),
+            service_name: "dns".into(),
+            container_id: Some("ab".repeat(32)),
+            attributes: vec![KeyValue::new("service.version", "2.1"), KeyValue::new("deployment.tier", 3)],
+        };
+        resource_for(
+            &[KeyValue::new("host.name", "node-1"), KeyValue::new("telemetry.sdk.language", "rust")],
+            &process,
+        )
+    }
+
+    /// Every shape the span module makes: events or child spans, failed calls and messages.
+    fn calls() -> Vec<SpanData> {
+        let clock = WallClock::from_readings(1_700_000_000_000_000_000, 0);
+        let mut spans = Vec::new();
+        for results in [&[100][..], &[100, -libc::EMSGSIZE, 7], &[]] {
+            let mut rec = record(results);
+            if results.is_empty() {
+                rec.ret = -i64::from(libc::EBADF);
+            }
+            let call = decode(&bytes_of(&rec)).unwrap();
+            for view in [MessageView::Events, MessageView::Spans, MessageView::None] {
+                let options = SpanOptions { per_message: true, view, msgvec_address: true };
+                spans.extend(build(&call, &clock, options));
+            }
+        }
+        spans
+    }
+
+    #[test]
+    fn the_sidecars_spans_encode_as_the_sdk_encodes_them() {
+        let resource = process_resource();
+        let spans = calls();
+        assert!(spans.len() > 10);
+        assert_eq!(ours(&resource, &spans), sdks(&resource, &spans));
+        assert_eq!(ours(&resource, &spans[..1]), sdks(&resource, &spans[..1]));
+    }
+
+    #[test]
+    fn every_field_and_kind_of_value_encodes_as_the_sdk_encodes_it() {
+        let start = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let context = |span: u64, remote| {
+            SpanContext::new(
+                TraceId::from(0x0102_0304_0506_0708_090a_0b0c_0d0e_0f10),
+                SpanId::from(span),
+                TraceFlags::SAMPLED,
+                remote,
+                TraceState::from_key_value([("vendor", "x1")]).unwrap(),
+            )
+        };
+        let values = vec![
+            KeyValue::new("bool", true),
+            KeyValue::new("false", false),
+            KeyValue::new("zero", 0),
+            KeyValue::new("negative", -5),
+            KeyValue::new("big", i64::MAX),
+            KeyValue::new("float", 1.5),
+            KeyValue::new("empty", ""),
+            KeyValue::new("", "empty key"),
+            KeyValue::new("long", "x".repeat(300)),
+            KeyValue::new("bools", Value::Array(vec![true, false].into())),
+            KeyValue::new("ints", Value::Array(vec![0_i64, -1, 300].into())),
+            KeyValue::new("floats", Value::Array(vec![0.0, 2.5].into())),
+            KeyValue::new(
+                "strings",
+                Value::Array(vec![StringValue::from("a"), StringValue::from("")].into()),
+            ),
+        ];
+        let mut events = SpanEvents::default();
+        events.events =
+            vec![Event::new("with", start, values.clone(), 2), Event::new("", UNIX_EPOCH, vec![], 0)];
+        events.dropped_count = 4;
+        let mut links = SpanLinks::default();
+        links.links = vec![Link::new(context(9, true), values.clone(), 1)];
+        links.dropped_count = 1;
+        let full = SpanData {
+            span_context: context(7, false),
+            parent_span_id: SpanId::from(8),
+            parent_span_is_remote: true,
+            span_kind: SpanKind::Client,
+            name: "full".into(),
+            start_time: start,
+            end_time: start + Duration::from_nanos(1),
+            attributes: values,
+            dropped_attributes_count: 3,
+            events,
+            links,
+            status: Status::error("broke"),
+            instrumentation_scope: InstrumentationScope::builder("other")
+                .with_version("1")
+                .with_schema_url("https://opentelemetry.io/schemas/1.0.0")
+                .with_attributes([KeyValue::new("scope.attr", 1)])
+                .build(),
+        };
+        let bare = SpanData {
+            span_context: SpanContext::empty_context(),
+            parent_span_id: SpanId::INVALID,
+            parent_span_is_remote: false,
+            span_kind: SpanKind::Server,
+            name: "".into(),
+            start_time: UNIX_EPOCH,
+            end_time: UNIX_EPOCH - Duration::from_secs(1),
+            attributes: vec![],
+            dropped_attributes_count: 0,
+            events: SpanEvents::default(),
+            links: SpanLinks::default(),
+            status: Status::Ok,
+            instrumentation_scope: scope(),
+        };
+        let resource = Resource::builder_empty()
+            .with_schema_url([KeyValue::new("k", "v")], "https://opentelemetry.io/schemas/1.2.0")
+            .build();
+        // Over 16 KiB: its length takes more room than a span's usually does.
+        let mut huge = full.clone();
+        huge.events.events = std::iter::repeat_n(huge.events.events[0].clone(), 40).collect();
+        // Two scopes, interleaved: grouped in the order they first appear.
+        let mut spans = calls();
+        spans.insert(1, full.clone());
+        spans.push(bare);
+        spans.push(full);
+        spans.push(huge);
+        assert_eq!(ours(&resource, &spans), sdks(&resource, &spans));
+        let empty = Resource::builder_empty().build();
+        assert_eq!(ours(&empty, &spans), sdks(&empty, &spans));
+    }
+
+    #[test]
+    fn no_spans_is_the_resource_alone_as_for_the_sdk() {
+        // One resource: another with the same attributes may list them in another order.
+        let resource = process_resource();
+        assert_eq!(ours(&resource, &[]), sdks(&resource, &[]));
+    }
+
+    #[test]
+    fn a_calls_spans_split_anywhere_make_the_same_request() {
+        let resource = process_resource();
+        let spans = calls();
+        let whole = Encoder::default().call(&spans);
+        assert_eq!(whole.len(), 1, "one scope, one run");
+        let expected = request(&EncodedResource::new(&resource), &whole);
+        for at in [0, 1, 2, spans.len() - 1, spans.len(), spans.len() + 5] {
+            let mut rest = Encoder::default().call(&spans).pop().unwrap();
+            let first = rest.split_to(at);
+            assert_eq!(first.count() + rest.count(), spans.len());
+            assert_eq!(first.count(), at.min(spans.len()));
+            let parts: Vec<EncodedSpans> = [first, rest].into_iter().filter(|p| p.count() > 0).collect();
+            assert_eq!(request(&EncodedResource::new(&resource), &parts), expected, "split at {at}");
+        }
+    }
+
+    #[test]
+    fn varint_lengths_match_what_is_written() {
+        for value in [0, 1, 127, 128, 16_383, 16_384, u64::from(u32::MAX), u64::MAX] {
+            let mut out = Vec::new();
+            put_varint(&mut out, value);
+            assert_eq!(out.len(), varint_len(value), "{value}");
+            assert_eq!(read_varint(&out), (value, out.len()));
+        }
+    }
+}
