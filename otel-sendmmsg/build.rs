@@ -111,6 +111,11 @@ fn build_bpf(workspace: &Path, target_dir: &Path) -> Result<PathBuf> {
         .env("RUSTC_BOOTSTRAP", "1")
         // BTF in the object lets aya load it with type information for maps and globals.
         .env("CARGO_ENCODED_RUSTFLAGS", "-Clink-arg=--btf")
+        // The kernel's `pt_regs` (kprobes' arguments and return values) is the sidecar's
+        // architecture's, not the build machine's: aya-ebpf's and our BPF crate's build scripts
+        // take the host's unless told, which made a cross-built aarch64 sidecar read x86-64
+        // registers.
+        .env("AYA_BPF_TARGET_ARCH", env::var("CARGO_CFG_TARGET_ARCH")?)
         .env("CARGO_TARGET_BPFEL_UNKNOWN_NONE_LINKER", &linker);
     let status = cargo.status().context("running cargo for the BPF crate")?;
     if !status.success() {

@@ -2,7 +2,8 @@
 # Installs everything the build needs on a fresh Debian machine, and skips what is already
 # there, so every README command can call it first. Needs root (apt-get, mounts).
 #   scripts/setup.sh            the build, and tracefs/bpffs mounted (to run the sidecar)
-#   scripts/setup.sh --tests    also what the tests use: Debian's 5.10, 6.1 and 6.12 kernels for qemu
+#   scripts/setup.sh --tests    also what the tests use: Debian's 5.10, 6.1 and 6.12 kernels for qemu,
+#                               and arm64's 6.1 and 6.12 with the aarch64 cross toolchain
 #                               (scripts/setup-kernels.sh), Jaeger v2 and an OpenTelemetry
 #                               Collector built from Go modules (scripts/setup-observability.sh),
 #                               docker-compose, setcap/capsh

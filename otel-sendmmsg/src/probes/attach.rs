@@ -95,7 +95,7 @@ impl Programs {
                 if first {
                     prog.load().map_err(|e| load_error(program, e))?;
                 }
-                let id = prog.attach(category, event).map_err(|e| format!("attach refused: {e}"))?;
+                let id = prog.attach(category, event).map_err(|e| attach_error("attach", e))?;
                 aya_link(prog.take_link(id), format!("tracepoint {category}:{event}"))
             }
             Point::Kprobe { function } => {
@@ -136,7 +136,7 @@ impl Programs {
                 if first {
                     prog.load(function, btf).map_err(|e| load_error(program, e))?;
                 }
-                let id = prog.attach().map_err(|e| format!("attach refused: {e}"))?;
+                let id = prog.attach().map_err(|e| attach_error("attach", e))?;
                 aya_link(prog.take_link(id), format!("fentry {function}"))
             }
             Point::Fexit { function, btf } => {
@@ -144,7 +144,7 @@ impl Programs {
                 if first {
                     prog.load(function, btf).map_err(|e| load_error(program, e))?;
                 }
-                let id = prog.attach().map_err(|e| format!("attach refused: {e}"))?;
+                let id = prog.attach().map_err(|e| attach_error("attach", e))?;
                 aya_link(prog.take_link(id), format!("fexit {function}"))
             }
         }
@@ -213,8 +213,15 @@ fn aya_link<L: Any>(link: Result<L, aya::programs::ProgramError>, what: String) 
 
 /// A kprobe, or a kretprobe (the program says which), through aya's kprobe PMU.
 fn kprobe_pmu(prog: &mut KProbe, function: &str, what: String) -> Result<Attached, String> {
-    let id = prog.attach(function, 0).map_err(|e| format!("attach to {function} refused: {e}"))?;
+    let id = prog.attach(function, 0).map_err(|e| attach_error(&format!("attach to {function}"), e))?;
     aya_link(prog.take_link(id), what)
+}
+
+/// "<what> refused: <the call> failed: <the kernel's error>": aya's error alone names the call
+/// but not the errno, which is what tells the refusals apart (on arm64 before 6.4, fentry's
+/// `bpf_raw_tracepoint_open` fails with ENOTSUPP, 524: no ftrace direct calls there).
+fn attach_error(what: &str, e: aya::programs::ProgramError) -> String {
+    format!("{what} refused: {:#}", anyhow!(e))
 }
 
 /// "load of P refused: <the kernel's reason>", with the verifier log's first line at most.
