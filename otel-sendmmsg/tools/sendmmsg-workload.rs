@@ -365,13 +365,17 @@ fn scenario(name: &str) -> io::Result<()> {
         threads if threads.starts_with("threads-") => {
             // N threads, one udp4 call each, all at once.
             let n: usize = threads["threads-".len()..].parse().map_err(|_| io::Error::other("threads-N"))?;
+            // Two sockets a thread: more than the usual soft limit of 1024 files.
+            raise_open_files_limit();
             let start = std::sync::Arc::new(std::sync::Barrier::new(n));
             let workers: Vec<_> = (0..n)
                 .map(|_| {
                     let start = start.clone();
                     std::thread::spawn(move || {
-                        let (tx, _rx) = connected_udp(false)?;
+                        let sockets = connected_udp(false);
+                        // Every thread reaches the barrier, or the others would wait forever.
                         start.wait();
+                        let (tx, _rx) = sockets?;
                         send_batch("threads", tx.as_raw_fd(), &[16, 16], &[], 0);
                         io::Result::Ok(())
                     })
@@ -386,6 +390,19 @@ fn scenario(name: &str) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Raises the soft limit on open files to the hard one (a shell's 1024 is common, where the hard
+/// limit allows 4096 or more).
+fn raise_open_files_limit() {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: a valid out-pointer; then the same struct back, soft limit raised.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
 }
 
 /// `blocked-N`: one thread blocks in `sendmmsg` at once ("blocked-early"); then, after a line
