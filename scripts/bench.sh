@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# The overhead and pipeline benchmark in one command (see BENCHMARKS.md). As root:
+# The benchmark in one command (see BENCHMARKS.md). As root:
 #   scripts/bench.sh                     everything, with the defaults (under 10 minutes)
 #   BENCH_ROUNDS=3 BENCH_SECONDS=2 scripts/bench.sh     shorter; every BENCH_* variable is
 #                                        listed in BENCHMARKS.md
 # Installs what the build needs (scripts/setup.sh) and bpftrace (the peer) if missing, then runs
-# `cargo bench --bench overhead`; the report goes to stdout, progress to stderr. Run it on an
+# `cargo bench --bench overhead` and scripts/userspace-cost.sh; the report goes to stdout,
+# progress to stderr. Run it on an
 # otherwise idle machine: every other process's CPU time shows up in the numbers.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,4 +19,13 @@ if ! command -v bpftrace >/dev/null; then
 fi
 
 export PATH="$HOME/.cargo/bin:$PATH"
-exec cargo bench --locked --bench overhead
+# The parts of `cargo bench --bench overhead` (it skips a part it does not know), and `userspace`:
+# scripts/userspace-cost.sh, user space's own cost per span (callgrind and the clock).
+export BENCH_PARTS=${BENCH_PARTS:-overhead,pipeline,first-call,userspace}
+if [[ ,$BENCH_PARTS, =~ ,(overhead|pipeline|first-call), ]]; then
+  cargo bench --locked --bench overhead
+fi
+if [[ ,$BENCH_PARTS, == *,userspace,* ]]; then
+  printf '\n## User space per span (scripts/userspace-cost.sh)\n\n'
+  scripts/userspace-cost.sh | sed 's/^/    /'
+fi
