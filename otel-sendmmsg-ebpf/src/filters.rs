@@ -95,7 +95,18 @@ fn process_name() -> Option<[u8; 16]> {
     // SAFETY: reading the current task pointer has no preconditions.
     let task = unsafe { bpf_get_current_task() };
     let leader: u64 = read(task, off.task_group_leader)?;
-    read(leader, off.task_comm)
+    let mut comm: [u8; 16] = read(leader, off.task_comm)?;
+    // Older kernels set `comm` with strlcpy, which leaves a longer earlier name's bytes after
+    // the NUL ("dns-publisher\0" over a test binary's name, on Debian's 5.10): the key is the
+    // name and zeroes, as user space writes it and bpf_get_current_comm pads it.
+    let mut ended = false;
+    for byte in comm.iter_mut() {
+        ended |= *byte == 0;
+        if ended {
+            *byte = 0;
+        }
+    }
+    Some(comm)
 }
 
 /// Whether a finished call is exported, by the filters decided at exit.
