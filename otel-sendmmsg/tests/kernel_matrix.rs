@@ -1,12 +1,13 @@
 //! The kernel matrix: the end-to-end suite inside Debian's 5.10, 6.1 and 6.12 kernels under qemu
 //! (kprobes and BTF; `sock:sock_send_length` on 6.12 only; `sock_sendmsg` off sendmmsg's path
-//! on all three), once per attach family each kernel offers, exactly as it runs on this
+//! on all three), for every attach family each kernel offers, exactly as it runs on this
 //! machine's kernel: the same test binaries, run in the guest.
 //!
-//! One boot per family; the kernels boot side by side. Each boot first starts the sidecar alone
-//! to check what the family chose, as its start-up log says it (the `BOOTS_ON_DEBIAN_*` tables,
-//! which the README's kernel table repeats), then runs every test binary of [`SUITE`] with
-//! `OTEL_SENDMMSG_ATTACH` set to the family, which the tests' sidecars inherit. The guest runs
+//! One boot per family, one guest at a time. Each boot first starts the sidecar alone to check
+//! what the family chose, as its start-up log says it (the `BOOTS_ON_DEBIAN_*` tables, which the
+//! README's kernel table repeats), then runs test binaries with `OTEL_SENDMMSG_ATTACH` set to the
+//! family, which the tests' sidecars inherit: a kernel's first boot (fentry, which `auto` takes
+//! there) the whole [`SUITE`], its other boots [`EVERY_BOOT`]. The guest runs
 //! the release builds of the sidecar and the workload (built here first, a no-op when up to
 //! date), placed where the test binaries look for them (`SIDECAR`, `WORKLOAD`): software
 //! emulation is several times slower than the host, and there a debug sidecar takes ~13 s to
@@ -20,26 +21,27 @@ use std::{path::Path, time::Duration};
 
 use support::{qemu, require_root, summary_count, SIDECAR, WORKLOAD};
 
-/// The test binaries (`tests/<name>.rs`) every family must pass on every kernel: exact spans
-/// over gRPC, HTTP/protobuf and the console (pipeline); socket context, destinations, filters and
-/// sampling (context); hostile and concurrent callers, killed threads, exec, a full ring buffer
-/// and collector outages (reliability); parents from the app's thread context and the shared
-/// map (correlation); resources, child spans, containers, a collector down or hung, headers
-/// (export).
+/// The test binaries (`tests/<name>.rs`) each kernel's first boot runs whole: exact spans over
+/// gRPC, HTTP/protobuf and the console (pipeline); socket context, destinations, filters and
+/// sampling (context); hostile and 2000 concurrent callers, killed threads, exec, a full ring
+/// buffer and collector outages (reliability); parents from the app's thread context and the
+/// shared map (correlation); resources, child spans, containers, a collector down, headers,
+/// compression (export).
 const SUITE: [&str; 5] = ["pipeline", "context", "reliability", "correlation", "export"];
 
-/// Tests of the suite whose outcome no hook can change: the export path's behaviour against a
-/// collector that is down, hung, slow to come back or picky about headers and compression, and a
-/// configuration error. They run in each kernel's first boot only; every other test runs in
-/// every boot. (They are the suite's slowest under emulation: minutes of each boot.)
-const USER_SPACE_ONLY: [&str; 7] = [
-    "a_grpc_collector_outage_under_load_is_survived_and_accounted_for",
-    "an_http_collector_outage_under_load_is_survived_and_accounted_for",
-    "with_the_collector_down_every_span_is_counted_and_the_sidecar_stops",
+/// What the kernel's other boots (its other families) run: the exact spans of every scenario,
+/// over gRPC, HTTP/protobuf and the console, where the hooks differ. The rest of the suite once
+/// per family costs 2 to 4 minutes a boot more under emulation on this machine kind (the whole
+/// suite took 227 s in 5.10's fentry boot, `pipeline` alone 19 s of it), which the hour the
+/// README's test command has cannot hold for six more boots.
+const EVERY_BOOT: [&str; 1] = ["pipeline"];
+
+/// Tests that cannot run in the guest: they start the sidecar as nobody through util-linux's
+/// `setpriv` (`--reuid`, `--inh-caps`), which busybox's does not have. They test the export's
+/// shutdown deadline, the same on every kernel.
+const NOT_IN_GUESTS: [&str; 2] = [
     "a_collector_that_never_answers_cannot_hold_the_shutdown_past_its_deadline",
     "a_second_signal_stops_at_once_with_the_summary",
-    "compression_is_what_the_receiver_gets_on_the_wire",
-    "a_missing_cgroup_is_a_configuration_error",
 ];
 
 /// Test binaries whose tests run one at a time in a guest: their loads (thousands of threads, a
@@ -176,44 +178,25 @@ fn blocked_run<'a>(console: &'a str, run: &str) -> (u64, u64, Vec<&'a str>) {
     (count("calls="), count("spans="), log)
 }
 
-/// The three kernels boot side by side (each kernel's boots one after another): a guest under
-/// software emulation spends much of its time waiting (sidecars starting, exporters' schedules,
-/// outages), so three guests take far less than three times one.
 #[test]
-fn the_suite_passes_on_every_kernel_for_every_family_it_offers() {
-    require_root();
-    let staged = Staged::build();
-    let kernels: [(qemu::Debian, &[&[Choice]]); 3] = [
-        (qemu::Debian::V6_12, &BOOTS_ON_DEBIAN_6_12),
-        (qemu::Debian::V6_1, &BOOTS_ON_DEBIAN_6_1),
-        (qemu::Debian::V5_10, &BOOTS_ON_DEBIAN_5_10),
-    ];
-    let failures: Vec<String> = std::thread::scope(|scope| {
-        let runs: Vec<_> = kernels
-            .iter()
-            .map(|&(debian, boots)| {
-                let staged = &staged;
-                scope.spawn(move || the_suite_passes_on(debian, boots, staged))
-            })
-            .collect();
-        kernels
-            .iter()
-            .zip(runs)
-            .filter_map(|((debian, _), run)| match run.join() {
-                Ok(()) => None,
-                Err(panic) => {
-                    let why = panic
-                        .downcast_ref::<String>()
-                        .cloned()
-                        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                        .unwrap_or_default();
-                    Some(format!("Debian {}: {why}", debian.name()))
-                }
-            })
-            .collect()
-    });
-    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+fn the_suite_passes_on_debian_6_12_for_every_family_it_offers() {
+    the_suite_passes_on(qemu::Debian::V6_12, &BOOTS_ON_DEBIAN_6_12);
 }
+
+#[test]
+fn the_suite_passes_on_debian_6_1_for_every_family_it_offers() {
+    the_suite_passes_on(qemu::Debian::V6_1, &BOOTS_ON_DEBIAN_6_1);
+}
+
+#[test]
+fn the_suite_passes_on_debian_5_10_for_every_family_it_offers() {
+    the_suite_passes_on(qemu::Debian::V5_10, &BOOTS_ON_DEBIAN_5_10);
+}
+
+/// One guest at a time: two or three side by side on this machine kind's two cores starve each
+/// other (measured: a 6.12 sidecar that never finished attaching fentry beside two other guests,
+/// and outage tests that timed out).
+static ONE_GUEST: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// What every guest gets, built once on the host: the release sidecar and workload, the test
 /// binaries, and what they would otherwise build in the guest.
@@ -256,18 +239,14 @@ sed "s/^/LOG {family} /" /tmp/log
     )
 }
 
-/// Runs each test binary, its output between `SUITE <name>` and `SUITE <name> exit=N`; the
-/// first boot of a kernel runs every test, the others all but [`USER_SPACE_ONLY`].
+/// Runs each test binary (the whole [`SUITE`] in a kernel's first boot, [`EVERY_BOOT`] in the
+/// others), its output between `SUITE <name>` and `SUITE <name> exit=N`.
 fn suite_script(
     binaries: &std::collections::HashMap<String, std::path::PathBuf>,
     first_boot: bool,
 ) -> String {
-    let skips: String = if first_boot {
-        String::new()
-    } else {
-        USER_SPACE_ONLY.iter().map(|t| format!(" --skip {t}")).collect()
-    };
-    SUITE
+    let skips: String = NOT_IN_GUESTS.iter().map(|t| format!(" --skip {t}")).collect();
+    suite(first_boot)
         .iter()
         .map(|name| {
             let binary = binaries[*name].display();
@@ -275,6 +254,14 @@ fn suite_script(
             format!("echo \"SUITE {name}\"\n{binary} --exact{threads}{skips} 2>&1\necho \"SUITE {name} exit=$?\"\n")
         })
         .collect()
+}
+
+fn suite(first_boot: bool) -> &'static [&'static str] {
+    if first_boot {
+        &SUITE
+    } else {
+        &EVERY_BOOT
+    }
 }
 
 /// What the sidecar chose for `choice`, from its start-up log in `console`.
@@ -341,8 +328,8 @@ fn check_blocked_runs(console: &str, ctx: &str) {
 }
 
 /// Each test binary of the suite ran and every one of its tests passed.
-fn check_suite(console: &str, ctx: &str) {
-    for name in SUITE {
+fn check_suite(console: &str, ctx: &str, first_boot: bool) {
+    for name in suite(first_boot) {
         let begin = format!("SUITE {name}\n");
         let start = console.find(&begin).unwrap_or_else(|| panic!("{ctx}: {name} did not run"));
         let section = &console[start..];
@@ -361,7 +348,10 @@ fn check_suite(console: &str, ctx: &str) {
     }
 }
 
-fn the_suite_passes_on(debian: qemu::Debian, boots: &[&[Choice]], staged: &Staged) {
+fn the_suite_passes_on(debian: qemu::Debian, boots: &[&[Choice]]) {
+    require_root();
+    let _alone = ONE_GUEST.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let staged = Staged::build();
     let files: Vec<(&Path, &Path)> = staged.files.iter().map(|(a, b)| (a.as_path(), b.as_path())).collect();
     let guest = qemu::Guest::debian(debian, &files);
     let kernel = guest.kernel_release();
@@ -386,7 +376,7 @@ fn the_suite_passes_on(debian: qemu::Debian, boots: &[&[Choice]], staged: &Stage
         if family == "kprobe" {
             check_blocked_runs(&console, &ctx);
         }
-        check_suite(&console, &ctx);
+        check_suite(&console, &ctx, boot == 0);
         assert_eq!(run.exit_code, Some(0), "{ctx}: the guest's script failed, or the guest timed out");
     }
 }
