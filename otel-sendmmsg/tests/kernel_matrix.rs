@@ -198,8 +198,9 @@ fn the_suite_passes_on_debian_5_10_for_every_family_it_offers() {
 /// and outage tests that timed out).
 static ONE_GUEST: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-/// What every guest gets, built once on the host: the release sidecar and workload, the test
-/// binaries, and what they would otherwise build in the guest.
+/// What every guest gets, built on the host before a kernel's boots (cargo finds it up to date
+/// after the first kernel): the release sidecar and workload, the test binaries, and what they
+/// would otherwise build in the guest.
 struct Staged {
     files: Vec<(std::path::PathBuf, std::path::PathBuf)>,
     tests: std::collections::HashMap<String, std::path::PathBuf>,
