@@ -137,18 +137,19 @@ const DEBIAN_6_1: Kernel = Kernel {
                 ],
             },
         ),
-        (
-            "kprobe",
-            Outcome::Chooses {
-                entry_exit: KPROBE_SYSCALL,
-                message: KRETPROBE_PROTOCOL,
-                passed_over: &[
-                    SOCK_SENDMSG_SILENT,
-                    "not trying fexit inet_sendmsg/inet6_sendmsg/unix_dgram_sendmsg, tracepoint \
-                     sock:sock_send_length for messages: a cheaper hook works",
-                ],
-            },
-        ),
+        ("kprobe", KPROBE_ON_BOTH),
+    ],
+};
+
+/// The kprobe family on both arm64 kernels: the syscall's kprobe/kretprobe, and the protocol
+/// functions' kretprobes (`sock_sendmsg` is off sendmmsg's path on both).
+const KPROBE_ON_BOTH: Outcome = Outcome::Chooses {
+    entry_exit: KPROBE_SYSCALL,
+    message: KRETPROBE_PROTOCOL,
+    passed_over: &[
+        SOCK_SENDMSG_SILENT,
+        "not trying fexit inet_sendmsg/inet6_sendmsg/unix_dgram_sendmsg, tracepoint \
+         sock:sock_send_length for messages: a cheaper hook works",
     ],
 };
 
@@ -196,18 +197,7 @@ const DEBIAN_6_12: Kernel = Kernel {
                      cheaper hook works"],
             },
         ),
-        (
-            "kprobe",
-            Outcome::Chooses {
-                entry_exit: KPROBE_SYSCALL,
-                message: KRETPROBE_PROTOCOL,
-                passed_over: &[
-                    SOCK_SENDMSG_SILENT,
-                    "not trying fexit inet_sendmsg/inet6_sendmsg/unix_dgram_sendmsg, tracepoint \
-                     sock:sock_send_length for messages: a cheaper hook works",
-                ],
-            },
-        ),
+        ("kprobe", KPROBE_ON_BOTH),
     ],
 };
 
