@@ -542,15 +542,7 @@ fn overhead(settings: &Settings) -> String {
                     run_workload(&workload, settings.seconds, vlen, 0, threads, settings.payload, published);
                 if stats.is_ok() {
                     let (costs, calls) = program_costs.entry((i, threads, vlen)).or_default();
-                    for cost in before.until(&bpf_stats::snapshot()) {
-                        match costs.iter_mut().find(|c| c.name == cost.name) {
-                            Some(c) => {
-                                c.runs += cost.runs;
-                                c.ns += cost.ns;
-                            }
-                            None => costs.push(cost),
-                        }
-                    }
+                    bpf_stats::add(costs, before.until(&bpf_stats::snapshot()));
                     *calls += run.calls;
                 }
                 if let (Some(pid), Some(before)) = (session.pid(), tracer_cpu) {

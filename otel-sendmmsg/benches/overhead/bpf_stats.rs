@@ -54,6 +54,19 @@ pub fn snapshot() -> Snapshot {
     )
 }
 
+/// Adds `more` into `costs`, program by program (by name).
+pub fn add(costs: &mut Vec<ProgramCost>, more: Vec<ProgramCost>) {
+    for cost in more {
+        match costs.iter_mut().find(|c| c.name == cost.name) {
+            Some(c) => {
+                c.runs += cost.runs;
+                c.ns += cost.ns;
+            }
+            None => costs.push(cost),
+        }
+    }
+}
+
 impl Snapshot {
     /// What ran between `self` and `later`, per program that ran at all, by name: programs
     /// loaded in between count from zero, and programs of one name (one per hook) add up.

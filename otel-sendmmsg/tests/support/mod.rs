@@ -780,7 +780,7 @@ fn prebuilt() -> bool {
 }
 
 /// This test binary's profile directory (`target/debug`), where cargo puts the workspace's builds.
-fn profile_dir() -> std::path::PathBuf {
+pub fn profile_dir() -> std::path::PathBuf {
     std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().to_owned()
 }
 

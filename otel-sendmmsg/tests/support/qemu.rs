@@ -264,7 +264,7 @@ pub fn test_binaries(tests: &[&str]) -> HashMap<String, PathBuf> {
     for test in tests {
         args.extend(["--test", test]);
     }
-    if std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().ends_with("release") {
+    if super::profile_dir().ends_with("release") {
         args.push("--release");
     }
     cargo_executables(&args)
