@@ -119,6 +119,9 @@ struct Process {
     /// It calls `sendmmsg` (its program's first call named it): while it is not reached, its
     /// mappings are read again every [`RELOOK_EVERY`] scans, for a library it loads late.
     calls: bool,
+    /// First seen by the last scan: read once more by the next, as that scan may have come
+    /// between its exec and its dynamic linker mapping its libraries.
+    new: bool,
 }
 
 /// Scans between reads of the mappings of calling processes not reached: a library loaded with
@@ -176,7 +179,7 @@ impl Discovery {
         self.scans += 1;
         let mut again = named.to_vec();
         if self.scans.is_multiple_of(RELOOK_EVERY) {
-            again.extend(self.changed_callers());
+            again.extend(self.changed(|p| p.calls));
         }
         let alive = self.live_processes();
         let gone: Vec<u32> = self
@@ -197,6 +200,10 @@ impl Discovery {
             .map(|(pid, _)| *pid)
             .collect();
         again.extend(renamed);
+        again.extend(self.changed(|p| p.new));
+        for process in self.processes.values_mut() {
+            process.new = false;
+        }
         again.sort_unstable();
         again.dedup();
         for &pid in &again {
@@ -226,6 +233,9 @@ impl Discovery {
         new.sort_unstable();
         for (pid, (start, comm)) in new {
             self.look_at(pid, start, comm, &mut found);
+            if let Some(process) = self.processes.get_mut(&pid) {
+                process.new = true;
+            }
         }
         // Only the processes whose first call named them are known callers; a renamed one is not.
         for pid in named {
@@ -244,13 +254,13 @@ impl Discovery {
         std::mem::take(&mut self.files_read)
     }
 
-    /// The calling processes not reached whose executable mappings name other files than when
-    /// they were looked at.
-    fn changed_callers(&self) -> Vec<u32> {
+    /// The processes not reached, of those `which` picks, whose executable mappings name other
+    /// files than when they were looked at.
+    fn changed(&self, which: impl Fn(&Process) -> bool) -> Vec<u32> {
         let mut changed: Vec<u32> = self
             .processes
             .iter()
-            .filter(|(_, p)| p.calls && p.reach == Reach::Nothing)
+            .filter(|(_, p)| which(p) && p.reach == Reach::Nothing)
             .filter(|(pid, p)| {
                 let maps = read_maps(&self.proc_root.join(pid.to_string()).join("maps")).unwrap_or_default();
                 let mut files: Vec<FileId> = executable_mappings(&maps).iter().map(|m| m.file).collect();
@@ -332,7 +342,8 @@ impl Discovery {
             }
         }
         let reach = if defining.is_empty() { Reach::Nothing } else { Reach::Retry(RETRIES) };
-        self.processes.insert(pid, Process { start, files, reach, access: None, comm, calls: false });
+        self.processes
+            .insert(pid, Process { start, files, reach, access: None, comm, calls: false, new: false });
         if reach != Reach::Nothing {
             let libc = libc_of(&mappings);
             self.try_reach(pid, &dir, libc, defining, found);
@@ -840,6 +851,7 @@ mod tests {
         proc.process(500, &[&shell], false);
         let mut discovery = Discovery::new(&proc.proc(), 8, Arc::default());
         assert_eq!(outcome(discovery.scan(&[])), (vec![], vec![]));
+        assert_eq!(outcome(discovery.scan(&[])), (vec![], vec![]), "the look again at a new process");
         proc.exit(500);
         proc.process(500, &[&program], false);
         assert_eq!(outcome(discovery.scan(&[])), (vec![], vec![]), "the same name: not noticed");
@@ -847,6 +859,29 @@ mod tests {
         let renamed = std::fs::read_to_string(&stat).unwrap().replace("(app)", "(program)");
         std::fs::write(&stat, renamed).unwrap();
         assert_eq!(outcome(discovery.scan(&[])), (named(&[(500, "program")]), vec![]));
+    }
+
+    /// A scan that comes between a process's exec and its dynamic linker mapping the defining
+    /// library: the next scan reads it once more, and only that one. (A library's TLS block is
+    /// found in the process's memory, which a stand-in lacks: the maps' change stands for the
+    /// linker's work.)
+    #[test]
+    fn a_new_process_is_read_again_by_the_next_scan_for_the_files_mapped_after_its_exec() {
+        let mut proc = FakeProc::new("loader");
+        let app = defining_executable(&proc.dir);
+        let (loader, program) = (proc.dir.join("loader"), proc.dir.join("program"));
+        std::fs::write(&loader, b"not an ELF file").unwrap();
+        std::fs::write(&program, &app).unwrap();
+        proc.process(600, &[&loader], false);
+        proc.process(601, &[&loader], false);
+        let mut discovery = Discovery::new(&proc.proc(), 8, Arc::default());
+        assert_eq!(outcome(discovery.scan(&[])), (vec![], vec![]));
+        proc.exit(600);
+        proc.process(600, &[&program], false);
+        assert_eq!(outcome(discovery.scan(&[])), (named(&[(600, "program")]), vec![]));
+        proc.exit(601);
+        proc.process(601, &[&program], false);
+        assert_eq!(outcome(discovery.scan(&[])), (vec![], vec![]), "not read a third time");
     }
 
     #[test]
