@@ -243,9 +243,9 @@ if grep -q " __arm64_sys_sendmmsg$" /proc/kallsyms; then
         script.push_str(&format!(
             r#"start=$(cut -d' ' -f1 /proc/uptime)
 OTEL_SENDMMSG_ATTACH={family} NO_COLOR=1 RUST_LOG=info OTEL_TRACES_EXPORTER=console \
-  {SIDECAR} >/tmp/spans 2>/tmp/log &
+  {SIDECAR} >/tmp/spans 2>/tmp/log-{family} &
 pid=$!; i=0
-while ! grep -q "ready:" /tmp/log && kill -0 $pid 2>/dev/null && [ $i -lt 600 ]; do
+while ! grep -qs "ready:" /tmp/log-{family} && kill -0 $pid 2>/dev/null && [ $i -lt 600 ]; do
   sleep 0.2; i=$((i+1))
 done
 echo "RUN {family} ready after $start..$(cut -d' ' -f1 /proc/uptime) s"
@@ -254,7 +254,7 @@ if kill -0 $pid 2>/dev/null; then
   kill -INT $pid
 fi
 wait $pid; echo "RUN {family} sidecar exit=$?"
-sed "s/^/RUN {family} LOG /" /tmp/log; sed "s/^/RUN {family} SPAN /" /tmp/spans
+sed "s/^/RUN {family} LOG /" /tmp/log-{family}; sed "s/^/RUN {family} SPAN /" /tmp/spans
 sed "s/^/RUN {family} CALL /" /tmp/calls 2>/dev/null; rm -f /tmp/calls
 "#,
             scenarios = SCENARIOS.join(" "),

@@ -6,12 +6,11 @@
 //! One boot per family, one guest at a time. Each boot first starts the sidecar alone to check
 //! what the family chose, as its start-up log says it (the `BOOTS_ON_DEBIAN_*` tables, which the
 //! README's kernel table repeats), then runs test binaries with `OTEL_SENDMMSG_ATTACH` set to the
-//! family, which the tests' sidecars inherit: a kernel's first boot (fentry, which `auto` takes
-//! there) the whole [`SUITE`], its other boots [`EVERY_BOOT`]. The guest runs
-//! the release builds of the sidecar and the workload (built here first, a no-op when up to
+//! family, which the tests' sidecars inherit: every boot runs the whole [`SUITE`] (`auto` is
+//! checked in the fentry boot, as it takes fentry on all three). The guest runs the release builds of the sidecar and the workload (built here first, a no-op when up to
 //! date), placed where the test binaries look for them (`SIDECAR`, `WORKLOAD`): software
-//! emulation is several times slower than the host, and there a debug sidecar takes ~13 s to
-//! start, a release one ~5 s. What the tests would build in the guest (the demo app, the C
+//! emulation is tens of times slower than the host, and there a debug sidecar takes ~13 s to
+//! start, a release one ~4 s. What the tests would build in the guest (the demo app, the C
 //! publishers) is built here and staged ([`support::PREBUILT`]). A boot's console is also
 //! written, as it comes, to `console` in its guest directory under the temporary directory.
 
@@ -21,7 +20,7 @@ use std::{path::Path, time::Duration};
 
 use support::{qemu, require_root, summary_count, SIDECAR, WORKLOAD};
 
-/// The test binaries (`tests/<name>.rs`) each kernel's first boot runs whole: exact spans over
+/// The test binaries (`tests/<name>.rs`) every boot runs whole: exact spans over
 /// gRPC, HTTP/protobuf and the console (pipeline); socket context, destinations, filters and
 /// sampling (context); hostile and 2000 concurrent callers, killed threads, exec, a full ring
 /// buffer and collector outages (reliability); parents from the app's thread context and the
@@ -29,20 +28,10 @@ use support::{qemu, require_root, summary_count, SIDECAR, WORKLOAD};
 /// compression (export).
 const SUITE: [&str; 5] = ["pipeline", "context", "reliability", "correlation", "export"];
 
-/// What the kernel's other boots (its other families) run: the exact spans of every scenario,
-/// over gRPC, HTTP/protobuf and the console, where the hooks differ. The rest of the suite once
-/// per family costs 2 to 4 minutes a boot more under emulation on this machine kind (the whole
-/// suite took 227 s in 5.10's fentry boot, `pipeline` alone 19 s of it), which the hour the
-/// README's test command has cannot hold for six more boots.
-const EVERY_BOOT: [&str; 1] = ["pipeline"];
-
-/// Tests that cannot run in the guest: they start the sidecar as nobody through util-linux's
-/// `setpriv` (`--reuid`, `--inh-caps`), which busybox's does not have. They test the export's
-/// shutdown deadline, the same on every kernel.
-const NOT_IN_GUESTS: [&str; 2] = [
-    "a_collector_that_never_answers_cannot_hold_the_shutdown_past_its_deadline",
-    "a_second_signal_stops_at_once_with_the_summary",
-];
+/// util-linux's tools the tests run where busybox's lack what they use: `setpriv --reuid
+/// --inh-caps --ambient-caps` (a sidecar started as nobody with exactly its capabilities) and
+/// `unshare --propagation` (its own bpffs). Staged in /bin, before busybox's links.
+const UTIL_LINUX: [&str; 2] = ["/usr/bin/setpriv", "/usr/bin/unshare"];
 
 /// Test binaries whose tests run one at a time in a guest: their loads (thousands of threads, a
 /// ring-buffer flood, calls under a collector outage) starve each other under emulation.
@@ -127,7 +116,9 @@ const BLOCKED_IN_GUEST: usize = 40;
 /// tracefs ("sized"; no event of ours is left after it stops, `EVENTS after=`), with
 /// `OTEL_SENDMMSG_MAX_INFLIGHT=10` so `maxactive` is 10 ("small"), and with `kprobe_events`
 /// made unwritable so it falls back to the kprobe PMU and the kernel's default ("default").
-/// Prints `BLOCKED <run> ...`.
+/// Prints `BLOCKED <run> ...`. Each run logs to a file of its own: the shell truncates a log
+/// in the background child, so a shared one could still show the last run's `ready:` to the
+/// wait that follows (seen once: a workload that ran before its sidecar had attached).
 fn blocked_runs_script() -> String {
     format!(
         r#"NO_COLOR=1 RUST_LOG=info OTEL_TRACES_EXPORTER=none {SIDECAR} >/dev/null 2>/tmp/klog &
@@ -139,16 +130,16 @@ kill -KILL $kpid; wait $kpid
 echo "EVENTS killed=$(grep -c "otel_sendmmsg/p${{kpid}}_" /sys/kernel/tracing/kprobe_events)"
 blocked() {{
   OTEL_SENDMMSG_MAX_INFLIGHT=$2 NO_COLOR=1 RUST_LOG=info OTEL_TRACES_EXPORTER=console \
-    {SIDECAR} >/tmp/spans 2>/tmp/blog &
+    {SIDECAR} >/tmp/spans 2>/tmp/blog-$1 &
   spid=$!; i=0
-  while ! grep -q "ready:" /tmp/blog && kill -0 $spid 2>/dev/null && [ $i -lt 600 ]; do
+  while ! grep -qs "ready:" /tmp/blog-$1 && kill -0 $spid 2>/dev/null && [ $i -lt 600 ]; do
     sleep 0.2; i=$((i+1))
   done
   echo go | {WORKLOAD} blocked-{BLOCKED_IN_GUEST} >/tmp/calls &
   wpid=$!; wait $wpid; echo "BLOCKED $1 workload exit=$?"
   kill -INT $spid; wait $spid; echo "BLOCKED $1 sidecar exit=$?"
   echo "BLOCKED $1 calls=$(grep -c . /tmp/calls) spans=$(grep -c "process.pid=$wpid " /tmp/spans)"
-  grep -e "stopped: " -e "kretprobe __x64_sys_sendmmsg" -e "removed the kretprobe" /tmp/blog \
+  grep -e "stopped: " -e "kretprobe __x64_sys_sendmmsg" -e "removed the kretprobe" /tmp/blog-$1 \
     | sed "s/^/BLOCKED $1 LOG /"
 }}
 blocked sized 4096
@@ -220,49 +211,42 @@ impl Staged {
             (library.clone(), library),
         ];
         files.extend(tests.values().map(|t| (t.clone(), t.clone())));
+        files.extend(UTIL_LINUX.iter().map(|tool| {
+            let name = Path::new(tool).file_name().unwrap();
+            (std::path::PathBuf::from(tool), Path::new("/bin").join(name))
+        }));
         files.extend(publishers.into_iter().map(|(_, p)| (p.clone(), p)));
         Staged { files, tests }
     }
 }
 
 /// The script that checks one choice: the sidecar started alone with `OTEL_SENDMMSG_ATTACH` set
-/// to its family, its log printed as `LOG <family> ...`.
+/// to its family, its log printed as `LOG <family> ...` (a log of its own per family, as in
+/// [`blocked_runs_script`]).
 fn choice_script(family: &str) -> String {
     format!(
-        r#"OTEL_SENDMMSG_ATTACH={family} NO_COLOR=1 RUST_LOG=info OTEL_TRACES_EXPORTER=none {SIDECAR} >/dev/null 2>/tmp/log &
+        r#"OTEL_SENDMMSG_ATTACH={family} NO_COLOR=1 RUST_LOG=info OTEL_TRACES_EXPORTER=none {SIDECAR} >/dev/null 2>/tmp/log-{family} &
 pid=$!; i=0
-while ! grep -qs "ready:" /tmp/log && kill -0 $pid 2>/dev/null && [ $i -lt 600 ]; do
+while ! grep -qs "ready:" /tmp/log-{family} && kill -0 $pid 2>/dev/null && [ $i -lt 600 ]; do
   sleep 0.2; i=$((i+1))
 done
 kill -INT $pid 2>/dev/null; wait $pid; echo "SIDECAR {family} exit=$?"
-sed "s/^/LOG {family} /" /tmp/log
+sed "s/^/LOG {family} /" /tmp/log-{family}
 "#
     )
 }
 
-/// Runs each test binary (the whole [`SUITE`] in a kernel's first boot, [`EVERY_BOOT`] in the
-/// others), its output between `SUITE <name>` and `SUITE <name> exit=N`.
-fn suite_script(
-    binaries: &std::collections::HashMap<String, std::path::PathBuf>,
-    first_boot: bool,
-) -> String {
-    let skips: String = NOT_IN_GUESTS.iter().map(|t| format!(" --skip {t}")).collect();
-    suite(first_boot)
+/// Runs each test binary of the [`SUITE`], its output between `SUITE <name>` and
+/// `SUITE <name> exit=N`.
+fn suite_script(binaries: &std::collections::HashMap<String, std::path::PathBuf>) -> String {
+    SUITE
         .iter()
         .map(|name| {
             let binary = binaries[*name].display();
             let threads = if ONE_AT_A_TIME.contains(name) { " --test-threads=1" } else { "" };
-            format!("echo \"SUITE {name}\"\n{binary} --exact{threads}{skips} 2>&1\necho \"SUITE {name} exit=$?\"\n")
+            format!("echo \"SUITE {name}\"\n{binary} --exact{threads} 2>&1\necho \"SUITE {name} exit=$?\"\n")
         })
         .collect()
-}
-
-fn suite(first_boot: bool) -> &'static [&'static str] {
-    if first_boot {
-        &SUITE
-    } else {
-        &EVERY_BOOT
-    }
 }
 
 /// What the sidecar chose for `choice`, from its start-up log in `console`.
@@ -329,8 +313,8 @@ fn check_blocked_runs(console: &str, ctx: &str) {
 }
 
 /// Each test binary of the suite ran and every one of its tests passed.
-fn check_suite(console: &str, ctx: &str, first_boot: bool) {
-    for name in suite(first_boot) {
+fn check_suite(console: &str, ctx: &str) {
+    for name in SUITE {
         let begin = format!("SUITE {name}\n");
         let start = console.find(&begin).unwrap_or_else(|| panic!("{ctx}: {name} did not run"));
         let section = &console[start..];
@@ -356,7 +340,7 @@ fn the_suite_passes_on(debian: qemu::Debian, boots: &[&[Choice]]) {
     let files: Vec<(&Path, &Path)> = staged.files.iter().map(|(a, b)| (a.as_path(), b.as_path())).collect();
     let guest = qemu::Guest::debian(debian, &files);
     let kernel = guest.kernel_release();
-    for (boot, choices) in boots.iter().enumerate() {
+    for choices in boots {
         let family = choices.last().unwrap().family;
         let checks: String = choices.iter().map(|c| choice_script(c.family)).collect();
         let script = format!(
@@ -364,7 +348,7 @@ fn the_suite_passes_on(debian: qemu::Debian, boots: &[&[Choice]]) {
              export {prebuilt}=1\n{suite}",
             blocked = if family == "kprobe" { blocked_runs_script() } else { String::new() },
             prebuilt = support::PREBUILT,
-            suite = suite_script(&staged.tests, boot == 0),
+            suite = suite_script(&staged.tests),
         );
         let run = guest.run(&script, BOOT_TIMEOUT);
         let console = run.console.replace('\r', "");
@@ -377,7 +361,7 @@ fn the_suite_passes_on(debian: qemu::Debian, boots: &[&[Choice]]) {
         if family == "kprobe" {
             check_blocked_runs(&console, &ctx);
         }
-        check_suite(&console, &ctx, boot == 0);
+        check_suite(&console, &ctx);
         assert_eq!(run.exit_code, Some(0), "{ctx}: the guest's script failed, or the guest timed out");
     }
 }
