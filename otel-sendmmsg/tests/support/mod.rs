@@ -710,9 +710,23 @@ pub fn in_own_bpffs(command: &Command) -> Command {
     wrapped
         .args(["--mount", "--propagation", "private", "--", "sh", "-c"])
         .arg(r#"mount -t bpf -o mode=0700 bpf /sys/fs/bpf && exec "$0" "$@""#)
-        .arg(command.get_program())
+        .arg(on_path(command.get_program()))
         .args(command.get_args());
     wrapped
+}
+
+/// `program` as the file PATH finds (as it is when it names a path): a shell told to exec a
+/// bare name may run its own built-in instead (busybox's `sh` runs its `setpriv` applet, which
+/// lacks `--reuid`, before util-linux's in PATH).
+fn on_path(program: &std::ffi::OsStr) -> std::path::PathBuf {
+    let name = std::path::Path::new(program);
+    if name.components().count() > 1 {
+        return name.to_owned();
+    }
+    std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .map(|dir| dir.join(name))
+        .find(|file| file.is_file())
+        .unwrap_or_else(|| panic!("{} is not in PATH", name.display()))
 }
 
 impl Sidecar {
