@@ -13,7 +13,9 @@
 //!
 //! `CAP_SYS_ADMIN` is not needed: nothing is attached to user space (no uprobe), the thread
 //! context being read by the entry hook itself. `CAP_SYS_RESOURCE` is not needed: since Linux
-//! 5.11 BPF memory is charged to the cgroup, not to `RLIMIT_MEMLOCK`.
+//! 5.11 BPF memory is charged to the cgroup, not to `RLIMIT_MEMLOCK`. Before 5.11 it is charged
+//! to that limit, which the deployment lifts instead (docker-compose.yml's `ulimits`); under a
+//! small one start-up stops naming it (found by the kernel matrix on Debian's 5.10).
 //!
 //! Containers start a non-root user with an empty effective set: the image gives the binary
 //! these capabilities as file capabilities, permitted only (`setcap ...=p`), and [`check`]

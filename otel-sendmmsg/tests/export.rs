@@ -277,6 +277,40 @@ fn a_second_signal_stops_at_once_with_the_summary() {
     assert_all_counted_as_failed(&stopped, calls.len());
 }
 
+/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK, which the sidecar cannot lift without
+/// CAP_SYS_RESOURCE: there, under a small limit, start-up stops saying which limit and how to lift
+/// it; from 5.11 on the limit does not matter and it traces.
+#[test]
+fn the_memlock_limit_stops_start_up_only_before_5_11_and_is_named() {
+    require_root();
+    let _one = one_sidecar_at_a_time();
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    let mut numbers = release.trim().split(|c: char| !c.is_ascii_digit()).map(|n| n.parse::<u32>().unwrap());
+    let version = (numbers.next().unwrap(), numbers.next().unwrap());
+    let dir = SharedDir::new("memlock");
+    let receiver = Receiver::start(Protocol::Grpc);
+    let vars = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint.as_str()),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+    ];
+    let started = try_start_as_nobody(&dir, &vars, 64 << 10);
+    if version < (5, 11) {
+        let (status, log) = started.err().expect("maps charged to a 64 KiB limit cannot all be created");
+        assert_eq!(status.code(), Some(i32::from(otel_sendmmsg::cli::EXIT_ENVIRONMENT)), "{log}");
+        assert!(log.contains("RLIMIT_MEMLOCK, which is 64 KiB for the sidecar"), "{log}");
+        assert!(log.contains("--ulimit memlock=-1") && log.contains("CAP_SYS_RESOURCE"), "{log}");
+    } else {
+        let sidecar = started.unwrap_or_else(|(status, log)| panic!("{release}: {status}:\n{log}"));
+        let calls = run_workload(&["udp4"]);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while receiver.spans_of(calls[0].pid).is_empty() {
+            assert!(Instant::now() < deadline, "the call never arrived:\n{}", sidecar.stderr());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert!(sidecar.stop().status.success());
+    }
+}
+
 /// The headers configured for each signal reach the collector with every request, over both
 /// protocols: the exporters are built from the settings' values (percent-decoded), the signal's
 /// own headers winning over the generic ones.

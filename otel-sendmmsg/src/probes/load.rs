@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, Context, Result};
 use aya::{
     maps::{HashMap, MapError},
+    util::KernelVersion,
     Ebpf, EbpfError, EbpfLoader,
 };
 use otel_sendmmsg_common::{filter, FilterSettings, KernelOffsets};
@@ -38,7 +39,7 @@ pub fn object(config: &Config, kernel: &Kernel) -> Result<Loaded> {
         bail!(why);
     }
     ensure_tracefs()?;
-    raise_memlock_limit();
+    let memlock = raise_memlock_limit();
     let self_tgid = std::process::id();
     let wrapper = u32::from(kernel.syscall_symbol.as_ref().is_none_or(|(_, wrapped)| *wrapped));
     let offsets = kernel.offsets.clone().unwrap_or_else(|why| {
@@ -99,7 +100,7 @@ pub fn object(config: &Config, kernel: &Kernel) -> Result<Loaded> {
             .map_max_entries("RECORDS", config.ring_buffer_bytes)
             .load(BPF_OBJECT)
     };
-    let load_error = |e: EbpfError| privilege_hint(anyhow!(e).context("loading the BPF object"));
+    let load_error = |e: EbpfError| privilege_hint(anyhow!(e).context("loading the BPF object"), memlock);
     let shared = shared_context::prepare();
     let pinned = matches!(shared, SharedMap::Pinned { .. });
     let mut ebpf = match load(shared.loader_path()) {
@@ -179,24 +180,41 @@ pub fn ensure_tracefs() -> Result<()> {
     }
 }
 
-/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; later ones ignore it.
-pub fn raise_memlock_limit() {
+/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; later ones ignore it. Lifting it
+/// takes CAP_SYS_RESOURCE, which the sidecar is not given: the limit left in place (bytes) when
+/// it could not be lifted, `None` when it is unlimited.
+pub fn raise_memlock_limit() -> Option<u64> {
     let unlimited = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
     // SAFETY: a valid resource id and pointer.
-    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
-        debug!("could not raise RLIMIT_MEMLOCK; loading may fail on kernels before 5.11");
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } == 0 {
+        return None;
     }
+    let mut kept = unlimited;
+    // SAFETY: as above.
+    unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut kept) };
+    debug!("could not raise RLIMIT_MEMLOCK; loading may fail on kernels before 5.11");
+    (kept.rlim_cur != libc::RLIM_INFINITY).then_some(kept.rlim_cur)
 }
 
-/// Adds the likely fix to a load error that comes from missing privileges.
-fn privilege_hint(err: anyhow::Error) -> anyhow::Error {
+/// Adds the likely fix to a load error that comes from missing privileges; `memlock`: what
+/// [`raise_memlock_limit`] left.
+fn privilege_hint(err: anyhow::Error, memlock: Option<u64>) -> anyhow::Error {
     let text = format!("{err:#}");
-    if text.contains("Operation not permitted")
-        || text.contains("EPERM")
-        || text.contains("Permission denied")
-    {
-        err.context("the kernel refused to load BPF programs: run as root, or with CAP_BPF and CAP_PERFMON")
-    } else {
-        err
+    let refused = ["Operation not permitted", "EPERM", "Permission denied"].iter().any(|t| text.contains(t));
+    if !refused {
+        return err;
+    }
+    // The capabilities were checked at start: a map refused under a kept limit is the limit.
+    let charged = KernelVersion::current().is_ok_and(|v| v < KernelVersion::new(5, 11, 0));
+    match memlock {
+        Some(limit) if charged && text.contains("failed to create map") => err.context(format!(
+            "the kernel refused to create BPF maps: kernels before 5.11 charge them to \
+             RLIMIT_MEMLOCK, which is {} KiB for the sidecar and takes CAP_SYS_RESOURCE to lift; \
+             run it with the limit lifted (docker: --ulimit memlock=-1, compose: `ulimits: memlock: \
+             -1`, systemd: LimitMEMLOCK=infinity) or grant it CAP_SYS_RESOURCE",
+            limit / 1024
+        )),
+        _ => err
+            .context("the kernel refused to load BPF programs: run as root, or with CAP_BPF and CAP_PERFMON"),
     }
 }

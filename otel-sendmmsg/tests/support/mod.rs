@@ -1013,10 +1013,22 @@ pub fn stop_cleanly(sidecar: Sidecar) -> Stopped {
 }
 
 /// The sidecar as a hardened deployment runs it: as `nobody`, with exactly the capabilities
-/// `privileges::CAPABILITIES` lists (ambient, so they survive the exec), in a bpffs of its own.
-/// The binary is copied into `dir`, where `nobody` can run it.
+/// `privileges::CAPABILITIES` lists (ambient, so they survive the exec), in a bpffs of its own,
+/// its RLIMIT_MEMLOCK lifted as docker-compose.yml lifts it (kernels before 5.11 charge BPF maps
+/// to it). The binary is copied into `dir`, where `nobody` can run it.
 pub fn start_as_nobody(dir: &SharedDir, vars: &[(&str, &str)]) -> Sidecar {
-    use std::os::unix::fs::PermissionsExt;
+    try_start_as_nobody(dir, vars, libc::RLIM_INFINITY)
+        .unwrap_or_else(|(status, log)| panic!("the sidecar did not start as nobody ({status}):\n{log}"))
+}
+
+/// Like [`start_as_nobody`], under an RLIMIT_MEMLOCK of `memlock` bytes (at most the hard limit
+/// where it cannot be raised).
+pub fn try_start_as_nobody(
+    dir: &SharedDir,
+    vars: &[(&str, &str)],
+    memlock: libc::rlim_t,
+) -> Result<Sidecar, (ExitStatus, String)> {
+    use std::os::unix::{fs::PermissionsExt, process::CommandExt};
     let binary = dir.path().join("otel-sendmmsg");
     if !binary.exists() {
         copy_executable(std::path::Path::new(SIDECAR), &binary);
@@ -1025,10 +1037,28 @@ pub fn start_as_nobody(dir: &SharedDir, vars: &[(&str, &str)]) -> Sidecar {
     let caps: Vec<String> =
         otel_sendmmsg::privileges::CAPABILITIES.iter().map(|c| c.short_name().to_ascii_lowercase()).collect();
     let caps: Vec<&str> = caps.iter().map(String::as_str).collect();
-    let sidecar = Sidecar::try_start_command(in_own_bpffs(&setpriv(NOBODY, &caps, true, &binary)), vars)
-        .unwrap_or_else(|(status, log)| panic!("the sidecar did not start as nobody ({status}):\n{log}"));
+    let mut command = in_own_bpffs(&setpriv(NOBODY, &caps, true, &binary));
+    let limit = libc::rlimit { rlim_cur: memlock, rlim_max: memlock };
+    // SAFETY: get/setrlimit are async-signal-safe; set as root before the exec, kept across
+    // setpriv. A root without CAP_SYS_RESOURCE (this machine kind's) cannot go past its hard
+    // limit: lifting then stops there.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::setrlimit(libc::RLIMIT_MEMLOCK, &limit) == 0 {
+                return Ok(());
+            }
+            let mut hard = limit;
+            libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut hard);
+            hard.rlim_cur = hard.rlim_max;
+            if memlock < hard.rlim_max || libc::setrlimit(libc::RLIMIT_MEMLOCK, &hard) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    };
+    let sidecar = Sidecar::try_start_command(command, vars)?;
     assert_eq!(status_field(sidecar.pid(), "Uid"), NOBODY.to_string(), "the sidecar runs as nobody");
-    sidecar
+    Ok(sidecar)
 }
 
 /// A collector that accepts connections and never reads or answers: the worst a network or a
