@@ -46,6 +46,12 @@ const EXPORT_ONLY: [&str; 7] = [
     "compression_is_what_the_receiver_gets_on_the_wire",
 ];
 
+/// Tests that start the sidecar as nobody with exactly its capabilities and are not already in
+/// [`EXPORT_ONLY`]: in Debian's kernels the kprobe and tracepoint families' `perf_event_open`
+/// is refused to nobody (EACCES, with CAP_PERFMON; seen in 6.1's and 6.12's kprobe boots, not yet
+/// explained), so there they run in the fentry boot only, whose hooks are BPF links.
+const AS_NOBODY: [&str; 1] = ["the_memlock_limit_stops_start_up_only_before_5_11_and_is_named"];
+
 /// util-linux's tools the tests run where busybox's lack what they use: `setpriv --reuid
 /// --inh-caps --ambient-caps` (a sidecar started as nobody with exactly its capabilities) and
 /// `unshare --propagation` (its own bpffs). Staged in /bin, before busybox's links.
@@ -255,13 +261,16 @@ sed "s/^/LOG {family} /" /tmp/log-{family}
 }
 
 /// Runs each test binary of the [`SUITE`] (in a kernel's first boot with the [`EXPORT_ONLY`]
-/// tests, in the others without), its output between `SUITE <name>` and `SUITE <name> exit=N`.
+/// and [`AS_NOBODY`] tests, in the others without), its output between `SUITE <name>` and `SUITE <name> exit=N`.
 fn suite_script(
     binaries: &std::collections::HashMap<String, std::path::PathBuf>,
     first_boot: bool,
 ) -> String {
-    let skips: String =
-        if first_boot { String::new() } else { EXPORT_ONLY.iter().map(|t| format!(" --skip {t}")).collect() };
+    let skips: String = if first_boot {
+        String::new()
+    } else {
+        EXPORT_ONLY.iter().chain(&AS_NOBODY).map(|t| format!(" --skip {t}")).collect()
+    };
     SUITE
         .iter()
         .map(|name| {
