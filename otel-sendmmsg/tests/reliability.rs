@@ -109,7 +109,7 @@ fn a_full_ring_buffer_counts_exactly_the_calls_it_lost() {
     let said =
         |log: &str| log.lines().any(|l| l.contains("losses so far") && l.contains("ring_buffer_full="));
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !said(&sidecar.stderr()) && std::time::Instant::now() < deadline {
+    while !said(&sidecar.stderr()) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
     }
     let stopped = sidecar.stop();
