@@ -196,6 +196,12 @@ pub fn raise_memlock_limit() -> Option<u64> {
     (kept.rlim_cur != libc::RLIM_INFINITY).then_some(kept.rlim_cur)
 }
 
+/// The running kernel charges BPF maps to RLIMIT_MEMLOCK: before 5.11 (later ones charge the
+/// cgroup).
+pub fn maps_charged_to_memlock() -> bool {
+    KernelVersion::current().is_ok_and(|v| v < KernelVersion::new(5, 11, 0))
+}
+
 /// Adds the likely fix to a load error that comes from missing privileges; `memlock`: what
 /// [`raise_memlock_limit`] left.
 fn privilege_hint(err: anyhow::Error, memlock: Option<u64>) -> anyhow::Error {
@@ -205,15 +211,16 @@ fn privilege_hint(err: anyhow::Error, memlock: Option<u64>) -> anyhow::Error {
         return err;
     }
     // The capabilities were checked at start: a map refused under a kept limit is the limit.
-    let charged = KernelVersion::current().is_ok_and(|v| v < KernelVersion::new(5, 11, 0));
     match memlock {
-        Some(limit) if charged && text.contains("failed to create map") => err.context(format!(
-            "the kernel refused to create BPF maps: kernels before 5.11 charge them to \
+        Some(limit) if maps_charged_to_memlock() && text.contains("failed to create map") => {
+            err.context(format!(
+                "the kernel refused to create BPF maps: kernels before 5.11 charge them to \
              RLIMIT_MEMLOCK, which is {} KiB for the sidecar and takes CAP_SYS_RESOURCE to lift; \
              run it with the limit lifted (docker: --ulimit memlock=-1, compose: `ulimits: memlock: \
              -1`, systemd: LimitMEMLOCK=infinity) or grant it CAP_SYS_RESOURCE",
-            limit / 1024
-        )),
+                limit / 1024
+            ))
+        }
         _ => err
             .context("the kernel refused to load BPF programs: run as root, or with CAP_BPF and CAP_PERFMON"),
     }
