@@ -12,7 +12,10 @@
 //! | `CAP_CHECKPOINT_RESTORE` (optional) | `/proc/PID/map_files/` cannot be followed (`proc_map_files_get_link` wants it or `CAP_SYS_ADMIN`): a library deleted since it was mapped (an upgraded package) cannot be looked into; files are still reached by their path under `/proc/PID/root` |
 //!
 //! `CAP_SYS_ADMIN` is not needed: nothing is attached to user space (no uprobe), the thread
-//! context being read by the entry hook itself. `CAP_SYS_RESOURCE` is not needed: since Linux
+//! context being read by the entry hook itself. (Except on Debian's and Ubuntu's kernels with
+//! `kernel.perf_event_paranoid` above 2, their default, where a patch of theirs keeps every perf
+//! event, so every tracepoint and kprobe, for it: there the fentry family works without it, and
+//! a refused attach names the setting; see `probes::kernel::perf_events_refused_because`.) `CAP_SYS_RESOURCE` is not needed: since Linux
 //! 5.11 BPF memory is charged to the cgroup, not to `RLIMIT_MEMLOCK`. Before 5.11 it is charged
 //! to that limit, which the deployment lifts instead (docker-compose.yml's `ulimits`); under a
 //! small one start-up stops naming it (found by the kernel matrix on Debian's 5.10).

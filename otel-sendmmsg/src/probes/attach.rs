@@ -10,7 +10,10 @@ use aya::{
 };
 use tracing::{debug, warn};
 
-use super::{kernel::TRACEFS, kretprobe_events::KretprobeEvent};
+use super::{
+    kernel::{self, TRACEFS},
+    kretprobe_events::KretprobeEvent,
+};
 
 /// Where one program goes, as the running kernel names it ([`super::hooks::Hook::point`]).
 pub enum Point<'a> {
@@ -220,8 +223,16 @@ fn kprobe_pmu(prog: &mut KProbe, function: &str, what: String) -> Result<Attache
 /// "<what> refused: <the call> failed: <the kernel's error>": aya's error alone names the call
 /// but not the errno, which is what tells the refusals apart (on arm64 before 6.4, fentry's
 /// `bpf_raw_tracepoint_open` fails with ENOTSUPP, 524: no ftrace direct calls there).
+/// An EACCES that `kernel.perf_event_paranoid` explains says so, with the ways out.
 fn attach_error(what: &str, e: aya::programs::ProgramError) -> String {
-    format!("{what} refused: {:#}", anyhow!(e))
+    let e = anyhow!(e);
+    let denied = e.chain().any(|cause| {
+        cause.downcast_ref::<std::io::Error>().and_then(std::io::Error::raw_os_error) == Some(libc::EACCES)
+    });
+    match denied.then(|| kernel::perf_events_refused_because(kernel::perf_event_paranoid())).flatten() {
+        Some(why) => format!("{what} refused: {e:#}; {why}"),
+        None => format!("{what} refused: {e:#}"),
+    }
 }
 
 /// "load of P refused: <the kernel's reason>", with the verifier log's first line at most.

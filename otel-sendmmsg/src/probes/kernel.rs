@@ -11,6 +11,9 @@ pub const TRACEFS: &str = "/sys/kernel/tracing";
 /// securityfs's view of the lockdown LSM: `none [integrity] confidentiality`.
 pub const LOCKDOWN: &str = "/sys/kernel/security/lockdown";
 
+/// How far the kernel keeps `perf_event_open` from unprivileged callers.
+pub const PERF_EVENT_PARANOID: &str = "/proc/sys/kernel/perf_event_paranoid";
+
 /// The kernel functions any hook of ours may target.
 pub const SEND_FUNCTIONS: &[&str] =
     &["__sys_sendmmsg", "sock_sendmsg", "inet_sendmsg", "inet6_sendmsg", "unix_dgram_sendmsg"];
@@ -73,6 +76,26 @@ impl Kernel {
     }
 }
 
+/// Why `perf_event_open` refused us with EACCES, when the kernel's setting explains it: above 2,
+/// a patch Debian and Ubuntu carry (not upstream, where CAP_PERFMON is enough at any level)
+/// refuses every perf event to all but CAP_SYS_ADMIN, and both ship 3 or more. Tracepoints and
+/// kprobes attach through perf events; fentry/fexit through BPF links, which it does not touch.
+/// Seen in Debian's 5.10, 6.1 and 6.12: as nobody with CAP_PERFMON, refused at 3, attached at 2.
+pub fn perf_events_refused_because(paranoid: Option<i32>) -> Option<String> {
+    let level = paranoid.filter(|level| *level > 2)?;
+    Some(format!(
+        "kernel.perf_event_paranoid is {level} ({PERF_EVENT_PARANOID}): above 2, Debian's and \
+         Ubuntu's kernels open perf events, which tracepoints and kprobes attach through, for \
+         CAP_SYS_ADMIN only, CAP_PERFMON or not; set it to 2 (sysctl kernel.perf_event_paranoid=2), \
+         grant CAP_SYS_ADMIN, or use the fentry family, which needs no perf event"
+    ))
+}
+
+/// The current `kernel.perf_event_paranoid`, if readable.
+pub fn perf_event_paranoid() -> Option<i32> {
+    std::fs::read_to_string(PERF_EVENT_PARANOID).ok()?.trim().parse().ok()
+}
+
 /// Which of `wanted` name a symbol in `kallsyms` (`ADDRESS TYPE NAME`, then `\t[MODULE]` for a
 /// module's). A search for each name, not a split of each of its ~150,000 lines: that split
 /// took 3.3 s of a 6.5 s start-up under software emulation (20 ms natively).
@@ -110,6 +133,19 @@ fn syscall_symbol_names() -> impl Iterator<Item = &'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_paranoid_level_above_2_explains_a_refused_perf_event() {
+        for level in [None, Some(-1), Some(0), Some(1), Some(2)] {
+            assert_eq!(perf_events_refused_because(level), None, "{level:?}");
+        }
+        let why = perf_events_refused_because(Some(3)).unwrap();
+        assert!(why.starts_with("kernel.perf_event_paranoid is 3 "), "{why}");
+        for fix in ["kernel.perf_event_paranoid=2", "CAP_SYS_ADMIN", "fentry"] {
+            assert!(why.contains(fix), "{why} names no {fix}");
+        }
+        assert!(perf_events_refused_because(Some(4)).unwrap().contains(" is 4 "));
+    }
 
     #[test]
     fn a_symbol_is_present_by_its_whole_name_only() {
