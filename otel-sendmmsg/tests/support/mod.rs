@@ -272,6 +272,8 @@ pub struct Receiver {
     /// The runtime that serves; `None` while the receiver is down. Dropping it closes the
     /// listener and every connection.
     runtime: Option<tokio::runtime::Runtime>,
+    /// Starts the server's graceful shutdown, and the server's task, which ends with it.
+    server: Option<(tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>)>,
 }
 
 fn receiver_runtime() -> tokio::runtime::Runtime {
@@ -301,6 +303,7 @@ impl Receiver {
             headers: HeaderLog::default(),
             down: Down::default(),
             runtime: None,
+            server: None,
         };
         receiver.serve(runtime, listener);
         receiver
@@ -309,7 +312,11 @@ impl Receiver {
     fn serve(&mut self, runtime: tokio::runtime::Runtime, listener: tokio::net::TcpListener) {
         let (spans, points, down) = (self.sink.clone(), self.points.clone(), self.down.clone());
         let headers = self.headers.clone();
-        match self.protocol {
+        let (shut_down, shutdown) = tokio::sync::oneshot::channel::<()>();
+        let shutdown = async {
+            let _ = shutdown.await;
+        };
+        let task = match self.protocol {
             Protocol::Grpc => {
                 runtime.spawn(async move {
                     // Without TCP_NODELAY each response waits out the client's delayed ACK.
@@ -326,10 +333,10 @@ impl Receiver {
                                 .accept_compressed(CompressionEncoding::Gzip)
                                 .accept_compressed(CompressionEncoding::Zstd),
                         )
-                        .serve_with_incoming(incoming)
+                        .serve_with_incoming_shutdown(incoming, shutdown)
                         .await
                         .expect("gRPC receiver failed");
-                });
+                })
             }
             Protocol::HttpProtobuf => {
                 let traces_down = down.clone();
@@ -370,19 +377,30 @@ impl Receiver {
                             }
                         }),
                     );
-                runtime.spawn(async move { axum::serve(listener, app).await.expect("HTTP receiver failed") });
+                runtime.spawn(async move {
+                    axum::serve(listener, app)
+                        .with_graceful_shutdown(shutdown)
+                        .await
+                        .expect("HTTP receiver failed")
+                })
             }
-        }
+        };
+        self.server = Some((shut_down, task));
         self.runtime = Some(runtime);
     }
 
-    /// Goes down as a collector does: refuses requests, then closes the listener and every
-    /// connection. Requests it answered before are kept; nothing sent after is received.
+    /// Goes down as a collector does: refuses requests, answers those it already took, then
+    /// closes the listener and every connection. Every span it keeps was answered as received
+    /// (a fixed grace period could cut off a request it had stored but not yet answered, under
+    /// emulation slow enough to outlast it); nothing sent after is received.
     pub fn stop(&mut self) {
         let runtime = self.runtime.take().expect("the receiver is not running");
         self.down.store(true, std::sync::atomic::Ordering::SeqCst);
-        // Requests that got past the check just before finish storing and answering.
-        std::thread::sleep(Duration::from_millis(500));
+        if let Some((shut_down, task)) = self.server.take() {
+            let _ = shut_down.send(());
+            // Bounded: a connection kept busy past it is closed as before.
+            let _ = runtime.block_on(async { tokio::time::timeout(Duration::from_secs(30), task).await });
+        }
         runtime.shutdown_background();
     }
 
