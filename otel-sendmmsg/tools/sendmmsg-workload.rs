@@ -9,7 +9,7 @@
 //!                                         bad-msg-name udp4-in-thread slow-unix null-msgvec
 //!                                         vlen-over-limit killed-mid-call exec-mid-call
 //!                                         short-msg-name threads-N blocked-N
-//!                                         udp4-then-exec
+//!                                         udp4-then-exec msgvec-at-page-end
 //!     sendmmsg-workload loop SECONDS VLEN [CALLS_PER_SECOND] [THREADS] [PAYLOAD_BYTES]
 //!                                         THREADS senders (default 1), each with its own UDP
 //!                                         socket connected to a loopback receiver that a thread
@@ -238,6 +238,29 @@ fn scenario(name: &str) -> io::Result<()> {
             let ptr = batch.msgvec();
             let dests = [dest.clone(), "unreadable".into(), dest];
             call(name, tx.as_raw_fd(), ptr, 3, 0, &[30, 31, 32], &dests, Some(&batch));
+        }
+        "msgvec-at-page-end" => {
+            // The msgvec ends where the caller's memory does: messages 0 and 1 end a readable
+            // page, message 2 (of vlen 3) would lie in the inaccessible page after it. The
+            // kernel sends 0 and 1, faults copying 2's header and returns 2; a tracer that reads
+            // the whole msgvec at once must still see the destinations of the readable ones.
+            let to = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))?;
+            let tx = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))?;
+            let to = Some(to.local_addr()?);
+            let mut batch = Batch::new(&[30, 31], &[to, to]);
+            // SAFETY: the batch's two mmsghdrs, alive until after the call (they point into it).
+            let headers = unsafe {
+                std::slice::from_raw_parts(
+                    batch.msgvec().cast::<u8>(),
+                    2 * std::mem::size_of::<libc::mmsghdr>(),
+                )
+            };
+            let msgvec = at_page_end(headers)?;
+            let dest = to.map(|d| d.to_string()).unwrap_or_default();
+            let dests = [dest.clone(), dest, "unreadable".into()];
+            // No batch: the kernel writes msg_len into the copy, not into the batch.
+            call(name, tx.as_raw_fd(), msgvec.cast(), 3, 0, &[30, 31], &dests, None);
+            drop(batch);
         }
         "short-msg-name" => {
             // A destination whose msg_namelen is shorter than its family's address, ending where
