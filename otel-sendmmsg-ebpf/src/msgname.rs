@@ -70,12 +70,17 @@ fn copy_headers(msgvec: u64, n: u32) -> Option<*const u8> {
     (failed == 0).then_some(buf.cast::<u8>().cast_const())
 }
 
-/// The value of type `T` at `offset` in a copy made by [`copy_headers`].
+/// The value of type `T` at `offset` in the call's headers: from the copy [`copy_headers`] made,
+/// or, without one, read alone from the caller (None when that fails too).
 #[inline(always)]
-fn header_field<T: Copy>(headers: *const u8, offset: usize) -> T {
-    // SAFETY: callers stay within the copied headers, inside the buffer, at offsets aligned to
-    // `T` (a map value is 8-byte aligned).
-    unsafe { core::ptr::read(headers.add(offset).cast::<T>()) }
+fn header_field<T: Copy>(copy: Option<*const u8>, msgvec: u64, offset: u64) -> Option<T> {
+    match copy {
+        // SAFETY: callers stay within the copied headers, inside the buffer, at offsets aligned
+        // to `T` (a map value is 8-byte aligned).
+        Some(headers) => Some(unsafe { core::ptr::read(headers.add(offset as usize).cast::<T>()) }),
+        // SAFETY: user memory read through the helper, which fails cleanly on a bad address.
+        None => unsafe { bpf_probe_read_user((msgvec + offset) as *const T) }.ok(),
+    }
 }
 
 /// Reads what the kernel wrote into the first `min(sent, MAX_MESSAGE_DETAIL)` messages'
@@ -92,14 +97,8 @@ pub fn read_sent_lengths(
         if i as u32 >= sent {
             break;
         }
-        let at = i as u64 * MMSGHDR_SIZE + MSG_LEN_OFFSET;
-        let len = match headers {
-            Some(headers) => header_field::<u32>(headers, at as usize),
-            // SAFETY: user memory read through the helper, which fails cleanly on a bad address.
-            None => match unsafe { bpf_probe_read_user((msgvec + at) as *const u32) } {
-                Ok(len) => len,
-                Err(_) => break,
-            },
+        let Some(len) = header_field::<u32>(headers, msgvec, i as u64 * MMSGHDR_SIZE + MSG_LEN_OFFSET) else {
+            break;
         };
         slot.ret = len as i32;
         slot.offset_ns = 0;
@@ -117,13 +116,7 @@ pub fn read_destinations(msgvec: u64, vlen: u32, detail: &mut [MessageResult; MA
         if i as u32 >= vlen {
             break;
         }
-        let at = i as u64 * MMSGHDR_SIZE;
-        let head = match headers {
-            Some(headers) => Some(header_field::<NameHead>(headers, at as usize)),
-            // SAFETY: user memory read through the helper, which fails cleanly on a bad address.
-            None => unsafe { bpf_probe_read_user((msgvec + at) as *const NameHead) }.ok(),
-        };
-        slot.dest.status = match head {
+        slot.dest.status = match header_field::<NameHead>(headers, msgvec, i as u64 * MMSGHDR_SIZE) {
             Some(head) => read_name(head, &mut slot.dest),
             None => name_status::UNREADABLE,
         };
