@@ -23,7 +23,7 @@ use crate::{
 };
 use batcher::Batcher;
 use json_lines::json_line;
-use otlp::OtlpSpanExporter;
+use otlp::{OtlpExporter, Signal};
 
 /// What became of the spans handed to the exporter, each counted once: a call's span and each
 /// of its message child spans (`OTEL_SENDMMSG_MESSAGE_DETAIL=spans`) count one each, so
@@ -65,7 +65,7 @@ impl Exporter {
             Output::Otlp(otlp) => {
                 // Built before starting, so an error comes back here; one per concurrent export.
                 let mut exporters = (0..batch.max_concurrent_exports.max(1))
-                    .map(|_| OtlpSpanExporter::new(otlp).context("building the OTLP exporter"))
+                    .map(|_| OtlpExporter::new(otlp, Signal::Traces).context("building the OTLP exporter"))
                     .collect::<Result<Vec<_>>>()?;
                 Exporter::Otlp(Batcher::start(
                     move || exporters.pop().expect("one exporter per concurrent export"),

@@ -1,7 +1,7 @@
-//! The OTLP span exporter: sends the requests the batcher put together from encoded spans
-//! ([`otlp_encode`](super::otlp_encode)) over gRPC or HTTP/protobuf as
-//! [`transport`](super::transport) configures it, retried as the SDK's exporter retries
-//! ([`retry`](super::retry)).
+//! The OTLP exporter: sends requests already encoded (the batcher's, put together from encoded
+//! spans by [`otlp_encode`](super::otlp_encode), and the call metrics') over gRPC or
+//! HTTP/protobuf as [`transport`](super::transport) configures it, retried as the SDK's
+//! exporter retries ([`retry`](super::retry)).
 //!
 //! Why not the SDK's exporter: it takes `SpanData` and does its own encoding, through copies
 //! that cost several times what making the spans did (see `otlp_encode`); it has no way to
@@ -32,14 +32,43 @@ use super::{
 };
 use crate::config::{Compression, Otlp, Protocol};
 
-const SERVICE: &str = "opentelemetry.proto.collector.trace.v1.TraceService";
-const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+/// The signal a request carries, which names the gRPC service it goes to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Signal {
+    Traces,
+    Metrics,
+}
+
+impl Signal {
+    fn service(self) -> &'static str {
+        match self {
+            Signal::Traces => "opentelemetry.proto.collector.trace.v1.TraceService",
+            Signal::Metrics => "opentelemetry.proto.collector.metrics.v1.MetricsService",
+        }
+    }
+
+    fn export_path(self) -> &'static str {
+        match self {
+            Signal::Traces => "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+            Signal::Metrics => "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export",
+        }
+    }
+
+    /// What a partial success counts as rejected.
+    fn items(self) -> &'static str {
+        match self {
+            Signal::Traces => "spans",
+            Signal::Metrics => "data points",
+        }
+    }
+}
 /// An OTLP answer is a few bytes; a collector sending more is not read further.
 const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 
 /// One exporter: one connection to the collector, one export at a time.
-pub struct OtlpSpanExporter {
+pub struct OtlpExporter {
     connection: Connection,
+    signal: Signal,
     /// The limit of one export, retries included (`OTEL_EXPORTER_OTLP_TIMEOUT`), as the SDK's.
     timeout: Duration,
 }
@@ -57,20 +86,23 @@ enum Connection {
     },
 }
 
-impl fmt::Debug for OtlpSpanExporter {
+impl fmt::Debug for OtlpExporter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let protocol = match self.connection {
             Connection::Grpc { .. } => Protocol::Grpc,
             Connection::Http { .. } => Protocol::HttpProtobuf,
         };
-        f.debug_struct("OtlpSpanExporter").field("protocol", &protocol.name()).finish_non_exhaustive()
+        f.debug_struct("OtlpExporter")
+            .field("signal", &self.signal)
+            .field("protocol", &protocol.name())
+            .finish_non_exhaustive()
     }
 }
 
-impl OtlpSpanExporter {
-    /// The exporter `otlp` describes, over a connection of its own (opened at the first export).
-    /// Must run inside the tokio runtime.
-    pub fn new(otlp: &Otlp) -> anyhow::Result<OtlpSpanExporter> {
+impl OtlpExporter {
+    /// The exporter of `signal` that `otlp` describes, over a connection of its own (opened at
+    /// the first export). Must run inside the tokio runtime.
+    pub fn new(otlp: &Otlp, signal: Signal) -> anyhow::Result<OtlpExporter> {
         let connection = match otlp.protocol {
             Protocol::Grpc => {
                 let mut client = Grpc::new(grpc_channel(otlp)?);
@@ -86,11 +118,11 @@ impl OtlpSpanExporter {
                 compression: otlp.compression,
             },
         };
-        Ok(OtlpSpanExporter { connection, timeout: otlp.timeout })
+        Ok(OtlpExporter { connection, signal, timeout: otlp.timeout })
     }
 }
 
-impl Sender for OtlpSpanExporter {
+impl Sender for OtlpExporter {
     async fn send(&self, body: Bytes) -> OTelSdkResult {
         match &self.connection {
             Connection::Grpc { client, metadata } => {
@@ -101,7 +133,7 @@ impl Sender for OtlpSpanExporter {
                     )
                 };
                 let sent = retry::with_backoff(SDK_POLICY, self.timeout, verdict, || {
-                    send_grpc(client.clone(), metadata.clone(), body.clone())
+                    send_grpc(client.clone(), metadata.clone(), self.signal, body.clone())
                 })
                 .await;
                 sent.map_err(|status| {
@@ -122,7 +154,7 @@ impl Sender for OtlpSpanExporter {
                 let verdict =
                     |failure: &HttpFailure| retry::http(failure.status, failure.retry_after.as_deref());
                 let sent = retry::with_backoff(SDK_POLICY, self.timeout, verdict, || {
-                    send_http(client, endpoint, headers, encoding, body.clone())
+                    send_http(client, endpoint, headers, encoding, self.signal, body.clone())
                 })
                 .await;
                 sent.map_err(|failure| OTelSdkError::InternalFailure(failure.message))
@@ -131,13 +163,19 @@ impl Sender for OtlpSpanExporter {
     }
 }
 
-async fn send_grpc(mut client: Grpc<Channel>, metadata: MetadataMap, body: Bytes) -> Result<(), Status> {
+async fn send_grpc(
+    mut client: Grpc<Channel>,
+    metadata: MetadataMap,
+    signal: Signal,
+    body: Bytes,
+) -> Result<(), Status> {
     client.ready().await.map_err(|e| Status::unknown(format!("the gRPC connection is not ready: {e}")))?;
     let mut request = tonic::Request::new(body);
     *request.metadata_mut() = metadata;
-    request.extensions_mut().insert(GrpcMethod::new(SERVICE, "Export"));
-    let response = client.unary(request, PathAndQuery::from_static(EXPORT_PATH), RequestCodec).await?;
-    warn_partial(response.into_inner().partial_success);
+    request.extensions_mut().insert(GrpcMethod::new(signal.service(), "Export"));
+    let path = PathAndQuery::from_static(signal.export_path());
+    let response = client.unary(request, path, RequestCodec).await?;
+    warn_partial(signal, response.into_inner().partial_success);
     Ok(())
 }
 
@@ -154,6 +192,7 @@ async fn send_http(
     endpoint: &str,
     headers: &reqwest::header::HeaderMap,
     encoding: Option<&'static str>,
+    signal: Signal,
     body: Bytes,
 ) -> Result<(), HttpFailure> {
     use reqwest::header::{CONTENT_ENCODING, CONTENT_TYPE};
@@ -192,7 +231,7 @@ async fn send_http(
         answer.extend_from_slice(&chunk);
     }
     match ExportTraceServiceResponse::decode(answer.as_slice()) {
-        Ok(answer) => warn_partial(answer.partial_success),
+        Ok(answer) => warn_partial(signal, answer.partial_success),
         Err(e) => debug!("reading the OTLP HTTP answer: {e}"),
     }
     Ok(())
@@ -214,19 +253,22 @@ fn compress(compression: Compression, body: Bytes) -> Result<(Bytes, Option<&'st
         .map_err(|e| format!("compressing the OTLP request: {e}"))
 }
 
-/// A collector that took the request but refused some spans says so: logged, as the SDK does
-/// (the spans count as exported; the collector, not the sidecar, dropped them).
-fn warn_partial(partial: Option<ExportTracePartialSuccess>) {
+/// A collector that took the request but refused some spans (data points) says so: logged, as
+/// the SDK does (they count as exported; the collector, not the sidecar, dropped them).
+fn warn_partial(signal: Signal, partial: Option<ExportTracePartialSuccess>) {
     if let Some(partial) = partial.filter(|p| p.rejected_spans > 0 || !p.error_message.is_empty()) {
         warn!(
-            "the collector rejected {} spans of an export: {:?}",
-            partial.rejected_spans, partial.error_message
+            "the collector rejected {} {} of an export: {:?}",
+            partial.rejected_spans,
+            signal.items(),
+            partial.error_message
         );
     }
 }
 
 /// The gRPC codec of a request already encoded: its bytes go out as they are; the answer is
-/// decoded as the service defines it.
+/// decoded as the trace service defines it, which the metrics service's answer matches field
+/// for field (`partial_success`: the count rejected, 1, and a message, 2).
 #[derive(Clone, Copy, Debug, Default)]
 struct RequestCodec;
 
