@@ -8,6 +8,8 @@
 /// BPF object of another layout.
 pub const RECORD_VERSION: u32 = 5;
 
+pub mod call_metrics;
+
 /// How many messages of one call get their own result and time in a record.
 ///
 /// Batched senders commonly use 32 to 64 messages per call (QUIC stacks and DNS servers batch up
@@ -102,6 +104,9 @@ pub mod record_flags {
     /// The detail slots hold each sent message's `msg_len`, read from the caller's `msgvec` at
     /// exit (no per-message hook: no errors, no times, `min(ret, 64)` slots).
     pub const SIZES_FROM_MSG_LEN: u32 = 2;
+    /// The call is counted in the call metrics but left out of spans (the sampler, or spans
+    /// turned off): the exit hook submits no record for it.
+    pub const NO_SPAN: u32 = 4;
 }
 
 /// OTEP 4947 (opentelemetry-specification `oteps/profiles/4947-thread-ctx.md`): the ELF TLS
@@ -363,10 +368,13 @@ pub enum Counter {
     /// A record whose `attrs-data-size` claims more than a record may hold: refused whole, as
     /// nothing a conformant writer makes (the call is traced without that parent).
     ThreadContextMalformed = 11,
+    /// A call the call metrics could not count: its series was new and the series map was full
+    /// (raise `OTEL_SENDMMSG_MAX_METRIC_SERIES`). Its span, if it has one, is unaffected.
+    MetricSeriesFull = 12,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 12] = [
+    pub const ALL: [Counter; 13] = [
         Counter::RingBufferFull,
         Counter::InflightFull,
         Counter::StrayMessages,
@@ -379,6 +387,7 @@ impl Counter {
         Counter::ParentNotSampled,
         Counter::ThreadContextUnreadable,
         Counter::ThreadContextMalformed,
+        Counter::MetricSeriesFull,
     ];
     pub const COUNT: u32 = Self::ALL.len() as u32;
 
@@ -396,6 +405,7 @@ impl Counter {
             Counter::ParentNotSampled => "parent_not_sampled",
             Counter::ThreadContextUnreadable => "thread_context_unreadable",
             Counter::ThreadContextMalformed => "thread_context_malformed",
+            Counter::MetricSeriesFull => "metric_series_full",
         }
     }
 }
@@ -505,4 +515,7 @@ mod user {
     unsafe impl aya::Pod for super::TraceContext {}
     unsafe impl aya::Pod for super::ThreadContextAccess {}
     unsafe impl aya::Pod for super::IdentityRecord {}
+    unsafe impl aya::Pod for super::call_metrics::SeriesKey {}
+    unsafe impl aya::Pod for super::call_metrics::SeriesValue {}
+    unsafe impl aya::Pod for super::call_metrics::MetricSettings {}
 }

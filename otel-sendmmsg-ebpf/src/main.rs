@@ -5,6 +5,7 @@
 #![no_std]
 #![no_main]
 
+mod call_metrics;
 mod context;
 mod fentry;
 mod filters;

@@ -20,11 +20,11 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
 use otel_sendmmsg_common::{
-    filter, record_flags, CallRecord, Counter, TraceContext, MAX_VLEN, RECORD_VERSION,
+    call_metrics::metric_flags, filter, record_flags, CallRecord, Counter, TraceContext, MAX_VLEN, RECORD_VERSION,
 };
 
 use crate::{
-    context, filters, identity, msgname, socket, task,
+    call_metrics, context, filters, identity, msgname, socket, task,
     thread_context::{self, Published},
 };
 
@@ -196,6 +196,11 @@ pub fn on_entry(args: CallArgs) {
     let rec = unsafe { &mut *rec };
     // Once per call, for the thread context's and the identity's checks and for the record.
     let start = task::process_start_ns();
+    let metrics = call_metrics::settings();
+    let counted = metrics.flags & metric_flags::ON != 0;
+    // A call the sampler leaves out is still paired when the metrics count it: it becomes no
+    // span (`NO_SPAN`), only counts.
+    let mut no_span = false;
     let has_parent = if is_self(tgid) {
         false
     } else {
@@ -205,27 +210,40 @@ pub fn on_entry(args: CallArgs) {
             return;
         }
         // The sampler (OTEL_TRACES_SAMPLER), here so that a call left out costs no record.
-        let has_parent = match parent(tgid, start, &mut rec.parent) {
-            Parent::Span(sampled) => {
-                if !filters::sampled_with_parent(flags, sampled, &rec.parent.trace_id) {
-                    // Left out by the parent's own flag (a trace-id ratio is the sampler's draw).
-                    if flags & filter::TRACE_ID_RATIO == 0 {
-                        count(Counter::ParentNotSampled);
+        let has_parent = if metrics.flags & metric_flags::SPANS_OFF != 0 {
+            // Metrics only: no span, so no parent to look for and no sampler to ask.
+            no_span = true;
+            false
+        } else {
+            match parent(tgid, start, &mut rec.parent) {
+                Parent::Span(sampled) => {
+                    if !filters::sampled_with_parent(flags, sampled, &rec.parent.trace_id) {
+                        // Left out by the parent's own flag (a trace-id ratio is the sampler's draw).
+                        if flags & filter::TRACE_ID_RATIO == 0 {
+                            count(Counter::ParentNotSampled);
+                        }
+                        if !counted {
+                            set_untraced(tid, untraced::FILTERED);
+                            return;
+                        }
+                        no_span = true;
                     }
-                    set_untraced(tid, untraced::FILTERED);
-                    return;
+                    true
                 }
-                true
-            }
-            Parent::None => {
-                if !filters::sampled_as_root(flags) {
-                    set_untraced(tid, untraced::FILTERED);
-                    return;
+                Parent::None => {
+                    if !filters::sampled_as_root(flags) {
+                        if !counted {
+                            set_untraced(tid, untraced::FILTERED);
+                            return;
+                        }
+                        no_span = true;
+                    }
+                    false
                 }
-                false
             }
         };
-        // Before the call's own record, so user space knows the process before its first span.
+        // Before the call's own record, so user space knows the process before its first span
+        // (or its first counts).
         identity::capture_once(tgid, start);
         has_parent
     };
@@ -257,12 +275,18 @@ pub fn on_entry(args: CallArgs) {
     // the helper zeroes the buffer, which reads as an empty name.
     // SAFETY: `comm` is 16 writable bytes, TASK_COMM_LEN.
     unsafe { bpf_get_current_comm(rec.comm.as_mut_ptr().cast(), rec.comm.len() as u32) };
-    if has_parent {
+    if has_parent && !no_span {
         rec.flags_out = record_flags::PARENT;
     }
+    if no_span {
+        rec.flags_out = record_flags::NO_SPAN;
+    }
     // The rest of `detail` is filled by the per-message hook; slots past what the counters say
-    // are never read.
-    msgname::read_destinations(args.msgvec, args.vlen, &mut rec.detail);
+    // are never read. A call that is no span needs its first destination only for a series by
+    // peer.
+    if !no_span || metrics.flags & metric_flags::BY_PEER != 0 {
+        msgname::read_destinations(args.msgvec, args.vlen, &mut rec.detail);
+    }
     match INFLIGHT.insert(tid, &*rec, u64::from(BPF_NOEXIST)) {
         Ok(()) => {}
         Err(e) if i64::from(e) == -EEXIST => {
@@ -360,10 +384,20 @@ pub fn on_exit(ret: i64) {
         rec.bytes = bytes;
         rec.flags_out |= record_flags::SIZES_FROM_MSG_LEN;
     }
-    if !is_self(tgid) && !filters::kept_at_exit(rec, &settings) {
-        count(Counter::FilteredAtExit);
-    } else {
+    let metrics = call_metrics::settings();
+    let counted = metrics.flags & metric_flags::ON != 0 && !is_self(tgid);
+    let span = rec.flags_out & record_flags::NO_SPAN == 0;
+    let kept = span && (is_self(tgid) || filters::kept_at_exit(rec, &settings));
+    if counted || kept {
         let _ = socket::read_socket(rec.sockfd, &mut rec.socket);
+    }
+    // Every call, whatever becomes of its span.
+    if counted {
+        call_metrics::count_call(rec, &metrics);
+    }
+    if span && !kept {
+        count(Counter::FilteredAtExit);
+    } else if kept {
         // One copy, map value -> ring buffer. The self-test waits on its records: they always
         // wake the reader.
         // SAFETY: a global the loader overwrites; volatile keeps the compiler from folding it.

@@ -4,6 +4,7 @@
 //! ([`records`]) -> complete spans under their process's resource ([`span`]) -> exporter
 //! ([`export`]); [`run`] wires it together.
 
+pub mod call_metrics;
 pub mod cgroup;
 pub mod cli;
 pub mod clock;

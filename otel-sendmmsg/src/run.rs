@@ -3,13 +3,13 @@
 //! whose records come through the same path as every other, then it traces until a stop signal.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     path::Path,
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc,
     },
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use anyhow::{Context, Result};
@@ -19,6 +19,7 @@ use tokio::io::{unix::AsyncFd, Interest};
 use tracing::{debug, info, warn};
 
 use crate::{
+    call_metrics::{self, export::MetricsExport, CallMetrics, Exemplar, Point},
     clock::WallClock,
     config::{Config, KernelMessages, MetricsOutput, Output},
     export::{ExportStats, Exporter},
@@ -95,6 +96,8 @@ struct Pipeline {
     look_again: Option<std::sync::mpsc::Sender<u32>>,
     /// The start-up self-test under way, which takes its own thread's calls.
     self_test: Option<Trial>,
+    /// The call metrics, when they are counted: the spans handed over are their exemplars.
+    call_metrics: Option<CallMetrics>,
 }
 
 impl Pipeline {
@@ -109,6 +112,16 @@ impl Pipeline {
                 };
                 // Complete but for the resource, which waits for the process to be known.
                 let spans = span::build(&call, &self.clock, self.options);
+                if let (Some(metrics), Some(span)) = (self.call_metrics.as_mut(), spans.first()) {
+                    let key = self.decoder.series_of_last_call(metrics.settings().by_peer);
+                    let exemplar = Exemplar {
+                        trace_id: span.span_context.trace_id(),
+                        span_id: span.span_context.span_id(),
+                        duration_ns: call.end_ns.saturating_sub(call.start_ns),
+                        time: span.end_time,
+                    };
+                    metrics.exemplar(key, exemplar);
+                }
                 self.spans += spans.len() as u64;
                 // Behind the calls of the same process that already wait, so they stay in order.
                 if let Some(waiting) = self.waiting.by_pid.get_mut(&call.pid) {
@@ -186,6 +199,51 @@ impl Pipeline {
         ]);
         counts.extend(export_counters(&self.exporter.stats()));
         Some(counts)
+    }
+
+    /// This collection's call metrics as a request, under each process's resource, and the
+    /// series of processes gone removed from the kernel. A process not known yet goes under
+    /// its pid alone this once, and is read for the next collection.
+    fn call_metrics_request(&mut self, probes: &mut Probes) -> Option<Vec<u8>> {
+        let metrics = self.call_metrics.as_mut()?;
+        let series = probes.call_series().inspect_err(|e| warn!("reading the call metrics: {e:#}")).ok()?;
+        let proc = Path::new("/proc");
+        let (points, retire) = metrics.collect(series, SystemTime::now(), |key| {
+            !proc.join(key.pid.to_string()).exists()
+        });
+        if let Err(e) = probes.retire_series(&retire) {
+            warn!("removing the call metrics of processes gone: {e:#}");
+        }
+        let mut by_process: BTreeMap<(u32, u64), Vec<Point>> = BTreeMap::new();
+        for point in points {
+            by_process.entry((point.key.pid, point.key.process_start_ns)).or_default().push(point);
+        }
+        if by_process.is_empty() {
+            return None;
+        }
+        let mut processes = Vec::with_capacity(by_process.len());
+        for ((pid, start_ns), points) in by_process {
+            let start = process::start_ticks(start_ns);
+            let process = match self.processes.known(pid, start) {
+                Some(process) => process,
+                None => {
+                    if let Err(request) = self.processes.lookup(pid, start, "") {
+                        if !self.waiting.by_pid.contains_key(&pid) {
+                            self.resolver.submit(Job::Read(request));
+                        }
+                    }
+                    Arc::new(ProcessInfo::unknown(pid))
+                }
+            };
+            processes.push((self.resources.of(&process), points));
+        }
+        let metrics = self.call_metrics.as_ref()?;
+        Some(call_metrics::encode::request(
+            &processes,
+            &metrics.settings().histogram,
+            metrics.temporality(),
+            SystemTime::now(),
+        ))
     }
 
     fn drain(&mut self, ring: &mut RingBuf<MapData>) {
@@ -328,8 +386,22 @@ pub async fn run(config: Config, mut signals: StopSignals) -> Result<()> {
         context_processes_refused: Arc::default(),
         look_again: None,
         self_test: None,
+        call_metrics: None,
     };
     let metrics = start_self_metrics(&config);
+    // The call metrics go where the sidecar's own go, every interval; the kernel counts them
+    // (probes/load.rs) whenever metrics go to a collector.
+    let (mut metrics_export, metrics_interval) = match &config.metrics {
+        MetricsOutput::Otlp { otlp, interval, temporality } => {
+            pipeline.call_metrics =
+                Some(CallMetrics::new(config.call_metrics.clone(), *temporality, SystemTime::now()));
+            let export = MetricsExport::new(otlp)
+                .inspect_err(|e| warn!("the call metrics are counted but cannot be exported: {e:#}"))
+                .ok();
+            (export, *interval)
+        }
+        MetricsOutput::Off => (None, Duration::MAX),
+    };
     let mut choosing = Choosing::new(config.attach, config.kernel_messages == KernelMessages::Hooked);
     let choice = loop {
         match choosing.next(&mut probes, &kernel)? {
@@ -390,6 +462,10 @@ pub async fn run(config: Config, mut signals: StopSignals) -> Result<()> {
     // records below that.
     let mut drain = tokio::time::interval(DRAIN_INTERVAL);
     let mut refresh_metrics = tokio::time::interval(self_metrics::REFRESH);
+    let mut collect_call_metrics = tokio::time::interval_at(
+        tokio::time::Instant::now() + metrics_interval.min(Duration::from_secs(86_400 * 365)),
+        metrics_interval.min(Duration::from_secs(86_400 * 365)),
+    );
     let mut stopping = false;
     while !stopping {
         // Every turn, at least each DRAIN_INTERVAL: what the liveness check watches.
@@ -411,6 +487,15 @@ pub async fn run(config: Config, mut signals: StopSignals) -> Result<()> {
             _ = refresh_metrics.tick(), if metrics.is_some() => {
                 if let (Some(metrics), Some(counts)) = (&metrics, pipeline.counts(&probes)) {
                     metrics.totals.update(counts);
+                }
+            }
+            _ = collect_call_metrics.tick(), if metrics_export.is_some() => {
+                if let Some(export) = metrics_export.as_mut() {
+                    if export.ready() {
+                        if let Some(request) = pipeline.call_metrics_request(&mut probes) {
+                            export.send(request);
+                        }
+                    }
                 }
             }
             _ = sweep.tick() => {
@@ -456,6 +541,25 @@ pub async fn run(config: Config, mut signals: StopSignals) -> Result<()> {
         }
     };
     counts.extend(export_counters(&pipeline.exporter.final_stats()));
+    if let Some(export) = metrics_export.as_mut() {
+        // The last counts of every call, the in-flight request first, within the deadline.
+        let last = async {
+            export.finish().await;
+            if let Some(request) = pipeline.call_metrics_request(&mut probes) {
+                export.send(request);
+                export.finish().await;
+            }
+        };
+        tokio::select! {
+            done = tokio::time::timeout_at(deadline, last) => {
+                if done.is_err() {
+                    warn!("stopping: the call metrics' last counts were not sent in time");
+                }
+            }
+            _ = signals.next() => warn!("stopping at once (second signal): the call metrics' last counts not sent"),
+        }
+        counts.extend([("call_metrics_exported", export.exported), ("call_metrics_failed", export.failed)]);
+    }
     let summary: Vec<String> = counts.iter().map(|(name, n)| format!("{name}={n}")).collect();
     info!("stopped: {} spans; {}", pipeline.spans, summary.join(" "));
     if let Some(metrics) = metrics {
@@ -478,9 +582,10 @@ pub async fn run(config: Config, mut signals: StopSignals) -> Result<()> {
 fn start_self_metrics(config: &Config) -> Option<SelfMetrics> {
     match &config.metrics {
         MetricsOutput::Off => None,
-        MetricsOutput::Otlp { otlp, interval } => SelfMetrics::start(
+        MetricsOutput::Otlp { otlp, interval, temporality } => SelfMetrics::start(
             otlp,
             *interval,
+            *temporality,
             base_resource(&config.resource),
             &config.resource.service_name,
         )

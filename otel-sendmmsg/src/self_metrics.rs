@@ -20,7 +20,7 @@ use opentelemetry_sdk::{
 };
 
 use crate::{
-    config::{Otlp, Protocol},
+    config::{Otlp, Protocol, Temporality},
     export::transport::{blocking_http_client, grpc_settings, http_settings},
 };
 
@@ -57,6 +57,8 @@ const METRICS: &[(&str, &str, Option<&str>)] = &[
     ("parent_not_sampled", "otel_sendmmsg.calls.unsampled", None),
     ("thread_context_unreadable", "otel_sendmmsg.thread_contexts.refused", Some("unreadable")),
     ("thread_context_malformed", "otel_sendmmsg.thread_contexts.refused", Some("malformed")),
+    // Calls the call metrics could not count: a new series found the series map full.
+    ("metric_series_full", "otel_sendmmsg.calls.uncounted", None),
     ("context_processes_refused", "otel_sendmmsg.context_processes.refused", None),
     // Processes still described, from their environment instead of their process context.
     ("process_contexts_refused", "otel_sendmmsg.process_contexts.refused", None),
@@ -112,14 +114,22 @@ impl SelfMetrics {
     pub fn start(
         otlp: &Otlp,
         interval: Duration,
+        temporality: Temporality,
         base: Vec<KeyValue>,
         service_name: &str,
     ) -> Result<SelfMetrics> {
+        let temporality = match temporality {
+            Temporality::Cumulative => opentelemetry_sdk::metrics::Temporality::Cumulative,
+            Temporality::Delta => opentelemetry_sdk::metrics::Temporality::Delta,
+        };
         let exporter = match otlp.protocol {
-            Protocol::Grpc => grpc_settings(MetricExporter::builder().with_tonic(), otlp)?.build(),
+            Protocol::Grpc => {
+                grpc_settings(MetricExporter::builder().with_tonic().with_temporality(temporality), otlp)?.build()
+            }
             Protocol::HttpProtobuf => {
                 let client = blocking_http_client(otlp)?;
-                http_settings(MetricExporter::builder().with_http().with_http_client(client), otlp).build()
+                let builder = MetricExporter::builder().with_http().with_http_client(client);
+                http_settings(builder.with_temporality(temporality), otlp).build()
             }
         }
         .context("building the OTLP metric exporter")?;
@@ -220,6 +230,9 @@ fn description(metric: &str) -> &'static str {
         }
         "otel_sendmmsg.thread_contexts.refused" => {
             "OTEP 4947 thread contexts not taken as a call's parent, by reason: unreadable memory, or a malformed record"
+        }
+        "otel_sendmmsg.calls.uncounted" => {
+            "calls left out of the sendmmsg.* metrics because OTEL_SENDMMSG_MAX_METRIC_SERIES series were full"
         }
         "otel_sendmmsg.context_processes.refused" => {
             "processes defining the OTEP 4947 thread context not read because OTEL_SENDMMSG_MAX_CONTEXT_PROCESSES were"

@@ -8,6 +8,7 @@
 //! README.md's Configuration table (a test holds the two together; `--help` prints that row,
 //! see [`documented`]), and its consumer.
 
+mod call_metrics;
 pub mod documented;
 mod standard;
 mod tls;
@@ -19,8 +20,9 @@ use serde::Deserialize;
 
 pub use self::standard::{
     BatchConfig, Compression, Headers, MetricsOutput, Otlp, Output, ParentRule, Protocol, ResourceSettings,
-    Sampler, DEFAULT_CONCURRENT_EXPORTS, DEFAULT_SERVICE_NAME,
+    Sampler, Temporality, DEFAULT_CONCURRENT_EXPORTS, DEFAULT_SERVICE_NAME,
 };
+pub use self::call_metrics::{CallMetricsSettings, Histogram, DEFAULT_MAX_METRIC_SERIES};
 pub use self::tls::{ClientIdentity, Pem, Tls};
 use self::{
     standard::StandardVars,
@@ -77,6 +79,12 @@ struct OwnVars {
     health_stall_after: Option<String>,
     /// `text` (default): the console's readable lines; `json`: one JSON object per span.
     console_format: Option<String>,
+    /// Series the kernel holds for the call metrics (default [`DEFAULT_MAX_METRIC_SERIES`]).
+    max_metric_series: Option<String>,
+    /// `sendmmsg.duration`'s explicit bucket bounds (`10us,100us,1ms`); unset: exponential.
+    duration_buckets: Option<String>,
+    /// `true`: the call metrics' series are told apart by peer address and port.
+    metrics_by_peer: Option<String>,
 }
 
 /// 4 MiB holds ~3,600 records: about 36 ms of a 100k calls/s burst while the sidecar is busy.
@@ -117,6 +125,8 @@ pub struct Config {
     /// The export queue's bounds and timing (`OTEL_BSP_*`).
     pub batch: BatchConfig,
     pub metrics: MetricsOutput,
+    /// The call metrics, counted in the kernel when `metrics` goes to a collector.
+    pub call_metrics: CallMetricsSettings,
     pub resource: ResourceSettings,
     /// `RUST_LOG`, for the logger.
     pub log_filter: Option<String>,
@@ -347,6 +357,8 @@ impl Config {
             }
         };
         let metrics = std_vars.metrics()?;
+        let call_metrics =
+            call_metrics::parse(&own.max_metric_series, &own.duration_buckets, &own.metrics_by_peer)?;
         let resource = std_vars.resource()?;
         let log_filter = std_vars.log_filter();
         Ok(Config {
@@ -364,6 +376,7 @@ impl Config {
             console_format,
             batch,
             metrics,
+            call_metrics,
             resource,
             log_filter,
             health,
@@ -491,6 +504,7 @@ mod tests {
                 console_format: ConsoleFormat::Text,
                 batch: BatchConfig::default(),
                 metrics: MetricsOutput::Off,
+                call_metrics: CallMetricsSettings::default(),
                 resource: ResourceSettings { attributes: vec![], service_name: DEFAULT_SERVICE_NAME.into() },
                 log_filter: None,
                 health: None,
@@ -669,7 +683,7 @@ mod tests {
         let Output::Otlp(traces) = c.output else { panic!("{:?}", c.output) };
         assert_eq!(traces.timeout, Duration::from_millis(700));
         assert_eq!(traces.headers.0, vec![("api-key".to_owned(), "generic".to_owned())]);
-        let MetricsOutput::Otlp { otlp: metrics, interval } = c.metrics else { panic!("{:?}", c.metrics) };
+        let MetricsOutput::Otlp { otlp: metrics, interval, .. } = c.metrics else { panic!("{:?}", c.metrics) };
         assert_eq!((metrics.timeout, interval), (Duration::from_millis(2500), Duration::from_millis(1500)));
         assert_eq!(
             metrics.headers.0,

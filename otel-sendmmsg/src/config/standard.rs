@@ -53,6 +53,7 @@ pub(super) struct StandardVars {
     otel_exporter_otlp_metrics_timeout: Option<String>,
     otel_exporter_otlp_metrics_headers: Option<String>,
     otel_metric_export_interval: Option<String>,
+    otel_exporter_otlp_metrics_temporality_preference: Option<String>,
     otel_resource_attributes: Option<String>,
     otel_service_name: Option<String>,
     rust_log: Option<String>,
@@ -105,7 +106,16 @@ pub enum MetricsOutput {
     /// Not exported; the loss log and the closing summary still say it all.
     Off,
     /// OTLP every `interval` (`OTEL_METRIC_EXPORT_INTERVAL`).
-    Otlp { otlp: Otlp, interval: Duration },
+    Otlp { otlp: Otlp, interval: Duration, temporality: Temporality },
+}
+
+/// What a sum's or a histogram's points count (`OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE`):
+/// everything since the series began, or only what came since the last export. Every
+/// instrument here is a counter or a histogram, for which `lowmemory` means delta.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Temporality {
+    Cumulative,
+    Delta,
 }
 
 /// One signal's OTLP exporter, complete: what the exporter is built with.
@@ -289,7 +299,23 @@ impl StandardVars {
                 invalid("OTEL_METRIC_EXPORT_INTERVAL", v, "a whole number of milliseconds above 0")
             })?,
         };
-        let on = MetricsOutput::Otlp { otlp, interval };
+        let temporality = match self
+            .otel_exporter_otlp_metrics_temporality_preference
+            .as_deref()
+            .map(|v| (v, v.trim().to_ascii_lowercase()))
+        {
+            None => Temporality::Cumulative,
+            Some((_, t)) if t.is_empty() || t == "cumulative" => Temporality::Cumulative,
+            Some((_, t)) if t == "delta" || t == "lowmemory" => Temporality::Delta,
+            Some((v, _)) => {
+                return Err(invalid(
+                    "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE",
+                    v,
+                    "cumulative, delta or lowmemory",
+                ))
+            }
+        };
+        let on = MetricsOutput::Otlp { otlp, interval, temporality };
         match self.otel_metrics_exporter.as_deref().map(|v| (v, v.trim())) {
             // No exporter named: on when a collector is named for metrics or for every signal
             // (a traces-only endpoint says nothing about where metrics are welcome).

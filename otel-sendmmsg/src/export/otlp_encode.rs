@@ -67,6 +67,13 @@ impl EncodedResource {
     }
 }
 
+/// A resource as its `Resource` message's bytes and its schema URL: what every OTLP request
+/// under it carries (the call metrics' too).
+pub fn resource_message(resource: &Resource) -> (Vec<u8>, String) {
+    let encoded = EncodedResource::new(resource);
+    (encoded.message, encoded.schema_url)
+}
+
 /// Spans of one instrumentation scope, encoded as they go in their `ScopeSpans` (each the
 /// field `spans`, tag and length first), waiting to be put in a request. What the export queue
 /// holds: a third of the memory of the `SpanData` they were made from.

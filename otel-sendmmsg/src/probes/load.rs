@@ -6,11 +6,14 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
 use aya::{
-    maps::{HashMap, MapError},
+    maps::{Array, HashMap, MapError},
     util::KernelVersion,
     Ebpf, EbpfError, EbpfLoader,
 };
-use otel_sendmmsg_common::{filter, FilterSettings, KernelOffsets};
+use otel_sendmmsg_common::{
+    call_metrics::{metric_flags, MetricSettings, MAX_BOUNDS},
+    filter, FilterSettings, KernelOffsets,
+};
 use tracing::{debug, info, warn};
 
 use super::{
@@ -18,8 +21,9 @@ use super::{
     shared_context::{self, SharedMap},
 };
 use crate::{
+    call_metrics::histogram,
     cgroup,
-    config::{Config, ConfigError, KernelMessages, ParentRule},
+    config::{Config, ConfigError, KernelMessages, MetricsOutput, Output, ParentRule},
 };
 
 static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/otel-sendmmsg.bpf.o"));
@@ -76,6 +80,7 @@ pub fn object(config: &Config, kernel: &Kernel) -> Result<Loaded> {
         min_duration_ns: u64::try_from(filters.min_duration.as_nanos()).unwrap_or(u64::MAX),
         trace_id_below,
     };
+    let (metric_settings, bounds) = call_metrics_settings(config);
     let load = |pin: Option<PathBuf>| {
         let mut loader = EbpfLoader::new();
         // The kernel's BTF is already parsed: the loader would parse its own copy otherwise.
@@ -88,6 +93,7 @@ pub fn object(config: &Config, kernel: &Kernel) -> Result<Loaded> {
             .override_global("SYSCALL_WRAPPER", &wrapper, true)
             .override_global("OFFSETS", &offsets, true)
             .override_global("FILTERS", &settings, true)
+            .override_global("METRIC_SETTINGS", &metric_settings, true)
             .override_global(
                 "SIZES_AT_EXIT",
                 &u32::from(config.kernel_messages == KernelMessages::SizesAtExit),
@@ -98,6 +104,7 @@ pub fn object(config: &Config, kernel: &Kernel) -> Result<Loaded> {
             .map_max_entries("INFLIGHT", config.max_inflight)
             .map_max_entries("THREAD_CONTEXT_ACCESS", config.max_context_processes)
             .map_max_entries("RECORDS", config.ring_buffer_bytes)
+            .map_max_entries("CALL_METRICS", config.call_metrics.max_series)
             .load(BPF_OBJECT)
     };
     let load_error = |e: EbpfError| privilege_hint(anyhow!(e).context("loading the BPF object"), memlock);
@@ -117,11 +124,36 @@ pub fn object(config: &Config, kernel: &Kernel) -> Result<Loaded> {
             ebpf = load(None).map_err(load_error)?;
         }
     }
+    let mut table = Array::<_, [u64; MAX_BOUNDS]>::try_from(
+        ebpf.map_mut("DURATION_BOUNDS").context("map DURATION_BOUNDS missing")?,
+    )?;
+    table.set(0, bounds, 0).context("writing the duration histogram's bounds")?;
     fill_set(&mut ebpf, "FILTER_PIDS", filters.pids.iter().copied())?;
     fill_set(&mut ebpf, "FILTER_COMMS", filters.comms.iter().map(|c| comm_key(c)))?;
     fill_set(&mut ebpf, "FILTER_CGROUPS", cgroup_ids)?;
     let sweep = matches!(shared, SharedMap::Pinned { existing: Some(_), .. });
     Ok(Loaded { ebpf, sweep_dead_contexts: sweep })
+}
+
+/// What the kernel counts for the call metrics, and the bounds of their duration histogram.
+/// They are counted when metrics go to a collector; with `OTEL_TRACES_EXPORTER=none` as well,
+/// no call becomes a span (metrics only).
+fn call_metrics_settings(config: &Config) -> (MetricSettings, [u64; MAX_BOUNDS]) {
+    let table = histogram::bounds_ns(&config.call_metrics.histogram);
+    let mut bounds = [u64::MAX; MAX_BOUNDS];
+    bounds[..table.len()].copy_from_slice(&table);
+    if !matches!(config.metrics, MetricsOutput::Otlp { .. }) {
+        return (MetricSettings::default(), bounds);
+    }
+    let flags = [
+        (true, metric_flags::ON),
+        (config.output == Output::Discard, metric_flags::SPANS_OFF),
+        (config.call_metrics.by_peer, metric_flags::BY_PEER),
+    ]
+    .iter()
+    .filter(|(on, _)| *on)
+    .fold(0, |flags, (_, bit)| flags | bit);
+    (MetricSettings { flags, bounds: table.len() as u32 }, bounds)
 }
 
 /// Puts every key in the BPF hash map `name` (a set: the value is unused).

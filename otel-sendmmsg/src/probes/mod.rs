@@ -22,10 +22,13 @@ use std::{os::fd::AsFd, path::Path};
 
 use anyhow::{Context, Result};
 use aya::{
-    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
     Ebpf,
 };
-use otel_sendmmsg_common::{CallRecord, Counter, ThreadContextAccess};
+use otel_sendmmsg_common::{
+    call_metrics::{SeriesKey, SeriesValue},
+    CallRecord, Counter, ThreadContextAccess,
+};
 use tracing::{debug, info, warn};
 
 use self::{
@@ -275,5 +278,33 @@ impl Probes {
             }
         }
         Ok(removed)
+    }
+
+    /// The call metrics' series and their totals, each summed over the CPUs. A series that
+    /// cannot be read is left for the next collection.
+    pub fn call_series(&self) -> Result<Vec<(SeriesKey, SeriesValue)>> {
+        let map = self.ebpf.map("CALL_METRICS").context("map CALL_METRICS missing from the BPF object")?;
+        let series = PerCpuHashMap::<_, SeriesKey, SeriesValue>::try_from(map)?;
+        Ok(series
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(key, per_cpu)| {
+                let mut total = SeriesValue::default();
+                for value in per_cpu.iter() {
+                    total.add(value);
+                }
+                (key, total)
+            })
+            .collect())
+    }
+
+    /// Removes `keys` from the call metrics' series; a call of one after this starts it again.
+    pub fn retire_series(&mut self, keys: &[SeriesKey]) -> Result<()> {
+        let map = self.ebpf.map_mut("CALL_METRICS").context("map CALL_METRICS missing from the BPF object")?;
+        let mut series = PerCpuHashMap::<_, SeriesKey, SeriesValue>::try_from(map)?;
+        for key in keys {
+            let _ = series.remove(key);
+        }
+        Ok(())
     }
 }

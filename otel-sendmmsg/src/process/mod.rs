@@ -65,6 +65,11 @@ pub struct ProcessInfo {
 }
 
 impl ProcessInfo {
+    /// A process not known (yet): its pid, under [`UNKNOWN_SERVICE`].
+    pub fn unknown(pid: u32) -> ProcessInfo {
+        ProcessInfo::from_comm(pid, "")
+    }
+
     /// What can be said of a process that is gone: the name of the thread that called.
     fn from_comm(pid: u32, comm: &str) -> ProcessInfo {
         let name = (!comm.is_empty()).then(|| comm.to_owned());
@@ -329,6 +334,16 @@ impl ProcessCache {
             }
         }
         entry.info.clone()
+    }
+
+    /// What the cache knows of process `pid` (started at `start_ticks`, when known), without a
+    /// thread's name to check: for the call metrics, whose series have none. None for another
+    /// process by that pid, or one not known yet.
+    pub fn known(&mut self, pid: u32, start_ticks: Option<u64>) -> Option<Arc<ProcessInfo>> {
+        let entry = self.entries.get(&pid)?;
+        let other_process =
+            matches!((&entry.identity, start_ticks), (Some(stat), Some(start)) if stat.start_time != start);
+        (!other_process).then(|| entry.info.clone())
     }
 
     /// The process `pid` when its read did not answer in time: named after its thread for now,

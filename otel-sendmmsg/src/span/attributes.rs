@@ -107,10 +107,8 @@ pub(super) fn of_message(
 fn push_network_attributes(call: &Call, attrs: &mut Vec<KeyValue>) {
     if let Some(socket) = &call.socket {
         attrs.push(KeyValue::new("network.transport", transport(socket)));
-        match i32::from(socket.family) {
-            libc::AF_INET => attrs.push(KeyValue::new("network.type", "ipv4")),
-            libc::AF_INET6 => attrs.push(KeyValue::new("network.type", "ipv6")),
-            _ => {}
+        if let Some(network_type) = network_type(socket.family) {
+            attrs.push(KeyValue::new("network.type", network_type));
         }
         if let Some(local) = socket.local {
             attrs.push(KeyValue::new("network.local.address", ip_text(local.ip())));
@@ -127,7 +125,16 @@ fn push_network_attributes(call: &Call, attrs: &mut Vec<KeyValue>) {
     }
 }
 
-fn peer(to: &SocketAddr) -> [KeyValue; 2] {
+/// OpenTelemetry's `network.type`, for the families that have one.
+pub(crate) fn network_type(family: u16) -> Option<&'static str> {
+    match i32::from(family) {
+        libc::AF_INET => Some("ipv4"),
+        libc::AF_INET6 => Some("ipv6"),
+        _ => None,
+    }
+}
+
+pub(crate) fn peer(to: &SocketAddr) -> [KeyValue; 2] {
     [
         KeyValue::new("network.peer.address", ip_text(to.ip())),
         KeyValue::new("network.peer.port", i64::from(to.port())),
@@ -187,18 +194,22 @@ fn formatted(args: std::fmt::Arguments<'_>) -> String {
     }
 }
 
-/// OpenTelemetry's `network.transport` names, from the socket's family, type and protocol.
 fn transport(socket: &Socket) -> Value {
-    if i32::from(socket.family) == libc::AF_UNIX {
+    transport_name(socket.family, socket.sock_type, socket.protocol)
+}
+
+/// OpenTelemetry's `network.transport` names, from a socket's family, type and protocol.
+pub(crate) fn transport_name(family: u16, sock_type: u16, protocol: u16) -> Value {
+    if i32::from(family) == libc::AF_UNIX {
         return "unix".into();
     }
-    match i32::from(socket.protocol) {
+    match i32::from(protocol) {
         libc::IPPROTO_UDP | libc::IPPROTO_UDPLITE => "udp".into(),
         libc::IPPROTO_TCP | libc::IPPROTO_MPTCP => "tcp".into(),
         libc::IPPROTO_SCTP => "sctp".into(),
         libc::IPPROTO_ICMP | libc::IPPROTO_ICMPV6 => "icmp".into(),
         libc::IPPROTO_RAW => "raw".into(),
-        p => match i32::from(socket.sock_type) {
+        p => match i32::from(sock_type) {
             libc::SOCK_DGRAM => "udp".into(),
             libc::SOCK_STREAM => "tcp".into(),
             _ => format!("protocol {p}").into(),

@@ -113,14 +113,35 @@ impl Sink {
     }
 }
 
-/// A data point of a sum or gauge as a collector received it.
+/// A data point of a sum, gauge or histogram as a collector received it.
 #[derive(Clone, Debug)]
 pub struct ReceivedPoint {
     pub resource: Vec<KeyValue>,
     pub metric: String,
     pub attributes: Vec<KeyValue>,
+    /// A sum's or gauge's value; a histogram's count.
     pub value: i64,
     pub monotonic_sum: bool,
+    /// `AggregationTemporality` of a sum or histogram (0 for a gauge).
+    pub temporality: i32,
+    pub start_time_unix_nano: u64,
+    pub time_unix_nano: u64,
+    pub histogram: Option<ReceivedHistogram>,
+}
+
+/// What a histogram's point says besides its count.
+#[derive(Clone, Debug)]
+pub struct ReceivedHistogram {
+    pub sum: f64,
+    pub min: Option<f64>,
+    pub max: Option<f64>,
+    /// Exponential: its scale, first bucket's index and counts; explicit: its bounds (`bounds`)
+    /// and counts.
+    pub exponential: Option<(i32, i32)>,
+    pub bounds: Vec<f64>,
+    pub counts: Vec<u64>,
+    /// Each exemplar's (trace id, span id, value).
+    pub exemplars: Vec<(Vec<u8>, Vec<u8>, f64)>,
 }
 
 type PointStore = Arc<Mutex<Vec<ReceivedPoint>>>;
@@ -174,28 +195,86 @@ fn decompressed(headers: &axum::http::HeaderMap, body: axum::body::Bytes) -> Vec
 }
 
 fn store_metrics(store: &PointStore, request: ExportMetricsServiceRequest) {
-    use opentelemetry_proto::tonic::metrics::v1::{metric::Data, number_data_point::Value as Number};
+    use opentelemetry_proto::tonic::metrics::v1::{
+        exemplar::Value as ExemplarValue, metric::Data, number_data_point::Value as Number, Exemplar,
+    };
+    let exemplars = |exemplars: Vec<Exemplar>| -> Vec<(Vec<u8>, Vec<u8>, f64)> {
+        exemplars
+            .into_iter()
+            .map(|e| {
+                let value = match e.value {
+                    Some(ExemplarValue::AsDouble(v)) => v,
+                    Some(ExemplarValue::AsInt(v)) => v as f64,
+                    None => f64::NAN,
+                };
+                (e.trace_id, e.span_id, value)
+            })
+            .collect()
+    };
     let mut points = store.lock().unwrap();
     for rm in request.resource_metrics {
         let resource = rm.resource.map(|r| r.attributes).unwrap_or_default();
         for metric in rm.scope_metrics.into_iter().flat_map(|sm| sm.metrics) {
-            let (data_points, monotonic_sum) = match metric.data {
-                Some(Data::Sum(sum)) => (sum.data_points, sum.is_monotonic),
-                Some(Data::Gauge(gauge)) => (gauge.data_points, false),
-                other => panic!("metric {} is not a sum or gauge: {other:?}", metric.name),
+            let point = |attributes, value, monotonic_sum, temporality, start, time, histogram| ReceivedPoint {
+                resource: resource.clone(),
+                metric: metric.name.clone(),
+                attributes,
+                value,
+                monotonic_sum,
+                temporality,
+                start_time_unix_nano: start,
+                time_unix_nano: time,
+                histogram,
             };
-            for point in data_points {
-                let value = match point.value {
+            let (data_points, monotonic_sum, temporality) = match &metric.data {
+                Some(Data::Sum(sum)) => (sum.data_points.clone(), sum.is_monotonic, sum.aggregation_temporality),
+                Some(Data::Gauge(gauge)) => (gauge.data_points.clone(), false, 0),
+                Some(Data::Histogram(h)) => {
+                    for p in &h.data_points {
+                        let histogram = ReceivedHistogram {
+                            sum: p.sum.unwrap_or(f64::NAN),
+                            min: p.min,
+                            max: p.max,
+                            exponential: None,
+                            bounds: p.explicit_bounds.clone(),
+                            counts: p.bucket_counts.clone(),
+                            exemplars: exemplars(p.exemplars.clone()),
+                        };
+                        let (start, time) = (p.start_time_unix_nano, p.time_unix_nano);
+                        let temporality = h.aggregation_temporality;
+                        let attributes = p.attributes.clone();
+                        points.push(point(attributes, p.count as i64, false, temporality, start, time, Some(histogram)));
+                    }
+                    continue;
+                }
+                Some(Data::ExponentialHistogram(h)) => {
+                    for p in &h.data_points {
+                        let positive = p.positive.clone().unwrap_or_default();
+                        let histogram = ReceivedHistogram {
+                            sum: p.sum.unwrap_or(f64::NAN),
+                            min: p.min,
+                            max: p.max,
+                            exponential: Some((p.scale, positive.offset)),
+                            bounds: Vec::new(),
+                            counts: positive.bucket_counts,
+                            exemplars: exemplars(p.exemplars.clone()),
+                        };
+                        let (start, time) = (p.start_time_unix_nano, p.time_unix_nano);
+                        let temporality = h.aggregation_temporality;
+                        let attributes = p.attributes.clone();
+                        points.push(point(attributes, p.count as i64, false, temporality, start, time, Some(histogram)));
+                    }
+                    continue;
+                }
+                other => panic!("metric {} is of a kind the sidecar does not send: {other:?}", metric.name),
+            };
+            for p in data_points {
+                let value = match p.value {
                     Some(Number::AsInt(v)) => v,
                     other => panic!("metric {} has a non-integer point: {other:?}", metric.name),
                 };
-                points.push(ReceivedPoint {
-                    resource: resource.clone(),
-                    metric: metric.name.clone(),
-                    attributes: point.attributes,
-                    value,
-                    monotonic_sum,
-                });
+                let (start, time) = (p.start_time_unix_nano, p.time_unix_nano);
+                points.push(point(p.attributes, value, monotonic_sum, temporality, start, time, None));
             }
         }
     }
