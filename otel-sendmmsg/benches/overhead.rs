@@ -75,6 +75,8 @@ struct Settings {
     /// `BENCH_THREAD_CONTEXT` (true): also run each family, detail events, with the workload
     /// publishing an OTEP 4947 thread context.
     thread_context: bool,
+    /// `BENCH_METRICS_ONLY` (true): also run each family with the call metrics and no span.
+    metrics_only: bool,
     /// `BENCH_PIPELINE_PROTOCOLS` (grpc,http).
     protocols: Vec<Protocol>,
     /// `BENCH_PIPELINE_RATES` (10000,25000,50000,100000,150000): calls/s asked of the workload.
@@ -140,6 +142,7 @@ impl Settings {
             bpftrace: env_or("BENCH_BPFTRACE", "bpftrace"),
             capture_off: env_num("BENCH_CAPTURE_OFF", "true"),
             thread_context: env_num("BENCH_THREAD_CONTEXT", "true"),
+            metrics_only: env_num("BENCH_METRICS_ONLY", "true"),
             protocols,
             rates: env_list("BENCH_PIPELINE_RATES", "10000,25000,50000,100000,150000"),
             pipeline_seconds: env_num("BENCH_PIPELINE_SECONDS", "5"),
@@ -205,11 +208,13 @@ enum Setup {
     /// `capture`: false clears the sidecar's identity capture after start-up (`first_call`),
     /// to compare the steady state with the capture's once-per-process check and without.
     /// `published`: the workload's senders publish an OTEP 4947 thread context, read at each call.
+    /// `metrics_only`: the call metrics on and no span (`OTEL_TRACES_EXPORTER=none`).
     Sidecar {
         family: String,
         detail: String,
         capture: bool,
         published: bool,
+        metrics_only: bool,
     },
     Bpftrace,
 }
@@ -220,7 +225,8 @@ impl Setup {
             Setup::Untraced => "untraced".into(),
             Setup::Floor { per_message: true } => "floor (empty programs)".into(),
             Setup::Floor { per_message: false } => "floor (empty programs), entry/exit only".into(),
-            Setup::Sidecar { family, detail, capture, published } => format!(
+            Setup::Sidecar { family, metrics_only: true, .. } => format!("sidecar {family}, metrics only"),
+            Setup::Sidecar { family, detail, capture, published, .. } => format!(
                 "sidecar {family}, detail {detail}{}{}",
                 if *capture { "" } else { ", capture off" },
                 if *published { ", thread context published" } else { "" }
@@ -261,17 +267,33 @@ struct Seen {
 /// (the first 64) in the `spans` detail level, one span otherwise; bpftrace counts calls.
 fn per_call(setup: &Setup, vlen: usize) -> u64 {
     match setup {
+        Setup::Sidecar { metrics_only: true, .. } => 0,
         Setup::Sidecar { detail, .. } if detail == "spans" => 1 + vlen.min(64) as u64,
         _ => 1,
     }
 }
 
-fn sidecar_vars<'a>(family: &'a str, detail: &'a str, settings: &'a Settings) -> Vec<(&'a str, &'a str)> {
+fn sidecar_vars<'a>(
+    family: &'a str,
+    detail: &'a str,
+    metrics_only: bool,
+    settings: &'a Settings,
+) -> Vec<(&'a str, &'a str)> {
     let mut vars = vec![
         ("OTEL_SENDMMSG_ATTACH", family),
         ("OTEL_SENDMMSG_MESSAGE_DETAIL", detail),
         ("OTEL_TRACES_EXPORTER", "none"),
     ];
+    if metrics_only {
+        // Every call counted in the kernel; nothing exported while the workload runs (the one
+        // export, at shutdown, goes to a closed port and gives up at once).
+        vars.extend([
+            ("OTEL_METRICS_EXPORTER", "otlp"),
+            ("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "http://127.0.0.1:9"),
+            ("OTEL_EXPORTER_OTLP_METRICS_TIMEOUT", "100"),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "3600000"),
+        ]);
+    }
     vars.extend(settings.passthrough.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     vars
 }
@@ -289,8 +311,8 @@ fn start(setup: &Setup, settings: &Settings) -> Result<Session, String> {
         Setup::Floor { per_message } => {
             Floor::attach(*per_message).map(Session::Floor).map_err(|e| format!("{e:#}"))
         }
-        Setup::Sidecar { family, detail, capture, .. } => {
-            let sidecar = Sidecar::try_start(&sidecar_vars(family, detail, settings))
+        Setup::Sidecar { family, detail, capture, metrics_only, .. } => {
+            let sidecar = Sidecar::try_start(&sidecar_vars(family, detail, *metrics_only, settings))
                 .map_err(|(status, log)| format!("{status}: {}", reason(&log)))?;
             if !capture {
                 first_call::capture_off()?;
@@ -455,6 +477,7 @@ fn overhead(settings: &Settings) -> String {
             detail: "events".into(),
             capture: true,
             published: false,
+            metrics_only: false,
         };
         match start(&probe, settings) {
             Ok(session) => {
@@ -464,7 +487,18 @@ fn overhead(settings: &Settings) -> String {
                     detail: d.clone(),
                     capture: true,
                     published: false,
+                    metrics_only: false,
                 }));
+                // Every call's latency as metrics, no span: what the call metrics cost alone.
+                if settings.metrics_only {
+                    setups.push(Setup::Sidecar {
+                        family: family.clone(),
+                        detail: "events".into(),
+                        capture: true,
+                        published: false,
+                        metrics_only: true,
+                    });
+                }
                 // The same calls with a span published the OTEP 4947 way: what reading it costs.
                 if settings.thread_context {
                     setups.push(Setup::Sidecar {
@@ -472,6 +506,7 @@ fn overhead(settings: &Settings) -> String {
                         detail: "events".into(),
                         capture: true,
                         published: true,
+                        metrics_only: false,
                     });
                 }
                 // The steady state before the identity capture: the same, capture off.
@@ -481,6 +516,7 @@ fn overhead(settings: &Settings) -> String {
                         detail: "events".into(),
                         capture: false,
                         published: false,
+                        metrics_only: false,
                     });
                 }
             }
@@ -732,6 +768,7 @@ fn pipeline(settings: &Settings) -> String {
                 detail: settings.pipeline_detail.clone(),
                 capture: true,
                 published: false,
+                metrics_only: false,
             };
             let mut vars = vec![
                 ("OTEL_SENDMMSG_ATTACH", "tracepoint"),
