@@ -24,8 +24,7 @@ static METRIC_SETTINGS: MetricSettings = MetricSettings { flags: 0, bounds: 0 };
 /// The series, per CPU. User space sizes it (`OTEL_SENDMMSG_MAX_METRIC_SERIES`) and removes
 /// the series of processes gone once their last counts are exported.
 #[map]
-static CALL_METRICS: PerCpuHashMap<SeriesKey, SeriesValue> =
-    PerCpuHashMap::with_max_entries(512, 0);
+static CALL_METRICS: PerCpuHashMap<SeriesKey, SeriesValue> = PerCpuHashMap::with_max_entries(512, 0);
 
 /// The duration histogram's upper bounds, ns, which user space writes after load. A map, not
 /// a global: the compiler would fold reads of a zeroed global array.

@@ -20,7 +20,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
 use otel_sendmmsg_common::{
-    call_metrics::metric_flags, filter, record_flags, CallRecord, Counter, TraceContext, MAX_VLEN, RECORD_VERSION,
+    call_metrics::metric_flags, filter, record_flags, CallRecord, Counter, TraceContext, MAX_VLEN,
+    RECORD_VERSION,
 };
 
 use crate::{

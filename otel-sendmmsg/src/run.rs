@@ -208,9 +208,8 @@ impl Pipeline {
         let metrics = self.call_metrics.as_mut()?;
         let series = probes.call_series().inspect_err(|e| warn!("reading the call metrics: {e:#}")).ok()?;
         let proc = Path::new("/proc");
-        let (points, retire) = metrics.collect(series, SystemTime::now(), |key| {
-            !proc.join(key.pid.to_string()).exists()
-        });
+        let (points, retire) =
+            metrics.collect(series, SystemTime::now(), |key| !proc.join(key.pid.to_string()).exists());
         if let Err(e) = probes.retire_series(&retire) {
             warn!("removing the call metrics of processes gone: {e:#}");
         }

@@ -124,7 +124,8 @@ impl SelfMetrics {
         };
         let exporter = match otlp.protocol {
             Protocol::Grpc => {
-                grpc_settings(MetricExporter::builder().with_tonic().with_temporality(temporality), otlp)?.build()
+                grpc_settings(MetricExporter::builder().with_tonic().with_temporality(temporality), otlp)?
+                    .build()
             }
             Protocol::HttpProtobuf => {
                 let client = blocking_http_client(otlp)?;

@@ -40,11 +40,17 @@ const CUMULATIVE: i32 = 2;
 
 /// The counts the receiver got for process `pid`, per series: cumulative points' latest values,
 /// or delta points' sum. Every point must be of the process's own resource and of `temporality`.
-fn received(receiver: &Receiver, pid: u32, temporality: i32) -> BTreeMap<(Option<String>, Option<String>), Counts> {
+fn received(
+    receiver: &Receiver,
+    pid: u32,
+    temporality: i32,
+) -> BTreeMap<(Option<String>, Option<String>), Counts> {
     let points: Vec<ReceivedPoint> = receiver
         .metric_points()
         .into_iter()
-        .filter(|p| p.metric.starts_with("sendmmsg.") && int_attr(&p.resource, "process.pid") == Some(pid.into()))
+        .filter(|p| {
+            p.metric.starts_with("sendmmsg.") && int_attr(&p.resource, "process.pid") == Some(pid.into())
+        })
         .collect();
     assert!(!points.is_empty(), "no call metrics of pid {pid}: {:#?}", receiver.metric_points());
     let mut out: BTreeMap<(Option<String>, Option<String>), Counts> = BTreeMap::new();
@@ -73,7 +79,11 @@ fn received(receiver: &Receiver, pid: u32, temporality: i32) -> BTreeMap<(Option
         let error = str_attr(&p.attributes, "error.type").map(str::to_owned);
         let transport = str_attr(&p.attributes, "network.transport").map(str::to_owned);
         if let Some(t) = &transport {
-            assert_eq!((t.as_str(), str_attr(&p.attributes, "network.type")), ("udp", Some("ipv4")), "{p:#?}");
+            assert_eq!(
+                (t.as_str(), str_attr(&p.attributes, "network.type")),
+                ("udp", Some("ipv4")),
+                "{p:#?}"
+            );
         }
         // A message's error.type is its own: none on a sent one.
         let series_error = match outcome {
@@ -158,14 +168,17 @@ fn every_call_is_counted_by_process_and_outcome_with_spans_as_exemplars() {
     let histograms: Vec<ReceivedPoint> = receiver
         .metric_points()
         .into_iter()
-        .filter(|p| p.metric == "sendmmsg.duration" && int_attr(&p.resource, "process.pid") == Some(pid.into()))
+        .filter(|p| {
+            p.metric == "sendmmsg.duration" && int_attr(&p.resource, "process.pid") == Some(pid.into())
+        })
         .collect();
     let exemplars: Vec<(Vec<u8>, Vec<u8>, f64)> =
         histograms.iter().flat_map(|p| p.histogram.clone().unwrap().exemplars).collect();
     assert!(!exemplars.is_empty(), "{histograms:#?}");
     for (trace_id, span_id, seconds) in &exemplars {
         let span = durations.iter().find(|(t, s, _)| t == trace_id && s == span_id);
-        let (_, _, duration) = span.unwrap_or_else(|| panic!("exemplar of a span not received: {span_id:02x?}"));
+        let (_, _, duration) =
+            span.unwrap_or_else(|| panic!("exemplar of a span not received: {span_id:02x?}"));
         assert!((duration - seconds).abs() < 1e-6, "exemplar {seconds} s, span {duration} s");
     }
     // The exponential histogram holds every call, in buckets that bracket each call's duration.

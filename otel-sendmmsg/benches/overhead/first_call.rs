@@ -97,7 +97,8 @@ pub fn first_call(settings: &Settings) -> String {
             let sidecar = match config {
                 Capture::Untraced => None,
                 Capture::On | Capture::Off => {
-                    match support::Sidecar::try_start(&sidecar_vars("tracepoint", "events", false, settings)) {
+                    match support::Sidecar::try_start(&sidecar_vars("tracepoint", "events", false, settings))
+                    {
                         Ok(s) => Some(s),
                         Err((status, log)) => {
                             return format!(

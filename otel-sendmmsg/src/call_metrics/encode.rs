@@ -13,9 +13,10 @@ use opentelemetry_proto::tonic::{
     collector::metrics::v1::ExportMetricsServiceRequest,
     common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue},
     metrics::v1::{
-        exemplar, exponential_histogram_data_point::Buckets, metric::Data, AggregationTemporality,
-        Exemplar as ProtoExemplar, ExponentialHistogram, ExponentialHistogramDataPoint, Histogram as ProtoHistogram,
-        HistogramDataPoint, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum, number_data_point,
+        exemplar, exponential_histogram_data_point::Buckets, metric::Data, number_data_point,
+        AggregationTemporality, Exemplar as ProtoExemplar, ExponentialHistogram,
+        ExponentialHistogramDataPoint, Histogram as ProtoHistogram, HistogramDataPoint, Metric,
+        NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum,
     },
 };
 use opentelemetry_sdk::Resource;
@@ -105,7 +106,9 @@ fn metrics(points: &[Point], histogram: &Histogram, temporality: i32, now: u64) 
     for point in points {
         let series = series_attributes(point);
         let error = error_type(point.key.error);
-        for (outcome, n) in [("sent", point.value.sent), ("failed", point.value.failed), ("unsent", point.value.unsent)] {
+        for (outcome, n) in
+            [("sent", point.value.sent), ("failed", point.value.failed), ("unsent", point.value.unsent)]
+        {
             if n == 0 {
                 continue;
             }
@@ -236,7 +239,12 @@ fn series_attributes(point: &Point) -> Vec<KeyValue> {
     }
     if key.peer_port_be != 0 {
         let ip = match i32::from(key.family) {
-            libc::AF_INET => IpAddr::V4(Ipv4Addr::new(key.peer_addr[0], key.peer_addr[1], key.peer_addr[2], key.peer_addr[3])),
+            libc::AF_INET => IpAddr::V4(Ipv4Addr::new(
+                key.peer_addr[0],
+                key.peer_addr[1],
+                key.peer_addr[2],
+                key.peer_addr[3],
+            )),
             _ => IpAddr::V6(Ipv6Addr::from(key.peer_addr)),
         };
         out.extend(peer(&SocketAddr::new(ip, u16::from_be(key.peer_port_be))).into_iter().map(convert));
@@ -263,7 +271,11 @@ fn convert(kv: SdkKeyValue) -> KeyValue {
         SdkValue::F64(f) => any_value::Value::DoubleValue(f),
         other => any_value::Value::StringValue(other.as_str().into_owned()),
     };
-    KeyValue { key: kv.key.as_str().to_owned(), value: Some(AnyValue { value: Some(value) }), ..Default::default() }
+    KeyValue {
+        key: kv.key.as_str().to_owned(),
+        value: Some(AnyValue { value: Some(value) }),
+        ..Default::default()
+    }
 }
 
 fn nanos(t: SystemTime) -> u64 {

@@ -83,7 +83,10 @@ impl MetricsExport {
 
 /// The result of a task known to be finished.
 fn futures_now(task: JoinHandle<bool>) -> Option<bool> {
-    use std::{future::Future as _, task::{Context, Poll}};
+    use std::{
+        future::Future as _,
+        task::{Context, Poll},
+    };
     let mut task = std::pin::pin!(task);
     match task.as_mut().poll(&mut Context::from_waker(std::task::Waker::noop())) {
         Poll::Ready(result) => Some(result.unwrap_or(false)),

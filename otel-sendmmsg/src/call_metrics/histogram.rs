@@ -90,7 +90,19 @@ mod tests {
     #[test]
     fn the_kernels_bucket_is_the_data_models_bucket() {
         let table = kernel_table();
-        for ns in [61u64, 100, 1_000, 1_500, 4_096, 10_000, 123_456, 1_000_000, 999_999_999, 1_000_000_000, 7_000_000_000_000] {
+        for ns in [
+            61u64,
+            100,
+            1_000,
+            1_500,
+            4_096,
+            10_000,
+            123_456,
+            1_000_000,
+            999_999_999,
+            1_000_000_000,
+            7_000_000_000_000,
+        ] {
             let mut kernel = [0u64; BUCKETS];
             kernel[bucket_of(ns, &table, MAX_BOUNDS as u32)] = 1;
             let point = exponential(&kernel);

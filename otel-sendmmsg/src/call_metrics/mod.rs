@@ -12,10 +12,7 @@ pub mod encode;
 pub mod export;
 pub mod histogram;
 
-use std::{
-    collections::HashMap,
-    time::SystemTime,
-};
+use std::{collections::HashMap, time::SystemTime};
 
 use opentelemetry::trace::{SpanId, TraceId};
 use otel_sendmmsg_common::call_metrics::{bucket_of, SeriesKey, SeriesValue, BUCKETS, MAX_BOUNDS};

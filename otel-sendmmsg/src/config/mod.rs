@@ -18,11 +18,11 @@ use std::{path::PathBuf, time::Duration};
 
 use serde::Deserialize;
 
+pub use self::call_metrics::{CallMetricsSettings, Histogram, DEFAULT_MAX_METRIC_SERIES};
 pub use self::standard::{
     BatchConfig, Compression, Headers, MetricsOutput, Otlp, Output, ParentRule, Protocol, ResourceSettings,
     Sampler, Temporality, DEFAULT_CONCURRENT_EXPORTS, DEFAULT_SERVICE_NAME,
 };
-pub use self::call_metrics::{CallMetricsSettings, Histogram, DEFAULT_MAX_METRIC_SERIES};
 pub use self::tls::{ClientIdentity, Pem, Tls};
 use self::{
     standard::StandardVars,
@@ -683,7 +683,9 @@ mod tests {
         let Output::Otlp(traces) = c.output else { panic!("{:?}", c.output) };
         assert_eq!(traces.timeout, Duration::from_millis(700));
         assert_eq!(traces.headers.0, vec![("api-key".to_owned(), "generic".to_owned())]);
-        let MetricsOutput::Otlp { otlp: metrics, interval, .. } = c.metrics else { panic!("{:?}", c.metrics) };
+        let MetricsOutput::Otlp { otlp: metrics, interval, .. } = c.metrics else {
+            panic!("{:?}", c.metrics)
+        };
         assert_eq!((metrics.timeout, interval), (Duration::from_millis(2500), Duration::from_millis(1500)));
         assert_eq!(
             metrics.headers.0,

@@ -300,7 +300,8 @@ impl Probes {
 
     /// Removes `keys` from the call metrics' series; a call of one after this starts it again.
     pub fn retire_series(&mut self, keys: &[SeriesKey]) -> Result<()> {
-        let map = self.ebpf.map_mut("CALL_METRICS").context("map CALL_METRICS missing from the BPF object")?;
+        let map =
+            self.ebpf.map_mut("CALL_METRICS").context("map CALL_METRICS missing from the BPF object")?;
         let mut series = PerCpuHashMap::<_, SeriesKey, SeriesValue>::try_from(map)?;
         for key in keys {
             let _ = series.remove(key);

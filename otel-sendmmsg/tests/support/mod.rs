@@ -215,19 +215,22 @@ fn store_metrics(store: &PointStore, request: ExportMetricsServiceRequest) {
     for rm in request.resource_metrics {
         let resource = rm.resource.map(|r| r.attributes).unwrap_or_default();
         for metric in rm.scope_metrics.into_iter().flat_map(|sm| sm.metrics) {
-            let point = |attributes, value, monotonic_sum, temporality, start, time, histogram| ReceivedPoint {
-                resource: resource.clone(),
-                metric: metric.name.clone(),
-                attributes,
-                value,
-                monotonic_sum,
-                temporality,
-                start_time_unix_nano: start,
-                time_unix_nano: time,
-                histogram,
-            };
+            let point =
+                |attributes, value, monotonic_sum, temporality, start, time, histogram| ReceivedPoint {
+                    resource: resource.clone(),
+                    metric: metric.name.clone(),
+                    attributes,
+                    value,
+                    monotonic_sum,
+                    temporality,
+                    start_time_unix_nano: start,
+                    time_unix_nano: time,
+                    histogram,
+                };
             let (data_points, monotonic_sum, temporality) = match &metric.data {
-                Some(Data::Sum(sum)) => (sum.data_points.clone(), sum.is_monotonic, sum.aggregation_temporality),
+                Some(Data::Sum(sum)) => {
+                    (sum.data_points.clone(), sum.is_monotonic, sum.aggregation_temporality)
+                }
                 Some(Data::Gauge(gauge)) => (gauge.data_points.clone(), false, 0),
                 Some(Data::Histogram(h)) => {
                     for p in &h.data_points {
@@ -243,7 +246,15 @@ fn store_metrics(store: &PointStore, request: ExportMetricsServiceRequest) {
                         let (start, time) = (p.start_time_unix_nano, p.time_unix_nano);
                         let temporality = h.aggregation_temporality;
                         let attributes = p.attributes.clone();
-                        points.push(point(attributes, p.count as i64, false, temporality, start, time, Some(histogram)));
+                        points.push(point(
+                            attributes,
+                            p.count as i64,
+                            false,
+                            temporality,
+                            start,
+                            time,
+                            Some(histogram),
+                        ));
                     }
                     continue;
                 }
@@ -262,7 +273,15 @@ fn store_metrics(store: &PointStore, request: ExportMetricsServiceRequest) {
                         let (start, time) = (p.start_time_unix_nano, p.time_unix_nano);
                         let temporality = h.aggregation_temporality;
                         let attributes = p.attributes.clone();
-                        points.push(point(attributes, p.count as i64, false, temporality, start, time, Some(histogram)));
+                        points.push(point(
+                            attributes,
+                            p.count as i64,
+                            false,
+                            temporality,
+                            start,
+                            time,
+                            Some(histogram),
+                        ));
                     }
                     continue;
                 }
