@@ -527,6 +527,7 @@ pub async fn run(config: Config, mut signals: StopSignals) -> Result<()> {
     }
     // A collector that accepts and never answers must not keep us past the deadline, nor past
     // an operator's second signal; what was not sent by then is counted as failed.
+    let mut at_once = false;
     let flushed = tokio::select! {
         flushed = tokio::time::timeout_at(deadline, pipeline.exporter.flush(deadline)) => {
             flushed.unwrap_or_else(|_| {
@@ -536,11 +537,14 @@ pub async fn run(config: Config, mut signals: StopSignals) -> Result<()> {
         }
         _ = signals.next() => {
             warn!("stopping at once (second signal): spans not yet sent count as export_failed");
+            at_once = true;
             Ok(())
         }
     };
     counts.extend(export_counters(&pipeline.exporter.final_stats()));
-    if let Some(export) = metrics_export.as_mut() {
+    // After a second signal the call metrics' last counts are not waited for (that signal was
+    // taken above: none would come to cut the wait short).
+    if let Some(export) = metrics_export.as_mut().filter(|_| !at_once) {
         // The last counts of every call, the in-flight request first, within the deadline.
         let last = async {
             export.finish().await;

@@ -277,9 +277,12 @@ impl Drop for GuestSlot {
     }
 }
 
-/// What every guest gets, built on the host before a kernel's boots (cargo finds it up to date
-/// after the first kernel): the release sidecar and workload, the test binaries, and what they
-/// would otherwise build in the guest.
+/// What every guest gets, built once on the host before the first boot: the release sidecar
+/// and workload, the test binaries, and what they would otherwise build in the guest. Once:
+/// boots run two at a time, and a second build (the C publishers are compiled again whether or
+/// not they changed) rewrote files the other boot was copying into its guest.
+static STAGED: std::sync::OnceLock<Staged> = std::sync::OnceLock::new();
+
 struct Staged {
     files: Vec<(std::path::PathBuf, std::path::PathBuf)>,
     tests: std::collections::HashMap<String, std::path::PathBuf>,
@@ -433,7 +436,7 @@ fn check_suite(console: &str, ctx: &str) {
 fn the_boot_passes(debian: qemu::Debian, boots: &[&[Choice]], boot: usize) {
     require_root();
     let _slot = GUESTS.take();
-    let staged = Staged::build();
+    let staged = STAGED.get_or_init(Staged::build);
     let files: Vec<(&Path, &Path)> = staged.files.iter().map(|(a, b)| (a.as_path(), b.as_path())).collect();
     let guest = qemu::Guest::debian(debian, &files);
     let kernel = guest.kernel_release();
