@@ -289,6 +289,7 @@ fn sidecar_vars<'a>(
         // export, at shutdown, goes to a closed port and gives up at once).
         vars.extend([
             ("OTEL_METRICS_EXPORTER", "otlp"),
+            ("OTEL_SENDMMSG_CALL_METRICS", "true"),
             ("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "http://127.0.0.1:9"),
             ("OTEL_EXPORTER_OTLP_METRICS_TIMEOUT", "100"),
             ("OTEL_METRIC_EXPORT_INTERVAL", "3600000"),

@@ -391,7 +391,7 @@ pub async fn run(config: Config, mut signals: StopSignals) -> Result<()> {
     // The call metrics go where the sidecar's own go, every interval; the kernel counts them
     // (probes/load.rs) whenever metrics go to a collector.
     let (mut metrics_export, metrics_interval) = match &config.metrics {
-        MetricsOutput::Otlp { otlp, interval, temporality } => {
+        MetricsOutput::Otlp { otlp, interval, temporality } if config.call_metrics.on => {
             pipeline.call_metrics =
                 Some(CallMetrics::new(config.call_metrics.clone(), *temporality, SystemTime::now()));
             let export = MetricsExport::new(otlp)
@@ -399,7 +399,7 @@ pub async fn run(config: Config, mut signals: StopSignals) -> Result<()> {
                 .ok();
             (export, *interval)
         }
-        MetricsOutput::Off => (None, Duration::MAX),
+        _ => (None, Duration::MAX),
     };
     let mut choosing = Choosing::new(config.attach, config.kernel_messages == KernelMessages::Hooked);
     let choice = loop {

@@ -140,6 +140,7 @@ fn run(protocol: Protocol, temporality: &str, extra: &[(&str, &str)]) -> (Receiv
         ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol.env_value()),
         ("OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE", temporality),
         ("OTEL_METRIC_EXPORT_INTERVAL", "300"),
+        ("OTEL_SENDMMSG_CALL_METRICS", "true"),
     ];
     vars.extend_from_slice(extra);
     let sidecar = Sidecar::start(&vars);
@@ -230,6 +231,7 @@ fn cumulative_counts_survive_a_collector_outage() {
         ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint.as_str()),
         ("OTEL_EXPORTER_OTLP_PROTOCOL", Protocol::Grpc.env_value()),
         ("OTEL_METRIC_EXPORT_INTERVAL", "300"),
+        ("OTEL_SENDMMSG_CALL_METRICS", "true"),
         // Each export gives up fast while the collector is down.
         ("OTEL_EXPORTER_OTLP_METRICS_TIMEOUT", "1000"),
     ]);

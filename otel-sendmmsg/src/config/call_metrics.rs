@@ -18,6 +18,9 @@ const MAX_METRIC_SERIES_LIMIT: u64 = 1 << 16;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CallMetricsSettings {
+    /// `OTEL_SENDMMSG_CALL_METRICS`: counted and exported only when asked for (and metrics go
+    /// to a collector).
+    pub on: bool,
     pub max_series: u32,
     pub histogram: Histogram,
     /// Series by peer address and port (`network.peer.*`): one per destination, opt-in.
@@ -27,6 +30,7 @@ pub struct CallMetricsSettings {
 impl Default for CallMetricsSettings {
     fn default() -> Self {
         CallMetricsSettings {
+            on: false,
             max_series: DEFAULT_MAX_METRIC_SERIES,
             histogram: Histogram::Exponential,
             by_peer: false,
@@ -45,6 +49,7 @@ pub enum Histogram {
 
 /// Reads `OTEL_SENDMMSG_MAX_METRIC_SERIES`, `_DURATION_BUCKETS` and `_METRICS_BY_PEER`.
 pub(super) fn parse(
+    on: &Option<String>,
     max_series: &Option<String>,
     buckets: &Option<String>,
     by_peer: &Option<String>,
@@ -79,7 +84,11 @@ pub(super) fn parse(
             parse_bool(v).ok_or_else(|| invalid("OTEL_SENDMMSG_METRICS_BY_PEER", v, "true or false"))?
         }
     };
-    Ok(CallMetricsSettings { max_series, histogram, by_peer })
+    let on = match on {
+        None => false,
+        Some(v) => parse_bool(v).ok_or_else(|| invalid("OTEL_SENDMMSG_CALL_METRICS", v, "true or false"))?,
+    };
+    Ok(CallMetricsSettings { on, max_series, histogram, by_peer })
 }
 
 #[cfg(test)]
@@ -87,7 +96,7 @@ mod tests {
     use super::*;
 
     fn of(buckets: &str) -> Result<Histogram, ConfigError> {
-        parse(&None, &Some(buckets.into()), &None).map(|s| s.histogram)
+        parse(&None, &None, &Some(buckets.into()), &None).map(|s| s.histogram)
     }
 
     #[test]
@@ -113,10 +122,10 @@ mod tests {
 
     #[test]
     fn series_are_bounded_and_peers_opt_in() {
-        let s = parse(&Some("64".into()), &None, &Some("true".into())).unwrap();
+        let s = parse(&None, &Some("64".into()), &None, &Some("true".into())).unwrap();
         assert_eq!((s.max_series, s.by_peer), (64, true));
-        assert!(parse(&Some("0".into()), &None, &None).is_err());
-        assert!(parse(&None, &None, &Some("yes please".into())).is_err());
-        assert_eq!(parse(&None, &None, &None).unwrap(), CallMetricsSettings::default());
+        assert!(parse(&None, &Some("0".into()), &None, &None).is_err());
+        assert!(parse(&None, &None, &None, &Some("yes please".into())).is_err());
+        assert_eq!(parse(&None, &None, &None, &None).unwrap(), CallMetricsSettings::default());
     }
 }

@@ -79,6 +79,8 @@ struct OwnVars {
     health_stall_after: Option<String>,
     /// `text` (default): the console's readable lines; `json`: one JSON object per span.
     console_format: Option<String>,
+    /// `true`: every call's latency, messages and bytes as OTLP metrics (default false).
+    call_metrics: Option<String>,
     /// Series the kernel holds for the call metrics (default [`DEFAULT_MAX_METRIC_SERIES`]).
     max_metric_series: Option<String>,
     /// `sendmmsg.duration`'s explicit bucket bounds (`10us,100us,1ms`); unset: exponential.
@@ -357,8 +359,12 @@ impl Config {
             }
         };
         let metrics = std_vars.metrics()?;
-        let call_metrics =
-            call_metrics::parse(&own.max_metric_series, &own.duration_buckets, &own.metrics_by_peer)?;
+        let call_metrics = call_metrics::parse(
+            &own.call_metrics,
+            &own.max_metric_series,
+            &own.duration_buckets,
+            &own.metrics_by_peer,
+        )?;
         let resource = std_vars.resource()?;
         let log_filter = std_vars.log_filter();
         Ok(Config {

@@ -142,7 +142,7 @@ fn call_metrics_settings(config: &Config) -> (MetricSettings, [u64; MAX_BOUNDS])
     let table = histogram::bounds_ns(&config.call_metrics.histogram);
     let mut bounds = [u64::MAX; MAX_BOUNDS];
     bounds[..table.len()].copy_from_slice(&table);
-    if !matches!(config.metrics, MetricsOutput::Otlp { .. }) {
+    if !config.call_metrics.on || !matches!(config.metrics, MetricsOutput::Otlp { .. }) {
         return (MetricSettings::default(), bounds);
     }
     let flags = [
