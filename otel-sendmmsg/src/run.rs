@@ -57,6 +57,13 @@ const READ_DEADLINE: Duration = Duration::from_secs(1);
 /// Spans waiting for their process to be read, at most; beyond, they go at once with what their
 /// thread's name says. A flood of new processes cannot make us hold more.
 const MAX_WAITING: usize = 8192;
+/// The longest one turn of the loop handles records. Calls can come faster than they become
+/// spans (a burst, or a host short of CPU); a ring buffer that never empties must not keep the
+/// loop from its other work: the `/proc` answers spans wait for, the loss reports, the liveness
+/// beat, a stop signal.
+const DRAIN_TURN: Duration = DRAIN_INTERVAL;
+/// Records handled between two looks at the clock in a turn.
+const DRAIN_CHECK_EVERY: usize = 256;
 
 /// Spans of processes being read from `/proc`, in the order their calls came, by pid.
 #[derive(Default)]
@@ -245,13 +252,30 @@ impl Pipeline {
         ))
     }
 
-    fn drain(&mut self, ring: &mut RingBuf<MapData>) {
+    /// Handles the records pending, for one turn ([`DRAIN_TURN`]) at most; true when some are
+    /// left for the next turn.
+    fn drain(&mut self, ring: &mut RingBuf<MapData>) -> bool {
         // NTP may step the wall clock: re-read the offset once per wake-up.
         self.clock = WallClock::now();
-        while let Some(item) = ring.next() {
-            self.handle(&item);
+        let turn_ends = Instant::now() + DRAIN_TURN;
+        let mut behind = false;
+        'turn: loop {
+            for _ in 0..DRAIN_CHECK_EVERY {
+                let Some(item) = ring.next() else { break 'turn };
+                self.handle(&item);
+            }
+            if Instant::now() >= turn_ends {
+                behind = true;
+                break;
+            }
         }
         self.take_answers();
+        behind
+    }
+
+    /// Handles every record pending, however many turns that takes.
+    fn drain_all(&mut self, ring: &mut RingBuf<MapData>) {
+        while self.drain(ring) {}
     }
 
     /// Takes in what the resolver threads have read, releasing the spans that waited for it,
@@ -408,12 +432,14 @@ pub async fn run(config: Config, mut signals: StopSignals) -> Result<()> {
             Next::Trial(trial) => {
                 // Records are read as always; the pipeline hands the trial its thread's calls.
                 pipeline.self_test = Some(trial);
-                pipeline.drain(records.get_mut());
+                let mut behind = pipeline.drain(records.get_mut());
                 while let Some(left) = pipeline.self_test.as_ref().and_then(Trial::time_left) {
-                    if let Ok(Ok(mut guard)) = tokio::time::timeout(left, records.readable_mut()).await {
-                        guard.clear_ready();
+                    if !behind {
+                        if let Ok(Ok(mut guard)) = tokio::time::timeout(left, records.readable_mut()).await {
+                            guard.clear_ready();
+                        }
                     }
-                    pipeline.drain(records.get_mut());
+                    behind = pipeline.drain(records.get_mut());
                 }
                 choosing.verdict(&mut probes, pipeline.self_test.take().expect("set above"))?;
             }
@@ -466,6 +492,8 @@ pub async fn run(config: Config, mut signals: StopSignals) -> Result<()> {
         metrics_interval.min(Duration::from_secs(86_400 * 365)),
     );
     let mut stopping = false;
+    // Records were left for the next turn: it comes at once, the other work taking its turn.
+    let mut behind = false;
     while !stopping {
         // Every turn, at least each DRAIN_INTERVAL: what the liveness check watches.
         health.drain.beat();
@@ -473,10 +501,11 @@ pub async fn run(config: Config, mut signals: StopSignals) -> Result<()> {
             _ = signals.next() => stopping = true,
             ready = records.readable_mut() => {
                 let mut guard = ready.context("waiting on the ring buffer")?;
-                pipeline.drain(guard.get_inner_mut());
                 guard.clear_ready();
+                behind = pipeline.drain(guard.get_inner_mut());
             }
-            _ = drain.tick() => pipeline.drain(records.get_mut()),
+            _ = std::future::ready(()), if behind => behind = pipeline.drain(records.get_mut()),
+            _ = drain.tick() => behind = pipeline.drain(records.get_mut()),
             Some(found) = next_found(&mut thread_contexts) => probes.follow_thread_context(found),
             _ = report.tick() => {
                 if let Some(counts) = pipeline.counts(&probes) {
@@ -511,7 +540,7 @@ pub async fn run(config: Config, mut signals: StopSignals) -> Result<()> {
         humantime::format_duration(config.shutdown_timeout)
     );
     probes.detach();
-    pipeline.drain(records.get_mut());
+    pipeline.drain_all(records.get_mut());
     pipeline.release_all_waiting().await;
     // Threads that died with their exit missed: counted, not left as a leak.
     sweep_inflight(&mut probes);
