@@ -177,8 +177,12 @@ fn collector_outage_under_load(protocol: Protocol, comm: &str) {
         ("OTEL_SENDMMSG_COMMS", comm),
     ]);
     let mut sidecar = sidecar;
+    // Calls a second: a load the sidecar follows. Under emulation it makes a few hundred spans a
+    // second sharing its one core with the load; a load it cannot follow fills the ring buffer,
+    // which is a_full_ring_buffer_counts_exactly_the_calls_it_lost's subject, not this test's.
+    let rate = if emulated() { "250" } else { "1000" };
     let load = Command::new(&workload)
-        .args(["loop", "30", "4", "1000"])
+        .args(["loop", "30", "4", rate])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -199,7 +203,10 @@ fn collector_outage_under_load(protocol: Protocol, comm: &str) {
     receiver.restart();
     let back = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64;
 
-    // Export resumes by itself: a call made after the restart arrives.
+    // Export resumes by itself: a call made after the restart arrives. Counted from the end of
+    // the load: a sidecar that cannot keep up with it (under emulation) hands on the calls after
+    // the restart only once it has caught up, and in the meantime loses some, counted.
+    let load = loop_report(load);
     let deadline = Instant::now() + Duration::from_secs(30);
     while !receiver.spans().iter().any(|s| s.span.start_time_unix_nano > back) {
         assert!(Instant::now() < deadline, "no span made after the restart arrived:\n{}", sidecar.stderr());
@@ -207,7 +214,6 @@ fn collector_outage_under_load(protocol: Protocol, comm: &str) {
     }
     // From then on nothing is lost.
     let after = workload_calls(Command::new(&workload).args(["udp4"; 50]));
-    let load = loop_report(load);
     let stopped = sidecar.stop();
     assert!(stopped.status.success(), "{}", stopped.stderr);
     let log = &stopped.stderr;

@@ -909,6 +909,12 @@ fn prebuilt() -> bool {
     std::env::var_os(PREBUILT).is_some()
 }
 
+/// Whether this test runs in one of the kernel matrix's guests, under software emulation (one
+/// host core for the guest's every process, the sidecar a few hundred spans a second).
+pub fn emulated() -> bool {
+    prebuilt()
+}
+
 /// This test binary's profile directory (`target/debug`), where cargo puts the workspace's builds.
 pub fn profile_dir() -> std::path::PathBuf {
     std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().to_owned()
