@@ -7,7 +7,7 @@
 //! histogram at [`EXPONENTIAL_SCALE`]. The kernel only finds how many bounds lie below a
 //! duration, so one program serves both.
 
-use crate::{CallRecord, SocketInfo, MAX_VLEN};
+use crate::{CallRecord, Destination, SocketInfo, MAX_VLEN};
 
 /// Bounds of the duration table. An exponential histogram at scale 2 (buckets 19% wide) from
 /// [`LOWEST_EXPONENTIAL_INDEX`] covers 2^-24 s (60 ns) to 2^16 s (18 h) with this many.
@@ -37,6 +37,158 @@ pub mod metric_flags {
     pub const SPANS_OFF: u32 = 2;
     /// Series are also told apart by the call's peer address (cardinality: opt-in).
     pub const BY_PEER: u32 = 4;
+}
+
+impl MetricSettings {
+    /// Whether a traced call is kept between entry and exit as a [`CountedCall`], not a
+    /// [`CallRecord`]: when the metrics count it and no call becomes a span, unless the series
+    /// need its first destination (by peer), which only the record's detail holds.
+    #[inline(always)]
+    pub fn counts_only(&self) -> bool {
+        self.flags & (metric_flags::ON | metric_flags::SPANS_OFF | metric_flags::BY_PEER)
+            == metric_flags::ON | metric_flags::SPANS_OFF
+    }
+}
+
+/// A call between its entry and exit as the kernel keeps it: a span's [`CallRecord`], or a
+/// [`CountedCall`] that only the call metrics count. What the series rule ([`fill_series`]),
+/// the message outcomes and the sweep of calls whose exit never came read of either.
+pub trait PairedCall {
+    fn pid(&self) -> u32;
+    fn process_start_ns(&self) -> u64;
+    fn start_ns(&self) -> u64;
+    /// 0 until its exit ran.
+    fn end_ns(&self) -> u64;
+    /// The syscall's return: messages sent, or a negative errno.
+    fn ret(&self) -> i64;
+    fn vlen(&self) -> u32;
+    fn messages_failed(&self) -> u32;
+    /// The first failed message's negative errno, 0 when none failed.
+    fn first_error(&self) -> i32;
+    fn bytes(&self) -> u64;
+    /// Read at exit; family 0 when unknown.
+    fn socket(&self) -> &SocketInfo;
+    /// The first message's destination as the entry hook read it, when it did.
+    fn first_destination(&self) -> Option<&Destination>;
+}
+
+impl PairedCall for CallRecord {
+    #[inline(always)]
+    fn pid(&self) -> u32 {
+        self.pid
+    }
+    #[inline(always)]
+    fn process_start_ns(&self) -> u64 {
+        self.process_start_ns
+    }
+    #[inline(always)]
+    fn start_ns(&self) -> u64 {
+        self.start_ns
+    }
+    #[inline(always)]
+    fn end_ns(&self) -> u64 {
+        self.end_ns
+    }
+    #[inline(always)]
+    fn ret(&self) -> i64 {
+        self.ret
+    }
+    #[inline(always)]
+    fn vlen(&self) -> u32 {
+        self.vlen
+    }
+    #[inline(always)]
+    fn messages_failed(&self) -> u32 {
+        self.messages_failed
+    }
+    #[inline(always)]
+    fn first_error(&self) -> i32 {
+        self.first_error
+    }
+    #[inline(always)]
+    fn bytes(&self) -> u64 {
+        self.bytes
+    }
+    #[inline(always)]
+    fn socket(&self) -> &SocketInfo {
+        &self.socket
+    }
+    #[inline(always)]
+    fn first_destination(&self) -> Option<&Destination> {
+        (self.vlen > 0).then_some(&self.detail[0].dest)
+    }
+}
+
+/// A call that only the call metrics count ([`MetricSettings::counts_only`]), between its entry
+/// and exit: what its series and counts need, 136 bytes where a [`CallRecord`] is 2.7 KiB to
+/// copy into the in-flight map and out again. Fields as the record's of the same name.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CountedCall {
+    pub pid: u32,
+    pub sockfd: i32,
+    pub start_ns: u64,
+    pub end_ns: u64,
+    pub process_start_ns: u64,
+    pub msgvec: u64,
+    pub ret: i64,
+    pub vlen: u32,
+    pub messages: u32,
+    pub messages_failed: u32,
+    pub first_error: i32,
+    pub first_error_index: u32,
+    pub _pad: u32,
+    pub bytes: u64,
+    /// Kernel-side only, as the record's.
+    pub sk: u64,
+    pub socket: SocketInfo,
+}
+
+impl PairedCall for CountedCall {
+    #[inline(always)]
+    fn pid(&self) -> u32 {
+        self.pid
+    }
+    #[inline(always)]
+    fn process_start_ns(&self) -> u64 {
+        self.process_start_ns
+    }
+    #[inline(always)]
+    fn start_ns(&self) -> u64 {
+        self.start_ns
+    }
+    #[inline(always)]
+    fn end_ns(&self) -> u64 {
+        self.end_ns
+    }
+    #[inline(always)]
+    fn ret(&self) -> i64 {
+        self.ret
+    }
+    #[inline(always)]
+    fn vlen(&self) -> u32 {
+        self.vlen
+    }
+    #[inline(always)]
+    fn messages_failed(&self) -> u32 {
+        self.messages_failed
+    }
+    #[inline(always)]
+    fn first_error(&self) -> i32 {
+        self.first_error
+    }
+    #[inline(always)]
+    fn bytes(&self) -> u64 {
+        self.bytes
+    }
+    #[inline(always)]
+    fn socket(&self) -> &SocketInfo {
+        &self.socket
+    }
+    #[inline(always)]
+    fn first_destination(&self) -> Option<&Destination> {
+        None
+    }
 }
 
 /// One series: a process (told from a later one with its pid by its start), the call's outcome
@@ -119,7 +271,7 @@ impl SeriesValue {
 
 /// The series a finished call counts in: one rule for the kernel, which counts it, and user
 /// space, which hangs the call's span on it as an exemplar.
-pub fn series_of(rec: &CallRecord, by_peer: bool) -> SeriesKey {
+pub fn series_of(rec: &impl PairedCall, by_peer: bool) -> SeriesKey {
     let mut key = SeriesKey::default();
     // SAFETY: a valid key to write.
     unsafe { fill_series(rec, by_peer, &mut key) };
@@ -134,29 +286,31 @@ pub fn series_of(rec: &CallRecord, by_peer: bool) -> SeriesKey {
 /// # Safety
 /// `key` must be valid for writes of a `SeriesKey` (it may be uninitialized).
 #[inline(always)]
-pub unsafe fn fill_series(rec: &CallRecord, by_peer: bool, key: *mut SeriesKey) {
-    let error = if rec.ret < 0 { rec.ret as i32 } else { rec.first_error };
-    let socket: &SocketInfo = &rec.socket;
+pub unsafe fn fill_series(rec: &impl PairedCall, by_peer: bool, key: *mut SeriesKey) {
+    let error = if rec.ret() < 0 { rec.ret() as i32 } else { rec.first_error() };
+    let socket: &SocketInfo = rec.socket();
     let known = socket.family != 0;
     let (family, sock_type, protocol) =
         if known { (socket.family, socket.sock_type, socket.protocol) } else { (0, 0, 0) };
-    let dest = &rec.detail[0].dest;
     let (port_be, addr) = if !by_peer || !known {
         (0, [0, 0])
     } else if socket.peer_port_be != 0 {
         (socket.peer_port_be, address(socket.family, &socket.peer_addr))
-    } else if rec.vlen > 0 && dest.status == crate::name_status::READ {
-        (dest.port_be, address(dest.family, &dest.addr))
     } else {
-        (0, [0, 0])
+        match rec.first_destination() {
+            Some(dest) if dest.status == crate::name_status::READ => {
+                (dest.port_be, address(dest.family, &dest.addr))
+            }
+            _ => (0, [0, 0]),
+        }
     };
     use core::ptr::{addr_of_mut, write_volatile};
     // SAFETY: stores to the fields of a key the caller vouches for; `peer_addr` is 8-aligned
     // (offset 24 of an 8-aligned struct) and 16 bytes long.
     unsafe {
-        write_volatile(addr_of_mut!((*key).pid), rec.pid);
+        write_volatile(addr_of_mut!((*key).pid), rec.pid());
         write_volatile(addr_of_mut!((*key).error), error);
-        write_volatile(addr_of_mut!((*key).process_start_ns), rec.process_start_ns);
+        write_volatile(addr_of_mut!((*key).process_start_ns), rec.process_start_ns());
         write_volatile(addr_of_mut!((*key).family), family);
         write_volatile(addr_of_mut!((*key).sock_type), sock_type);
         write_volatile(addr_of_mut!((*key).protocol), protocol);
@@ -192,10 +346,10 @@ const AF_INET6: u16 = 10;
 
 /// The messages of a finished call: (sent, failed, never tried).
 #[inline(always)]
-pub fn message_outcomes(rec: &CallRecord) -> (u64, u64, u64) {
-    let asked = if rec.vlen < MAX_VLEN { rec.vlen } else { MAX_VLEN } as u64;
-    let sent = if rec.ret > 0 { rec.ret as u64 } else { 0 };
-    let failed = rec.messages_failed as u64;
+pub fn message_outcomes(rec: &impl PairedCall) -> (u64, u64, u64) {
+    let asked = if rec.vlen() < MAX_VLEN { rec.vlen() } else { MAX_VLEN } as u64;
+    let sent = if rec.ret() > 0 { rec.ret() as u64 } else { 0 };
+    let failed = rec.messages_failed() as u64;
     (sent, failed, asked.saturating_sub(sent + failed))
 }
 
@@ -225,6 +379,8 @@ pub fn bucket_of(duration_ns: u64, bounds: &[u64; MAX_BOUNDS], used: u32) -> usi
 const _: () = assert!(core::mem::size_of::<SeriesKey>() == 40);
 const _: () = assert!(core::mem::size_of::<SeriesValue>() == 64 + 8 * BUCKETS);
 const _: () = assert!(core::mem::size_of::<MetricSettings>() == 8);
+const _: () = assert!(core::mem::size_of::<CountedCall>() == 136);
+const _: () = assert!(core::mem::offset_of!(CountedCall, socket) % 8 == 0);
 const _: () = assert!(1 << 8 > MAX_BOUNDS);
 const _: () = assert!(cfg!(target_endian = "little"), "address() lays an IPv4 address out little-endian");
 

@@ -518,4 +518,5 @@ mod user {
     unsafe impl aya::Pod for super::call_metrics::SeriesKey {}
     unsafe impl aya::Pod for super::call_metrics::SeriesValue {}
     unsafe impl aya::Pod for super::call_metrics::MetricSettings {}
+    unsafe impl aya::Pod for super::call_metrics::CountedCall {}
 }

@@ -9,10 +9,10 @@ use aya_ebpf::{
 };
 use otel_sendmmsg_common::{
     call_metrics::{
-        bucket_of, fill_series, message_outcomes, metric_flags, MetricSettings, SeriesKey, SeriesValue,
-        MAX_BOUNDS,
+        bucket_of, fill_series, message_outcomes, metric_flags, MetricSettings, PairedCall, SeriesKey,
+        SeriesValue, MAX_BOUNDS,
     },
-    CallRecord, Counter,
+    Counter,
 };
 
 use crate::pairing::count;
@@ -43,22 +43,23 @@ pub fn settings() -> MetricSettings {
 
 /// Counts the finished call `rec` (its end, return and socket filled in).
 #[inline(always)]
-pub fn count_call(rec: &CallRecord, settings: &MetricSettings) {
+pub fn count_call(rec: &impl PairedCall, settings: &MetricSettings) {
     let mut key = core::mem::MaybeUninit::<SeriesKey>::uninit();
-    // SAFETY: `fill_series` writes every byte of the key before it is read.
+    // SAFETY: `fill_series` writes every byte of the key before it is read. Used in place, not
+    // moved out: a copy lets the compiler fold the stores it knows are zero into a `memset` call.
     let key = unsafe {
         fill_series(rec, settings.flags & metric_flags::BY_PEER != 0, key.as_mut_ptr());
-        key.assume_init()
+        &*key.as_ptr()
     };
-    let value = match CALL_METRICS.get_ptr_mut(&key) {
+    let value = match CALL_METRICS.get_ptr_mut(key) {
         Some(value) => value,
         None => {
             let Some(zero) = NEW_SERIES.get(0) else {
                 return;
             };
             // Another CPU may have made the series meanwhile (EEXIST): it is there all the same.
-            let _ = CALL_METRICS.insert(&key, zero, u64::from(BPF_NOEXIST));
-            match CALL_METRICS.get_ptr_mut(&key) {
+            let _ = CALL_METRICS.insert(key, zero, u64::from(BPF_NOEXIST));
+            match CALL_METRICS.get_ptr_mut(key) {
                 Some(value) => value,
                 None => {
                     count(Counter::MetricSeriesFull);
@@ -69,7 +70,7 @@ pub fn count_call(rec: &CallRecord, settings: &MetricSettings) {
     };
     // SAFETY: this CPU's value of the series; programs of these hooks do not nest on a CPU.
     let value = unsafe { &mut *value };
-    let duration = rec.end_ns.wrapping_sub(rec.start_ns);
+    let duration = rec.end_ns().wrapping_sub(rec.start_ns());
     if value.calls == 0 || duration < value.min_ns {
         value.min_ns = duration;
     }
@@ -82,7 +83,7 @@ pub fn count_call(rec: &CallRecord, settings: &MetricSettings) {
     value.sent += sent;
     value.failed += failed;
     value.unsent += unsent;
-    value.bytes += rec.bytes;
+    value.bytes += rec.bytes();
     if let Some(bounds) = DURATION_BOUNDS.get(0) {
         let bucket = bucket_of(duration, bounds, settings.bounds);
         if let Some(n) = value.buckets.get_mut(bucket) {

@@ -4,8 +4,9 @@
 //! Everything here is `#[inline(always)]`: each hook becomes one self-contained program (aya
 //! rejects the BTF of BPF-to-BPF calls that bpf-linker emits for shared functions).
 //!
-//! Each thread's call lives in `INFLIGHT` between entry and exit. Only the thread that owns an
-//! entry ever touches it (a thread runs on one CPU at a time), so no atomics are needed. Every
+//! Each thread's call lives in `INFLIGHT` between entry and exit (in `COUNTED_INFLIGHT`, a few
+//! fields instead of a whole record, when the call metrics alone count it). Only the thread that
+//! owns an entry ever touches it (a thread runs on one CPU at a time), so no atomics are needed. Every
 //! call whose record cannot be made is counted once, where it is lost: refused at entry
 //! (`inflight_full`), its exit missed (`exit_missed`, when the thread's next call finds the
 //! entry still there; user space counts those of threads that died), begun before the entry
@@ -20,7 +21,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
 use otel_sendmmsg_common::{
-    call_metrics::metric_flags, filter, record_flags, CallRecord, Counter, TraceContext, MAX_VLEN,
+    call_metrics::{metric_flags, CountedCall, PairedCall},
+    filter, record_flags, CallRecord, Counter, MessageResult, TraceContext, MAX_MESSAGE_DETAIL, MAX_VLEN,
     RECORD_VERSION,
 };
 
@@ -37,6 +39,16 @@ use crate::{
 /// at load time (`OTEL_SENDMMSG_MAX_INFLIGHT`).
 #[map]
 static INFLIGHT: HashMap<u32, CallRecord> = HashMap::with_max_entries(4096, 0);
+
+/// Calls in flight that only the call metrics count ([`CountedCall`]: metrics only), by thread
+/// id, as `INFLIGHT` holds the others; a thread's call is in one of the two. User space sizes it
+/// as `INFLIGHT` when it is used, else to one entry.
+#[map]
+static COUNTED_INFLIGHT: HashMap<u32, CountedCall> = HashMap::with_max_entries(4096, 0);
+
+/// Where a counted call's state is put together, as [`SCRATCH`] for a record.
+#[map]
+static COUNTED_SCRATCH: PerCpuArray<CountedCall> = PerCpuArray::with_max_entries(1, 0);
 
 /// `PID_MAX_LIMIT` on 64-bit kernels: no thread id reaches it, whatever `pid_max` becomes.
 const PID_MAX_LIMIT: u32 = 4 * 1024 * 1024;
@@ -180,6 +192,115 @@ fn parent(tgid: u32, start: u64, dst: &mut TraceContext) -> Parent {
     }
 }
 
+/// Adds a message's result to its call's totals. `$call` is a `&mut CallRecord` or a
+/// `&mut CountedCall`, which name these fields alike. Evaluates to the message's index, or None
+/// when it cannot be the call's (counted as a stray message).
+macro_rules! add_message {
+    ($call:expr, $socket:expr, $ret:expr) => {{
+        let call = $call;
+        let (socket, ret): (u64, i64) = ($socket, $ret);
+        let index = call.messages;
+        let limit = if call.vlen < MAX_VLEN { call.vlen } else { MAX_VLEN };
+        if index >= limit || (index > 0 && call.sk != socket) {
+            count(Counter::StrayMessages);
+            None
+        } else {
+            if index == 0 {
+                call.sk = socket;
+            }
+            call.messages = index + 1;
+            if ret >= 0 {
+                call.bytes += ret as u64;
+            } else {
+                if call.messages_failed == 0 {
+                    call.first_error = ret as i32;
+                    call.first_error_index = index;
+                }
+                call.messages_failed += 1;
+            }
+            Some(index)
+        }
+    }};
+}
+
+/// Puts the thread's new call into `map` (`INFLIGHT` or `COUNTED_INFLIGHT`). An entry already
+/// there is a call whose exit was missed (a kretprobe out of instances, a program the kernel
+/// skipped), unless its exit ran and only the delete failed (then it has an end): counted, and
+/// replaced. False when the map refuses the call (counted as `inflight_full`).
+#[inline(always)]
+fn begin<V: PairedCall>(map: &HashMap<u32, V>, tid: u32, call: &V) -> bool {
+    match map.insert(tid, call, u64::from(BPF_NOEXIST)) {
+        Ok(()) => true,
+        Err(e) if i64::from(e) == -EEXIST => {
+            // SAFETY: the entry is this thread's (see the module's doc).
+            if let Some(old) = map.get_ptr(tid) {
+                if unsafe { (*old).end_ns() } == 0 {
+                    count(Counter::ExitMissed);
+                }
+            }
+            // Replacing an existing key needs no free slot, so this fails only if user space
+            // removed the entry meanwhile and the map filled up.
+            if map.insert(tid, call, u64::from(BPF_ANY)).is_err() {
+                refuse(tid);
+                return false;
+            }
+            true
+        }
+        // Full (E2BIG), or the map's bucket lock unavailable: either way this call is lost.
+        Err(_) => {
+            refuse(tid);
+            false
+        }
+    }
+}
+
+/// Entry of a call that only the call metrics count: its few fields in `COUNTED_INFLIGHT`.
+#[inline(always)]
+fn begin_counted(tgid: u32, tid: u32, process_start: u64, args: &CallArgs) {
+    let Some(call) = COUNTED_SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: this CPU's scratch slot, valid for the whole program run.
+    let call = unsafe { &mut *call };
+    call.pid = tgid;
+    call.sockfd = args.sockfd;
+    call.start_ns = unsafe { bpf_ktime_get_ns() };
+    call.process_start_ns = process_start;
+    call.msgvec = args.msgvec;
+    call.vlen = args.vlen;
+    // Volatile, as in `on_entry`; the socket is written at exit.
+    // SAFETY: plain stores into fields of this CPU's scratch state.
+    unsafe {
+        write_volatile(&mut call.end_ns, 0);
+        write_volatile(&mut call.ret, 0);
+        write_volatile(&mut call.messages, 0);
+        write_volatile(&mut call.messages_failed, 0);
+        write_volatile(&mut call.first_error, 0);
+        write_volatile(&mut call.first_error_index, 0);
+        write_volatile(&mut call.bytes, 0);
+        write_volatile(&mut call.sk, 0);
+    }
+    if begin(&COUNTED_INFLIGHT, tid, &*call) {
+        // A mark left by an earlier call whose exit was missed: not this call's.
+        let _ = take_untraced(tid);
+    }
+}
+
+/// With no per-message hook attached, the sizes of the `ret` messages sent, from their
+/// `msg_len`: how many were read and their sum, each also in `detail`.
+#[inline(always)]
+fn sizes_at_exit(
+    msgvec: u64,
+    ret: i64,
+    detail: &mut [MessageResult; MAX_MESSAGE_DETAIL],
+) -> Option<(u32, u64)> {
+    // SAFETY: a global the loader overwrites; volatile keeps the compiler from folding it.
+    if unsafe { core::ptr::read_volatile(&SIZES_AT_EXIT) } == 0 || ret <= 0 {
+        return None;
+    }
+    Some(msgname::read_sent_lengths(msgvec, ret as u32, detail))
+}
+
 /// Entry of a call: remember its arguments and start time for this thread.
 #[inline(always)]
 pub fn on_entry(args: CallArgs) {
@@ -246,6 +367,10 @@ pub fn on_entry(args: CallArgs) {
         // Before the call's own record, so user space knows the process before its first span
         // (or its first counts).
         identity::capture_once(tgid, start);
+        if metrics.counts_only() {
+            begin_counted(tgid, tid, start, &args);
+            return;
+        }
         has_parent
     };
     rec.version = RECORD_VERSION;
@@ -288,33 +413,10 @@ pub fn on_entry(args: CallArgs) {
     if !no_span || metrics.flags & metric_flags::BY_PEER != 0 {
         msgname::read_destinations(args.msgvec, args.vlen, &mut rec.detail);
     }
-    match INFLIGHT.insert(tid, &*rec, u64::from(BPF_NOEXIST)) {
-        Ok(()) => {}
-        Err(e) if i64::from(e) == -EEXIST => {
-            // A thread is inside one sendmmsg at a time: the entry left is a call whose exit was
-            // missed (a kretprobe out of instances, a program the kernel skipped), unless its
-            // exit ran and only the delete failed (then it has an end).
-            // SAFETY: the entry is this thread's (see the module's doc).
-            if let Some(old) = INFLIGHT.get_ptr(tid) {
-                if unsafe { (*old).end_ns } == 0 {
-                    count(Counter::ExitMissed);
-                }
-            }
-            // Replacing an existing key needs no free slot, so this fails only if user space
-            // removed the entry meanwhile and the map filled up.
-            if INFLIGHT.insert(tid, &*rec, u64::from(BPF_ANY)).is_err() {
-                refuse(tid);
-                return;
-            }
-        }
-        // Full (E2BIG), or the map's bucket lock unavailable: either way this call is lost.
-        Err(_) => {
-            refuse(tid);
-            return;
-        }
+    if begin(&INFLIGHT, tid, &*rec) {
+        // A mark left by an earlier call whose exit was missed: not this call's.
+        let _ = take_untraced(tid);
     }
-    // A mark left by an earlier call whose exit was missed: not this call's.
-    let _ = take_untraced(tid);
 }
 
 /// One message of the thread's call finished sending: `ret` is bytes sent or a negative errno.
@@ -323,35 +425,26 @@ pub fn on_entry(args: CallArgs) {
 #[inline(always)]
 pub fn on_message(socket: u64, ret: i64) {
     let (_, tid) = current_ids();
+    if call_metrics::settings().counts_only() {
+        if let Some(call) = COUNTED_INFLIGHT.get_ptr_mut(tid) {
+            // SAFETY: only this thread touches its own entry (see the module's doc).
+            let _ = add_message!(unsafe { &mut *call }, socket, ret);
+            return;
+        }
+    }
     let Some(rec) = INFLIGHT.get_ptr_mut(tid) else {
         return; // not inside a traced sendmmsg
     };
     // SAFETY: only this thread touches its own entry (see the module's doc).
     let rec = unsafe { &mut *rec };
-    let index = rec.messages;
-    let limit = if rec.vlen < MAX_VLEN { rec.vlen } else { MAX_VLEN };
-    if index >= limit || (index > 0 && rec.sk != socket) {
-        count(Counter::StrayMessages);
+    let Some(index) = add_message!(&mut *rec, socket, ret) else {
         return;
-    }
-    if index == 0 {
-        rec.sk = socket;
-    }
+    };
     let now = unsafe { bpf_ktime_get_ns() };
     if let Some(slot) = rec.detail.get_mut(index as usize) {
         // Field by field: the entry hook already wrote this slot's destination.
         slot.ret = ret as i32;
         slot.offset_ns = now.wrapping_sub(rec.start_ns);
-    }
-    rec.messages = index + 1;
-    if ret >= 0 {
-        rec.bytes += ret as u64;
-    } else {
-        if rec.messages_failed == 0 {
-            rec.first_error = ret as i32;
-            rec.first_error_index = index;
-        }
-        rec.messages_failed += 1;
     }
 }
 
@@ -359,6 +452,29 @@ pub fn on_message(socket: u64, ret: i64) {
 #[inline(always)]
 pub fn on_exit(ret: i64) {
     let (tgid, tid) = current_ids();
+    let metrics = call_metrics::settings();
+    if metrics.counts_only() {
+        if let Some(call) = COUNTED_INFLIGHT.get_ptr_mut(tid) {
+            // SAFETY: only this thread touches its own entry.
+            let call = unsafe { &mut *call };
+            call.end_ns = unsafe { bpf_ktime_get_ns() };
+            call.ret = ret;
+            // The record's detail slots as scratch space: only the sum is kept.
+            if let Some(scratch) = SCRATCH.get_ptr_mut(0) {
+                // SAFETY: this CPU's scratch record, unused by this program otherwise.
+                if let Some((read, bytes)) =
+                    sizes_at_exit(call.msgvec, ret, unsafe { &mut (*scratch).detail })
+                {
+                    call.messages = read;
+                    call.bytes = bytes;
+                }
+            }
+            let _ = socket::read_socket(call.sockfd, &mut call.socket);
+            call_metrics::count_call(&*call, &metrics);
+            let _ = COUNTED_INFLIGHT.remove(tid);
+            return;
+        }
+    }
     let settings = filters::settings();
     let Some(rec) = INFLIGHT.get_ptr_mut(tid) else {
         // Left out at entry on purpose, or refused and counted then: only a call the entry hook
@@ -378,14 +494,11 @@ pub fn on_exit(ret: i64) {
     rec.ret = ret;
     // A kernel address: it never leaves the kernel.
     rec.sk = 0;
-    // SAFETY: a global the loader overwrites; volatile keeps the compiler from folding it.
-    if unsafe { core::ptr::read_volatile(&SIZES_AT_EXIT) } != 0 && ret > 0 {
-        let (read, bytes) = msgname::read_sent_lengths(rec.msgvec, ret as u32, &mut rec.detail);
+    if let Some((read, bytes)) = sizes_at_exit(rec.msgvec, ret, &mut rec.detail) {
         rec.messages = read;
         rec.bytes = bytes;
         rec.flags_out |= record_flags::SIZES_FROM_MSG_LEN;
     }
-    let metrics = call_metrics::settings();
     let counted = metrics.flags & metric_flags::ON != 0 && !is_self(tgid);
     let span = rec.flags_out & record_flags::NO_SPAN == 0;
     let kept = span && (is_self(tgid) || filters::kept_at_exit(rec, &settings));

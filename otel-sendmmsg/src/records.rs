@@ -192,7 +192,7 @@ impl Decoder {
     /// The call metrics' series of the call decoded last, by the kernel's own rule
     /// (`series_of`, from the record as the kernel wrote it).
     pub fn series_of_last_call(&self, by_peer: bool) -> otel_sendmmsg_common::call_metrics::SeriesKey {
-        otel_sendmmsg_common::call_metrics::series_of(&self.scratch, by_peer)
+        otel_sendmmsg_common::call_metrics::series_of(&*self.scratch, by_peer)
     }
 
     /// Decodes one ring-buffer item of either kind: the first `u32` tells them apart.

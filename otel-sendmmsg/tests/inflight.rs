@@ -1,7 +1,8 @@
 //! End to end, as root: more threads inside `sendmmsg` at once than the in-flight map holds
-//! (`OTEL_SENDMMSG_MAX_INFLIGHT`), with and without an entry filter. Every call is a span or
-//! counted once, by the counters the closing summary names: refused at entry (`inflight_full`),
-//! or begun before the sidecar attached (`exit_without_entry`).
+//! (`OTEL_SENDMMSG_MAX_INFLIGHT`), with and without an entry filter, and with the call metrics
+//! alone (whose calls the kernel keeps in a map of their own, of the same size). Every call is a
+//! span (or counted in the metrics) or counted once, by the counters the closing summary names:
+//! refused at entry (`inflight_full`), or begun before the sidecar attached (`exit_without_entry`).
 
 mod support;
 
@@ -48,6 +49,7 @@ fn start_blocked(workload: &Renamed) -> Child {
 
 struct Outcome {
     calls: Vec<CallReport>,
+    /// The workload's spans, or with the metrics alone its calls the metrics counted.
     spans: u64,
     /// Spans of processes other than the workload and the sidecar.
     foreign_spans: u64,
@@ -55,13 +57,18 @@ struct Outcome {
 }
 
 /// Runs the workload under a sidecar with a map of `MAX_INFLIGHT`, tracing only the workload's
-/// pid when `filtered`.
-fn blocked_beyond_the_map(filtered: bool) -> Outcome {
+/// pid when `filtered`; with `metrics_only`, no spans and the call metrics on.
+fn blocked_beyond_the_map(filtered: bool, metrics_only: bool) -> Outcome {
     // The unfiltered run counts the host's calls: the other test's blocked workload would be
     // among them (its threads already inside `sendmmsg` at attach, its calls filling the map).
     let _alone = one_sidecar_at_a_time();
     let receiver = Receiver::start(Protocol::Grpc);
-    let workload = renamed_workload(if filtered { "inflight-pid" } else { "inflight-all" });
+    let name = match (filtered, metrics_only) {
+        (_, true) => "inflight-metrics",
+        (true, false) => "inflight-pid",
+        (false, false) => "inflight-all",
+    };
+    let workload = renamed_workload(name);
     let mut child = start_blocked(&workload);
     let pid = child.id();
     let pids = pid.to_string();
@@ -75,8 +82,11 @@ fn blocked_beyond_the_map(filtered: bool) -> Outcome {
     if filtered {
         vars.push(("OTEL_SENDMMSG_PIDS", pids.as_str()));
     }
+    if metrics_only {
+        vars.extend([("OTEL_TRACES_EXPORTER", "none"), ("OTEL_SENDMMSG_CALL_METRICS", "true")]);
+    }
     // As deployed: unprivileged, with exactly its capabilities.
-    let dir = SharedDir::new(if filtered { "inflight-pid" } else { "inflight-all" });
+    let dir = SharedDir::new(name);
     let sidecar = start_as_nobody(&dir, &vars);
     let sidecar_pid = sidecar.pid();
     child.stdin.take().unwrap().write_all(b"go\n").unwrap();
@@ -94,7 +104,17 @@ fn blocked_beyond_the_map(filtered: bool) -> Outcome {
         .iter()
         .filter(|s| ![pid, sidecar_pid].map(i64::from).contains(&s.int("process.pid").unwrap_or(0)))
         .count() as u64;
-    Outcome { calls, spans: receiver.spans_of(pid).len() as u64, foreign_spans, log: stopped.stderr }
+    let spans = if metrics_only {
+        assert!(receiver.spans().is_empty(), "metrics only exported spans");
+        // Every call sent its one message: one series, cumulative, its last point the total.
+        let counted = receiver.metric_points().into_iter().rev().find(|p| {
+            p.metric == "sendmmsg.duration" && int_attr(&p.resource, "process.pid") == Some(pid.into())
+        });
+        counted.map_or(0, |p| p.value as u64)
+    } else {
+        receiver.spans_of(pid).len() as u64
+    };
+    Outcome { calls, spans, foreign_spans, log: stopped.stderr }
 }
 
 /// Checks what both variants promise: every call is a span or counted once.
@@ -121,7 +141,7 @@ fn check(outcome: &Outcome) -> Result<(), String> {
 #[test]
 fn more_threads_in_sendmmsg_than_the_map_holds_are_counted_exactly_with_a_pid_filter() {
     require_root();
-    let outcome = blocked_beyond_the_map(true);
+    let outcome = blocked_beyond_the_map(true, false);
     let log = &outcome.log;
     // Only the workload is traced: the map holds exactly MAX_INFLIGHT of its calls, refuses the
     // rest, and the call already blocked at attach is the only exit without an entry.
@@ -140,7 +160,7 @@ fn more_threads_in_sendmmsg_than_the_map_holds_are_counted_exactly_with_a_pid_fi
 fn more_threads_in_sendmmsg_than_the_map_holds_are_counted_exactly_without_a_filter() {
     require_root();
     for attempt in 1..=3 {
-        let outcome = blocked_beyond_the_map(false);
+        let outcome = blocked_beyond_the_map(false, false);
         match check(&outcome) {
             Ok(()) => {
                 assert!(
@@ -159,4 +179,19 @@ fn more_threads_in_sendmmsg_than_the_map_holds_are_counted_exactly_without_a_fil
             Err(e) => panic!("{e}"),
         }
     }
+}
+
+/// With the call metrics alone the kernel keeps each call in a map of its own, sized by the same
+/// setting: it holds exactly MAX_INFLIGHT of the workload's calls, each counted in the metrics,
+/// and refuses the rest, counted.
+#[test]
+fn with_the_metrics_alone_more_threads_than_the_map_holds_are_counted_exactly() {
+    require_root();
+    let outcome = blocked_beyond_the_map(true, true);
+    let log = &outcome.log;
+    assert_eq!(outcome.spans, MAX_INFLIGHT, "calls the metrics counted:\n{log}");
+    assert_eq!(summary_count(log, "inflight_full"), BLOCKED - MAX_INFLIGHT, "{log}");
+    assert_eq!(summary_count(log, "exit_without_entry"), 1, "{log}");
+    assert_eq!(summary_spans(log), 0, "{log}");
+    check(&outcome).unwrap_or_else(|e| panic!("{e}"));
 }

@@ -102,6 +102,11 @@ pub fn object(config: &Config, kernel: &Kernel) -> Result<Loaded> {
             // Wake the reader once an eighth of the ring is pending; its timer drains the rest.
             .override_global("WAKEUP_BYTES", &u64::from(config.ring_buffer_bytes / 8), true)
             .map_max_entries("INFLIGHT", config.max_inflight)
+            // Only calls that the metrics alone count go there.
+            .map_max_entries(
+                "COUNTED_INFLIGHT",
+                if metric_settings.counts_only() { config.max_inflight } else { 1 },
+            )
             .map_max_entries("THREAD_CONTEXT_ACCESS", config.max_context_processes)
             .map_max_entries("RECORDS", config.ring_buffer_bytes)
             .map_max_entries("CALL_METRICS", config.call_metrics.max_series)

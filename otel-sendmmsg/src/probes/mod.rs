@@ -26,7 +26,7 @@ use aya::{
     Ebpf,
 };
 use otel_sendmmsg_common::{
-    call_metrics::{SeriesKey, SeriesValue},
+    call_metrics::{CountedCall, PairedCall, SeriesKey, SeriesValue},
     CallRecord, Counter, ThreadContextAccess,
 };
 use tracing::{debug, info, warn};
@@ -234,8 +234,11 @@ impl Probes {
         out.push(("kernel_missed", self.kernel_missed()));
         out.push(("kretprobe_missed", self.entry_exit.kretprobe_missed() + self.message.kretprobe_missed()));
         let inflight = self.ebpf.map("INFLIGHT").context("map INFLIGHT missing from the BPF object")?;
-        let inflight = HashMap::<_, u32, CallRecord>::try_from(inflight)?;
-        out.push(("inflight", inflight.keys().count() as u64));
+        let inflight = HashMap::<_, u32, CallRecord>::try_from(inflight)?.keys().count();
+        let counted =
+            self.ebpf.map("COUNTED_INFLIGHT").context("map COUNTED_INFLIGHT missing from the BPF object")?;
+        let counted = HashMap::<_, u32, CountedCall>::try_from(counted)?.keys().count();
+        out.push(("inflight", (inflight + counted) as u64));
         Ok(out)
     }
 
@@ -254,21 +257,28 @@ impl Probes {
     /// still exists keeps its entry: its next call replaces and counts it. Returns the entries
     /// removed.
     pub fn sweep_inflight(&mut self, proc: &Path) -> Result<u64> {
-        let map = self.ebpf.map_mut("INFLIGHT").context("map INFLIGHT missing from the BPF object")?;
-        let mut inflight = HashMap::<_, u32, CallRecord>::try_from(map)?;
+        let records = self.sweep_calls::<CallRecord>("INFLIGHT", proc)?;
+        Ok(records + self.sweep_calls::<CountedCall>("COUNTED_INFLIGHT", proc)?)
+    }
+
+    /// [`Probes::sweep_inflight`] of one map of calls in flight.
+    fn sweep_calls<V: PairedCall + aya::Pod>(&mut self, name: &str, proc: &Path) -> Result<u64> {
+        let map =
+            self.ebpf.map_mut(name).with_context(|| format!("map {name} missing from the BPF object"))?;
+        let mut inflight = HashMap::<_, u32, V>::try_from(map)?;
         let tids: Vec<u32> = inflight.keys().filter_map(Result::ok).collect();
         let mut removed = 0;
         for tid in tids {
             let Ok(call) = inflight.get(&tid, 0) else {
                 continue; // its exit came meanwhile
             };
-            let finished = call.end_ns != 0;
-            if !finished && proc.join(format!("{}/task/{tid}", call.pid)).exists() {
+            let finished = call.end_ns() != 0;
+            if !finished && proc.join(format!("{}/task/{tid}", call.pid())).exists() {
                 continue;
             }
             // Only if it is still that call: the thread id may have been reused by a thread
             // that entered sendmmsg since (its entry counted the stale one already).
-            if inflight.get(&tid, 0).is_ok_and(|now| now.start_ns == call.start_ns)
+            if inflight.get(&tid, 0).is_ok_and(|now| now.start_ns() == call.start_ns())
                 && inflight.remove(&tid).is_ok()
             {
                 removed += 1;
