@@ -469,7 +469,8 @@ pub fn on_exit(ret: i64) {
                     call.bytes = bytes;
                 }
             }
-            let _ = socket::read_socket(call.sockfd, &mut call.socket);
+            // Its kind only: a counted call's series is not by peer (`counts_only`).
+            let _ = socket::read_socket(call.sockfd, &mut call.socket, false);
             call_metrics::count_call(&*call, &metrics);
             let _ = COUNTED_INFLIGHT.remove(tid);
             return;
@@ -503,7 +504,8 @@ pub fn on_exit(ret: i64) {
     let span = rec.flags_out & record_flags::NO_SPAN == 0;
     let kept = span && (is_self(tgid) || filters::kept_at_exit(rec, &settings));
     if counted || kept {
-        let _ = socket::read_socket(rec.sockfd, &mut rec.socket);
+        let addresses = kept || metrics.flags & metric_flags::BY_PEER != 0;
+        let _ = socket::read_socket(rec.sockfd, &mut rec.socket, addresses);
     }
     // Every call, whatever becomes of its span.
     if counted {

@@ -61,11 +61,13 @@ pub fn read<T>(base: u64, offset: u32) -> Option<T> {
     unsafe { bpf_probe_read_kernel((base + offset as u64) as *const T) }.ok()
 }
 
-/// Fills `out` for the current task's `fd`. `family` is written last and only on success, so
-/// family 0 means "unknown" and the other fields are then never read (they are not zeroed: a
-/// 48-byte zeroing becomes a `memset` call the loader refuses).
+/// Fills `out` for the current task's `fd`: its kind (family, type, protocol), and with
+/// `addresses` its ports and addresses too (a span's attributes, a series by peer; a series
+/// needs only the kind, and is spared four reads). `family` is written last and only on
+/// success, so family 0 means "unknown" and the other fields are then never read (they are not
+/// zeroed: a 48-byte zeroing becomes a `memset` call the loader refuses).
 #[inline(always)]
-pub fn read_socket(fd: i32, out: &mut SocketInfo) -> Option<()> {
+pub fn read_socket(fd: i32, out: &mut SocketInfo, addresses: bool) -> Option<()> {
     // SAFETY: a plain store; volatile keeps it from being merged into a memset.
     unsafe { core::ptr::write_volatile(&mut out.family, 0) };
     let off = offsets();
@@ -91,6 +93,10 @@ pub fn read_socket(fd: i32, out: &mut SocketInfo) -> Option<()> {
     out.sock_type = read::<u16>(socket, off.socket_type)?;
     let family: u16 = read(sk, off.sk_family)?;
     out.protocol = read(sk, off.sk_protocol)?;
+    if !addresses {
+        out.family = family;
+        return Some(());
+    }
     out.local_port = read(sk, off.sk_num)?;
     out.peer_port_be = read(sk, off.sk_dport)?;
     match family {
