@@ -245,3 +245,52 @@ fn cumulative_counts_survive_a_collector_outage() {
     assert!(failed_while_down > 0, "no export failed while the collector was down:\n{}", stopped.stderr);
     assert_eq!(received(&receiver, calls[0].pid, CUMULATIVE), as_received(), "{}", stopped.stderr);
 }
+
+/// By peer (`OTEL_SENDMMSG_METRICS_BY_PEER`): a connected socket's series names its peer, an
+/// unconnected one's its first message's destination, each as the workload saw them; without
+/// the setting no series names a peer.
+#[test]
+fn series_by_peer_name_the_connected_peer_or_the_first_destination() {
+    require_root();
+    let _one = one_sidecar_at_a_time();
+    for (by_peer, spans) in [("true", "none"), ("true", "otlp"), ("false", "none")] {
+        let receiver = Receiver::start(Protocol::Grpc);
+        let sidecar = Sidecar::start(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint.as_str()),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "300"),
+            ("OTEL_SENDMMSG_CALL_METRICS", "true"),
+            ("OTEL_SENDMMSG_METRICS_BY_PEER", by_peer),
+            ("OTEL_TRACES_EXPORTER", spans),
+        ]);
+        let calls = run_workload(&["udp4", "udp4-unconnected"]);
+        let stopped = stop_cleanly(sidecar);
+        let ctx = format!("by peer {by_peer}, spans {spans}:\n{}", stopped.stderr);
+        let peers: std::collections::BTreeSet<(String, i64)> = receiver
+            .metric_points()
+            .iter()
+            .filter(|p| {
+                p.metric == "sendmmsg.duration"
+                    && int_attr(&p.resource, "process.pid") == Some(calls[0].pid.into())
+            })
+            .map(|p| {
+                let address = str_attr(&p.attributes, "network.peer.address").unwrap_or("").to_owned();
+                (address, int_attr(&p.attributes, "network.peer.port").unwrap_or(0))
+            })
+            .collect();
+        let expected: std::collections::BTreeSet<(String, i64)> = if by_peer == "true" {
+            let connected = &calls[0].peer;
+            let first_destination = &calls[1].dests[0];
+            [connected, first_destination]
+                .iter()
+                .map(|a| {
+                    let a: std::net::SocketAddr = a.parse().unwrap_or_else(|e| panic!("{a:?}: {e}"));
+                    (a.ip().to_string(), i64::from(a.port()))
+                })
+                .collect()
+        } else {
+            [(String::new(), 0)].into()
+        };
+        assert_eq!(peers, expected, "{ctx}");
+    }
+}
