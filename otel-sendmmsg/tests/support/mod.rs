@@ -227,64 +227,80 @@ fn store_metrics(store: &PointStore, request: ExportMetricsServiceRequest) {
                     time_unix_nano: time,
                     histogram,
                 };
+            // A histogram's points, explicit or exponential alike: (attributes, count, start,
+            // time, what else it says).
+            let histograms: Option<(i32, Vec<(Vec<KeyValue>, u64, u64, u64, ReceivedHistogram)>)> =
+                match &metric.data {
+                    Some(Data::Histogram(h)) => Some((
+                        h.aggregation_temporality,
+                        h.data_points
+                            .iter()
+                            .map(|p| {
+                                let histogram = ReceivedHistogram {
+                                    sum: p.sum.unwrap_or(f64::NAN),
+                                    min: p.min,
+                                    max: p.max,
+                                    exponential: None,
+                                    bounds: p.explicit_bounds.clone(),
+                                    counts: p.bucket_counts.clone(),
+                                    exemplars: exemplars(p.exemplars.clone()),
+                                };
+                                (
+                                    p.attributes.clone(),
+                                    p.count,
+                                    p.start_time_unix_nano,
+                                    p.time_unix_nano,
+                                    histogram,
+                                )
+                            })
+                            .collect(),
+                    )),
+                    Some(Data::ExponentialHistogram(h)) => Some((
+                        h.aggregation_temporality,
+                        h.data_points
+                            .iter()
+                            .map(|p| {
+                                let positive = p.positive.clone().unwrap_or_default();
+                                let histogram = ReceivedHistogram {
+                                    sum: p.sum.unwrap_or(f64::NAN),
+                                    min: p.min,
+                                    max: p.max,
+                                    exponential: Some((p.scale, positive.offset)),
+                                    bounds: Vec::new(),
+                                    counts: positive.bucket_counts,
+                                    exemplars: exemplars(p.exemplars.clone()),
+                                };
+                                (
+                                    p.attributes.clone(),
+                                    p.count,
+                                    p.start_time_unix_nano,
+                                    p.time_unix_nano,
+                                    histogram,
+                                )
+                            })
+                            .collect(),
+                    )),
+                    _ => None,
+                };
+            if let Some((temporality, histograms)) = histograms {
+                for (attributes, count, start, time, histogram) in histograms {
+                    points.push(point(
+                        attributes,
+                        count as i64,
+                        false,
+                        temporality,
+                        start,
+                        time,
+                        Some(histogram),
+                    ));
+                }
+                continue;
+            }
             let (data_points, monotonic_sum, temporality) = match &metric.data {
                 Some(Data::Sum(sum)) => {
                     (sum.data_points.clone(), sum.is_monotonic, sum.aggregation_temporality)
                 }
                 Some(Data::Gauge(gauge)) => (gauge.data_points.clone(), false, 0),
-                Some(Data::Histogram(h)) => {
-                    for p in &h.data_points {
-                        let histogram = ReceivedHistogram {
-                            sum: p.sum.unwrap_or(f64::NAN),
-                            min: p.min,
-                            max: p.max,
-                            exponential: None,
-                            bounds: p.explicit_bounds.clone(),
-                            counts: p.bucket_counts.clone(),
-                            exemplars: exemplars(p.exemplars.clone()),
-                        };
-                        let (start, time) = (p.start_time_unix_nano, p.time_unix_nano);
-                        let temporality = h.aggregation_temporality;
-                        let attributes = p.attributes.clone();
-                        points.push(point(
-                            attributes,
-                            p.count as i64,
-                            false,
-                            temporality,
-                            start,
-                            time,
-                            Some(histogram),
-                        ));
-                    }
-                    continue;
-                }
-                Some(Data::ExponentialHistogram(h)) => {
-                    for p in &h.data_points {
-                        let positive = p.positive.clone().unwrap_or_default();
-                        let histogram = ReceivedHistogram {
-                            sum: p.sum.unwrap_or(f64::NAN),
-                            min: p.min,
-                            max: p.max,
-                            exponential: Some((p.scale, positive.offset)),
-                            bounds: Vec::new(),
-                            counts: positive.bucket_counts,
-                            exemplars: exemplars(p.exemplars.clone()),
-                        };
-                        let (start, time) = (p.start_time_unix_nano, p.time_unix_nano);
-                        let temporality = h.aggregation_temporality;
-                        let attributes = p.attributes.clone();
-                        points.push(point(
-                            attributes,
-                            p.count as i64,
-                            false,
-                            temporality,
-                            start,
-                            time,
-                            Some(histogram),
-                        ));
-                    }
-                    continue;
-                }
                 other => panic!("metric {} is of a kind the sidecar does not send: {other:?}", metric.name),
             };
             for p in data_points {
