@@ -12,7 +12,10 @@ pub mod encode;
 pub mod export;
 pub mod histogram;
 
-use std::{collections::HashMap, time::SystemTime};
+use std::{
+    collections::{BTreeMap, HashMap},
+    time::SystemTime,
+};
 
 use opentelemetry::trace::{SpanId, TraceId};
 use otel_sendmmsg_common::call_metrics::{bucket_of, SeriesKey, SeriesValue, BUCKETS, MAX_BOUNDS};
@@ -128,7 +131,10 @@ impl CallMetrics {
         gone: impl Fn(&SeriesKey) -> bool,
     ) -> (Vec<Point>, Vec<SeriesKey>) {
         let mut points = Vec::with_capacity(now_in_kernel.len());
-        let mut retire = Vec::new();
+        // Per process: its series, and whether each may go. A process's series go together:
+        // their sent messages are one point when they differ only by the call's error.type
+        // (`encode`), and a cumulative point that lost one series' count would go down.
+        let mut processes: BTreeMap<(u32, u64), Vec<(SeriesKey, bool)>> = BTreeMap::new();
         let since = self.last_collection;
         for (key, total) in now_in_kernel {
             let series = self.series.entry(key).or_insert_with(|| Series {
@@ -151,10 +157,15 @@ impl CallMetrics {
             };
             points.extend(point);
             series.seen = total;
-            if series.unchanged > 0 && (gone(&key) || series.unchanged >= IDLE_COLLECTIONS) {
-                retire.push(key);
-            }
+            let done = series.unchanged > 0 && (gone(&key) || series.unchanged >= IDLE_COLLECTIONS);
+            processes.entry((key.pid, key.process_start_ns)).or_default().push((key, done));
         }
+        let retire: Vec<SeriesKey> = processes
+            .into_values()
+            .filter(|series| series.iter().all(|(_, done)| *done))
+            .flatten()
+            .map(|(key, _)| key)
+            .collect();
         for key in &retire {
             self.series.remove(key);
         }
@@ -251,6 +262,31 @@ mod tests {
         assert_eq!((points.len(), retire.len()), (1, 0));
         let (points, retire) = m.collect(vec![(key, v)], SystemTime::now(), |_| true);
         assert_eq!((points.len(), retire), (1, vec![key]));
+    }
+
+    #[test]
+    fn a_process_series_go_together_when_the_last_may_go() {
+        let good = SeriesKey { pid: 4, process_start_ns: 1, ..SeriesKey::default() };
+        let failed = SeriesKey { error: -90, ..good };
+        let other = SeriesKey { pid: 5, ..good };
+        let mut m = metrics(Temporality::Cumulative);
+        let (b, u) = (*m.bounds(), m.bounds_used());
+        let v = value(1, 1_000, &b, u);
+        let mut more = v;
+        more.add(&v);
+        // The good calls' series is seen first; the failed call's comes a collection later.
+        m.collect(vec![(good, v), (other, v)], SystemTime::now(), |_| true);
+        let (_, retire) = m.collect(vec![(good, v), (failed, v), (other, v)], SystemTime::now(), |_| true);
+        // Another process's series goes; this one's unchanged series waits for its sibling.
+        assert_eq!(retire, vec![other]);
+        let (points, retire) = m.collect(vec![(good, v), (failed, v)], SystemTime::now(), |_| true);
+        assert_eq!(points.len(), 2);
+        assert_eq!(retire, vec![good, failed]);
+        // A sibling that still moves keeps them all.
+        let mut m = metrics(Temporality::Cumulative);
+        m.collect(vec![(good, v), (failed, v)], SystemTime::now(), |_| true);
+        let (_, retire) = m.collect(vec![(good, v), (failed, more)], SystemTime::now(), |_| true);
+        assert!(retire.is_empty(), "{retire:?}");
     }
 
     #[test]
