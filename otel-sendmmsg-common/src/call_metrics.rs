@@ -72,47 +72,55 @@ pub trait PairedCall {
     fn first_destination(&self) -> Option<&Destination>;
 }
 
+/// The accessors of the fields both kinds of call have, under the same names.
+macro_rules! paired_call_fields {
+    () => {
+        #[inline(always)]
+        fn pid(&self) -> u32 {
+            self.pid
+        }
+        #[inline(always)]
+        fn process_start_ns(&self) -> u64 {
+            self.process_start_ns
+        }
+        #[inline(always)]
+        fn start_ns(&self) -> u64 {
+            self.start_ns
+        }
+        #[inline(always)]
+        fn end_ns(&self) -> u64 {
+            self.end_ns
+        }
+        #[inline(always)]
+        fn ret(&self) -> i64 {
+            self.ret
+        }
+        #[inline(always)]
+        fn vlen(&self) -> u32 {
+            self.vlen
+        }
+        #[inline(always)]
+        fn messages_failed(&self) -> u32 {
+            self.messages_failed
+        }
+        #[inline(always)]
+        fn first_error(&self) -> i32 {
+            self.first_error
+        }
+        #[inline(always)]
+        fn bytes(&self) -> u64 {
+            self.bytes
+        }
+        #[inline(always)]
+        fn socket(&self) -> &SocketInfo {
+            &self.socket
+        }
+    };
+}
+
 impl PairedCall for CallRecord {
-    #[inline(always)]
-    fn pid(&self) -> u32 {
-        self.pid
-    }
-    #[inline(always)]
-    fn process_start_ns(&self) -> u64 {
-        self.process_start_ns
-    }
-    #[inline(always)]
-    fn start_ns(&self) -> u64 {
-        self.start_ns
-    }
-    #[inline(always)]
-    fn end_ns(&self) -> u64 {
-        self.end_ns
-    }
-    #[inline(always)]
-    fn ret(&self) -> i64 {
-        self.ret
-    }
-    #[inline(always)]
-    fn vlen(&self) -> u32 {
-        self.vlen
-    }
-    #[inline(always)]
-    fn messages_failed(&self) -> u32 {
-        self.messages_failed
-    }
-    #[inline(always)]
-    fn first_error(&self) -> i32 {
-        self.first_error
-    }
-    #[inline(always)]
-    fn bytes(&self) -> u64 {
-        self.bytes
-    }
-    #[inline(always)]
-    fn socket(&self) -> &SocketInfo {
-        &self.socket
-    }
+    paired_call_fields!();
+
     #[inline(always)]
     fn first_destination(&self) -> Option<&Destination> {
         (self.vlen > 0).then_some(&self.detail[0].dest)
@@ -145,46 +153,9 @@ pub struct CountedCall {
 }
 
 impl PairedCall for CountedCall {
-    #[inline(always)]
-    fn pid(&self) -> u32 {
-        self.pid
-    }
-    #[inline(always)]
-    fn process_start_ns(&self) -> u64 {
-        self.process_start_ns
-    }
-    #[inline(always)]
-    fn start_ns(&self) -> u64 {
-        self.start_ns
-    }
-    #[inline(always)]
-    fn end_ns(&self) -> u64 {
-        self.end_ns
-    }
-    #[inline(always)]
-    fn ret(&self) -> i64 {
-        self.ret
-    }
-    #[inline(always)]
-    fn vlen(&self) -> u32 {
-        self.vlen
-    }
-    #[inline(always)]
-    fn messages_failed(&self) -> u32 {
-        self.messages_failed
-    }
-    #[inline(always)]
-    fn first_error(&self) -> i32 {
-        self.first_error
-    }
-    #[inline(always)]
-    fn bytes(&self) -> u64 {
-        self.bytes
-    }
-    #[inline(always)]
-    fn socket(&self) -> &SocketInfo {
-        &self.socket
-    }
+    paired_call_fields!();
+
+    /// None: a counted call's series is never by peer ([`MetricSettings::counts_only`]).
     #[inline(always)]
     fn first_destination(&self) -> Option<&Destination> {
         None
