@@ -202,7 +202,10 @@ pub struct KernelOffsets {
     /// `task_struct.thread.fsbase` (the two offsets added up): the thread pointer, on x86-64. 0
     /// when the kernel has none (other architectures): no OTEP 4947 thread context is read.
     pub task_fsbase: u32,
-    pub _pad: u32,
+    /// `sock.sk_type`: a socket's type read from its `struct sock`, when a message hook handed
+    /// that over (the same value as `socket.type`); 0 when not found, and the socket is then
+    /// found from the fd.
+    pub sk_type: u32,
 }
 
 /// Which filters are on, and their scalar settings; the sets live in BPF hash maps.

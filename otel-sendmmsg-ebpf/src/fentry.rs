@@ -7,7 +7,10 @@ use aya_ebpf::{
     programs::{FEntryContext, FExitContext},
 };
 
-use crate::pairing::{self, CallArgs};
+use crate::{
+    pairing::{self, CallArgs},
+    socket::MessageSocket,
+};
 
 /// `int __sys_sendmmsg(int fd, struct mmsghdr __user *mmsg, unsigned int vlen,
 /// unsigned int flags, bool forbid_cmsg_compat)`: the syscall's body on every architecture.
@@ -37,7 +40,7 @@ macro_rules! fexit_protocol_sendmsg {
     ($program:ident, $function:literal) => {
         #[fexit(function = $function)]
         pub fn $program(ctx: FExitContext) -> u32 {
-            pairing::on_message(ctx.arg::<u64>(0), ctx.arg::<i32>(3) as i64);
+            pairing::on_message(ctx.arg::<u64>(0), MessageSocket::Socket, ctx.arg::<i32>(3) as i64);
             0
         }
     };

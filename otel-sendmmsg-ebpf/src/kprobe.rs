@@ -9,7 +9,10 @@ use aya_ebpf::{
     programs::{ProbeContext, RetProbeContext},
 };
 
-use crate::pairing::{self, CallArgs};
+use crate::{
+    pairing::{self, CallArgs},
+    socket::MessageSocket,
+};
 
 /// 1 when the entry symbol is an architecture wrapper (`__x64_sys_sendmmsg`,
 /// `__arm64_sys_sendmmsg`, ...) taking the user's registers as `const struct pt_regs *`; 0 when
@@ -90,6 +93,6 @@ pub fn sendmmsg_kretprobe_exit(ctx: RetProbeContext) -> u32 {
 #[kretprobe]
 pub fn sendmmsg_kretprobe_message(ctx: RetProbeContext) -> u32 {
     // An `int` in a 64-bit register: only the low half is defined.
-    pairing::on_message(0, ctx.ret::<i64>() as i32 as i64);
+    pairing::on_message(0, MessageSocket::Unseen, ctx.ret::<i64>() as i32 as i64);
     0
 }

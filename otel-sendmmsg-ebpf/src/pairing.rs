@@ -27,7 +27,9 @@ use otel_sendmmsg_common::{
 };
 
 use crate::{
-    call_metrics, context, filters, identity, msgname, socket, task,
+    call_metrics, context, filters, identity, msgname,
+    socket::{self, MessageSocket},
+    task,
     thread_context::{self, Published},
 };
 
@@ -421,9 +423,12 @@ pub fn on_entry(args: CallArgs) {
 
 /// One message of the thread's call finished sending: `ret` is bytes sent or a negative errno.
 /// `socket` names the socket the same way for every message of a call (0 when the hook cannot
-/// see it), so sends the call did not make are not mistaken for its messages.
+/// see it), so sends the call did not make are not mistaken for its messages; `kind` says what
+/// it points to, which the call keeps with it (hooks mix: the exit cannot know which message
+/// hook ran), so the exit can read the socket from there.
 #[inline(always)]
-pub fn on_message(socket: u64, ret: i64) {
+pub fn on_message(socket: u64, kind: MessageSocket, ret: i64) {
+    let socket = kind.tag(socket);
     let (_, tid) = current_ids();
     if call_metrics::settings().counts_only() {
         if let Some(call) = COUNTED_INFLIGHT.get_ptr_mut(tid) {
@@ -470,7 +475,7 @@ pub fn on_exit(ret: i64) {
                 }
             }
             // Its kind only: a counted call's series is not by peer (`counts_only`).
-            let _ = socket::read_socket(call.sockfd, &mut call.socket, false);
+            let _ = socket::read_socket(call.sockfd, call.sk, &mut call.socket, false);
             call_metrics::count_call(&*call, &metrics);
             let _ = COUNTED_INFLIGHT.remove(tid);
             return;
@@ -494,6 +499,7 @@ pub fn on_exit(ret: i64) {
     rec.end_ns = unsafe { bpf_ktime_get_ns() };
     rec.ret = ret;
     // A kernel address: it never leaves the kernel.
+    let sk = rec.sk;
     rec.sk = 0;
     if let Some((read, bytes)) = sizes_at_exit(rec.msgvec, ret, &mut rec.detail) {
         rec.messages = read;
@@ -505,7 +511,7 @@ pub fn on_exit(ret: i64) {
     let kept = span && (is_self(tgid) || filters::kept_at_exit(rec, &settings));
     if counted || kept {
         let addresses = kept || metrics.flags & metric_flags::BY_PEER != 0;
-        let _ = socket::read_socket(rec.sockfd, &mut rec.socket, addresses);
+        let _ = socket::read_socket(rec.sockfd, sk, &mut rec.socket, addresses);
     }
     // Every call, whatever becomes of its span.
     if counted {

@@ -4,7 +4,10 @@
 
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext, EbpfContext};
 
-use crate::pairing::{self, CallArgs};
+use crate::{
+    pairing::{self, CallArgs},
+    socket::MessageSocket,
+};
 
 /// The field of type `T` at `offset` in the event's record, loaded straight from the context
 /// the program gets: the verifier lets a tracepoint program read its record directly (aligned,
@@ -47,7 +50,11 @@ pub fn sendmmsg_enter(ctx: TracePointContext) -> u32 {
 /// `TP_PROTO(struct sock *sk, int ret, int flags)`.
 #[tracepoint]
 pub fn sendmmsg_message(ctx: TracePointContext) -> u32 {
-    pairing::on_message(field(&ctx, SEND_LENGTH_SK), i64::from(field::<i32>(&ctx, SEND_LENGTH_RET)));
+    pairing::on_message(
+        field(&ctx, SEND_LENGTH_SK),
+        MessageSocket::Sock,
+        i64::from(field::<i32>(&ctx, SEND_LENGTH_RET)),
+    );
     0
 }
 

@@ -27,6 +27,9 @@ pub fn from_btf_file(path: &str) -> Result<KernelOffsets, String> {
         // struct sock starts with its struct sock_common (__sk_common).
         sk_family: field("sock_common", "skc_family")?,
         sk_protocol: field("sock", "sk_protocol")?,
+        // Optional: without it the exit walks from the fd to the socket, as when the message
+        // hook names none.
+        sk_type: field("sock", "sk_type").unwrap_or(0),
         sk_daddr: field("sock_common", "skc_daddr")?,
         sk_rcv_saddr: field("sock_common", "skc_rcv_saddr")?,
         sk_dport: field("sock_common", "skc_dport")?,
@@ -119,6 +122,7 @@ mod tests {
         assert_eq!(off.sk_num, off.sk_dport + 2);
         assert!(off.sk_v6_rcv_saddr == off.sk_v6_daddr + 16 && off.sk_family < off.sk_v6_daddr);
         assert!(off.sk_protocol > off.sk_v6_rcv_saddr, "sk_protocol lies past sock_common");
+        assert!(off.sk_type > off.sk_v6_rcv_saddr, "sk_type lies past sock_common");
         assert_eq!(off.fdt_max_fds, 0);
         assert_eq!(off.identity_valid, 1, "the identity capture's offsets resolve too");
         assert!(off.task_start_boottime != 0);
