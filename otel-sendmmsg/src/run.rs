@@ -3,7 +3,7 @@
 //! whose records come through the same path as every other, then it traces until a stop signal.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     path::Path,
     sync::{
         atomic::{AtomicU64, Ordering},
@@ -52,7 +52,8 @@ pub const DRAIN_INTERVAL: Duration = Duration::from_millis(20);
 /// this long, and an exited process is forgotten one to two of these after it exits.
 const SWEEP_PROCESSES: Duration = Duration::from_secs(10);
 /// The longest a call's span waits for its process to be read from `/proc` (normally well
-/// under a millisecond); then it goes with what its thread's name says.
+/// under a millisecond); then it goes with what its thread's name says. A process's call
+/// metrics wait as long, then go under its pid alone.
 const READ_DEADLINE: Duration = Duration::from_secs(1);
 /// Spans waiting for their process to be read, at most; beyond, they go at once with what their
 /// thread's name says. A flood of new processes cannot make us hold more.
@@ -209,14 +210,33 @@ impl Pipeline {
     }
 
     /// This collection's call metrics as a request, under each process's resource, and the
-    /// series of processes gone removed from the kernel. A process not known yet goes under
-    /// its pid alone this once, and is read for the next collection.
-    fn call_metrics_request(&mut self, probes: &mut Probes) -> Option<Vec<u8>> {
-        let metrics = self.call_metrics.as_mut()?;
+    /// series of processes gone removed from the kernel. A process not known yet is read, and
+    /// its series wait for it (`READ_DEADLINE` at most; not in the `last` collection): its
+    /// identity record can still be in the ring buffer, behind the calls the kernel counted.
+    /// After that it goes under its pid alone, until it is known.
+    fn call_metrics_request(&mut self, probes: &mut Probes, last: bool) -> Option<Vec<u8>> {
         let series = probes.call_series().inspect_err(|e| warn!("reading the call metrics: {e:#}")).ok()?;
+        let mut unknown = HashSet::new();
+        for (key, _) in &series {
+            let (pid, start) = (key.pid, process::start_ticks(key.process_start_ns));
+            if unknown.contains(&(pid, key.process_start_ns)) || self.processes.known(pid, start).is_some() {
+                continue;
+            }
+            unknown.insert((pid, key.process_start_ns));
+            if let Err(request) = self.processes.lookup(pid, start, "") {
+                if !self.waiting.by_pid.contains_key(&pid) {
+                    self.resolver.submit(Job::Read(request));
+                }
+            }
+        }
+        let metrics = self.call_metrics.as_mut()?;
         let proc = Path::new("/proc");
-        let (points, retire) =
-            metrics.collect(series, SystemTime::now(), |key| !proc.join(key.pid.to_string()).exists());
+        let (points, retire) = metrics.collect(
+            series,
+            SystemTime::now(),
+            |key| !proc.join(key.pid.to_string()).exists(),
+            |key| !last && unknown.contains(&(key.pid, key.process_start_ns)),
+        );
         if let Err(e) = probes.retire_series(&retire) {
             warn!("removing the call metrics of processes gone: {e:#}");
         }
@@ -230,17 +250,8 @@ impl Pipeline {
         let mut processes = Vec::with_capacity(by_process.len());
         for ((pid, start_ns), points) in by_process {
             let start = process::start_ticks(start_ns);
-            let process = match self.processes.known(pid, start) {
-                Some(process) => process,
-                None => {
-                    if let Err(request) = self.processes.lookup(pid, start, "") {
-                        if !self.waiting.by_pid.contains_key(&pid) {
-                            self.resolver.submit(Job::Read(request));
-                        }
-                    }
-                    Arc::new(ProcessInfo::unknown(pid))
-                }
-            };
+            let process =
+                self.processes.known(pid, start).unwrap_or_else(|| Arc::new(ProcessInfo::unknown(pid)));
             processes.push((self.resources.of(&process), points));
         }
         let metrics = self.call_metrics.as_ref()?;
@@ -416,8 +427,12 @@ pub async fn run(config: Config, mut signals: StopSignals) -> Result<()> {
     // (probes/load.rs) whenever metrics go to a collector.
     let (mut metrics_export, metrics_interval) = match &config.metrics {
         MetricsOutput::Otlp { otlp, interval, temporality } if config.call_metrics.on => {
-            pipeline.call_metrics =
-                Some(CallMetrics::new(config.call_metrics.clone(), *temporality, SystemTime::now()));
+            pipeline.call_metrics = Some(CallMetrics::new(
+                config.call_metrics.clone(),
+                *temporality,
+                SystemTime::now(),
+                READ_DEADLINE,
+            ));
             let export = MetricsExport::new(otlp)
                 .inspect_err(|e| warn!("the call metrics are counted but cannot be exported: {e:#}"))
                 .ok();
@@ -520,7 +535,7 @@ pub async fn run(config: Config, mut signals: StopSignals) -> Result<()> {
             _ = collect_call_metrics.tick(), if metrics_export.is_some() => {
                 if let Some(export) = metrics_export.as_mut() {
                     if export.ready() {
-                        if let Some(request) = pipeline.call_metrics_request(&mut probes) {
+                        if let Some(request) = pipeline.call_metrics_request(&mut probes, false) {
                             export.send(request);
                         }
                     }
@@ -577,7 +592,7 @@ pub async fn run(config: Config, mut signals: StopSignals) -> Result<()> {
         // The last counts of every call, the in-flight request first, within the deadline.
         let last = async {
             export.finish().await;
-            if let Some(request) = pipeline.call_metrics_request(&mut probes) {
+            if let Some(request) = pipeline.call_metrics_request(&mut probes, true) {
                 export.send(request);
                 export.finish().await;
             }

@@ -6,7 +6,8 @@
 //! the run loop reads the series ([`crate::probes::Probes::call_series`]) and hands them to
 //! [`CallMetrics::collect`], which turns them into one request: cumulative points are the
 //! kernel's totals, delta points the change since the last collection. A series whose process
-//! is gone is exported once more and then removed from the kernel's map.
+//! is gone is exported once more and then removed from the kernel's map. A series whose
+//! process is not known yet waits for it (as its spans do), its counts kept in the kernel.
 
 pub mod encode;
 pub mod export;
@@ -14,7 +15,7 @@ pub mod histogram;
 
 use std::{
     collections::{BTreeMap, HashMap},
-    time::SystemTime,
+    time::{Duration, SystemTime},
 };
 
 use opentelemetry::trace::{SpanId, TraceId};
@@ -50,8 +51,10 @@ pub struct Point {
 struct Series {
     /// When its counting began (cumulative points start here).
     start: SystemTime,
-    /// The kernel's totals at the last collection.
+    /// The kernel's totals when it was last collected, and when that was (its next delta
+    /// point starts there).
     seen: SeriesValue,
+    seen_at: SystemTime,
     unchanged: u32,
 }
 
@@ -65,11 +68,21 @@ pub struct CallMetrics {
     series: HashMap<SeriesKey, Series>,
     /// Per series, the latest span of each duration bucket, since the last collection.
     exemplars: HashMap<SeriesKey, Vec<(usize, Exemplar)>>,
+    /// How long a process not known yet may hold its series back, and since when each one
+    /// (pid, start) has.
+    identity_wait: Duration,
+    unknown_since: HashMap<(u32, u64), SystemTime>,
 }
 
 impl CallMetrics {
-    /// Counting began at `started` (when the probes were attached).
-    pub fn new(settings: CallMetricsSettings, temporality: Temporality, started: SystemTime) -> CallMetrics {
+    /// Counting began at `started` (when the probes were attached). A process not known yet
+    /// holds its series back for `identity_wait` at most.
+    pub fn new(
+        settings: CallMetricsSettings,
+        temporality: Temporality,
+        started: SystemTime,
+        identity_wait: Duration,
+    ) -> CallMetrics {
         let table = histogram::bounds_ns(&settings.histogram);
         let mut bounds = [u64::MAX; MAX_BOUNDS];
         bounds[..table.len()].copy_from_slice(&table);
@@ -81,6 +94,8 @@ impl CallMetrics {
             last_collection: started,
             series: HashMap::new(),
             exemplars: HashMap::new(),
+            identity_wait,
+            unknown_since: HashMap::new(),
         }
     }
 
@@ -123,12 +138,15 @@ impl CallMetrics {
 
     /// The points of this collection, from the kernel's totals `now_in_kernel` at `now`, and
     /// the series to remove from the kernel: those of processes `gone` says are gone, and
-    /// those idle for long, each after this last export.
+    /// those idle for long, each after this last export. The series of processes `unknown`
+    /// says are not known yet (their resource would name the pid alone) make no point until
+    /// they are, or until they waited `identity_wait`: their counts are in the next one.
     pub fn collect(
         &mut self,
         now_in_kernel: Vec<(SeriesKey, SeriesValue)>,
         now: SystemTime,
         gone: impl Fn(&SeriesKey) -> bool,
+        unknown: impl Fn(&SeriesKey) -> bool,
     ) -> (Vec<Point>, Vec<SeriesKey>) {
         let mut points = Vec::with_capacity(now_in_kernel.len());
         // Per process: its series, and whether each may go. A process's series go together:
@@ -141,8 +159,15 @@ impl CallMetrics {
                 // Its first call came after the last collection.
                 start: since,
                 seen: SeriesValue::default(),
+                seen_at: since,
                 unchanged: 0,
             });
+            if unknown(&key) {
+                let waiting_since = *self.unknown_since.entry((key.pid, key.process_start_ns)).or_insert(now);
+                if now.duration_since(waiting_since).unwrap_or_default() < self.identity_wait {
+                    continue;
+                }
+            }
             let changed = total.calls != series.seen.calls;
             series.unchanged = if changed { 0 } else { series.unchanged + 1 };
             let exemplars: Vec<Exemplar> =
@@ -151,15 +176,20 @@ impl CallMetrics {
                 Temporality::Cumulative => Some(Point { key, start: series.start, value: total, exemplars }),
                 // Nothing new, nothing to say.
                 Temporality::Delta if !changed => None,
-                Temporality::Delta => {
-                    Some(Point { key, start: since, value: difference(&total, &series.seen), exemplars })
-                }
+                Temporality::Delta => Some(Point {
+                    key,
+                    start: series.seen_at,
+                    value: difference(&total, &series.seen),
+                    exemplars,
+                }),
             };
             points.extend(point);
             series.seen = total;
+            series.seen_at = now;
             let done = series.unchanged > 0 && (gone(&key) || series.unchanged >= IDLE_COLLECTIONS);
             processes.entry((key.pid, key.process_start_ns)).or_default().push((key, done));
         }
+        self.unknown_since.retain(|process, _| !processes.contains_key(process));
         let retire: Vec<SeriesKey> = processes
             .into_values()
             .filter(|series| series.iter().all(|(_, done)| *done))
@@ -218,7 +248,12 @@ mod tests {
     }
 
     fn metrics(temporality: Temporality) -> CallMetrics {
-        CallMetrics::new(CallMetricsSettings::default(), temporality, SystemTime::UNIX_EPOCH)
+        CallMetrics::new(
+            CallMetricsSettings::default(),
+            temporality,
+            SystemTime::UNIX_EPOCH,
+            Duration::from_secs(1),
+        )
     }
 
     #[test]
@@ -228,10 +263,10 @@ mod tests {
         for temporality in [Temporality::Cumulative, Temporality::Delta] {
             let mut m = metrics(temporality);
             let (b, u) = (*m.bounds(), m.bounds_used());
-            let (first, _) = m.collect(vec![(key, value(3, 5_000, &b, u))], t(10), |_| false);
+            let (first, _) = m.collect(vec![(key, value(3, 5_000, &b, u))], t(10), |_| false, |_| false);
             let mut later = value(3, 5_000, &b, u);
             later.add(&value(2, 9_000_000, &b, u));
-            let (second, _) = m.collect(vec![(key, later)], t(20), |_| false);
+            let (second, _) = m.collect(vec![(key, later)], t(20), |_| false, |_| false);
             assert_eq!((first[0].start, first[0].value.calls), (t(0), 3));
             match temporality {
                 Temporality::Cumulative => {
@@ -246,8 +281,41 @@ mod tests {
                 }
             }
             // Unchanged: a delta says nothing; a cumulative point repeats the totals.
-            let (third, _) = m.collect(vec![(key, later)], t(30), |_| false);
+            let (third, _) = m.collect(vec![(key, later)], t(30), |_| false, |_| false);
             assert_eq!(third.len(), usize::from(temporality == Temporality::Cumulative));
+        }
+    }
+
+    #[test]
+    fn a_process_not_known_yet_holds_its_series_back_until_it_is_or_its_wait_ends() {
+        let key = SeriesKey { pid: 3, process_start_ns: 1, ..SeriesKey::default() };
+        let other = SeriesKey { pid: 4, ..key };
+        let t = |ms| SystemTime::UNIX_EPOCH + Duration::from_millis(ms);
+        for temporality in [Temporality::Cumulative, Temporality::Delta] {
+            let mut m = metrics(temporality);
+            let (b, u) = (*m.bounds(), m.bounds_used());
+            let first = value(2, 5_000, &b, u);
+            let (points, retire) = m.collect(vec![(key, first)], t(300), |_| true, |_| true);
+            assert!(points.is_empty() && retire.is_empty(), "{points:?} {retire:?}");
+            // Known at the next collection: every call counted meanwhile, from its series' start.
+            let mut later = first;
+            later.add(&value(1, 7_000, &b, u));
+            let (points, _) = m.collect(vec![(key, later)], t(600), |_| false, |_| false);
+            assert_eq!(
+                (points.len(), points[0].start, points[0].value.calls),
+                (1, t(0), 3),
+                "{temporality:?}"
+            );
+            // Never known: it waits one second at most, then goes all the same.
+            let unknown = |k: &SeriesKey| k.pid == other.pid;
+            for (at, made) in [(900, 0), (1800, 0), (1900, 1)] {
+                let (points, _) = m.collect(vec![(key, later), (other, first)], t(at), |_| false, unknown);
+                let of_other: Vec<&Point> = points.iter().filter(|p| p.key == other).collect();
+                assert_eq!(of_other.len(), made, "at {at} ms: {points:?}");
+                if let Some(point) = of_other.first() {
+                    assert_eq!((point.start, point.value.calls), (t(600), 2), "{temporality:?}");
+                }
+            }
         }
     }
 
@@ -258,9 +326,9 @@ mod tests {
         let (b, u) = (*m.bounds(), m.bounds_used());
         let v = value(1, 1_000, &b, u);
         // Gone, but it moved since the last collection: its last counts go out first.
-        let (points, retire) = m.collect(vec![(key, v)], SystemTime::now(), |_| true);
+        let (points, retire) = m.collect(vec![(key, v)], SystemTime::now(), |_| true, |_| false);
         assert_eq!((points.len(), retire.len()), (1, 0));
-        let (points, retire) = m.collect(vec![(key, v)], SystemTime::now(), |_| true);
+        let (points, retire) = m.collect(vec![(key, v)], SystemTime::now(), |_| true, |_| false);
         assert_eq!((points.len(), retire), (1, vec![key]));
     }
 
@@ -275,17 +343,19 @@ mod tests {
         let mut more = v;
         more.add(&v);
         // The good calls' series is seen first; the failed call's comes a collection later.
-        m.collect(vec![(good, v), (other, v)], SystemTime::now(), |_| true);
-        let (_, retire) = m.collect(vec![(good, v), (failed, v), (other, v)], SystemTime::now(), |_| true);
+        m.collect(vec![(good, v), (other, v)], SystemTime::now(), |_| true, |_| false);
+        let (_, retire) =
+            m.collect(vec![(good, v), (failed, v), (other, v)], SystemTime::now(), |_| true, |_| false);
         // Another process's series goes; this one's unchanged series waits for its sibling.
         assert_eq!(retire, vec![other]);
-        let (points, retire) = m.collect(vec![(good, v), (failed, v)], SystemTime::now(), |_| true);
+        let (points, retire) =
+            m.collect(vec![(good, v), (failed, v)], SystemTime::now(), |_| true, |_| false);
         assert_eq!(points.len(), 2);
         assert_eq!(retire, vec![good, failed]);
         // A sibling that still moves keeps them all.
         let mut m = metrics(Temporality::Cumulative);
-        m.collect(vec![(good, v), (failed, v)], SystemTime::now(), |_| true);
-        let (_, retire) = m.collect(vec![(good, v), (failed, more)], SystemTime::now(), |_| true);
+        m.collect(vec![(good, v), (failed, v)], SystemTime::now(), |_| true, |_| false);
+        let (_, retire) = m.collect(vec![(good, v), (failed, more)], SystemTime::now(), |_| true, |_| false);
         assert!(retire.is_empty(), "{retire:?}");
     }
 
@@ -299,6 +369,7 @@ mod tests {
             },
             Temporality::Cumulative,
             SystemTime::UNIX_EPOCH,
+            Duration::from_secs(1),
         );
         let span = |id: u64, duration_ns| Exemplar {
             trace_id: TraceId::from(1u128),
@@ -310,10 +381,12 @@ mod tests {
         m.exemplar(key, span(2, 6_000));
         m.exemplar(key, span(3, 50_000));
         let (b, u) = (*m.bounds(), m.bounds_used());
-        let (points, _) = m.collect(vec![(key, value(3, 5_000, &b, u))], SystemTime::now(), |_| false);
+        let (points, _) =
+            m.collect(vec![(key, value(3, 5_000, &b, u))], SystemTime::now(), |_| false, |_| false);
         let ids: Vec<SpanId> = points[0].exemplars.iter().map(|e| e.span_id).collect();
         assert_eq!(ids, vec![SpanId::from(2u64), SpanId::from(3u64)]);
-        let (points, _) = m.collect(vec![(key, value(3, 5_000, &b, u))], SystemTime::now(), |_| false);
+        let (points, _) =
+            m.collect(vec![(key, value(3, 5_000, &b, u))], SystemTime::now(), |_| false, |_| false);
         assert!(points[0].exemplars.is_empty());
     }
 }
