@@ -285,7 +285,8 @@ pub struct CallRecord {
     /// Bytes sent by all successful messages.
     pub bytes: u64,
     /// Kernel socket address of the first message, to tell the call's messages from stray sends
-    /// on the same thread. Kernel-side only: the exit hook zeroes it before submitting.
+    /// on the same thread, marked with what it points to (the BPF side's `MessageSocket::tag`).
+    /// Kernel-side only: the exit hook zeroes it before submitting.
     pub sk: u64,
     /// When the calling process started (its thread group leader's `start_boottime`, ns after
     /// boot), so user space can tell it from a later process given the same pid; 0 when unknown.

@@ -131,8 +131,9 @@ fn socket_of_fd(fd: i32, off: &KernelOffsets) -> Option<u64> {
 /// Fills `out` for the socket of the current task's `fd`: its kind (family, type, protocol),
 /// and with `addresses` its ports and addresses too (a span's attributes, a series by peer; a
 /// series needs only the kind, and is spared four reads). From `seen`, the call's messages'
-/// socket as [`MessageSocket::tag`] kept it, when a message hook named it: two or three reads
-/// then, where the walk from the fd takes nine. `family` is written last and only on success,
+/// socket as [`MessageSocket::tag`] kept it, when a message hook named it: one or two reads
+/// then before the `struct sock`'s own, where the walk from the fd takes nine. `family` is
+/// written last and only on success,
 /// so family 0 means "unknown" and the other fields are then never read (they are not zeroed:
 /// a 48-byte zeroing becomes a `memset` call the loader refuses).
 #[inline(always)]
