@@ -3,7 +3,7 @@
 //! whose records come through the same path as every other, then it traces until a stop signal.
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{BTreeMap, HashMap},
     path::Path,
     sync::{
         atomic::{AtomicU64, Ordering},
@@ -216,18 +216,23 @@ impl Pipeline {
     /// After that it goes under its pid alone, until it is known.
     fn call_metrics_request(&mut self, probes: &mut Probes, last: bool) -> Option<Vec<u8>> {
         let series = probes.call_series().inspect_err(|e| warn!("reading the call metrics: {e:#}")).ok()?;
-        let mut unknown = HashSet::new();
+        // Each process once: what is known of it, and a read of those not known.
+        let mut known: HashMap<(u32, u64), Option<Arc<ProcessInfo>>> = HashMap::new();
         for (key, _) in &series {
-            let (pid, start) = (key.pid, process::start_ticks(key.process_start_ns));
-            if unknown.contains(&(pid, key.process_start_ns)) || self.processes.known(pid, start).is_some() {
+            let process = (key.pid, key.process_start_ns);
+            if known.contains_key(&process) {
                 continue;
             }
-            unknown.insert((pid, key.process_start_ns));
-            if let Err(request) = self.processes.lookup(pid, start, "") {
-                if !self.waiting.by_pid.contains_key(&pid) {
-                    self.resolver.submit(Job::Read(request));
+            let (pid, start) = (key.pid, process::start_ticks(key.process_start_ns));
+            let info = self.processes.known(pid, start);
+            if info.is_none() {
+                if let Err(request) = self.processes.lookup(pid, start, "") {
+                    if !self.waiting.by_pid.contains_key(&pid) {
+                        self.resolver.submit(Job::Read(request));
+                    }
                 }
             }
+            known.insert(process, info);
         }
         let metrics = self.call_metrics.as_mut()?;
         let proc = Path::new("/proc");
@@ -235,7 +240,7 @@ impl Pipeline {
             series,
             SystemTime::now(),
             |key| !proc.join(key.pid.to_string()).exists(),
-            |key| !last && unknown.contains(&(key.pid, key.process_start_ns)),
+            |key| !last && matches!(known.get(&(key.pid, key.process_start_ns)), Some(None)),
         );
         if let Err(e) = probes.retire_series(&retire) {
             warn!("removing the call metrics of processes gone: {e:#}");
@@ -249,9 +254,10 @@ impl Pipeline {
         }
         let mut processes = Vec::with_capacity(by_process.len());
         for ((pid, start_ns), points) in by_process {
-            let start = process::start_ticks(start_ns);
-            let process =
-                self.processes.known(pid, start).unwrap_or_else(|| Arc::new(ProcessInfo::unknown(pid)));
+            let process = known
+                .remove(&(pid, start_ns))
+                .flatten()
+                .unwrap_or_else(|| Arc::new(ProcessInfo::unknown(pid)));
             processes.push((self.resources.of(&process), points));
         }
         let metrics = self.call_metrics.as_ref()?;
