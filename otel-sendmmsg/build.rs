@@ -1,8 +1,9 @@
 //! Builds the BPF crate for `bpfel-unknown-none` and leaves its objects in `OUT_DIR`, so a plain
-//! `cargo build` of the sidecar builds everything: the sidecar's (`otel-sendmmsg.bpf.o`) and the
-//! overhead benchmark's empty programs (`otel-sendmmsg-floor.bpf.o`, which only the bench loads).
-//! It also finds what `--version` says: the git commit the sources are at, and the SHA-256 of the
-//! sidecar's object, the bytes `probes/load.rs` compiles in.
+//! `cargo build` of the sidecar builds everything: the sidecar's two (`otel-sendmmsg.bpf.o`, and
+//! `otel-sendmmsg-hash-map.bpf.o` for kernels without task-local storage) and the overhead
+//! benchmark's empty programs (`otel-sendmmsg-floor.bpf.o`, which only the bench loads). It also
+//! finds what `--version` says: the git commit the sources are at, and the SHA-256 of each of the
+//! sidecar's objects, the bytes `probes/load.rs` compiles in.
 //!
 //! It runs cargo itself rather than through `aya-build`: aya-build 0.2.0 asks for
 //! `-Z build-std=core` (and so rust-src) whenever `RUSTC_BOOTSTRAP` is set, while Debian's Rust
@@ -22,7 +23,7 @@ const BPF_TOOLCHAIN: &str = "system";
 const BPF_TARGET: &str = "bpfel-unknown-none";
 const BPF_PACKAGE: &str = "otel-sendmmsg-ebpf";
 /// The BPF crate's binaries, each copied to `OUT_DIR` as `<name>.bpf.o`.
-const BPF_BINARIES: [&str; 2] = ["otel-sendmmsg", "otel-sendmmsg-floor"];
+const BPF_BINARIES: [&str; 3] = ["otel-sendmmsg", "otel-sendmmsg-hash-map", "otel-sendmmsg-floor"];
 
 fn main() -> Result<()> {
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?);
@@ -42,9 +43,13 @@ fn main() -> Result<()> {
         std::fs::copy(&object, out_dir.join(format!("{binary}.bpf.o")))
             .with_context(|| format!("copying {}", object.display()))?;
     }
-    let embedded = out_dir.join(format!("{}.bpf.o", BPF_BINARIES[0]));
-    let bytes = std::fs::read(&embedded).with_context(|| format!("reading {}", embedded.display()))?;
-    println!("cargo:rustc-env=BUILD_BPF_OBJECT_SHA256={}", hex(&Sha256::digest(&bytes)));
+    for (binary, variable) in
+        [(BPF_BINARIES[0], "BUILD_BPF_OBJECT_SHA256"), (BPF_BINARIES[1], "BUILD_BPF_HASH_MAP_OBJECT_SHA256")]
+    {
+        let embedded = out_dir.join(format!("{binary}.bpf.o"));
+        let bytes = std::fs::read(&embedded).with_context(|| format!("reading {}", embedded.display()))?;
+        println!("cargo:rustc-env={variable}={}", hex(&Sha256::digest(&bytes)));
+    }
     println!("cargo:rustc-env=BUILD_GIT_COMMIT={}", git_commit(workspace));
     Ok(())
 }

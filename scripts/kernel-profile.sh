@@ -6,9 +6,11 @@
 # sidecar's programs counts for the program itself or for the helper it called (a hash map's
 # insert, a kernel read, ...), and a group's samples become ns per call: samples / PROFILE_HZ
 # over the workload's calls. As root:
-#   scripts/kernel-profile.sh [CONFIGURATION...]   default: events metrics-only
+#   scripts/kernel-profile.sh [CONFIGURATION...]
+#       default: events metrics-only events+hash-map metrics-only+hash-map
 # CONFIGURATION: events (detail events, spans made and dropped) or metrics-only (the call
-# metrics alone). PROFILE_VLENS (1 64), PROFILE_SECONDS (5), PROFILE_HZ (2000: more samples
+# metrics alone), with the kernel's default store of calls in flight (task-local storage from
+# Linux 5.12), or +hash-map: OTEL_SENDMMSG_CALL_STORE=hash-map. PROFILE_VLENS (1 64), PROFILE_SECONDS (5), PROFILE_HZ (2000: more samples
 # slow the workload and inflate its time per call). Prints one Markdown table. Needs perf
 # (Debian's linux-perf, installed if missing).
 set -euo pipefail
@@ -23,7 +25,7 @@ if ! command -v perf >/dev/null; then
 fi
 
 configurations=("$@")
-((${#configurations[@]})) || configurations=(events metrics-only)
+((${#configurations[@]})) || configurations=(events metrics-only events+hash-map metrics-only+hash-map)
 read -r -a vlens <<<"${PROFILE_VLENS:-1 64}"
 seconds=${PROFILE_SECONDS:-5}
 hz=${PROFILE_HZ:-2000}
@@ -49,6 +51,7 @@ group_samples() {
     function helper(f) {
       if (f ~ /^(htab_map_update_elem|htab_map_delete_elem|htab_percpu_map_update_elem)/) return "hash insert/delete"
       if (f ~ /^(__htab_map_lookup_elem|htab_map_lookup_elem|htab_percpu_map_lookup_elem|lookup_nulls_elem_raw|htab_map_hash)/) return "hash lookups"
+      if (f ~ /^(bpf_task_storage_get|bpf_local_storage_lookup|bpf_local_storage_update)/) return "task storage"
       if (f ~ /^(bpf_probe_read_kernel|copy_from_kernel_nofault)/) return "kernel reads"
       if (f ~ /^(bpf_probe_read_user|copy_from_user_nofault)/) return "user memory reads"
       if (f ~ /^(bpf_ktime_get_ns|ktime_get_mono_fast_ns|read_tsc)/) return "clock"
@@ -70,14 +73,15 @@ group_samples() {
     END { flush() }'
 }
 
-groups=("programs" "hash insert/delete" "hash lookups" "kernel reads" "user memory reads" "clock" "ring buffer" "other helpers" "dispatch")
+groups=("programs" "hash insert/delete" "hash lookups" "task storage" "kernel reads" "user memory reads" "clock" "ring buffer" "other helpers" "dispatch")
 header="| configuration | vlen | calls | $(printf '%s | ' "${groups[@]}")our share (all but dispatch) |"
 echo "$header"
 echo "|---|---:|---:|$(printf -- '---:|%.0s' "${groups[@]}")---:|"
 
 for configuration in "${configurations[@]}"; do
   vars=(OTEL_SENDMMSG_ATTACH=tracepoint OTEL_SENDMMSG_MESSAGE_DETAIL=events OTEL_TRACES_EXPORTER=none)
-  case $configuration in
+  [[ $configuration == *+hash-map ]] && vars+=(OTEL_SENDMMSG_CALL_STORE=hash-map)
+  case ${configuration%+hash-map} in
     events) ;;
     metrics-only)
       # As the overhead bench runs it: counted in the kernel, one export at shutdown to a
@@ -85,7 +89,7 @@ for configuration in "${configurations[@]}"; do
       vars+=(OTEL_METRICS_EXPORTER=otlp OTEL_SENDMMSG_CALL_METRICS=true
         OTEL_EXPORTER_OTLP_METRICS_ENDPOINT=http://127.0.0.1:9 OTEL_EXPORTER_OTLP_METRICS_TIMEOUT=100
         OTEL_METRIC_EXPORT_INTERVAL=3600000) ;;
-    *) echo "kernel-profile: unknown configuration $configuration (events, metrics-only)" >&2; exit 2 ;;
+    *) echo "kernel-profile: unknown configuration $configuration (events, metrics-only, either +hash-map)" >&2; exit 2 ;;
   esac
   env "${vars[@]}" "$sidecar" >"$work/sidecar.log" 2>&1 &
   pid=$!

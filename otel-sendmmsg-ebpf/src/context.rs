@@ -42,10 +42,12 @@ pub fn copy_current(dst: &mut TraceContext) -> bool {
 const EXEC_OLD_PID: usize = 16;
 
 /// `sched:sched_process_exit`, fired by `do_exit()` in the exiting task itself, once for every
-/// thread, before its tid is freed for reuse: its context ends with it.
+/// thread, before its tid is freed for reuse: its context ends with it, and so does a call it
+/// still had in flight, whose exit will never come ([`crate::inflight::thread_exit`]).
 #[tracepoint]
 pub fn context_thread_exit(_ctx: TracePointContext) -> u32 {
     remove_if_present(bpf_get_current_pid_tgid());
+    crate::inflight::thread_exit();
     0
 }
 

@@ -28,13 +28,4 @@ pub fn floor_sendmmsg_exit(_ctx: TracePointContext) -> u32 {
     0
 }
 
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    // Nothing here can panic; the verifier would reject a reachable panic path anyway.
-    loop {}
-}
-
-#[unsafe(link_section = "license")]
-#[unsafe(no_mangle)]
-static LICENSE: [u8; 4] = *b"GPL\0";
+include!("runtime.rs");

@@ -4,58 +4,42 @@
 //! Everything here is `#[inline(always)]`: each hook becomes one self-contained program (aya
 //! rejects the BTF of BPF-to-BPF calls that bpf-linker emits for shared functions).
 //!
-//! Each thread's call lives in `INFLIGHT` between entry and exit (in `COUNTED_INFLIGHT`, a few
-//! fields instead of a whole record, when the call metrics alone count it). Only the thread that
-//! owns an entry ever touches it (a thread runs on one CPU at a time), so no atomics are needed. Every
-//! call whose record cannot be made is counted once, where it is lost: refused at entry
-//! (`inflight_full`), its exit missed (`exit_missed`, when the thread's next call finds the
-//! entry still there; user space counts those of threads that died), begun before the entry
-//! hook was attached (`exit_without_entry`).
+//! Each thread's call lives in the store of calls in flight ([`inflight`]: the thread's
+//! task-local storage, or a hash map keyed by thread id on kernels without it) between entry and
+//! exit, as a [`CallRecord`] (or a [`CountedCall`], a few fields instead of a whole record, when
+//! the call metrics alone count it). Only the thread that owns a call ever touches it (a thread
+//! runs on one CPU at a time), so no atomics are needed. Every call whose record cannot be made
+//! is counted once, where it is lost: refused at entry (`inflight_full`), its exit missed
+//! (`exit_missed`, when the thread's next call finds it still in flight, or the thread exits
+//! with it), begun before the entry hook was attached (`exit_without_entry`).
 
 use core::ptr::write_volatile;
 
 use aya_ebpf::{
-    bindings::{BPF_ANY, BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, generated::bpf_get_current_comm},
     macros::map,
-    maps::{Array, HashMap, PerCpuArray, RingBuf},
+    maps::{Array, PerCpuArray, RingBuf},
 };
 use otel_sendmmsg_common::{
-    call_metrics::{metric_flags, CountedCall, PairedCall},
+    call_metrics::{metric_flags, CountedCall},
     filter, record_flags, CallRecord, Counter, MessageResult, TraceContext, MAX_MESSAGE_DETAIL, MAX_VLEN,
     RECORD_VERSION,
 };
 
 use crate::{
-    call_metrics, context, filters, identity, msgname,
+    call_metrics, context, filters, identity,
+    inflight::{self, InFlight},
+    msgname,
     socket::{self, MessageSocket},
     task,
     thread_context::{self, Published},
 };
 
-/// Calls in flight, by thread id. A plain hash map, not an LRU one: an LRU map makes room by
-/// evicting another thread's call in progress, silently (its exit then looks like a call begun
-/// before attach), and not always the oldest; a full plain map refuses the new call, which is
-/// counted exactly where it happens. An entry whose exit never came is found again by the
-/// thread's next call, or removed by user space once its thread is gone. User space resizes it
-/// at load time (`OTEL_SENDMMSG_MAX_INFLIGHT`).
-#[map]
-static INFLIGHT: HashMap<u32, CallRecord> = HashMap::with_max_entries(4096, 0);
-
-/// Calls in flight that only the call metrics count ([`CountedCall`]: metrics only), by thread
-/// id, as `INFLIGHT` holds the others; a thread's call is in one of the two. User space sizes it
-/// as `INFLIGHT` when it is used, else to one entry.
-#[map]
-static COUNTED_INFLIGHT: HashMap<u32, CountedCall> = HashMap::with_max_entries(4096, 0);
-
-/// Where a counted call's state is put together, as [`SCRATCH`] for a record.
-#[map]
-static COUNTED_SCRATCH: PerCpuArray<CountedCall> = PerCpuArray::with_max_entries(1, 0);
-
 /// `PID_MAX_LIMIT` on 64-bit kernels: no thread id reaches it, whatever `pid_max` becomes.
 const PID_MAX_LIMIT: u32 = 4 * 1024 * 1024;
 
-/// Why a thread's current call has no `INFLIGHT` entry, one byte per thread id, eight to a
+/// Why a thread has no call in flight, one byte per thread id, eight to a
 /// value (4 MiB): so an exit that finds no entry knows whether its call was left out on
 /// purpose ([`untraced::FILTERED`]), refused and already counted ([`untraced::REFUSED`]), or
 /// never seen at all (0: it began before the entry hook was attached). Threads on other CPUs
@@ -66,20 +50,13 @@ static UNTRACED: Array<[u8; 8]> = Array::with_max_entries(PID_MAX_LIMIT / 8, 0);
 mod untraced {
     /// An entry filter or the sampler left the call out.
     pub const FILTERED: u8 = 1;
-    /// `INFLIGHT` refused it; counted as `inflight_full` at entry.
+    /// The store of calls in flight refused it; counted as `inflight_full` at entry.
     pub const REFUSED: u8 = 2;
 }
-
-/// `EEXIST`, as the map helpers return it (negated).
-const EEXIST: i64 = 17;
 
 /// Finished calls for user space. User space resizes it at load time.
 #[map]
 pub(crate) static RECORDS: RingBuf = RingBuf::with_byte_size(4 * 1024 * 1024, 0);
-
-/// Where a new call's record is put together: it is too large for the 512-byte BPF stack.
-#[map]
-static SCRATCH: PerCpuArray<CallRecord> = PerCpuArray::with_max_entries(1, 0);
 
 /// Losses and anomalies, indexed by `Counter`; user space sums the CPUs.
 #[map]
@@ -225,45 +202,27 @@ macro_rules! add_message {
     }};
 }
 
-/// Puts the thread's new call into `map` (`INFLIGHT` or `COUNTED_INFLIGHT`). An entry already
-/// there is a call whose exit was missed (a kretprobe out of instances, a program the kernel
-/// skipped), unless its exit ran and only the delete failed (then it has an end): counted, and
-/// replaced. False when the map refuses the call (counted as `inflight_full`).
+/// Makes the call put together in `call` (from [`InFlight::slot`]) the thread's call in flight,
+/// or counts it as refused.
 #[inline(always)]
-fn begin<V: PairedCall>(map: &HashMap<u32, V>, tid: u32, call: &V) -> bool {
-    match map.insert(tid, call, u64::from(BPF_NOEXIST)) {
-        Ok(()) => true,
-        Err(e) if i64::from(e) == -EEXIST => {
-            // SAFETY: the entry is this thread's (see the module's doc).
-            if let Some(old) = map.get_ptr(tid) {
-                if unsafe { (*old).end_ns() } == 0 {
-                    count(Counter::ExitMissed);
-                }
-            }
-            // Replacing an existing key needs no free slot, so this fails only if user space
-            // removed the entry meanwhile and the map filled up.
-            if map.insert(tid, call, u64::from(BPF_ANY)).is_err() {
-                refuse(tid);
-                return false;
-            }
-            true
-        }
-        // Full (E2BIG), or the map's bucket lock unavailable: either way this call is lost.
-        Err(_) => {
-            refuse(tid);
-            false
-        }
+fn begin<V: InFlight>(tid: u32, call: *mut V) {
+    if V::begin(tid, call) {
+        // A mark left by an earlier call whose exit was missed: not this call's.
+        let _ = take_untraced(tid);
+    } else {
+        refuse(tid);
     }
 }
 
-/// Entry of a call that only the call metrics count: its few fields in `COUNTED_INFLIGHT`.
+/// Entry of a call that only the call metrics count: its few fields, a [`CountedCall`].
 #[inline(always)]
 fn begin_counted(tgid: u32, tid: u32, process_start: u64, args: &CallArgs) {
-    let Some(call) = COUNTED_SCRATCH.get_ptr_mut(0) else {
+    let Some(slot) = CountedCall::slot(tid) else {
+        refuse(tid);
         return;
     };
-    // SAFETY: this CPU's scratch slot, valid for the whole program run.
-    let call = unsafe { &mut *call };
+    // SAFETY: the thread's slot, valid for the whole program run (see `InFlight::slot`).
+    let call = unsafe { &mut *slot };
     call.pid = tgid;
     call.sockfd = args.sockfd;
     call.start_ns = unsafe { bpf_ktime_get_ns() };
@@ -282,10 +241,7 @@ fn begin_counted(tgid: u32, tid: u32, process_start: u64, args: &CallArgs) {
         write_volatile(&mut call.bytes, 0);
         write_volatile(&mut call.sk, 0);
     }
-    if begin(&COUNTED_INFLIGHT, tid, &*call) {
-        // A mark left by an earlier call whose exit was missed: not this call's.
-        let _ = take_untraced(tid);
-    }
+    begin(tid, slot);
 }
 
 /// With no per-message hook attached, the sizes of the `ret` messages sent, from their
@@ -313,26 +269,35 @@ pub fn on_entry(args: CallArgs) {
             return;
         }
     }
-    let Some(rec) = SCRATCH.get_ptr_mut(0) else {
-        return;
-    };
-    // SAFETY: this CPU's scratch slot, valid for the whole program run.
-    let rec = unsafe { &mut *rec };
+    let own = is_self(tgid);
     // Once per call, for the thread context's and the identity's checks and for the record.
     let start = task::process_start_ns();
     let metrics = call_metrics::settings();
     let counted = metrics.flags & metric_flags::ON != 0;
+    let flags = filters::settings().flags;
+    if !own && flags & filter::PROCESS != 0 && !filters::process_traced(tgid, flags) {
+        set_untraced(tid, untraced::FILTERED);
+        return;
+    }
+    if !own && metrics.counts_only() {
+        // Metrics only: no span, so no parent to look for and no sampler to ask. The identity
+        // first, so user space knows the process before its first counts.
+        identity::capture_once(tgid, start);
+        begin_counted(tgid, tid, start, &args);
+        return;
+    }
+    let Some(slot) = CallRecord::slot(tid) else {
+        refuse(tid);
+        return;
+    };
+    // SAFETY: the thread's slot, valid for the whole program run (see `InFlight::slot`).
+    let rec = unsafe { &mut *slot };
     // A call the sampler leaves out is still paired when the metrics count it: it becomes no
     // span (`NO_SPAN`), only counts.
     let mut no_span = false;
-    let has_parent = if is_self(tgid) {
+    let has_parent = if own {
         false
     } else {
-        let flags = filters::settings().flags;
-        if flags & filter::PROCESS != 0 && !filters::process_traced(tgid, flags) {
-            set_untraced(tid, untraced::FILTERED);
-            return;
-        }
         // The sampler (OTEL_TRACES_SAMPLER), here so that a call left out costs no record.
         let has_parent = if metrics.flags & metric_flags::SPANS_OFF != 0 {
             // Metrics only: no span, so no parent to look for and no sampler to ask.
@@ -369,10 +334,6 @@ pub fn on_entry(args: CallArgs) {
         // Before the call's own record, so user space knows the process before its first span
         // (or its first counts).
         identity::capture_once(tgid, start);
-        if metrics.counts_only() {
-            begin_counted(tgid, tid, start, &args);
-            return;
-        }
         has_parent
     };
     rec.version = RECORD_VERSION;
@@ -389,7 +350,7 @@ pub fn on_entry(args: CallArgs) {
     rec.flags = args.flags;
     // Volatile, so LLVM cannot merge this run of zero stores into a `memset` call, which would
     // be a BPF-to-BPF call that aya refuses to load (see the module's doc).
-    // SAFETY: plain stores into fields of this CPU's scratch record.
+    // SAFETY: plain stores into fields of the thread's slot.
     unsafe {
         write_volatile(&mut rec.messages, 0);
         write_volatile(&mut rec.messages_failed, 0);
@@ -415,10 +376,7 @@ pub fn on_entry(args: CallArgs) {
     if !no_span || metrics.flags & metric_flags::BY_PEER != 0 {
         msgname::read_destinations(args.msgvec, args.vlen, &mut rec.detail);
     }
-    if begin(&INFLIGHT, tid, &*rec) {
-        // A mark left by an earlier call whose exit was missed: not this call's.
-        let _ = take_untraced(tid);
-    }
+    begin(tid, slot);
 }
 
 /// One message of the thread's call finished sending: `ret` is bytes sent or a negative errno.
@@ -431,16 +389,16 @@ pub fn on_message(socket: u64, kind: MessageSocket, ret: i64) {
     let socket = kind.tag(socket);
     let (_, tid) = current_ids();
     if call_metrics::settings().counts_only() {
-        if let Some(call) = COUNTED_INFLIGHT.get_ptr_mut(tid) {
-            // SAFETY: only this thread touches its own entry (see the module's doc).
+        if let Some(call) = CountedCall::current(tid) {
+            // SAFETY: only this thread touches its own call (see the module's doc).
             let _ = add_message!(unsafe { &mut *call }, socket, ret);
             return;
         }
     }
-    let Some(rec) = INFLIGHT.get_ptr_mut(tid) else {
+    let Some(rec) = CallRecord::current(tid) else {
         return; // not inside a traced sendmmsg
     };
-    // SAFETY: only this thread touches its own entry (see the module's doc).
+    // SAFETY: only this thread touches its own call (see the module's doc).
     let rec = unsafe { &mut *rec };
     let Some(index) = add_message!(&mut *rec, socket, ret) else {
         return;
@@ -459,13 +417,13 @@ pub fn on_exit(ret: i64) {
     let (tgid, tid) = current_ids();
     let metrics = call_metrics::settings();
     if metrics.counts_only() {
-        if let Some(call) = COUNTED_INFLIGHT.get_ptr_mut(tid) {
-            // SAFETY: only this thread touches its own entry.
+        if let Some(call) = CountedCall::current(tid) {
+            // SAFETY: only this thread touches its own call.
             let call = unsafe { &mut *call };
             call.end_ns = unsafe { bpf_ktime_get_ns() };
             call.ret = ret;
             // The record's detail slots as scratch space: only the sum is kept.
-            if let Some(scratch) = SCRATCH.get_ptr_mut(0) {
+            if let Some(scratch) = inflight::scratch_record() {
                 // SAFETY: this CPU's scratch record, unused by this program otherwise.
                 if let Some((read, bytes)) =
                     sizes_at_exit(call.msgvec, ret, unsafe { &mut (*scratch).detail })
@@ -477,12 +435,12 @@ pub fn on_exit(ret: i64) {
             // Its kind only: a counted call's series is not by peer (`counts_only`).
             let _ = socket::read_socket(call.sockfd, call.sk, &mut call.socket, false);
             call_metrics::count_call(&*call, &metrics);
-            let _ = COUNTED_INFLIGHT.remove(tid);
+            CountedCall::end(tid);
             return;
         }
     }
     let settings = filters::settings();
-    let Some(rec) = INFLIGHT.get_ptr_mut(tid) else {
+    let Some(rec) = CallRecord::current(tid) else {
         // Left out at entry on purpose, or refused and counted then: only a call the entry hook
         // never saw (begun before it was attached) is counted here, if it is of a process the
         // filters trace (the sampler cannot be asked after the fact: such a call counts).
@@ -494,7 +452,7 @@ pub fn on_exit(ret: i64) {
         }
         return;
     };
-    // SAFETY: only this thread touches its own entry.
+    // SAFETY: only this thread touches its own call.
     let rec = unsafe { &mut *rec };
     rec.end_ns = unsafe { bpf_ktime_get_ns() };
     rec.ret = ret;
@@ -520,7 +478,7 @@ pub fn on_exit(ret: i64) {
     if span && !kept {
         count(Counter::FilteredAtExit);
     } else if kept {
-        // One copy, map value -> ring buffer. The self-test waits on its records: they always
+        // One copy, the thread's call -> ring buffer. The self-test waits on its records: they always
         // wake the reader.
         // SAFETY: a global the loader overwrites; volatile keeps the compiler from folding it.
         let threshold = unsafe { core::ptr::read_volatile(&WAKEUP_BYTES) };
@@ -532,13 +490,11 @@ pub fn on_exit(ret: i64) {
         // Only the slots the call can have used; the verifier sees the length bounded by the
         // record's size.
         let len = rec.wire_len();
-        // SAFETY: `len` <= size_of::<CallRecord>(): the bytes are all inside the map value.
+        // SAFETY: `len` <= size_of::<CallRecord>(): the bytes are all inside the call's value.
         let wire = unsafe { core::slice::from_raw_parts((rec as *const CallRecord).cast::<u8>(), len) };
         if RECORDS.output::<[u8]>(wire, flags).is_err() {
             count(Counter::RingBufferFull);
         }
     }
-    // Should the delete fail, the entry has an end: the thread's next call will not take it
-    // for a missed exit, and user space removes it.
-    let _ = INFLIGHT.remove(tid);
+    CallRecord::end(tid);
 }

@@ -77,6 +77,9 @@ struct Settings {
     thread_context: bool,
     /// `BENCH_METRICS_ONLY` (true): also run each family with the call metrics and no span.
     metrics_only: bool,
+    /// `BENCH_HASH_MAP` (true): also run each family, detail events and metrics only, with the
+    /// calls in flight in the hash map (`OTEL_SENDMMSG_CALL_STORE=hash-map`), beside task storage.
+    hash_map: bool,
     /// `BENCH_PIPELINE_PROTOCOLS` (grpc,http).
     protocols: Vec<Protocol>,
     /// `BENCH_PIPELINE_RATES` (10000,25000,50000,100000,150000): calls/s asked of the workload.
@@ -143,6 +146,7 @@ impl Settings {
             capture_off: env_num("BENCH_CAPTURE_OFF", "true"),
             thread_context: env_num("BENCH_THREAD_CONTEXT", "true"),
             metrics_only: env_num("BENCH_METRICS_ONLY", "true"),
+            hash_map: env_num("BENCH_HASH_MAP", "true"),
             protocols,
             rates: env_list("BENCH_PIPELINE_RATES", "10000,25000,50000,100000,150000"),
             pipeline_seconds: env_num("BENCH_PIPELINE_SECONDS", "5"),
@@ -209,12 +213,14 @@ enum Setup {
     /// to compare the steady state with the capture's once-per-process check and without.
     /// `published`: the workload's senders publish an OTEP 4947 thread context, read at each call.
     /// `metrics_only`: the call metrics on and no span (`OTEL_TRACES_EXPORTER=none`).
+    /// `hash_map`: the calls in flight in the hash map, not the kernel's default store.
     Sidecar {
         family: String,
         detail: String,
         capture: bool,
         published: bool,
         metrics_only: bool,
+        hash_map: bool,
     },
     Bpftrace,
 }
@@ -225,11 +231,14 @@ impl Setup {
             Setup::Untraced => "untraced".into(),
             Setup::Floor { per_message: true } => "floor (empty programs)".into(),
             Setup::Floor { per_message: false } => "floor (empty programs), entry/exit only".into(),
-            Setup::Sidecar { family, metrics_only: true, .. } => format!("sidecar {family}, metrics only"),
-            Setup::Sidecar { family, detail, capture, published, .. } => format!(
-                "sidecar {family}, detail {detail}{}{}",
+            Setup::Sidecar { family, metrics_only: true, hash_map, .. } => {
+                format!("sidecar {family}, metrics only{}", if *hash_map { ", hash map" } else { "" })
+            }
+            Setup::Sidecar { family, detail, capture, published, hash_map, .. } => format!(
+                "sidecar {family}, detail {detail}{}{}{}",
                 if *capture { "" } else { ", capture off" },
-                if *published { ", thread context published" } else { "" }
+                if *published { ", thread context published" } else { "" },
+                if *hash_map { ", hash map" } else { "" }
             ),
             Setup::Bpftrace => "bpftrace peer.bt".into(),
         }
@@ -277,6 +286,7 @@ fn sidecar_vars<'a>(
     family: &'a str,
     detail: &'a str,
     metrics_only: bool,
+    hash_map: bool,
     settings: &'a Settings,
 ) -> Vec<(&'a str, &'a str)> {
     let mut vars = vec![
@@ -284,6 +294,9 @@ fn sidecar_vars<'a>(
         ("OTEL_SENDMMSG_MESSAGE_DETAIL", detail),
         ("OTEL_TRACES_EXPORTER", "none"),
     ];
+    if hash_map {
+        vars.push(("OTEL_SENDMMSG_CALL_STORE", "hash-map"));
+    }
     if metrics_only {
         // Every call counted in the kernel; nothing exported while the workload runs (the one
         // export, at shutdown, goes to a closed port and gives up at once).
@@ -312,9 +325,10 @@ fn start(setup: &Setup, settings: &Settings) -> Result<Session, String> {
         Setup::Floor { per_message } => {
             Floor::attach(*per_message).map(Session::Floor).map_err(|e| format!("{e:#}"))
         }
-        Setup::Sidecar { family, detail, capture, metrics_only, .. } => {
-            let sidecar = Sidecar::try_start(&sidecar_vars(family, detail, *metrics_only, settings))
-                .map_err(|(status, log)| format!("{status}: {}", reason(&log)))?;
+        Setup::Sidecar { family, detail, capture, metrics_only, hash_map, .. } => {
+            let sidecar =
+                Sidecar::try_start(&sidecar_vars(family, detail, *metrics_only, *hash_map, settings))
+                    .map_err(|(status, log)| format!("{status}: {}", reason(&log)))?;
             if !capture {
                 first_call::capture_off()?;
             }
@@ -479,6 +493,7 @@ fn overhead(settings: &Settings) -> String {
             capture: true,
             published: false,
             metrics_only: false,
+            hash_map: false,
         };
         match start(&probe, settings) {
             Ok(session) => {
@@ -489,6 +504,7 @@ fn overhead(settings: &Settings) -> String {
                     capture: true,
                     published: false,
                     metrics_only: false,
+                    hash_map: false,
                 }));
                 // Every call's latency as metrics, no span: what the call metrics cost alone.
                 if settings.metrics_only {
@@ -498,7 +514,22 @@ fn overhead(settings: &Settings) -> String {
                         capture: true,
                         published: false,
                         metrics_only: true,
+                        hash_map: false,
                     });
+                }
+                // The same, detail events and metrics only, with the calls in flight in the hash
+                // map: what task storage saves.
+                if settings.hash_map {
+                    for metrics_only in [false, true].into_iter().filter(|m| !m || settings.metrics_only) {
+                        setups.push(Setup::Sidecar {
+                            family: family.clone(),
+                            detail: "events".into(),
+                            capture: true,
+                            published: false,
+                            metrics_only,
+                            hash_map: true,
+                        });
+                    }
                 }
                 // The same calls with a span published the OTEP 4947 way: what reading it costs.
                 if settings.thread_context {
@@ -508,6 +539,7 @@ fn overhead(settings: &Settings) -> String {
                         capture: true,
                         published: true,
                         metrics_only: false,
+                        hash_map: false,
                     });
                 }
                 // The steady state before the identity capture: the same, capture off.
@@ -518,6 +550,7 @@ fn overhead(settings: &Settings) -> String {
                         capture: false,
                         published: false,
                         metrics_only: false,
+                        hash_map: false,
                     });
                 }
             }
@@ -770,6 +803,7 @@ fn pipeline(settings: &Settings) -> String {
                 capture: true,
                 published: false,
                 metrics_only: false,
+                hash_map: false,
             };
             let mut vars = vec![
                 ("OTEL_SENDMMSG_ATTACH", "tracepoint"),

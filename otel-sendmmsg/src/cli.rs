@@ -62,16 +62,17 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Action, Unexpec
 }
 
 /// `--version`: the version, the commit it was built from (`unknown` outside a git checkout,
-/// e.g. in the image build, which leaves `.git` out), and the SHA-256 of the BPF object compiled
-/// in (what `sha256sum` says of the `otel-sendmmsg.bpf.o` the build left in its `OUT_DIR`), so
-/// two binaries that carry the same kernel side can be told from two that do not. Both are
-/// found by `build.rs`.
+/// e.g. in the image build, which leaves `.git` out), and the SHA-256 of each BPF object compiled
+/// in (what `sha256sum` says of the `otel-sendmmsg.bpf.o` and `otel-sendmmsg-hash-map.bpf.o` the
+/// build left in its `OUT_DIR`), so two binaries that carry the same kernel side can be told from
+/// two that do not. All are found by `build.rs`.
 pub fn version() -> String {
     format!(
-        "{NAME} {}\ngit commit: {}\nBPF object sha256: {}\n",
+        "{NAME} {}\ngit commit: {}\nBPF object sha256: {}\nBPF object sha256 (hash map): {}\n",
         env!("CARGO_PKG_VERSION"),
         env!("BUILD_GIT_COMMIT"),
         env!("BUILD_BPF_OBJECT_SHA256"),
+        env!("BUILD_BPF_HASH_MAP_OBJECT_SHA256"),
     )
 }
 
@@ -292,8 +293,15 @@ mod tests {
             commit == "unknown" || (commit.len() == 40 && commit.bytes().all(|b| b.is_ascii_hexdigit())),
             "{commit}"
         );
-        let hash = lines[2].strip_prefix("BPF object sha256: ").unwrap();
-        assert!(hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit()), "{hash}");
+        let hashes = [
+            lines[2].strip_prefix("BPF object sha256: "),
+            lines[3].strip_prefix("BPF object sha256 (hash map): "),
+        ]
+        .map(Option::unwrap);
+        for hash in hashes {
+            assert!(hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit()), "{hash}");
+        }
+        assert_ne!(hashes[0], hashes[1], "two objects, two hashes");
     }
 
     #[test]

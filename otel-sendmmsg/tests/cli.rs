@@ -196,11 +196,15 @@ fn help_names_every_variable_and_does_nothing_else() {
 
 #[test]
 fn version_is_cargos_with_the_commit_and_the_bpf_objects_hash() {
-    let object = concat!(env!("OUT_DIR"), "/otel-sendmmsg.bpf.o");
-    let sha256sum = Command::new("sha256sum").arg(object).output().expect("running sha256sum");
-    let object_hash = text(&sha256sum.stdout).split_whitespace().next().unwrap().to_owned();
+    let sha256 = |object: &str| {
+        let sha256sum = Command::new("sha256sum").arg(object).output().expect("running sha256sum");
+        text(&sha256sum.stdout).split_whitespace().next().unwrap().to_owned()
+    };
+    let object_hash = sha256(concat!(env!("OUT_DIR"), "/otel-sendmmsg.bpf.o"));
+    let hash_map_object_hash = sha256(concat!(env!("OUT_DIR"), "/otel-sendmmsg-hash-map.bpf.o"));
     let expected = format!(
-        "otel-sendmmsg {}\ngit commit: {}\nBPF object sha256: {object_hash}\n",
+        "otel-sendmmsg {}\ngit commit: {}\nBPF object sha256: {object_hash}\n\
+         BPF object sha256 (hash map): {hash_map_object_hash}\n",
         env!("CARGO_PKG_VERSION"),
         checked_out_commit().unwrap_or_else(|| "unknown".to_owned()),
     );

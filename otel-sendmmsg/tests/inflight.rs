@@ -1,8 +1,10 @@
-//! End to end, as root: more threads inside `sendmmsg` at once than the in-flight map holds
-//! (`OTEL_SENDMMSG_MAX_INFLIGHT`), with and without an entry filter, and with the call metrics
-//! alone (whose calls the kernel keeps in a map of their own, of the same size). Every call is a
-//! span (or counted in the metrics) or counted once, by the counters the closing summary names:
-//! refused at entry (`inflight_full`), or begun before the sidecar attached (`exit_without_entry`).
+//! End to end, as root: more threads inside `sendmmsg` at once than the hash map store holds
+//! (`OTEL_SENDMMSG_CALL_STORE=hash-map`, `OTEL_SENDMMSG_MAX_INFLIGHT`), with and without an entry
+//! filter, and with the call metrics alone (whose calls the kernel keeps in a map of their own,
+//! of the same size); and the same threads with task-local storage, which has no such bound.
+//! Every call is a span (or counted in the metrics) or counted once, by the counters the closing
+//! summary names: refused at entry (`inflight_full`), or begun before the sidecar attached
+//! (`exit_without_entry`).
 
 mod support;
 
@@ -56,17 +58,27 @@ struct Outcome {
     log: String,
 }
 
-/// Runs the workload under a sidecar with a map of `MAX_INFLIGHT`, tracing only the workload's
-/// pid when `filtered`; with `metrics_only`, no spans and the call metrics on.
-fn blocked_beyond_the_map(filtered: bool, metrics_only: bool) -> Outcome {
+/// Where the sidecar keeps the calls in flight (`OTEL_SENDMMSG_CALL_STORE`).
+#[derive(Clone, Copy, PartialEq)]
+enum Store {
+    HashMap,
+    TaskStorage,
+}
+
+/// Runs the workload under a sidecar with the hash map store of `MAX_INFLIGHT` (or task
+/// storage, with the same setting), tracing only the workload's pid when `filtered`; with
+/// `metrics_only`, no spans and the call metrics on.
+fn blocked_beyond_the_map(filtered: bool, metrics_only: bool, store: Store) -> Outcome {
     // The unfiltered run counts the host's calls: the other test's blocked workload would be
     // among them (its threads already inside `sendmmsg` at attach, its calls filling the map).
     let _alone = one_sidecar_at_a_time();
     let receiver = Receiver::start(Protocol::Grpc);
-    let name = match (filtered, metrics_only) {
-        (_, true) => "inflight-metrics",
-        (true, false) => "inflight-pid",
-        (false, false) => "inflight-all",
+    let name = match (store, filtered, metrics_only) {
+        (Store::HashMap, _, true) => "inflight-metrics",
+        (Store::HashMap, true, false) => "inflight-pid",
+        (Store::HashMap, false, false) => "inflight-all",
+        (Store::TaskStorage, _, true) => "inflight-ts-met",
+        (Store::TaskStorage, _, false) => "inflight-ts-pid",
     };
     let workload = renamed_workload(name);
     let mut child = start_blocked(&workload);
@@ -78,6 +90,13 @@ fn blocked_beyond_the_map(filtered: bool, metrics_only: bool) -> Outcome {
         ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
         ("OTEL_BSP_SCHEDULE_DELAY", "100"),
         ("OTEL_SENDMMSG_MAX_INFLIGHT", max.as_str()),
+        (
+            "OTEL_SENDMMSG_CALL_STORE",
+            match store {
+                Store::HashMap => "hash-map",
+                Store::TaskStorage => "task-storage",
+            },
+        ),
     ];
     if filtered {
         vars.push(("OTEL_SENDMMSG_PIDS", pids.as_str()));
@@ -141,7 +160,7 @@ fn check(outcome: &Outcome) -> Result<(), String> {
 #[test]
 fn more_threads_in_sendmmsg_than_the_map_holds_are_counted_exactly_with_a_pid_filter() {
     require_root();
-    let outcome = blocked_beyond_the_map(true, false);
+    let outcome = blocked_beyond_the_map(true, false, Store::HashMap);
     let log = &outcome.log;
     // Only the workload is traced: the map holds exactly MAX_INFLIGHT of its calls, refuses the
     // rest, and the call already blocked at attach is the only exit without an entry.
@@ -160,7 +179,7 @@ fn more_threads_in_sendmmsg_than_the_map_holds_are_counted_exactly_with_a_pid_fi
 fn more_threads_in_sendmmsg_than_the_map_holds_are_counted_exactly_without_a_filter() {
     require_root();
     for attempt in 1..=3 {
-        let outcome = blocked_beyond_the_map(false, false);
+        let outcome = blocked_beyond_the_map(false, false, Store::HashMap);
         match check(&outcome) {
             Ok(()) => {
                 assert!(
@@ -187,10 +206,38 @@ fn more_threads_in_sendmmsg_than_the_map_holds_are_counted_exactly_without_a_fil
 #[test]
 fn with_the_metrics_alone_more_threads_than_the_map_holds_are_counted_exactly() {
     require_root();
-    let outcome = blocked_beyond_the_map(true, true);
+    let outcome = blocked_beyond_the_map(true, true, Store::HashMap);
     let log = &outcome.log;
     assert_eq!(outcome.spans, MAX_INFLIGHT, "calls the metrics counted:\n{log}");
     assert_eq!(summary_count(log, "inflight_full"), BLOCKED - MAX_INFLIGHT, "{log}");
+    assert_eq!(summary_count(log, "exit_without_entry"), 1, "{log}");
+    assert_eq!(summary_spans(log), 0, "{log}");
+    check(&outcome).unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// Task-local storage has no bound of its own: every blocked thread's call is traced, whatever
+/// `OTEL_SENDMMSG_MAX_INFLIGHT` says, and the calls in flight counted per CPU come back to 0.
+#[test]
+fn with_task_storage_every_thread_in_sendmmsg_is_traced() {
+    require_root();
+    let outcome = blocked_beyond_the_map(true, false, Store::TaskStorage);
+    let log = &outcome.log;
+    assert!(log.contains("calls in flight: task-local storage"), "{log}");
+    assert_eq!(outcome.spans, BLOCKED, "{log}");
+    assert_eq!(summary_count(log, "inflight_full"), 0, "{log}");
+    assert_eq!(summary_count(log, "exit_without_entry"), 1, "{log}");
+    check(&outcome).unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// The same with the call metrics alone: every blocked thread's call is counted.
+#[test]
+fn with_task_storage_and_the_metrics_alone_every_thread_in_sendmmsg_is_counted() {
+    require_root();
+    let outcome = blocked_beyond_the_map(true, true, Store::TaskStorage);
+    let log = &outcome.log;
+    assert!(log.contains("calls in flight: task-local storage"), "{log}");
+    assert_eq!(outcome.spans, BLOCKED, "calls the metrics counted:\n{log}");
+    assert_eq!(summary_count(log, "inflight_full"), 0, "{log}");
     assert_eq!(summary_count(log, "exit_without_entry"), 1, "{log}");
     assert_eq!(summary_spans(log), 0, "{log}");
     check(&outcome).unwrap_or_else(|e| panic!("{e}"));

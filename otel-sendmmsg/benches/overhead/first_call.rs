@@ -97,8 +97,9 @@ pub fn first_call(settings: &Settings) -> String {
             let sidecar = match config {
                 Capture::Untraced => None,
                 Capture::On | Capture::Off => {
-                    match support::Sidecar::try_start(&sidecar_vars("tracepoint", "events", false, settings))
-                    {
+                    let (metrics_only, hash_map) = (false, false);
+                    let vars = sidecar_vars("tracepoint", "events", metrics_only, hash_map, settings);
+                    match support::Sidecar::try_start(&vars) {
                         Ok(s) => Some(s),
                         Err((status, log)) => {
                             return format!(

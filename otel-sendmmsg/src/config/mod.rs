@@ -45,9 +45,12 @@ struct OwnVars {
     /// Ring-buffer size between kernel and sidecar: bytes, or with a `KiB`/`MiB` suffix; a power
     /// of two of at least one page. Default [`DEFAULT_RING_BUFFER_BYTES`].
     ring_buffer_bytes: Option<String>,
-    /// How many threads can be inside `sendmmsg` at once and still be traced. Default
-    /// [`DEFAULT_MAX_INFLIGHT`].
+    /// How many threads can be inside `sendmmsg` at once and still be traced, with the hash map
+    /// store. Default [`DEFAULT_MAX_INFLIGHT`].
     max_inflight: Option<String>,
+    /// `auto` (default: task-local storage where the kernel has it), `task-storage` or
+    /// `hash-map`: where the kernel keeps each thread's call between entry and exit.
+    call_store: Option<String>,
     /// How many processes that define the OTEP 4947 thread context have it read at once, 1 to
     /// [`MAX_CONTEXT_PROCESSES_LIMIT`]. Default [`DEFAULT_MAX_CONTEXT_PROCESSES`].
     max_context_processes: Option<String>,
@@ -109,6 +112,8 @@ pub const MAX_CONTEXT_PROCESSES_LIMIT: u64 = 1 << 18;
 pub struct Config {
     pub ring_buffer_bytes: u32,
     pub max_inflight: u32,
+    /// Where the kernel keeps each thread's call between entry and exit.
+    pub call_store: CallStore,
     pub max_context_processes: u32,
     pub attach: Attach,
     /// What the kernel collects about each message (`OTEL_SENDMMSG_MESSAGE_DETAIL`).
@@ -238,6 +243,19 @@ pub enum Attach {
     Only(Family),
 }
 
+/// Where the kernel keeps each thread's call between entry and exit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CallStore {
+    /// Task-local storage where the kernel gives it to tracing programs (5.12+), else the
+    /// hash map.
+    Auto,
+    /// Task-local storage or nothing: start-up fails without it, with the kernel's error.
+    TaskStorage,
+    /// A hash map keyed by thread id, of `OTEL_SENDMMSG_MAX_INFLIGHT` entries: what kernels
+    /// before 5.12 use.
+    HashMap,
+}
+
 /// A variable with a value this sidecar cannot use.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("invalid {variable}={value:?}: expected {accepts}")]
@@ -305,6 +323,14 @@ impl Config {
             MAX_CONTEXT_PROCESSES_LIMIT,
         )?
         .unwrap_or(DEFAULT_MAX_CONTEXT_PROCESSES);
+        let call_store = match own.call_store.as_deref().map(|v| (v, v.trim())) {
+            None | Some((_, "auto")) => CallStore::Auto,
+            Some((_, "task-storage")) => CallStore::TaskStorage,
+            Some((_, "hash-map")) => CallStore::HashMap,
+            Some((v, _)) => {
+                return Err(invalid("OTEL_SENDMMSG_CALL_STORE", v, "auto, task-storage or hash-map"))
+            }
+        };
         let attach = match own.attach.as_deref().map(|v| (v, v.trim())) {
             None | Some((_, "auto")) => Attach::Auto,
             Some((v, name)) => Family::BY_COST
@@ -370,6 +396,7 @@ impl Config {
         Ok(Config {
             ring_buffer_bytes,
             max_inflight,
+            call_store,
             max_context_processes,
             attach,
             kernel_messages,
@@ -498,6 +525,7 @@ mod tests {
             Config {
                 ring_buffer_bytes: DEFAULT_RING_BUFFER_BYTES,
                 max_inflight: DEFAULT_MAX_INFLIGHT,
+                call_store: CallStore::Auto,
                 max_context_processes: DEFAULT_MAX_CONTEXT_PROCESSES,
                 attach: Attach::Auto,
                 kernel_messages: KernelMessages::Hooked,
@@ -758,6 +786,11 @@ mod tests {
 
     #[test]
     fn attach_names_a_family_or_auto() {
+        let store = |v: &str| config(&[("OTEL_SENDMMSG_CALL_STORE", v)]).map(|c| c.call_store);
+        assert_eq!(store("auto"), Ok(CallStore::Auto));
+        assert_eq!(store(" task-storage"), Ok(CallStore::TaskStorage));
+        assert_eq!(store("hash-map"), Ok(CallStore::HashMap));
+        assert_eq!(store("lru").unwrap_err().accepts, "auto, task-storage or hash-map");
         let attach = |v: &str| config(&[("OTEL_SENDMMSG_ATTACH", v)]).map(|c| c.attach);
         assert_eq!(attach("auto"), Ok(Attach::Auto));
         assert_eq!(attach("kprobe"), Ok(Attach::Only(Family::Kprobe)));

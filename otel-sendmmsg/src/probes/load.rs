@@ -1,6 +1,7 @@
-//! Loading the BPF object: what the kernel must offer first, the globals and map sizes the
-//! settings give, the filter maps, and the shared trace-context map. No program goes into the
-//! kernel here: each is loaded at its first attach ([`super::attach`]).
+//! Loading the BPF object: what the kernel must offer first, which of the two objects (where
+//! each thread's call waits between entry and exit: task-local storage, or a hash map), the
+//! globals and map sizes the settings give, the filter maps, and the shared trace-context map.
+//! No program goes into the kernel here: each is loaded at its first attach ([`super::attach`]).
 
 use std::path::{Path, PathBuf};
 
@@ -23,10 +24,39 @@ use super::{
 use crate::{
     call_metrics::histogram,
     cgroup,
-    config::{Config, ConfigError, KernelMessages, MetricsOutput, Output, ParentRule},
+    config::{CallStore, Config, ConfigError, KernelMessages, MetricsOutput, Output, ParentRule},
 };
 
-static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/otel-sendmmsg.bpf.o"));
+/// The programs with each thread's call in task-local storage.
+static TASK_STORAGE_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/otel-sendmmsg.bpf.o"));
+/// The same programs with the calls in a hash map keyed by thread id.
+static HASH_MAP_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/otel-sendmmsg-hash-map.bpf.o"));
+
+/// Tracing programs may use task-local storage from this release on (the map itself came in
+/// 5.11, for LSM programs only).
+const TASK_STORAGE_SINCE: (u8, u8) = (5, 12);
+
+/// Which object to load first, and whether the hash map's may follow if the kernel refuses it.
+fn objects(store: CallStore) -> Vec<(&'static str, &'static [u8])> {
+    let task_storage = ("task-local storage", TASK_STORAGE_OBJECT);
+    let hash_map = ("a hash map by thread id", HASH_MAP_OBJECT);
+    let (major, minor) = TASK_STORAGE_SINCE;
+    match store {
+        CallStore::TaskStorage => vec![task_storage],
+        CallStore::HashMap => vec![hash_map],
+        CallStore::Auto => {
+            let here = KernelVersion::current();
+            if here.is_ok_and(|v| v >= KernelVersion::new(major, minor, 0)) {
+                vec![task_storage, hash_map]
+            } else {
+                info!("calls in flight: a hash map by thread id (tracing programs have task-local storage from Linux {major}.{minor})");
+                vec![hash_map]
+            }
+        }
+    }
+}
 
 /// The object as loaded, its programs not yet in the kernel.
 pub struct Loaded {
@@ -81,10 +111,12 @@ pub fn object(config: &Config, kernel: &Kernel) -> Result<Loaded> {
         trace_id_below,
     };
     let (metric_settings, bounds) = call_metrics_settings(config);
-    let load = |pin: Option<PathBuf>| {
+    let load = |object: &[u8], pin: Option<PathBuf>| {
         let mut loader = EbpfLoader::new();
         // The kernel's BTF is already parsed: the loader would parse its own copy otherwise.
         loader.btf(kernel.btf.as_ref().ok());
+        // aya 0.14 has no type for task storage maps; only the BPF side uses them.
+        loader.allow_unsupported_maps();
         if let Some(path) = pin {
             loader.map_pin_path("TRACES_CTX", path);
         }
@@ -101,6 +133,7 @@ pub fn object(config: &Config, kernel: &Kernel) -> Result<Loaded> {
             )
             // Wake the reader once an eighth of the ring is pending; its timer drains the rest.
             .override_global("WAKEUP_BYTES", &u64::from(config.ring_buffer_bytes / 8), true)
+            // The hash map store's (task storage has no size).
             .map_max_entries("INFLIGHT", config.max_inflight)
             // Only calls that the metrics alone count go there.
             .map_max_entries(
@@ -110,23 +143,34 @@ pub fn object(config: &Config, kernel: &Kernel) -> Result<Loaded> {
             .map_max_entries("THREAD_CONTEXT_ACCESS", config.max_context_processes)
             .map_max_entries("RECORDS", config.ring_buffer_bytes)
             .map_max_entries("CALL_METRICS", config.call_metrics.max_series)
-            .load(BPF_OBJECT)
+            .load(object)
     };
     let load_error = |e: EbpfError| privilege_hint(anyhow!(e).context("loading the BPF object"), memlock);
     let shared = shared_context::prepare();
     let pinned = matches!(shared, SharedMap::Pinned { .. });
-    let mut ebpf = match load(shared.loader_path()) {
-        Err(EbpfError::MapError(e @ MapError::PinError { .. })) if pinned => {
-            shared_context::refuse(&format!("{:#}", anyhow!(e)));
-            load(None)
+    let mut candidates = objects(config.call_store).into_iter().peekable();
+    let (store, object, mut ebpf) = loop {
+        let (store, object) = candidates.next().expect("at least one object to load");
+        let loaded = match load(object, shared.loader_path()) {
+            Err(EbpfError::MapError(e @ MapError::PinError { .. })) if pinned => {
+                shared_context::refuse(&format!("{:#}", anyhow!(e)));
+                load(object, None)
+            }
+            loaded => loaded,
+        };
+        match loaded {
+            Ok(ebpf) => break (store, object, ebpf),
+            Err(e) if candidates.peek().is_some() => {
+                info!("calls in flight: {store} refused ({:#}); trying the next store", anyhow!(e));
+            }
+            Err(e) => return Err(load_error(e)),
         }
-        loaded => loaded,
-    }
-    .map_err(load_error)?;
+    };
+    info!("calls in flight: {store}");
     if pinned {
         if let Err(why) = shared_context::loaded_info(&ebpf).and_then(|info| shared.confirm(&info)) {
             shared_context::refuse(&why);
-            ebpf = load(None).map_err(load_error)?;
+            ebpf = load(object, None).map_err(load_error)?;
         }
     }
     let mut table = Array::<_, [u64; MAX_BOUNDS]>::try_from(

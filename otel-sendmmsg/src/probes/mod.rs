@@ -233,13 +233,24 @@ impl Probes {
             .collect::<Result<_>>()?;
         out.push(("kernel_missed", self.kernel_missed()));
         out.push(("kretprobe_missed", self.entry_exit.kretprobe_missed() + self.message.kretprobe_missed()));
+        out.push(("inflight", self.calls_in_flight()?));
+        Ok(out)
+    }
+
+    /// The calls in flight now: the entries of the hash map store, or what the task storage
+    /// store counts (calls begun less calls ended, per CPU), as user space cannot list it.
+    fn calls_in_flight(&self) -> Result<u64> {
+        if let Some(sums) = self.ebpf.map("INFLIGHT_CALLS") {
+            let sums = PerCpuArray::<_, i64>::try_from(sums)?;
+            let n: i64 = sums.get(&0, 0)?.iter().sum();
+            return Ok(n.max(0) as u64);
+        }
         let inflight = self.ebpf.map("INFLIGHT").context("map INFLIGHT missing from the BPF object")?;
         let inflight = HashMap::<_, u32, CallRecord>::try_from(inflight)?.keys().count();
         let counted =
             self.ebpf.map("COUNTED_INFLIGHT").context("map COUNTED_INFLIGHT missing from the BPF object")?;
         let counted = HashMap::<_, u32, CountedCall>::try_from(counted)?.keys().count();
-        out.push(("inflight", (inflight + counted) as u64));
-        Ok(out)
+        Ok((inflight + counted) as u64)
     }
 
     /// Runs of our loaded programs the kernel skipped ([`kernel_misses`]), summed.
@@ -251,12 +262,16 @@ impl Probes {
             .sum()
     }
 
-    /// Removes the in-flight entries no call will come back for: those of threads that no
-    /// longer exist (their exit never ran: counted as `exit_missed`), and those of calls that
+    /// Removes the hash map store's entries no call will come back for: those of threads that
+    /// no longer exist (their exit never ran: counted as `exit_missed`), and those of calls that
     /// did finish but whose delete failed (they have an end; not a loss). A thread that
     /// still exists keeps its entry: its next call replaces and counts it. Returns the entries
-    /// removed.
+    /// removed. Task storage needs none of it: the kernel frees a thread's with the thread, and
+    /// the BPF side counts a call it still had as its exit missed.
     pub fn sweep_inflight(&mut self, proc: &Path) -> Result<u64> {
+        if self.ebpf.map("INFLIGHT").is_none() {
+            return Ok(0);
+        }
         let records = self.sweep_calls::<CallRecord>("INFLIGHT", proc)?;
         Ok(records + self.sweep_calls::<CountedCall>("COUNTED_INFLIGHT", proc)?)
     }
