@@ -370,8 +370,19 @@ fn suite_script(
         .collect()
 }
 
-/// What the sidecar chose for `choice`, from its start-up log in `console`.
-fn check_choice(console: &str, choice: &Choice, ctx: &str) {
+/// The start-up log's last word on where the calls in flight wait, on `debian`: task-local
+/// storage from 5.12 on (a refusal there would fall back to the hash map and say so), the hash
+/// map before.
+fn store_line(debian: qemu::Debian) -> &'static str {
+    match debian {
+        qemu::Debian::V5_10 => "calls in flight: a hash map by thread id",
+        qemu::Debian::V6_1 | qemu::Debian::V6_12 => "calls in flight: task-local storage",
+    }
+}
+
+/// What the sidecar chose for `choice`, from its start-up log in `console`; `store`: its
+/// [`store_line`].
+fn check_choice(console: &str, choice: &Choice, store: &str, ctx: &str) {
     let Choice { family, entry_exit, message, passed_over } = *choice;
     assert!(
         console.contains(&format!("SIDECAR {family} exit=0")),
@@ -387,6 +398,8 @@ fn check_choice(console: &str, choice: &Choice, ctx: &str) {
     // Each kernel's BTF has every field the identity capture reads (kernfs_node.parent under
     // the name that kernel gives it), and its exec hook attaches.
     assert!(log("process identities are captured in the kernel"), "{ctx}: identity capture");
+    // The whole line: a refused store's line starts the same.
+    assert!(console.lines().any(|l| l.starts_with(&prefix) && l.ends_with(store)), "{ctx}: no \"{store}\"");
     let summary = console.lines().find(|l| l.starts_with(&prefix) && l.contains("stopped: "));
     let summary = summary.unwrap_or_else(|| panic!("{ctx}: no closing summary"));
     assert!(summary.contains(" kretprobe_missed=0 "), "{ctx}: {summary}");
@@ -478,7 +491,8 @@ fn the_boot_passes(debian: qemu::Debian, boots: &[&[Choice]], boot: usize) {
     let ctx = format!("OTEL_SENDMMSG_ATTACH={family} on {kernel}");
     assert!(console.contains(&format!("KERNEL {kernel}")), "{ctx}: the guest did not boot:\n{console}");
     for choice in choices {
-        check_choice(&console, choice, &format!("OTEL_SENDMMSG_ATTACH={} on {kernel}", choice.family));
+        let ctx = format!("OTEL_SENDMMSG_ATTACH={} on {kernel}", choice.family);
+        check_choice(&console, choice, store_line(debian), &ctx);
     }
     if family == "kprobe" {
         check_blocked_runs(&console, &ctx);
