@@ -1,18 +1,49 @@
 //! What the record targets share: every decoded call goes through the span mapping with each
-//! set of options the sidecar can run with, and through the console exporter's lines (text and
-//! JSON), and the results are checked against what README.md ("The span") promises.
+//! set of options the sidecar can run with, through the OTLP encoder (whose bytes must be the
+//! SDK's for the same spans), and through the console exporter's lines (text and JSON), and the
+//! results are checked against what README.md ("The span") promises.
 
-use std::collections::HashSet;
+use std::{
+    collections::HashSet,
+    sync::atomic::{AtomicU64, Ordering::Relaxed},
+};
 
-use opentelemetry::{trace::Status, KeyValue};
+use opentelemetry::{
+    trace::{SpanId, Status, TraceId},
+    KeyValue,
+};
+use opentelemetry_proto::{
+    tonic::collector::trace::v1::ExportTraceServiceRequest,
+    transform::{common::tonic::ResourceAttributesWithSchema, trace::tonic::group_spans_by_resource_and_scope},
+};
+use opentelemetry_sdk::trace::IdGenerator;
 use otel_sendmmsg::{
     clock::WallClock,
-    export::{console_line, json_lines::json_line},
+    config::MessageView,
+    export::{
+        console_line,
+        json_lines::json_line,
+        otlp_encode::{request, EncodedResource, Encoder},
+    },
     process::{info_from_identity, ProcessInfo},
     records::{Call, Identity},
-    config::MessageView,
-    span::{build, resource::resource_for, SpanOptions},
+    span::{build_with, resource::resource_for, SpanOptions},
 };
+use prost::Message as _;
+
+/// Ids counted up from 1: the same for the SDK's spans and the encoder's.
+#[derive(Debug, Default)]
+struct Counted(AtomicU64);
+
+impl IdGenerator for Counted {
+    fn new_trace_id(&self) -> TraceId {
+        TraceId::from(u128::from(self.0.fetch_add(1, Relaxed) + 1))
+    }
+
+    fn new_span_id(&self) -> SpanId {
+        SpanId::from(self.0.fetch_add(1, Relaxed) + 1)
+    }
+}
 
 /// Every way a span can show messages, with and without a per-message hook.
 pub const ALL_OPTIONS: [SpanOptions; 6] = {
@@ -47,8 +78,18 @@ pub fn map_call(call: &Call, clock: &WallClock) {
         attributes: Vec::new(),
     };
     let resource = resource_for(&[], &process);
+    let encoded_resource = EncodedResource::new(&resource);
+    let sdk_resource = ResourceAttributesWithSchema::from(&resource);
     for options in ALL_OPTIONS {
-        let spans = build(call, clock, options);
+        let spans = build_with(call, clock, options, &Counted::default());
+        // What goes to a collector is written straight from the record: byte for byte what the
+        // SDK's exporter would send for the spans above.
+        let (encoded, written) = Encoder::default().call(call, clock, options, &Counted::default());
+        assert_eq!(written.spans, spans.len(), "{options:?}");
+        let ours = request(&encoded_resource, &[encoded]);
+        let resource_spans = group_spans_by_resource_and_scope(spans.clone(), &sdk_resource);
+        let sdks = ExportTraceServiceRequest { resource_spans }.encode_to_vec();
+        assert!(ours[..] == sdks[..], "{options:?}: the OTLP bytes differ from the SDK's");
         let (span, children) = spans.split_first().expect("a call's own span comes first");
         assert!(span.end_time >= span.start_time, "a call ends after it starts: {options:?}");
         // Per-message detail comes from the per-message hook, or from sizes read at exit.

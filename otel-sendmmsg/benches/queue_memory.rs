@@ -22,14 +22,16 @@ use std::{
     },
 };
 
-use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::{error::OTelSdkResult, trace::RandomIdGenerator};
 use otel_sendmmsg::{
     clock::WallClock,
     config::{BatchConfig, MessageView, ResourceSettings},
-    export::batcher::{Batcher, Sender},
+    export::{
+        batcher::{Batcher, Sender},
+        otlp_encode::Encoder,
+    },
     records::Decoder,
     span::{
-        self,
         resource::{base_resource, Resources},
         SpanOptions,
     },
@@ -92,9 +94,10 @@ fn bytes_per_span(vlen: u32) -> Result<isize, String> {
         let clock = WallClock::from_readings(1_700_000_000_000_000_000, 0);
         let (record, process) = (workload::record(vlen), workload::process());
         let mut decoder = Decoder::default();
+        let mut spans = Encoder::default();
         let mut queue_one = || -> Result<(), String> {
             let call = decoder.decode(record.wire_bytes()).map_err(|e| format!("decoding: {e}"))?;
-            let spans = span::build(&call, &clock, options);
+            let (spans, _) = spans.call(&call, &clock, options, &RandomIdGenerator::default());
             match batcher.enqueue(spans, resources.of(&process)) {
                 true => Ok(()),
                 false => Err("the queue refused a call".into()),

@@ -26,13 +26,13 @@ use std::{
     time::{Duration, Instant},
 };
 
+use opentelemetry_sdk::trace::RandomIdGenerator;
 use otel_sendmmsg::{
     clock::WallClock,
     config::{BatchConfig, MessageView, ResourceSettings},
-    export::{batcher::Batcher, ExportStats},
+    export::{batcher::Batcher, otlp_encode::Encoder, ExportStats},
     records::Decoder,
     span::{
-        self,
         resource::{base_resource, Resources},
         SpanOptions,
     },
@@ -79,7 +79,7 @@ struct Rep {
     took: Duration,
 }
 
-/// `calls` calls of `wire` through decode -> span -> queue -> encode, on a single-threaded
+/// `calls` calls of `wire` through decode -> spans encoded -> queue -> request, on a single-threaded
 /// runtime (deterministic for callgrind; the sidecar's export task runs on another thread, the
 /// work is the same).
 fn rep(wire: &[u8], calls: usize) -> Result<Rep, String> {
@@ -109,11 +109,12 @@ fn rep(wire: &[u8], calls: usize) -> Result<Rep, String> {
         let process = process();
         let clock = WallClock::from_readings(1_700_000_000_000_000_000, 0);
         let mut decoder = Decoder::default();
+        let mut spans = Encoder::default();
 
         let started = Instant::now();
         for i in 0..calls {
             let call = decoder.decode(black_box(wire)).map_err(|e| format!("decoding: {e}"))?;
-            let spans = span::build(&call, &clock, options);
+            let (spans, _) = spans.call(&call, &clock, options, &RandomIdGenerator::default());
             batcher.enqueue(spans, resources.of(&process));
             // The export task takes its turn, as it would on its own thread.
             if i % 256 == 255 {

@@ -14,7 +14,6 @@ use std::{
 
 use anyhow::{Context, Result};
 use aya::maps::{MapData, RingBuf};
-use opentelemetry_sdk::trace::SpanData;
 use tokio::io::{unix::AsyncFd, Interest};
 use tracing::{debug, info, warn};
 
@@ -22,7 +21,7 @@ use crate::{
     call_metrics::{self, export::MetricsExport, CallMetrics, Exemplar, Point},
     clock::WallClock,
     config::{Config, KernelMessages, MetricsOutput, Output},
-    export::{ExportStats, Exporter},
+    export::{CallSpans, ExportStats, Exporter},
     health::{self, Health},
     memory::release_freed_memory,
     probes::{
@@ -40,7 +39,6 @@ use crate::{
     self_metrics::{self, SelfMetrics},
     shutdown::StopSignals,
     span::{
-        self,
         resource::{base_resource, Resources},
         SpanOptions,
     },
@@ -77,7 +75,7 @@ struct WaitingFor {
     request: ReadRequest,
     since: Instant,
     /// Each call's spans, with its thread's name.
-    spans: Vec<(Vec<SpanData>, String)>,
+    spans: Vec<(CallSpans, String)>,
 }
 
 /// Records -> spans -> exporter, with the totals for the closing summary.
@@ -119,18 +117,18 @@ impl Pipeline {
                     _ => call,
                 };
                 // Complete but for the resource, which waits for the process to be known.
-                let spans = span::build(&call, &self.clock, self.options);
-                if let (Some(metrics), Some(span)) = (self.call_metrics.as_mut(), spans.first()) {
+                let (spans, written) = self.exporter.spans_of(&call, &self.clock, self.options);
+                if let Some(metrics) = self.call_metrics.as_mut() {
                     let key = self.decoder.series_of_last_call(metrics.settings().by_peer);
                     let exemplar = Exemplar {
-                        trace_id: span.span_context.trace_id(),
-                        span_id: span.span_context.span_id(),
+                        trace_id: written.trace_id,
+                        span_id: written.span_id,
                         duration_ns: call.end_ns.saturating_sub(call.start_ns),
-                        time: span.end_time,
+                        time: written.end,
                     };
                     metrics.exemplar(key, exemplar);
                 }
-                self.spans += spans.len() as u64;
+                self.spans += written.spans as u64;
                 // Behind the calls of the same process that already wait, so they stay in order.
                 if let Some(waiting) = self.waiting.by_pid.get_mut(&call.pid) {
                     waiting.spans.push((spans, call.comm));

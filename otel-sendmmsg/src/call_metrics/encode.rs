@@ -229,10 +229,7 @@ fn series_attributes(point: &Point) -> Vec<KeyValue> {
         out.push(string("error.type", &error));
     }
     if key.family != 0 {
-        out.push(convert(SdkKeyValue::new(
-            "network.transport",
-            transport_name(key.family, key.sock_type, key.protocol),
-        )));
+        out.push(string("network.transport", &transport_name(key.family, key.sock_type, key.protocol)));
         if let Some(network_type) = network_type(key.family) {
             out.push(string("network.type", network_type));
         }
@@ -247,7 +244,9 @@ fn series_attributes(point: &Point) -> Vec<KeyValue> {
             )),
             _ => IpAddr::V6(Ipv6Addr::from(key.peer_addr)),
         };
-        out.extend(peer(&SocketAddr::new(ip, u16::from_be(key.peer_port_be))).into_iter().map(convert));
+        let mut attributes = Vec::with_capacity(2);
+        peer(&SocketAddr::new(ip, u16::from_be(key.peer_port_be)), &mut attributes);
+        out.extend(attributes.into_iter().map(convert));
     }
     out
 }

@@ -1,8 +1,8 @@
 //! The export queue: finished spans wait in a bounded queue and a tokio task sends them to the
 //! OTLP exporter in batches, one export per resource (each process's spans go under their own),
 //! counting what happened to every span: exported, dropped because the queue was full, or failed.
-//! Spans are queued encoded ([`otlp_encode`]): a third of the memory of their `SpanData`, and
-//! the request is their bytes put together.
+//! Spans are queued encoded ([`otlp_encode`]): a third of the memory the SDK's `SpanData` of
+//! the same spans takes, and the request is their bytes put together.
 //!
 //! The SDK's batch span processor cannot do this: it has one resource, and does not say how
 //! many spans it lost. The `OTEL_BSP_*` variables keep their meaning ([`BatchConfig`]).
@@ -22,7 +22,6 @@ use anyhow::{anyhow, Result};
 use opentelemetry::Key;
 use opentelemetry_sdk::{
     error::{OTelSdkError, OTelSdkResult},
-    trace::SpanData,
     Resource,
 };
 use prost::bytes::Bytes;
@@ -34,7 +33,7 @@ use tokio::{
 use tracing::{debug, warn};
 
 use super::{
-    otlp_encode::{request, EncodedResource, EncodedSpans, Encoder},
+    otlp_encode::{request, EncodedResource, EncodedSpans},
     ExportStats,
 };
 use crate::{config::BatchConfig, health::Beat};
@@ -54,8 +53,7 @@ pub trait Sender: Debug + Send + Sync + 'static {
 /// One call's spans, encoded, waiting, with the resource they go under.
 struct Queued {
     resource: Arc<Resource>,
-    call: Vec<EncodedSpans>,
-    spans: usize,
+    call: EncodedSpans,
 }
 
 /// Spans counted as they are settled; shared with the task so losses can be reported while
@@ -81,8 +79,6 @@ pub struct Batcher {
     capacity: usize,
     /// Calls dropped so far, to log the first and then every power of two.
     drops: AtomicU64,
-    /// Encodes what is queued.
-    encoder: Encoder,
     counters: Arc<Counters>,
     task: JoinHandle<()>,
 }
@@ -120,23 +116,20 @@ impl Batcher {
             queued,
             capacity: config.max_queue_size,
             drops: AtomicU64::new(0),
-            encoder: Encoder::default(),
             counters,
             task,
         }
     }
 
-    /// Queues a call's spans (its own and its message children) under `resource` without
-    /// waiting, encoded on the caller's thread; when the queue has no room for all of them,
-    /// drops them (not encoded), counts them, and returns false.
-    pub fn enqueue(&mut self, call: Vec<SpanData>, resource: Arc<Resource>) -> bool {
-        let spans = call.len();
+    /// Queues a call's spans (its own and its message children, encoded) under `resource`
+    /// without waiting; when the queue has no room for all of them, drops them, counts them,
+    /// and returns false.
+    pub fn enqueue(&mut self, call: EncodedSpans, resource: Arc<Resource>) -> bool {
+        let spans = call.count();
         let room =
             self.queued.fetch_update(Relaxed, Relaxed, |q| (q + spans <= self.capacity).then_some(q + spans));
         if room.is_ok() {
-            let queued = Queued { resource, call: self.encoder.call(&call), spans };
-            drop(call);
-            if self.sender.as_ref().is_some_and(|sender| sender.send(queued).is_ok()) {
+            if self.sender.as_ref().is_some_and(|sender| sender.send(Queued { resource, call }).is_ok()) {
                 self.counters.accepted.fetch_add(spans as u64, Relaxed);
                 return true;
             }
@@ -309,9 +302,9 @@ impl<E: Sender> Worker<E> {
         }
     }
 
-    fn take(&mut self, Queued { resource, call, spans }: Queued) {
-        self.pending.extend(call.into_iter().map(|encoded| (resource.clone(), encoded)));
-        self.pending_spans += spans;
+    fn take(&mut self, Queued { resource, call }: Queued) {
+        self.pending_spans += call.count();
+        self.pending.push_back((resource, call));
     }
 
     /// The oldest `max_export_batch_size` pending spans (a call's are split if they straddle
@@ -433,15 +426,30 @@ mod tests {
     use opentelemetry_proto::tonic::{
         collector::trace::v1::ExportTraceServiceRequest, common::v1::any_value,
     };
-    use opentelemetry_sdk::error::OTelSdkResult;
+    use opentelemetry_sdk::{error::OTelSdkResult, trace::RandomIdGenerator};
     use prost::Message as _;
 
     use super::*;
     use crate::{
-        export::tests::call,
+        clock::WallClock,
+        config::MessageView,
+        export::otlp_encode::Encoder,
         process::ProcessInfo,
-        span::resource::{resource_for, Resources},
+        records::{decode, tests::bytes_of, tests::record},
+        span::{
+            resource::{resource_for, Resources},
+            SpanOptions,
+        },
     };
+
+    /// A call's spans as queued: its own, then `children` message spans.
+    fn call(children: usize) -> EncodedSpans {
+        let call = decode(&bytes_of(&record(&vec![10; children.max(1)]))).unwrap();
+        let view = if children == 0 { MessageView::None } else { MessageView::Spans };
+        let options = SpanOptions { per_message: true, view, msgvec_address: false };
+        let clock = WallClock::from_readings(1_700_000_000_000_000_000, 0);
+        Encoder::default().call(&call, &clock, options, &RandomIdGenerator::default()).0
+    }
 
     /// What the test exporter does with each export.
     #[derive(Clone, Copy, Debug)]

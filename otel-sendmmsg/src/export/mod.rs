@@ -1,8 +1,10 @@
 //! Finished spans -> the configured destination: an OTLP collector (gRPC or HTTP/protobuf,
 //! through [`batcher`], each process's spans under its own resource), or stdout: one readable
-//! line per call, or one JSON object per span ([`json_lines`]). Spans come complete, with their resource ([`crate::span`]): export only
-//! queues, batches, sends and counts. Every span handed over is accounted for in
-//! [`ExportStats`].
+//! line per call, or one JSON object per span ([`json_lines`]). The span module makes a call's
+//! spans into the form this exporter takes ([`Exporter::spans_of`]: OTLP's bytes for a
+//! collector, written as they are made, the SDK's `SpanData` for the console), and they come
+//! with their process's resource: export only queues, batches, sends and counts. Every span
+//! handed over is accounted for in [`ExportStats`].
 
 pub mod batcher;
 pub mod json_lines;
@@ -15,15 +17,22 @@ use std::{io::Write, sync::Arc};
 
 use anyhow::{Context as _, Result};
 use opentelemetry::{trace::Status, Key, Value};
-use opentelemetry_sdk::{trace::SpanData, Resource};
+use opentelemetry_sdk::{
+    trace::{RandomIdGenerator, SpanData},
+    Resource,
+};
 
 use crate::{
+    clock::WallClock,
     config::{BatchConfig, ConsoleFormat, Output},
     health::Beat,
+    records::Call,
+    span::{self, attributes::Attributes, SpanHead, SpanOptions, SpanSink, Written},
 };
 use batcher::Batcher;
 use json_lines::json_line;
 use otlp::{OtlpExporter, Signal};
+use otlp_encode::{EncodedSpans, Encoder};
 
 /// What became of the spans handed to the exporter, each counted once: a call's span and each
 /// of its message child spans (`OTEL_SENDMMSG_MESSAGE_DETAIL=spans`) count one each, so
@@ -47,9 +56,48 @@ pub enum Exporter {
         format: ConsoleFormat,
         stats: ExportStats,
     },
-    Otlp(Batcher),
+    Otlp {
+        batcher: Batcher,
+        encoder: Encoder,
+    },
     /// Exports and counts nothing (`OTEL_TRACES_EXPORTER=none`).
     Discard,
+}
+
+/// One call's spans, made the way the exporter that made them takes them
+/// ([`Exporter::spans_of`]).
+pub struct CallSpans(Made);
+
+enum Made {
+    Finished(Vec<SpanData>),
+    Encoded(EncodedSpans),
+    Nothing(usize),
+}
+
+impl CallSpans {
+    /// How many spans: the call's and its message children.
+    pub fn count(&self) -> usize {
+        match &self.0 {
+            Made::Finished(spans) => spans.len(),
+            Made::Encoded(spans) => spans.count(),
+            Made::Nothing(count) => *count,
+        }
+    }
+}
+
+/// A [`SpanSink`] that keeps nothing: what [`span::write`] says of the spans is all there is.
+struct Nowhere;
+
+impl Attributes for Nowhere {
+    fn int(&mut self, _: &'static str, _: i64) {}
+    fn text(&mut self, _: &'static str, _: &str) {}
+}
+
+impl SpanSink for Nowhere {
+    fn begin(&mut self, _: &SpanHead) {}
+    fn begin_event(&mut self, _: &'static str, _: std::time::SystemTime) {}
+    fn end_event(&mut self) {}
+    fn end(&mut self, _: Status) {}
 }
 
 impl Exporter {
@@ -67,20 +115,42 @@ impl Exporter {
                 let mut exporters = (0..batch.max_concurrent_exports.max(1))
                     .map(|_| OtlpExporter::new(otlp, Signal::Traces).context("building the OTLP exporter"))
                     .collect::<Result<Vec<_>>>()?;
-                Exporter::Otlp(Batcher::start(
+                let batcher = Batcher::start(
                     move || exporters.pop().expect("one exporter per concurrent export"),
                     batch,
                     beat,
-                ))
+                );
+                Exporter::Otlp { batcher, encoder: Encoder::default() }
             }
         })
     }
 
-    /// Hands over one call's spans (its own first, then its message children, as
-    /// [`crate::span::build`] makes them) and the resource they go under. Never blocks.
-    pub fn export(&mut self, spans: Vec<SpanData>, resource: Arc<Resource>) {
+    /// One call's spans ([`span::write`]) made the way this exporter takes them: the SDK's
+    /// `SpanData` for the console, OTLP's bytes straight away for a collector; and what they
+    /// were. They wait for their resource, if need be, and go to [`Exporter::export`].
+    pub fn spans_of(&mut self, call: &Call, clock: &WallClock, options: SpanOptions) -> (CallSpans, Written) {
+        let ids = RandomIdGenerator::default();
         match self {
-            Exporter::Console { out, format, stats } => {
+            Exporter::Console { .. } => {
+                let (spans, written) = span::finished(call, clock, options, &ids);
+                (CallSpans(Made::Finished(spans)), written)
+            }
+            Exporter::Otlp { encoder, .. } => {
+                let (spans, written) = encoder.call(call, clock, options, &ids);
+                (CallSpans(Made::Encoded(spans)), written)
+            }
+            Exporter::Discard => {
+                let written = span::write(call, clock, options, &ids, &mut Nowhere);
+                (CallSpans(Made::Nothing(written.spans)), written)
+            }
+        }
+    }
+
+    /// Hands over one call's spans, as [`Exporter::spans_of`] made them, and the resource
+    /// they go under. Never blocks.
+    pub fn export(&mut self, spans: CallSpans, resource: Arc<Resource>) {
+        match (self, spans.0) {
+            (Exporter::Console { out, format, stats }, Made::Finished(spans)) => {
                 let count = spans.len() as u64;
                 // Written at once, so a call's lines stay together and are counted together. A
                 // closed stdout (the reader went away) must not stop tracing: counted.
@@ -89,10 +159,11 @@ impl Exporter {
                     Err(_) => stats.failed += count,
                 }
             }
-            Exporter::Otlp(batcher) => {
+            (Exporter::Otlp { batcher, .. }, Made::Encoded(spans)) => {
                 batcher.enqueue(spans, resource);
             }
-            Exporter::Discard => {}
+            // Discarded; or made by another exporter, which cannot be: a pipeline has one.
+            _ => {}
         }
     }
 
@@ -100,7 +171,7 @@ impl Exporter {
     pub fn stats(&self) -> ExportStats {
         match self {
             Exporter::Console { stats, .. } => *stats,
-            Exporter::Otlp(batcher) => batcher.stats(),
+            Exporter::Otlp { batcher, .. } => batcher.stats(),
             Exporter::Discard => ExportStats::default(),
         }
     }
@@ -111,7 +182,7 @@ impl Exporter {
     pub async fn flush(&mut self, deadline: tokio::time::Instant) -> Result<()> {
         match self {
             Exporter::Console { out, .. } => out.lock().flush().context("flushing stdout"),
-            Exporter::Otlp(batcher) => batcher.flush(Some(deadline)).await,
+            Exporter::Otlp { batcher, .. } => batcher.flush(Some(deadline)).await,
             Exporter::Discard => Ok(()),
         }
     }
@@ -120,7 +191,7 @@ impl Exporter {
     /// then count as failed.
     pub fn final_stats(&self) -> ExportStats {
         match self {
-            Exporter::Otlp(batcher) => batcher.final_stats(),
+            Exporter::Otlp { batcher, .. } => batcher.final_stats(),
             _ => self.stats(),
         }
     }
@@ -236,15 +307,6 @@ mod tests {
         }
     }
 
-    /// A call's spans: its own, then `children` message spans.
-    pub(super) fn call(children: usize) -> Vec<SpanData> {
-        let start = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-        let message = finished(MESSAGE_SPAN_NAME, start, start, vec![], vec![], Status::Unset);
-        let mut spans = vec![finished(SPAN_NAME, start, start, vec![], vec![], Status::Unset)];
-        spans.extend(std::iter::repeat_n(message, children));
-        spans
-    }
-
     #[test]
     fn a_console_line_shows_time_duration_status_and_attributes() {
         let start = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
@@ -327,19 +389,30 @@ mod tests {
 
     #[tokio::test]
     async fn the_console_counts_a_line_for_the_call_and_its_children() {
-        let spans = call(3);
+        let clock = crate::clock::WallClock::from_readings(1_700_000_000_000_000_000, 0);
+        let call =
+            crate::records::decode(&crate::records::tests::bytes_of(&crate::records::tests::record(&[
+                1, 2, 3,
+            ])))
+            .unwrap();
+        let options =
+            SpanOptions { per_message: true, view: crate::config::MessageView::Spans, msgvec_address: false };
         let process = process("svc");
         let resource = Arc::new(resource_for(&[], &process));
         let mut console =
             Exporter::new(&Output::Console, ConsoleFormat::Text, BatchConfig::default(), Arc::default())
                 .unwrap();
-        console.export(spans.clone(), resource.clone());
+        let (spans, written) = console.spans_of(&call, &clock, options);
+        assert_eq!((spans.count(), written.spans), (4, 4));
+        console.export(spans, resource.clone());
         let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
         console.flush(deadline).await.unwrap();
         assert_eq!(console.final_stats(), ExportStats { exported: 4, dropped_queue_full: 0, failed: 0 });
         let mut discard =
             Exporter::new(&Output::Discard, ConsoleFormat::Text, BatchConfig::default(), Arc::default())
                 .unwrap();
+        let (spans, written) = discard.spans_of(&call, &clock, options);
+        assert_eq!((spans.count(), written.spans), (4, 4));
         discard.export(spans, resource);
         discard.flush(deadline).await.unwrap();
         assert_eq!(discard.final_stats(), ExportStats::default());

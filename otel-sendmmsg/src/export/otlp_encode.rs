@@ -1,31 +1,41 @@
-//! Finished spans -> the protobuf bytes of an OTLP `ExportTraceServiceRequest`, written in one
-//! pass straight from the SDK's `SpanData`, without the generated `opentelemetry-proto` types.
+//! A call's spans -> the protobuf bytes of an OTLP `ExportTraceServiceRequest`, written in
+//! one pass as the span module makes them ([`crate::span::write`]), without `SpanData` or the
+//! generated `opentelemetry-proto` types in between.
 //!
 //! Why not the SDK's own way: its exporter copies every span into the generated types (a
 //! `String` per attribute key and string value, a `Vec` per id) and prost then computes each
 //! nested message's length again at every level above it. Measured (benches/userspace.rs,
-//! callgrind), writing the bytes here instead took user space from 42,454 to 18,320
-//! instructions per span (vlen 1, detail events), the SDK's encoding's share.
+//! callgrind), writing the bytes here from the SDK's `SpanData` took user space from 42,454 to
+//! 18,320 instructions per span (vlen 1, detail events); writing them as the record is mapped,
+//! without the `SpanData` (its build and drop were a third of what was left), and each
+//! attribute's constant key inlined where it is written, from 12,934 to 6,757.
 //!
 //! One pass over the spans: an attribute's length is known from its key and value, so it is
 //! written first; a span's or an event's is not known until it is written, so its length gets
 //! the room it usually needs and is written after it (moving the message in the rare case the
 //! room was wrong); the request's outer lengths go in room left before the spans, and the
 //! request starts where they end (a `Bytes` slice, nothing copied). The bytes are the ones prost
-//! writes for the same request: the tests compare them with the SDK's encoding, byte for byte.
+//! writes for the same request: the tests compare them with the SDK's encoding of the same
+//! spans as `SpanData`, byte for byte.
 //!
-//! Spans are encoded as they are queued ([`Encoder::call`]), so the queue holds their bytes, not
-//! the `SpanData`; a request ([`request`]) puts a batch's bytes under one resource (the batcher
-//! sends each process's spans apart), grouped by instrumentation scope as the SDK groups them.
+//! Spans are encoded as they are queued ([`Encoder::call`]), so the queue holds their bytes; a
+//! request ([`request`]) puts a batch's bytes under one resource (the batcher sends each
+//! process's spans apart), grouped by instrumentation scope as the SDK groups them.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use opentelemetry::{
-    trace::{Event, Link, SpanId, SpanKind, Status},
-    Array, InstrumentationScope, KeyValue, Value,
+    trace::{SpanId, SpanKind, Status},
+    Array, InstrumentationScope, Value,
 };
-use opentelemetry_sdk::{trace::SpanData, Resource};
+use opentelemetry_sdk::{trace::IdGenerator, Resource};
 use prost::bytes::Bytes;
+
+use crate::{
+    clock::WallClock,
+    records::Call,
+    span::{self, attributes::Attributes, SpanHead, SpanOptions, SpanSink, Written, TRACE_FLAGS},
+};
 
 /// Protobuf wire types.
 const VARINT: u8 = 0;
@@ -76,7 +86,7 @@ pub fn resource_message(resource: &Resource) -> (Vec<u8>, String) {
 
 /// Spans of one instrumentation scope, encoded as they go in their `ScopeSpans` (each the
 /// field `spans`, tag and length first), waiting to be put in a request. What the export queue
-/// holds: a third of the memory of the `SpanData` they were made from.
+/// holds: a third of the memory the SDK's `SpanData` of the same spans takes.
 #[derive(Debug)]
 pub struct EncodedSpans {
     scope: InstrumentationScope,
@@ -120,7 +130,7 @@ fn read_varint(bytes: &[u8]) -> (u64, usize) {
     (value, bytes.len().min(10))
 }
 
-/// Encodes calls' spans for the queue, in a buffer it keeps: each run is written there and
+/// Encodes calls' spans for the queue, in a buffer it keeps: each call is written there and
 /// copied out at its exact length (a buffer sized by guess was reallocated to fit, once per
 /// call, or kept its room to spare for as long as it waited).
 #[derive(Debug, Default)]
@@ -129,19 +139,113 @@ pub struct Encoder {
 }
 
 impl Encoder {
-    /// One call's spans, encoded: one `EncodedSpans` per run of spans of one scope (a call's
-    /// spans all have the sidecar's, [`crate::span::scope`]: one).
-    pub fn call(&mut self, spans: &[SpanData]) -> Vec<EncodedSpans> {
-        let mut encoded = Vec::with_capacity(1);
-        for run in spans.chunk_by(|a, b| a.instrumentation_scope == b.instrumentation_scope) {
-            self.scratch.clear();
-            for span in run {
-                put_span(&mut self.scratch, span);
-            }
-            let scope = run[0].instrumentation_scope.clone();
-            encoded.push(EncodedSpans { scope, bytes: self.scratch.as_slice().to_vec(), count: run.len() });
+    /// One call's spans ([`span::write`]), encoded; all have the sidecar's scope.
+    pub fn call(
+        &mut self,
+        call: &Call,
+        clock: &WallClock,
+        options: SpanOptions,
+        ids: &impl IdGenerator,
+    ) -> (EncodedSpans, Written) {
+        self.scratch.clear();
+        let written = span::write(call, clock, options, ids, &mut SpanWriter::new(&mut self.scratch));
+        let encoded = EncodedSpans {
+            scope: span::scope(),
+            bytes: self.scratch.as_slice().to_vec(),
+            count: written.spans,
+        };
+        (encoded, written)
+    }
+}
+
+/// A [`SpanSink`] writing each span as field 2 of its `ScopeSpans`, its fields in the order of
+/// their numbers, as prost writes them.
+struct SpanWriter<'a> {
+    out: &'a mut Vec<u8>,
+    span: Option<Open>,
+    event: Option<Open>,
+    parent_is_remote: bool,
+}
+
+impl<'a> SpanWriter<'a> {
+    fn new(out: &'a mut Vec<u8>) -> SpanWriter<'a> {
+        SpanWriter { out, span: None, event: None, parent_is_remote: false }
+    }
+
+    /// An attribute is field 3 of an event, field 9 of a span.
+    fn attribute_tag(&self) -> u8 {
+        if self.event.is_some() {
+            tag(3, LEN)
+        } else {
+            tag(9, LEN)
         }
-        encoded
+    }
+}
+
+impl Attributes for SpanWriter<'_> {
+    #[inline(always)]
+    fn int(&mut self, key: &'static str, value: i64) {
+        let tag_ = self.attribute_tag();
+        let value_len = 1 + varint_len(value as u64);
+        put_key_prefix(self.out, tag_, key, value_len);
+        self.out.push(tag(3, VARINT));
+        put_varint(self.out, value as u64);
+    }
+
+    #[inline(always)]
+    fn text(&mut self, key: &'static str, value: &str) {
+        let tag_ = self.attribute_tag();
+        put_key_prefix(self.out, tag_, key, field_len(value.len()));
+        put_prefix(self.out, tag(1, LEN), value.len());
+        self.out.extend_from_slice(value.as_bytes());
+    }
+}
+
+impl SpanSink for SpanWriter<'_> {
+    fn begin(&mut self, head: &SpanHead) {
+        // A call's span takes a few hundred bytes, with 64 message events a few thousand.
+        self.span = Some(open(self.out, tag(2, LEN), 2));
+        self.parent_is_remote = head.parent_is_remote;
+        let out = &mut *self.out;
+        put_bytes_field(out, tag(1, LEN), &head.trace_id.to_bytes());
+        put_bytes_field(out, tag(2, LEN), &head.span_id.to_bytes());
+        // Field 3, the trace state: the sidecar's spans have none.
+        if head.parent_span_id != SpanId::INVALID {
+            put_bytes_field(out, tag(4, LEN), &head.parent_span_id.to_bytes());
+        }
+        put_string_field(out, tag(5, LEN), head.name);
+        put_varint_field(out, tag(6, VARINT), kind(&head.kind));
+        put_fixed64_field(out, tag(7, FIXED64), nanos(head.start));
+        put_fixed64_field(out, tag(8, FIXED64), nanos(head.end));
+    }
+
+    fn begin_event(&mut self, name: &'static str, at: SystemTime) {
+        // A message event with its attributes takes under 128 bytes.
+        self.event = Some(open(self.out, tag(11, LEN), 1));
+        put_fixed64_field(self.out, tag(1, FIXED64), nanos(at));
+        put_string_field(self.out, tag(2, LEN), name);
+    }
+
+    fn end_event(&mut self) {
+        if let Some(event) = self.event.take() {
+            close(self.out, event);
+        }
+    }
+
+    fn end(&mut self, status: Status) {
+        let Some(span) = self.span.take() else { return };
+        let out = &mut *self.out;
+        // The status is always there, even empty.
+        let message = status_message(&status);
+        let code = status_code(&status);
+        let code_len = if code == 0 { 0 } else { 2 };
+        put_prefix(out, tag(15, LEN), string_field_len(message) + code_len);
+        put_string_field(out, tag(2, LEN), message);
+        put_varint_field(out, tag(3, VARINT), code);
+        // Never 0: whether the parent is remote is always known.
+        out.extend_from_slice(&SPAN_FLAGS_TAG);
+        out.extend_from_slice(&flags(TRACE_FLAGS.to_u8(), self.parent_is_remote).to_le_bytes());
+        close(out, span);
     }
 }
 
@@ -281,17 +385,20 @@ fn flags(trace_flags: u8, remote: bool) -> u32 {
 
 // --- lengths -------------------------------------------------------------------------------
 
+#[inline]
 fn varint_len(value: u64) -> usize {
     // 7 bits per byte, at least one byte.
     (64 - (value | 1).leading_zeros() as usize).div_ceil(7)
 }
 
 /// A length-delimited field of `len` bytes with a one-byte tag: tag, length, bytes.
+#[inline]
 fn field_len(len: usize) -> usize {
     1 + varint_len(len as u64) + len
 }
 
 /// A string field, left out when empty (proto3).
+#[inline]
 fn string_field_len(value: &str) -> usize {
     if value.is_empty() {
         0
@@ -327,6 +434,7 @@ fn array_value_len(array: &Array) -> usize {
 
 // --- writing -------------------------------------------------------------------------------
 
+#[inline]
 fn put_varint(out: &mut Vec<u8>, mut value: u64) {
     while value >= 0x80 {
         out.push(value as u8 | 0x80);
@@ -336,6 +444,7 @@ fn put_varint(out: &mut Vec<u8>, mut value: u64) {
 }
 
 /// The tag and length of a length-delimited field whose `len` bytes follow.
+#[inline]
 fn put_prefix(out: &mut Vec<u8>, tag: u8, len: usize) {
     out.push(tag);
     put_varint(out, len as u64);
@@ -375,6 +484,7 @@ fn close(out: &mut Vec<u8>, Open { at, room }: Open) {
     }
 }
 
+#[inline]
 fn put_bytes_field(out: &mut Vec<u8>, tag: u8, value: &[u8]) {
     if !value.is_empty() {
         put_prefix(out, tag, value.len());
@@ -382,10 +492,12 @@ fn put_bytes_field(out: &mut Vec<u8>, tag: u8, value: &[u8]) {
     }
 }
 
+#[inline]
 fn put_string_field(out: &mut Vec<u8>, tag: u8, value: &str) {
     put_bytes_field(out, tag, value.as_bytes());
 }
 
+#[inline]
 fn put_varint_field(out: &mut Vec<u8>, tag: u8, value: u64) {
     if value != 0 {
         out.push(tag);
@@ -393,6 +505,7 @@ fn put_varint_field(out: &mut Vec<u8>, tag: u8, value: u64) {
     }
 }
 
+#[inline]
 fn put_fixed64_field(out: &mut Vec<u8>, tag: u8, value: u64) {
     if value != 0 {
         out.push(tag);
@@ -459,17 +572,36 @@ fn put_array_value(out: &mut Vec<u8>, array: &Array) {
 
 /// A `KeyValue` as the field of `tag`: its key, and its value, always present.
 fn put_key_value(out: &mut Vec<u8>, tag_: u8, key: &str, value: &Value) {
-    let value_len = any_value_len(value);
-    put_prefix(out, tag_, string_field_len(key) + field_len(value_len));
-    put_string_field(out, tag(1, LEN), key);
-    put_prefix(out, tag(2, LEN), value_len);
+    put_key_prefix(out, tag_, key, any_value_len(value));
     put_any_value(out, value);
 }
 
-fn put_attributes(out: &mut Vec<u8>, tag: u8, attributes: &[KeyValue]) {
-    for kv in attributes {
-        put_key_value(out, tag, kv.key.as_str(), &kv.value);
+/// A `KeyValue` as the field of `tag` up to its value's fields, which take `value_len` bytes.
+/// Inlined into each of the sidecar's attributes, whose key is a constant: its length is known
+/// and its copy needs no call to `memcpy`.
+#[inline(always)]
+fn put_key_prefix(out: &mut Vec<u8>, tag_: u8, key: &str, value_len: usize) {
+    let len = string_field_len(key) + field_len(value_len);
+    if len >= 0x80 {
+        return put_long_key_prefix(out, tag_, key, value_len);
     }
+    // Every length under 128, a byte each: nearly every attribute (the per-byte writes of the
+    // general way below were a third of user space's instructions per span).
+    out.reserve(len + 2);
+    out.extend_from_slice(&[tag_, len as u8]);
+    if !key.is_empty() {
+        out.extend_from_slice(&[tag(1, LEN), key.len() as u8]);
+        out.extend_from_slice(key.as_bytes());
+    }
+    out.extend_from_slice(&[tag(2, LEN), value_len as u8]);
+}
+
+/// [`put_key_prefix`] for any lengths.
+#[cold]
+fn put_long_key_prefix(out: &mut Vec<u8>, tag_: u8, key: &str, value_len: usize) {
+    put_prefix(out, tag_, string_field_len(key) + field_len(value_len));
+    put_string_field(out, tag(1, LEN), key);
+    put_prefix(out, tag(2, LEN), value_len);
 }
 
 /// An `InstrumentationScope`'s fields.
@@ -481,106 +613,73 @@ fn put_scope(out: &mut Vec<u8>, scope: &InstrumentationScope) {
     }
 }
 
-fn put_event(out: &mut Vec<u8>, event: &Event) {
-    // A message event with its three attributes takes under 128 bytes.
-    let field = open(out, tag(11, LEN), 1);
-    put_fixed64_field(out, tag(1, FIXED64), nanos(event.timestamp));
-    put_string_field(out, tag(2, LEN), &event.name);
-    put_attributes(out, tag(3, LEN), &event.attributes);
-    put_varint_field(out, tag(4, VARINT), u64::from(event.dropped_attributes_count));
-    close(out, field);
-}
-
-fn put_link(out: &mut Vec<u8>, link: &Link) {
-    let context = &link.span_context;
-    let field = open(out, tag(13, LEN), 1);
-    put_bytes_field(out, tag(1, LEN), &context.trace_id().to_bytes());
-    put_bytes_field(out, tag(2, LEN), &context.span_id().to_bytes());
-    put_string_field(out, tag(3, LEN), &context.trace_state().header());
-    put_attributes(out, tag(4, LEN), &link.attributes);
-    put_varint_field(out, tag(5, VARINT), u64::from(link.dropped_attributes_count));
-    out.push(tag(6, FIXED32));
-    out.extend_from_slice(&flags(context.trace_flags().to_u8(), context.is_remote()).to_le_bytes());
-    close(out, field);
-}
-
-/// A span as field 2 of its `ScopeSpans`, its fields in the order of their numbers, as prost
-/// writes them.
-fn put_span(out: &mut Vec<u8>, span: &SpanData) {
-    let context = &span.span_context;
-    // A call's span takes a few hundred bytes, with 64 message events a few thousand.
-    let field = open(out, tag(2, LEN), 2);
-    put_bytes_field(out, tag(1, LEN), &context.trace_id().to_bytes());
-    put_bytes_field(out, tag(2, LEN), &context.span_id().to_bytes());
-    put_string_field(out, tag(3, LEN), &context.trace_state().header());
-    if span.parent_span_id != SpanId::INVALID {
-        put_bytes_field(out, tag(4, LEN), &span.parent_span_id.to_bytes());
-    }
-    put_string_field(out, tag(5, LEN), &span.name);
-    put_varint_field(out, tag(6, VARINT), kind(&span.span_kind));
-    put_fixed64_field(out, tag(7, FIXED64), nanos(span.start_time));
-    put_fixed64_field(out, tag(8, FIXED64), nanos(span.end_time));
-    put_attributes(out, tag(9, LEN), &span.attributes);
-    put_varint_field(out, tag(10, VARINT), u64::from(span.dropped_attributes_count));
-    for event in span.events.iter() {
-        put_event(out, event);
-    }
-    put_varint_field(out, tag(12, VARINT), u64::from(span.events.dropped_count));
-    for link in span.links.iter() {
-        put_link(out, link);
-    }
-    put_varint_field(out, tag(14, VARINT), u64::from(span.links.dropped_count));
-    // The status is always there, even empty.
-    let message = status_message(&span.status);
-    let code = status_code(&span.status);
-    let code_len = if code == 0 { 0 } else { 2 };
-    put_prefix(out, tag(15, LEN), string_field_len(message) + code_len);
-    put_string_field(out, tag(2, LEN), message);
-    put_varint_field(out, tag(3, VARINT), code);
-    // Never 0: whether the parent is remote is always known.
-    out.extend_from_slice(&SPAN_FLAGS_TAG);
-    out.extend_from_slice(&flags(context.trace_flags().to_u8(), span.parent_span_is_remote).to_le_bytes());
-    close(out, field);
-}
-
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
-    use opentelemetry::{
-        trace::{SpanContext, TraceFlags, TraceId, TraceState},
-        StringValue,
+    use std::{
+        sync::atomic::{AtomicU64, Ordering::Relaxed},
+        time::Duration,
     };
+
+    use opentelemetry::{trace::TraceId, KeyValue, StringValue};
     use opentelemetry_proto::{
         tonic::collector::trace::v1::ExportTraceServiceRequest,
         transform::{
             common::tonic::ResourceAttributesWithSchema, trace::tonic::group_spans_by_resource_and_scope,
         },
     };
-    use opentelemetry_sdk::trace::{SpanEvents, SpanLinks};
+    use opentelemetry_sdk::trace::SpanData;
+    use otel_sendmmsg_common::TraceContext;
     use prost::Message as _;
 
     use super::*;
     use crate::{
-        clock::WallClock,
         config::MessageView,
         process::ProcessInfo,
-        records::{decode, tests::bytes_of, tests::record},
-        span::{build, resource::resource_for, scope, SpanOptions},
+        records::{decode, tests::bytes_of, tests::record, Dest, Socket},
+        span::{build_with, resource::resource_for},
     };
 
-    /// What the SDK's OTLP exporter sends for the same spans and resource.
-    fn sdks(resource: &Resource, spans: &[SpanData]) -> Vec<u8> {
-        let resource = ResourceAttributesWithSchema::from(resource);
-        let resource_spans = group_spans_by_resource_and_scope(spans.to_vec(), &resource);
-        ExportTraceServiceRequest { resource_spans }.encode_to_vec()
+    /// Ids counted up from 1: the same for the SDK's spans and ours.
+    #[derive(Debug, Default)]
+    struct Counted(AtomicU64);
+
+    impl IdGenerator for Counted {
+        fn new_trace_id(&self) -> TraceId {
+            TraceId::from(u128::from(self.0.fetch_add(1, Relaxed) + 1) << 64 | 0xabc)
+        }
+
+        fn new_span_id(&self) -> SpanId {
+            SpanId::from(self.0.fetch_add(1, Relaxed) + 1)
+        }
     }
 
-    fn ours(resource: &Resource, spans: &[SpanData]) -> Vec<u8> {
-        // A call at a time, as the batcher queues them.
-        let encoded: Vec<EncodedSpans> =
-            spans.iter().flat_map(|s| Encoder::default().call(std::slice::from_ref(s))).collect();
-        request(&EncodedResource::new(resource), &encoded).to_vec()
+    /// Calls with the options their spans are made with.
+    type Calls = Vec<(Call, SpanOptions)>;
+
+    /// What the SDK's OTLP exporter sends for the same calls' spans as `SpanData`, and those
+    /// spans.
+    fn sdks(resource: &Resource, calls: &Calls) -> (Vec<u8>, Vec<SpanData>) {
+        let ids = Counted::default();
+        let spans: Vec<SpanData> =
+            calls.iter().flat_map(|(call, options)| build_with(call, &clock(), *options, &ids)).collect();
+        let resource = ResourceAttributesWithSchema::from(resource);
+        let resource_spans = group_spans_by_resource_and_scope(spans.clone(), &resource);
+        (ExportTraceServiceRequest { resource_spans }.encode_to_vec(), spans)
+    }
+
+    /// The calls encoded a call at a time, as the batcher queues them.
+    fn encoded(calls: &Calls) -> Vec<EncodedSpans> {
+        let ids = Counted::default();
+        let mut encoder = Encoder::default();
+        calls.iter().map(|(call, options)| encoder.call(call, &clock(), *options, &ids).0).collect()
+    }
+
+    fn ours(resource: &Resource, calls: &Calls) -> Vec<u8> {
+        request(&EncodedResource::new(resource), &encoded(calls)).to_vec()
+    }
+
+    fn clock() -> WallClock {
+        WallClock::from_readings(1_700_000_000_000_000_000, 0)
     }
 
     fn process_resource() -> Resource {
@@ -597,10 +696,17 @@ mod tests {
         )
     }
 
-    /// Every shape the span module makes: events or child spans, failed calls and messages.
-    fn calls() -> Vec<SpanData> {
-        let clock = WallClock::from_readings(1_700_000_000_000_000_000, 0);
-        let mut spans = Vec::new();
+    /// Every shape the span module makes: events, child spans or neither; failed calls and
+    /// messages; with and without a parent, a socket, destinations, per-message hooks.
+    fn calls() -> Calls {
+        let mut calls = Vec::new();
+        let udp4 = Socket {
+            family: libc::AF_INET as u16,
+            protocol: libc::IPPROTO_UDP as u16,
+            sock_type: libc::SOCK_DGRAM as u16,
+            local: Some("127.0.0.1:5000".parse().unwrap()),
+            peer: Some("10.1.2.3:53".parse().unwrap()),
+        };
         for results in [&[100][..], &[100, -libc::EMSGSIZE, 7], &[]] {
             let mut rec = record(results);
             if results.is_empty() {
@@ -609,33 +715,51 @@ mod tests {
             let call = decode(&bytes_of(&rec)).unwrap();
             for view in [MessageView::Events, MessageView::Spans, MessageView::None] {
                 let options = SpanOptions { per_message: true, view, msgvec_address: true };
-                spans.extend(build(&call, &clock, options));
+                calls.push((call.clone(), options));
             }
         }
-        spans
+        let events = SpanOptions { per_message: true, view: MessageView::Events, msgvec_address: false };
+        let mut connected = decode(&bytes_of(&record(&[10, 20]))).unwrap();
+        connected.socket = Some(udp4);
+        connected.parent = Some(TraceContext { trace_id: [0x2a; 16], span_id: [0x2b; 8] });
+        calls.push((connected.clone(), events));
+        calls.push((connected.clone(), SpanOptions { view: MessageView::Spans, ..events }));
+        let mut spread = connected.clone();
+        spread.socket = Some(Socket { family: libc::AF_INET6 as u16, local: None, peer: None, ..udp4 });
+        spread.destinations =
+            vec![Dest::Addr("[fe80::1]:853".parse().unwrap()), Dest::Addr("10.0.0.1:53".parse().unwrap())];
+        calls.push((spread, events));
+        let mut sizes = connected.clone();
+        sizes.sizes_only = true;
+        calls.push((sizes, SpanOptions { per_message: false, ..events }));
+        calls.push((connected, SpanOptions { per_message: false, ..events }));
+        calls
     }
 
     #[test]
     fn the_sidecars_spans_encode_as_the_sdk_encodes_them() {
         let resource = process_resource();
-        let spans = calls();
-        assert!(spans.len() > 10);
-        assert_eq!(ours(&resource, &spans), sdks(&resource, &spans));
-        assert_eq!(ours(&resource, &spans[..1]), sdks(&resource, &spans[..1]));
+        let calls = calls();
+        let (sdk, spans) = sdks(&resource, &calls);
+        assert_eq!(spans.len(), 20);
+        assert_eq!(ours(&resource, &calls), sdk);
+        assert_eq!(ours(&resource, &calls[..1].to_vec()), sdks(&resource, &calls[..1].to_vec()).0);
     }
 
     #[test]
-    fn every_field_and_kind_of_value_encodes_as_the_sdk_encodes_it() {
-        let start = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-        let context = |span: u64, remote| {
-            SpanContext::new(
-                TraceId::from(0x0102_0304_0506_0708_090a_0b0c_0d0e_0f10),
-                SpanId::from(span),
-                TraceFlags::SAMPLED,
-                remote,
-                TraceState::from_key_value([("vendor", "x1")]).unwrap(),
-            )
-        };
+    fn a_span_longer_or_shorter_than_its_room_encodes_as_the_sdk_encodes_it() {
+        let resource = process_resource();
+        let mut long = calls()[0].clone();
+        // Over 16 KiB: its length takes more room than a span's usually does.
+        long.0.comm = "x".repeat(20_000);
+        let mut short = calls()[2].clone();
+        short.0.comm.clear();
+        let calls = vec![long, short];
+        assert_eq!(ours(&resource, &calls), sdks(&resource, &calls).0);
+    }
+
+    #[test]
+    fn every_kind_of_resource_value_and_other_scopes_encode_as_the_sdk_encodes_them() {
         let values = vec![
             KeyValue::new("bool", true),
             KeyValue::new("false", false),
@@ -654,86 +778,74 @@ mod tests {
                 Value::Array(vec![StringValue::from("a"), StringValue::from("")].into()),
             ),
         ];
-        let mut events = SpanEvents::default();
-        events.events =
-            vec![Event::new("with", start, values.clone(), 2), Event::new("", UNIX_EPOCH, vec![], 0)];
-        events.dropped_count = 4;
-        let mut links = SpanLinks::default();
-        links.links = vec![Link::new(context(9, true), values.clone(), 1)];
-        links.dropped_count = 1;
-        let full = SpanData {
-            span_context: context(7, false),
-            parent_span_id: SpanId::from(8),
-            parent_span_is_remote: true,
-            span_kind: SpanKind::Client,
-            name: "full".into(),
-            start_time: start,
-            end_time: start + Duration::from_nanos(1),
-            attributes: values,
-            dropped_attributes_count: 3,
-            events,
-            links,
-            status: Status::error("broke"),
-            instrumentation_scope: InstrumentationScope::builder("other")
-                .with_version("1")
-                .with_schema_url("https://opentelemetry.io/schemas/1.0.0")
-                .with_attributes([KeyValue::new("scope.attr", 1)])
-                .build(),
-        };
-        let bare = SpanData {
-            span_context: SpanContext::empty_context(),
-            parent_span_id: SpanId::INVALID,
-            parent_span_is_remote: false,
-            span_kind: SpanKind::Server,
-            name: "".into(),
-            start_time: UNIX_EPOCH,
-            end_time: UNIX_EPOCH - Duration::from_secs(1),
-            attributes: vec![],
-            dropped_attributes_count: 0,
-            events: SpanEvents::default(),
-            links: SpanLinks::default(),
-            status: Status::Ok,
-            instrumentation_scope: scope(),
-        };
         let resource = Resource::builder_empty()
-            .with_schema_url([KeyValue::new("k", "v")], "https://opentelemetry.io/schemas/1.2.0")
+            .with_schema_url(values.clone(), "https://opentelemetry.io/schemas/1.2.0")
             .build();
-        // Over 16 KiB: its length takes more room than a span's usually does.
-        let mut huge = full.clone();
-        huge.events.events = std::iter::repeat_n(huge.events.events[0].clone(), 40).collect();
+        let calls = calls();
+        let (_, mut spans) = sdks(&resource, &calls);
+        let mut ours = encoded(&calls);
         // Two scopes, interleaved: grouped in the order they first appear.
-        let mut spans = calls();
-        spans.insert(1, full.clone());
-        spans.push(bare);
-        spans.push(full);
-        spans.push(huge);
-        assert_eq!(ours(&resource, &spans), sdks(&resource, &spans));
+        let other = InstrumentationScope::builder("other")
+            .with_version("1")
+            .with_schema_url("https://opentelemetry.io/schemas/1.0.0")
+            .with_attributes(values)
+            .build();
+        ours[1].scope = other.clone();
+        let second_call = calls[0].0.clone();
+        let second_spans = build_with(&second_call, &clock(), calls[1].1, &Counted::default()).len();
+        let first_spans = ours[0].count();
+        for span in &mut spans[first_spans..first_spans + second_spans] {
+            span.instrumentation_scope = other.clone();
+        }
+        let sdk = |resource: &Resource| {
+            let resource = ResourceAttributesWithSchema::from(resource);
+            let resource_spans = group_spans_by_resource_and_scope(spans.clone(), &resource);
+            ExportTraceServiceRequest { resource_spans }.encode_to_vec()
+        };
+        assert_eq!(request(&EncodedResource::new(&resource), &ours).to_vec(), sdk(&resource));
         let empty = Resource::builder_empty().build();
-        assert_eq!(ours(&empty, &spans), sdks(&empty, &spans));
+        assert_eq!(request(&EncodedResource::new(&empty), &ours).to_vec(), sdk(&empty));
     }
 
     #[test]
     fn no_spans_is_the_resource_alone_as_for_the_sdk() {
         // One resource: another with the same attributes may list them in another order.
         let resource = process_resource();
-        assert_eq!(ours(&resource, &[]), sdks(&resource, &[]));
+        assert_eq!(ours(&resource, &Vec::new()), sdks(&resource, &Vec::new()).0);
     }
 
     #[test]
     fn a_calls_spans_split_anywhere_make_the_same_request() {
         let resource = process_resource();
-        let spans = calls();
-        let whole = Encoder::default().call(&spans);
-        assert_eq!(whole.len(), 1, "one scope, one run");
+        let mut call = decode(&bytes_of(&record(&[1, 2, 3, 4, 5]))).unwrap();
+        call.parent = Some(TraceContext { trace_id: [1; 16], span_id: [2; 8] });
+        let options = SpanOptions { per_message: true, view: MessageView::Spans, msgvec_address: false };
+        let whole = encoded(&vec![(call.clone(), options)]);
+        let spans = whole[0].count();
+        assert_eq!(spans, 6);
         let expected = request(&EncodedResource::new(&resource), &whole);
-        for at in [0, 1, 2, spans.len() - 1, spans.len(), spans.len() + 5] {
-            let mut rest = Encoder::default().call(&spans).pop().unwrap();
+        for at in [0, 1, 2, spans - 1, spans, spans + 5] {
+            let mut rest = encoded(&vec![(call.clone(), options)]).pop().unwrap();
             let first = rest.split_to(at);
-            assert_eq!(first.count() + rest.count(), spans.len());
-            assert_eq!(first.count(), at.min(spans.len()));
+            assert_eq!(first.count() + rest.count(), spans);
+            assert_eq!(first.count(), at.min(spans));
             let parts: Vec<EncodedSpans> = [first, rest].into_iter().filter(|p| p.count() > 0).collect();
             assert_eq!(request(&EncodedResource::new(&resource), &parts), expected, "split at {at}");
         }
+    }
+
+    #[test]
+    fn the_written_ids_and_end_are_the_call_spans() {
+        let call = decode(&bytes_of(&record(&[1, 2]))).unwrap();
+        let options = SpanOptions { per_message: true, view: MessageView::Spans, msgvec_address: false };
+        let (encoded, written) = Encoder::default().call(&call, &clock(), options, &Counted::default());
+        let spans = build_with(&call, &clock(), options, &Counted::default());
+        assert_eq!((encoded.count(), written.spans), (3, 3));
+        assert_eq!(written.trace_id, spans[0].span_context.trace_id());
+        assert_eq!(written.span_id, spans[0].span_context.span_id());
+        assert_eq!(written.end, spans[0].end_time);
+        assert_eq!(written.end, clock().to_wall(call.end_ns));
+        assert!(spans[0].end_time > spans[0].start_time + Duration::from_nanos(1));
     }
 
     #[test]

@@ -1,10 +1,14 @@
 //! What a call and each of its messages say as attributes: the mapping of a record's fields to
 //! OpenTelemetry's keys (README, "The span"), and the call's status, which follows from the same
-//! errors as `error.type`.
+//! errors as `error.type`. Written into an [`Attributes`], so this stays the only mapping
+//! whether the attributes become the SDK's `KeyValue`s or OTLP's bytes.
 
-use std::net::{IpAddr, SocketAddr};
+use std::{
+    borrow::Cow,
+    net::{IpAddr, SocketAddr},
+};
 
-use opentelemetry::{trace::Status, KeyValue, Value};
+use opentelemetry::{trace::Status, KeyValue};
 use otel_sendmmsg_common::MessageResult;
 
 use super::SpanOptions;
@@ -15,104 +19,116 @@ use crate::{
 
 /// The most attributes a call's span can have: its arguments and result (9), `error.type` and
 /// the unreadable destination's index, `network.*` (6), the process and thread (3).
-const MAX_CALL_ATTRIBUTES: usize = 24;
+pub(super) const MAX_CALL_ATTRIBUTES: usize = 24;
 /// A message's: index, bytes or `error.type`, offset, and its destination (2).
-const MAX_MESSAGE_ATTRIBUTES: usize = 5;
+pub(super) const MAX_MESSAGE_ATTRIBUTES: usize = 5;
+
+/// Where attributes go as they are made. Every key is a constant: a writer of bytes can copy
+/// it as it is; every value an integer or text, borrowed for the length of the call.
+pub trait Attributes {
+    fn int(&mut self, key: &'static str, value: i64);
+    fn text(&mut self, key: &'static str, value: &str);
+}
+
+impl Attributes for Vec<KeyValue> {
+    fn int(&mut self, key: &'static str, value: i64) {
+        self.push(KeyValue::new(key, value));
+    }
+
+    fn text(&mut self, key: &'static str, value: &str) {
+        self.push(KeyValue::new(key, value.to_owned()));
+    }
+}
 
 /// The call's attributes, and its status: ERROR when the call failed or, as far as the hooks in
 /// use can tell, one of its messages did.
-pub(super) fn of_call(call: &Call, options: SpanOptions) -> (Vec<KeyValue>, Status) {
+pub(super) fn of_call(call: &Call, options: SpanOptions, out: &mut impl Attributes) -> Status {
     // Sizes read at exit know nothing of failed messages: no counters but the bytes, and those
     // only when every sent message was read (64 at most).
     let totals = (options.per_message && !call.sizes_only).then_some(&call.messages);
 
-    // Sized for the most a call can have, so building it never reallocates (a profile of the
-    // sidecar at 300k calls/s showed ~25% of its time in realloc, free and the copies).
-    let mut attributes = Vec::with_capacity(MAX_CALL_ATTRIBUTES);
-    attributes.extend([
-        KeyValue::new("sendmmsg.sockfd", i64::from(call.sockfd)),
-        KeyValue::new("sendmmsg.vlen", i64::from(call.vlen)),
-        KeyValue::new("sendmmsg.flags", i64::from(call.flags)),
-    ]);
+    out.int("sendmmsg.sockfd", i64::from(call.sockfd));
+    out.int("sendmmsg.vlen", i64::from(call.vlen));
+    out.int("sendmmsg.flags", i64::from(call.flags));
     if options.msgvec_address {
-        attributes.push(KeyValue::new("sendmmsg.msgvec", formatted(format_args!("{:#x}", call.msgvec))));
+        with_formatted(format_args!("{:#x}", call.msgvec), |text| out.text("sendmmsg.msgvec", text));
     }
     if call.flags != 0 {
-        attributes.push(KeyValue::new("sendmmsg.flags.names", msg_flag_names(call.flags)));
+        out.text("sendmmsg.flags.names", &msg_flag_names(call.flags));
     }
     if call.ret >= 0 {
-        attributes.push(KeyValue::new("sendmmsg.sent", call.ret));
+        out.int("sendmmsg.sent", call.ret);
     }
     if let Some(totals) = totals {
-        attributes.extend([
-            KeyValue::new("sendmmsg.bytes", totals.bytes as i64),
-            KeyValue::new("sendmmsg.messages.attempted", i64::from(totals.seen)),
-            KeyValue::new("sendmmsg.messages.failed", i64::from(totals.failed)),
-        ]);
+        out.int("sendmmsg.bytes", totals.bytes as i64);
+        out.int("sendmmsg.messages.attempted", i64::from(totals.seen));
+        out.int("sendmmsg.messages.failed", i64::from(totals.failed));
     } else if call.sizes_only && call.ret == i64::from(call.messages.seen) {
-        attributes.push(KeyValue::new("sendmmsg.bytes", call.messages.bytes as i64));
+        out.int("sendmmsg.bytes", call.messages.bytes as i64);
     }
 
     // The call's own error wins: it is what the caller saw. Otherwise the first failed message,
     // whose error the kernel does not return when earlier messages went out.
     let status = if call.ret < 0 {
         let name = errno_name(call.ret);
-        attributes.push(KeyValue::new("error.type", name.clone()));
+        out.text("error.type", &name);
         Status::error(format!("sendmmsg failed: {name}"))
     } else if let Some((index, errno)) = totals.and_then(|t| t.first_error) {
         let name = errno_name(errno.into());
-        attributes.push(KeyValue::new("error.type", name.clone()));
+        out.text("error.type", &name);
         Status::error(format!("message {index} of {} failed: {name}", call.vlen))
     } else {
         Status::Unset
     };
 
-    push_network_attributes(call, &mut attributes);
+    put_network_attributes(call, out);
     if let Some(index) = call.destinations.iter().position(|d| *d == Dest::Unreadable) {
         // The kernel fails that message with EFAULT before sending it, and reports no error
         // for it when earlier messages went out: this is the only trace of it.
-        attributes.push(KeyValue::new("sendmmsg.msg_name.unreadable_index", index as i64));
+        out.int("sendmmsg.msg_name.unreadable_index", index as i64);
     }
-    attributes.extend([
-        KeyValue::new("process.pid", i64::from(call.pid)),
-        KeyValue::new("thread.id", i64::from(call.tid)),
-        KeyValue::new("thread.name", call.comm.clone()),
-    ]);
-    (attributes, status)
+    out.int("process.pid", i64::from(call.pid));
+    out.int("thread.id", i64::from(call.tid));
+    out.text("thread.name", &call.comm);
+    status
 }
 
-/// The attributes of message `index` of `call`, sent `offset_ns` after the call's start.
+/// The attributes of message `index` of `call`, sent `offset_ns` after the call's start, and
+/// its status as a span of its own.
 pub(super) fn of_message(
     call: &Call,
     index: usize,
     message: &MessageResult,
     offset_ns: u64,
-) -> Vec<KeyValue> {
-    let mut attrs = Vec::with_capacity(MAX_MESSAGE_ATTRIBUTES);
-    attrs.push(KeyValue::new("sendmmsg.message.index", index as i64));
-    if message.ret >= 0 {
-        attrs.push(KeyValue::new("sendmmsg.message.bytes", i64::from(message.ret)));
+    out: &mut impl Attributes,
+) -> Status {
+    out.int("sendmmsg.message.index", index as i64);
+    let status = if message.ret >= 0 {
+        out.int("sendmmsg.message.bytes", i64::from(message.ret));
+        Status::Unset
     } else {
-        attrs.push(KeyValue::new("error.type", errno_name(message.ret.into())));
-    }
-    attrs.push(KeyValue::new("sendmmsg.message.offset_ns", offset_ns as i64));
+        let name = errno_name(message.ret.into());
+        out.text("error.type", &name);
+        Status::error(name)
+    };
+    out.int("sendmmsg.message.offset_ns", offset_ns as i64);
     if let Some(Dest::Addr(to)) = call.destinations.get(index) {
-        attrs.extend(peer(to));
+        peer(to, out);
     }
-    attrs
+    status
 }
 
 /// `network.*` attributes: the transport and addresses of the socket, and as peer either the
 /// connected one or the one explicit destination every message shares.
-fn push_network_attributes(call: &Call, attrs: &mut Vec<KeyValue>) {
+fn put_network_attributes(call: &Call, out: &mut impl Attributes) {
     if let Some(socket) = &call.socket {
-        attrs.push(KeyValue::new("network.transport", transport(socket)));
+        out.text("network.transport", &transport(socket));
         if let Some(network_type) = network_type(socket.family) {
-            attrs.push(KeyValue::new("network.type", network_type));
+            out.text("network.type", network_type);
         }
         if let Some(local) = socket.local {
-            attrs.push(KeyValue::new("network.local.address", ip_text(local.ip())));
-            attrs.push(KeyValue::new("network.local.port", i64::from(local.port())));
+            ip_text(local.ip(), |text| out.text("network.local.address", text));
+            out.int("network.local.port", i64::from(local.port()));
         }
     }
     let connected = call.socket.and_then(|s| s.peer);
@@ -121,7 +137,7 @@ fn push_network_attributes(call: &Call, attrs: &mut Vec<KeyValue>) {
         _ => None,
     };
     if let Some(to) = connected.or(shared) {
-        attrs.extend(peer(&to));
+        peer(&to, out);
     }
 }
 
@@ -134,19 +150,17 @@ pub(crate) fn network_type(family: u16) -> Option<&'static str> {
     }
 }
 
-pub(crate) fn peer(to: &SocketAddr) -> [KeyValue; 2] {
-    [
-        KeyValue::new("network.peer.address", ip_text(to.ip())),
-        KeyValue::new("network.peer.port", i64::from(to.port())),
-    ]
+pub(crate) fn peer(to: &SocketAddr, out: &mut impl Attributes) {
+    ip_text(to.ip(), |text| out.text("network.peer.address", text));
+    out.int("network.peer.port", i64::from(to.port()));
 }
 
-/// An address as `Display` shows it. IPv4, every span's usual two, is written digit by digit:
-/// through `Display` the two were a sixth of the sidecar's instructions per span
-/// (benches/userspace.rs under callgrind).
-fn ip_text(ip: IpAddr) -> String {
+/// An address as `Display` shows it, handed to `use_text`. IPv4, every span's usual two, is
+/// written digit by digit: through `Display` the two were a sixth of the sidecar's
+/// instructions per span (benches/userspace.rs under callgrind).
+fn ip_text(ip: IpAddr, use_text: impl FnOnce(&str)) {
     let IpAddr::V4(v4) = ip else {
-        return formatted(format_args!("{ip}"));
+        return with_formatted(format_args!("{ip}"), use_text);
     };
     let mut text = [0u8; 15];
     let mut len = 0;
@@ -167,13 +181,12 @@ fn ip_text(ip: IpAddr) -> String {
         len += 1;
     }
     // Digits and dots: always UTF-8.
-    std::str::from_utf8(&text[..len]).unwrap_or_default().to_owned()
+    use_text(std::str::from_utf8(&text[..len]).unwrap_or_default());
 }
 
-/// `args` written into a string of exactly their length: an attribute's value becomes a
-/// `Box<str>`, which reallocates a `String` with room to spare (`to_string` and `format!` also
-/// grow theirs as they write). Formatted on the stack first; longer text is grown as it comes.
-fn formatted(args: std::fmt::Arguments<'_>) -> String {
+/// `args` formatted on the stack and handed to `use_text`, without allocating; longer text
+/// than the stack's room (none the sidecar writes) goes through a `String`.
+fn with_formatted(args: std::fmt::Arguments<'_>, use_text: impl FnOnce(&str)) {
     struct Stack {
         bytes: [u8; 48],
         len: usize,
@@ -189,17 +202,17 @@ fn formatted(args: std::fmt::Arguments<'_>) -> String {
     let mut stack = Stack { bytes: [0; 48], len: 0 };
     match std::fmt::write(&mut stack, args) {
         // Whole `str`s were written: still UTF-8.
-        Ok(()) => std::str::from_utf8(&stack.bytes[..stack.len]).unwrap_or_default().to_owned(),
-        Err(_) => args.to_string(),
+        Ok(()) => use_text(std::str::from_utf8(&stack.bytes[..stack.len]).unwrap_or_default()),
+        Err(_) => use_text(&args.to_string()),
     }
 }
 
-fn transport(socket: &Socket) -> Value {
+fn transport(socket: &Socket) -> Cow<'static, str> {
     transport_name(socket.family, socket.sock_type, socket.protocol)
 }
 
 /// OpenTelemetry's `network.transport` names, from a socket's family, type and protocol.
-pub(crate) fn transport_name(family: u16, sock_type: u16, protocol: u16) -> Value {
+pub(crate) fn transport_name(family: u16, sock_type: u16, protocol: u16) -> Cow<'static, str> {
     if i32::from(family) == libc::AF_UNIX {
         return "unix".into();
     }
@@ -230,10 +243,16 @@ mod tests {
             local: None,
             peer: None,
         };
-        assert_eq!(transport(&unix).as_str(), "unix");
+        assert_eq!(transport(&unix), "unix");
         let odd =
             Socket { family: libc::AF_INET as u16, protocol: 253, sock_type: libc::SOCK_RAW as u16, ..unix };
-        assert_eq!(transport(&odd).as_str(), "protocol 253");
+        assert_eq!(transport(&odd), "protocol 253");
+    }
+
+    fn text_of(write: impl FnOnce(&mut dyn FnMut(&str))) -> String {
+        let mut got = String::new();
+        write(&mut |text| got = text.to_owned());
+        got
     }
 
     #[test]
@@ -249,10 +268,13 @@ mod tests {
             "::ffff:1.2.3.4",
         ] {
             let ip: IpAddr = ip.parse().unwrap();
-            assert_eq!(ip_text(ip), ip.to_string());
+            assert_eq!(text_of(|f| ip_text(ip, f)), ip.to_string());
         }
         let long = format!("{:>60}", "x");
-        assert_eq!(formatted(format_args!("{:>60}", "x")), long);
-        assert_eq!(formatted(format_args!("{:#x}", 0x7ffd_1234_5678_u64)), "0x7ffd12345678");
+        assert_eq!(text_of(|f| with_formatted(format_args!("{:>60}", "x"), f)), long);
+        assert_eq!(
+            text_of(|f| with_formatted(format_args!("{:#x}", 0x7ffd_1234_5678_u64), f)),
+            "0x7ffd12345678"
+        );
     }
 }

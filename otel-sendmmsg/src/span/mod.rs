@@ -1,27 +1,33 @@
 //! Record -> the call's finished spans, complete in one place: ids, parent, name, kind, times,
 //! status, attributes ([`attributes`]), message events or child spans, instrumentation scope;
-//! and the resource they go under ([`resource`]), its process's. What comes out is the SDK's
-//! `SpanData`, ready for any exporter: no tracer, no provider (every span is already finished,
-//! and its resource is its process's). Pure, so the whole mapping is unit-tested without a
-//! kernel or a collector.
+//! and the resource they go under ([`resource`]), its process's. [`write`] hands the spans to a
+//! [`SpanSink`] as it makes them: the OTLP exporter's writes their bytes straight away
+//! (`export::otlp_encode`), [`build`]'s makes the SDK's `SpanData` (the console). No tracer, no
+//! provider: every span is already finished, and its resource is its process's. Pure, so the
+//! whole mapping is unit-tested without a kernel or a collector.
 
 pub mod attributes;
 pub mod resource;
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use opentelemetry::{
     trace::{Event, SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState},
-    InstrumentationScope,
+    InstrumentationScope, KeyValue,
 };
 use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator, SpanData, SpanEvents, SpanLinks};
 
-use crate::{clock::WallClock, config::MessageView, names::errno_name, records::Call};
+use crate::{clock::WallClock, config::MessageView, records::Call};
+use attributes::{Attributes, MAX_CALL_ATTRIBUTES, MAX_MESSAGE_ATTRIBUTES};
 
 pub const SPAN_NAME: &str = "sendmmsg";
 pub const MESSAGE_EVENT: &str = "message";
 
 pub const MESSAGE_SPAN_NAME: &str = "sendmmsg.message";
+
+/// Every span is sampled: which calls are traced was decided in the kernel. None carries a
+/// trace state.
+pub const TRACE_FLAGS: TraceFlags = TraceFlags::SAMPLED;
 
 /// What the hooks in use can tell about a call, and how to show it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,83 +58,214 @@ pub fn scope() -> InstrumentationScope {
     InstrumentationScope::builder(env!("CARGO_PKG_NAME")).with_version(env!("CARGO_PKG_VERSION")).build()
 }
 
-/// The spans of one call: the call's own first, then one child span per message with detail,
-/// in the order the kernel sent them ([`MessageView::Spans`]); `clock` places the kernel's
-/// monotonic times on the wall clock.
+/// What comes before a span's attributes: who it is, whose child, what, and when.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SpanHead {
+    pub trace_id: TraceId,
+    pub span_id: SpanId,
+    /// `SpanId::INVALID` for a root span.
+    pub parent_span_id: SpanId,
+    pub parent_is_remote: bool,
+    pub name: &'static str,
+    pub kind: SpanKind,
+    pub start: SystemTime,
+    pub end: SystemTime,
+}
+
+/// Where a call's spans go as [`write`] makes them: one whole span after another, the parts
+/// of each in OTLP's order (its head, its attributes, its events, its status), so a writer of
+/// OTLP bytes needs no span in between. Attributes written between `begin_event` and
+/// `end_event` are the event's, the others the span's.
+pub trait SpanSink: Attributes {
+    fn begin(&mut self, head: &SpanHead);
+    fn begin_event(&mut self, name: &'static str, at: SystemTime);
+    fn end_event(&mut self);
+    fn end(&mut self, status: Status);
+}
+
+/// What a call's spans were, for what comes after them (the call metrics' exemplars): its own
+/// span's trace and id, when it ended, and how many spans the call made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Written {
+    pub trace_id: TraceId,
+    pub span_id: SpanId,
+    pub end: SystemTime,
+    pub spans: usize,
+}
+
+/// The spans of one call, into `out`: the call's own first, then one child span per message
+/// with detail, in the order the kernel sent them ([`MessageView::Spans`]); `clock` places the
+/// kernel's monotonic times on the wall clock, `ids` makes the spans' ids (and the trace's).
 ///
 /// With a parent ([`parent_of`]), the call's span joins the parent's trace as a child of a
 /// remote span (one another process exported); without one it starts a trace of its own.
-/// Children are in the call's trace, children of the call's span. Every span is sampled: which
-/// calls are traced was decided in the kernel.
-pub fn build(call: &Call, clock: &WallClock, options: SpanOptions) -> Vec<SpanData> {
+/// Children are in the call's trace, children of the call's span.
+pub fn write(
+    call: &Call,
+    clock: &WallClock,
+    options: SpanOptions,
+    ids: &impl IdGenerator,
+    out: &mut impl SpanSink,
+) -> Written {
     let start = clock.to_wall(call.start_ns);
     let end = clock.to_wall(call.end_ns);
-    let (attributes, status) = attributes::of_call(call, options);
-
     let detail = if options.per_message || call.sizes_only { call.detail.as_slice() } else { &[] };
     let duration_ns = call.end_ns.saturating_sub(call.start_ns);
-    let mut messages = detail.iter().enumerate().map(|(index, message)| {
-        // Sizes read at exit have no time of their own: they are known at the call's end.
-        let offset_ns = if call.sizes_only { duration_ns } else { message.offset_ns };
-        let attrs = attributes::of_message(call, index, message, offset_ns);
-        (start + Duration::from_nanos(offset_ns), message.ret, attrs)
-    });
+    // Sizes read at exit have no time of their own: they are known at the call's end.
+    let offset_of = |message: &otel_sendmmsg_common::MessageResult| {
+        if call.sizes_only {
+            duration_ns
+        } else {
+            message.offset_ns
+        }
+    };
 
-    let ids = RandomIdGenerator::default();
     let parent = parent_of(call);
     let trace_id = parent.map_or_else(|| ids.new_trace_id(), |(trace_id, _)| trace_id);
     let call_id = ids.new_span_id();
-    let context =
-        |span_id| SpanContext::new(trace_id, span_id, TraceFlags::SAMPLED, false, TraceState::default());
-    let scope = scope();
-
-    let mut events = SpanEvents::default();
-    if options.view == MessageView::Events {
-        events.events =
-            messages.by_ref().map(|(at, _, attrs)| Event::new(MESSAGE_EVENT, at, attrs, 0)).collect();
-    }
-    let children = if options.view == MessageView::Spans { detail.len() } else { 0 };
-    let mut spans = Vec::with_capacity(1 + children);
-    spans.push(SpanData {
-        span_context: context(call_id),
+    out.begin(&SpanHead {
+        trace_id,
+        span_id: call_id,
         parent_span_id: parent.map_or(SpanId::INVALID, |(_, span_id)| span_id),
-        parent_span_is_remote: parent.is_some(),
-        span_kind: SpanKind::Internal,
-        name: SPAN_NAME.into(),
-        start_time: start,
-        end_time: end,
-        attributes,
-        dropped_attributes_count: 0,
-        events,
-        links: SpanLinks::default(),
-        status,
-        instrumentation_scope: scope.clone(),
+        parent_is_remote: parent.is_some(),
+        name: SPAN_NAME,
+        kind: SpanKind::Internal,
+        start,
+        end,
     });
-    if options.view == MessageView::Spans {
-        // Each from the previous message's end (or the call's start) to the moment its send
-        // returned: together they tile the call.
-        let mut previous_end = start;
-        for (at, ret, attributes) in messages {
-            let status = if ret < 0 { Status::error(errno_name(ret.into())) } else { Status::Unset };
-            spans.push(SpanData {
-                span_context: context(ids.new_span_id()),
-                parent_span_id: call_id,
-                parent_span_is_remote: false,
-                span_kind: SpanKind::Internal,
-                name: MESSAGE_SPAN_NAME.into(),
-                start_time: previous_end,
-                end_time: at,
-                attributes,
-                dropped_attributes_count: 0,
-                events: SpanEvents::default(),
-                links: SpanLinks::default(),
-                status,
-                instrumentation_scope: scope.clone(),
-            });
-            previous_end = at;
+    let status = attributes::of_call(call, options, out);
+    if options.view == MessageView::Events {
+        for (index, message) in detail.iter().enumerate() {
+            let offset_ns = offset_of(message);
+            out.begin_event(MESSAGE_EVENT, start + Duration::from_nanos(offset_ns));
+            attributes::of_message(call, index, message, offset_ns, out);
+            out.end_event();
         }
     }
-    spans
+    out.end(status);
+
+    let children = if options.view == MessageView::Spans { detail } else { &[] };
+    // Each from the previous message's end (or the call's start) to the moment its send
+    // returned: together they tile the call.
+    let mut previous_end = start;
+    for (index, message) in children.iter().enumerate() {
+        let offset_ns = offset_of(message);
+        let at = start + Duration::from_nanos(offset_ns);
+        out.begin(&SpanHead {
+            trace_id,
+            span_id: ids.new_span_id(),
+            parent_span_id: call_id,
+            parent_is_remote: false,
+            name: MESSAGE_SPAN_NAME,
+            kind: SpanKind::Internal,
+            start: previous_end,
+            end: at,
+        });
+        let status = attributes::of_message(call, index, message, offset_ns, out);
+        out.end(status);
+        previous_end = at;
+    }
+    Written { trace_id, span_id: call_id, end, spans: 1 + children.len() }
+}
+
+/// The spans of one call as the SDK's `SpanData` ([`write`]), with random ids.
+pub fn build(call: &Call, clock: &WallClock, options: SpanOptions) -> Vec<SpanData> {
+    build_with(call, clock, options, &RandomIdGenerator::default())
+}
+
+/// [`build`] with the ids `ids` makes.
+pub fn build_with(
+    call: &Call,
+    clock: &WallClock,
+    options: SpanOptions,
+    ids: &impl IdGenerator,
+) -> Vec<SpanData> {
+    finished(call, clock, options, ids).0
+}
+
+/// [`build_with`], and what [`write`] says of the spans.
+pub fn finished(
+    call: &Call,
+    clock: &WallClock,
+    options: SpanOptions,
+    ids: &impl IdGenerator,
+) -> (Vec<SpanData>, Written) {
+    let mut finished = Finished::default();
+    let written = write(call, clock, options, ids, &mut finished);
+    (finished.spans, written)
+}
+
+/// A [`SpanSink`] making `SpanData`.
+#[derive(Default)]
+struct Finished {
+    spans: Vec<SpanData>,
+    event: Option<Event>,
+    /// Attributes written outside any span: not a sequence [`write`] makes, kept out of all.
+    stray: Vec<KeyValue>,
+}
+
+impl Finished {
+    fn attributes(&mut self) -> &mut Vec<KeyValue> {
+        match (&mut self.event, self.spans.last_mut()) {
+            (Some(event), _) => &mut event.attributes,
+            (None, Some(span)) => &mut span.attributes,
+            (None, None) => &mut self.stray,
+        }
+    }
+}
+
+impl Attributes for Finished {
+    fn int(&mut self, key: &'static str, value: i64) {
+        self.attributes().int(key, value);
+    }
+
+    fn text(&mut self, key: &'static str, value: &str) {
+        self.attributes().text(key, value);
+    }
+}
+
+impl SpanSink for Finished {
+    fn begin(&mut self, head: &SpanHead) {
+        // Sized for the most a span can have, so adding them never reallocates.
+        let room = if head.name == SPAN_NAME { MAX_CALL_ATTRIBUTES } else { MAX_MESSAGE_ATTRIBUTES };
+        self.spans.push(SpanData {
+            span_context: SpanContext::new(
+                head.trace_id,
+                head.span_id,
+                TRACE_FLAGS,
+                false,
+                TraceState::default(),
+            ),
+            parent_span_id: head.parent_span_id,
+            parent_span_is_remote: head.parent_is_remote,
+            span_kind: head.kind.clone(),
+            name: head.name.into(),
+            start_time: head.start,
+            end_time: head.end,
+            attributes: Vec::with_capacity(room),
+            dropped_attributes_count: 0,
+            events: SpanEvents::default(),
+            links: SpanLinks::default(),
+            status: Status::Unset,
+            instrumentation_scope: scope(),
+        });
+    }
+
+    fn begin_event(&mut self, name: &'static str, at: SystemTime) {
+        self.event = Some(Event::new(name, at, Vec::with_capacity(MAX_MESSAGE_ATTRIBUTES), 0));
+    }
+
+    fn end_event(&mut self) {
+        if let (Some(event), Some(span)) = (self.event.take(), self.spans.last_mut()) {
+            span.events.events.push(event);
+        }
+    }
+
+    fn end(&mut self, status: Status) {
+        if let Some(span) = self.spans.last_mut() {
+            span.status = status;
+        }
+    }
 }
 
 #[cfg(test)]
