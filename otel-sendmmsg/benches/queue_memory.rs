@@ -98,6 +98,7 @@ fn bytes_per_span(vlen: u32) -> Result<isize, String> {
         let mut queue_one = || -> Result<(), String> {
             let call = decoder.decode(record.wire_bytes()).map_err(|e| format!("decoding: {e}"))?;
             let (spans, _) = spans.call(&call, &clock, options, &RandomIdGenerator::default());
+            decoder.recycle(call);
             match batcher.enqueue(spans, resources.of(&process)) {
                 true => Ok(()),
                 false => Err("the queue refused a call".into()),

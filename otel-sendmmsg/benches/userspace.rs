@@ -115,6 +115,7 @@ fn rep(wire: &[u8], calls: usize) -> Result<Rep, String> {
         for i in 0..calls {
             let call = decoder.decode(black_box(wire)).map_err(|e| format!("decoding: {e}"))?;
             let (spans, _) = spans.call(&call, &clock, options, &RandomIdGenerator::default());
+            decoder.recycle(call);
             batcher.enqueue(spans, resources.of(&process));
             // The export task takes its turn, as it would on its own thread.
             if i % 256 == 255 {

@@ -35,7 +35,7 @@ use crate::{
         resolver::{Answer, Job, Resolver},
         ProcessCache, ProcessInfo, ReadRequest,
     },
-    records::{Decoder, Identity, Record},
+    records::{Call, Decoder, Identity, Record},
     self_metrics::{self, SelfMetrics},
     shutdown::StopSignals,
     span::{
@@ -116,48 +116,52 @@ impl Pipeline {
                     Some(trial) if trial.tid() == call.tid => return trial.record(call),
                     _ => call,
                 };
-                // Complete but for the resource, which waits for the process to be known.
-                let (spans, written) = self.exporter.spans_of(&call, &self.clock, self.options);
-                if let Some(metrics) = self.call_metrics.as_mut() {
-                    let key = self.decoder.series_of_last_call(metrics.settings().by_peer);
-                    let exemplar = Exemplar {
-                        trace_id: written.trace_id,
-                        span_id: written.span_id,
-                        duration_ns: call.end_ns.saturating_sub(call.start_ns),
-                        time: written.end,
-                    };
-                    metrics.exemplar(key, exemplar);
-                }
-                self.spans += written.spans as u64;
-                // Behind the calls of the same process that already wait, so they stay in order.
-                if let Some(waiting) = self.waiting.by_pid.get_mut(&call.pid) {
-                    waiting.spans.push((spans, call.comm));
-                    self.waiting.spans += 1;
-                    return;
-                }
-                match self.processes.lookup(call.pid, process::start_ticks(call.process_start_ns), &call.comm)
-                {
-                    Ok(process) => self.exporter.export(spans, self.resources.of(&process)),
-                    Err(_) if self.waiting.spans >= MAX_WAITING => {
-                        self.metadata_unavailable += 1;
-                        let process = self.processes.provisional(call.pid, &call.comm);
-                        self.exporter.export(spans, self.resources.of(&process));
-                    }
-                    Err(request) => {
-                        self.resolver.submit(Job::Read(request.clone()));
-                        let spans = vec![(spans, call.comm)];
-                        self.waiting
-                            .by_pid
-                            .insert(call.pid, WaitingFor { request, since: Instant::now(), spans });
-                        self.waiting.spans += 1;
-                    }
-                }
+                self.call(&call);
+                self.decoder.recycle(call);
             }
             Err(e) => {
                 self.undecodable += 1;
                 if self.undecodable.is_power_of_two() {
                     warn!("dropped an undecodable record ({e}); {} so far", self.undecodable);
                 }
+            }
+        }
+    }
+
+    /// A call's spans, made and handed to the exporter under its process's resource, or kept
+    /// waiting for the process to be read.
+    fn call(&mut self, call: &Call) {
+        // Complete but for the resource, which waits for the process to be known.
+        let (spans, written) = self.exporter.spans_of(call, &self.clock, self.options);
+        if let Some(metrics) = self.call_metrics.as_mut() {
+            let key = self.decoder.series_of_last_call(metrics.settings().by_peer);
+            let exemplar = Exemplar {
+                trace_id: written.trace_id,
+                span_id: written.span_id,
+                duration_ns: call.end_ns.saturating_sub(call.start_ns),
+                time: written.end,
+            };
+            metrics.exemplar(key, exemplar);
+        }
+        self.spans += written.spans as u64;
+        // Behind the calls of the same process that already wait, so they stay in order.
+        if let Some(waiting) = self.waiting.by_pid.get_mut(&call.pid) {
+            waiting.spans.push((spans, call.comm.clone()));
+            self.waiting.spans += 1;
+            return;
+        }
+        match self.processes.lookup(call.pid, process::start_ticks(call.process_start_ns), &call.comm) {
+            Ok(process) => self.exporter.export(spans, self.resources.of(&process)),
+            Err(_) if self.waiting.spans >= MAX_WAITING => {
+                self.metadata_unavailable += 1;
+                let process = self.processes.provisional(call.pid, &call.comm);
+                self.exporter.export(spans, self.resources.of(&process));
+            }
+            Err(request) => {
+                self.resolver.submit(Job::Read(request.clone()));
+                let spans = vec![(spans, call.comm.clone())];
+                self.waiting.by_pid.insert(call.pid, WaitingFor { request, since: Instant::now(), spans });
+                self.waiting.spans += 1;
             }
         }
     }
