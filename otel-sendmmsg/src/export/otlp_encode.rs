@@ -20,7 +20,7 @@
 //!
 //! Spans are encoded as they are queued ([`Encoder::call`]), so the queue holds their bytes; a
 //! request ([`request`]) puts a batch's bytes under one resource (the batcher sends each
-//! process's spans apart), grouped by instrumentation scope as the SDK groups them.
+//! process's spans apart), under the one instrumentation scope all of the sidecar's spans have.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -50,9 +50,6 @@ const fn tag(field: u8, wire_type: u8) -> u8 {
 
 /// `Span.flags`, field 16, fixed32: a two-byte tag.
 const SPAN_FLAGS_TAG: [u8; 2] = [16 << 3 | FIXED32 | 0x80, 1];
-
-/// Room for a length-delimited field's tag and length, whatever the length (a `usize` varint).
-const MAX_PREFIX: usize = 1 + 10;
 
 /// `SpanFlags` of `trace.proto`: whether the parent is remote is known, and its answer.
 const CONTEXT_HAS_IS_REMOTE: u32 = 0x100;
@@ -84,12 +81,11 @@ pub fn resource_message(resource: &Resource) -> (Vec<u8>, String) {
     (encoded.message, encoded.schema_url)
 }
 
-/// Spans of one instrumentation scope, encoded as they go in their `ScopeSpans` (each the
+/// Spans of the sidecar's instrumentation scope, encoded as they go in their `ScopeSpans` (each the
 /// field `spans`, tag and length first), waiting to be put in a request. What the export queue
 /// holds: a third of the memory the SDK's `SpanData` of the same spans takes.
 #[derive(Debug)]
 pub struct EncodedSpans {
-    scope: InstrumentationScope,
     bytes: Vec<u8>,
     count: usize,
 }
@@ -104,7 +100,7 @@ impl EncodedSpans {
     pub fn split_to(&mut self, at: usize) -> EncodedSpans {
         if at >= self.count {
             let bytes = std::mem::take(&mut self.bytes);
-            return EncodedSpans { scope: self.scope.clone(), bytes, count: std::mem::take(&mut self.count) };
+            return EncodedSpans { bytes, count: std::mem::take(&mut self.count) };
         }
         // Each span is a tag, its length and its bytes: step over `at` of them.
         let mut end = 0;
@@ -114,7 +110,7 @@ impl EncodedSpans {
         }
         let first = self.bytes.drain(..end).collect();
         self.count -= at;
-        EncodedSpans { scope: self.scope.clone(), bytes: first, count: at }
+        EncodedSpans { bytes: first, count: at }
     }
 }
 
@@ -139,7 +135,7 @@ pub struct Encoder {
 }
 
 impl Encoder {
-    /// One call's spans ([`span::write`]), encoded; all have the sidecar's scope.
+    /// One call's spans ([`span::write`]), encoded.
     pub fn call(
         &mut self,
         call: &Call,
@@ -149,11 +145,7 @@ impl Encoder {
     ) -> (EncodedSpans, Written) {
         self.scratch.clear();
         let written = span::write(call, clock, options, ids, &mut SpanWriter::new(&mut self.scratch));
-        let encoded = EncodedSpans {
-            scope: span::scope(),
-            bytes: self.scratch.as_slice().to_vec(),
-            count: written.spans,
-        };
+        let encoded = EncodedSpans { bytes: self.scratch.as_slice().to_vec(), count: written.spans };
         (encoded, written)
     }
 }
@@ -250,103 +242,40 @@ impl SpanSink for SpanWriter<'_> {
 }
 
 /// The request carrying `spans` under `resource`: the bytes an OTLP/HTTP body or a gRPC
-/// message holds (uncompressed). Spans are grouped by scope, scopes in the order they first
-/// appear, as the SDK's exporter groups them.
+/// message holds (uncompressed), every length known before the first byte is written. The
+/// spans all have the sidecar's scope ([`span::scope`]): one `ScopeSpans`, as the SDK's
+/// exporter groups them.
 pub fn request(resource: &EncodedResource, spans: &[EncodedSpans]) -> Bytes {
-    let resource_field = MAX_PREFIX + resource.message.len();
-    let mut out = Vec::with_capacity(
-        2 * MAX_PREFIX + resource_field + 256 + spans.iter().map(|s| s.bytes.len()).sum::<usize>(),
-    );
-    // Each scope's spans, after room for what comes before them: the request's and the
-    // resource's headers (first scope only), the scope's own header.
-    let mut groups = Vec::with_capacity(1);
-    for (i, (scope, members)) in scopes_of(spans).into_iter().enumerate() {
-        let mut scope_message = Vec::new();
-        put_scope(&mut scope_message, scope);
-        let room =
-            if i == 0 { MAX_PREFIX + resource_field } else { 0 } + 2 * MAX_PREFIX + scope_message.len();
-        out.resize(out.len() + room, 0);
-        let body = out.len();
-        for index in members {
-            out.extend_from_slice(&spans[index].bytes);
+    let scope = span::scope();
+    let scope_schema_url = scope.schema_url().unwrap_or_default();
+    let mut scope_message = Vec::new();
+    put_scope(&mut scope_message, &scope);
+    let spans_len: usize = spans.iter().map(|s| s.bytes.len()).sum();
+    let scope_spans_len = field_len(scope_message.len()) + spans_len + string_field_len(scope_schema_url);
+    // No spans: the resource alone, as the SDK sends it.
+    let scope_spans_field = if spans.is_empty() { 0 } else { field_len(scope_spans_len) };
+    let resource_spans_len =
+        field_len(resource.message.len()) + scope_spans_field + string_field_len(&resource.schema_url);
+    let mut out = Vec::with_capacity(field_len(resource_spans_len));
+    put_prefix(&mut out, tag(1, LEN), resource_spans_len);
+    put_resource(&mut out, resource);
+    if !spans.is_empty() {
+        put_prefix(&mut out, tag(2, LEN), scope_spans_len);
+        put_prefix(&mut out, tag(1, LEN), scope_message.len());
+        out.extend_from_slice(&scope_message);
+        for run in spans {
+            out.extend_from_slice(&run.bytes);
         }
-        put_string_field(&mut out, tag(3, LEN), scope.schema_url().unwrap_or_default());
-        groups.push(Group { room_start: body - room, body, end: out.len(), scope: scope_message });
+        put_string_field(&mut out, tag(3, LEN), scope_schema_url);
     }
-
-    let resource_spans_len = field_len(resource.message.len())
-        + groups.iter().map(|g| field_len(g.scope_spans_len())).sum::<usize>()
-        + string_field_len(&resource.schema_url);
-    let mut start = 0;
-    let mut write = 0;
-    for (i, group) in groups.iter().enumerate() {
-        let mut header = Vec::with_capacity(group.body - group.room_start);
-        if i == 0 {
-            put_prefix(&mut header, tag(1, LEN), resource_spans_len);
-            put_resource(&mut header, resource);
-        }
-        put_prefix(&mut header, tag(2, LEN), group.scope_spans_len());
-        put_prefix(&mut header, tag(1, LEN), group.scope.len());
-        header.extend_from_slice(&group.scope);
-        // Right before the spans; the room left over before the first scope's header is where
-        // the request does not start yet, before another scope's it is closed up.
-        let from = group.body - header.len();
-        out[from..group.body].copy_from_slice(&header);
-        if i == 0 {
-            start = from;
-        } else {
-            out.copy_within(from..group.end, write);
-        }
-        write += if i == 0 { group.end } else { group.end - from };
-    }
-    if groups.is_empty() {
-        // No spans: the resource alone, as the SDK sends it.
-        put_prefix(&mut out, tag(1, LEN), resource_spans_len);
-        put_resource(&mut out, resource);
-        write = out.len();
-    }
-    out.truncate(write);
     put_string_field(&mut out, tag(3, LEN), &resource.schema_url);
-    Bytes::from(out).slice(start..)
+    Bytes::from(out)
 }
 
 /// The resource as field 1 of its `ResourceSpans`: always there, even empty.
 fn put_resource(out: &mut Vec<u8>, resource: &EncodedResource) {
     put_prefix(out, tag(1, LEN), resource.message.len());
     out.extend_from_slice(&resource.message);
-}
-
-/// One scope's spans as written, and its `InstrumentationScope` message.
-struct Group {
-    /// Where the room for its headers starts, where its spans start, where its schema URL ends.
-    room_start: usize,
-    body: usize,
-    end: usize,
-    scope: Vec<u8>,
-}
-
-impl Group {
-    /// Its `ScopeSpans` message's length.
-    fn scope_spans_len(&self) -> usize {
-        field_len(self.scope.len()) + (self.end - self.body)
-    }
-}
-
-/// The scopes of `spans` in the order they first appear, each with the indexes of its runs of
-/// spans. A sidecar's spans all have the same scope: one comparison per call.
-fn scopes_of(spans: &[EncodedSpans]) -> Vec<(&InstrumentationScope, Vec<usize>)> {
-    let mut scopes: Vec<(&InstrumentationScope, Vec<usize>)> = Vec::with_capacity(1);
-    for (i, run) in spans.iter().enumerate() {
-        match scopes.iter_mut().find(|(s, _)| **s == run.scope) {
-            Some((_, members)) => members.push(i),
-            None => {
-                let mut members = Vec::with_capacity(spans.len() - i);
-                members.push(i);
-                scopes.push((&run.scope, members));
-            }
-        }
-    }
-    scopes
 }
 
 fn nanos(time: SystemTime) -> u64 {
@@ -759,7 +688,7 @@ mod tests {
     }
 
     #[test]
-    fn every_kind_of_resource_value_and_other_scopes_encode_as_the_sdk_encodes_them() {
+    fn every_kind_of_resource_value_encodes_as_the_sdk_encodes_it() {
         let values = vec![
             KeyValue::new("bool", true),
             KeyValue::new("false", false),
@@ -778,33 +707,15 @@ mod tests {
                 Value::Array(vec![StringValue::from("a"), StringValue::from("")].into()),
             ),
         ];
-        let resource = Resource::builder_empty()
-            .with_schema_url(values.clone(), "https://opentelemetry.io/schemas/1.2.0")
-            .build();
         let calls = calls();
-        let (_, mut spans) = sdks(&resource, &calls);
-        let mut ours = encoded(&calls);
-        // Two scopes, interleaved: grouped in the order they first appear.
-        let other = InstrumentationScope::builder("other")
-            .with_version("1")
-            .with_schema_url("https://opentelemetry.io/schemas/1.0.0")
-            .with_attributes(values)
-            .build();
-        ours[1].scope = other.clone();
-        let second_call = calls[0].0.clone();
-        let second_spans = build_with(&second_call, &clock(), calls[1].1, &Counted::default()).len();
-        let first_spans = ours[0].count();
-        for span in &mut spans[first_spans..first_spans + second_spans] {
-            span.instrumentation_scope = other.clone();
+        for resource in [
+            Resource::builder_empty()
+                .with_schema_url(values, "https://opentelemetry.io/schemas/1.2.0")
+                .build(),
+            Resource::builder_empty().build(),
+        ] {
+            assert_eq!(ours(&resource, &calls), sdks(&resource, &calls).0);
         }
-        let sdk = |resource: &Resource| {
-            let resource = ResourceAttributesWithSchema::from(resource);
-            let resource_spans = group_spans_by_resource_and_scope(spans.clone(), &resource);
-            ExportTraceServiceRequest { resource_spans }.encode_to_vec()
-        };
-        assert_eq!(request(&EncodedResource::new(&resource), &ours).to_vec(), sdk(&resource));
-        let empty = Resource::builder_empty().build();
-        assert_eq!(request(&EncodedResource::new(&empty), &ours).to_vec(), sdk(&empty));
     }
 
     #[test]
