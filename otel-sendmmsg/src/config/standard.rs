@@ -198,9 +198,9 @@ pub struct BatchConfig {
 /// Sized for 100,000 spans/s, issue 15's rate: 164 ms of them. Measured on the project's 2-core
 /// VM (BENCHMARKS.md, pipeline part): with the specification's 2048 (20 ms of them) spans were
 /// dropped at 100,000 calls/s over gRPC and HTTP whenever exports fell behind for longer; with
-/// 16384 every span arrived. Spans wait encoded (export/otlp_encode.rs): 784 bytes each for a call of one
-/// message, 8,068 with 64 message events (benches/queue_memory.rs), so a full queue holds
-/// about 13 MB, or 132 MB if every call carries 64 events and the collector is down.
+/// 16384 every span arrived. Spans wait encoded (export/otlp_encode.rs): 656 bytes each for a
+/// call of one message, 7,940 with 64 message events (benches/queue_memory.rs), so a full queue
+/// holds about 11 MB, or 130 MB if every call carries 64 events and the collector is down.
 pub const DEFAULT_MAX_QUEUE_SIZE: usize = 16_384;
 /// One export waits a round trip for the collector's answer; a second in flight keeps the
 /// pipe full meanwhile (the benchmark's pipeline part shows the difference).
