@@ -44,21 +44,27 @@ const SEND_FLAGS: &[(i32, &str)] = &[
 ];
 
 /// `MSG_DONTWAIT|MSG_NOSIGNAL` for the known bits, any unknown ones as one hex number at the
-/// end; empty for 0.
-pub fn msg_flag_names(flags: u32) -> String {
-    let mut rest = flags;
-    let mut names: Vec<String> = Vec::new();
-    for &(bit, name) in SEND_FLAGS {
-        let bit = bit as u32;
-        if rest & bit != 0 {
-            names.push(name.to_owned());
-            rest &= !bit;
+/// end; empty for 0. Written where it is shown, without a `String` per name: the flags are on
+/// nearly every call's span.
+pub struct MsgFlagNames(pub u32);
+
+impl std::fmt::Display for MsgFlagNames {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut rest = self.0;
+        let mut separator = "";
+        for &(bit, name) in SEND_FLAGS {
+            let bit = bit as u32;
+            if rest & bit != 0 {
+                write!(f, "{separator}{name}")?;
+                separator = "|";
+                rest &= !bit;
+            }
         }
+        if rest != 0 {
+            write!(f, "{separator}{rest:#x}")?;
+        }
+        Ok(())
     }
-    if rest != 0 {
-        names.push(format!("{rest:#x}"));
-    }
-    names.join("|")
 }
 
 #[cfg(test)]
@@ -87,6 +93,7 @@ mod tests {
 
     #[test]
     fn flag_names_join_known_bits_and_keep_unknown_ones() {
+        let msg_flag_names = |flags| MsgFlagNames(flags).to_string();
         assert_eq!(msg_flag_names(0), "");
         assert_eq!(msg_flag_names(libc::MSG_DONTWAIT as u32), "MSG_DONTWAIT");
         assert_eq!(

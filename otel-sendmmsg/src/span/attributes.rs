@@ -13,7 +13,7 @@ use otel_sendmmsg_common::MessageResult;
 
 use super::SpanOptions;
 use crate::{
-    names::{errno_name, msg_flag_names},
+    names::{errno_name, MsgFlagNames},
     records::{Call, Dest, Socket},
 };
 
@@ -54,7 +54,9 @@ pub(super) fn of_call(call: &Call, options: SpanOptions, out: &mut impl Attribut
         with_formatted(format_args!("{:#x}", call.msgvec), |text| out.text("sendmmsg.msgvec", text));
     }
     if call.flags != 0 {
-        out.text("sendmmsg.flags.names", &msg_flag_names(call.flags));
+        with_formatted(format_args!("{}", MsgFlagNames(call.flags)), |text| {
+            out.text("sendmmsg.flags.names", text)
+        });
     }
     if call.ret >= 0 {
         out.int("sendmmsg.sent", call.ret);
@@ -185,10 +187,10 @@ fn ip_text(ip: IpAddr, use_text: impl FnOnce(&str)) {
 }
 
 /// `args` formatted on the stack and handed to `use_text`, without allocating; longer text
-/// than the stack's room (none the sidecar writes) goes through a `String`.
+/// than the stack's room (many flags' names at once, rarely) goes through a `String`.
 fn with_formatted(args: std::fmt::Arguments<'_>, use_text: impl FnOnce(&str)) {
     struct Stack {
-        bytes: [u8; 48],
+        bytes: [u8; 64],
         len: usize,
     }
     impl std::fmt::Write for Stack {
@@ -199,7 +201,7 @@ fn with_formatted(args: std::fmt::Arguments<'_>, use_text: impl FnOnce(&str)) {
             Ok(())
         }
     }
-    let mut stack = Stack { bytes: [0; 48], len: 0 };
+    let mut stack = Stack { bytes: [0; 64], len: 0 };
     match std::fmt::write(&mut stack, args) {
         // Whole `str`s were written: still UTF-8.
         Ok(()) => use_text(std::str::from_utf8(&stack.bytes[..stack.len]).unwrap_or_default()),
