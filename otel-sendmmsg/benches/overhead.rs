@@ -917,9 +917,22 @@ fn machine() -> String {
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     format!(
-        "machine: {cpu}, {cores} CPUs, Linux {}; load average at start {}",
+        "machine: {cpu}, {cores} CPUs, Linux {}; load average at start {}; sidecar at {}",
         kernel.trim(),
-        load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+        load.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
+        sidecar_commit()
+    )
+}
+
+/// The commit the measured sidecar was built from, as its `--version` says: a binary left by a
+/// build of another checkout in the same target directory shows here, not as a surprise in the
+/// numbers.
+fn sidecar_commit() -> String {
+    let output = std::process::Command::new(support::SIDECAR).arg("--version").output();
+    let text = output.ok().and_then(|o| String::from_utf8(o.stdout).ok()).unwrap_or_default();
+    text.lines().find_map(|line| line.strip_prefix("git commit: ")).map_or_else(
+        || "an unknown commit".to_owned(),
+        |commit| format!("commit {}", commit.chars().take(12).collect::<String>()),
     )
 }
 
