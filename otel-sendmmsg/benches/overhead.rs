@@ -80,6 +80,9 @@ struct Settings {
     /// `BENCH_HASH_MAP` (true): also run each family, detail events and metrics only, with the
     /// calls in flight in the hash map (`OTEL_SENDMMSG_CALL_STORE=hash-map`), beside task storage.
     hash_map: bool,
+    /// `BENCH_RAW_FLOOR` (true): also run the floor with its per-message program as a raw
+    /// tracepoint, beside the tracepoint's.
+    raw_floor: bool,
     /// `BENCH_PIPELINE_PROTOCOLS` (grpc,http).
     protocols: Vec<Protocol>,
     /// `BENCH_PIPELINE_RATES` (10000,25000,50000,100000,150000): calls/s asked of the workload.
@@ -147,6 +150,7 @@ impl Settings {
             thread_context: env_num("BENCH_THREAD_CONTEXT", "true"),
             metrics_only: env_num("BENCH_METRICS_ONLY", "true"),
             hash_map: env_num("BENCH_HASH_MAP", "true"),
+            raw_floor: env_num("BENCH_RAW_FLOOR", "true"),
             protocols,
             rates: env_list("BENCH_PIPELINE_RATES", "10000,25000,50000,100000,150000"),
             pipeline_seconds: env_num("BENCH_PIPELINE_SECONDS", "5"),
@@ -206,8 +210,11 @@ enum Setup {
     Untraced,
     /// Empty programs on the tracepoint family's entry and exit hooks, and on its per-message
     /// hook when `per_message` (a detail level without one is compared with the floor without).
+    /// `raw_message`: the per-message hook's program as a raw tracepoint (issue 15's lead: a
+    /// cheaper kind of hook), compared with the tracepoint's in the same run.
     Floor {
         per_message: bool,
+        raw_message: bool,
     },
     /// `capture`: false clears the sidecar's identity capture after start-up (`first_call`),
     /// to compare the steady state with the capture's once-per-process check and without.
@@ -229,8 +236,11 @@ impl Setup {
     fn label(&self) -> String {
         match self {
             Setup::Untraced => "untraced".into(),
-            Setup::Floor { per_message: true } => "floor (empty programs)".into(),
-            Setup::Floor { per_message: false } => "floor (empty programs), entry/exit only".into(),
+            Setup::Floor { per_message: true, raw_message: false } => "floor (empty programs)".into(),
+            Setup::Floor { per_message: true, raw_message: true } => {
+                "floor (empty programs), message hook a raw tracepoint".into()
+            }
+            Setup::Floor { per_message: false, .. } => "floor (empty programs), entry/exit only".into(),
             Setup::Sidecar { family, metrics_only: true, hash_map, .. } => {
                 format!("sidecar {family}, metrics only{}", if *hash_map { ", hash map" } else { "" })
             }
@@ -322,8 +332,8 @@ fn reason(log: &str) -> String {
 fn start(setup: &Setup, settings: &Settings) -> Result<Session, String> {
     match setup {
         Setup::Untraced => Ok(Session::Nothing),
-        Setup::Floor { per_message } => {
-            Floor::attach(*per_message).map(Session::Floor).map_err(|e| format!("{e:#}"))
+        Setup::Floor { per_message, raw_message } => {
+            Floor::attach(*per_message, *raw_message).map(Session::Floor).map_err(|e| format!("{e:#}"))
         }
         Setup::Sidecar { family, detail, capture, metrics_only, hash_map, .. } => {
             let sidecar =
@@ -479,10 +489,16 @@ fn median(values: &mut [f64]) -> f64 {
 type Rates = BTreeMap<(usize, usize, usize), Vec<Option<f64>>>;
 
 fn overhead(settings: &Settings) -> String {
-    let mut setups = vec![Setup::Untraced, Setup::Floor { per_message: true }];
+    const FLOOR: Setup = Setup::Floor { per_message: true, raw_message: false };
+    const RAW_FLOOR: Setup = Setup::Floor { per_message: true, raw_message: true };
+    const ENTRY_EXIT_FLOOR: Setup = Setup::Floor { per_message: false, raw_message: false };
+    let mut setups = vec![Setup::Untraced, FLOOR];
+    if settings.raw_floor {
+        setups.push(RAW_FLOOR);
+    }
     // Detail `sizes` attaches no per-message hook: its floor attaches none either.
     if settings.details.iter().any(|d| d == "sizes") {
-        setups.push(Setup::Floor { per_message: false });
+        setups.push(ENTRY_EXIT_FLOOR);
     }
     let mut unavailable: Vec<(String, String)> = Vec::new();
     // Which families the kernel gives: the sidecar itself says (exit 2 with the reason).
@@ -561,7 +577,7 @@ fn overhead(settings: &Settings) -> String {
         }
     }
     setups.push(Setup::Bpftrace);
-    for setup in [Setup::Floor { per_message: true }, Setup::Floor { per_message: false }, Setup::Bpftrace] {
+    for setup in [FLOOR, RAW_FLOOR, ENTRY_EXIT_FLOOR, Setup::Bpftrace] {
         if !setups.contains(&setup) {
             continue;
         }
@@ -658,7 +674,7 @@ fn overhead(settings: &Settings) -> String {
     };
     let floor_of = |setup: &Setup| {
         let per_message = !matches!(setup, Setup::Sidecar { detail, .. } if detail == "sizes");
-        setups.iter().position(|s| *s == Setup::Floor { per_message })
+        setups.iter().position(|s| *s == Setup::Floor { per_message, raw_message: false })
     };
     for &(threads, vlen) in &shapes {
         let base = rates.get(&(0, threads, vlen)).cloned().unwrap_or_default();

@@ -10,7 +10,7 @@
 
 use anyhow::{anyhow, bail, Context, Result};
 use aya::{
-    programs::{trace_point::TracePointLink, TracePoint},
+    programs::{raw_trace_point::RawTracePointLink, trace_point::TracePointLink, RawTracePoint, TracePoint},
     Ebpf, EbpfLoader,
 };
 use otel_sendmmsg::probes::{
@@ -30,18 +30,23 @@ const HOOKS: [(&str, &str, &str); 3] = [
     ("floor_sendmmsg_message", "sock", "sock_send_length"),
 ];
 
+/// The per-message hook's empty program run as a raw tracepoint, and its event.
+const RAW_MESSAGE_HOOK: (&str, &str) = ("floor_sendmmsg_message_raw", "sock_send_length");
+
 /// The empty programs, attached; dropping it detaches them and unloads the object.
 pub struct Floor {
     // Only held: dropping them detaches. Declared before the object, so they go first.
     _links: Vec<TracePointLink>,
+    _raw_links: Vec<RawTracePointLink>,
     _ebpf: Ebpf,
 }
 
 impl Floor {
     /// Loads the floor's BPF object and attaches its empty programs: on the entry and exit
-    /// hooks, and on the per-message one when `per_message`. Needs what the sidecar needs (root,
-    /// or CAP_BPF and CAP_PERFMON, and tracefs).
-    pub fn attach(per_message: bool) -> Result<Floor> {
+    /// hooks, and on the per-message one when `per_message`, as a raw tracepoint when
+    /// `raw_message`. Needs what the sidecar needs (root, or CAP_BPF and CAP_PERFMON, and
+    /// tracefs).
+    pub fn attach(per_message: bool, raw_message: bool) -> Result<Floor> {
         ensure_tracefs()?;
         raise_memlock_limit();
         let hooks = if per_message { &HOOKS[..] } else { &HOOKS[..2] };
@@ -52,6 +57,19 @@ impl Floor {
         }
         let mut ebpf = EbpfLoader::new().load(FLOOR_OBJECT).context("loading the floor's BPF object")?;
         let mut links = Vec::with_capacity(hooks.len());
+        let mut raw_links = Vec::new();
+        if per_message && raw_message {
+            let (name, event) = RAW_MESSAGE_HOOK;
+            let prog: &mut RawTracePoint = ebpf
+                .program_mut(name)
+                .ok_or_else(|| anyhow!("BPF program {name} missing from the object"))?
+                .try_into()
+                .with_context(|| format!("BPF program {name} is not a raw tracepoint program"))?;
+            prog.load().with_context(|| format!("loading {name}"))?;
+            let id = prog.attach(event).with_context(|| format!("attaching {name} to {event}"))?;
+            raw_links.push(prog.take_link(id)?);
+        }
+        let hooks = if per_message && raw_message { &hooks[..2] } else { hooks };
         for &(name, category, event) in hooks {
             let prog: &mut TracePoint = ebpf
                 .program_mut(name)
@@ -64,6 +82,6 @@ impl Floor {
                 .with_context(|| format!("attaching {name} to {category}:{event}"))?;
             links.push(prog.take_link(id)?);
         }
-        Ok(Floor { _links: links, _ebpf: ebpf })
+        Ok(Floor { _links: links, _raw_links: raw_links, _ebpf: ebpf })
     }
 }
