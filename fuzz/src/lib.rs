@@ -27,7 +27,7 @@ use otel_sendmmsg::{
     },
     process::{info_from_identity, ProcessInfo},
     records::{Call, Identity},
-    span::{build_with, resource::resource_for, SpanOptions},
+    span::{finished, resource::resource_for, SpanOptions},
 };
 use prost::Message as _;
 
@@ -81,7 +81,7 @@ pub fn map_call(call: &Call, clock: &WallClock) {
     let encoded_resource = EncodedResource::new(&resource);
     let sdk_resource = ResourceAttributesWithSchema::from(&resource);
     for options in ALL_OPTIONS {
-        let spans = build_with(call, clock, options, &Counted::default());
+        let (spans, _) = finished(call, clock, options, &Counted::default());
         // What goes to a collector is written straight from the record: byte for byte what the
         // SDK's exporter would send for the spans above.
         let (encoded, written) = Encoder::default().call(call, clock, options, &Counted::default());

@@ -116,7 +116,7 @@ impl Pipeline {
                     Some(trial) if trial.tid() == call.tid => return trial.record(call),
                     _ => call,
                 };
-                self.call(&call);
+                self.take_call(&call);
                 self.decoder.recycle(call);
             }
             Err(e) => {
@@ -130,7 +130,7 @@ impl Pipeline {
 
     /// A call's spans, made and handed to the exporter under its process's resource, or kept
     /// waiting for the process to be read.
-    fn call(&mut self, call: &Call) {
+    fn take_call(&mut self, call: &Call) {
         // Complete but for the resource, which waits for the process to be known.
         let (spans, written) = self.exporter.spans_of(call, &self.clock, self.options);
         if let Some(metrics) = self.call_metrics.as_mut() {

@@ -565,7 +565,7 @@ mod tests {
         config::MessageView,
         process::ProcessInfo,
         records::{decode, tests::bytes_of, tests::record, Dest, Socket},
-        span::{build_with, resource::resource_for},
+        span::{finished, resource::resource_for},
     };
 
     /// Ids counted up from 1: the same for the SDK's spans and ours.
@@ -590,7 +590,7 @@ mod tests {
     fn sdks(resource: &Resource, calls: &Calls) -> (Vec<u8>, Vec<SpanData>) {
         let ids = Counted::default();
         let spans: Vec<SpanData> =
-            calls.iter().flat_map(|(call, options)| build_with(call, &clock(), *options, &ids)).collect();
+            calls.iter().flat_map(|(call, options)| finished(call, &clock(), *options, &ids).0).collect();
         let resource = ResourceAttributesWithSchema::from(resource);
         let resource_spans = group_spans_by_resource_and_scope(spans.clone(), &resource);
         (ExportTraceServiceRequest { resource_spans }.encode_to_vec(), spans)
@@ -750,7 +750,7 @@ mod tests {
         let call = decode(&bytes_of(&record(&[1, 2]))).unwrap();
         let options = SpanOptions { per_message: true, view: MessageView::Spans, msgvec_address: false };
         let (encoded, written) = Encoder::default().call(&call, &clock(), options, &Counted::default());
-        let spans = build_with(&call, &clock(), options, &Counted::default());
+        let (spans, _) = finished(&call, &clock(), options, &Counted::default());
         assert_eq!((encoded.count(), written.spans), (3, 3));
         assert_eq!(written.trace_id, spans[0].span_context.trace_id());
         assert_eq!(written.span_id, spans[0].span_context.span_id());

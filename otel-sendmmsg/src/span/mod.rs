@@ -16,6 +16,7 @@ use opentelemetry::{
     InstrumentationScope, KeyValue,
 };
 use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator, SpanData, SpanEvents, SpanLinks};
+use otel_sendmmsg_common::MessageResult;
 
 use crate::{clock::WallClock, config::MessageView, records::Call};
 use attributes::{Attributes, MAX_CALL_ATTRIBUTES, MAX_MESSAGE_ATTRIBUTES};
@@ -112,7 +113,7 @@ pub fn write(
     let detail = if options.per_message || call.sizes_only { call.detail.as_slice() } else { &[] };
     let duration_ns = call.end_ns.saturating_sub(call.start_ns);
     // Sizes read at exit have no time of their own: they are known at the call's end.
-    let offset_of = |message: &otel_sendmmsg_common::MessageResult| {
+    let offset_of = |message: &MessageResult| {
         if call.sizes_only {
             duration_ns
         } else {
@@ -170,20 +171,11 @@ pub fn write(
 
 /// The spans of one call as the SDK's `SpanData` ([`write`]), with random ids.
 pub fn build(call: &Call, clock: &WallClock, options: SpanOptions) -> Vec<SpanData> {
-    build_with(call, clock, options, &RandomIdGenerator::default())
+    finished(call, clock, options, &RandomIdGenerator::default()).0
 }
 
-/// [`build`] with the ids `ids` makes.
-pub fn build_with(
-    call: &Call,
-    clock: &WallClock,
-    options: SpanOptions,
-    ids: &impl IdGenerator,
-) -> Vec<SpanData> {
-    finished(call, clock, options, ids).0
-}
-
-/// [`build_with`], and what [`write`] says of the spans.
+/// The spans of one call as the SDK's `SpanData`, with the ids `ids` makes, and what [`write`]
+/// says of them.
 pub fn finished(
     call: &Call,
     clock: &WallClock,
